@@ -1,0 +1,184 @@
+//! The Raft RPCs that nodes exchange, and the log entry they carry.
+//!
+//! These are plain data: the Raft core in `poncho-server` consumes and produces
+//! them, and the event loop frames them as JSON Lines on the wire. Field names
+//! follow Figure 2 of the Raft paper where one exists.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity in the cluster. Ids are small positive integers chosen by
+/// the operator (`--id`); 0 is never a valid id.
+pub type NodeId = u64;
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    #[serde(default)]
+    pub kind: EntryKind,
+    /// The command, opaque to Raft. Empty for a no-op.
+    #[serde(default)]
+    pub data: String,
+}
+
+impl Entry {
+    /// An approximation of the entry's size on the wire and on disk, used to
+    /// bound batches. Counts the payload plus a fixed overhead for the header.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() + 32
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntryKind {
+    /// A client command for the state machine.
+    #[default]
+    Command,
+    /// Appended by every new leader at the start of its term (Raft thesis 6.4):
+    /// committing it commits everything before it and lets the leader learn its
+    /// commit index.
+    Noop,
+}
+
+/// AppendEntries (Figure 2), also used as the heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntries {
+    pub term: u64,
+    pub leader_id: NodeId,
+    pub prev_log_index: u64,
+    pub prev_log_term: u64,
+    #[serde(default)]
+    pub entries: Vec<Entry>,
+    pub leader_commit: u64,
+    /// The leader's ReadIndex round when it sent this message. A reply in the
+    /// same term echoes it and so confirms the leader was still leader then.
+    #[serde(default)]
+    pub read_round: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntriesReply {
+    pub term: u64,
+    pub success: bool,
+    /// On success: the follower's log matches the leader's up to here.
+    /// On failure: the `prev_log_index` of the request that was rejected, so the
+    /// leader can tell a stale rejection from a current one.
+    pub index: u64,
+    /// On failure: the term of the follower's entry at `prev_log_index`, if it
+    /// has one (0 if its log is shorter).
+    #[serde(default)]
+    pub conflict_term: u64,
+    /// On failure: the first index the leader should try next. With a
+    /// `conflict_term` this is the follower's first entry of that term, else
+    /// the end of the follower's log + 1 (the fast backup of section 5.3).
+    #[serde(default)]
+    pub conflict_index: u64,
+    /// Echo of the request's `read_round`.
+    #[serde(default)]
+    pub read_round: u64,
+}
+
+/// RequestVote (Figure 2), also the PreVote request (thesis 9.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVote {
+    /// For a pre-vote: the term the candidate would campaign in, not its own.
+    pub term: u64,
+    pub candidate_id: NodeId,
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    /// A pre-vote changes no state on the voter (thesis 9.6).
+    #[serde(default)]
+    pub pre_vote: bool,
+    /// Sent after a TimeoutNow: voters must not ignore it because they heard
+    /// from the current leader recently (thesis 3.10).
+    #[serde(default)]
+    pub leader_transfer: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVoteReply {
+    pub term: u64,
+    pub vote_granted: bool,
+    #[serde(default)]
+    pub pre_vote: bool,
+}
+
+/// Leader transfer (thesis 3.10): the recipient starts an election at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutNow {
+    pub term: u64,
+    pub leader_id: NodeId,
+}
+
+/// Every message one Raft node sends another. On the wire the variant becomes
+/// the envelope's `msg_type` and the struct its `payload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg_type", content = "payload")]
+pub enum RaftMessage {
+    #[serde(rename = "APPEND_ENTRY")]
+    AppendEntries(AppendEntries),
+    #[serde(rename = "APPEND_ENTRY_REPLY")]
+    AppendEntriesReply(AppendEntriesReply),
+    #[serde(rename = "REQUEST_VOTE")]
+    RequestVote(RequestVote),
+    #[serde(rename = "REQUEST_VOTE_REPLY")]
+    RequestVoteReply(RequestVoteReply),
+    #[serde(rename = "TIMEOUT_NOW")]
+    TimeoutNow(TimeoutNow),
+}
+
+impl RaftMessage {
+    /// The sender's term, carried by every Raft message.
+    pub fn term(&self) -> u64 {
+        match self {
+            RaftMessage::AppendEntries(m) => m.term,
+            RaftMessage::AppendEntriesReply(m) => m.term,
+            RaftMessage::RequestVote(m) => m.term,
+            RaftMessage::RequestVoteReply(m) => m.term,
+            RaftMessage::TimeoutNow(m) => m.term,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_entries_round_trips_through_json_with_its_wire_name() {
+        let msg = RaftMessage::AppendEntries(AppendEntries {
+            term: 3,
+            leader_id: 1,
+            prev_log_index: 7,
+            prev_log_term: 2,
+            entries: vec![Entry {
+                index: 8,
+                term: 3,
+                kind: EntryKind::Noop,
+                data: String::new(),
+            }],
+            leader_commit: 7,
+            read_round: 0,
+        });
+        let line = serde_json::to_string(&msg).unwrap();
+        assert!(line.starts_with(r#"{"msg_type":"APPEND_ENTRY","payload":{"term":3"#));
+        let back: RaftMessage = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn a_probe_with_only_the_required_fields_parses() {
+        let line = r#"{"msg_type":"REQUEST_VOTE","payload":{"term":0,"candidate_id":9,"last_log_index":0,"last_log_term":0}}"#;
+        let msg: RaftMessage = serde_json::from_str(line).unwrap();
+        assert_eq!(msg.term(), 0);
+        assert!(matches!(
+            msg,
+            RaftMessage::RequestVote(RequestVote {
+                pre_vote: false,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,387 @@
+//! The in-memory view of a node's Raft log.
+//!
+//! The log knows which of its entries have been handed out for persistence
+//! (`unstable_from`), which the driver has reported durable (`persisted`),
+//! which are committed and which have been handed out to be applied. It never
+//! touches a disk: the driver writes what `take_unstable` returns.
+
+use poncho_protocol::Entry;
+
+#[derive(Debug)]
+pub struct RaftLog {
+    /// `entries[i]` has index `first_index + i`. Index 0 is a sentinel with
+    /// term 0 that every log shares.
+    entries: Vec<Entry>,
+    first_index: u64,
+    /// The first index not yet handed to the driver for persistence.
+    unstable_from: u64,
+    /// The highest index the driver has reported durable.
+    persisted: u64,
+    /// The highest index known to be committed.
+    committed: u64,
+    /// The highest index handed out to be applied.
+    applied: u64,
+}
+
+/// What a follower found when checking an AppendEntries' previous entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The log now matches the leader's up to this index.
+    Matched(u64),
+    /// The previous entry did not match: the reply's backtracking hint.
+    Conflict {
+        conflict_term: u64,
+        conflict_index: u64,
+    },
+}
+
+impl RaftLog {
+    /// A log recovered from durable storage: all of `entries` are durable,
+    /// committed entries up to `applied` have already been applied.
+    pub fn new(entries: Vec<Entry>, applied: u64) -> RaftLog {
+        let first_index = 1;
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.index, first_index + i as u64, "durable log has a gap");
+        }
+        let last = first_index + entries.len() as u64 - 1;
+        assert!(
+            applied <= last,
+            "applied {applied} beyond the log end {last}"
+        );
+        RaftLog {
+            entries,
+            first_index,
+            unstable_from: last + 1,
+            persisted: last,
+            committed: applied,
+            applied,
+        }
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64 - 1
+    }
+
+    pub fn last_term(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.term)
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// The term of the entry at `index`, or `None` if the log has no such entry.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == 0 {
+            return Some(0);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        let offset = index.checked_sub(self.first_index)?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    /// Section 5.4.1: a candidate's log is at least as up to date as ours if
+    /// its last term is greater, or equal with an index at least as large.
+    pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Entries from `from` on, at most `max_count` of them and, after the first,
+    /// at most `max_bytes` in total. Empty if `from` is past the end.
+    pub fn slice(&self, from: u64, max_count: usize, max_bytes: usize) -> Vec<Entry> {
+        let Some(start) = from.checked_sub(self.first_index) else {
+            return Vec::new();
+        };
+        let start = start as usize;
+        if start >= self.entries.len() {
+            return Vec::new();
+        }
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for e in self.entries[start..].iter().take(max_count) {
+            bytes += e.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// The index of the last entry with `term`, searching back from the end.
+    pub fn last_index_of_term(&self, term: u64) -> Option<u64> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.term == term)
+            .map(|e| e.index)
+    }
+
+    /// Appends a new entry at the end (the leader's path).
+    pub fn append(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index() + 1, "append leaves a gap");
+        assert!(entry.term >= self.last_term(), "append goes back in term");
+        self.entries.push(entry);
+    }
+
+    /// The follower's side of AppendEntries (Figure 2, receiver steps 2-4):
+    /// checks the previous entry, skips entries it already has, truncates at
+    /// the first conflict and appends the rest. It never truncates an entry
+    /// that matches, so a stale or reordered message cannot undo progress.
+    pub fn try_append(
+        &mut self,
+        prev_index: u64,
+        prev_term: u64,
+        entries: &[Entry],
+    ) -> AppendOutcome {
+        match self.term(prev_index) {
+            Some(t) if t == prev_term => {}
+            Some(t) => {
+                // Fast backup: skip back over the whole conflicting term.
+                let mut first = prev_index;
+                while first > self.committed + 1 && self.term(first - 1) == Some(t) {
+                    first -= 1;
+                }
+                return AppendOutcome::Conflict {
+                    conflict_term: t,
+                    conflict_index: first,
+                };
+            }
+            None => {
+                return AppendOutcome::Conflict {
+                    conflict_term: 0,
+                    conflict_index: self.last_index() + 1,
+                }
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            debug_assert_eq!(e.index, prev_index + 1 + i as u64);
+            match self.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    assert!(
+                        e.index > self.committed,
+                        "leader asked to overwrite committed entry {}",
+                        e.index
+                    );
+                    self.truncate_from(e.index);
+                }
+                None => {}
+            }
+            self.entries.extend_from_slice(&entries[i..]);
+            break;
+        }
+        AppendOutcome::Matched(prev_index + entries.len() as u64)
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        self.entries.truncate((index - self.first_index) as usize);
+        self.unstable_from = self.unstable_from.min(index);
+        self.persisted = self.persisted.min(index - 1);
+    }
+
+    /// Entries not yet handed out for persistence; marks them handed out.
+    pub fn take_unstable(&mut self) -> Vec<Entry> {
+        let from = (self.unstable_from - self.first_index) as usize;
+        let out = self.entries[from..].to_vec();
+        self.unstable_from = self.last_index() + 1;
+        out
+    }
+
+    pub fn has_unstable(&self) -> bool {
+        self.unstable_from <= self.last_index()
+    }
+
+    /// The driver reports that everything up to (`index`, `term`) is durable.
+    /// Ignored if the log has since been truncated below that point: a later
+    /// report will cover it.
+    pub fn persisted_to(&mut self, index: u64, term: u64) {
+        if index > self.persisted && index < self.unstable_from && self.term(index) == Some(term) {
+            self.persisted = index;
+        }
+    }
+
+    pub fn commit_to(&mut self, index: u64) -> bool {
+        if index > self.committed {
+            assert!(index <= self.last_index(), "commit {index} beyond log end");
+            self.committed = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Committed entries not yet handed out to be applied; marks them handed out.
+    pub fn take_committed(&mut self) -> Vec<Entry> {
+        if self.applied >= self.committed {
+            return Vec::new();
+        }
+        let from = (self.applied + 1 - self.first_index) as usize;
+        let to = (self.committed + 1 - self.first_index) as usize;
+        self.applied = self.committed;
+        self.entries[from..to].to_vec()
+    }
+
+    pub fn has_committed_to_apply(&self) -> bool {
+        self.applied < self.committed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poncho_protocol::EntryKind;
+
+    pub fn entries(terms: &[u64]) -> Vec<Entry> {
+        terms
+            .iter()
+            .enumerate()
+            .map(|(i, &term)| Entry {
+                index: i as u64 + 1,
+                term,
+                kind: EntryKind::Command,
+                data: format!("{}-{}", i + 1, term),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn up_to_date_compares_last_term_then_length_section_5_4_1() {
+        let log = RaftLog::new(entries(&[1, 1, 2]), 0);
+        assert!(
+            log.is_up_to_date(1, 3),
+            "higher last term wins even if shorter"
+        );
+        assert!(log.is_up_to_date(3, 2));
+        assert!(log.is_up_to_date(4, 2));
+        assert!(!log.is_up_to_date(2, 2), "same term, shorter log");
+        assert!(
+            !log.is_up_to_date(9, 1),
+            "lower last term loses even if longer"
+        );
+    }
+
+    #[test]
+    fn append_rejects_a_missing_previous_entry_with_the_log_end_as_hint() {
+        let mut log = RaftLog::new(entries(&[1, 1]), 0);
+        let out = log.try_append(5, 1, &[]);
+        assert_eq!(
+            out,
+            AppendOutcome::Conflict {
+                conflict_term: 0,
+                conflict_index: 3
+            }
+        );
+    }
+
+    #[test]
+    fn append_rejects_a_mismatched_term_and_points_at_the_first_entry_of_that_term() {
+        let mut log = RaftLog::new(entries(&[1, 2, 2, 2, 3]), 0);
+        let out = log.try_append(4, 4, &[]);
+        assert_eq!(
+            out,
+            AppendOutcome::Conflict {
+                conflict_term: 2,
+                conflict_index: 2
+            }
+        );
+    }
+
+    #[test]
+    fn append_truncates_at_the_first_conflict_only() {
+        let mut log = RaftLog::new(entries(&[1, 1, 2, 2]), 0);
+        let _ = log.take_unstable();
+        let new = vec![
+            Entry {
+                index: 2,
+                term: 1,
+                kind: EntryKind::Command,
+                data: "2-1".into(),
+            },
+            Entry {
+                index: 3,
+                term: 3,
+                kind: EntryKind::Command,
+                data: "x".into(),
+            },
+        ];
+        assert_eq!(log.try_append(1, 1, &new), AppendOutcome::Matched(3));
+        assert_eq!(log.last_index(), 3);
+        assert_eq!(log.term(3), Some(3));
+        assert_eq!(
+            log.persisted(),
+            2,
+            "the truncated entries are no longer durable"
+        );
+        let unstable = log.take_unstable();
+        assert_eq!(unstable.len(), 1);
+        assert_eq!(unstable[0].index, 3);
+    }
+
+    #[test]
+    fn a_stale_shorter_append_does_not_truncate_matching_entries() {
+        let mut log = RaftLog::new(entries(&[1, 1, 1, 1]), 0);
+        let old = entries(&[1, 1])[1..].to_vec();
+        assert_eq!(log.try_append(1, 1, &old), AppendOutcome::Matched(2));
+        assert_eq!(
+            log.last_index(),
+            4,
+            "entries 3 and 4 must survive a reordered message"
+        );
+    }
+
+    #[test]
+    fn persisted_report_for_a_truncated_suffix_is_ignored() {
+        let mut log = RaftLog::new(Vec::new(), 0);
+        log.try_append(0, 0, &entries(&[1, 1, 1]));
+        let handed = log.take_unstable();
+        let last = handed.last().unwrap().clone();
+        // Before the write completes, a new leader overwrites index 2..
+        let newer = vec![Entry {
+            index: 2,
+            term: 2,
+            kind: EntryKind::Command,
+            data: "n".into(),
+        }];
+        log.try_append(1, 1, &newer);
+        log.persisted_to(last.index, last.term);
+        assert_eq!(log.persisted(), 0);
+        let handed = log.take_unstable();
+        assert_eq!(handed[0].index, 2);
+        log.persisted_to(2, 2);
+        assert_eq!(log.persisted(), 2);
+    }
+
+    #[test]
+    fn slice_respects_count_and_bytes_but_always_returns_one() {
+        let log = RaftLog::new(entries(&[1; 10]), 0);
+        assert_eq!(log.slice(3, 4, usize::MAX).len(), 4);
+        assert_eq!(log.slice(3, 100, 1).len(), 1);
+        assert_eq!(log.slice(9, 100, usize::MAX).len(), 2);
+        assert!(log.slice(11, 100, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn committed_entries_are_handed_out_once_in_order() {
+        let mut log = RaftLog::new(entries(&[1, 1, 1]), 0);
+        assert!(log.commit_to(2));
+        let c = log.take_committed();
+        assert_eq!(c.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(log.take_committed().is_empty());
+        assert!(!log.commit_to(1), "commit never goes back");
+        log.commit_to(3);
+        assert_eq!(log.take_committed()[0].index, 3);
+    }
+}

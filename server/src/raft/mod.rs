@@ -1,0 +1,1083 @@
+//! The Raft core: a deterministic state machine that does no I/O.
+//!
+//! It implements the Raft paper (Ongaro & Ousterhout, extended version) with
+//! these parts of Ongaro's thesis: PreVote and CheckQuorum (9.6), ReadIndex
+//! reads (6.4), leader transfer (3.10), and the leader writing its log in
+//! parallel with replication (10.2.1).
+//!
+//! # Driving it
+//! Inputs go in through [`Raft::tick`], [`Raft::step`], [`Raft::propose`],
+//! [`Raft::read_index`], [`Raft::transfer_leadership`], and the two notices
+//! [`Raft::on_persisted`] and [`Raft::advance_applied`]. After a batch of
+//! inputs, the driver calls [`Raft::ready`] and carries out the [`Ready`]
+//! strictly in this order:
+//!
+//! 1. `messages` may be sent at once (they promise nothing about local disk).
+//! 2. Make `hard_state` and `entries` durable (stored entries at and after
+//!    `entries[0].index` are replaced). Then, and only then, send
+//!    `messages_after_persist` and call `on_persisted` with the last entry's
+//!    index and term. Readies must be made durable in the order they were
+//!    handed out.
+//! 3. Apply `committed_entries` in order, then call `advance_applied`.
+//! 4. Serve `reads` from the state machine; answer `failed_reads` with an
+//!    error (leadership was lost before the read was confirmed).
+//!
+//! Everything the core needs comes in as an input: time as ticks, randomness
+//! from a seeded RNG it owns. The same inputs always give the same outputs,
+//! which is what lets the simulator in `sim` replay a failing seed exactly.
+
+mod log;
+mod progress;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use poncho_protocol::{
+    AppendEntries, AppendEntriesReply, Entry, EntryKind, NodeId, RaftMessage, RequestVote,
+    RequestVoteReply, TimeoutNow,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub use self::log::{AppendOutcome, RaftLog};
+pub use self::progress::{Progress, ProgressState};
+
+/// Static configuration of one node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub members: Vec<NodeId>,
+    /// The minimum election timeout. Each wait is drawn from
+    /// `[election_timeout_ticks, 2 * election_timeout_ticks)`.
+    pub election_timeout_ticks: u64,
+    pub heartbeat_interval_ticks: u64,
+    /// Limits on one AppendEntries. A single entry larger than
+    /// `max_bytes_per_message` is still sent, alone.
+    pub max_entries_per_message: usize,
+    pub max_bytes_per_message: usize,
+    /// Unacknowledged AppendEntries allowed per follower in `Replicate`.
+    pub max_inflight_messages: usize,
+    /// The leader refuses proposals while this many entries are uncommitted,
+    /// so a slow quorum pushes back on clients instead of growing memory.
+    pub max_uncommitted_entries: u64,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// The `is_leader` hint: campaign at once on start instead of waiting.
+    pub bootstrap_leader: bool,
+    /// Deliberately broken rules, so tests can show the simulator finds them.
+    #[cfg(test)]
+    pub(crate) broken_rule: Option<BrokenRule>,
+}
+
+/// A rule a test may break on purpose (see `tests::sim_catches_*`).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BrokenRule {
+    /// Commit an entry of an earlier term by counting replicas (Figure 8).
+    CommitOlderTermByCounting,
+    /// Grant a vote without the up-to-date log check of section 5.4.1.
+    VoteWithoutLogCheck,
+    /// Grant every vote request in a term, not just the first.
+    VoteTwiceInATerm,
+}
+
+impl Config {
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            members,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            max_entries_per_message: 512,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 64,
+            max_uncommitted_entries: 100_000,
+            pre_vote: true,
+            check_quorum: true,
+            bootstrap_leader: false,
+            #[cfg(test)]
+            broken_rule: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("node id 0 is reserved; ids start at 1".into());
+        }
+        if !self.members.contains(&self.id) {
+            return Err(format!(
+                "node {} is not among the members {:?}",
+                self.id, self.members
+            ));
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.members.len() || sorted.contains(&0) {
+            return Err(format!(
+                "members must be distinct nonzero ids: {:?}",
+                self.members
+            ));
+        }
+        if self.heartbeat_interval_ticks == 0 || self.election_timeout_ticks == 0 {
+            return Err("timeouts must be at least one tick".into());
+        }
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks {
+            return Err(format!(
+                "the election timeout ({} ticks) must exceed the heartbeat interval ({} ticks)",
+                self.election_timeout_ticks, self.heartbeat_interval_ticks
+            ));
+        }
+        if self.max_entries_per_message == 0 || self.max_inflight_messages == 0 {
+            return Err("batch and in-flight limits must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What must be durable before a vote or an acknowledgement leaves the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: Option<NodeId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        })
+    }
+}
+
+/// Role, term and known leader: reported in a `Ready` whenever one changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub to: NodeId,
+    pub message: RaftMessage,
+}
+
+/// A read the driver may now serve from its state machine: leadership was
+/// confirmed after the read arrived and the state machine has applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub id: u64,
+    pub index: u64,
+}
+
+/// Outputs of the core since the last `ready()`. See the module docs for the
+/// order in which the driver must carry them out.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub soft_state: Option<SoftState>,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Outbound>,
+    pub messages_after_persist: Vec<Outbound>,
+    pub committed_entries: Vec<Entry>,
+    pub reads: Vec<ReadState>,
+    pub failed_reads: Vec<u64>,
+}
+
+impl Ready {
+    /// Whether anything here must be written before `messages_after_persist`.
+    pub fn must_persist(&self) -> bool {
+        self.hard_state.is_some() || !self.entries.is_empty()
+    }
+
+    /// The (index, term) to report through `on_persisted` once durable.
+    pub fn last_entry_id(&self) -> Option<(u64, u64)> {
+        self.entries.last().map(|e| (e.index, e.term))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && !self.must_persist()
+            && self.messages.is_empty()
+            && self.messages_after_persist.is_empty()
+            && self.committed_entries.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Not the leader; the request was not applied. The leader, if known.
+    NotLeader { leader_id: Option<NodeId> },
+    /// A leader transfer is under way; retry shortly at the new leader.
+    TransferInProgress,
+    /// Too many uncommitted entries; retry later.
+    Overloaded,
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader {
+                leader_id: Some(id),
+            } => write!(f, "not the leader; node {id} is"),
+            ProposeError::NotLeader { leader_id: None } => {
+                f.write_str("not the leader; no leader is known")
+            }
+            ProposeError::TransferInProgress => f.write_str("leadership is being transferred"),
+            ProposeError::Overloaded => f.write_str("too many uncommitted entries"),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowerStatus {
+    pub id: NodeId,
+    pub match_index: u64,
+    pub next_index: u64,
+    pub state: ProgressState,
+    pub inflight_messages: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    pub vote: Option<NodeId>,
+    pub leader_id: Option<NodeId>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    pub persisted_index: u64,
+    /// Per-follower replication state; empty unless this node leads.
+    pub followers: Vec<FollowerStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Campaign {
+    PreElection,
+    Election,
+    Transfer,
+}
+
+pub struct Raft {
+    config: Config,
+    /// The other members, in id order (iteration order must be deterministic).
+    peers: Vec<NodeId>,
+    quorum: usize,
+    term: u64,
+    vote: Option<NodeId>,
+    role: Role,
+    leader_id: Option<NodeId>,
+    log: RaftLog,
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    rng: StdRng,
+    /// Ticks since the last election-timer reset (followers, candidates) or
+    /// since the last CheckQuorum round (leader).
+    election_elapsed: u64,
+    randomized_election_timeout: u64,
+    heartbeat_elapsed: u64,
+    lead_transferee: Option<NodeId>,
+    /// Index the driver has applied (reported through `advance_applied`).
+    applied_index: u64,
+
+    /// ReadIndex: the current confirmation round (carried by every
+    /// AppendEntries), and whether a new round must start at the next ready.
+    read_round: u64,
+    read_round_wanted: bool,
+    /// Reads received before this term's first entry committed.
+    reads_awaiting_term_commit: Vec<u64>,
+    /// (round that must be confirmed, read index, id).
+    reads_unconfirmed: VecDeque<(u64, u64, u64)>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    reads_confirmed: VecDeque<ReadState>,
+    failed_reads: Vec<u64>,
+
+    outbox: Vec<Outbound>,
+    outbox_after_persist: Vec<Outbound>,
+    reported_hard_state: HardState,
+    reported_soft_state: Option<SoftState>,
+}
+
+impl Raft {
+    /// A node recovered from its durable `hard_state` and log `entries` (empty
+    /// for a new node). `seed` drives every random choice the node makes.
+    pub fn new(
+        config: Config,
+        hard_state: HardState,
+        entries: Vec<Entry>,
+        seed: u64,
+    ) -> Result<Raft, String> {
+        config.validate()?;
+        let mut peers: Vec<NodeId> = config
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != config.id)
+            .collect();
+        peers.sort_unstable();
+        let quorum = config.members.len() / 2 + 1;
+        let log = RaftLog::new(entries, 0);
+        let mut raft = Raft {
+            peers,
+            quorum,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader_id: None,
+            log,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            election_elapsed: 0,
+            randomized_election_timeout: config.election_timeout_ticks,
+            heartbeat_elapsed: 0,
+            lead_transferee: None,
+            applied_index: 0,
+            read_round: 0,
+            read_round_wanted: false,
+            reads_awaiting_term_commit: Vec::new(),
+            reads_unconfirmed: VecDeque::new(),
+            reads_confirmed: VecDeque::new(),
+            failed_reads: Vec::new(),
+            outbox: Vec::new(),
+            outbox_after_persist: Vec::new(),
+            reported_hard_state: hard_state,
+            reported_soft_state: None,
+            config,
+        };
+        raft.reset_election_timer();
+        if raft.config.bootstrap_leader {
+            // A fresh cluster gets a predictable first leader; on a restart the
+            // hint only skips the wait, and PreVote keeps it from disrupting a
+            // live leader.
+            let fresh = raft.term == 0 && raft.log.last_index() == 0;
+            raft.campaign(if fresh || !raft.config.pre_vote {
+                Campaign::Election
+            } else {
+                Campaign::PreElection
+            });
+        }
+        Ok(raft)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.config.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader_id: self.leader_id,
+            commit_index: self.log.committed(),
+            applied_index: self.applied_index,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            persisted_index: self.log.persisted(),
+            followers: if self.role == Role::Leader {
+                self.progress
+                    .iter()
+                    .map(|(&id, p)| FollowerStatus {
+                        id,
+                        match_index: p.match_index,
+                        next_index: p.next_index,
+                        state: p.state,
+                        inflight_messages: p.inflight_count(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.election_elapsed += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.election_elapsed >= self.randomized_election_timeout {
+            self.campaign(if self.config.pre_vote {
+                Campaign::PreElection
+            } else {
+                Campaign::Election
+            });
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        if self.election_elapsed >= self.config.election_timeout_ticks {
+            self.election_elapsed = 0;
+            // CheckQuorum (thesis 9.6): a leader cut off from a majority steps
+            // down instead of accepting writes it can never commit.
+            if self.config.check_quorum {
+                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+                if active < self.quorum {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+                for p in self.progress.values_mut() {
+                    p.recent_active = false;
+                }
+            }
+            // A transfer that has not finished within an election timeout
+            // has failed; take proposals again.
+            self.lead_transferee = None;
+        }
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            for peer in self.peers.clone() {
+                self.send_append(peer, true);
+            }
+        }
+    }
+
+    /// Hands the core a message from peer `from`.
+    pub fn step(&mut self, from: NodeId, message: RaftMessage) {
+        if from == self.config.id || !self.peers.contains(&from) {
+            return; // not a member: ignore rather than let it vote or lead
+        }
+        let term = message.term();
+        if term > self.term {
+            match &message {
+                RaftMessage::RequestVote(m) => {
+                    // A node that heard from a live leader within the minimum
+                    // election timeout ignores vote requests (thesis 9.6), so
+                    // a node rejoining with a higher term cannot disrupt it.
+                    let in_lease = self.config.check_quorum
+                        && self.leader_id.is_some()
+                        && self.election_elapsed < self.config.election_timeout_ticks;
+                    if in_lease && !m.leader_transfer {
+                        return;
+                    }
+                    if !m.pre_vote {
+                        self.become_follower(term, None);
+                    }
+                }
+                // A granted pre-vote carries the term the candidate asked for,
+                // which is not a term anyone is in yet.
+                RaftMessage::RequestVoteReply(m) if m.pre_vote && m.vote_granted => {}
+                RaftMessage::AppendEntries(m) => self.become_follower(term, Some(m.leader_id)),
+                RaftMessage::TimeoutNow(m) => self.become_follower(term, Some(m.leader_id)),
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.term {
+            match message {
+                // A stale leader (or one that was partitioned) learns it has
+                // been replaced; without this, PreVote and CheckQuorum could
+                // leave it waiting for heartbeats that never come.
+                RaftMessage::AppendEntries(m) => self.send(
+                    from,
+                    RaftMessage::AppendEntriesReply(AppendEntriesReply {
+                        term: self.term,
+                        success: false,
+                        index: m.prev_log_index,
+                        conflict_term: 0,
+                        conflict_index: 0,
+                        read_round: m.read_round,
+                    }),
+                ),
+                RaftMessage::RequestVote(m) => self.send(
+                    from,
+                    RaftMessage::RequestVoteReply(RequestVoteReply {
+                        term: self.term,
+                        vote_granted: false,
+                        pre_vote: m.pre_vote,
+                    }),
+                ),
+                _ => {}
+            }
+            return;
+        }
+
+        match message {
+            RaftMessage::RequestVote(m) => self.handle_request_vote(from, m),
+            RaftMessage::RequestVoteReply(m) => self.handle_vote_reply(from, m),
+            RaftMessage::AppendEntries(m) => self.handle_append_entries(from, m),
+            RaftMessage::AppendEntriesReply(m) => self.handle_append_reply(from, m),
+            RaftMessage::TimeoutNow(m) => {
+                if self.role != Role::Leader && m.term == self.term {
+                    self.campaign(Campaign::Transfer);
+                }
+            }
+        }
+    }
+
+    /// Appends a client command. Returns its (index, term): the command is
+    /// committed if the entry at that index commits with that term.
+    pub fn propose(&mut self, data: String) -> Result<(u64, u64), ProposeError> {
+        self.propose_entry(EntryKind::Command, data)
+    }
+
+    fn propose_entry(&mut self, kind: EntryKind, data: String) -> Result<(u64, u64), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_id: self.leader_id,
+            });
+        }
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if kind == EntryKind::Command
+            && self.log.last_index() - self.log.committed() >= self.config.max_uncommitted_entries
+        {
+            return Err(ProposeError::Overloaded);
+        }
+        let index = self.log.last_index() + 1;
+        self.log.append(Entry {
+            index,
+            term: self.term,
+            kind,
+            data,
+        });
+        // Sent from `ready()`, so all proposals of one batch share a message.
+        Ok((index, self.term))
+    }
+
+    /// Asks for a linearizable read (ReadIndex, thesis 6.4). Once leadership is
+    /// confirmed and the state machine has applied the read index, `id` comes
+    /// out in `Ready::reads`; if leadership is lost first, in `failed_reads`.
+    pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_id: self.leader_id,
+            });
+        }
+        if self.log.term(self.log.committed()) != Some(self.term) {
+            // Until an entry of its own term commits, the leader does not know
+            // the commit index (thesis 6.4 step 1).
+            self.reads_awaiting_term_commit.push(id);
+        } else {
+            self.reads_unconfirmed
+                .push_back((self.read_round + 1, self.log.committed(), id));
+            self.read_round_wanted = true;
+        }
+        Ok(())
+    }
+
+    /// Hands leadership to `to` (thesis 3.10): stop taking proposals, bring it
+    /// up to date, then tell it to start an election at once.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_id: self.leader_id,
+            });
+        }
+        if to == self.config.id || !self.peers.contains(&to) {
+            return Ok(()); // nothing to do, or not a member we can hand to
+        }
+        self.lead_transferee = Some(to);
+        self.election_elapsed = 0;
+        self.maybe_send_timeout_now(to);
+        Ok(())
+    }
+
+    /// The driver reports everything up to (`index`, `term`) durable.
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        self.log.persisted_to(index, term);
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// The driver reports its state machine has applied up to `index`.
+    pub fn advance_applied(&mut self, index: u64) {
+        assert!(
+            index <= self.log.applied(),
+            "applied {index} was never handed out"
+        );
+        self.applied_index = self.applied_index.max(index);
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// Whether `ready()` would return anything.
+    pub fn has_ready(&self) -> bool {
+        !self.outbox.is_empty()
+            || !self.outbox_after_persist.is_empty()
+            || self.log.has_unstable()
+            || self.log.has_committed_to_apply()
+            || self.read_round_wanted
+            || !self.failed_reads.is_empty()
+            || self
+                .reads_confirmed
+                .front()
+                .is_some_and(|r| r.index <= self.applied_index)
+            || self.hard_state() != self.reported_hard_state
+            || Some(self.soft_state()) != self.reported_soft_state
+            || (self.role == Role::Leader && self.peers.iter().any(|p| self.can_send_entries(*p)))
+    }
+
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.read_round_wanted {
+                self.read_round_wanted = false;
+                self.read_round += 1;
+                for peer in self.peers.clone() {
+                    self.send_append(peer, true);
+                }
+                self.confirm_reads();
+            }
+            for peer in self.peers.clone() {
+                while self.send_append(peer, false) {}
+            }
+        }
+        let mut reads = Vec::new();
+        while self
+            .reads_confirmed
+            .front()
+            .is_some_and(|r| r.index <= self.applied_index)
+        {
+            reads.extend(self.reads_confirmed.pop_front());
+        }
+        let hard_state = self.hard_state();
+        let soft_state = self.soft_state();
+        let ready = Ready {
+            soft_state: (Some(soft_state) != self.reported_soft_state).then_some(soft_state),
+            hard_state: (hard_state != self.reported_hard_state).then_some(hard_state),
+            entries: self.log.take_unstable(),
+            messages: std::mem::take(&mut self.outbox),
+            messages_after_persist: std::mem::take(&mut self.outbox_after_persist),
+            committed_entries: self.log.take_committed(),
+            reads,
+            failed_reads: std::mem::take(&mut self.failed_reads),
+        };
+        self.reported_hard_state = hard_state;
+        self.reported_soft_state = Some(soft_state);
+        ready
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+        }
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            term: self.term,
+            leader_id: self.leader_id,
+        }
+    }
+
+    // ---------------------------------------------------------------- roles
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let min = self.config.election_timeout_ticks;
+        self.randomized_election_timeout = self.rng.gen_range(min..2 * min);
+    }
+
+    fn become_follower(&mut self, term: u64, leader_id: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        if self.role == Role::Leader {
+            self.fail_pending_reads();
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader_id;
+        self.lead_transferee = None;
+        self.reset_election_timer();
+    }
+
+    fn fail_pending_reads(&mut self) {
+        // Reads already confirmed stay valid: leadership was proven after
+        // they arrived, so serving them once applied is still linearizable.
+        self.failed_reads
+            .append(&mut self.reads_awaiting_term_commit);
+        self.failed_reads
+            .extend(self.reads_unconfirmed.drain(..).map(|(_, _, id)| id));
+        self.read_round_wanted = false;
+    }
+
+    fn campaign(&mut self, kind: Campaign) {
+        let vote_term = if kind == Campaign::PreElection {
+            // Thesis 9.6: ask first whether we could win, without changing
+            // our term or vote, so a node that cannot win disrupts no one.
+            self.role = Role::PreCandidate;
+            self.term + 1
+        } else {
+            self.role = Role::Candidate;
+            self.term += 1;
+            self.vote = Some(self.config.id);
+            self.term
+        };
+        self.leader_id = None;
+        self.lead_transferee = None;
+        self.reset_election_timer();
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        if self.votes_granted() >= self.quorum {
+            self.win_vote();
+            return;
+        }
+        for peer in self.peers.clone() {
+            self.send(
+                peer,
+                RaftMessage::RequestVote(RequestVote {
+                    term: vote_term,
+                    candidate_id: self.config.id,
+                    last_log_index: self.log.last_index(),
+                    last_log_term: self.log.last_term(),
+                    pre_vote: kind == Campaign::PreElection,
+                    leader_transfer: kind == Campaign::Transfer,
+                }),
+            );
+        }
+    }
+
+    fn votes_granted(&self) -> usize {
+        self.votes.values().filter(|&&g| g).count()
+    }
+
+    fn win_vote(&mut self) {
+        match self.role {
+            Role::PreCandidate => self.campaign(Campaign::Election),
+            Role::Candidate => self.become_leader(),
+            _ => unreachable!("won a vote as {}", self.role),
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader_id = Some(self.config.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.read_round = 0;
+        let next = self.log.last_index() + 1;
+        self.progress = self
+            .peers
+            .iter()
+            .map(|&p| (p, Progress::new(next)))
+            .collect();
+        // The no-op lets the leader commit, and so learn, everything before it.
+        self.propose_entry(EntryKind::Noop, String::new())
+            .expect("a new leader can always append its no-op");
+    }
+
+    // ------------------------------------------------------------- handlers
+
+    fn handle_request_vote(&mut self, from: NodeId, m: RequestVote) {
+        let can_vote = self.vote == Some(m.candidate_id)
+            || (self.vote.is_none() && self.leader_id.is_none())
+            || (m.pre_vote && m.term > self.term)
+            || self.broken(|r| r == BrokenRuleKind::VoteTwiceInATerm);
+        let log_ok = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+            || self.broken(|r| r == BrokenRuleKind::VoteWithoutLogCheck);
+        let granted = can_vote && log_ok && from == m.candidate_id;
+        if granted && !m.pre_vote {
+            self.vote = Some(m.candidate_id);
+            self.reset_election_timer();
+        }
+        self.send(
+            from,
+            RaftMessage::RequestVoteReply(RequestVoteReply {
+                term: if granted && m.pre_vote {
+                    m.term
+                } else {
+                    self.term
+                },
+                vote_granted: granted,
+                pre_vote: m.pre_vote,
+            }),
+        );
+    }
+
+    fn handle_vote_reply(&mut self, from: NodeId, m: RequestVoteReply) {
+        let expected = match self.role {
+            Role::PreCandidate => m.pre_vote,
+            Role::Candidate => !m.pre_vote && m.term == self.term,
+            _ => false,
+        };
+        if !expected {
+            return;
+        }
+        self.votes.entry(from).or_insert(m.vote_granted);
+        let granted = self.votes_granted();
+        let rejected = self.votes.len() - granted;
+        if granted >= self.quorum {
+            self.win_vote();
+        } else if rejected >= self.quorum {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    fn handle_append_entries(&mut self, from: NodeId, m: AppendEntries) {
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            // A candidate that sees a leader of its own term steps down.
+            self.become_follower(m.term, Some(from));
+        }
+        self.election_elapsed = 0;
+        let reply = match self
+            .log
+            .try_append(m.prev_log_index, m.prev_log_term, &m.entries)
+        {
+            AppendOutcome::Matched(index) => {
+                self.log.commit_to(m.leader_commit.min(index));
+                AppendEntriesReply {
+                    term: self.term,
+                    success: true,
+                    index,
+                    conflict_term: 0,
+                    conflict_index: 0,
+                    read_round: m.read_round,
+                }
+            }
+            AppendOutcome::Conflict {
+                conflict_term,
+                conflict_index,
+            } => AppendEntriesReply {
+                term: self.term,
+                success: false,
+                index: m.prev_log_index,
+                conflict_term,
+                conflict_index,
+                read_round: m.read_round,
+            },
+        };
+        self.send(from, RaftMessage::AppendEntriesReply(reply));
+    }
+
+    fn handle_append_reply(&mut self, from: NodeId, m: AppendEntriesReply) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if m.read_round > pr.read_round {
+            pr.read_round = m.read_round;
+            self.confirm_reads();
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        if m.success {
+            if pr.acknowledge(m.index) {
+                self.maybe_commit();
+                if self.lead_transferee == Some(from) {
+                    self.maybe_send_timeout_now(from);
+                }
+            }
+        } else {
+            let next_hint = if m.conflict_term > 0 {
+                // If we have entries of the follower's conflicting term, the
+                // logs agree up to our last one of them; else skip the term.
+                match self.log.last_index_of_term(m.conflict_term) {
+                    Some(i) if i < m.index => i + 1,
+                    _ => m.conflict_index,
+                }
+            } else {
+                m.conflict_index
+            };
+            if pr.reject(m.index, next_hint) {
+                self.send_append(from, false);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- replication
+
+    fn can_send_entries(&self, to: NodeId) -> bool {
+        self.progress.get(&to).is_some_and(|p| {
+            !p.is_paused(self.config.max_inflight_messages) && p.next_index <= self.log.last_index()
+        })
+    }
+
+    /// Sends `to` the entries it needs next, if its progress allows. A
+    /// heartbeat is sent even when there is nothing new or the follower is
+    /// paused, and it resends a probe that may have been lost. Returns whether
+    /// entries were sent.
+    fn send_append(&mut self, to: NodeId, heartbeat: bool) -> bool {
+        let max_inflight = self.config.max_inflight_messages;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        if heartbeat && pr.state == ProgressState::Probe {
+            pr.probe_sent = false;
+        }
+        let paused = pr.is_paused(max_inflight);
+        if paused && !heartbeat {
+            return false;
+        }
+        let prev_log_index = pr.next_index - 1;
+        let entries = if paused {
+            Vec::new()
+        } else {
+            self.log.slice(
+                pr.next_index,
+                self.config.max_entries_per_message,
+                self.config.max_bytes_per_message,
+            )
+        };
+        if entries.is_empty() && !heartbeat {
+            return false;
+        }
+        match entries.last() {
+            Some(last) => pr.sent(last.index),
+            None if pr.state == ProgressState::Probe => pr.probe_sent = true,
+            None => {}
+        }
+        let prev_log_term = self
+            .log
+            .term(prev_log_index)
+            .expect("progress points inside the log");
+        let sent_entries = !entries.is_empty();
+        let message = RaftMessage::AppendEntries(AppendEntries {
+            term: self.term,
+            leader_id: self.config.id,
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.log.committed(),
+            read_round: self.read_round,
+        });
+        self.send(to, message);
+        sent_entries
+    }
+
+    /// Figure 8: commit the highest index stored on a majority, but only if
+    /// its entry is from the current term. Earlier entries commit with it.
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<u64> = self.progress.values().map(|p| p.match_index).collect();
+        matched.push(self.log.persisted());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum - 1];
+        if self.log.term(candidate) != Some(self.term)
+            && !self.broken(|r| r == BrokenRuleKind::CommitOlderTermByCounting)
+        {
+            return;
+        }
+        if self.log.commit_to(candidate) && self.log.term(candidate) == Some(self.term) {
+            for id in std::mem::take(&mut self.reads_awaiting_term_commit) {
+                self.reads_unconfirmed
+                    .push_back((self.read_round + 1, self.log.committed(), id));
+                self.read_round_wanted = true;
+            }
+        }
+    }
+
+    /// Moves reads whose round a majority has answered to the confirmed queue.
+    fn confirm_reads(&mut self) {
+        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
+        rounds.push(self.read_round);
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = rounds[self.quorum - 1];
+        while let Some(&(round, index, id)) = self.reads_unconfirmed.front() {
+            if round > confirmed {
+                break;
+            }
+            self.reads_unconfirmed.pop_front();
+            self.reads_confirmed.push_back(ReadState { id, index });
+        }
+    }
+
+    fn maybe_send_timeout_now(&mut self, to: NodeId) {
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.match_index == self.log.last_index());
+        if caught_up {
+            self.send(
+                to,
+                RaftMessage::TimeoutNow(TimeoutNow {
+                    term: self.term,
+                    leader_id: self.config.id,
+                }),
+            );
+        } else {
+            self.send_append(to, false);
+        }
+    }
+
+    /// Queues a message. A leader's messages promise nothing about its own
+    /// disk and leave at once; anything else (votes, acknowledgements, and a
+    /// candidate's requests, which rely on its vote for itself) leaves only
+    /// after this ready's hard state and entries are durable.
+    fn send(&mut self, to: NodeId, message: RaftMessage) {
+        let out = Outbound { to, message };
+        if self.role == Role::Leader {
+            self.outbox.push(out);
+        } else {
+            self.outbox_after_persist.push(out);
+        }
+    }
+
+    #[cfg(test)]
+    fn broken(&self, rule: impl Fn(BrokenRuleKind) -> bool) -> bool {
+        self.config.broken_rule.is_some_and(rule)
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn broken(&self, _rule: impl Fn(BrokenRuleKind) -> bool) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+type BrokenRuleKind = BrokenRule;
+
+/// Outside tests no rule can be broken; this uninhabited stand-in keeps the
+/// call sites identical in both builds.
+#[cfg(not(test))]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BrokenRuleKind {
+    CommitOlderTermByCounting,
+    VoteWithoutLogCheck,
+    VoteTwiceInATerm,
+}

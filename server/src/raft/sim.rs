@@ -1,0 +1,877 @@
+//! A deterministic cluster simulator for the Raft core.
+//!
+//! One seeded RNG drives everything: the network (delay, loss, duplication,
+//! reordering, symmetric and one-way partitions), the disks (writes complete
+//! after a random delay; a crash loses every write not yet complete), crashes
+//! and restarts, and clients that propose and read throughout. After every
+//! step the `Checker` asserts Raft's safety properties, so a failing seed
+//! names the first step at which something went wrong, and rerunning the seed
+//! replays it exactly.
+//!
+//! Time is counted in units; a node ticks every `TICK` units, each node at its
+//! own phase so they do not move in lockstep.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use poncho_protocol::{Entry, NodeId, RaftMessage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{Config, HardState, ProposeError, Raft, Ready, Role};
+
+pub const TICK: u64 = 10;
+
+/// See `Sim::filter`.
+pub type MessageFilter = Box<dyn FnMut(NodeId, NodeId, &mut RaftMessage) -> bool>;
+
+/// What a simulation found wrong. Carries the time and a description.
+pub type Violation = String;
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Delivery delay in time units, uniform in [min, max].
+    pub min_delay: u64,
+    pub max_delay: u64,
+    pub drop_probability: f64,
+    pub duplicate_probability: f64,
+    /// A disk write completes after a delay uniform in [0, max].
+    pub max_persist_delay: u64,
+}
+
+impl NetConfig {
+    pub fn reliable() -> NetConfig {
+        NetConfig {
+            min_delay: 1,
+            max_delay: 5,
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+            max_persist_delay: 3,
+        }
+    }
+
+    pub fn unreliable() -> NetConfig {
+        NetConfig {
+            min_delay: 1,
+            max_delay: 25,
+            drop_probability: 0.1,
+            duplicate_probability: 0.05,
+            max_persist_delay: 8,
+        }
+    }
+}
+
+/// A write handed to the simulated disk and the messages that wait for it.
+struct PendingWrite {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    after: Vec<super::Outbound>,
+    due: u64,
+}
+
+struct Node {
+    raft: Option<Raft>,
+    durable_hard_state: HardState,
+    durable_log: Vec<Entry>,
+    /// In completion order; a crash discards them all.
+    writes: VecDeque<PendingWrite>,
+    /// The state machine: the applied entries, index i at position i - 1.
+    applied: Vec<(u64, String)>,
+    tick_phase: u64,
+    boots: u64,
+}
+
+struct Client {
+    target: NodeId,
+    seq: u64,
+    pending: Option<Command>,
+}
+
+struct Command {
+    data: String,
+    /// (node, index, term, time) of the latest attempt.
+    attempt: Option<(NodeId, u64, u64, u64)>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub commands_acknowledged: u64,
+    pub reads_served: u64,
+    pub elections_won: u64,
+    pub crashes: u64,
+}
+
+pub struct Sim {
+    pub seed: u64,
+    rng: StdRng,
+    pub now: u64,
+    net: NetConfig,
+    nodes: Vec<Node>,
+    config_for: Box<dyn Fn(NodeId, Vec<NodeId>) -> Config>,
+    in_flight: BTreeMap<(u64, u64), (NodeId, NodeId, RaftMessage)>,
+    message_seq: u64,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    checker: Checker,
+    clients: Vec<Client>,
+    reads: HashMap<u64, (NodeId, u64)>,
+    next_read_id: u64,
+    pub stats: Stats,
+    /// Extra chance per tick, in percent, that `random_run` crashes or
+    /// restarts a node, on top of its usual faults.
+    pub churn_percent: u32,
+    /// Optional filter run on each message before it enters the network: it
+    /// may change the message, or return false to drop it. Scripted
+    /// scenarios use it.
+    pub filter: Option<MessageFilter>,
+}
+
+impl Sim {
+    pub fn new(nodes: usize, seed: u64, net: NetConfig) -> Sim {
+        Sim::with_config(nodes, seed, net, |id, members| {
+            let mut c = Config::new(id, members);
+            c.heartbeat_interval_ticks = 2;
+            c.election_timeout_ticks = 10;
+            c
+        })
+    }
+
+    pub fn with_config(
+        count: usize,
+        seed: u64,
+        net: NetConfig,
+        config_for: impl Fn(NodeId, Vec<NodeId>) -> Config + 'static,
+    ) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let nodes = (0..count)
+            .map(|_| Node {
+                raft: None,
+                durable_hard_state: HardState::default(),
+                durable_log: Vec::new(),
+                writes: VecDeque::new(),
+                applied: Vec::new(),
+                tick_phase: rng.gen_range(0..TICK),
+                boots: 0,
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            net,
+            nodes,
+            config_for: Box::new(config_for),
+            in_flight: BTreeMap::new(),
+            message_seq: 0,
+            cut: BTreeSet::new(),
+            checker: Checker::new(),
+            clients: Vec::new(),
+            reads: HashMap::new(),
+            next_read_id: 1,
+            stats: Stats::default(),
+            churn_percent: 0,
+            filter: None,
+        };
+        for id in sim.ids() {
+            sim.start(id);
+        }
+        sim
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        (1..=self.nodes.len() as NodeId).collect()
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub fn raft(&self, id: NodeId) -> Option<&Raft> {
+        self.nodes[(id - 1) as usize].raft.as_ref()
+    }
+
+    pub fn raft_mut(&mut self, id: NodeId) -> Option<&mut Raft> {
+        self.node(id).raft.as_mut()
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.raft(id).is_some()
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let members = self.ids();
+        let config = (self.config_for)(id, members);
+        let raft_seed = self.rng.gen();
+        let node = self.node(id);
+        node.boots += 1;
+        node.applied.clear();
+        let raft = Raft::new(
+            config,
+            node.durable_hard_state,
+            node.durable_log.clone(),
+            raft_seed,
+        )
+        .expect("simulator config is valid");
+        node.raft = Some(raft);
+    }
+
+    /// Crashes `id`: it loses its memory and every write not yet durable.
+    /// Messages it already sent stay in the network.
+    pub fn crash(&mut self, id: NodeId) {
+        let node = self.node(id);
+        node.raft = None;
+        node.writes.clear();
+        self.stats.crashes += 1;
+    }
+
+    /// Replaces the durable state of `id` and restarts it from there.
+    pub fn set_durable(&mut self, id: NodeId, hard_state: HardState, log: Vec<Entry>) {
+        let node = self.node(id);
+        node.raft = None;
+        node.writes.clear();
+        node.durable_hard_state = hard_state;
+        node.durable_log = log;
+        self.start(id);
+    }
+
+    pub fn restart(&mut self, id: NodeId) {
+        if !self.is_up(id) {
+            self.start(id);
+        }
+    }
+
+    /// Cuts every link between nodes in different groups, both ways.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i != j {
+                    for &x in a.iter() {
+                        for &y in b.iter() {
+                            self.cut.insert((x, y));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn isolate(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self.ids().into_iter().filter(|&x| x != id).collect();
+        self.partition(&[&[id], &others]);
+    }
+
+    pub fn cut_one_way(&mut self, from: NodeId, to: NodeId) {
+        self.cut.insert((from, to));
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    pub fn set_net(&mut self, net: NetConfig) {
+        self.net = net;
+    }
+
+    /// The live leader with the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| self.raft(id).map(|r| (id, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.term())
+            .map(|(id, _)| id)
+    }
+
+    pub fn propose(&mut self, id: NodeId, data: &str) -> Result<(u64, u64), ProposeError> {
+        match self.raft_mut(id) {
+            Some(r) => r.propose(data.to_string()),
+            None => Err(ProposeError::NotLeader { leader_id: None }),
+        }
+    }
+
+    /// The data of the state machine of `id`, in order.
+    pub fn applied(&self, id: NodeId) -> Vec<String> {
+        self.nodes[(id - 1) as usize]
+            .applied
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    pub fn durable_log(&self, id: NodeId) -> &[Entry] {
+        &self.nodes[(id - 1) as usize].durable_log
+    }
+
+    /// Whether the command `data` is committed (seen applied on any node).
+    pub fn is_committed(&self, data: &str) -> bool {
+        self.checker
+            .committed
+            .iter()
+            .any(|c| c.as_ref().is_some_and(|(_, d)| d == data))
+    }
+
+    // ------------------------------------------------------------- running
+
+    pub fn run_ticks(&mut self, ticks: u64) -> Result<(), Violation> {
+        for _ in 0..ticks * TICK {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Runs until `done` holds or `max_ticks` pass; fails if it never holds.
+    pub fn run_until(
+        &mut self,
+        max_ticks: u64,
+        what: &str,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Result<(), Violation> {
+        for _ in 0..max_ticks * TICK {
+            if done(self) {
+                return Ok(());
+            }
+            self.step()?;
+        }
+        if done(self) {
+            Ok(())
+        } else {
+            Err(self.violation(format!(
+                "liveness: {what} did not happen within {max_ticks} ticks"
+            )))
+        }
+    }
+
+    pub fn wait_for_leader(&mut self, max_ticks: u64) -> Result<NodeId, Violation> {
+        self.run_until(max_ticks, "leader election", |s| s.leader().is_some())?;
+        Ok(self.leader().expect("checked"))
+    }
+
+    /// Proposes `data` at the leader and runs until it is committed. Like a
+    /// client, proposes again whenever a different leader (or term) appears.
+    pub fn commit(&mut self, data: &str, max_ticks: u64) -> Result<(), Violation> {
+        let mut proposed_to = None;
+        for _ in 0..max_ticks * TICK {
+            if self.is_committed(data) {
+                return Ok(());
+            }
+            if let Some(leader) = self.leader() {
+                let term = self.raft(leader).map(|r| r.term());
+                if proposed_to != Some((leader, term)) && self.propose(leader, data).is_ok() {
+                    proposed_to = Some((leader, term));
+                }
+            }
+            self.step()?;
+        }
+        Err(self.violation(format!(
+            "liveness: commit of {data} did not happen within {max_ticks} ticks"
+        )))
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        format!(
+            "seed {} at time {} (tick {}): {what}",
+            self.seed,
+            self.now,
+            self.now / TICK
+        )
+    }
+
+    /// One unit of time: deliver due messages, complete due writes, tick the
+    /// nodes whose tick falls now, run clients, then collect every node's
+    /// Ready and check the invariants.
+    pub fn step(&mut self) -> Result<(), Violation> {
+        self.now += 1;
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let (from, to, msg) = entry.remove();
+            if let Some(raft) = self.raft_mut(to) {
+                raft.step(from, msg);
+            }
+        }
+        for id in self.ids() {
+            self.complete_writes(id)?;
+        }
+        let now = self.now;
+        for id in self.ids() {
+            let node = self.node(id);
+            if now % TICK == node.tick_phase {
+                if let Some(r) = node.raft.as_mut() {
+                    r.tick();
+                }
+            }
+        }
+        self.run_clients();
+        for id in self.ids() {
+            self.process_ready(id)?;
+        }
+        let leaders: Vec<(NodeId, u64)> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| {
+                self.raft(id)
+                    .filter(|r| r.role() == Role::Leader)
+                    .map(|r| (id, r.term()))
+            })
+            .collect();
+        self.checker
+            .check_leaders(&leaders)
+            .map_err(|e| self.violation(e))
+    }
+
+    fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
+        let Some(raft) = self.raft_mut(id) else {
+            return Ok(());
+        };
+        if !raft.has_ready() {
+            return Ok(());
+        }
+        let rd: Ready = raft.ready();
+        let prev_term_of_first = rd
+            .entries
+            .first()
+            .map(|e| raft.log().term(e.index - 1).unwrap_or(0));
+        if let Some(ss) = rd.soft_state {
+            if ss.role == Role::Leader {
+                self.stats.elections_won += 1;
+                self.checker
+                    .check_leader_completeness(self, id)
+                    .map_err(|e| self.violation(e))?;
+            }
+        }
+        if let Some(prev_term) = prev_term_of_first {
+            self.checker
+                .check_new_entries(prev_term, &rd.entries)
+                .map_err(|e| self.violation(e))?;
+        }
+        let must_persist = rd.must_persist();
+        for out in rd.messages {
+            self.send(id, out.to, out.message);
+        }
+        let due = self.now + self.rng.gen_range(0..=self.net.max_persist_delay);
+        let node = self.node(id);
+        if must_persist || !node.writes.is_empty() {
+            // Messages after persistence wait for this write and every earlier one.
+            let due = node.writes.back().map_or(due, |w| w.due.max(due));
+            node.writes.push_back(PendingWrite {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                after: rd.messages_after_persist,
+                due,
+            });
+        } else {
+            for out in rd.messages_after_persist {
+                self.send(id, out.to, out.message);
+            }
+        }
+        self.apply(id, rd.committed_entries)?;
+        for read in rd.reads {
+            self.serve_read(id, read.id, read.index)?;
+        }
+        for read_id in rd.failed_reads {
+            self.reads.remove(&read_id);
+        }
+        Ok(())
+    }
+
+    fn complete_writes(&mut self, id: NodeId) -> Result<(), Violation> {
+        loop {
+            let now = self.now;
+            let node = self.node(id);
+            if node.writes.front().is_none_or(|w| w.due > now) {
+                return Ok(());
+            }
+            let write = node.writes.pop_front().expect("checked");
+            if let Some(hs) = write.hard_state {
+                node.durable_hard_state = hs;
+            }
+            if let Some(first) = write.entries.first() {
+                let keep = (first.index - 1) as usize;
+                let removed: Vec<Entry> = node
+                    .durable_log
+                    .drain(keep.min(node.durable_log.len())..)
+                    .collect();
+                node.durable_log.extend(write.entries.iter().cloned());
+                self.checker
+                    .check_truncation(&removed)
+                    .map_err(|e| self.violation(e))?;
+            }
+            let last = write.entries.last().map(|e| (e.index, e.term));
+            for out in write.after {
+                self.send(id, out.to, out.message);
+            }
+            if let (Some((index, term)), Some(raft)) = (last, self.raft_mut(id)) {
+                raft.on_persisted(index, term);
+            }
+        }
+    }
+
+    fn apply(&mut self, id: NodeId, entries: Vec<Entry>) -> Result<(), Violation> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        for e in entries {
+            let node = self.node(id);
+            assert_eq!(
+                e.index,
+                node.applied.len() as u64 + 1,
+                "applied out of order"
+            );
+            node.applied.push((e.term, e.data.clone()));
+            let fresh = self
+                .checker
+                .check_applied(&e)
+                .map_err(|err| self.violation(err))?;
+            if fresh {
+                let copies = self
+                    .ids()
+                    .iter()
+                    .filter(|&&n| self.durable_log(n).get((e.index - 1) as usize) == Some(&e))
+                    .count();
+                // Memory may run ahead of disk on a follower, but a commit
+                // needs a majority of durable copies.
+                if copies < self.nodes.len() / 2 + 1 {
+                    return Err(self.violation(format!(
+                        "entry {} (term {}) committed with only {copies} durable copies",
+                        e.index, e.term
+                    )));
+                }
+            }
+            self.acknowledge(id, &e);
+        }
+        if let Some(r) = self.raft_mut(id) {
+            r.advance_applied(last);
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, id: NodeId, e: &Entry) {
+        for c in &mut self.clients {
+            let hit = c.pending.as_ref().is_some_and(|cmd| {
+                cmd.data == e.data
+                    && cmd
+                        .attempt
+                        .is_some_and(|(n, i, t, _)| n == id && i == e.index && t == e.term)
+            });
+            if hit {
+                c.pending = None;
+                self.checker.max_acknowledged = self.checker.max_acknowledged.max(e.index);
+                self.stats.commands_acknowledged += 1;
+            }
+        }
+    }
+
+    fn serve_read(&mut self, id: NodeId, read_id: u64, index: u64) -> Result<(), Violation> {
+        let Some((node, must_see)) = self.reads.remove(&read_id) else {
+            return Ok(());
+        };
+        assert_eq!(node, id, "read served by a node it was not sent to");
+        let applied = self.nodes[(id - 1) as usize].applied.len() as u64;
+        if index < must_see || applied < must_see || applied < index {
+            return Err(self.violation(format!(
+                "stale read on node {id}: read index {index}, state machine at {applied}, \
+                 but index {must_see} was acknowledged before the read began"
+            )));
+        }
+        self.stats.reads_served += 1;
+        Ok(())
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, mut msg: RaftMessage) {
+        if let Some(f) = self.filter.as_mut() {
+            if !f(from, to, &mut msg) {
+                return;
+            }
+        }
+        if self.cut.contains(&(from, to)) || self.rng.gen_bool(self.net.drop_probability) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.net.duplicate_probability) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now + self.rng.gen_range(self.net.min_delay..=self.net.max_delay);
+            self.message_seq += 1;
+            self.in_flight
+                .insert((at, self.message_seq), (from, to, msg.clone()));
+        }
+    }
+
+    // ------------------------------------------------------------- clients
+
+    pub fn add_clients(&mut self, count: usize) {
+        for _ in 0..count {
+            let target = self.rng.gen_range(1..=self.nodes.len() as NodeId);
+            self.clients.push(Client {
+                target,
+                seq: 0,
+                pending: None,
+            });
+        }
+    }
+
+    /// Clients with nothing pending start a new command.
+    pub fn start_commands(&mut self) {
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            if c.pending.is_none() {
+                c.seq += 1;
+                c.pending = Some(Command {
+                    data: format!("c{i}-{}", c.seq),
+                    attempt: None,
+                });
+            }
+        }
+    }
+
+    pub fn all_commands_acknowledged(&self) -> bool {
+        self.clients.iter().all(|c| c.pending.is_none())
+    }
+
+    fn run_clients(&mut self) {
+        let timeout = 40 * TICK;
+        let n = self.nodes.len() as NodeId;
+        for i in 0..self.clients.len() {
+            let now = self.now;
+            let (target, data) = {
+                let c = &self.clients[i];
+                let Some(cmd) = c.pending.as_ref() else {
+                    continue;
+                };
+                if cmd.attempt.is_some_and(|(_, _, _, at)| now < at + timeout) {
+                    continue; // waiting for the outcome
+                }
+                (c.target, cmd.data.clone())
+            };
+            let result = self.propose(target, &data);
+            let c = &mut self.clients[i];
+            match result {
+                Ok((index, term)) => {
+                    if let Some(cmd) = c.pending.as_mut() {
+                        cmd.attempt = Some((target, index, term, now));
+                    }
+                }
+                Err(ProposeError::NotLeader { leader_id: Some(l) }) => c.target = l,
+                Err(_) => c.target = self.rng.gen_range(1..=n),
+            }
+        }
+    }
+
+    /// Sends a linearizable read to the live leader, if there is one.
+    pub fn issue_read(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        let must_see = self.checker.max_acknowledged;
+        if let Some(r) = self.raft_mut(leader) {
+            if r.read_index(id).is_ok() {
+                self.reads.insert(id, (leader, must_see));
+            }
+        }
+    }
+
+    // -------------------------------------------------------- random runs
+
+    /// A random run: faults for `fault_ticks`, then heal and require that a
+    /// leader emerges and every client's command commits.
+    pub fn random_run(&mut self, fault_ticks: u64) -> Result<(), Violation> {
+        self.add_clients(5);
+        let n = self.nodes.len() as NodeId;
+        let quorum = self.nodes.len() / 2 + 1;
+        for _ in 0..fault_ticks {
+            self.start_commands();
+            if self.rng.gen_bool(0.3) {
+                self.issue_read();
+            }
+            let roll = self.rng.gen_range(0..100);
+            let node = self.rng.gen_range(1..=n);
+            if roll < self.churn_percent {
+                if self.is_up(node) {
+                    self.crash(node);
+                } else {
+                    self.restart(node);
+                }
+            }
+            match roll {
+                0..=1 => self.crash(node),
+                2..=5 => self.restart(node),
+                6 => {
+                    let mut ids = self.ids();
+                    let cut_at = self.rng.gen_range(1..ids.len());
+                    for k in (1..ids.len()).rev() {
+                        ids.swap(k, self.rng.gen_range(0..=k));
+                    }
+                    let (a, b) = ids.split_at(cut_at);
+                    self.partition(&[a, b]);
+                }
+                7 => {
+                    let other = self.rng.gen_range(1..=n);
+                    if other != node {
+                        self.cut_one_way(node, other);
+                    }
+                }
+                8..=9 => self.heal(),
+                10 => {
+                    if let Some(l) = self.leader() {
+                        self.crash(l);
+                    }
+                }
+                11 => {
+                    if let Some(l) = self.leader() {
+                        let _ = self.raft_mut(l).map(|r| r.transfer_leadership(node));
+                    }
+                }
+                _ => {}
+            }
+            // Keep enough nodes up often enough that progress is possible.
+            let down = self.ids().into_iter().filter(|&i| !self.is_up(i)).count();
+            if self.nodes.len() - down < quorum && self.rng.gen_bool(0.2) {
+                let id = self.rng.gen_range(1..=n);
+                self.restart(id);
+            }
+            self.run_ticks(1)?;
+        }
+        self.heal();
+        for id in self.ids() {
+            self.restart(id);
+        }
+        self.set_net(NetConfig::reliable());
+        self.wait_for_leader(60)?;
+        self.run_until(200, "every client's command committing", |s| {
+            s.all_commands_acknowledged()
+        })?;
+        self.run_until(100, "every node holding the committed log", |s| {
+            s.checker.all_hold_committed(s)
+        })
+    }
+}
+
+/// The global view of what has happened, against which every step is checked.
+struct Checker {
+    /// term -> the node that won it.
+    leaders: HashMap<u64, NodeId>,
+    /// (index, term) -> (data, term of the previous entry): Log Matching.
+    entries: HashMap<(u64, u64), (String, u64)>,
+    /// The committed log as seen by any node, index i at position i - 1.
+    committed: Vec<Option<(u64, String)>>,
+    /// The highest index acknowledged to a client so far.
+    max_acknowledged: u64,
+}
+
+impl Checker {
+    fn new() -> Checker {
+        Checker {
+            leaders: HashMap::new(),
+            entries: HashMap::new(),
+            committed: Vec::new(),
+            max_acknowledged: 0,
+        }
+    }
+
+    /// Election Safety: at most one leader per term.
+    fn check_leaders(&mut self, leaders: &[(NodeId, u64)]) -> Result<(), String> {
+        for &(id, term) in leaders {
+            let winner = *self.leaders.entry(term).or_insert(id);
+            if winner != id {
+                return Err(format!(
+                    "election safety: two leaders in term {term}: {winner} and {id}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Log Matching, checked inductively: every entry ever written at
+    /// (index, term) has the same data and the same previous term, so two
+    /// logs that agree on an entry agree on everything before it.
+    fn check_new_entries(
+        &mut self,
+        prev_term_of_first: u64,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        let mut prev_term = prev_term_of_first;
+        for e in entries {
+            let seen = self
+                .entries
+                .entry((e.index, e.term))
+                .or_insert_with(|| (e.data.clone(), prev_term));
+            if seen.0 != e.data || seen.1 != prev_term {
+                return Err(format!(
+                    "log matching: entry ({}, term {}) is {:?} after term {prev_term} here, {:?} after term {} elsewhere",
+                    e.index, e.term, e.data, seen.0, seen.1
+                ));
+            }
+            prev_term = e.term;
+        }
+        Ok(())
+    }
+
+    /// State Machine Safety: every node applies the same entry at an index.
+    /// Returns whether this is the first time the index is seen committed.
+    fn check_applied(&mut self, e: &Entry) -> Result<bool, String> {
+        let slot = (e.index - 1) as usize;
+        if self.committed.len() <= slot {
+            self.committed.resize(slot + 1, None);
+        }
+        match &self.committed[slot] {
+            None => {
+                self.committed[slot] = Some((e.term, e.data.clone()));
+                Ok(true)
+            }
+            Some((t, d)) if *t == e.term && *d == e.data => Ok(false),
+            Some((t, d)) => Err(format!(
+                "state machine safety: index {} applied as ({}, {:?}) here but ({t}, {d:?}) elsewhere",
+                e.index, e.term, e.data
+            )),
+        }
+    }
+
+    /// Leader Completeness: a new leader holds every committed entry.
+    fn check_leader_completeness(&self, sim: &Sim, id: NodeId) -> Result<(), String> {
+        let log = sim.raft(id).expect("a leader is up").log();
+        for (i, c) in self.committed.iter().enumerate() {
+            if let Some((term, _)) = c {
+                let index = i as u64 + 1;
+                if log.term(index) != Some(*term) {
+                    return Err(format!(
+                        "leader completeness: node {id} leads without committed entry {index} (term {term})"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No committed entry is ever removed from a disk.
+    fn check_truncation(&self, removed: &[Entry]) -> Result<(), String> {
+        for e in removed {
+            if let Some(Some((term, data))) = self.committed.get((e.index - 1) as usize) {
+                if *term == e.term && *data == e.data {
+                    return Err(format!(
+                        "committed entry {} (term {}) was truncated from a disk",
+                        e.index, e.term
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every node's durable log holds the whole committed log. A
+    /// lagging node may hold stale entries at committed indexes for a while;
+    /// after healing, each must catch up.
+    fn all_hold_committed(&self, sim: &Sim) -> bool {
+        sim.ids().into_iter().all(|id| {
+            let log = sim.durable_log(id);
+            self.committed
+                .iter()
+                .enumerate()
+                .all(|(i, c)| match (c, log.get(i)) {
+                    (Some((t, d)), Some(e)) => e.term == *t && e.data == *d,
+                    (None, Some(_)) => true,
+                    (_, None) => false,
+                })
+        })
+    }
+}
