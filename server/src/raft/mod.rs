@@ -723,13 +723,20 @@ impl Raft {
             self.term = term;
             self.vote = None;
         }
-        if self.role == Role::Leader {
+        let was_leader = self.role == Role::Leader;
+        if was_leader {
             self.fail_pending_reads();
         }
         self.role = Role::Follower;
         self.leader_id = leader_id;
         self.lead_transferee = None;
-        self.reset_election_timer();
+        // Figure 2: only a leader's AppendEntries, a granted vote or a new
+        // election resets the timer. Stepping down because a candidate has a
+        // higher term does not, or candidates with stale logs could keep
+        // postponing the elections that nodes with current logs would win.
+        if leader_id.is_some() || was_leader {
+            self.reset_election_timer();
+        }
     }
 
     fn fail_pending_reads(&mut self) {

@@ -335,9 +335,41 @@ impl Sim {
             Ok(())
         } else {
             Err(self.violation(format!(
-                "liveness: {what} did not happen within {max_ticks} ticks"
+                "liveness: {what} did not happen within {max_ticks} ticks\n{}",
+                self.describe()
             )))
         }
+    }
+
+    /// One line per node: its role, term, vote, log and commit.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            match self.raft(id) {
+                None => out.push_str(&format!("  node {id}: down\n")),
+                Some(r) => {
+                    let s = r.status();
+                    let followers: Vec<_> = s
+                        .followers
+                        .iter()
+                        .map(|f| (f.id, f.match_index, f.next_index))
+                        .collect();
+                    out.push_str(&format!(
+                        "  node {id}: {} term {} vote {:?} leader {:?} last {} (term {}) \
+                         commit {} persisted {} followers {followers:?}\n",
+                        s.role,
+                        s.term,
+                        s.vote,
+                        s.leader_id,
+                        s.last_log_index,
+                        s.last_log_term,
+                        s.commit_index,
+                        s.persisted_index,
+                    ));
+                }
+            }
+        }
+        out
     }
 
     pub fn wait_for_leader(&mut self, max_ticks: u64) -> Result<NodeId, Violation> {
@@ -432,6 +464,9 @@ impl Sim {
             .first()
             .map(|e| raft.log().term(e.index - 1).unwrap_or(0));
         if let Some(ss) = rd.soft_state {
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!("t{} node {id}: {:?}", self.now / TICK, ss);
+            }
             if ss.role == Role::Leader {
                 self.stats.elections_won += 1;
                 self.checker
