@@ -613,6 +613,21 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, mut msg: RaftMessage) {
+        if let Ok(who) = std::env::var("SIM_TRACE_NODE") {
+            if who.parse() == Ok(to) || who.parse() == Ok(from) {
+                let m = match &msg {
+                    RaftMessage::AppendEntries(a) => format!(
+                        "AE prev {} ({}) n {} commit {}",
+                        a.prev_log_index,
+                        a.prev_log_term,
+                        a.entries.len(),
+                        a.leader_commit
+                    ),
+                    other => format!("{other:?}"),
+                };
+                eprintln!("t{} {from}->{to} {m}", self.now);
+            }
+        }
         if let Some(f) = self.filter.as_mut() {
             if !f(from, to, &mut msg) {
                 return;
@@ -776,7 +791,7 @@ impl Sim {
         self.run_until(200, "every client's command committing", |s| {
             s.all_commands_acknowledged()
         })?;
-        self.run_until(100, "every node holding the committed log", |s| {
+        self.run_until(300, "every node holding the committed log", |s| {
             s.checker.all_hold_committed(s)
         })
     }

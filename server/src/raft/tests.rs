@@ -880,6 +880,10 @@ pub(super) fn random_cluster(
     let max_inflight = rng.gen_range(1..8);
     let pre_vote = rng.gen_bool(0.8);
     let check_quorum = rng.gen_bool(0.8);
+    let described = format!(
+        "{nodes} nodes, {net:?}, {max_entries} entries/message, {max_inflight} in flight, \
+         pre_vote {pre_vote}, check_quorum {check_quorum}"
+    );
     let mut sim = sim_with(nodes, seed, net, move |c| {
         c.max_entries_per_message = max_entries;
         c.max_inflight_messages = max_inflight;
@@ -887,7 +891,8 @@ pub(super) fn random_cluster(
         c.check_quorum = check_quorum;
         c.broken_rule = broken;
     });
-    sim.random_run(150)?;
+    sim.random_run(150)
+        .map_err(|e| format!("{e}\n  cluster: {described}"))?;
     Ok(std::mem::take(&mut sim.stats))
 }
 
@@ -963,23 +968,4 @@ fn sim_catches_voting_twice_in_a_term() {
 fn sim_catches_voting_without_the_log_check() {
     let caught = first_seed_that_catches(BrokenRule::VoteWithoutLogCheck, 300);
     assert!(caught.is_some(), "voting for stale logs went unnoticed");
-}
-
-#[test]
-fn zz_debug_seed() {
-    let Ok(seed) = std::env::var("DEBUG_SEED") else {
-        return;
-    };
-    let seed: u64 = seed.parse().unwrap();
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let nodes = [3, 5, 7][rng.gen_range(0..3)];
-    let max_delay = rng.gen_range(2..40);
-    let drop_probability: f64 = rng.gen_range(0.0..0.2);
-    let duplicate_probability: f64 = rng.gen_range(0.0..0.1);
-    let max_persist_delay = rng.gen_range(0..12);
-    let max_entries: usize = rng.gen_range(1..64);
-    let max_inflight: usize = rng.gen_range(1..8);
-    let pre_vote = rng.gen_bool(0.8);
-    let check_quorum = rng.gen_bool(0.8);
-    eprintln!("nodes {nodes} delay {max_delay} drop {drop_probability} dup {duplicate_probability} persist {max_persist_delay} entries {max_entries} inflight {max_inflight} prevote {pre_vote} cq {check_quorum}");
 }
