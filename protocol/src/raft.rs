@@ -4,6 +4,8 @@
 //! them, and the event loop frames them as JSON Lines on the wire. Field names
 //! follow Figure 2 of the Raft paper where one exists.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// A node's identity in the cluster. Ids are small positive integers chosen by
@@ -17,9 +19,10 @@ pub struct Entry {
     pub term: u64,
     #[serde(default)]
     pub kind: EntryKind,
-    /// The command, opaque to Raft. Empty for a no-op.
+    /// The command, opaque to Raft. Empty for a no-op. Shared, so the copies
+    /// an entry needs (log, messages to each follower, apply) cost no copying.
     #[serde(default)]
-    pub data: String,
+    pub data: Arc<str>,
 }
 
 impl Entry {
@@ -157,7 +160,7 @@ mod tests {
                 index: 8,
                 term: 3,
                 kind: EntryKind::Noop,
-                data: String::new(),
+                data: Arc::from(""),
             }],
             leader_commit: 7,
             read_round: 0,

@@ -111,7 +111,7 @@ fn main() {
         cluster.settle();
         // A tick every iteration keeps heartbeats and CheckQuorum honest.
         ticks += 1;
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             for n in &mut cluster.nodes {
                 n.tick();
             }

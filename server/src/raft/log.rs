@@ -252,7 +252,7 @@ mod tests {
                 index: i as u64 + 1,
                 term,
                 kind: EntryKind::Command,
-                data: format!("{}-{}", i + 1, term),
+                data: format!("{}-{}", i + 1, term).into(),
             })
             .collect()
     }

@@ -36,6 +36,7 @@ mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use poncho_protocol::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, NodeId, RaftMessage, RequestVote,
@@ -553,11 +554,15 @@ impl Raft {
 
     /// Appends a client command. Returns its (index, term): the command is
     /// committed if the entry at that index commits with that term.
-    pub fn propose(&mut self, data: String) -> Result<(u64, u64), ProposeError> {
-        self.propose_entry(EntryKind::Command, data)
+    pub fn propose(&mut self, data: impl Into<Arc<str>>) -> Result<(u64, u64), ProposeError> {
+        self.propose_entry(EntryKind::Command, data.into())
     }
 
-    fn propose_entry(&mut self, kind: EntryKind, data: String) -> Result<(u64, u64), ProposeError> {
+    fn propose_entry(
+        &mut self,
+        kind: EntryKind,
+        data: Arc<str>,
+    ) -> Result<(u64, u64), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader_id: self.leader_id,
@@ -810,7 +815,7 @@ impl Raft {
             .map(|&p| (p, Progress::new(next)))
             .collect();
         // The no-op lets the leader commit, and so learn, everything before it.
-        self.propose_entry(EntryKind::Noop, String::new())
+        self.propose_entry(EntryKind::Noop, Arc::from(""))
             .expect("a new leader can always append its no-op");
     }
 

@@ -12,6 +12,7 @@
 //! own phase so they do not move in lockstep.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use poncho_protocol::{Entry, NodeId, RaftMessage};
 use rand::rngs::StdRng;
@@ -75,7 +76,7 @@ struct Node {
     /// In completion order; a crash discards them all.
     writes: VecDeque<PendingWrite>,
     /// The state machine: the applied entries, index i at position i - 1.
-    applied: Vec<(u64, String)>,
+    applied: Vec<(u64, Arc<str>)>,
     tick_phase: u64,
     boots: u64,
 }
@@ -87,7 +88,7 @@ struct Client {
 }
 
 struct Command {
-    data: String,
+    data: Arc<str>,
     /// (node, index, term, time) of the latest attempt.
     attempt: Option<(NodeId, u64, u64, u64)>,
 }
@@ -115,6 +116,8 @@ pub struct Sim {
     clients: Vec<Client>,
     reads: HashMap<u64, (NodeId, u64)>,
     next_read_id: u64,
+    pub served_reads: Vec<u64>,
+    pub failed_reads: Vec<u64>,
     pub stats: Stats,
     /// Extra chance per tick, in percent, that `random_run` crashes or
     /// restarts a node, on top of its usual faults.
@@ -167,6 +170,8 @@ impl Sim {
             clients: Vec::new(),
             reads: HashMap::new(),
             next_read_id: 1,
+            served_reads: Vec::new(),
+            failed_reads: Vec::new(),
             stats: Stats::default(),
             churn_percent: 0,
             filter: None,
@@ -293,7 +298,7 @@ impl Sim {
         self.nodes[(id - 1) as usize]
             .applied
             .iter()
-            .map(|(_, d)| d.clone())
+            .map(|(_, d)| d.to_string())
             .collect()
     }
 
@@ -306,7 +311,7 @@ impl Sim {
         self.checker
             .committed
             .iter()
-            .any(|c| c.as_ref().is_some_and(|(_, d)| d == data))
+            .any(|c| c.as_ref().is_some_and(|(_, d)| **d == *data))
     }
 
     // ------------------------------------------------------------- running
@@ -505,6 +510,7 @@ impl Sim {
         }
         for read_id in rd.failed_reads {
             self.reads.remove(&read_id);
+            self.failed_reads.push(read_id);
         }
         Ok(())
     }
@@ -609,6 +615,7 @@ impl Sim {
             )));
         }
         self.stats.reads_served += 1;
+        self.served_reads.push(read_id);
         Ok(())
     }
 
@@ -668,7 +675,7 @@ impl Sim {
             if c.pending.is_none() {
                 c.seq += 1;
                 c.pending = Some(Command {
-                    data: format!("c{i}-{}", c.seq),
+                    data: format!("c{i}-{}", c.seq).into(),
                     attempt: None,
                 });
             }
@@ -710,15 +717,22 @@ impl Sim {
 
     /// Sends a linearizable read to the live leader, if there is one.
     pub fn issue_read(&mut self) {
-        let Some(leader) = self.leader() else { return };
+        if let Some(leader) = self.leader() {
+            let _ = self.read_at(leader);
+        }
+    }
+
+    /// Sends a linearizable read to `node`; returns its id if accepted. Its
+    /// fate shows in `served_reads` or `failed_reads`.
+    pub fn read_at(&mut self, node: NodeId) -> Option<u64> {
         let id = self.next_read_id;
         self.next_read_id += 1;
         let must_see = self.checker.max_acknowledged;
-        if let Some(r) = self.raft_mut(leader) {
-            if r.read_index(id).is_ok() {
-                self.reads.insert(id, (leader, must_see));
-            }
-        }
+        let accepted = self.raft_mut(node)?.read_index(id).is_ok();
+        accepted.then(|| {
+            self.reads.insert(id, (node, must_see));
+            id
+        })
     }
 
     // -------------------------------------------------------- random runs
@@ -802,9 +816,9 @@ struct Checker {
     /// term -> the node that won it.
     leaders: HashMap<u64, NodeId>,
     /// (index, term) -> (data, term of the previous entry): Log Matching.
-    entries: HashMap<(u64, u64), (String, u64)>,
+    entries: HashMap<(u64, u64), (Arc<str>, u64)>,
     /// The committed log as seen by any node, index i at position i - 1.
-    committed: Vec<Option<(u64, String)>>,
+    committed: Vec<Option<(u64, Arc<str>)>>,
     /// The highest index acknowledged to a client so far.
     max_acknowledged: u64,
 }
