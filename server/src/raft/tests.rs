@@ -10,7 +10,7 @@ use poncho_protocol::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::sim::{NetConfig, Sim, TICK};
+use super::sim::{NetConfig, Sim};
 use super::*;
 
 // ------------------------------------------------------------------ helpers
@@ -947,6 +947,10 @@ fn run_seeds(part: u64, parts: u64) {
     assert!(
         seeds.is_empty() || acknowledged > seeds.len() as u64,
         "clients made progress"
+    );
+    assert!(
+        seeds.is_empty() || reads > seeds.len() as u64,
+        "reads were served"
     );
 }
 
