@@ -228,6 +228,108 @@ fn bootstrap_hint_campaigns_at_once_and_a_single_node_commits_after_persisting()
     assert_eq!(r.ready().committed_entries.len(), 1);
 }
 
+// ------------------------------------------------------- commit rules (5.3, 5.4.2)
+
+/// Makes node 1 of `members` leader by hand: campaign, persist, collect votes.
+fn elect_node_1(members: &[NodeId], log_terms: &[u64], term: u64) -> Raft {
+    let mut config = Config::new(1, members.to_vec());
+    config.pre_vote = false;
+    config.bootstrap_leader = true;
+    let mut r = Raft::new(
+        config,
+        HardState { term, vote: None },
+        entries_with_terms(log_terms),
+        1,
+    )
+    .unwrap();
+    let _ = r.ready();
+    for &peer in &members[1..] {
+        r.step(
+            peer,
+            RaftMessage::RequestVoteReply(RequestVoteReply {
+                term: term + 1,
+                vote_granted: true,
+                pre_vote: false,
+            }),
+        );
+    }
+    assert_eq!(r.role(), Role::Leader);
+    r
+}
+
+fn ack(r: &mut Raft, from: NodeId, index: u64) {
+    let term = r.term();
+    r.step(
+        from,
+        RaftMessage::AppendEntriesReply(AppendEntriesReply {
+            term,
+            success: true,
+            index,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_round: 0,
+        }),
+    );
+}
+
+#[test]
+fn section_5_3_the_leader_commits_once_a_majority_holds_the_entry_durably() {
+    let mut r = elect_node_1(&[1, 2, 3, 4, 5], &[], 0);
+    let (index, _) = r.propose("a").unwrap();
+    let rd = r.ready();
+    ack(&mut r, 2, index);
+    ack(&mut r, 3, index);
+    assert_eq!(
+        r.log().committed(),
+        0,
+        "the leader's own copy counts only once durable"
+    );
+    let (i, t) = rd.last_entry_id().unwrap();
+    r.on_persisted(i, t);
+    assert_eq!(r.log().committed(), index, "leader + 2 of 5 is a majority");
+}
+
+#[test]
+fn section_5_4_2_an_older_terms_entry_commits_only_with_one_of_the_current_term() {
+    // Node 1 holds entries of term 2 that followers lack; it leads term 3.
+    let mut r = elect_node_1(&[1, 2, 3], &[1, 2], 2);
+    let rd = r.ready();
+    let (i, t) = rd.last_entry_id().unwrap();
+    assert_eq!((i, t), (3, 3), "the no-op of term 3");
+    r.on_persisted(i, t);
+    ack(&mut r, 2, 2);
+    assert_eq!(
+        r.log().committed(),
+        0,
+        "entry 2 (term 2) on a majority is not committed by counting"
+    );
+    ack(&mut r, 2, 3);
+    assert_eq!(
+        r.log().committed(),
+        3,
+        "the no-op commits, and entry 2 with it"
+    );
+}
+
+#[test]
+fn a_follower_takes_the_leaders_commit_only_up_to_what_it_verified() {
+    let mut r = node(2, &[1, 2, 3], 1, &[1, 1, 1]);
+    // The leader's commit is 5, but this message only proves entries 1-2 match.
+    r.step(
+        1,
+        RaftMessage::AppendEntries(AppendEntries {
+            term: 1,
+            leader_id: 1,
+            prev_log_index: 2,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: 5,
+            read_round: 0,
+        }),
+    );
+    assert_eq!(r.log().committed(), 2);
+}
+
 // ------------------------------------------------------- log rules (Figure 7)
 
 /// Figure 7: a leader at term 8 with log terms [1,1,1,4,4,5,5,6,6,6] brings
