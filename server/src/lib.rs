@@ -1,4 +1,9 @@
-//! poncho-server as a library: the Raft core (and, later, the event loop and
-//! storage that host it).
+//! poncho-server as a library: the Raft core, the storage and state machine
+//! it drives, and the event loop that hosts them.
 
+pub mod kv;
+#[macro_use]
+pub mod log;
+pub mod node;
 pub mod raft;
+pub mod storage;

@@ -1,4 +1,209 @@
-fn main() {
-    eprintln!("poncho-server: the event loop is not built yet (see issue 3)");
-    std::process::exit(1);
+//! `poncho-server`: one node of a poncho cluster.
+//!
+//! `poncho-server --port 8002 is_leader` alone runs a working single-node
+//! cluster with its data in `./poncho-data/node-1`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use poncho_protocol::{NodeId, MAX_LINE_BYTES};
+use poncho_server::log::Level;
+use poncho_server::node::{Node, NodeConfig};
+use poncho_server::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "poncho-server",
+    version,
+    about = "A node of a poncho Raft key/value cluster"
+)]
+struct Args {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, default_value_t = 1)]
+    id: NodeId,
+    /// The IP address to listen on and to connect to peers from.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The TCP port for clients and peers.
+    #[arg(long, default_value_t = 8002)]
+    port: u16,
+    /// The other members, as ID=IP:PORT,... (this node may be listed too).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Where the log and hard state live [default: ./poncho-data/node-ID].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Milliseconds per Raft tick.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Minimum election timeout in ticks (each wait is drawn from [N, 2N)).
+    #[arg(long, default_value_t = 30)]
+    election_ticks: u64,
+    /// Heartbeat interval in ticks.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_ticks: u64,
+    /// Most entries in one AppendEntries.
+    #[arg(long, default_value_t = 1024)]
+    max_batch_entries: usize,
+    /// Most bytes of entries in one AppendEntries.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_batch_bytes: usize,
+    /// Unacknowledged AppendEntries allowed per follower.
+    #[arg(long, default_value_t = 64)]
+    max_inflight: usize,
+    /// Milliseconds a client write or read may wait before a TIMEOUT reply.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+    /// Longest request line accepted, in bytes.
+    #[arg(long, default_value_t = MAX_LINE_BYTES)]
+    max_line_bytes: usize,
+    /// Skip fsync. UNSAFE: acknowledged writes can be lost on a crash. For
+    /// throwaway experiments only.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+    /// error, warn, info or debug.
+    #[arg(long, default_value = "info")]
+    log_level: Level,
+    /// Shorthand for --log-level debug.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// The bootstrap hint: campaign at once on start, so a fresh cluster has
+    /// a predictable first leader (it still needs a majority of votes).
+    #[arg(value_parser = ["is_leader"])]
+    is_leader: Option<String>,
+}
+
+fn parse_peers(
+    id: NodeId,
+    own: SocketAddr,
+    specs: &[String],
+) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for spec in specs.iter().filter(|s| !s.trim().is_empty()) {
+        let (peer_id, addr) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--peers entry {spec:?} is not ID=IP:PORT"))?;
+        let peer_id: NodeId = peer_id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers entry {spec:?}: {peer_id:?} is not a node id"))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers entry {spec:?}: {addr:?} is not IP:PORT"))?;
+        if peer_id == 0 {
+            return Err("node ids start at 1".into());
+        }
+        if peer_id == id {
+            if addr != own {
+                return Err(format!(
+                    "--peers lists this node ({id}) at {addr}, but it listens on {own}"
+                ));
+            }
+            continue;
+        }
+        if peers.insert(peer_id, addr).is_some() {
+            return Err(format!("--peers lists node {peer_id} twice"));
+        }
+    }
+    Ok(peers)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = if args.verbose {
+        Level::Debug
+    } else {
+        args.log_level
+    };
+    poncho_server::log::init(level, args.id);
+    let own = SocketAddr::new(args.host, args.port);
+    let peers = match parse_peers(args.id, own, &args.peers) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("poncho-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.id == 0 || args.tick_ms == 0 {
+        eprintln!("poncho-server: --id and --tick-ms must be at least 1");
+        return ExitCode::from(2);
+    }
+    let config = NodeConfig {
+        id: args.id,
+        host: args.host,
+        port: args.port,
+        peers,
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("poncho-data/node-{}", args.id))),
+        bootstrap_leader: args.is_leader.is_some(),
+        tick: Duration::from_millis(args.tick_ms),
+        election_timeout_ticks: args.election_ticks,
+        heartbeat_interval_ticks: args.heartbeat_ticks,
+        max_entries_per_message: args.max_batch_entries,
+        max_bytes_per_message: args.max_batch_bytes,
+        max_inflight_messages: args.max_inflight,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_line_bytes: args.max_line_bytes,
+        fsync: !args.unsafe_no_fsync,
+    };
+    if !config.fsync {
+        eprintln!(
+            "poncho-server: WARNING: --unsafe-no-fsync: acknowledged writes can be lost on a crash"
+        );
+    }
+    let mut node = match Node::start(config) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match node.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("fatal: {e}");
+            info!("stopping: a node that cannot write durably must not keep acknowledging");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_skip_this_node() {
+        let own: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let specs = vec![
+            "1=127.0.0.1:8001".to_string(),
+            "2=127.0.0.2:8002".to_string(),
+        ];
+        let peers = parse_peers(1, own, &specs).unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[&2], "127.0.0.2:8002".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_peer_specs_are_refused_with_a_reason() {
+        let own: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        for (spec, reason) in [
+            ("2", "not ID=IP:PORT"),
+            ("x=127.0.0.1:1", "not a node id"),
+            ("2=localhost", "not IP:PORT"),
+            ("1=127.0.0.1:9999", "listens on"),
+            ("0=127.0.0.1:1", "start at 1"),
+        ] {
+            let err = parse_peers(1, own, &[spec.to_string()]).unwrap_err();
+            assert!(err.contains(reason), "{spec}: {err}");
+        }
+        let twice = ["2=127.0.0.1:1".to_string(), "2=127.0.0.1:2".to_string()];
+        assert!(parse_peers(1, own, &twice).unwrap_err().contains("twice"));
+    }
 }

@@ -1,0 +1,1105 @@
+//! The event loop: one thread, one mio `Poll`, hosting the Raft core.
+//!
+//! The loop owns the listener, every client and peer connection (in a slab),
+//! the storage, the key/value state machine and the Raft core. Each iteration:
+//!
+//! 1. wait for socket events or the next timer (the poll timeout);
+//! 2. read what arrived, decode lines, hand requests to the core;
+//! 3. tick the core for the time that passed;
+//! 4. drive the core's `Ready`: send what may go now, write the log and hard
+//!    state with one fsync for the whole iteration (group commit), then send
+//!    what had to wait for it, apply committed entries and answer clients;
+//! 5. flush output.
+//!
+//! The leader's AppendEntries are written to the sockets before its own fsync
+//! (thesis 10.2.1), so followers persist in parallel with the leader.
+
+mod conn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use poncho_protocol::{
+    decode_request, encode_error, encode_peer, encode_reply, AppendEntriesReply, ClientRequest,
+    ErrorCode, ErrorReply, FollowerProgress, GetReply, KeysReply, MemberStatus, NodeId,
+    RaftMessage, Request, RequestVoteReply, StatusReply,
+};
+use slab::Slab;
+
+use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES};
+use crate::kv::{ApplyResult, Command, KvStore};
+use crate::raft::{Config, ProgressState, ProposeError, Raft, Ready, Role};
+use crate::storage::{Storage, StorageOptions};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Connections beyond this are accepted and closed at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// A slow peer's unsent messages beyond this are dropped (Raft resends).
+const PEER_OUTPUT_LIMIT: usize = 64 << 20;
+/// Bytes read from one connection per event before serving others.
+const READ_BUDGET: usize = 1 << 20;
+/// Most keys one KEYS reply lists.
+pub const MAX_KEYS_PER_REPLY: usize = 10_000;
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Everything a node needs to start, from the command line.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub host: IpAddr,
+    pub port: u16,
+    /// The other members.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub data_dir: PathBuf,
+    pub bootstrap_leader: bool,
+    pub tick: Duration,
+    pub election_timeout_ticks: u64,
+    pub heartbeat_interval_ticks: u64,
+    pub max_entries_per_message: usize,
+    pub max_bytes_per_message: usize,
+    pub max_inflight_messages: usize,
+    pub request_timeout: Duration,
+    pub max_line_bytes: usize,
+    pub fsync: bool,
+}
+
+impl NodeConfig {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
+struct PeerLink {
+    addr: SocketAddr,
+    /// Slab key of the outbound connection, when there is one.
+    conn: Option<usize>,
+    next_attempt: Instant,
+    backoff: Duration,
+    /// Whether we logged this peer as unreachable (log once, not per retry).
+    reported_down: bool,
+}
+
+/// Where a reply must go: connection, its generation, and the reply slot.
+#[derive(Clone, Copy)]
+struct ReplyTo {
+    conn: usize,
+    generation: u64,
+    slot: u64,
+    req_id: Option<u64>,
+}
+
+struct PendingWrite {
+    to: ReplyTo,
+    term: u64,
+    deadline: Instant,
+}
+
+enum ReadKind {
+    Get(String),
+    Keys(String),
+}
+
+struct PendingRead {
+    to: ReplyTo,
+    kind: ReadKind,
+    deadline: Instant,
+}
+
+pub struct Node {
+    config: NodeConfig,
+    poll: Poll,
+    listener: TcpListener,
+    signals: signal_hook_mio::v1_0::Signals,
+    conns: Slab<Conn>,
+    next_generation: u64,
+    peers: BTreeMap<NodeId, PeerLink>,
+    raft: Raft,
+    storage: Storage,
+    kv: KvStore,
+    pending_writes: HashMap<u64, PendingWrite>,
+    pending_reads: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+    next_tick: Instant,
+    next_expiry_scan: Instant,
+    /// Connections with output to flush or to close at the end of the iteration.
+    dirty: Vec<usize>,
+    scratch: Vec<u8>,
+    shutting_down: bool,
+}
+
+impl Node {
+    /// Opens storage, recovers, binds the listener. Prints the startup banner.
+    pub fn start(config: NodeConfig) -> Result<Node, String> {
+        let (storage, recovered) = Storage::open(
+            &config.data_dir,
+            StorageOptions {
+                fsync: config.fsync,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        for w in &recovered.warnings {
+            warn!("recovery: {w}");
+        }
+        info!(
+            "recovered term {} vote {:?} and {} log entries from {}",
+            recovered.hard_state.term,
+            recovered.hard_state.vote,
+            recovered.entries.len(),
+            config.data_dir.display()
+        );
+        let mut members: Vec<NodeId> = config.peers.keys().copied().collect();
+        members.push(config.id);
+        let mut raft_config = Config::new(config.id, members);
+        raft_config.election_timeout_ticks = config.election_timeout_ticks;
+        raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+        raft_config.max_entries_per_message = config.max_entries_per_message;
+        raft_config.max_bytes_per_message = config.max_bytes_per_message;
+        raft_config.max_inflight_messages = config.max_inflight_messages;
+        raft_config.bootstrap_leader = config.bootstrap_leader;
+        // The only randomness the core gets: a seed, different per process.
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32)
+            ^ config.id;
+        let raft = Raft::new(raft_config, recovered.hard_state, recovered.entries, seed)?;
+
+        let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
+        let mut listener = TcpListener::bind(config.addr())
+            .map_err(|e| format!("cannot listen on {}: {e}", config.addr()))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("cannot register listener: {e}"))?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("cannot register signals: {e}"))?;
+
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("listener address: {e}"))?;
+        println!(
+            "TCP Listener on address: {}, port: {}",
+            local.ip(),
+            local.port()
+        );
+        println!("Node id: {}", config.id);
+        let peer_list: Vec<String> = config
+            .peers
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect();
+        println!(
+            "Peers: {}",
+            if peer_list.is_empty() {
+                "none (single-node cluster)".to_string()
+            } else {
+                peer_list.join(",")
+            }
+        );
+        println!("Data directory: {}", config.data_dir.display());
+
+        let now = Instant::now();
+        let peers = config
+            .peers
+            .iter()
+            .map(|(&id, &addr)| {
+                (
+                    id,
+                    PeerLink {
+                        addr,
+                        conn: None,
+                        next_attempt: now,
+                        backoff: RECONNECT_MIN,
+                        reported_down: false,
+                    },
+                )
+            })
+            .collect();
+        let mut config = config;
+        config.port = local.port();
+        Ok(Node {
+            next_tick: now + config.tick,
+            next_expiry_scan: now,
+            config,
+            poll,
+            listener,
+            signals,
+            conns: Slab::new(),
+            next_generation: 0,
+            peers,
+            raft,
+            storage,
+            kv: KvStore::new(),
+            pending_writes: HashMap::new(),
+            pending_reads: HashMap::new(),
+            next_read_id: 1,
+            dirty: Vec::new(),
+            scratch: Vec::new(),
+            shutting_down: false,
+        })
+    }
+
+    /// Runs until SIGINT or SIGTERM. An error here is fatal for the node
+    /// (the disk failed): Raft cannot continue without durable storage.
+    pub fn run(&mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(1024);
+        self.drive_raft()?;
+        while !self.shutting_down {
+            let now = Instant::now();
+            let timeout = self.next_deadline().saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("poll failed: {e}"));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        for signal in self.signals.pending() {
+                            info!("received signal {signal}; shutting down");
+                            self.shutting_down = true;
+                        }
+                    }
+                    Token(t) => {
+                        let key = t - FIRST_CONN;
+                        if event.is_writable() {
+                            self.on_writable(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                    }
+                }
+            }
+            self.on_timers();
+            self.drive_raft()?;
+            self.flush_dirty();
+        }
+        self.storage
+            .sync()
+            .map_err(|e| format!("final sync failed: {e}"))?;
+        for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            if let Some(c) = self.conns.get_mut(key) {
+                let _ = c.flush();
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = self.next_tick;
+        for p in self.peers.values() {
+            if p.conn.is_none() {
+                deadline = deadline.min(p.next_attempt);
+            }
+        }
+        deadline
+    }
+
+    // ------------------------------------------------------------ sockets
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        warn!(
+                            "refusing connection from {addr}: {MAX_CONNECTIONS} connections open"
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    if let Some(key) = self.add_conn(
+                        stream,
+                        ConnRole::Inbound,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        debug!("connection {key} from {addr}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: the pending
+                    // connections wait in the backlog; do not spin.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        role: ConnRole,
+        interest: Interest,
+    ) -> Option<usize> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(key + FIRST_CONN), interest)
+        {
+            warn!("cannot register connection: {e}");
+            return None;
+        }
+        self.next_generation += 1;
+        entry.insert(Conn::new(
+            stream,
+            role,
+            self.next_generation,
+            self.config.max_line_bytes,
+        ));
+        Some(key)
+    }
+
+    fn close(&mut self, key: usize, why: &str) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let ConnRole::Outbound(peer) = conn.role {
+            if let Some(link) = self.peers.get_mut(&peer) {
+                if link.conn == Some(key) {
+                    link.conn = None;
+                    link.next_attempt = Instant::now() + link.backoff;
+                    link.backoff = (link.backoff * 2).min(RECONNECT_MAX);
+                    if !link.reported_down {
+                        link.reported_down = true;
+                        info!("peer {peer} at {} unreachable: {why}", link.addr);
+                    }
+                }
+            }
+        } else {
+            debug!("connection {key} closed: {why}");
+        }
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.connecting {
+            // A nonblocking connect finished, one way or the other.
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.close(key, &e.to_string()),
+            }
+            if let Err(e) = conn.stream.peer_addr() {
+                if e.kind() == io::ErrorKind::NotConnected {
+                    return; // spurious wake-up: still connecting
+                }
+                return self.close(key, &e.to_string());
+            }
+            conn.connecting = false;
+            let _ = conn.stream.set_nodelay(true);
+            if let ConnRole::Outbound(peer) = conn.role {
+                if let Some(link) = self.peers.get_mut(&peer) {
+                    link.backoff = RECONNECT_MIN;
+                    if link.reported_down {
+                        link.reported_down = false;
+                        info!("peer {peer} at {} reachable again", link.addr);
+                    }
+                }
+            }
+        }
+        self.flush_conn(key);
+        // Output drained below the mark: resume reading a paused client.
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.read_paused && c.wants_input())
+        {
+            self.on_readable(key);
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if let ConnRole::Outbound(_) = conn.role {
+                // Peers never write to our outbound connections; a read
+                // event here means the peer closed it.
+                let mut probe = [0u8; 1];
+                match io::Read::read(&mut conn.stream, &mut probe) {
+                    Ok(0) => return self.close(key, "closed by peer"),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => return self.close(key, &e.to_string()),
+                    Ok(_) => continue,
+                }
+            }
+            if !conn.wants_input() {
+                conn.read_paused = true;
+                return;
+            }
+            conn.read_paused = false;
+            let more = match conn.read_some(READ_BUDGET) {
+                Ok(more) => more,
+                Err(e) => return self.close(key, &e.to_string()),
+            };
+            self.process_lines(key);
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
+            if conn.peer_eof {
+                // Answer what was asked before the client hung up; reads and
+                // writes in flight are answered into a closed connection.
+                if conn.output_bytes() == 0 && conn.pending_replies() == 0 {
+                    return self.close(key, "closed by client");
+                }
+                self.mark_dirty(key);
+                return;
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    fn process_lines(&mut self, key: usize) {
+        let mut lines = Vec::new();
+        {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            while let Some(line) = conn.input.next_line() {
+                match line {
+                    Ok(bytes) => lines.push(Ok(bytes.to_vec())),
+                    Err(too_long) => {
+                        lines.push(Err(too_long.limit));
+                        break;
+                    }
+                }
+            }
+        }
+        for line in lines {
+            match line {
+                Ok(bytes) => self.handle_line(key, &bytes),
+                Err(limit) => {
+                    let error = ErrorReply::new(
+                        ErrorCode::MessageTooLarge,
+                        format!("line longer than {limit} bytes; closing the connection"),
+                    );
+                    self.reply_error_now(key, None, &error);
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.close_after_flush = true;
+                    }
+                    return;
+                }
+            }
+        }
+        self.mark_dirty(key);
+    }
+
+    fn handle_line(&mut self, key: usize, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return; // blank lines (a human at nc pressing enter) are ignored
+        }
+        match decode_request(line) {
+            Err(e) => self.reply_error_now(key, e.req_id, &e.error),
+            Ok(Request::Peer { src_id, message }) => self.handle_peer_message(key, src_id, message),
+            Ok(Request::Client { req_id, request }) => {
+                self.handle_client_request(key, req_id, request)
+            }
+        }
+    }
+
+    fn handle_peer_message(&mut self, key: usize, src_id: Option<NodeId>, message: RaftMessage) {
+        match src_id {
+            Some(id) if self.peers.contains_key(&id) => self.raft.step(id, message),
+            _ => {
+                // A probe (the shell's `append` / `vote`, or a node that is
+                // not a member): answer with our term, rejected. The core
+                // never sees it, so it changes nothing.
+                let term = self.raft.term();
+                let reply = match message {
+                    RaftMessage::AppendEntries(m) => {
+                        RaftMessage::AppendEntriesReply(AppendEntriesReply {
+                            term,
+                            success: false,
+                            index: m.prev_log_index,
+                            conflict_term: 0,
+                            conflict_index: 0,
+                            read_round: m.read_round,
+                        })
+                    }
+                    RaftMessage::RequestVote(m) => {
+                        RaftMessage::RequestVoteReply(RequestVoteReply {
+                            term,
+                            vote_granted: false,
+                            pre_vote: m.pre_vote,
+                        })
+                    }
+                    _ => {
+                        let error = ErrorReply::bad_request(
+                            "only APPEND_ENTRY and REQUEST_VOTE may be sent as probes",
+                        );
+                        return self.reply_error_now(key, None, &error);
+                    }
+                };
+                self.scratch.clear();
+                encode_peer(&mut self.scratch, None, None, &reply);
+                self.reply_scratch_now(key);
+            }
+        }
+    }
+
+    fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
+        let msg_type = request.msg_type();
+        match request {
+            ClientRequest::Healthcheck => {
+                self.scratch.clear();
+                encode_reply(&mut self.scratch, msg_type, req_id, &"ok");
+                self.reply_scratch_now(key);
+            }
+            ClientRequest::Status => {
+                let status = self.status();
+                self.scratch.clear();
+                encode_reply(&mut self.scratch, msg_type, req_id, &status);
+                self.reply_scratch_now(key);
+            }
+            ClientRequest::Get(get) if get.stale => {
+                let reply = GetReply {
+                    value: self.kv.get(&get.key).map(str::to_owned),
+                    key: get.key,
+                };
+                self.scratch.clear();
+                encode_reply(&mut self.scratch, msg_type, req_id, &reply);
+                self.reply_scratch_now(key);
+            }
+            ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
+            ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
+            write @ (ClientRequest::Set(_) | ClientRequest::Delete(_) | ClientRequest::Cas(_)) => {
+                let Some(command) = Command::from_request(&write, now_ms()) else {
+                    return self.reply_error_now(
+                        key,
+                        req_id,
+                        &ErrorReply::bad_request("not a write"),
+                    );
+                };
+                match self.raft.propose(command.encode()) {
+                    Ok((index, term)) => {
+                        let Some(to) = self.reserve(key, req_id) else {
+                            return;
+                        };
+                        let deadline = Instant::now() + self.config.request_timeout;
+                        self.pending_writes
+                            .insert(index, PendingWrite { to, term, deadline });
+                    }
+                    Err(e) => {
+                        let error = self.propose_error(&e);
+                        self.reply_error_now(key, req_id, &error);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_read(&mut self, key: usize, req_id: Option<u64>, kind: ReadKind) {
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        match self.raft.read_index(id) {
+            Ok(()) => {
+                let Some(to) = self.reserve(key, req_id) else {
+                    return;
+                };
+                let deadline = Instant::now() + self.config.request_timeout;
+                self.pending_reads
+                    .insert(id, PendingRead { to, kind, deadline });
+            }
+            Err(e) => {
+                let error = self.propose_error(&e);
+                self.reply_error_now(key, req_id, &error);
+            }
+        }
+    }
+
+    fn propose_error(&self, e: &ProposeError) -> ErrorReply {
+        match e {
+            ProposeError::NotLeader {
+                leader_id: Some(id),
+            } => {
+                let mut error = ErrorReply::new(
+                    ErrorCode::NotLeader,
+                    format!("node {} is not the leader; node {id} is", self.config.id),
+                );
+                error.leader_id = Some(*id);
+                error.leader_addr = self.peers.get(id).map(|p| p.addr.to_string());
+                error
+            }
+            ProposeError::NotLeader { leader_id: None } => ErrorReply::new(
+                ErrorCode::NoLeader,
+                "no leader is known; an election is under way or a quorum is unreachable",
+            ),
+            ProposeError::TransferInProgress => ErrorReply::new(
+                ErrorCode::NoLeader,
+                "leadership is being transferred; retry shortly",
+            ),
+            ProposeError::Overloaded => ErrorReply::new(
+                ErrorCode::Overloaded,
+                "too many writes waiting to commit; retry later",
+            ),
+        }
+    }
+
+    // ------------------------------------------------------------ replies
+
+    fn reserve(&mut self, key: usize, req_id: Option<u64>) -> Option<ReplyTo> {
+        let conn = self.conns.get_mut(key)?;
+        Some(ReplyTo {
+            conn: key,
+            generation: conn.generation,
+            slot: conn.reserve_slot(),
+            req_id,
+        })
+    }
+
+    /// Sends `self.scratch` as the reply to the request just read on `key`.
+    fn reply_scratch_now(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let slot = conn.reserve_slot();
+            conn.fill_slot(slot, &self.scratch);
+        }
+    }
+
+    fn reply_error_now(&mut self, key: usize, req_id: Option<u64>, error: &ErrorReply) {
+        self.scratch.clear();
+        encode_error(&mut self.scratch, req_id, error);
+        self.reply_scratch_now(key);
+    }
+
+    /// Sends `self.scratch` to a reserved slot, if the connection still exists.
+    fn complete(&mut self, to: ReplyTo) {
+        if let Some(conn) = self.conns.get_mut(to.conn) {
+            if conn.generation == to.generation {
+                conn.fill_slot(to.slot, &self.scratch);
+                self.mark_dirty(to.conn);
+            }
+        }
+    }
+
+    fn complete_error(&mut self, to: ReplyTo, error: &ErrorReply) {
+        self.scratch.clear();
+        encode_error(&mut self.scratch, to.req_id, error);
+        self.complete(to);
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        self.dirty.push(key);
+    }
+
+    fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.connecting {
+            return;
+        }
+        if let Err(e) = conn.flush() {
+            return self.close(key, &e.to_string());
+        }
+        let drained = conn.output_bytes() == 0;
+        if drained && (conn.close_after_flush || (conn.peer_eof && conn.pending_replies() == 0)) {
+            return self.close(key, "done");
+        }
+        if conn.role == ConnRole::Inbound && conn.output_bytes() > OUTPUT_DROP_BYTES {
+            self.close(key, "client is not reading its replies");
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            self.flush_conn(key);
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.read_paused && c.wants_input())
+            {
+                self.on_readable(key);
+            }
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    // ------------------------------------------------------------- timers
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        // Catch up on missed ticks, but never more than an election timeout's
+        // worth: after a long stall (a paused process), ticking a hundred
+        // times at once would only cause a needless election.
+        let mut ticks = 0;
+        while self.next_tick <= now {
+            if ticks < self.config.election_timeout_ticks {
+                self.raft.tick();
+                ticks += 1;
+            }
+            self.next_tick += self.config.tick;
+        }
+        self.connect_peers(now);
+        if now >= self.next_expiry_scan {
+            self.next_expiry_scan = now + Duration::from_millis(100);
+            self.expire_requests(now);
+        }
+    }
+
+    fn connect_peers(&mut self, now: Instant) {
+        let due: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.conn.is_none() && p.next_attempt <= now)
+            .map(|(&id, p)| (id, p.addr))
+            .collect();
+        for (id, addr) in due {
+            let result = connect_from(self.config.host, addr).map(|stream| {
+                self.add_conn(
+                    stream,
+                    ConnRole::Outbound(id),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            });
+            let link = self.peers.get_mut(&id).expect("peer exists");
+            match result {
+                Ok(Some(key)) => {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.connecting = true;
+                    }
+                    link.conn = Some(key);
+                }
+                Ok(None) | Err(_) => {
+                    link.next_attempt = now + link.backoff;
+                    link.backoff = (link.backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+    }
+
+    fn expire_requests(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending_writes
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in expired {
+            if let Some(w) = self.pending_writes.remove(&index) {
+                let error = ErrorReply::new(
+                    ErrorCode::Timeout,
+                    "the write did not commit in time; its outcome is unknown: retry with the same client_id and seq",
+                );
+                self.complete_error(w.to, &error);
+            }
+        }
+        let expired: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.pending_reads.remove(&id) {
+                let error = ErrorReply::new(
+                    ErrorCode::Timeout,
+                    "leadership could not be confirmed in time; retry",
+                );
+                self.complete_error(r.to, &error);
+            }
+        }
+    }
+
+    // --------------------------------------------------------------- raft
+
+    /// Carries out every Ready the core has, in the order the core requires.
+    fn drive_raft(&mut self) -> Result<(), String> {
+        while self.raft.has_ready() {
+            let rd = self.raft.ready();
+            self.log_role_change(&rd);
+            // 1. Messages that may leave now, leaving now: followers persist
+            //    while we do.
+            for out in &rd.messages {
+                self.send_to_peer(out.to, &out.message);
+            }
+            // 2. Durability: hard state, entries, one fsync for all of it.
+            if let Some(hs) = rd.hard_state {
+                self.storage
+                    .save_hard_state(hs)
+                    .map_err(|e| format!("cannot save hard state: {e}"))?;
+            }
+            if !rd.entries.is_empty() {
+                self.storage
+                    .append(&rd.entries)
+                    .map_err(|e| format!("cannot append to the log: {e}"))?;
+                self.storage
+                    .sync()
+                    .map_err(|e| format!("cannot sync the log: {e}"))?;
+            }
+            // 3. What had to wait for the disk.
+            for out in &rd.messages_after_persist {
+                self.send_to_peer(out.to, &out.message);
+            }
+            if let Some((index, term)) = rd.last_entry_id() {
+                self.raft.on_persisted(index, term);
+            }
+            // 4. Apply and answer.
+            self.apply(rd)?;
+        }
+        Ok(())
+    }
+
+    fn log_role_change(&self, rd: &Ready) {
+        if let Some(ss) = rd.soft_state {
+            match (ss.role, ss.leader_id) {
+                (Role::Leader, _) => info!("became leader in term {}", ss.term),
+                (role, Some(leader)) => {
+                    info!("{role} in term {}; leader is node {leader}", ss.term)
+                }
+                (role, None) => info!("{role} in term {}; no leader known", ss.term),
+            }
+        }
+    }
+
+    fn apply(&mut self, rd: Ready) -> Result<(), String> {
+        let mut last = None;
+        for entry in &rd.committed_entries {
+            last = Some(entry.index);
+            let result = self.kv.apply(entry);
+            let Some(pending) = self.pending_writes.remove(&entry.index) else {
+                continue;
+            };
+            if pending.term != entry.term {
+                let error = ErrorReply::new(
+                    ErrorCode::LeadershipLost,
+                    "leadership changed before the write committed; retry with the same client_id and seq",
+                );
+                self.complete_error(pending.to, &error);
+                continue;
+            }
+            self.scratch.clear();
+            match result {
+                Some(ApplyResult::Set(r)) => {
+                    encode_reply(&mut self.scratch, "SET", pending.to.req_id, &r)
+                }
+                Some(ApplyResult::Delete(r)) => {
+                    encode_reply(&mut self.scratch, "DELETE", pending.to.req_id, &r)
+                }
+                Some(ApplyResult::Cas(r)) => {
+                    encode_reply(&mut self.scratch, "CAS", pending.to.req_id, &r)
+                }
+                Some(ApplyResult::Error(e)) => {
+                    encode_error(&mut self.scratch, pending.to.req_id, &e)
+                }
+                None => encode_error(
+                    &mut self.scratch,
+                    pending.to.req_id,
+                    &ErrorReply::new(
+                        ErrorCode::LeadershipLost,
+                        "the entry at this index is not a command",
+                    ),
+                ),
+            }
+            self.complete(pending.to);
+        }
+        if let Some(index) = last {
+            self.raft.advance_applied(index);
+        }
+        for read in rd.reads {
+            let Some(pending) = self.pending_reads.remove(&read.id) else {
+                continue;
+            };
+            self.scratch.clear();
+            match pending.kind {
+                ReadKind::Get(key) => {
+                    let value = self.kv.get(&key).map(str::to_owned);
+                    encode_reply(
+                        &mut self.scratch,
+                        "GET",
+                        pending.to.req_id,
+                        &GetReply { key, value },
+                    );
+                }
+                ReadKind::Keys(prefix) => {
+                    let keys = self.kv.keys(&prefix, MAX_KEYS_PER_REPLY);
+                    encode_reply(
+                        &mut self.scratch,
+                        "KEYS",
+                        pending.to.req_id,
+                        &KeysReply { keys },
+                    );
+                }
+            }
+            self.complete(pending.to);
+        }
+        for id in rd.failed_reads {
+            if let Some(pending) = self.pending_reads.remove(&id) {
+                let error = ErrorReply::new(
+                    ErrorCode::LeadershipLost,
+                    "leadership was lost before the read was confirmed; retry",
+                );
+                self.complete_error(pending.to, &error);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_to_peer(&mut self, to: NodeId, message: &RaftMessage) {
+        let Some(key) = self.peers.get(&to).and_then(|p| p.conn) else {
+            return; // not connected: Raft treats it as a lost message
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.output_bytes() > PEER_OUTPUT_LIMIT {
+            return;
+        }
+        self.scratch.clear();
+        encode_peer(&mut self.scratch, Some(self.config.id), None, message);
+        conn.push_output(&self.scratch);
+        // Write now rather than at the end of the iteration, so the message
+        // is on the wire before this node's fsync.
+        self.flush_conn(key);
+    }
+
+    fn status(&self) -> StatusReply {
+        let s = self.raft.status();
+        let addr_of = |id: NodeId| {
+            if id == self.config.id {
+                Some(self.config.addr().to_string())
+            } else {
+                self.peers.get(&id).map(|p| p.addr.to_string())
+            }
+        };
+        let mut members: Vec<MemberStatus> = self
+            .peers
+            .iter()
+            .map(|(&id, p)| MemberStatus {
+                id,
+                addr: p.addr.to_string(),
+            })
+            .collect();
+        members.push(MemberStatus {
+            id: self.config.id,
+            addr: self.config.addr().to_string(),
+        });
+        members.sort_by_key(|m| m.id);
+        StatusReply {
+            id: s.id,
+            addr: self.config.addr().to_string(),
+            role: s.role.to_string(),
+            term: s.term,
+            leader_id: s.leader_id,
+            leader_addr: s.leader_id.and_then(addr_of),
+            commit_index: s.commit_index,
+            last_applied: s.applied_index,
+            last_log_index: s.last_log_index,
+            members,
+            followers: s
+                .followers
+                .iter()
+                .map(|f| FollowerProgress {
+                    id: f.id,
+                    match_index: f.match_index,
+                    next_index: f.next_index,
+                    state: match f.state {
+                        ProgressState::Probe => "probe".to_string(),
+                        ProgressState::Replicate => "replicate".to_string(),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts a nonblocking connect to `addr` from our own IP, so per-node
+/// firewall rules on 127.0.0.N addresses apply to peer traffic too.
+fn connect_from(host: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if !host.is_unspecified() && host.is_ipv4() == addr.is_ipv4() {
+        socket.bind(&SockAddr::from(SocketAddr::new(host, 0)))?;
+    }
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e)
+            if e.raw_os_error() == Some(libc_einprogress())
+                || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// EINPROGRESS on Linux; a nonblocking connect reports it while under way.
+const fn libc_einprogress() -> i32 {
+    115
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conn::*;
+
+    #[test]
+    fn replies_leave_in_request_order_even_when_completed_out_of_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(
+            mio::net::TcpStream::from_std(stream),
+            ConnRole::Inbound,
+            1,
+            1024,
+        );
+        let a = conn.reserve_slot();
+        let b = conn.reserve_slot();
+        let c = conn.reserve_slot();
+        conn.fill_slot(c, b"c\n");
+        conn.fill_slot(b, b"b\n");
+        assert_eq!(
+            conn.output_bytes(),
+            0,
+            "nothing may overtake the first reply"
+        );
+        conn.fill_slot(a, b"a\n");
+        assert_eq!(conn.output_bytes(), 6);
+        assert_eq!(conn.pending_replies(), 0);
+    }
+}
