@@ -1,0 +1,423 @@
+//! `poncho-bench`: a closed-loop load generator for a poncho cluster.
+//!
+//! One thread and one mio poll drive every connection, so the generator
+//! itself costs little CPU (it reports how much it used). Each connection
+//! keeps `--pipeline` requests outstanding; a request's latency runs from
+//! the moment it is written until its reply is read. Replies come back in
+//! request order per connection (the protocol guarantees it), so they are
+//! matched first-in, first-out.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use poncho_protocol::{LineBuffer, ReplyEnvelope};
+use rand::rngs::StdRng as SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "poncho-bench",
+    version,
+    about = "Load generator for a poncho cluster"
+)]
+struct Args {
+    /// Cluster addresses; the leader is found through STATUS.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8002")]
+    cluster: Vec<SocketAddr>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds to run (after connecting).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many operations instead.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Operation mix as OP:WEIGHT,... with OP in set, get, cas.
+    #[arg(long, default_value = "set:1")]
+    mix: String,
+    /// Keys are drawn uniformly from this many.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Requests outstanding per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Serve GETs from any node's local state (not linearizable).
+    #[arg(long)]
+    stale: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Set,
+    Get,
+    Cas,
+}
+
+const OPS: [Op; 3] = [Op::Set, Op::Get, Op::Cas];
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Set => "set",
+            Op::Get => "get",
+            Op::Cas => "cas",
+        }
+    }
+}
+
+fn parse_mix(spec: &str) -> Result<Vec<(Op, u32)>, String> {
+    let mut mix = Vec::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (name, weight) = part.split_once(':').unwrap_or((part, "1"));
+        let op = OPS
+            .iter()
+            .copied()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| format!("unknown op {name:?} in --mix"))?;
+        let weight: u32 = weight
+            .parse()
+            .map_err(|_| format!("bad weight {weight:?} in --mix"))?;
+        mix.push((op, weight));
+    }
+    if mix.iter().map(|m| m.1).sum::<u32>() == 0 {
+        return Err("--mix needs a positive weight".into());
+    }
+    Ok(mix)
+}
+
+struct Conn {
+    stream: TcpStream,
+    out: Vec<u8>,
+    written: usize,
+    input: LineBuffer,
+    inflight: VecDeque<(Instant, Op)>,
+}
+
+struct Stats {
+    histograms: Vec<Histogram<u64>>,
+    errors: u64,
+    error_sample: Option<String>,
+}
+
+impl Stats {
+    fn total(&self) -> u64 {
+        self.histograms.iter().map(Histogram::len).sum()
+    }
+}
+
+/// Finds the leader through STATUS on any reachable member.
+fn find_leader(cluster: &[SocketAddr]) -> Result<SocketAddr, String> {
+    for &addr in cluster {
+        let Ok(mut s) = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"{\"msg_type\":\"STATUS\"}\n").is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 4096];
+        while !buf.contains(&b'\n') {
+            match s.read(&mut byte) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&byte[..n]),
+            }
+        }
+        let Ok(reply) = serde_json::from_slice::<ReplyEnvelope>(
+            buf.split(|&b| b == b'\n').next().unwrap_or(&[]),
+        ) else {
+            continue;
+        };
+        match reply.payload["role"].as_str() {
+            Some("leader") => return Ok(addr),
+            _ => {
+                if let Some(leader) = reply.payload["leader_addr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                {
+                    return Ok(leader);
+                }
+            }
+        }
+    }
+    Err(format!("no leader found among {cluster:?}"))
+}
+
+fn cpu_seconds() -> f64 {
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+struct Generator {
+    rng: SmallRng,
+    mix: Vec<(Op, u32)>,
+    total_weight: u32,
+    keys: u64,
+    value: String,
+    stale: bool,
+}
+
+impl Generator {
+    fn next(&mut self, out: &mut Vec<u8>) -> Op {
+        let mut pick = self.rng.gen_range(0..self.total_weight);
+        let mut op = self.mix[0].0;
+        for &(o, w) in &self.mix {
+            if pick < w {
+                op = o;
+                break;
+            }
+            pick -= w;
+        }
+        let key = format!("key:{:08}", self.rng.gen_range(0..self.keys));
+        let line = match op {
+            Op::Set => json!({"msg_type": "SET", "payload": {"key": key, "value": self.value}}),
+            Op::Get => json!({"msg_type": "GET", "payload": {"key": key, "stale": self.stale}}),
+            Op::Cas => {
+                json!({"msg_type": "CAS", "payload": {"key": key, "expected": self.value, "value": self.value}})
+            }
+        };
+        serde_json::to_writer(&mut *out, &line).expect("json to vec");
+        out.push(b'\n');
+        op
+    }
+}
+
+fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
+    let mix = parse_mix(&args.mix)?;
+    let leader = find_leader(&args.cluster)?;
+    let mut generator = Generator {
+        rng: SmallRng::seed_from_u64(0x9e37_79b9),
+        total_weight: mix.iter().map(|m| m.1).sum(),
+        mix,
+        keys: args.keys.max(1),
+        value: "v".repeat(args.value_size),
+        stale: args.stale,
+    };
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut conns = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
+        std.set_nonblocking(true).map_err(|e| e.to_string())?;
+        std.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut stream = TcpStream::from_std(std);
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| e.to_string())?;
+        conns.push(Conn {
+            stream,
+            out: Vec::new(),
+            written: 0,
+            input: LineBuffer::new(1 << 24),
+            inflight: VecDeque::new(),
+        });
+    }
+    let mut stats = Stats {
+        histograms: OPS
+            .iter()
+            .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"))
+            .collect(),
+        errors: 0,
+        error_sample: None,
+    };
+    let cpu_start = cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let limit = args.requests.unwrap_or(u64::MAX);
+    let mut issued = 0u64;
+    let mut next_progress = started + Duration::from_secs(1);
+    let mut last_total = 0;
+    let mut events = Events::with_capacity(1024);
+    let mut chunk = vec![0u8; 64 << 10];
+
+    let fill = |c: &mut Conn, issued: &mut u64, generator: &mut Generator, now: Instant| {
+        while c.inflight.len() < args.pipeline && *issued < limit && now < deadline {
+            let op = generator.next(&mut c.out);
+            c.inflight.push_back((now, op));
+            *issued += 1;
+        }
+    };
+    let now = Instant::now();
+    for c in &mut conns {
+        fill(c, &mut issued, &mut generator, now);
+    }
+    loop {
+        let now = Instant::now();
+        let done =
+            (now >= deadline || issued >= limit) && conns.iter().all(|c| c.inflight.is_empty());
+        if done || now > deadline + Duration::from_secs(10) {
+            break;
+        }
+        if !args.quiet && now >= next_progress {
+            let total = stats.total();
+            eprint!(
+                "\r{:>5.1}s  {:>9} ops/s  {:>10} total  {} errors   ",
+                (now - started).as_secs_f64(),
+                total - last_total,
+                total,
+                stats.errors
+            );
+            last_total = total;
+            next_progress += Duration::from_secs(1);
+        }
+        for c in &mut conns {
+            while c.written < c.out.len() {
+                match c.stream.write(&c.out[c.written..]) {
+                    Ok(n) => c.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("write: {e}")),
+                }
+            }
+            if c.written == c.out.len() {
+                c.out.clear();
+                c.written = 0;
+            }
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .map_err(|e| e.to_string())?;
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => return Err("the server closed a connection".into()),
+                    Ok(n) => c.input.extend(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("read: {e}")),
+                }
+            }
+            let now = Instant::now();
+            while let Some(line) = c.input.next_line() {
+                let line = line.map_err(|_| "reply too long".to_string())?;
+                let Some((sent, op)) = c.inflight.pop_front() else {
+                    return Err("a reply nobody asked for".into());
+                };
+                let reply: ReplyEnvelope =
+                    serde_json::from_slice(line).map_err(|e| format!("bad reply: {e}"))?;
+                if reply.msg_type == "ERROR" {
+                    stats.errors += 1;
+                    stats
+                        .error_sample
+                        .get_or_insert_with(|| reply.payload.to_string());
+                } else {
+                    let micros = (now - sent).as_micros().max(1) as u64;
+                    let _ = stats.histograms[op as usize].record(micros);
+                }
+            }
+            fill(c, &mut issued, &mut generator, now);
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_start;
+    if !args.quiet {
+        eprintln!();
+    }
+    Ok((stats, elapsed, cpu))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (stats, elapsed, cpu) = match run(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("poncho-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let secs = elapsed.as_secs_f64();
+    let total = stats.total();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let by_op: Vec<(Op, &Histogram<u64>)> = OPS
+        .iter()
+        .map(|&o| (o, &stats.histograms[o as usize]))
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    if args.json {
+        let ops: serde_json::Map<String, serde_json::Value> = by_op
+            .iter()
+            .map(|(o, h)| {
+                (
+                    o.name().to_string(),
+                    json!({
+                        "count": h.len(), "per_sec": h.len() as f64 / secs,
+                        "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99),
+                        "p999_ms": ms(h, 0.999), "max_ms": h.max() as f64 / 1000.0,
+                    }),
+                )
+            })
+            .collect();
+        let summary = json!({
+            "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
+            "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
+            "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "poncho-bench: {} clients, pipeline {}, {} keys, {}-byte values, mix {}{}, {:.1} s",
+            args.clients,
+            args.pipeline,
+            args.keys,
+            args.value_size,
+            args.mix,
+            if args.stale { " (stale reads)" } else { "" },
+            secs
+        );
+        println!(
+            "  total: {total} ops, {:.0} ops/s, {} errors",
+            total as f64 / secs,
+            stats.errors
+        );
+        println!(
+            "  {:<4} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "op", "count", "ops/s", "p50 ms", "p90", "p99", "p99.9", "max"
+        );
+        for (o, h) in &by_op {
+            println!(
+                "  {:<4} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                o.name(),
+                h.len(),
+                h.len() as f64 / secs,
+                ms(h, 0.5),
+                ms(h, 0.9),
+                ms(h, 0.99),
+                ms(h, 0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+        println!(
+            "  load generator CPU: {:.0}% of one core",
+            100.0 * cpu / secs
+        );
+    }
+    if let Some(sample) = &stats.error_sample {
+        eprintln!("poncho-bench: first error: {sample}");
+    }
+    ExitCode::SUCCESS
+}
