@@ -83,6 +83,19 @@ fn a_line_over_the_limit_gets_message_too_large_then_the_connection_closes() {
         c.read_reply().is_err(),
         "the connection is closed after the reply"
     );
+    // Requests before the oversized line are still answered, in order.
+    let mut c = cluster.client(1);
+    let mut batch =
+        b"{\"msg_type\":\"SET\",\"req_id\":1,\"payload\":{\"key\":\"k\",\"value\":\"v\"}}\n"
+            .to_vec();
+    batch.extend(vec![b'y'; 100_000]);
+    batch.push(b'\n');
+    let _ = c.send_raw(&batch);
+    let first = c.read_reply().unwrap();
+    assert_eq!(first["msg_type"], "SET", "{first}");
+    assert_eq!(first["req_id"], 1);
+    assert_eq!(error_code(&c.read_reply().unwrap()), "MESSAGE_TOO_LARGE");
+    assert!(c.read_reply().is_err());
     assert_healthy(&mut cluster);
 }
 

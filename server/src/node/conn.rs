@@ -45,6 +45,10 @@ pub struct Conn {
     /// Reading stopped for backpressure; resume when output drains.
     pub read_paused: bool,
     pub peer_eof: bool,
+    /// The log index of the latest write proposed from this connection: a
+    /// later read on it waits until that index is applied, so a pipelined
+    /// GET after a SET sees the SET (read-your-writes).
+    pub last_write_index: u64,
 }
 
 impl Conn {
@@ -62,6 +66,7 @@ impl Conn {
             close_after_flush: false,
             read_paused: false,
             peer_eof: false,
+            last_write_index: 0,
         }
     }
 
@@ -107,7 +112,9 @@ impl Conn {
 
     /// Whether a client should be read from now (backpressure).
     pub fn wants_input(&self) -> bool {
-        self.output_bytes() < OUTPUT_PAUSE_BYTES && self.slots.len() < MAX_PENDING_REPLIES
+        !self.close_after_flush
+            && self.output_bytes() < OUTPUT_PAUSE_BYTES
+            && self.slots.len() < MAX_PENDING_REPLIES
     }
 
     /// Writes buffered output until done or the socket would block.

@@ -112,6 +112,8 @@ struct PendingRead {
     to: ReplyTo,
     kind: ReadKind,
     deadline: Instant,
+    /// Serve only once this index is applied (read-your-writes on a connection).
+    min_index: u64,
 }
 
 pub struct Node {
@@ -127,6 +129,8 @@ pub struct Node {
     kv: KvStore,
     pending_writes: HashMap<u64, PendingWrite>,
     pending_reads: HashMap<u64, PendingRead>,
+    /// Confirmed reads waiting for an earlier write of their connection.
+    deferred_reads: Vec<PendingRead>,
     next_read_id: u64,
     next_tick: Instant,
     next_expiry_scan: Instant,
@@ -252,6 +256,7 @@ impl Node {
             kv: KvStore::new(),
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
+            deferred_reads: Vec::new(),
             next_read_id: 1,
             dirty: Vec::new(),
             scratch: Vec::new(),
@@ -611,6 +616,9 @@ impl Node {
                         let Some(to) = self.reserve(key, req_id) else {
                             return;
                         };
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.last_write_index = index;
+                        }
                         let deadline = Instant::now() + self.config.request_timeout;
                         self.pending_writes
                             .insert(index, PendingWrite { to, term, deadline });
@@ -633,8 +641,16 @@ impl Node {
                     return;
                 };
                 let deadline = Instant::now() + self.config.request_timeout;
-                self.pending_reads
-                    .insert(id, PendingRead { to, kind, deadline });
+                let min_index = self.conns.get(key).map_or(0, |c| c.last_write_index);
+                self.pending_reads.insert(
+                    id,
+                    PendingRead {
+                        to,
+                        kind,
+                        deadline,
+                        min_index,
+                    },
+                );
             }
             Err(e) => {
                 let error = self.propose_error(&e);
@@ -728,7 +744,8 @@ impl Node {
             return self.close(key, &e.to_string());
         }
         let drained = conn.output_bytes() == 0;
-        if drained && (conn.close_after_flush || (conn.peer_eof && conn.pending_replies() == 0)) {
+        // Replies to requests before the oversized line still go out first.
+        if drained && (conn.close_after_flush || conn.peer_eof) && conn.pending_replies() == 0 {
             return self.close(key, "done");
         }
         if conn.role == ConnRole::Inbound && conn.output_bytes() > OUTPUT_DROP_BYTES {
@@ -830,14 +847,22 @@ impl Node {
             .filter(|(_, r)| r.deadline <= now)
             .map(|(&i, _)| i)
             .collect();
-        for id in expired {
-            if let Some(r) = self.pending_reads.remove(&id) {
-                let error = ErrorReply::new(
-                    ErrorCode::Timeout,
-                    "leadership could not be confirmed in time; retry",
-                );
-                self.complete_error(r.to, &error);
-            }
+        let mut timed_out: Vec<PendingRead> = expired
+            .iter()
+            .filter_map(|id| self.pending_reads.remove(id))
+            .collect();
+        let (late, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
+            std::mem::take(&mut self.deferred_reads)
+                .into_iter()
+                .partition(|r| r.deadline <= now);
+        self.deferred_reads = waiting;
+        timed_out.extend(late);
+        for r in timed_out {
+            let error = ErrorReply::new(
+                ErrorCode::Timeout,
+                "the read could not be served in time; retry",
+            );
+            self.complete_error(r.to, &error);
         }
     }
 
@@ -937,31 +962,18 @@ impl Node {
             self.raft.advance_applied(index);
         }
         for read in rd.reads {
-            let Some(pending) = self.pending_reads.remove(&read.id) else {
-                continue;
-            };
-            self.scratch.clear();
-            match pending.kind {
-                ReadKind::Get(key) => {
-                    let value = self.kv.get(&key).map(str::to_owned);
-                    encode_reply(
-                        &mut self.scratch,
-                        "GET",
-                        pending.to.req_id,
-                        &GetReply { key, value },
-                    );
-                }
-                ReadKind::Keys(prefix) => {
-                    let keys = self.kv.keys(&prefix, MAX_KEYS_PER_REPLY);
-                    encode_reply(
-                        &mut self.scratch,
-                        "KEYS",
-                        pending.to.req_id,
-                        &KeysReply { keys },
-                    );
-                }
+            if let Some(pending) = self.pending_reads.remove(&read.id) {
+                self.deferred_reads.push(pending);
             }
-            self.complete(pending.to);
+        }
+        let applied = self.kv.last_applied();
+        let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
+            std::mem::take(&mut self.deferred_reads)
+                .into_iter()
+                .partition(|r| r.min_index <= applied);
+        self.deferred_reads = waiting;
+        for pending in ready {
+            self.serve_read(pending);
         }
         for id in rd.failed_reads {
             if let Some(pending) = self.pending_reads.remove(&id) {
@@ -973,6 +985,31 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    fn serve_read(&mut self, pending: PendingRead) {
+        self.scratch.clear();
+        match pending.kind {
+            ReadKind::Get(key) => {
+                let value = self.kv.get(&key).map(str::to_owned);
+                encode_reply(
+                    &mut self.scratch,
+                    "GET",
+                    pending.to.req_id,
+                    &GetReply { key, value },
+                );
+            }
+            ReadKind::Keys(prefix) => {
+                let keys = self.kv.keys(&prefix, MAX_KEYS_PER_REPLY);
+                encode_reply(
+                    &mut self.scratch,
+                    "KEYS",
+                    pending.to.req_id,
+                    &KeysReply { keys },
+                );
+            }
+        }
+        self.complete(pending.to);
     }
 
     fn send_to_peer(&mut self, to: NodeId, message: &RaftMessage) {
