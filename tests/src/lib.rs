@@ -77,12 +77,24 @@ impl Cluster {
     }
 
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::launch_all(n, extra_args, false)
+    }
+
+    /// Node N listens on 127.0.0.N (and connects to peers from it).
+    pub fn start_on_distinct_ips(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::launch_all(n, extra_args, true)
+    }
+
+    fn launch_all(n: usize, extra_args: &[&str], distinct_ips: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(n);
         let nodes = (1..=n as u64)
             .map(|id| NodeProc {
                 id,
-                addr: SocketAddr::from(([127, 0, 0, 1], ports[(id - 1) as usize])),
+                addr: SocketAddr::from((
+                    [127, 0, 0, if distinct_ips { id as u8 } else { 1 }],
+                    ports[(id - 1) as usize],
+                )),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,

@@ -286,3 +286,21 @@ fn sigterm_shuts_down_cleanly_and_the_data_survives() {
     cluster.restart(1);
     assert_eq!(read(&mut cluster, "persist"), "yes");
 }
+
+#[test]
+fn nodes_on_their_own_loopback_ips_connect_to_peers_from_those_ips() {
+    let mut cluster = Cluster::start_on_distinct_ips(3, &["-v"]);
+    let leader = cluster.wait_for_leader(ELECTION);
+    write_with_retry(&cluster, &set("k", "v"), WRITE);
+    assert_eq!(read(&mut cluster, "k"), "v");
+    // Node 1 sees its peers' connections come from their own addresses, so
+    // a firewall rule on 127.0.0.N applies to that node's peer traffic.
+    let log = cluster.log(1);
+    for peer in [2, 3] {
+        let from = format!(" from 127.0.0.{peer}:");
+        assert!(
+            log.contains(&from),
+            "no connection{from} in node 1's log (leader {leader})"
+        );
+    }
+}

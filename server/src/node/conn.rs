@@ -15,7 +15,7 @@ pub const OUTPUT_DROP_BYTES: usize = 64 << 20;
 /// Stop reading a client with this many requests awaiting replies.
 pub const MAX_PENDING_REPLIES: usize = 8192;
 /// Bytes read per `read` call.
-const READ_CHUNK: usize = 64 << 10;
+pub const READ_CHUNK: usize = 64 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnRole {
@@ -138,13 +138,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads what the socket has into the line buffer, up to `budget` bytes.
+    /// Reads what the socket has into the line buffer, up to `budget` bytes,
+    /// through `chunk` (the caller's, so it is not zeroed on every call).
     /// Returns whether the socket may still have more (the budget ran out).
-    pub fn read_some(&mut self, budget: usize) -> io::Result<bool> {
-        let mut chunk = [0u8; READ_CHUNK];
+    pub fn read_some(&mut self, budget: usize, chunk: &mut [u8]) -> io::Result<bool> {
         let mut total = 0;
         while total < budget {
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(chunk) {
                 Ok(0) => {
                     self.peer_eof = true;
                     return Ok(false);

@@ -31,7 +31,7 @@ use poncho_protocol::{
 };
 use slab::Slab;
 
-use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES};
+use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
 use crate::kv::{ApplyResult, Command, KvStore};
 use crate::raft::{Config, ProgressState, ProposeError, Raft, Ready, Role};
 use crate::storage::{Storage, StorageOptions};
@@ -137,6 +137,7 @@ pub struct Node {
     /// Connections with output to flush or to close at the end of the iteration.
     dirty: Vec<usize>,
     scratch: Vec<u8>,
+    read_buffer: Box<[u8]>,
     shutting_down: bool,
 }
 
@@ -260,6 +261,7 @@ impl Node {
             next_read_id: 1,
             dirty: Vec::new(),
             scratch: Vec::new(),
+            read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
             shutting_down: false,
         })
     }
@@ -467,7 +469,7 @@ impl Node {
                 return;
             }
             conn.read_paused = false;
-            let more = match conn.read_some(READ_BUDGET) {
+            let more = match conn.read_some(READ_BUDGET, &mut self.read_buffer) {
                 Ok(more) => more,
                 Err(e) => return self.close(key, &e.to_string()),
             };
