@@ -421,10 +421,22 @@ struct Envelope<'a, T: Serialize> {
     payload: Option<&'a T>,
 }
 
-fn write_line<T: Serialize>(out: &mut Vec<u8>, envelope: &Envelope<'_, T>) {
-    // Serializing our own types to a Vec cannot fail: no maps with non-string
-    // keys, no I/O errors.
-    serde_json::to_writer(&mut *out, envelope).expect("protocol types serialize");
+/// Appends one envelope line. Serializing our own types to a Vec cannot fail:
+/// no maps with non-string keys, no I/O errors.
+fn write_line<T: Serialize>(
+    out: &mut Vec<u8>,
+    msg_type: &str,
+    req_id: Option<u64>,
+    src_id: Option<NodeId>,
+    payload: Option<&T>,
+) {
+    let envelope = Envelope {
+        msg_type,
+        req_id,
+        src_id,
+        payload,
+    };
+    serde_json::to_writer(&mut *out, &envelope).expect("protocol types serialize");
     out.push(b'\n');
 }
 
@@ -435,15 +447,7 @@ pub fn encode_reply<T: Serialize>(
     req_id: Option<u64>,
     payload: &T,
 ) {
-    write_line(
-        out,
-        &Envelope {
-            msg_type,
-            req_id,
-            src_id: None,
-            payload: Some(payload),
-        },
-    );
+    write_line(out, msg_type, req_id, None, Some(payload));
 }
 
 /// Appends an `ERROR` reply line.
@@ -453,60 +457,16 @@ pub fn encode_error(out: &mut Vec<u8>, req_id: Option<u64>, error: &ErrorReply) 
 
 /// Appends a client request line.
 pub fn encode_request(out: &mut Vec<u8>, req_id: Option<u64>, request: &ClientRequest) {
-    let msg_type = request.msg_type();
-    let env = |payload| Envelope {
-        msg_type,
-        req_id,
-        src_id: None,
-        payload,
-    };
+    let t = request.msg_type();
     match request {
-        ClientRequest::Healthcheck | ClientRequest::Status => write_line::<()>(out, &env(None)),
-        ClientRequest::Get(r) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id: None,
-                payload: Some(r),
-            },
-        ),
-        ClientRequest::Set(r) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id: None,
-                payload: Some(r),
-            },
-        ),
-        ClientRequest::Delete(r) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id: None,
-                payload: Some(r),
-            },
-        ),
-        ClientRequest::Cas(r) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id: None,
-                payload: Some(r),
-            },
-        ),
-        ClientRequest::Keys(r) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id: None,
-                payload: Some(r),
-            },
-        ),
+        ClientRequest::Healthcheck | ClientRequest::Status => {
+            write_line::<()>(out, t, req_id, None, None)
+        }
+        ClientRequest::Get(r) => write_line(out, t, req_id, None, Some(r)),
+        ClientRequest::Set(r) => write_line(out, t, req_id, None, Some(r)),
+        ClientRequest::Delete(r) => write_line(out, t, req_id, None, Some(r)),
+        ClientRequest::Cas(r) => write_line(out, t, req_id, None, Some(r)),
+        ClientRequest::Keys(r) => write_line(out, t, req_id, None, Some(r)),
     }
 }
 
@@ -528,53 +488,13 @@ pub fn encode_peer(
     req_id: Option<u64>,
     message: &RaftMessage,
 ) {
-    let msg_type = raft_msg_type(message);
+    let t = raft_msg_type(message);
     match message {
-        RaftMessage::AppendEntries(m) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id,
-                payload: Some(m),
-            },
-        ),
-        RaftMessage::AppendEntriesReply(m) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id,
-                payload: Some(m),
-            },
-        ),
-        RaftMessage::RequestVote(m) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id,
-                payload: Some(m),
-            },
-        ),
-        RaftMessage::RequestVoteReply(m) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id,
-                payload: Some(m),
-            },
-        ),
-        RaftMessage::TimeoutNow(m) => write_line(
-            out,
-            &Envelope {
-                msg_type,
-                req_id,
-                src_id,
-                payload: Some(m),
-            },
-        ),
+        RaftMessage::AppendEntries(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::AppendEntriesReply(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::RequestVote(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::RequestVoteReply(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::TimeoutNow(m) => write_line(out, t, req_id, src_id, Some(m)),
     }
 }
 

@@ -437,8 +437,13 @@ impl Node {
                 }
             }
         }
+        self.flush_and_resume(key);
+    }
+
+    /// Flushes, and resumes reading a client paused for backpressure once
+    /// its output has drained below the mark.
+    fn flush_and_resume(&mut self, key: usize) {
         self.flush_conn(key);
-        // Output drained below the mark: resume reading a paused client.
         if self
             .conns
             .get(key)
@@ -760,14 +765,7 @@ impl Node {
         dirty.sort_unstable();
         dirty.dedup();
         for key in dirty.drain(..) {
-            self.flush_conn(key);
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.read_paused && c.wants_input())
-            {
-                self.on_readable(key);
-            }
+            self.flush_and_resume(key);
         }
         if self.dirty.is_empty() {
             self.dirty = dirty;
