@@ -8,6 +8,6 @@ pub mod raft;
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
 pub use message::*;
 pub use raft::{
-    AppendEntries, AppendEntriesReply, Entry, EntryKind, NodeId, RaftMessage, RequestVote,
-    RequestVoteReply, TimeoutNow,
+    AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
+    NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
 };

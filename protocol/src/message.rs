@@ -13,10 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::raft::{
-    AppendEntries, AppendEntriesReply, NodeId, RaftMessage, RequestVote, RequestVoteReply,
-    TimeoutNow,
-};
+use crate::raft::{NodeId, RaftMessage};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -324,32 +321,43 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
             None => KeysRequest::default(),
             Some(_) => parse(msg_type, payload).map_err(fail)?,
         }),
-        "APPEND_ENTRY" | "APPEND_ENTRY_REPLY" | "REQUEST_VOTE" | "REQUEST_VOTE_REPLY"
-        | "TIMEOUT_NOW" => {
-            let message = match msg_type {
-                "APPEND_ENTRY" => RaftMessage::AppendEntries(
-                    parse::<AppendEntries>(msg_type, payload).map_err(fail)?,
-                ),
-                "APPEND_ENTRY_REPLY" => RaftMessage::AppendEntriesReply(
-                    parse::<AppendEntriesReply>(msg_type, payload).map_err(fail)?,
-                ),
-                "REQUEST_VOTE" => {
-                    RaftMessage::RequestVote(parse::<RequestVote>(msg_type, payload).map_err(fail)?)
-                }
-                "REQUEST_VOTE_REPLY" => RaftMessage::RequestVoteReply(
-                    parse::<RequestVoteReply>(msg_type, payload).map_err(fail)?,
-                ),
-                _ => RaftMessage::TimeoutNow(parse::<TimeoutNow>(msg_type, payload).map_err(fail)?),
-            };
-            return Ok(Request::Peer {
-                src_id: envelope.src_id,
-                message,
-            });
-        }
-        other => return Err(fail(format!("unknown msg_type {other:?}"))),
+        other => match decode_raft(other, payload) {
+            Some(message) => {
+                let message = message.map_err(fail)?;
+                return Ok(Request::Peer {
+                    src_id: envelope.src_id,
+                    message,
+                });
+            }
+            None => return Err(fail(format!("unknown msg_type {other:?}"))),
+        },
     };
     validate(&request).map_err(fail)?;
     Ok(Request::Client { req_id, request })
+}
+
+/// A Raft RPC's payload, or None if `msg_type` is not a Raft RPC.
+fn decode_raft(msg_type: &str, payload: Option<&str>) -> Option<Result<RaftMessage, String>> {
+    fn parse<'a, T: Deserialize<'a>>(
+        msg_type: &str,
+        payload: Option<&'a str>,
+        wrap: fn(T) -> RaftMessage,
+    ) -> Result<RaftMessage, String> {
+        let text = payload.ok_or_else(|| format!("{msg_type} needs a payload"))?;
+        serde_json::from_str(text)
+            .map(wrap)
+            .map_err(|e| format!("bad {msg_type} payload: {e}"))
+    }
+    Some(match msg_type {
+        "APPEND_ENTRY" => parse(msg_type, payload, RaftMessage::AppendEntries),
+        "APPEND_ENTRY_REPLY" => parse(msg_type, payload, RaftMessage::AppendEntriesReply),
+        "REQUEST_VOTE" => parse(msg_type, payload, RaftMessage::RequestVote),
+        "REQUEST_VOTE_REPLY" => parse(msg_type, payload, RaftMessage::RequestVoteReply),
+        "TIMEOUT_NOW" => parse(msg_type, payload, RaftMessage::TimeoutNow),
+        "INSTALL_SNAPSHOT" => parse(msg_type, payload, RaftMessage::InstallSnapshot),
+        "INSTALL_SNAPSHOT_REPLY" => parse(msg_type, payload, RaftMessage::InstallSnapshotReply),
+        _ => return None,
+    })
 }
 
 fn envelope_error(text: &str, e: &serde_json::Error) -> String {
@@ -478,6 +486,8 @@ pub fn raft_msg_type(message: &RaftMessage) -> &'static str {
         RaftMessage::RequestVote(_) => "REQUEST_VOTE",
         RaftMessage::RequestVoteReply(_) => "REQUEST_VOTE_REPLY",
         RaftMessage::TimeoutNow(_) => "TIMEOUT_NOW",
+        RaftMessage::InstallSnapshot(_) => "INSTALL_SNAPSHOT",
+        RaftMessage::InstallSnapshotReply(_) => "INSTALL_SNAPSHOT_REPLY",
     }
 }
 
@@ -495,6 +505,8 @@ pub fn encode_peer(
         RaftMessage::RequestVote(m) => write_line(out, t, req_id, src_id, Some(m)),
         RaftMessage::RequestVoteReply(m) => write_line(out, t, req_id, src_id, Some(m)),
         RaftMessage::TimeoutNow(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::InstallSnapshot(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::InstallSnapshotReply(m) => write_line(out, t, req_id, src_id, Some(m)),
     }
 }
 
@@ -520,6 +532,7 @@ impl ReplyEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::{InstallSnapshot, TimeoutNow};
 
     fn decode(s: &str) -> Result<Request, DecodeError> {
         decode_request(s.as_bytes())
@@ -586,6 +599,30 @@ mod tests {
 
     #[test]
     fn peer_messages_carry_their_sender() {
+        let chunk = RaftMessage::InstallSnapshot(InstallSnapshot {
+            term: 2,
+            leader_id: 1,
+            last_included_index: 90,
+            last_included_term: 2,
+            offset: 4096,
+            data: "{\"k\":\"a\",\"v\":\"b\"}\n".into(),
+            done: true,
+        });
+        let mut out = Vec::new();
+        encode_peer(&mut out, Some(1), None, &chunk);
+        assert_eq!(
+            out.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "one line, newlines escaped"
+        );
+        let back = decode_request(&out[..out.len() - 1]).unwrap();
+        assert_eq!(
+            back,
+            Request::Peer {
+                src_id: Some(1),
+                message: chunk
+            }
+        );
         let msg = RaftMessage::TimeoutNow(TimeoutNow {
             term: 4,
             leader_id: 2,

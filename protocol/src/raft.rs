@@ -115,6 +115,35 @@ pub struct TimeoutNow {
     pub leader_id: NodeId,
 }
 
+/// One chunk of a snapshot, streamed by the leader to a follower that needs
+/// entries the leader has already compacted away. Chunks are whole lines of
+/// the snapshot file, sent one at a time: the next is sent only when the
+/// follower acknowledges this one (flow control, bounded memory both sides).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    pub term: u64,
+    pub leader_id: NodeId,
+    pub last_included_index: u64,
+    pub last_included_term: u64,
+    /// Byte offset of `data` in the snapshot file.
+    pub offset: u64,
+    pub data: String,
+    /// This chunk ends the file.
+    pub done: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotReply {
+    pub term: u64,
+    pub last_included_index: u64,
+    /// The byte offset the follower expects next.
+    pub next_offset: u64,
+    /// The snapshot is installed (or the follower already had everything in
+    /// it): the follower's log now matches the leader's up to
+    /// `last_included_index`.
+    pub installed: bool,
+}
+
 /// Every message one Raft node sends another. On the wire the variant becomes
 /// the envelope's `msg_type` and the struct its `payload`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +159,10 @@ pub enum RaftMessage {
     RequestVoteReply(RequestVoteReply),
     #[serde(rename = "TIMEOUT_NOW")]
     TimeoutNow(TimeoutNow),
+    #[serde(rename = "INSTALL_SNAPSHOT")]
+    InstallSnapshot(InstallSnapshot),
+    #[serde(rename = "INSTALL_SNAPSHOT_REPLY")]
+    InstallSnapshotReply(InstallSnapshotReply),
 }
 
 impl RaftMessage {
@@ -141,6 +174,8 @@ impl RaftMessage {
             RaftMessage::RequestVote(m) => m.term,
             RaftMessage::RequestVoteReply(m) => m.term,
             RaftMessage::TimeoutNow(m) => m.term,
+            RaftMessage::InstallSnapshot(m) => m.term,
+            RaftMessage::InstallSnapshotReply(m) => m.term,
         }
     }
 }

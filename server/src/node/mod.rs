@@ -1073,6 +1073,7 @@ impl Node {
                     state: match f.state {
                         ProgressState::Probe => "probe".to_string(),
                         ProgressState::Replicate => "replicate".to_string(),
+                        ProgressState::Snapshot => "snapshot".to_string(),
                     },
                 })
                 .collect(),

@@ -9,10 +9,13 @@ use poncho_protocol::Entry;
 
 #[derive(Debug)]
 pub struct RaftLog {
-    /// `entries[i]` has index `first_index + i`. Index 0 is a sentinel with
-    /// term 0 that every log shares.
+    /// `entries[i]` has index `first_index + i`. Everything before
+    /// `first_index` is covered by the snapshot, whose last entry is at
+    /// `first_index - 1` with `snapshot_term` (index 0, term 0 for a log that
+    /// was never compacted).
     entries: Vec<Entry>,
     first_index: u64,
+    snapshot_term: u64,
     /// The first index not yet handed to the driver for persistence.
     unstable_from: u64,
     /// The highest index the driver has reported durable.
@@ -36,26 +39,72 @@ pub enum AppendOutcome {
 }
 
 impl RaftLog {
-    /// A log recovered from durable storage: all of `entries` are durable,
-    /// committed entries up to `applied` have already been applied.
-    pub fn new(entries: Vec<Entry>, applied: u64) -> RaftLog {
-        let first_index = 1;
+    /// A log recovered from durable storage: a snapshot through
+    /// (`snapshot_index`, `snapshot_term`), whose state the driver has
+    /// loaded, and the durable `entries` after it.
+    pub fn new(snapshot_index: u64, snapshot_term: u64, entries: Vec<Entry>) -> RaftLog {
+        let first_index = snapshot_index + 1;
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index, first_index + i as u64, "durable log has a gap");
         }
-        let last = first_index + entries.len() as u64 - 1;
-        assert!(
-            applied <= last,
-            "applied {applied} beyond the log end {last}"
-        );
+        let last = snapshot_index + entries.len() as u64;
         RaftLog {
             entries,
             first_index,
+            snapshot_term,
             unstable_from: last + 1,
             persisted: last,
-            committed: applied,
-            applied,
+            committed: snapshot_index,
+            applied: snapshot_index,
         }
+    }
+
+    /// The last index covered by the snapshot (0 if none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.first_index - 1
+    }
+
+    pub fn snapshot_term(&self) -> u64 {
+        self.snapshot_term
+    }
+
+    /// Drops entries through `index`, now covered by a durable snapshot of
+    /// the applied state. Only applied, persisted entries can be dropped.
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.snapshot_index() {
+            return;
+        }
+        assert!(
+            index <= self.applied && index <= self.persisted,
+            "compacting unapplied entry {index}"
+        );
+        let term = self.term(index).expect("a compacted index is in the log");
+        self.entries
+            .drain(..(index + 1 - self.first_index) as usize);
+        self.first_index = index + 1;
+        self.snapshot_term = term;
+    }
+
+    /// Installs a snapshot received from the leader (section 7): if the log
+    /// holds the snapshot's last entry, the entries after it are kept;
+    /// otherwise the whole log is discarded. Returns whether it was.
+    pub fn restore(&mut self, index: u64, term: u64) -> bool {
+        if self.term(index) == Some(term) {
+            self.committed = self.committed.max(index);
+            self.applied = self.applied.max(index);
+            self.persisted = self.persisted.max(index);
+            self.unstable_from = self.unstable_from.max(index + 1);
+            self.compact(index);
+            return false;
+        }
+        self.entries.clear();
+        self.first_index = index + 1;
+        self.snapshot_term = term;
+        self.committed = index;
+        self.applied = index;
+        self.persisted = index;
+        self.unstable_from = index + 1;
+        true
     }
 
     pub fn last_index(&self) -> u64 {
@@ -63,7 +112,7 @@ impl RaftLog {
     }
 
     pub fn last_term(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.term)
+        self.entries.last().map_or(self.snapshot_term, |e| e.term)
     }
 
     pub fn committed(&self) -> u64 {
@@ -78,10 +127,11 @@ impl RaftLog {
         self.persisted
     }
 
-    /// The term of the entry at `index`, or `None` if the log has no such entry.
+    /// The term of the entry at `index`, or `None` if the log has no such
+    /// entry (beyond the end, or compacted into the snapshot).
     pub fn term(&self, index: u64) -> Option<u64> {
-        if index == 0 {
-            return Some(0);
+        if index == self.snapshot_index() {
+            return Some(self.snapshot_term);
         }
         self.entry(index).map(|e| e.term)
     }
@@ -120,13 +170,15 @@ impl RaftLog {
         out
     }
 
-    /// The index of the last entry with `term`, searching back from the end.
+    /// The index of the last entry with `term`. Terms never decrease along
+    /// the log, so this is a binary search.
     pub fn last_index_of_term(&self, term: u64) -> Option<u64> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.term == term)
-            .map(|e| e.index)
+        let after = self.entries.partition_point(|e| e.term <= term);
+        match after.checked_sub(1).map(|i| &self.entries[i]) {
+            Some(e) if e.term == term => Some(e.index),
+            _ => (term == self.snapshot_term && self.snapshot_index() > 0)
+                .then(|| self.snapshot_index()),
+        }
     }
 
     /// Appends a new entry at the end (the leader's path).
@@ -146,12 +198,25 @@ impl RaftLog {
         prev_term: u64,
         entries: &[Entry],
     ) -> AppendOutcome {
+        let snapshot_index = self.snapshot_index();
+        if prev_index < snapshot_index {
+            // Everything through the snapshot is committed, so it matches the
+            // leader's log: skip the entries the snapshot already covers.
+            let last = prev_index + entries.len() as u64;
+            if last <= snapshot_index {
+                return AppendOutcome::Matched(last);
+            }
+            let skip = (snapshot_index - prev_index) as usize;
+            return self.try_append(snapshot_index, self.snapshot_term, &entries[skip..]);
+        }
         match self.term(prev_index) {
             Some(t) if t == prev_term => {}
             Some(t) => {
                 // Fast backup: skip back over the whole conflicting term.
                 let mut first = prev_index;
-                while first > self.committed + 1 && self.term(first - 1) == Some(t) {
+                while first > self.committed.max(snapshot_index) + 1
+                    && self.term(first - 1) == Some(t)
+                {
                     first -= 1;
                 }
                 return AppendOutcome::Conflict {
@@ -259,7 +324,7 @@ mod tests {
 
     #[test]
     fn up_to_date_compares_last_term_then_length_section_5_4_1() {
-        let log = RaftLog::new(entries(&[1, 1, 2]), 0);
+        let log = RaftLog::new(0, 0, entries(&[1, 1, 2]));
         assert!(
             log.is_up_to_date(1, 3),
             "higher last term wins even if shorter"
@@ -275,7 +340,7 @@ mod tests {
 
     #[test]
     fn append_rejects_a_missing_previous_entry_with_the_log_end_as_hint() {
-        let mut log = RaftLog::new(entries(&[1, 1]), 0);
+        let mut log = RaftLog::new(0, 0, entries(&[1, 1]));
         let out = log.try_append(5, 1, &[]);
         assert_eq!(
             out,
@@ -288,7 +353,7 @@ mod tests {
 
     #[test]
     fn append_rejects_a_mismatched_term_and_points_at_the_first_entry_of_that_term() {
-        let mut log = RaftLog::new(entries(&[1, 2, 2, 2, 3]), 0);
+        let mut log = RaftLog::new(0, 0, entries(&[1, 2, 2, 2, 3]));
         let out = log.try_append(4, 4, &[]);
         assert_eq!(
             out,
@@ -301,7 +366,7 @@ mod tests {
 
     #[test]
     fn append_truncates_at_the_first_conflict_only() {
-        let mut log = RaftLog::new(entries(&[1, 1, 2, 2]), 0);
+        let mut log = RaftLog::new(0, 0, entries(&[1, 1, 2, 2]));
         let _ = log.take_unstable();
         let new = vec![
             Entry {
@@ -332,7 +397,7 @@ mod tests {
 
     #[test]
     fn a_stale_shorter_append_does_not_truncate_matching_entries() {
-        let mut log = RaftLog::new(entries(&[1, 1, 1, 1]), 0);
+        let mut log = RaftLog::new(0, 0, entries(&[1, 1, 1, 1]));
         let old = entries(&[1, 1])[1..].to_vec();
         assert_eq!(log.try_append(1, 1, &old), AppendOutcome::Matched(2));
         assert_eq!(
@@ -344,7 +409,7 @@ mod tests {
 
     #[test]
     fn persisted_report_for_a_truncated_suffix_is_ignored() {
-        let mut log = RaftLog::new(Vec::new(), 0);
+        let mut log = RaftLog::new(0, 0, Vec::new());
         log.try_append(0, 0, &entries(&[1, 1, 1]));
         let handed = log.take_unstable();
         let last = handed.last().unwrap().clone();
@@ -366,7 +431,7 @@ mod tests {
 
     #[test]
     fn slice_respects_count_and_bytes_but_always_returns_one() {
-        let log = RaftLog::new(entries(&[1; 10]), 0);
+        let log = RaftLog::new(0, 0, entries(&[1; 10]));
         assert_eq!(log.slice(3, 4, usize::MAX).len(), 4);
         assert_eq!(log.slice(3, 100, 1).len(), 1);
         assert_eq!(log.slice(9, 100, usize::MAX).len(), 2);
@@ -375,7 +440,7 @@ mod tests {
 
     #[test]
     fn committed_entries_are_handed_out_once_in_order() {
-        let mut log = RaftLog::new(entries(&[1, 1, 1]), 0);
+        let mut log = RaftLog::new(0, 0, entries(&[1, 1, 1]));
         assert!(log.commit_to(2));
         let c = log.take_committed();
         assert_eq!(c.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);

@@ -39,8 +39,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use poncho_protocol::{
-    AppendEntries, AppendEntriesReply, Entry, EntryKind, NodeId, RaftMessage, RequestVote,
-    RequestVoteReply, TimeoutNow,
+    AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
+    NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +67,9 @@ pub struct Config {
     /// The leader refuses proposals while this many entries are uncommitted,
     /// so a slow quorum pushes back on clients instead of growing memory.
     pub max_uncommitted_entries: u64,
+    /// A snapshot transfer with no progress for this long is given up (and
+    /// retried), so a follower that vanished mid-transfer is not stuck.
+    pub snapshot_stall_ticks: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
     /// The `is_leader` hint: campaign at once on start instead of waiting.
@@ -99,6 +102,7 @@ impl Config {
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,
             max_uncommitted_entries: 100_000,
+            snapshot_stall_ticks: 100,
             pre_vote: true,
             check_quorum: true,
             bootstrap_leader: false,
@@ -202,6 +206,22 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     pub reads: Vec<ReadState>,
     pub failed_reads: Vec<u64>,
+    /// Leader: followers that need the latest snapshot, which the driver
+    /// streams with `send_snapshot_chunk` from offset 0.
+    pub snapshots_to_send: Vec<NodeId>,
+    /// Leader: a follower acknowledged a chunk; send the next from here.
+    pub snapshot_acks: Vec<SnapshotAck>,
+    /// Follower: chunks of a snapshot from the leader, for the driver to
+    /// write, acknowledge (`snapshot_chunk_received`) and, once complete and
+    /// verified, install (`restore_snapshot`).
+    pub snapshot_chunks: Vec<(NodeId, InstallSnapshot)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotAck {
+    pub to: NodeId,
+    pub index: u64,
+    pub next_offset: u64,
 }
 
 impl Ready {
@@ -223,6 +243,9 @@ impl Ready {
             && self.committed_entries.is_empty()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
+            && self.snapshots_to_send.is_empty()
+            && self.snapshot_acks.is_empty()
+            && self.snapshot_chunks.is_empty()
     }
 }
 
@@ -319,6 +342,10 @@ pub struct Raft {
     reads_confirmed: VecDeque<ReadState>,
     failed_reads: Vec<u64>,
 
+    snapshots_to_send: Vec<NodeId>,
+    snapshot_acks: Vec<SnapshotAck>,
+    snapshot_chunks: Vec<(NodeId, InstallSnapshot)>,
+
     outbox: Vec<Outbound>,
     outbox_after_persist: Vec<Outbound>,
     reported_hard_state: HardState,
@@ -334,6 +361,18 @@ impl Raft {
         entries: Vec<Entry>,
         seed: u64,
     ) -> Result<Raft, String> {
+        Raft::with_snapshot(config, hard_state, (0, 0), entries, seed)
+    }
+
+    /// A node recovered from a snapshot through (index, term) = `snapshot`,
+    /// whose state the driver has loaded, and the log `entries` after it.
+    pub fn with_snapshot(
+        config: Config,
+        hard_state: HardState,
+        snapshot: (u64, u64),
+        entries: Vec<Entry>,
+        seed: u64,
+    ) -> Result<Raft, String> {
         config.validate()?;
         let mut peers: Vec<NodeId> = config
             .members
@@ -343,7 +382,13 @@ impl Raft {
             .collect();
         peers.sort_unstable();
         let quorum = config.members.len() / 2 + 1;
-        let log = RaftLog::new(entries, 0);
+        if entries.first().is_some_and(|e| e.index != snapshot.0 + 1) {
+            return Err(format!(
+                "the log does not continue the snapshot at index {}",
+                snapshot.0
+            ));
+        }
+        let log = RaftLog::new(snapshot.0, snapshot.1, entries);
         let mut raft = Raft {
             peers,
             quorum,
@@ -359,13 +404,16 @@ impl Raft {
             randomized_election_timeout: config.election_timeout_ticks,
             heartbeat_elapsed: 0,
             lead_transferee: None,
-            applied_index: 0,
+            applied_index: snapshot.0,
             read_round: 0,
             read_round_wanted: false,
             reads_awaiting_term_commit: Vec::new(),
             reads_unconfirmed: VecDeque::new(),
             reads_confirmed: VecDeque::new(),
             failed_reads: Vec::new(),
+            snapshots_to_send: Vec::new(),
+            snapshot_acks: Vec::new(),
+            snapshot_chunks: Vec::new(),
             outbox: Vec::new(),
             outbox_after_persist: Vec::new(),
             reported_hard_state: hard_state,
@@ -472,6 +520,31 @@ impl Raft {
             // has failed; take proposals again.
             self.lead_transferee = None;
         }
+        // A snapshot chunk or its acknowledgement may be lost: resend from
+        // the last acknowledged offset every few heartbeats, and give the
+        // transfer up if it makes no progress for `snapshot_stall_ticks`.
+        let stall_limit = self.config.snapshot_stall_ticks;
+        let resend_every = 2 * self.config.heartbeat_interval_ticks + 1;
+        for (&id, p) in self.progress.iter_mut() {
+            if p.state != ProgressState::Snapshot {
+                continue;
+            }
+            p.snapshot_stalled_ticks += 1;
+            if p.snapshot_stalled_ticks > stall_limit {
+                p.become_probe(); // the next append finds out what it needs
+            } else if p.snapshot_stalled_ticks % resend_every == 0 {
+                if p.snapshot_index == 0 {
+                    self.snapshots_to_send.push(id);
+                } else {
+                    let (index, next_offset) = (p.snapshot_index, p.snapshot_offset);
+                    self.snapshot_acks.push(SnapshotAck {
+                        to: id,
+                        index,
+                        next_offset,
+                    });
+                }
+            }
+        }
         self.heartbeat_elapsed += 1;
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
@@ -507,6 +580,7 @@ impl Raft {
                 // which is not a term anyone is in yet.
                 RaftMessage::RequestVoteReply(m) if m.pre_vote && m.vote_granted => {}
                 RaftMessage::AppendEntries(m) => self.become_follower(term, Some(m.leader_id)),
+                RaftMessage::InstallSnapshot(m) => self.become_follower(term, Some(m.leader_id)),
                 RaftMessage::TimeoutNow(m) => self.become_follower(term, Some(m.leader_id)),
                 _ => self.become_follower(term, None),
             }
@@ -534,6 +608,15 @@ impl Raft {
                         pre_vote: m.pre_vote,
                     }),
                 ),
+                RaftMessage::InstallSnapshot(m) => self.send(
+                    from,
+                    RaftMessage::InstallSnapshotReply(InstallSnapshotReply {
+                        term: self.term,
+                        last_included_index: m.last_included_index,
+                        next_offset: 0,
+                        installed: false,
+                    }),
+                ),
                 _ => {}
             }
             return;
@@ -549,6 +632,8 @@ impl Raft {
                     self.campaign(Campaign::Transfer);
                 }
             }
+            RaftMessage::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
+            RaftMessage::InstallSnapshotReply(m) => self.handle_install_snapshot_reply(from, m),
         }
     }
 
@@ -642,6 +727,84 @@ impl Raft {
         self.applied_index = self.applied_index.max(index);
     }
 
+    /// The driver has made a snapshot of its state machine through `index`
+    /// durable: entries through it may be dropped from the log. Returns the
+    /// index actually compacted to (never beyond what was applied).
+    pub fn compact(&mut self, index: u64) -> u64 {
+        let index = index.min(self.applied_index).min(self.log.persisted());
+        self.log.compact(index);
+        self.log.snapshot_index()
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.log.snapshot_index()
+    }
+
+    /// Leader: sends `to` one chunk of the snapshot through (`index`,
+    /// `term`), if `to` is still waiting for a snapshot. The driver calls
+    /// this for each entry of `Ready::snapshots_to_send` (offset 0) and
+    /// `Ready::snapshot_acks` (the acknowledged offset).
+    pub fn send_snapshot_chunk(
+        &mut self,
+        to: NodeId,
+        index: u64,
+        term: u64,
+        offset: u64,
+        data: String,
+        done: bool,
+    ) {
+        let waiting = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.state == ProgressState::Snapshot);
+        if self.role != Role::Leader || !waiting {
+            return;
+        }
+        let message = InstallSnapshot {
+            term: self.term,
+            leader_id: self.config.id,
+            last_included_index: index,
+            last_included_term: term,
+            offset,
+            data,
+            done,
+        };
+        self.send(to, RaftMessage::InstallSnapshot(message));
+    }
+
+    /// Follower: the driver wrote a chunk of the snapshot through `index`
+    /// from `leader`, and now expects `next_offset`.
+    pub fn snapshot_chunk_received(&mut self, leader: NodeId, index: u64, next_offset: u64) {
+        let reply = InstallSnapshotReply {
+            term: self.term,
+            last_included_index: index,
+            next_offset,
+            installed: false,
+        };
+        self.send(leader, RaftMessage::InstallSnapshotReply(reply));
+    }
+
+    /// Follower: the driver verified the snapshot through (`index`, `term`),
+    /// made it durable and loaded it into its state machine. The log keeps
+    /// what follows the snapshot if it holds the snapshot's last entry;
+    /// otherwise it is discarded, and the driver must discard its stored log
+    /// too (returns true) before the next `ready()`.
+    pub fn restore_snapshot(&mut self, leader: NodeId, index: u64, term: u64) -> bool {
+        if index <= self.log.committed() {
+            return false; // nothing new: our log already holds all of it
+        }
+        let discarded = self.log.restore(index, term);
+        self.applied_index = self.applied_index.max(index);
+        let reply = InstallSnapshotReply {
+            term: self.term,
+            last_included_index: index,
+            next_offset: 0,
+            installed: true,
+        };
+        self.send(leader, RaftMessage::InstallSnapshotReply(reply));
+        discarded
+    }
+
     // ---------------------------------------------------------------- output
 
     /// Whether `ready()` would return anything.
@@ -652,6 +815,9 @@ impl Raft {
             || self.log.has_committed_to_apply()
             || self.read_round_wanted
             || !self.failed_reads.is_empty()
+            || !self.snapshots_to_send.is_empty()
+            || !self.snapshot_acks.is_empty()
+            || !self.snapshot_chunks.is_empty()
             || self
                 .reads_confirmed
                 .front()
@@ -694,6 +860,9 @@ impl Raft {
             committed_entries: self.log.take_committed(),
             reads,
             failed_reads: std::mem::take(&mut self.failed_reads),
+            snapshots_to_send: std::mem::take(&mut self.snapshots_to_send),
+            snapshot_acks: std::mem::take(&mut self.snapshot_acks),
+            snapshot_chunks: std::mem::take(&mut self.snapshot_chunks),
         };
         self.reported_hard_state = hard_state;
         self.reported_soft_state = Some(soft_state);
@@ -942,6 +1111,49 @@ impl Raft {
         }
     }
 
+    fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            self.become_follower(m.term, Some(from));
+        }
+        self.election_elapsed = 0;
+        if m.last_included_index <= self.log.committed() {
+            // We already hold everything the snapshot covers.
+            let reply = InstallSnapshotReply {
+                term: self.term,
+                last_included_index: self.log.committed(),
+                next_offset: 0,
+                installed: true,
+            };
+            self.send(from, RaftMessage::InstallSnapshotReply(reply));
+            return;
+        }
+        self.snapshot_chunks.push((from, m));
+    }
+
+    fn handle_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if pr.state != ProgressState::Snapshot {
+            return;
+        }
+        if m.installed {
+            pr.acknowledge(m.last_included_index);
+            pr.become_probe();
+            self.send_append(from, false);
+        } else if pr.snapshot_acknowledged(m.last_included_index, m.next_offset) {
+            self.snapshot_acks.push(SnapshotAck {
+                to: from,
+                index: m.last_included_index,
+                next_offset: m.next_offset,
+            });
+        }
+    }
+
     // ----------------------------------------------------------- replication
 
     fn can_send_entries(&self, to: NodeId) -> bool {
@@ -959,6 +1171,9 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
+        if pr.state == ProgressState::Snapshot {
+            return false; // the snapshot transfer keeps its own pace
+        }
         if heartbeat && pr.state == ProgressState::Probe {
             pr.probe_sent = false;
         }
@@ -967,6 +1182,12 @@ impl Raft {
             return false;
         }
         let prev_log_index = pr.next_index - 1;
+        if self.log.term(prev_log_index).is_none() {
+            // The entries this follower needs are compacted away.
+            pr.become_snapshot();
+            self.snapshots_to_send.push(to);
+            return false;
+        }
         let entries = if paused {
             Vec::new()
         } else {

@@ -7,6 +7,10 @@
 //! - `Replicate`: the logs match up to `match_index`. The leader streams
 //!   entries without waiting, up to `max_inflight` unacknowledged messages.
 //!
+//! - `Snapshot`: the follower needs entries the leader has compacted away.
+//!   The driver streams it a snapshot; no entries are sent until the follower
+//!   reports it installed, or the transfer stalls and is given up.
+//!
 //! A rejection in `Replicate` (a lost or reordered message left a gap) drops
 //! back to `Probe`.
 
@@ -16,6 +20,7 @@ use std::collections::VecDeque;
 pub enum ProgressState {
     Probe,
     Replicate,
+    Snapshot,
 }
 
 #[derive(Clone, Debug)]
@@ -31,6 +36,12 @@ pub struct Progress {
     pub recent_active: bool,
     /// The highest ReadIndex round this follower has answered in this term.
     pub read_round: u64,
+    /// In `Snapshot`: ticks since the transfer last made progress.
+    pub snapshot_stalled_ticks: u64,
+    /// In `Snapshot`: the snapshot being sent (0 until the first
+    /// acknowledgement names it) and the offset the follower last asked for.
+    pub snapshot_index: u64,
+    pub snapshot_offset: u64,
 }
 
 impl Progress {
@@ -43,6 +54,9 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: false,
             read_round: 0,
+            snapshot_stalled_ticks: 0,
+            snapshot_index: 0,
+            snapshot_offset: 0,
         }
     }
 
@@ -51,6 +65,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflight.len() >= max_inflight,
+            ProgressState::Snapshot => true,
         }
     }
 
@@ -66,7 +81,33 @@ impl Progress {
                 self.next_index = last_index + 1;
                 self.inflight.push_back(last_index);
             }
+            ProgressState::Snapshot => {}
         }
+    }
+
+    pub fn become_snapshot(&mut self) {
+        self.state = ProgressState::Snapshot;
+        self.inflight.clear();
+        self.probe_sent = false;
+        self.snapshot_stalled_ticks = 0;
+        self.snapshot_index = 0;
+        self.snapshot_offset = 0;
+    }
+
+    /// A follower acknowledged snapshot bytes up to `next_offset`. Returns
+    /// whether this is news (duplicates and reordered acknowledgements are
+    /// not, so they do not start parallel streams). A follower that lost its
+    /// partial copy (it restarted) asks for offset 0 again, which is news.
+    pub fn snapshot_acknowledged(&mut self, index: u64, next_offset: u64) -> bool {
+        let news = index != self.snapshot_index
+            || next_offset > self.snapshot_offset
+            || (next_offset == 0 && self.snapshot_offset > 0);
+        if news {
+            self.snapshot_index = index;
+            self.snapshot_offset = next_offset;
+            self.snapshot_stalled_ticks = 0;
+        }
+        news
     }
 
     /// A successful reply: the follower matches up to `index`. Returns whether
@@ -81,7 +122,7 @@ impl Progress {
         }
         self.match_index = index;
         self.next_index = self.next_index.max(index + 1);
-        if self.state == ProgressState::Probe {
+        if self.state != ProgressState::Replicate {
             self.state = ProgressState::Replicate;
             self.next_index = index + 1;
         }
@@ -94,8 +135,10 @@ impl Progress {
         if rejected_index <= self.match_index {
             return false; // answers a message older than what we know matches
         }
-        if self.state == ProgressState::Probe && rejected_index + 1 != self.next_index {
-            return false; // not the probe we are waiting for
+        if self.state == ProgressState::Snapshot
+            || (self.state == ProgressState::Probe && rejected_index + 1 != self.next_index)
+        {
+            return false; // not the probe we are waiting for, or mid-snapshot
         }
         self.become_probe();
         self.next_index = next_hint.clamp(

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use poncho_protocol::{Entry, NodeId, RaftMessage};
+use poncho_protocol::{Entry, EntryKind, InstallSnapshot, NodeId, RaftMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -63,16 +63,71 @@ impl NetConfig {
 
 /// A write handed to the simulated disk and the messages that wait for it.
 struct PendingWrite {
+    /// A snapshot received from the leader, installed before the rest; with
+    /// whether the log is discarded (else compacted through its index).
+    install: Option<(SimSnapshot, bool)>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
     after: Vec<super::Outbound>,
     due: u64,
 }
 
+/// A snapshot: the applied prefix of the state machine through `index`.
+#[derive(Clone)]
+struct SimSnapshot {
+    index: u64,
+    term: u64,
+    applied: Vec<(u64, Arc<str>)>,
+}
+
+impl SimSnapshot {
+    /// The bytes a leader streams: one "term data" line per entry.
+    fn encode(&self) -> String {
+        self.applied
+            .iter()
+            .map(|(t, d)| format!("{t} {d}\n"))
+            .collect()
+    }
+
+    fn decode(index: u64, term: u64, text: &str) -> Option<SimSnapshot> {
+        let applied: Option<Vec<(u64, Arc<str>)>> = text
+            .lines()
+            .map(|l| {
+                l.split_once(' ')
+                    .and_then(|(t, d)| Some((t.parse().ok()?, Arc::from(d))))
+            })
+            .collect();
+        let applied = applied?;
+        (applied.len() as u64 == index).then_some(SimSnapshot {
+            index,
+            term,
+            applied,
+        })
+    }
+}
+
+/// Snapshotting in a simulated cluster, off unless set.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot when this many entries were applied since the last.
+    pub every_entries: u64,
+    /// Entries kept in the log behind the snapshot.
+    pub keep_tail: u64,
+    /// Largest chunk a leader streams.
+    pub max_chunk_bytes: usize,
+}
+
 struct Node {
     raft: Option<Raft>,
     durable_hard_state: HardState,
+    /// Durable log entries; `durable_log[0]` is at index `durable_first`.
     durable_log: Vec<Entry>,
+    durable_first: u64,
+    durable_snapshot: Option<SimSnapshot>,
+    /// A local snapshot being written, durable at the given time.
+    snapshot_write: Option<(u64, SimSnapshot)>,
+    /// A snapshot arriving from the leader: (leader, index, term, bytes).
+    receiving: Option<(NodeId, u64, u64, String)>,
     /// In completion order; a crash discards them all.
     writes: VecDeque<PendingWrite>,
     /// The state machine: the applied entries, index i at position i - 1.
@@ -95,6 +150,8 @@ struct Command {
 
 #[derive(Default)]
 pub struct Stats {
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
     pub commands_acknowledged: u64,
     pub reads_served: u64,
     pub elections_won: u64,
@@ -122,6 +179,10 @@ pub struct Sim {
     /// Extra chance per tick, in percent, that `random_run` crashes or
     /// restarts a node, on top of its usual faults.
     pub churn_percent: u32,
+    pub snapshots: Option<SnapshotPolicy>,
+    /// Snapshot transfers in progress: (leader, follower) -> (snapshot bytes
+    /// with its index and term). The leader's open file, in a real node.
+    transfers: HashMap<(NodeId, NodeId), (u64, u64, Arc<str>)>,
     /// Optional filter run on each message before it enters the network: it
     /// may change the message, or return false to drop it. Scripted
     /// scenarios use it.
@@ -150,6 +211,10 @@ impl Sim {
                 raft: None,
                 durable_hard_state: HardState::default(),
                 durable_log: Vec::new(),
+                durable_first: 1,
+                durable_snapshot: None,
+                snapshot_write: None,
+                receiving: None,
                 writes: VecDeque::new(),
                 applied: Vec::new(),
                 tick_phase: rng.gen_range(0..TICK),
@@ -174,6 +239,8 @@ impl Sim {
             failed_reads: Vec::new(),
             stats: Stats::default(),
             churn_percent: 0,
+            snapshots: None,
+            transfers: HashMap::new(),
             filter: None,
         };
         for id in sim.ids() {
@@ -208,11 +275,25 @@ impl Sim {
         let raft_seed = self.rng.gen();
         let node = self.node(id);
         node.boots += 1;
-        node.applied.clear();
-        let raft = Raft::new(
+        let (snap_index, snap_term) = node
+            .durable_snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.index, s.term));
+        node.applied = node
+            .durable_snapshot
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.applied.clone());
+        let entries: Vec<Entry> = node
+            .durable_log
+            .iter()
+            .filter(|e| e.index > snap_index)
+            .cloned()
+            .collect();
+        let raft = Raft::with_snapshot(
             config,
             node.durable_hard_state,
-            node.durable_log.clone(),
+            (snap_index, snap_term),
+            entries,
             raft_seed,
         )
         .expect("simulator config is valid");
@@ -225,6 +306,8 @@ impl Sim {
         let node = self.node(id);
         node.raft = None;
         node.writes.clear();
+        node.snapshot_write = None;
+        node.receiving = None;
         self.stats.crashes += 1;
     }
 
@@ -234,7 +317,9 @@ impl Sim {
         node.raft = None;
         node.writes.clear();
         node.durable_hard_state = hard_state;
+        node.durable_first = log.first().map_or(1, |e| e.index);
         node.durable_log = log;
+        node.durable_snapshot = None;
         self.start(id);
     }
 
@@ -304,6 +389,21 @@ impl Sim {
 
     pub fn durable_log(&self, id: NodeId) -> &[Entry] {
         &self.nodes[(id - 1) as usize].durable_log
+    }
+
+    /// Whether `id` holds `e` durably: in its log, or covered by its snapshot
+    /// (whose contents were checked against the committed log when taken).
+    fn holds_durably(&self, id: NodeId, e: &Entry) -> bool {
+        let node = &self.nodes[(id - 1) as usize];
+        if node
+            .durable_snapshot
+            .as_ref()
+            .is_some_and(|s| s.index >= e.index)
+        {
+            return true;
+        }
+        let position = e.index.checked_sub(node.durable_first);
+        position.and_then(|p| node.durable_log.get(p as usize)) == Some(e)
     }
 
     /// Whether the command `data` is committed (seen applied on any node).
@@ -428,6 +528,7 @@ impl Sim {
         }
         for id in self.ids() {
             self.complete_writes(id)?;
+            self.take_snapshot(id);
         }
         let now = self.now;
         for id in self.ids() {
@@ -494,6 +595,7 @@ impl Sim {
             // Messages after persistence wait for this write and every earlier one.
             let due = node.writes.back().map_or(due, |w| w.due.max(due));
             node.writes.push_back(PendingWrite {
+                install: None,
                 hard_state: rd.hard_state,
                 entries: rd.entries,
                 after: rd.messages_after_persist,
@@ -505,6 +607,15 @@ impl Sim {
             }
         }
         self.apply(id, rd.committed_entries)?;
+        for to in rd.snapshots_to_send {
+            self.start_snapshot_transfer(id, to);
+        }
+        for ack in rd.snapshot_acks {
+            self.continue_snapshot_transfer(id, ack.to, ack.index, ack.next_offset);
+        }
+        for (leader, chunk) in rd.snapshot_chunks {
+            self.receive_snapshot_chunk(id, leader, chunk)?;
+        }
         for read in rd.reads {
             self.serve_read(id, read.id, read.index)?;
         }
@@ -512,6 +623,149 @@ impl Sim {
             self.reads.remove(&read_id);
             self.failed_reads.push(read_id);
         }
+        Ok(())
+    }
+
+    /// Local compaction: snapshot the applied state when enough entries were
+    /// applied since the last snapshot; the write completes after a delay (a
+    /// crash before then loses it), then the log is compacted behind it.
+    fn take_snapshot(&mut self, id: NodeId) {
+        let Some(policy) = self.snapshots else { return };
+        let now = self.now;
+        let delay = self.rng.gen_range(0..=self.net.max_persist_delay * 3);
+        let node = self.node(id);
+        if node.raft.is_none() {
+            return;
+        }
+        if let Some((due, _)) = &node.snapshot_write {
+            if *due > now {
+                return;
+            }
+            let (_, snapshot) = node.snapshot_write.take().expect("checked");
+            let index = snapshot.index;
+            node.durable_snapshot = Some(snapshot);
+            let raft = node.raft.as_mut().expect("checked");
+            let compacted = raft.compact(index.saturating_sub(policy.keep_tail));
+            compact_durable(node, compacted);
+            self.stats.snapshots_taken += 1;
+            return;
+        }
+        let applied = node.applied.len() as u64;
+        let last = node.durable_snapshot.as_ref().map_or(0, |s| s.index);
+        if applied >= last + policy.every_entries {
+            let term = node.applied.last().map_or(0, |(t, _)| *t);
+            let snapshot = SimSnapshot {
+                index: applied,
+                term,
+                applied: node.applied.clone(),
+            };
+            node.snapshot_write = Some((now + delay, snapshot));
+        }
+    }
+
+    fn start_snapshot_transfer(&mut self, leader: NodeId, to: NodeId) {
+        let Some(snapshot) = self.nodes[(leader - 1) as usize].durable_snapshot.as_ref() else {
+            return; // cannot happen: the log is compacted only behind a snapshot
+        };
+        let (index, term) = (snapshot.index, snapshot.term);
+        let bytes: Arc<str> = snapshot.encode().into();
+        self.transfers.insert((leader, to), (index, term, bytes));
+        self.continue_snapshot_transfer(leader, to, index, 0);
+    }
+
+    fn continue_snapshot_transfer(&mut self, leader: NodeId, to: NodeId, index: u64, offset: u64) {
+        let Some(policy) = self.snapshots else { return };
+        let Some((sent_index, term, bytes)) = self.transfers.get(&(leader, to)).cloned() else {
+            return;
+        };
+        if sent_index != index || offset as usize > bytes.len() {
+            return;
+        }
+        let chunk = self
+            .rng
+            .gen_range(policy.max_chunk_bytes / 2..=policy.max_chunk_bytes)
+            .max(1);
+        let end = (offset as usize + chunk).min(bytes.len());
+        let data = bytes[offset as usize..end].to_string();
+        let done = end == bytes.len();
+        if let Some(raft) = self.raft_mut(leader) {
+            raft.send_snapshot_chunk(to, index, term, offset, data, done);
+        }
+    }
+
+    /// A follower's side of a transfer: collect chunks in memory (lost on a
+    /// crash), acknowledge each, and install once complete.
+    fn receive_snapshot_chunk(
+        &mut self,
+        id: NodeId,
+        leader: NodeId,
+        m: InstallSnapshot,
+    ) -> Result<(), Violation> {
+        let node = self.node(id);
+        if m.offset == 0 {
+            node.receiving = Some((
+                leader,
+                m.last_included_index,
+                m.last_included_term,
+                String::new(),
+            ));
+        }
+        let expected = match &mut node.receiving {
+            Some((l, index, _, buf)) if *l == leader && *index == m.last_included_index => {
+                if m.offset == buf.len() as u64 {
+                    buf.push_str(&m.data);
+                }
+                buf.len() as u64
+            }
+            _ => 0, // not the transfer we know: ask for it from the start
+        };
+        let complete = m.done && expected == m.offset + m.data.len() as u64;
+        if !complete {
+            if let Some(raft) = self.raft_mut(id) {
+                raft.snapshot_chunk_received(leader, m.last_included_index, expected);
+            }
+            return Ok(());
+        }
+        let (_, index, term, bytes) = self.node(id).receiving.take().expect("complete transfer");
+        let Some(snapshot) = SimSnapshot::decode(index, term, &bytes) else {
+            return Err(self.violation(format!(
+                "node {id} received a malformed snapshot through {index}"
+            )));
+        };
+        for (i, (t, d)) in snapshot.applied.iter().enumerate() {
+            let e = Entry {
+                index: i as u64 + 1,
+                term: *t,
+                kind: poncho_protocol::EntryKind::Command,
+                data: d.clone(),
+            };
+            self.checker
+                .check_applied(&e)
+                .map_err(|err| self.violation(format!("installed snapshot: {err}")))?;
+        }
+        let Some(raft) = self.raft_mut(id) else {
+            return Ok(());
+        };
+        let before = raft.log().committed();
+        let discard = raft.restore_snapshot(leader, index, term);
+        if raft.log().committed() == before && before >= index {
+            return Ok(()); // nothing new
+        }
+        let due = self.now + self.rng.gen_range(0..=self.net.max_persist_delay);
+        let node = self.node(id);
+        node.applied = snapshot.applied.clone();
+        let due = node.writes.back().map_or(due, |w| w.due.max(due));
+        node.writes.push_back(PendingWrite {
+            install: Some((snapshot, discard)),
+            hard_state: None,
+            entries: Vec::new(),
+            after: Vec::new(),
+            due,
+        });
+        if let Some(raft) = self.raft_mut(id) {
+            raft.advance_applied(index);
+        }
+        self.stats.snapshots_installed += 1;
         Ok(())
     }
 
@@ -523,11 +777,24 @@ impl Sim {
                 return Ok(());
             }
             let write = node.writes.pop_front().expect("checked");
+            if let Some((snapshot, discard)) = write.install {
+                if discard {
+                    node.durable_log.clear();
+                    node.durable_first = snapshot.index + 1;
+                } else {
+                    compact_durable(node, snapshot.index);
+                }
+                node.durable_snapshot = Some(snapshot);
+            }
             if let Some(hs) = write.hard_state {
                 node.durable_hard_state = hs;
             }
             if let Some(first) = write.entries.first() {
-                let keep = (first.index - 1) as usize;
+                assert!(
+                    first.index >= node.durable_first,
+                    "a write below the durable log"
+                );
+                let keep = (first.index - node.durable_first) as usize;
                 let removed: Vec<Entry> = node
                     .durable_log
                     .drain(keep.min(node.durable_log.len())..)
@@ -567,7 +834,7 @@ impl Sim {
                 let copies = self
                     .ids()
                     .iter()
-                    .filter(|&&n| self.durable_log(n).get((e.index - 1) as usize) == Some(&e))
+                    .filter(|&&n| self.holds_durably(n, &e))
                     .count();
                 // Memory may run ahead of disk on a follower, but a commit
                 // needs a majority of durable copies.
@@ -811,6 +1078,15 @@ impl Sim {
     }
 }
 
+/// Drops durable log entries through `index` (covered by a durable snapshot).
+fn compact_durable(node: &mut Node, index: u64) {
+    if index >= node.durable_first {
+        let drop = ((index + 1 - node.durable_first) as usize).min(node.durable_log.len());
+        node.durable_log.drain(..drop);
+        node.durable_first = index + 1;
+    }
+}
+
 /// The global view of what has happened, against which every step is checked.
 struct Checker {
     /// term -> the node that won it.
@@ -894,7 +1170,9 @@ impl Checker {
     /// Leader Completeness: a new leader holds every committed entry.
     fn check_leader_completeness(&self, sim: &Sim, id: NodeId) -> Result<(), String> {
         let log = sim.raft(id).expect("a leader is up").log();
-        for (i, c) in self.committed.iter().enumerate() {
+        // Entries through the snapshot were checked when applied.
+        let covered = log.snapshot_index() as usize;
+        for (i, c) in self.committed.iter().enumerate().skip(covered) {
             if let Some((term, _)) = c {
                 let index = i as u64 + 1;
                 if log.term(index) != Some(*term) {
@@ -927,15 +1205,25 @@ impl Checker {
     /// after healing, each must catch up.
     fn all_hold_committed(&self, sim: &Sim) -> bool {
         sim.ids().into_iter().all(|id| {
-            let log = sim.durable_log(id);
-            self.committed
-                .iter()
-                .enumerate()
-                .all(|(i, c)| match (c, log.get(i)) {
-                    (Some((t, d)), Some(e)) => e.term == *t && e.data == *d,
-                    (None, Some(_)) => true,
-                    (_, None) => false,
-                })
+            self.committed.iter().enumerate().all(|(i, c)| match c {
+                Some((t, d)) => {
+                    let e = Entry {
+                        index: i as u64 + 1,
+                        term: *t,
+                        kind: EntryKind::Command,
+                        data: d.clone(),
+                    };
+                    sim.holds_durably(id, &e)
+                        || sim.holds_durably(
+                            id,
+                            &Entry {
+                                kind: EntryKind::Noop,
+                                ..e
+                            },
+                        )
+                }
+                None => true,
+            })
         })
     }
 }

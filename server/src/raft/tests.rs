@@ -10,7 +10,7 @@ use poncho_protocol::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::sim::{NetConfig, Sim};
+use super::sim::{NetConfig, Sim, SnapshotPolicy};
 use super::*;
 
 // ------------------------------------------------------------------ helpers
@@ -821,6 +821,91 @@ fn churn_with_clients_crashes_and_partitions() {
     }
 }
 
+// ------------------------------------------------------------- snapshots
+
+fn snapshotting_sim(nodes: usize, seed: u64, net: NetConfig) -> Sim {
+    let mut sim = sim_with(nodes, seed, net, |c| c.snapshot_stall_ticks = 30);
+    sim.snapshots = Some(SnapshotPolicy {
+        every_entries: 20,
+        keep_tail: 5,
+        max_chunk_bytes: 64,
+    });
+    sim
+}
+
+#[test]
+fn section_7_a_follower_back_from_a_long_absence_catches_up_through_install_snapshot() {
+    for seed in 0..10 {
+        let mut sim = snapshotting_sim(3, 300 + seed, NetConfig::unreliable());
+        let leader = sim.wait_for_leader(ELECTION_BOUND_TICKS).unwrap();
+        let away = if leader == 3 { 2 } else { 3 };
+        sim.crash(away);
+        for i in 0..300 {
+            sim.commit(&format!("w{i}"), ELECTION_BOUND_TICKS).unwrap();
+        }
+        let leader = sim.leader().unwrap();
+        assert!(
+            sim.raft(leader).unwrap().snapshot_index() > 200,
+            "the leader compacted its log"
+        );
+        sim.restart(away);
+        sim.run_until(300, "the returning follower applying w299", |s| {
+            s.applied(away).iter().any(|d| d == "w299")
+        })
+        .unwrap();
+        assert!(
+            sim.stats.snapshots_installed >= 1,
+            "seed {seed}: caught up without a snapshot?"
+        );
+        assert_eq!(
+            sim.applied(away),
+            sim.applied(leader)[..sim.applied(away).len()].to_vec()
+        );
+    }
+}
+
+#[test]
+fn section_7_a_node_with_an_empty_disk_catches_up_and_restart_after_compaction_keeps_state() {
+    let mut sim = snapshotting_sim(3, 77, NetConfig::reliable());
+    for i in 0..100 {
+        sim.commit(&format!("v{i}"), ELECTION_BOUND_TICKS).unwrap();
+    }
+    // Every node compacted; restart all from snapshot + log tail.
+    for id in sim.ids() {
+        sim.crash(id);
+    }
+    for id in sim.ids() {
+        sim.restart(id);
+        assert!(
+            sim.applied(id).len() >= 80,
+            "node {id} restarted from its snapshot"
+        );
+    }
+    sim.commit("after-restart", ELECTION_BOUND_TICKS).unwrap();
+    // Node 2 loses its disk entirely.
+    sim.set_durable(2, HardState::default(), Vec::new());
+    sim.run_until(300, "the empty node catching up", |s| {
+        s.applied(2).iter().any(|d| d == "after-restart")
+    })
+    .unwrap();
+    assert!(sim.stats.snapshots_installed >= 1);
+}
+
+#[test]
+fn section_7_partitions_and_crashes_in_the_middle_of_snapshot_transfers() {
+    for seed in 0..20 {
+        let mut sim = snapshotting_sim(5, 500 + seed, NetConfig::unreliable());
+        sim.snapshots = Some(SnapshotPolicy {
+            every_entries: 10,
+            keep_tail: 0,
+            max_chunk_bytes: 16,
+        });
+        sim.churn_percent = 10;
+        sim.random_run(300).unwrap();
+        assert!(sim.stats.snapshots_taken > 0, "seed {seed}");
+    }
+}
+
 // ---------------------------------------------------------------- reads
 
 #[test]
@@ -1008,9 +1093,14 @@ pub(super) fn random_cluster(
     let max_inflight = rng.gen_range(1..8);
     let pre_vote = rng.gen_bool(0.8);
     let check_quorum = rng.gen_bool(0.8);
+    let snapshots = rng.gen_bool(0.5).then(|| SnapshotPolicy {
+        every_entries: rng.gen_range(3..40),
+        keep_tail: rng.gen_range(0..6),
+        max_chunk_bytes: rng.gen_range(64..1024),
+    });
     let described = format!(
         "{nodes} nodes, {net:?}, {max_entries} entries/message, {max_inflight} in flight, \
-         pre_vote {pre_vote}, check_quorum {check_quorum}"
+         pre_vote {pre_vote}, check_quorum {check_quorum}, snapshots {snapshots:?}"
     );
     let mut sim = sim_with(nodes, seed, net, move |c| {
         c.max_entries_per_message = max_entries;
@@ -1018,7 +1108,9 @@ pub(super) fn random_cluster(
         c.pre_vote = pre_vote;
         c.check_quorum = check_quorum;
         c.broken_rule = broken;
+        c.snapshot_stall_ticks = 30;
     });
+    sim.snapshots = snapshots;
     sim.random_run(150)
         .map_err(|e| format!("{e}\n  cluster: {described}"))?;
     Ok(std::mem::take(&mut sim.stats))
