@@ -6,4 +6,5 @@ pub mod kv;
 pub mod log;
 pub mod node;
 pub mod raft;
+pub mod snapshot;
 pub mod storage;

@@ -3,7 +3,8 @@
 //!
 //! # On-disk format
 //! - `wal-<first index, 20 digits>.log`: segments, so a name sort is an index
-//!   sort. A segment holds consecutive records; the log starts at index 1 and
+//!   sort. A segment holds consecutive records; the log starts at the first
+//!   segment's index (1 for a log that was never compacted or reset) and
 //!   continues without gaps from one segment to the next.
 //! - record = `len: u32 LE | crc: u32 LE | payload`, where `crc` is CRC-32 of
 //!   the four `len` bytes followed by the payload, so a damaged length is
@@ -20,6 +21,17 @@
 //! bad record of the last segment, with no plausible record after it, is cut
 //! as torn; anything else is reported as corruption rather than risk dropping
 //! committed entries.
+//!
+//! # Compaction and reset
+//! Once a snapshot covers a prefix of the log, `compact` deletes the segments
+//! that hold nothing else, oldest first, so the log on disk is always a
+//! contiguous suffix of what it was. A follower that installs a snapshot its
+//! log does not match calls `reset`, which deletes every segment (newest
+//! first, so what is left is always a prefix) and only then creates the empty
+//! segment the next append goes to. Every deletion is made durable before the
+//! next one: the directory is fsynced in between, since POSIX does not promise
+//! that unlinks reach the disk in order, and an out-of-order survivor would
+//! look like a gap, which recovery must treat as corruption.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -61,6 +73,11 @@ impl Default for StorageOptions {
 pub struct Recovered {
     pub hard_state: HardState,
     pub entries: Vec<Entry>,
+    /// The index of `entries[0]`, or the index the next append must start at
+    /// if the log is empty (1 for a new log, `n` after `reset(n)`). Entries at
+    /// or below the caller's snapshot may be among `entries`: compaction only
+    /// deletes whole segments.
+    pub first_index: u64,
     /// Repairs made while opening (torn tails cut), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -177,7 +194,15 @@ impl Storage {
         }
         firsts.sort_unstable();
 
-        let mut replay = Replay::default();
+        // The log may start anywhere (compaction deletes its oldest segments,
+        // `reset` restarts it at a snapshot's end); only the segments after
+        // the first must continue it without a gap, which `Replay` checks.
+        let first_index = firsts.first().copied().unwrap_or(1);
+        if first_index == 0 {
+            let path = segment_path(dir, 0);
+            return Err(corrupt(&path, 0, "segment index 0: the log starts at 1"));
+        }
+        let mut replay = Replay::new(first_index);
         let mut segments = Vec::with_capacity(firsts.len().max(1));
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(dir, first);
@@ -209,6 +234,7 @@ impl Storage {
         let recovered = Recovered {
             hard_state,
             entries: replay.entries,
+            first_index,
             warnings: replay.warnings,
         };
         Ok((storage, recovered))
@@ -220,9 +246,13 @@ impl Storage {
         };
         self.check_healthy()?;
         let last = self.last_index();
-        if first.index == 0 || first.index > last + 1 {
+        // Below the first index would mean rewriting entries a snapshot
+        // already covers (and writing them into a segment named after a later
+        // index); above `last + 1` is a gap. Both are caller bugs.
+        let lowest = self.first_index();
+        if first.index < lowest || first.index > last + 1 {
             return Err(self.invalid(format!(
-                "append at index {} but the log ends at {last}",
+                "append at index {} but the log holds {lowest}..={last}",
                 first.index
             )));
         }
@@ -293,10 +323,117 @@ impl Storage {
         Ok(())
     }
 
+    /// The index of the oldest entry on disk, or of the next append if the
+    /// log is empty. Entries a snapshot covers may still be at and after it.
+    pub fn first_index(&self) -> u64 {
+        self.segments.first().map_or(1, |s| s.first_index)
+    }
+
+    /// The index of the newest entry, or `first_index() - 1` if the log is empty.
     pub fn last_index(&self) -> u64 {
         self.segments
             .last()
             .map_or(0, |s| s.first_index + s.offsets.len() as u64 - 1)
+    }
+
+    /// Deletes every segment whose entries are all at or below `up_to`, i.e.
+    /// covered by a snapshot. Entries at or below `up_to` that share a segment
+    /// with later ones stay; the caller skips them on recovery. The segment
+    /// being appended to is never deleted, so the log keeps a home for the
+    /// next append and `last_index` stays put.
+    ///
+    /// Oldest first, each deletion durable before the next: a crash part-way
+    /// leaves a contiguous suffix of the log, which `open` accepts.
+    pub fn compact(&mut self, up_to: u64) -> Result<(), StorageError> {
+        self.check_healthy()?;
+        // Segment `i` ends where segment `i + 1` begins, so it is wholly
+        // covered when the next one starts at or before `up_to + 1`.
+        let covered = self
+            .segments
+            .windows(2)
+            .take_while(|w| w[1].first_index <= up_to.saturating_add(1))
+            .count();
+        let mut deleted = 0;
+        let mut result = Ok(());
+        for seg in &self.segments[..covered] {
+            if let Err(e) = fs::remove_file(&seg.path).map_err(io_err(&seg.path)) {
+                result = Err(e);
+                break;
+            }
+            deleted += 1;
+            if self.options.fsync {
+                // The file is gone even if this fails, so it leaves the list
+                // below either way; the error still reaches the caller.
+                if let Err(e) = sync_dir(&self.dir) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // On an error the segments not yet deleted stay listed: memory still
+        // matches disk, and a later compact can retry them.
+        self.segments.drain(..deleted);
+        let new_first = self.first_index();
+        // Keep the run that covers `new_first` and every later one, so
+        // `term_at` stays right for every index still in the log.
+        let runs_before = self
+            .terms
+            .partition_point(|&(start, _)| start <= new_first)
+            .saturating_sub(1);
+        self.terms.drain(..runs_before);
+        result
+    }
+
+    /// Discards the whole log, durably, so that the next append must start at
+    /// `next_index`: for a follower that installed a snapshot through
+    /// `next_index - 1` which its log does not match.
+    ///
+    /// Crash safety: segments are deleted newest first, each deletion durable
+    /// before the next, and the new empty segment `wal-<next_index>.log` is
+    /// created only after all of them are gone. So a crash part-way leaves a
+    /// *prefix* of the old log, or nothing (and `open` then starts a new log
+    /// at 1). Either way the entry at the snapshot's index, if it survived,
+    /// still shows the mismatch (or the log stops short of the snapshot), so
+    /// the caller's recovery sees the log does not continue the snapshot and
+    /// resets again. Deleting oldest first could instead leave old entries
+    /// after the snapshot's index with the entry at that index gone, looking
+    /// like a continuation of the snapshot. And the new segment is never
+    /// beside old ones, so it can never be followed by old data.
+    ///
+    /// After a failure part-way the storage refuses further writes (memory no
+    /// longer matches disk); reopening recovers whatever the crash rules allow.
+    pub fn reset(&mut self, next_index: u64) -> Result<(), StorageError> {
+        self.check_healthy()?;
+        if next_index == 0 {
+            return Err(self.invalid("reset to index 0: the log starts at 1".to_string()));
+        }
+        if let Err(e) = self.reset_inner(next_index) {
+            self.failed = true;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reset_inner(&mut self, next_index: u64) -> Result<(), StorageError> {
+        while let Some(seg) = self.segments.last() {
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            self.segments.pop();
+            if self.options.fsync {
+                sync_dir(&self.dir)?;
+            }
+        }
+        // Whatever was written but not synced went with the files.
+        self.dirty = false;
+        self.terms.clear();
+        let path = segment_path(&self.dir, next_index);
+        self.active = create_segment(&path)?;
+        if self.options.fsync {
+            // The empty segment must survive a crash: without it recovery
+            // would start a new log at index 1.
+            sync_dir(&self.dir)?;
+        }
+        self.segments.push(Segment::empty(next_index, path));
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -535,14 +672,28 @@ fn find_plausible_record(b: &[u8], from: usize, next_index: u64, min_term: u64) 
     })
 }
 
-#[derive(Default)]
 struct Replay {
+    /// The first segment's index, where the log starts.
+    first: u64,
     entries: Vec<Entry>,
     terms: Vec<(u64, u64)>,
     warnings: Vec<String>,
 }
 
 impl Replay {
+    fn new(first: u64) -> Replay {
+        Replay {
+            first,
+            entries: Vec::new(),
+            terms: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn next_index(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
     fn segment(
         &mut self,
         path: PathBuf,
@@ -550,7 +701,9 @@ impl Replay {
         is_last: bool,
         fsync: bool,
     ) -> Result<Segment, StorageError> {
-        let next = self.entries.len() as u64 + 1;
+        // A missing segment in the middle (not a prefix: compaction and reset
+        // delete from the ends) means entries the log acknowledged are gone.
+        let next = self.next_index();
         if first != next {
             let why = format!("segment starts at index {first}, expected {next}");
             return Err(corrupt(&path, 0, why));
@@ -559,7 +712,7 @@ impl Replay {
         let mut offsets = Vec::new();
         let mut off = 0;
         while off < b.len() {
-            let next = self.entries.len() as u64 + 1;
+            let next = self.next_index();
             let last_term = self.terms.last().map_or(0, |t| t.1);
             let at = off as u64;
             let rec = match parse_record(&b, off) {
@@ -724,6 +877,7 @@ mod tests {
         };
         let (mut s, rec) = open(dir.path(), o);
         assert_eq!((s.last_index(), rec.entries.len()), (0, 0));
+        assert_eq!((s.first_index(), rec.first_index), (1, 1));
         assert_eq!(rec.hard_state, HardState::default());
         let mut all = vec![entry(1, 1, "")];
         all.extend(run(2, 150, 1));
@@ -740,6 +894,7 @@ mod tests {
         drop(s);
         let (mut s, rec) = open(dir.path(), o);
         assert_eq!(rec.entries, all);
+        assert_eq!(rec.first_index, 1);
         assert_eq!(rec.hard_state, hs);
         assert!(rec.warnings.is_empty());
         assert_eq!(s.last_index(), 300);
@@ -1032,5 +1187,207 @@ mod tests {
         let stray = segment_path(dir.path(), 12);
         fs::write(&stray, b"").unwrap();
         assert_corrupt(dir.path(), &stray, 0);
+    }
+
+    fn segment_files(dir: &Path) -> Vec<u64> {
+        let mut firsts: Vec<u64> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|item| {
+                let name = item.unwrap().file_name().into_string().unwrap();
+                name.strip_prefix("wal-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        firsts.sort_unstable();
+        firsts
+    }
+
+    #[test]
+    fn compact_deletes_only_wholly_covered_segments() {
+        let dir = TempDir::new().unwrap();
+        // With fsync on, so the directory syncs after each deletion run too.
+        let o = StorageOptions {
+            segment_bytes: 200,
+            fsync: true,
+        };
+        let (mut s, _) = open(dir.path(), o);
+        s.append(&run(1, 40, 1)).unwrap();
+        s.append(&run(41, 60, 2)).unwrap();
+        s.sync().unwrap();
+        let firsts = segment_files(dir.path());
+        assert!(firsts.len() > 6, "{firsts:?}");
+        // Nothing is wholly covered below the end of the first segment.
+        s.compact(0).unwrap();
+        s.compact(firsts[1] - 2).unwrap();
+        assert_eq!(segment_files(dir.path()), firsts);
+        // Exactly the end of segment 1: it goes, segment 2 stays.
+        s.compact(firsts[1] - 1).unwrap();
+        assert_eq!(segment_files(dir.path()), firsts[1..]);
+        assert_eq!(s.first_index(), firsts[1]);
+        // The middle of segment 4: segments 2 and 3 go, 4 stays with entries
+        // at and below `up_to` still in it.
+        let up_to = firsts[3] + 1;
+        s.compact(up_to).unwrap();
+        assert_eq!(segment_files(dir.path()), firsts[3..]);
+        assert_eq!((s.first_index(), s.last_index()), (firsts[3], 60));
+        drop(s);
+
+        let (mut s, rec) = open(dir.path(), o);
+        assert_eq!(rec.first_index, firsts[3]);
+        assert_eq!(rec.entries.first().map(|e| e.index), Some(firsts[3]));
+        let mut want: Vec<Entry> = run(1, 40, 1).into_iter().chain(run(41, 60, 2)).collect();
+        want.drain(..firsts[3] as usize - 1);
+        assert_eq!(rec.entries, want);
+        // The term check still works on a compacted log: 2 is the last term.
+        assert!(s.append(&[entry(61, 1, "older term")]).is_err());
+        s.append(&run(61, 70, 2)).unwrap();
+        // Beyond the end: every segment but the one being appended to goes.
+        s.compact(1_000).unwrap();
+        let active = *segment_files(dir.path()).last().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![active]);
+        assert_eq!((s.first_index(), s.last_index()), (active, 70));
+        s.append(&run(71, 75, 3)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (s, rec) = open(dir.path(), o);
+        assert_eq!(rec.first_index, active);
+        assert_eq!(rec.entries.last().map(|e| (e.index, e.term)), Some((75, 3)));
+        assert_eq!(rec.entries.len() as u64, 75 - active + 1);
+        assert!(rec.warnings.is_empty());
+        assert_eq!(s.last_index(), 75);
+    }
+
+    #[test]
+    fn appends_below_the_first_index_or_past_the_end_are_rejected_after_compaction() {
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(200));
+        s.append(&run(1, 40, 1)).unwrap();
+        s.compact(30).unwrap();
+        let first = s.first_index();
+        assert!(first > 1);
+        for bad in [first - 1, 42] {
+            let result = s.append(&[entry(bad, 1, "x")]);
+            assert!(
+                matches!(&result, Err(StorageError::Io { source, .. }) if source.kind() == io::ErrorKind::InvalidInput),
+                "{bad}: {result:?}"
+            );
+        }
+        // Replacing the whole remaining log is still allowed.
+        s.append(&[entry(first, 2, "replaced")]).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.last_index(), first);
+        drop(s);
+        let (_, rec) = open(dir.path(), opts(200));
+        assert_eq!(rec.first_index, first);
+        assert_eq!(rec.entries, vec![entry(first, 2, "replaced")]);
+    }
+
+    #[test]
+    fn reset_then_append_then_reopen() {
+        let dir = TempDir::new().unwrap();
+        let o = StorageOptions {
+            segment_bytes: 200,
+            fsync: true,
+        };
+        let (mut s, _) = open(dir.path(), o);
+        s.append(&run(1, 60, 3)).unwrap();
+        s.sync().unwrap();
+        // Unsynced entries are discarded along with the rest.
+        s.append(&run(61, 65, 3)).unwrap();
+        s.reset(100).unwrap();
+        assert_eq!(segment_files(dir.path()), vec![100]);
+        assert_eq!((s.first_index(), s.last_index()), (100, 99));
+        drop(s);
+
+        // Durable on its own: a crash before the next append still restarts
+        // the log at 100.
+        let (mut s, rec) = open(dir.path(), o);
+        assert_eq!((rec.first_index, rec.entries.len()), (100, 0));
+        assert_eq!((s.first_index(), s.last_index()), (100, 99));
+        for bad in [99, 101] {
+            assert!(s.append(&[entry(bad, 4, "x")]).is_err(), "{bad}");
+        }
+        // Terms may start anywhere: the old log's terms went with it.
+        s.append(&run(100, 130, 2)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (mut s, rec) = open(dir.path(), o);
+        assert_eq!(rec.first_index, 100);
+        assert_eq!(rec.entries, run(100, 130, 2));
+        assert!(segment_files(dir.path()).len() > 1);
+
+        // A reset to a lower index than the current log works too.
+        s.reset(5).unwrap();
+        s.append(&run(5, 6, 7)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = open(dir.path(), o);
+        assert_eq!((rec.first_index, rec.entries), (5, run(5, 6, 7)));
+        assert_eq!(segment_files(dir.path()), vec![5]);
+
+        let (mut s, _) = open(dir.path(), o);
+        assert!(s.reset(0).is_err());
+        assert_eq!(s.last_index(), 6);
+    }
+
+    #[test]
+    fn a_log_whose_first_segment_is_past_one_opens() {
+        // What a crash part-way through compaction leaves: a suffix.
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(200));
+        s.append(&run(1, 50, 1)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let firsts = segment_files(dir.path());
+        for &first in &firsts[..2] {
+            fs::remove_file(segment_path(dir.path(), first)).unwrap();
+        }
+        let (mut s, rec) = open(dir.path(), opts(200));
+        assert_eq!(rec.first_index, firsts[2]);
+        assert_eq!(rec.entries, run(firsts[2], 50, 1));
+        assert_eq!(s.first_index(), firsts[2]);
+        s.append(&run(51, 52, 1)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = open(dir.path(), opts(200));
+        assert_eq!(rec.entries, run(firsts[2], 52, 1));
+
+        // What a crash part-way through reset leaves: a prefix, or nothing.
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(200));
+        s.append(&run(1, 50, 1)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let firsts = segment_files(dir.path());
+        fs::remove_file(segment_path(dir.path(), firsts[firsts.len() - 1])).unwrap();
+        let (_, rec) = open(dir.path(), opts(200));
+        assert_eq!(rec.entries, run(1, firsts[firsts.len() - 1] - 1, 1));
+        for &first in &firsts[..firsts.len() - 1] {
+            fs::remove_file(segment_path(dir.path(), first)).unwrap();
+        }
+        let (s, rec) = open(dir.path(), opts(200));
+        assert_eq!((rec.first_index, rec.entries.len()), (1, 0));
+        assert_eq!(s.last_index(), 0);
+    }
+
+    #[test]
+    fn a_missing_middle_segment_is_corruption() {
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(200));
+        s.append(&run(1, 50, 1)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let firsts = segment_files(dir.path());
+        assert!(firsts.len() > 3);
+        // A gap after a compacted prefix is just as bad as one in a full log.
+        fs::remove_file(segment_path(dir.path(), firsts[0])).unwrap();
+        fs::remove_file(segment_path(dir.path(), firsts[2])).unwrap();
+        assert_corrupt(dir.path(), &segment_path(dir.path(), firsts[3]), 0);
+        // So is a segment numbered 0, which no log ever creates.
+        let dir = TempDir::new().unwrap();
+        fs::write(segment_path(dir.path(), 0), b"").unwrap();
+        assert_corrupt(dir.path(), &segment_path(dir.path(), 0), 0);
     }
 }

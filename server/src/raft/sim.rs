@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use poncho_protocol::{Entry, EntryKind, InstallSnapshot, NodeId, RaftMessage};
+use poncho_protocol::{Entry, InstallSnapshot, NodeId, RaftMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -393,17 +393,19 @@ impl Sim {
 
     /// Whether `id` holds `e` durably: in its log, or covered by its snapshot
     /// (whose contents were checked against the committed log when taken).
-    fn holds_durably(&self, id: NodeId, e: &Entry) -> bool {
+    fn holds_durably(&self, id: NodeId, index: u64, term: u64, data: &str) -> bool {
         let node = &self.nodes[(id - 1) as usize];
         if node
             .durable_snapshot
             .as_ref()
-            .is_some_and(|s| s.index >= e.index)
+            .is_some_and(|s| s.index >= index)
         {
             return true;
         }
-        let position = e.index.checked_sub(node.durable_first);
-        position.and_then(|p| node.durable_log.get(p as usize)) == Some(e)
+        let position = index.checked_sub(node.durable_first);
+        position
+            .and_then(|p| node.durable_log.get(p as usize))
+            .is_some_and(|e| e.term == term && *e.data == *data)
     }
 
     /// Whether the command `data` is committed (seen applied on any node).
@@ -643,10 +645,19 @@ impl Sim {
             }
             let (_, snapshot) = node.snapshot_write.take().expect("checked");
             let index = snapshot.index;
+            if node
+                .durable_snapshot
+                .as_ref()
+                .is_some_and(|s| s.index >= index)
+            {
+                return; // a snapshot installed from the leader meanwhile is newer
+            }
             node.durable_snapshot = Some(snapshot);
             let raft = node.raft.as_mut().expect("checked");
             let compacted = raft.compact(index.saturating_sub(policy.keep_tail));
-            compact_durable(node, compacted);
+            // The core may already be compacted further (an install not yet
+            // durable): the disk keeps what its own snapshot does not cover.
+            compact_durable(node, compacted.min(index));
             self.stats.snapshots_taken += 1;
             return;
         }
@@ -834,7 +845,7 @@ impl Sim {
                 let copies = self
                     .ids()
                     .iter()
-                    .filter(|&&n| self.holds_durably(n, &e))
+                    .filter(|&&n| self.holds_durably(n, e.index, e.term, &e.data))
                     .count();
                 // Memory may run ahead of disk on a follower, but a commit
                 // needs a majority of durable copies.
@@ -1206,21 +1217,20 @@ impl Checker {
     fn all_hold_committed(&self, sim: &Sim) -> bool {
         sim.ids().into_iter().all(|id| {
             self.committed.iter().enumerate().all(|(i, c)| match c {
-                Some((t, d)) => {
-                    let e = Entry {
-                        index: i as u64 + 1,
-                        term: *t,
-                        kind: EntryKind::Command,
-                        data: d.clone(),
-                    };
-                    sim.holds_durably(id, &e)
-                        || sim.holds_durably(
-                            id,
-                            &Entry {
-                                kind: EntryKind::Noop,
-                                ..e
-                            },
-                        )
+                Some((term, data)) => {
+                    let held = sim.holds_durably(id, i as u64 + 1, *term, data);
+                    if !held && std::env::var("SIM_TRACE").is_ok() {
+                        let n = &sim.nodes[(id - 1) as usize];
+                        eprintln!(
+                            "node {id} does not hold committed entry {} durably: log from {} ({} entries: {:?}), snapshot {:?}",
+                            i + 1,
+                            n.durable_first,
+                            n.durable_log.len(),
+                            n.durable_log.iter().map(|e| (e.index, e.term)).take(8).collect::<Vec<_>>(),
+                            n.durable_snapshot.as_ref().map(|s| s.index)
+                        );
+                    }
+                    held
                 }
                 None => true,
             })
