@@ -4,7 +4,7 @@
 //! each into the reply its client gets. Every node applies the same entries in
 //! the same order, so the store must be a pure function of the log: it reads
 //! no clock, draws no random numbers, and keeps everything in ordered maps so
-//! no hash order can leak into a result (or, later, into a snapshot).
+//! no hash order can leak into a result or a snapshot.
 //!
 //! # Exactly-once writes (Raft thesis 6.3)
 //! A client that does not hear back retries, and the retry may reach a new
@@ -33,10 +33,39 @@
 //! A client whose session was dropped is a new client: a retry of its last
 //! write would be applied again. Exactly-once therefore holds for retries
 //! within [`SESSION_TIMEOUT_MS`] while the caps are not reached.
+//!
+//! # Snapshots
+//! The maps are persistent B-trees ([`imbl::OrdMap`]): a clone shares every
+//! node with the original, and a later write copies only the nodes on its
+//! path. [`KvStore::snapshot`] is therefore O(1) and the event loop can take
+//! one between two applies, hand the [`KvSnapshot`] to a background thread to
+//! serialize with [`KvSnapshot::write_lines`], and keep applying. Keys, values
+//! and cached replies are behind `Arc`s, so the copies a write makes while a
+//! snapshot still shares its nodes are reference-count increments, not string
+//! copies.
+//!
+//! A snapshot is JSON Lines (compact JSON, so no line contains `\n`), in this
+//! order; [`KvStore::restore`] reads it back and rejects anything else:
+//!
+//! 1. One store line, with every store-level field apply depends on, and how
+//!    many key and session lines follow (so a truncated snapshot is detected):
+//!    `{"format":1,"last_applied":9,"clock_ms":1700000000000,"session_timeout_ms":600000,`
+//!    `"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":1}`
+//! 2. One line per key, in key order: `{"k":"a","v":"1"}`
+//! 3. One line per session, in `client_id` order, with the cached reply in the
+//!    shape of its wire reply plus its `type`:
+//!    `{"client_id":"c1","last_seq":4,"reply":{"type":"SET","key":"a","index":7},`
+//!    `"last_used_index":9,"last_used_ts_ms":1700000000000}`
+//!
+//! The same entries always give byte-identical snapshot lines.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
 use std::ops::Bound;
+use std::sync::Arc;
 
+use imbl::OrdMap;
 use poncho_protocol::{
     CasReply, ClientRequest, DeleteReply, Entry, EntryKind, ErrorCode, ErrorReply, SessionFields,
     SetReply, MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES,
@@ -50,7 +79,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// These limits are part of the state machine's definition: every node must
 /// use the same values, or nodes would drop different sessions and a retry
-/// could be applied on one node and deduplicated on another.
+/// could be applied on one node and deduplicated on another. A snapshot
+/// records the limits its store ran with, and a restored store keeps them.
 pub const SESSION_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// The most sessions kept at once. A session costs about 100 bytes plus its
@@ -68,6 +98,10 @@ pub const MAX_SESSION_BYTES: usize = 128 << 20;
 /// Fixed bookkeeping charged to every session besides its strings: the maps'
 /// entries, the sequence number and timestamps.
 const SESSION_OVERHEAD_BYTES: usize = 96;
+
+/// The version in a snapshot's store line. Raise it whenever the line format
+/// or the meaning of a field changes; [`KvStore::restore`] refuses any other.
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
 // The session just used must always fit, or the budget would evict it at once.
 const _: () = assert!(MAX_SESSIONS >= 1);
@@ -182,8 +216,10 @@ impl ApplyResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {
     last_seq: u64,
-    /// The reply to `last_seq`, returned again to a retry.
-    result: ApplyResult,
+    /// The reply to `last_seq`, returned again to a retry. Shared, so copying
+    /// a session (as a write does to a tree node a snapshot still holds) does
+    /// not copy the reply's strings.
+    result: Arc<ApplyResult>,
     /// Index of the entry that last used this session: its key in
     /// `KvStore::sessions_by_use`.
     last_used_index: u64,
@@ -195,21 +231,24 @@ struct Session {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvStore {
-    data: BTreeMap<String, String>,
-    /// An ordered map rather than a HashMap, so nothing derived from the
-    /// sessions (today: eviction; later: snapshots) can depend on hash order.
-    sessions: BTreeMap<String, Session>,
+    /// Persistent ordered maps (see the module doc, "Snapshots"): ordered so
+    /// that nothing derived from them (eviction, `keys`, snapshots) can depend
+    /// on hash order, persistent so that a snapshot costs O(1).
+    data: OrdMap<Arc<str>, Arc<str>>,
+    /// The sum of the lengths of every key and value in `data`.
+    data_bytes: usize,
+    sessions: OrdMap<Arc<str>, Session>,
     /// Client ids by the index that last used them, oldest first. The log
     /// clock never decreases along the log, so this order is also the order
     /// of `last_used_ts_ms`: the front is both the least recently used session
     /// and the first to expire, and expiry and eviction only ever pop it.
-    sessions_by_use: BTreeMap<u64, String>,
+    sessions_by_use: OrdMap<u64, Arc<str>>,
     session_bytes: usize,
     last_applied: u64,
     /// The largest `ts_ms` applied so far: the log clock.
     clock_ms: u64,
     // The limits, fields so tests can shrink them; always the constants
-    // otherwise.
+    // otherwise (or, after a restore, the values the snapshot recorded).
     session_timeout_ms: u64,
     max_sessions: usize,
     max_session_bytes: usize,
@@ -224,9 +263,10 @@ impl Default for KvStore {
 impl KvStore {
     pub fn new() -> KvStore {
         KvStore {
-            data: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-            sessions_by_use: BTreeMap::new(),
+            data: OrdMap::new(),
+            data_bytes: 0,
+            sessions: OrdMap::new(),
+            sessions_by_use: OrdMap::new(),
             session_bytes: 0,
             last_applied: 0,
             clock_ms: 0,
@@ -281,7 +321,7 @@ impl KvStore {
     }
 
     fn apply_in_session(&mut self, index: u64, client_id: String, seq: u64, op: Op) -> ApplyResult {
-        if let Some(session) = self.sessions.get(&client_id) {
+        if let Some(session) = self.sessions.get(client_id.as_str()) {
             if seq < session.last_seq {
                 return ApplyResult::Error(ErrorReply::new(
                     ErrorCode::StaleSequence,
@@ -294,7 +334,7 @@ impl KvStore {
             }
             if seq == session.last_seq {
                 // A retry: answer as the first time, and count it as use.
-                let result = session.result.clone();
+                let result = ApplyResult::clone(&session.result);
                 self.touch_session(&client_id, index);
                 return result;
             }
@@ -307,11 +347,11 @@ impl KvStore {
     fn apply_op(&mut self, index: u64, op: Op) -> ApplyResult {
         match op {
             Op::Set { key, value } => {
-                self.data.insert(key.clone(), value);
+                self.put(&key, Arc::from(value));
                 ApplyResult::Set(SetReply { key, index })
             }
             Op::Delete { key } => {
-                let deleted = self.data.remove(&key).is_some();
+                let deleted = self.take(&key);
                 ApplyResult::Delete(DeleteReply {
                     key,
                     deleted,
@@ -323,14 +363,21 @@ impl KvStore {
                 expected,
                 value,
             } => {
-                let swapped = self.data.get(&key).map(String::as_str) == expected.as_deref();
-                if swapped {
-                    match &value {
-                        Some(v) => self.data.insert(key.clone(), v.clone()),
-                        None => self.data.remove(&key),
-                    };
-                }
-                let current = self.data.get(&key).cloned();
+                let swapped = self.get(&key) == expected.as_deref();
+                let current = if swapped {
+                    match value {
+                        Some(v) => {
+                            self.put(&key, Arc::from(v.as_str()));
+                            Some(v)
+                        }
+                        None => {
+                            self.take(&key);
+                            None
+                        }
+                    }
+                } else {
+                    self.get(&key).map(str::to_owned)
+                };
                 ApplyResult::Cas(CasReply {
                     key,
                     swapped,
@@ -341,17 +388,45 @@ impl KvStore {
         }
     }
 
+    /// Sets `key` to `value`, keeping `data_bytes`. An existing key keeps its
+    /// shared string.
+    fn put(&mut self, key: &str, value: Arc<str>) {
+        match self.data.get_mut(key) {
+            Some(slot) => {
+                self.data_bytes = self.data_bytes - slot.len() + value.len();
+                *slot = value;
+            }
+            None => {
+                self.data_bytes += key.len() + value.len();
+                self.data.insert(Arc::from(key), value);
+            }
+        }
+    }
+
+    /// Removes `key`, keeping `data_bytes`; whether it was there.
+    fn take(&mut self, key: &str) -> bool {
+        match self.data.remove(key) {
+            Some(value) => {
+                self.data_bytes -= key.len() + value.len();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Marks a session used by the entry at `index`: it moves to the back of
     /// `sessions_by_use`.
     fn touch_session(&mut self, client_id: &str, index: u64) {
+        let clock_ms = self.clock_ms;
         let Some(session) = self.sessions.get_mut(client_id) else {
             return;
         };
         let moved = self.sessions_by_use.remove(&session.last_used_index);
         debug_assert_eq!(moved.as_deref(), Some(client_id));
         session.last_used_index = index;
-        session.last_used_ts_ms = self.clock_ms;
-        self.sessions_by_use.insert(index, client_id.to_owned());
+        session.last_used_ts_ms = clock_ms;
+        let id = moved.unwrap_or_else(|| Arc::from(client_id));
+        self.sessions_by_use.insert(index, id);
     }
 
     /// Stores `result` as the reply to `client_id`'s `seq`, then drops least
@@ -360,16 +435,21 @@ impl KvStore {
         let bytes = session_bytes(&client_id, &result);
         let session = Session {
             last_seq: seq,
-            result,
+            result: Arc::new(result),
             last_used_index: index,
             last_used_ts_ms: self.clock_ms,
             bytes,
         };
-        if let Some(old) = self.sessions.insert(client_id.clone(), session) {
+        // A known client keeps its shared id string.
+        let id = match self.sessions.get_key_value(client_id.as_str()) {
+            Some((id, _)) => Arc::clone(id),
+            None => Arc::from(client_id),
+        };
+        if let Some(old) = self.sessions.insert(Arc::clone(&id), session) {
             self.sessions_by_use.remove(&old.last_used_index);
             self.session_bytes -= old.bytes;
         }
-        self.sessions_by_use.insert(index, client_id);
+        self.sessions_by_use.insert(index, id);
         self.session_bytes += bytes;
         while self.sessions.len() > self.max_sessions || self.session_bytes > self.max_session_bytes
         {
@@ -381,8 +461,8 @@ impl KvStore {
     /// of `sessions_by_use`, so the cost is one lookup plus one removal per
     /// session dropped: amortized O(log n) per apply.
     fn expire_sessions(&mut self) {
-        while let Some((_, client_id)) = self.sessions_by_use.first_key_value() {
-            let idle_ms = self.clock_ms - self.sessions[client_id].last_used_ts_ms;
+        while let Some((_, client_id)) = self.sessions_by_use.get_min() {
+            let idle_ms = self.clock_ms - self.sessions[&**client_id].last_used_ts_ms;
             if idle_ms < self.session_timeout_ms {
                 break;
             }
@@ -391,27 +471,30 @@ impl KvStore {
     }
 
     fn drop_least_recently_used(&mut self) {
-        if let Some((_, client_id)) = self.sessions_by_use.pop_first() {
+        let Some(&(index, _)) = self.sessions_by_use.get_min() else {
+            return;
+        };
+        if let Some(client_id) = self.sessions_by_use.remove(&index) {
             let session = self
                 .sessions
-                .remove(&client_id)
+                .remove(&*client_id)
                 .expect("every entry of sessions_by_use names a session");
             self.session_bytes -= session.bytes;
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.data.get(key).map(String::as_str)
+        self.data.get(key).map(|v| &**v)
     }
 
     /// Sorted keys with this prefix, at most `limit` of them.
     pub fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
         self.data
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(prefix))
             .take(limit)
-            .cloned()
+            .map(|k| k.to_string())
             .collect()
     }
 
@@ -430,6 +513,387 @@ impl KvStore {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// The state's size in bytes, roughly: every key and value's length plus
+    /// what the sessions count against [`MAX_SESSION_BYTES`] (their strings
+    /// and a fixed overhead each). Kept as entries are applied, so O(1). It
+    /// leaves out the maps' own overhead, and is not the snapshot's size.
+    pub fn approximate_bytes(&self) -> usize {
+        self.data_bytes + self.session_bytes
+    }
+
+    /// The whole state as of now, for a background thread to serialize while
+    /// this store goes on applying. O(1): the snapshot shares the maps' nodes,
+    /// and later writes to this store copy the nodes they change.
+    pub fn snapshot(&self) -> KvSnapshot {
+        KvSnapshot {
+            data: self.data.clone(),
+            sessions: self.sessions.clone(),
+            store: StoreLine {
+                format: SNAPSHOT_FORMAT,
+                last_applied: self.last_applied,
+                clock_ms: self.clock_ms,
+                session_timeout_ms: self.session_timeout_ms,
+                max_sessions: self.max_sessions as u64,
+                max_session_bytes: self.max_session_bytes as u64,
+                keys: self.data.len() as u64,
+                sessions: self.sessions.len() as u64,
+            },
+        }
+    }
+
+    /// Rebuilds the store a [`KvSnapshot::write_lines`] wrote: same data, same
+    /// sessions, same clock, limits and `last_applied`, so it answers and
+    /// applies every later entry exactly as the snapshotted store would.
+    ///
+    /// `lines` are the snapshot's lines without their line endings (as
+    /// [`std::io::BufRead::lines`] gives them). Anything but a complete,
+    /// well-formed snapshot, including a read error, gives an `Err` naming
+    /// the line; it never panics.
+    pub fn restore<I, E>(lines: I) -> Result<KvStore, String>
+    where
+        I: Iterator<Item = Result<String, E>>,
+        E: fmt::Display,
+    {
+        let mut lines = NumberedLines { lines, number: 0 };
+        let Some(line) = lines.next()? else {
+            return Err("snapshot line 1: missing: a snapshot starts with the store line".into());
+        };
+        let store: StoreLine = serde_json::from_str(&line)
+            .map_err(|e| format!("snapshot line 1: not a store line: {e}"))?;
+        if store.format != SNAPSHOT_FORMAT {
+            return Err(format!(
+                "snapshot line 1: format {} is not supported (this build reads format \
+                 {SNAPSHOT_FORMAT})",
+                store.format
+            ));
+        }
+        let limit = |name: &str, value: u64| {
+            usize::try_from(value)
+                .map_err(|_| format!("snapshot line 1: {name} {value} does not fit in memory"))
+        };
+        let mut kv = KvStore {
+            last_applied: store.last_applied,
+            clock_ms: store.clock_ms,
+            session_timeout_ms: store.session_timeout_ms,
+            max_sessions: limit("max_sessions", store.max_sessions)?,
+            max_session_bytes: limit("max_session_bytes", store.max_session_bytes)?,
+            ..KvStore::new()
+        };
+        let missing = |number: u64| {
+            format!(
+                "snapshot line {number}: missing: the store line announces {} keys and {} \
+                 sessions (a truncated snapshot?)",
+                store.keys, store.sessions
+            )
+        };
+
+        let mut previous: Option<Arc<str>> = None;
+        for _ in 0..store.keys {
+            let Some(line) = lines.next()? else {
+                return Err(missing(lines.number + 1));
+            };
+            let n = lines.number;
+            let KeyLine { k, v } = serde_json::from_str(&line)
+                .map_err(|e| format!("snapshot line {n}: not a key line: {e}"))?;
+            if previous.as_deref().is_some_and(|p| p >= &*k) {
+                return Err(format!(
+                    "snapshot line {n}: key {k:?} is out of order (keys must be sorted and \
+                     unique)"
+                ));
+            }
+            let key: Arc<str> = Arc::from(k);
+            kv.data_bytes += key.len() + v.len();
+            kv.data.insert(Arc::clone(&key), Arc::from(v));
+            previous = Some(key);
+        }
+
+        // (last_used_index, last_used_ts_ms, line) of each session, for the
+        // checks across lines below.
+        let mut uses = Vec::new();
+        let mut previous: Option<Arc<str>> = None;
+        for _ in 0..store.sessions {
+            let Some(line) = lines.next()? else {
+                return Err(missing(lines.number + 1));
+            };
+            let n = lines.number;
+            let s: SessionLineIn = serde_json::from_str(&line)
+                .map_err(|e| format!("snapshot line {n}: not a session line: {e}"))?;
+            if previous.as_deref().is_some_and(|p| p >= &*s.client_id) {
+                return Err(format!(
+                    "snapshot line {n}: client {:?} is out of order (sessions must be sorted \
+                     by client_id and unique)",
+                    s.client_id
+                ));
+            }
+            // Expiry subtracts a session's last use from the clock: it must
+            // not be later than the clock (nor than the last index applied).
+            if s.last_used_index > store.last_applied || s.last_used_ts_ms > store.clock_ms {
+                return Err(format!(
+                    "snapshot line {n}: client {:?} was last used at index {}, time {}: after \
+                     the store's last_applied {} or clock {}",
+                    s.client_id,
+                    s.last_used_index,
+                    s.last_used_ts_ms,
+                    store.last_applied,
+                    store.clock_ms
+                ));
+            }
+            let id: Arc<str> = Arc::from(s.client_id);
+            let result = ApplyResult::from(s.reply);
+            let bytes = session_bytes(&id, &result);
+            uses.push((s.last_used_index, s.last_used_ts_ms, n));
+            kv.sessions_by_use
+                .insert(s.last_used_index, Arc::clone(&id));
+            kv.sessions.insert(
+                Arc::clone(&id),
+                Session {
+                    last_seq: s.last_seq,
+                    result: Arc::new(result),
+                    last_used_index: s.last_used_index,
+                    last_used_ts_ms: s.last_used_ts_ms,
+                    bytes,
+                },
+            );
+            kv.session_bytes += bytes;
+            previous = Some(id);
+        }
+        if lines.next()?.is_some() {
+            return Err(format!(
+                "snapshot line {}: unexpected: the store line announces {} keys and {} sessions, \
+                 all read already",
+                lines.number, store.keys, store.sessions
+            ));
+        }
+
+        // What apply keeps true of sessions must hold for restored ones: each
+        // has its own slot in `sessions_by_use`, and along it the log time of
+        // last use never decreases (expiry looks only at the front).
+        uses.sort_unstable();
+        for (a, b) in uses.iter().zip(uses.iter().skip(1)) {
+            let ((a_index, a_ts, a_line), (b_index, b_ts, b_line)) = (a, b);
+            if a_index == b_index {
+                return Err(format!(
+                    "snapshot line {b_line}: last used at index {b_index}, like the session on \
+                     line {a_line}"
+                ));
+            }
+            if a_ts > b_ts {
+                return Err(format!(
+                    "snapshot line {b_line}: last used at index {b_index}, time {b_ts}, but the \
+                     session on line {a_line} was last used earlier in the log (index \
+                     {a_index}) at a later time ({a_ts})"
+                ));
+            }
+        }
+        if kv.sessions.len() > kv.max_sessions || kv.session_bytes > kv.max_session_bytes {
+            return Err(format!(
+                "snapshot line 1: its {} sessions, {} bytes, exceed the limits it records \
+                 ({} sessions, {} bytes)",
+                kv.sessions.len(),
+                kv.session_bytes,
+                kv.max_sessions,
+                kv.max_session_bytes
+            ));
+        }
+        Ok(kv)
+    }
+}
+
+/// A point-in-time copy of a [`KvStore`] from [`KvStore::snapshot`]. It owns
+/// (shares, copy-on-write) the store's maps, so it can move to another thread
+/// and outlive any number of later writes to the store.
+#[derive(Debug, Clone)]
+pub struct KvSnapshot {
+    data: OrdMap<Arc<str>, Arc<str>>,
+    sessions: OrdMap<Arc<str>, Session>,
+    /// The store line, counts included.
+    store: StoreLine,
+}
+
+// The event loop hands snapshots to a background thread.
+const _: () = {
+    const fn send_static<T: Send + Sync + 'static>() {}
+    send_static::<KvSnapshot>();
+};
+
+impl KvSnapshot {
+    /// Index of the last entry the snapshot includes.
+    pub fn last_applied(&self) -> u64 {
+        self.store.last_applied
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Calls `f` with each line of the snapshot in order (see the module doc
+    /// for the format), without its line ending; stops at the first error `f`
+    /// returns and returns it. A line never contains `\n`.
+    ///
+    /// One buffer is reused for every line, so the cost is one pass over the
+    /// state and no allocation per key.
+    pub fn write_lines<F>(&self, mut f: F) -> io::Result<()>
+    where
+        F: FnMut(&str) -> io::Result<()>,
+    {
+        let mut buffer = Vec::with_capacity(256);
+        emit_line(&mut buffer, &self.store, &mut f)?;
+        for (k, v) in self.data.iter() {
+            let line = KeyLine {
+                k: Cow::Borrowed(&**k),
+                v: Cow::Borrowed(&**v),
+            };
+            emit_line(&mut buffer, &line, &mut f)?;
+        }
+        for (client_id, session) in self.sessions.iter() {
+            let line = SessionLineOut {
+                client_id,
+                last_seq: session.last_seq,
+                reply: ReplyRef::from(&*session.result),
+                last_used_index: session.last_used_index,
+                last_used_ts_ms: session.last_used_ts_ms,
+            };
+            emit_line(&mut buffer, &line, &mut f)?;
+        }
+        Ok(())
+    }
+}
+
+fn emit_line<T, F>(buffer: &mut Vec<u8>, value: &T, f: &mut F) -> io::Result<()>
+where
+    T: Serialize,
+    F: FnMut(&str) -> io::Result<()>,
+{
+    buffer.clear();
+    serde_json::to_writer(&mut *buffer, value)?;
+    // serde_json writes UTF-8, and compact output escapes every control
+    // character, so the line holds no newline.
+    let line = std::str::from_utf8(buffer).map_err(io::Error::other)?;
+    f(line)
+}
+
+/// Lines with their 1-based numbers, a read error turned into a message.
+struct NumberedLines<I> {
+    lines: I,
+    /// The number of the line returned last.
+    number: u64,
+}
+
+impl<I, E> NumberedLines<I>
+where
+    I: Iterator<Item = Result<String, E>>,
+    E: fmt::Display,
+{
+    fn next(&mut self) -> Result<Option<String>, String> {
+        match self.lines.next() {
+            None => Ok(None),
+            Some(line) => {
+                self.number += 1;
+                line.map(Some)
+                    .map_err(|e| format!("snapshot line {}: cannot read it: {e}", self.number))
+            }
+        }
+    }
+}
+
+/// A snapshot's first line. Integers are `u64` so the format does not depend
+/// on the width of `usize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreLine {
+    format: u32,
+    last_applied: u64,
+    clock_ms: u64,
+    session_timeout_ms: u64,
+    max_sessions: u64,
+    max_session_bytes: u64,
+    /// How many key lines follow, then how many session lines.
+    keys: u64,
+    sessions: u64,
+}
+
+/// One key; borrowed from the line when it has no escapes.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyLine<'a> {
+    #[serde(borrow)]
+    k: Cow<'a, str>,
+    #[serde(borrow)]
+    v: Cow<'a, str>,
+}
+
+/// One session, as written.
+#[derive(Serialize)]
+struct SessionLineOut<'a> {
+    client_id: &'a str,
+    last_seq: u64,
+    reply: ReplyRef<'a>,
+    last_used_index: u64,
+    last_used_ts_ms: u64,
+}
+
+/// One session, as read: the same fields as [`SessionLineOut`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionLineIn<'a> {
+    #[serde(borrow)]
+    client_id: Cow<'a, str>,
+    last_seq: u64,
+    reply: ReplyOwned,
+    last_used_index: u64,
+    last_used_ts_ms: u64,
+}
+
+/// A cached reply as written: the wire reply's fields plus its `type`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+enum ReplyRef<'a> {
+    Set(&'a SetReply),
+    Delete(&'a DeleteReply),
+    Cas(&'a CasReply),
+    Error(&'a ErrorReply),
+}
+
+impl<'a> From<&'a ApplyResult> for ReplyRef<'a> {
+    fn from(result: &'a ApplyResult) -> Self {
+        match result {
+            ApplyResult::Set(r) => ReplyRef::Set(r),
+            ApplyResult::Delete(r) => ReplyRef::Delete(r),
+            ApplyResult::Cas(r) => ReplyRef::Cas(r),
+            ApplyResult::Error(r) => ReplyRef::Error(r),
+        }
+    }
+}
+
+/// A cached reply as read: the same shape as [`ReplyRef`].
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+enum ReplyOwned {
+    Set(SetReply),
+    Delete(DeleteReply),
+    Cas(CasReply),
+    Error(ErrorReply),
+}
+
+impl From<ReplyOwned> for ApplyResult {
+    fn from(reply: ReplyOwned) -> Self {
+        match reply {
+            ReplyOwned::Set(r) => ApplyResult::Set(r),
+            ReplyOwned::Delete(r) => ApplyResult::Delete(r),
+            ReplyOwned::Cas(r) => ApplyResult::Cas(r),
+            ReplyOwned::Error(r) => ApplyResult::Error(r),
+        }
     }
 }
 
@@ -1090,5 +1554,540 @@ mod tests {
             Some(set_reply("k", 1))
         );
         assert_eq!(store.session_count(), 1);
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// The snapshot's lines, as a background thread would write them.
+    fn snapshot_lines(store: &KvStore) -> Vec<String> {
+        let mut lines = Vec::new();
+        store
+            .snapshot()
+            .write_lines(|line| {
+                lines.push(line.to_owned());
+                Ok(())
+            })
+            .expect("collecting lines cannot fail");
+        lines
+    }
+
+    fn restore_lines(lines: &[String]) -> Result<KvStore, String> {
+        KvStore::restore(lines.iter().cloned().map(Ok::<_, std::convert::Infallible>))
+    }
+
+    /// Snapshot to bytes as a file would hold them, then restore through
+    /// `BufRead::lines`, as a node reading the file would.
+    fn round_trip(store: &KvStore) -> KvStore {
+        use std::io::{BufRead, Write};
+        let mut file = Vec::new();
+        store
+            .snapshot()
+            .write_lines(|line| {
+                assert!(!line.contains('\n'), "{line}");
+                file.write_all(line.as_bytes())?;
+                file.write_all(b"\n")
+            })
+            .expect("writing to a Vec cannot fail");
+        KvStore::restore(std::io::Cursor::new(file).lines()).expect("a snapshot restores")
+    }
+
+    fn apply_all(store: &mut KvStore, entries: &[Entry]) -> Vec<Option<ApplyResult>> {
+        entries.iter().map(|e| store.apply(e)).collect()
+    }
+
+    #[test]
+    fn a_restored_store_applies_later_entries_exactly_like_the_original() {
+        let log = mixed_log(3_000);
+        for split in [0, 1, 450, 1_500, 2_999, 3_000] {
+            let mut original = KvStore::new();
+            original.session_timeout_ms = 200_000; // so sessions do expire within the log
+            apply_all(&mut original, &log[..split]);
+            let mut restored = round_trip(&original);
+            // Equal in every field: data, sessions and their use order, byte
+            // counts, clock, limits, last_applied.
+            assert_eq!(restored, original, "split {split}");
+            assert_eq!(restored.approximate_bytes(), original.approximate_bytes());
+            assert_eq!(restored.keys("", usize::MAX), original.keys("", usize::MAX));
+
+            let mut sessions_dropped = 0;
+            let mut results = Vec::new();
+            for entry in &log[split..] {
+                let before = original.session_count();
+                results.push(original.apply(entry));
+                sessions_dropped += before.saturating_sub(original.session_count());
+            }
+            assert_eq!(
+                apply_all(&mut restored, &log[split..]),
+                results,
+                "split {split}"
+            );
+            assert_eq!(restored, original, "split {split}");
+            assert_eq!(snapshot_lines(&restored), snapshot_lines(&original));
+
+            if split == 1_500 {
+                // The tail exercised what it must: cached replies to retries
+                // (their index is the first attempt's), stale sequences, and
+                // sessions dropped by expiry (the count cap is not reached).
+                let cached = log[split..]
+                    .iter()
+                    .zip(&results)
+                    .filter(|(entry, result)| {
+                        let index = match result {
+                            Some(ApplyResult::Set(r)) => r.index,
+                            Some(ApplyResult::Delete(r)) => r.index,
+                            Some(ApplyResult::Cas(r)) => r.index,
+                            _ => return false,
+                        };
+                        index != entry.index
+                    })
+                    .count();
+                assert!(cached > 0, "no retry answered from a session");
+                assert!(results.iter().flatten().any(
+                    |r| matches!(r, ApplyResult::Error(e) if e.code == ErrorCode::StaleSequence)
+                ));
+                assert!(sessions_dropped > 0, "no session expired");
+            }
+        }
+    }
+
+    #[test]
+    fn a_restored_store_retries_expires_and_evicts_like_the_original() {
+        let minute = 60_000;
+        let mut f = Feed::new();
+        f.store.max_sessions = 3;
+        f.session("a", 1, 0, cas("n", None, Some("1"))); // 1
+        f.session("b", 4, minute, set("k", "b")); // 2
+        f.plain_at(set("k", "plain"), 2 * minute); // 3
+        f.session("c", 1, 3 * minute, delete("k")); // 4
+        f.plain(set("big", &"x".repeat(1_000))); // 5: the clock stays at 3 minutes
+        let mut g = Feed {
+            store: round_trip(&f.store),
+        };
+        assert_eq!(g.store, f.store);
+
+        let session = |client_id: &str, seq: u64, ts_ms: u64, op: Op| Command {
+            op,
+            client_id: Some(client_id.into()),
+            seq: Some(seq),
+            ts_ms,
+        };
+        let plain_at = |ts_ms: u64, op: Op| Command {
+            op,
+            client_id: None,
+            seq: None,
+            ts_ms,
+        };
+        let later = [
+            // 6: a retry of a's CAS gets the cached reply; evaluated again it
+            // would fail, since "n" now holds "1".
+            session("a", 1, 4 * minute, cas("n", None, Some("1"))),
+            // 7: an older seq is stale.
+            session("b", 3, 4 * minute, set("k", "stale")),
+            // 8: c's DELETE retried still reports the key it deleted.
+            session("c", 1, 4 * minute, delete("k")),
+            // 9: a fourth client evicts the least recently used: b (the stale
+            // seq did not count as use).
+            session("d", 1, 5 * minute, set("d", "1")),
+            // 10: so b's seq 4 is applied again, and evicts a.
+            session("b", 4, 5 * minute, set("k", "b")),
+            // 11: one ms short of c's timeout; 12: c (used at 4 minutes) expires.
+            plain_at(4 * minute + SESSION_TIMEOUT_MS - 1, set("t", "1")),
+            plain_at(4 * minute + SESSION_TIMEOUT_MS, set("t", "2")),
+            // 13: and then b and d, used at 5 minutes.
+            plain_at(5 * minute + SESSION_TIMEOUT_MS, set("t", "3")),
+        ];
+        let run = |f: &mut Feed| -> Vec<(ApplyResult, Vec<String>)> {
+            later
+                .iter()
+                .map(|command| {
+                    let result = f.command(command.clone());
+                    let sessions = f.store.sessions.keys().map(|id| id.to_string()).collect();
+                    (result, sessions)
+                })
+                .collect()
+        };
+        let expected = run(&mut f);
+        assert_eq!(run(&mut g), expected);
+        assert_eq!(g.store, f.store);
+
+        // The scenario did what its comments say.
+        let results: Vec<_> = expected.iter().map(|(r, _)| r.clone()).collect();
+        let sessions: Vec<_> = expected.iter().map(|(_, s)| s.join(",")).collect();
+        assert_eq!(results[0], cas_reply("n", true, Some("1"), 1));
+        assert_eq!(error_code(&results[1]), ErrorCode::StaleSequence);
+        assert_eq!(
+            results[2],
+            ApplyResult::Delete(DeleteReply {
+                key: "k".into(),
+                deleted: true,
+                index: 4
+            })
+        );
+        assert_eq!(sessions[3], "a,c,d");
+        assert_eq!(results[4], set_reply("k", 10));
+        assert_eq!(sessions[4], "b,c,d");
+        assert_eq!(sessions[5], "b,c,d");
+        assert_eq!(sessions[6], "b,d");
+        assert_eq!(sessions[7], "");
+    }
+
+    #[test]
+    fn a_snapshot_does_not_see_later_writes() {
+        let mut f = Feed::new();
+        for i in 0..200u64 {
+            let key = format!("k{i:03}");
+            f.session(
+                &format!("c{}", i % 5),
+                i / 5 + 1,
+                i * 1_000,
+                set(&key, "old"),
+            );
+        }
+        let frozen = f.store.clone();
+        let expected = snapshot_lines(&frozen);
+        let on_thread = f.store.snapshot();
+        let kept = f.store.snapshot();
+        // One snapshot is written on another thread while the store goes on
+        // applying; the other only once every write below is done.
+        let writer = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            on_thread
+                .write_lines(|line| {
+                    lines.push(line.to_owned());
+                    Ok(())
+                })
+                .map(|()| lines)
+        });
+        for i in 0..200u64 {
+            let key = format!("k{i:03}");
+            if i % 2 == 0 {
+                f.plain(delete(&key));
+            } else {
+                f.session(&format!("c{}", i % 5), 1_000 + i, 300_000, set(&key, "new"));
+            }
+            f.plain(set(&format!("n{i}"), "new"));
+        }
+        f.plain_at(set("x", "1"), 300_000 + SESSION_TIMEOUT_MS); // expires every session
+        assert_eq!(f.store.session_count(), 0);
+        assert_eq!(f.store.get("k001"), Some("new"));
+
+        let written = writer
+            .join()
+            .expect("no panic")
+            .expect("collecting lines cannot fail");
+        assert_eq!(written, expected);
+        assert_eq!(kept.last_applied(), 200);
+        assert_eq!(kept.len(), 200);
+        assert!(!kept.is_empty());
+        assert_eq!(kept.session_count(), 5);
+        let mut lines = Vec::new();
+        kept.write_lines(|line| {
+            lines.push(line.to_owned());
+            Ok(())
+        })
+        .expect("collecting lines cannot fail");
+        assert_eq!(lines, expected);
+        let restored = restore_lines(&lines).expect("restores");
+        assert_eq!(restored, frozen);
+        assert_eq!(restored.get("k001"), Some("old"));
+        assert_eq!(restored.get("n0"), None);
+    }
+
+    #[test]
+    fn write_lines_stops_at_the_first_error() {
+        let mut f = Feed::new();
+        f.plain(set("a", "1"));
+        f.plain(set("b", "2"));
+        let mut calls = 0;
+        let result = f.store.snapshot().write_lines(|_| {
+            calls += 1;
+            if calls == 2 {
+                Err(io::Error::other("disk full"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(result.map_err(|e| e.to_string()), Err("disk full".into()));
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn the_snapshot_line_format() {
+        let ts = 1_700_000_000_000;
+        let mut f = Feed::new();
+        f.session("c1", 4, ts, set("a", "1"));
+        f.plain_at(set("b", "2\n\"x\u{e9}"), ts + 5);
+        f.session("c0", 1, ts + 3, cas("z", Some("no"), None));
+        assert_eq!(
+            snapshot_lines(&f.store),
+            [
+                r#"{"format":1,"last_applied":3,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":2}"#,
+                r#"{"k":"a","v":"1"}"#,
+                "{\"k\":\"b\",\"v\":\"2\\n\\\"x\u{e9}\"}",
+                r#"{"client_id":"c0","last_seq":1,"reply":{"type":"CAS","key":"z","swapped":false,"current":null,"index":3},"last_used_index":3,"last_used_ts_ms":1700000000005}"#,
+                r#"{"client_id":"c1","last_seq":4,"reply":{"type":"SET","key":"a","index":1},"last_used_index":1,"last_used_ts_ms":1700000000000}"#,
+            ]
+        );
+        // Every reply type reads back, errors included (apply never caches
+        // one today, but the format carries it).
+        let mut store = round_trip(&f.store);
+        assert_eq!(store, f.store);
+        store.sessions.insert(
+            Arc::from("e"),
+            Session {
+                last_seq: 1,
+                result: Arc::new(ApplyResult::Error(ErrorReply::bad_request("no"))),
+                last_used_index: 3,
+                last_used_ts_ms: ts + 5,
+                bytes: session_bytes("e", &ApplyResult::Error(ErrorReply::bad_request("no"))),
+            },
+        );
+        store.sessions.insert(
+            Arc::from("d"),
+            Session {
+                last_seq: 1,
+                result: Arc::new(ApplyResult::Delete(DeleteReply {
+                    key: "k".into(),
+                    deleted: true,
+                    index: 2,
+                })),
+                last_used_index: 2,
+                last_used_ts_ms: ts,
+                bytes: session_bytes("d", &ApplyResult::Error(ErrorReply::bad_request("no"))),
+            },
+        );
+        let lines = snapshot_lines(&store);
+        assert!(
+            lines[5].contains(r#""reply":{"type":"DELETE","key":"k","deleted":true,"index":2}"#)
+        );
+        assert!(
+            lines[6].contains(r#""reply":{"type":"ERROR","code":"BAD_REQUEST","message":"no"}"#)
+        );
+        // (Two sessions now share index 3, which restore refuses; the point
+        // here is only that the replies parse.)
+        for line in &lines[3..] {
+            serde_json::from_str::<SessionLineIn>(line).expect(line);
+        }
+    }
+
+    #[test]
+    fn the_same_entries_give_byte_identical_snapshots() {
+        let log = mixed_log(3_000);
+        let mut a = KvStore::new();
+        a.session_timeout_ms = 200_000;
+        let mut b = a.clone();
+        apply_all(&mut a, &log);
+        // b also sees replays of entries it applied, as after a restart.
+        for (i, entry) in log.iter().enumerate() {
+            b.apply(entry);
+            if i % 97 == 0 {
+                apply_all(&mut b, &log[i.saturating_sub(5)..=i]);
+            }
+        }
+        let lines = snapshot_lines(&a);
+        assert_eq!(lines, snapshot_lines(&b));
+        // And a store rebuilt from a snapshot taken half-way, then fed the
+        // rest.
+        let mut c = KvStore::new();
+        c.session_timeout_ms = 200_000;
+        apply_all(&mut c, &log[..1_234]);
+        let mut c = round_trip(&c);
+        apply_all(&mut c, &log[1_234..]);
+        assert_eq!(snapshot_lines(&c), lines);
+        // Keys come in key order, then sessions in client order.
+        let keys: Vec<String> = lines[1..=a.len()]
+            .iter()
+            .map(|line| {
+                let key: KeyLine = serde_json::from_str(line).expect(line);
+                key.k.into_owned()
+            })
+            .collect();
+        assert_eq!(keys, a.keys("", usize::MAX));
+        let clients: Vec<String> = lines[1 + a.len()..]
+            .iter()
+            .map(|line| {
+                let session: SessionLineIn = serde_json::from_str(line).expect(line);
+                session.client_id.into_owned()
+            })
+            .collect();
+        assert_eq!(clients.len(), a.session_count());
+        assert!(clients.windows(2).all(|w| w[0] < w[1]), "{clients:?}");
+    }
+
+    #[test]
+    fn restore_rejects_malformed_snapshots_naming_the_line() {
+        let mut f = Feed::new();
+        f.session("c1", 1, 1_000, set("a", "1"));
+        f.session("c2", 1, 2_000, set("b", "2"));
+        f.plain_at(delete("zz"), 3_000);
+        let good = snapshot_lines(&f.store);
+        assert_eq!(good.len(), 5, "{good:#?}");
+        assert_eq!(restore_lines(&good), Ok(f.store.clone()));
+        let store_line = good[0].clone();
+        let c2 = good[4].clone();
+
+        let with = |i: usize, line: &str| {
+            let mut lines = good.clone();
+            lines[i] = line.to_owned();
+            lines
+        };
+        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let cases: Vec<(&str, Vec<String>, &str)> = vec![
+            ("empty", vec![], "line 1: missing"),
+            (
+                "no store line",
+                good[1..].to_vec(),
+                "line 1: not a store line",
+            ),
+            ("garbage", with(2, "not json"), "line 3: not a key line"),
+            ("blank", with(2, ""), "line 3"),
+            ("deeply nested", with(1, &deep), "line 2"),
+            (
+                "deeply nested in a reply",
+                with(4, &c2.replace(r#""key":"b""#, &format!(r#""key":{deep}"#))),
+                "line 5: not a session line",
+            ),
+            (
+                "a key line where a session goes",
+                with(3, &good[1]),
+                "line 4: not a session line",
+            ),
+            (
+                "unknown field",
+                with(1, r#"{"k":"a","v":"1","x":0}"#),
+                "line 2",
+            ),
+            ("key not a string", with(1, r#"{"k":1,"v":"1"}"#), "line 2"),
+            ("truncated", good[..4].to_vec(), "line 5: missing"),
+            ("only the store line", good[..1].to_vec(), "line 2: missing"),
+            (
+                "extra line",
+                [good.clone(), vec![c2.clone()]].concat(),
+                "line 6: unexpected",
+            ),
+            (
+                "extra blank line",
+                [good.clone(), vec![String::new()]].concat(),
+                "line 6",
+            ),
+            (
+                "another format",
+                with(0, &store_line.replace(r#""format":1"#, r#""format":2"#)),
+                "line 1: format 2",
+            ),
+            (
+                "missing store field",
+                with(0, &store_line.replace(r#""clock_ms":3000,"#, "")),
+                "line 1",
+            ),
+            (
+                "keys out of order",
+                with(2, r#"{"k":"0","v":"2"}"#),
+                "line 3: key \"0\" is out of order",
+            ),
+            ("duplicate key", with(2, &good[1]), "line 3"),
+            ("duplicate session", with(4, &good[3]), "line 5"),
+            (
+                "used after the clock",
+                with(
+                    4,
+                    &c2.replace(r#""last_used_ts_ms":2000"#, r#""last_used_ts_ms":3001"#),
+                ),
+                "line 5",
+            ),
+            (
+                "used after last_applied",
+                with(
+                    4,
+                    &c2.replace(r#""last_used_index":2"#, r#""last_used_index":4"#),
+                ),
+                "line 5",
+            ),
+            (
+                "two sessions at one index",
+                with(
+                    4,
+                    &c2.replace(r#""last_used_index":2"#, r#""last_used_index":1"#),
+                ),
+                "line 5: last used at index 1, like the session on line 4",
+            ),
+            (
+                "log time running backwards",
+                with(
+                    4,
+                    &c2.replace(r#""last_used_ts_ms":2000"#, r#""last_used_ts_ms":500"#),
+                ),
+                "line 5: last used at index 2, time 500",
+            ),
+            (
+                "unknown reply type",
+                with(4, &c2.replace(r#""type":"SET""#, r#""type":"GET""#)),
+                "line 5",
+            ),
+            (
+                "over the session cap",
+                with(
+                    0,
+                    &store_line.replace(r#""max_sessions":100000"#, r#""max_sessions":1"#),
+                ),
+                "line 1: its 2 sessions",
+            ),
+            (
+                "a count far beyond the lines",
+                with(
+                    0,
+                    &store_line.replace(r#""keys":2"#, &format!(r#""keys":{}"#, u64::MAX)),
+                ),
+                "line 4: not a key line",
+            ),
+        ];
+        for (what, lines, expected) in cases {
+            match restore_lines(&lines) {
+                Ok(_) => panic!("{what}: restored"),
+                Err(e) => assert!(e.contains(expected), "{what}: {e}"),
+            }
+        }
+
+        // A read error is reported with its line.
+        let lines = vec![Ok(store_line), Err("disk on fire")];
+        let e = KvStore::restore(lines.into_iter()).expect_err("a read error");
+        assert!(e.contains("line 2: cannot read it: disk on fire"), "{e}");
+    }
+
+    #[test]
+    fn approximate_bytes_follows_keys_values_and_sessions() {
+        let mut f = Feed::new();
+        assert_eq!(f.store.approximate_bytes(), 0);
+        f.plain(set("ab", "cde"));
+        assert_eq!(f.store.approximate_bytes(), 5);
+        f.plain(set("ab", "x"));
+        assert_eq!(f.store.approximate_bytes(), 3);
+        f.plain(cas("ab", Some("x"), Some("xyz")));
+        assert_eq!(f.store.approximate_bytes(), 5);
+        f.session("c1", 1, 0, set("k", "v"));
+        assert_eq!(
+            f.store.approximate_bytes(),
+            5 + 2 + SESSION_OVERHEAD_BYTES + "c1".len() + "k".len()
+        );
+        f.plain(delete("ab"));
+        f.plain(cas("k", Some("v"), None));
+        f.plain_at(delete("nothing"), SESSION_TIMEOUT_MS);
+        assert_eq!(f.store.session_count(), 0);
+        assert_eq!(f.store.approximate_bytes(), 0);
+
+        // Over a long mixed log it always matches a recount.
+        let mut store = KvStore::new();
+        store.session_timeout_ms = 200_000;
+        for entry in mixed_log(3_000) {
+            store.apply(&entry);
+            let data: usize = store.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let sessions: usize = store.sessions.values().map(|s| s.bytes).sum();
+            assert_eq!(store.approximate_bytes(), data + sessions);
+        }
+        assert!(store.approximate_bytes() > 0);
+        assert_eq!(
+            round_trip(&store).approximate_bytes(),
+            store.approximate_bytes()
+        );
     }
 }

@@ -58,6 +58,15 @@ struct Args {
     /// Milliseconds a client write or read may wait before a TIMEOUT reply.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Take a snapshot and compact the log after this many applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_keep_tail: u64,
+    /// Size of one write-ahead log segment file, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    segment_bytes: u64,
     /// Longest request line accepted, in bytes.
     #[arg(long, default_value_t = MAX_LINE_BYTES)]
     max_line_bytes: usize,
@@ -151,6 +160,9 @@ fn main() -> ExitCode {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_line_bytes: args.max_line_bytes,
         fsync: !args.unsafe_no_fsync,
+        snapshot_entries: args.snapshot_entries.max(1),
+        snapshot_keep_tail: args.snapshot_keep_tail,
+        segment_bytes: args.segment_bytes.max(4096),
     };
     if !config.fsync {
         eprintln!(

@@ -1,4 +1,343 @@
-fn main() {
-    eprintln!("poncho-shell: not built yet");
-    std::process::exit(1)
+//! `poncho-shell`: a REPL for a poncho cluster that follows the leader, and a
+//! scripting tool.
+//!
+//! - On a terminal: an interactive shell (history, completion, hints).
+//! - With stdin from a file or a pipe: one command per line, one line of
+//!   result per command, no prompt; the exit status tells whether all worked.
+//! - With a command on the command line: that one command.
+//!
+//! See `docs/shell.md`.
+
+mod client;
+mod command;
+mod exec;
+mod repl;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::{Map, Value};
+
+use crate::client::ClusterClient;
+use crate::command::{Command, Token};
+use crate::exec::{execute, Done, Failure};
+
+/// The one-command local cluster's addresses.
+const DEFAULT_CLUSTER: &str =
+    "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003,127.0.0.1:8004,127.0.0.1:8005";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "poncho-shell",
+    version,
+    about = "A shell for a poncho cluster: interactive on a terminal, one command per line from a pipe, or one COMMAND given here",
+    after_help = "Examples:\n  poncho-shell --cluster 127.0.0.1:8002 health\n  poncho-shell set greeting \"hello world\"\n  poncho-shell < commands.txt\n\nExit status: 0 if every command worked, 1 if one failed, 2 for a usage error.\nType help in the shell for its commands."
+)]
+struct Args {
+    /// The nodes to try, HOST:PORT,... [env: PONCHO_CLUSTER] [default: 127.0.0.1:8001,...,127.0.0.1:8005]
+    #[arg(long, value_name = "HOST:PORT,...")]
+    cluster: Option<String>,
+    /// How long a command keeps retrying (redirects, elections, dead nodes)
+    /// before it fails: e.g. 5s, 500ms, 2.5 (seconds).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print the JSON sent (->) and received (<-) on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print each result as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// In scripts: stop at the first command that fails.
+    #[arg(long)]
+    stop_on_error: bool,
+    /// A command to run instead of reading commands, e.g. `get foo`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 86_400.0) {
+        return Err(format!("{s:?} is not a usable timeout"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_cluster(spec: &str) -> Result<Vec<String>, String> {
+    let addrs: Vec<String> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if addrs.is_empty() {
+        return Err("the cluster lists no address".into());
+    }
+    if let Some(bad) = addrs.iter().find(|a| !command::looks_like_host_port(a)) {
+        return Err(format!("{bad:?} is not HOST:PORT"));
+    }
+    Ok(addrs)
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Where a failure happened, which decides how it is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Interactive,
+    /// Line N of a script.
+    Script(usize),
+    OneShot,
+}
+
+/// A success in `--json`: `{"ok":true,"command":...,"line"?:N,...}`.
+pub fn print_json_done(line: Option<usize>, command: &str, done: Done) {
+    let mut object = Map::new();
+    object.insert("ok".into(), Value::Bool(true));
+    object.insert("command".into(), Value::from(command));
+    if let Some(n) = line {
+        object.insert("line".into(), Value::from(n));
+    }
+    object.extend(done.json);
+    out(&Value::Object(object).to_string());
+}
+
+/// Prints a result line. If stdout is gone (`poncho-shell keys | head -1`),
+/// there is no one to report to: stop quietly, like other Unix tools.
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(1);
+    }
+}
+
+/// Prints a failure on stderr. `took` is the interactive timing, if any.
+pub fn print_failure(
+    output: Output,
+    mode: Mode,
+    command: Option<&str>,
+    failure: &Failure,
+    took: &str,
+) {
+    match output {
+        Output::Json => {
+            let mut object = Map::new();
+            object.insert("ok".into(), Value::Bool(false));
+            object.insert("command".into(), command.map_or(Value::Null, Value::from));
+            if let Mode::Script(n) = mode {
+                object.insert("line".into(), Value::from(n));
+            }
+            object.insert(
+                "error".into(),
+                serde_json::json!({"code": failure.code(), "message": failure.message()}),
+            );
+            eprintln!("{}", Value::Object(object));
+        }
+        Output::Text => {
+            let text = match (mode, failure) {
+                (Mode::Interactive, Failure::Usage(m)) => m.clone(),
+                (Mode::Interactive, f) => format!("(error) {}", f.text()),
+                (Mode::Script(n), f) => format!("line {n}: {}", f.text()),
+                (Mode::OneShot, Failure::Usage(m)) => m.clone(),
+                (Mode::OneShot, f) => format!("error: {}", f.text()),
+            };
+            if took.is_empty() {
+                eprintln!("{text}");
+            } else {
+                eprintln!("{text}  {took}");
+            }
+        }
+    }
+}
+
+fn print_done(output: Output, line: Option<usize>, command: &Command, done: Done) {
+    match output {
+        Output::Json => print_json_done(line, command.name(), done),
+        Output::Text => out(&done.plain),
+    }
+}
+
+/// `poncho-shell get foo`: the words as the calling shell split them.
+fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
+    let tokens: Vec<Token> = words.iter().map(Token::plain).collect();
+    let command = match command::parse(&tokens) {
+        Ok(Command::Exit) => return 0,
+        Ok(c) => c,
+        Err(e) => {
+            let word = words.first().map(|w| w.to_ascii_lowercase());
+            print_failure(
+                output,
+                Mode::OneShot,
+                word.as_deref(),
+                &Failure::Usage(e.0),
+                "",
+            );
+            return 2;
+        }
+    };
+    match execute(client, &command) {
+        Ok(done) => {
+            print_done(output, None, &command, done);
+            0
+        }
+        Err(f) => {
+            print_failure(output, Mode::OneShot, Some(command.name()), &f, "");
+            f.exit_code()
+        }
+    }
+}
+
+/// Commands from stdin, one per line. The exit status is the first failing
+/// command's (1, or 2 for usage), else 0.
+fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -> u8 {
+    let mut stdin = std::io::stdin().lock();
+    let mut status = 0u8;
+    let mut bytes = Vec::new();
+    let mut number = 0usize;
+    loop {
+        bytes.clear();
+        match stdin.read_until(b'\n', &mut bytes) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("poncho-shell: reading stdin: {e}");
+                return 1;
+            }
+        }
+        number += 1;
+        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+            bytes.pop();
+        }
+        let mode = Mode::Script(number);
+        let parsed = match std::str::from_utf8(&bytes) {
+            Ok(line) => command::parse_line(line).map_err(|e| e.0),
+            Err(_) => Err("the line is not valid UTF-8".to_string()),
+        };
+        let result = match parsed {
+            Ok(None) => continue,
+            Ok(Some(Command::Exit)) => break,
+            Ok(Some(command)) => match execute(client, &command) {
+                Ok(done) => {
+                    print_done(output, Some(number), &command, done);
+                    Ok(())
+                }
+                Err(f) => {
+                    print_failure(output, mode, Some(command.name()), &f, "");
+                    Err(f.exit_code())
+                }
+            },
+            Err(message) => {
+                let word = String::from_utf8_lossy(&bytes)
+                    .split_whitespace()
+                    .next()
+                    .map(|w| w.to_ascii_lowercase());
+                print_failure(output, mode, word.as_deref(), &Failure::Usage(message), "");
+                Err(2)
+            }
+        };
+        if let Err(code) = result {
+            if status == 0 {
+                status = code;
+            }
+            if stop_on_error {
+                break;
+            }
+        }
+    }
+    status
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let spec = args
+        .cluster
+        .clone()
+        .or_else(|| {
+            std::env::var("PONCHO_CLUSTER")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
+    let addrs = match parse_cluster(&spec) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("poncho-shell: --cluster: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let output = if args.json {
+        Output::Json
+    } else {
+        Output::Text
+    };
+    let mut client = ClusterClient::new(addrs, args.timeout, args.verbose);
+    let code = if !args.command.is_empty() {
+        run_one(&mut client, &args.command, output)
+    } else if std::io::stdin().is_terminal() {
+        repl::run(client, output)
+    } else {
+        run_script(&mut client, output, args.stop_on_error)
+    };
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_cluster_lists_parse() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert_eq!(
+            parse_cluster(" 127.0.0.1:1, localhost:2 ,").unwrap(),
+            ["127.0.0.1:1", "localhost:2"]
+        );
+        assert!(parse_cluster("127.0.0.1").is_err());
+        assert!(parse_cluster(",").is_err());
+        assert_eq!(parse_cluster(DEFAULT_CLUSTER).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let a = Args::try_parse_from(["poncho-shell", "--timeout", "1s", "cas", "k", "-1", "nil"])
+            .unwrap();
+        assert_eq!(a.command, ["cas", "k", "-1", "nil"]);
+        assert_eq!(a.timeout, Duration::from_secs(1));
+        let a = Args::try_parse_from(["poncho-shell", "--json", "--stop-on-error"]).unwrap();
+        assert!(a.json && a.stop_on_error && a.command.is_empty());
+    }
 }

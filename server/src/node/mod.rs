@@ -15,6 +15,7 @@
 //! (thesis 10.2.1), so followers persist in parallel with the leader.
 
 mod conn;
+mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -32,8 +33,10 @@ use poncho_protocol::{
 use slab::Slab;
 
 use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
+use self::snapshots::{Received, Snapshots};
 use crate::kv::{ApplyResult, Command, KvStore};
 use crate::raft::{Config, ProgressState, ProposeError, Raft, Ready, Role};
+use crate::snapshot::SnapshotMeta;
 use crate::storage::{Storage, StorageOptions};
 
 const LISTENER: Token = Token(0);
@@ -70,6 +73,13 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub max_line_bytes: usize,
     pub fsync: bool,
+    /// Take a snapshot after this many entries are applied since the last.
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, so followers slightly
+    /// behind get entries rather than a whole snapshot.
+    pub snapshot_keep_tail: u64,
+    /// WAL segment size: compaction deletes whole segments.
+    pub segment_bytes: u64,
 }
 
 impl NodeConfig {
@@ -127,6 +137,7 @@ pub struct Node {
     raft: Raft,
     storage: Storage,
     kv: KvStore,
+    snapshots: Snapshots,
     pending_writes: HashMap<u64, PendingWrite>,
     pending_reads: HashMap<u64, PendingRead>,
     /// Confirmed reads waiting for an earlier write of their connection.
@@ -138,34 +149,45 @@ pub struct Node {
     dirty: Vec<usize>,
     scratch: Vec<u8>,
     read_buffer: Box<[u8]>,
+    /// The `is_leader` hint, not yet acted on.
+    bootstrap_pending: bool,
     shutting_down: bool,
 }
 
 impl Node {
     /// Opens storage, recovers, binds the listener. Prints the startup banner.
     pub fn start(config: NodeConfig) -> Result<Node, String> {
-        let (storage, recovered) = Storage::open(
-            &config.data_dir,
-            StorageOptions {
-                fsync: config.fsync,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| {
-            format!(
-                "cannot open data directory {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
+        let dir = &config.data_dir;
+        let (snapshots, restored_kv, warnings) = Snapshots::recover(dir, config.fsync)?;
+        for w in &warnings {
+            warn!("recovery: {w}");
+        }
+        let options = StorageOptions {
+            fsync: config.fsync,
+            segment_bytes: config.segment_bytes,
+        };
+        let (mut storage, recovered) = Storage::open(dir, options)
+            .map_err(|e| format!("cannot open data directory {}: {e}", dir.display()))?;
         for w in &recovered.warnings {
             warn!("recovery: {w}");
         }
+        let (snap_index, snap_term) = snapshots
+            .latest
+            .as_ref()
+            .map_or((0, 0), |(m, _)| (m.index, m.term));
+        let entries = reconcile_log(
+            &mut storage,
+            recovered.first_index,
+            recovered.entries,
+            snap_index,
+            snap_term,
+        )?;
         info!(
-            "recovered term {} vote {:?} and {} log entries from {}",
+            "recovered term {} vote {:?}, snapshot through {snap_index}, {} log entries after it, from {}",
             recovered.hard_state.term,
             recovered.hard_state.vote,
-            recovered.entries.len(),
-            config.data_dir.display()
+            entries.len(),
+            dir.display()
         );
         let mut members: Vec<NodeId> = config.peers.keys().copied().collect();
         members.push(config.id);
@@ -175,14 +197,26 @@ impl Node {
         raft_config.max_entries_per_message = config.max_entries_per_message;
         raft_config.max_bytes_per_message = config.max_bytes_per_message;
         raft_config.max_inflight_messages = config.max_inflight_messages;
-        raft_config.bootstrap_leader = config.bootstrap_leader;
+        // The hint is carried out by the loop once a quorum of peers is
+        // connected (`maybe_bootstrap`): vote requests sent before then
+        // would be dropped and the first election left to chance.
+        raft_config.bootstrap_leader = false;
+        // A stalled transfer is retried after about two election timeouts.
+        raft_config.snapshot_stall_ticks = 2 * config.election_timeout_ticks.max(1) * 2;
         // The only randomness the core gets: a seed, different per process.
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32)
             ^ config.id;
-        let raft = Raft::new(raft_config, recovered.hard_state, recovered.entries, seed)?;
+        let raft = Raft::with_snapshot(
+            raft_config,
+            recovered.hard_state,
+            (snap_index, snap_term),
+            entries,
+            seed,
+        )?;
+        let kv = restored_kv.unwrap_or_default();
 
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let mut listener = TcpListener::bind(config.addr())
@@ -240,6 +274,7 @@ impl Node {
                 )
             })
             .collect();
+        let bootstrap = config.bootstrap_leader;
         let mut config = config;
         config.port = local.port();
         Ok(Node {
@@ -254,7 +289,8 @@ impl Node {
             peers,
             raft,
             storage,
-            kv: KvStore::new(),
+            kv,
+            snapshots,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
             deferred_reads: Vec::new(),
@@ -262,6 +298,7 @@ impl Node {
             dirty: Vec::new(),
             scratch: Vec::new(),
             read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+            bootstrap_pending: bootstrap,
             shutting_down: false,
         })
     }
@@ -792,6 +829,71 @@ impl Node {
             self.next_expiry_scan = now + Duration::from_millis(100);
             self.expire_requests(now);
         }
+        self.snapshot_housekeeping();
+        self.maybe_bootstrap();
+    }
+
+    /// Acts on the `is_leader` hint once enough peers are connected for the
+    /// vote requests to reach a quorum.
+    fn maybe_bootstrap(&mut self) {
+        if !self.bootstrap_pending {
+            return;
+        }
+        let connected = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.conn
+                    .and_then(|k| self.conns.get(k))
+                    .is_some_and(|c| !c.connecting)
+            })
+            .count();
+        if connected + 1 >= self.raft.quorum() {
+            self.bootstrap_pending = false;
+            info!("bootstrap hint: campaigning now ({connected} peers connected)");
+            self.raft.campaign_now();
+        }
+    }
+
+    /// Starts a snapshot when enough was applied since the last one, and
+    /// compacts the log behind one that became durable.
+    fn snapshot_housekeeping(&mut self) {
+        match self.snapshots.poll_built() {
+            None => {}
+            Some(Err(e)) => error!("writing a snapshot failed: {e}"),
+            Some(Ok(meta)) => {
+                let wanted = meta.index.saturating_sub(self.config.snapshot_keep_tail);
+                let compacted = self.raft.compact(wanted).min(meta.index);
+                // The disk keeps what its own snapshot does not cover.
+                match self.storage.compact(compacted) {
+                    Ok(()) => info!(
+                        "snapshot through index {} written; log compacted through {compacted}",
+                        meta.index
+                    ),
+                    Err(e) => error!("compacting the log through {compacted} failed: {e}"),
+                }
+            }
+        }
+        let applied = self.kv.last_applied();
+        if self.snapshots.is_building()
+            || applied < self.snapshots.latest_index() + self.config.snapshot_entries
+        {
+            return;
+        }
+        let Some(term) = self.raft.log().term(applied) else {
+            return;
+        };
+        let mut members: Vec<NodeId> = self.peers.keys().copied().collect();
+        members.push(self.config.id);
+        members.sort_unstable();
+        self.snapshots.start(
+            &self.kv,
+            SnapshotMeta {
+                index: applied,
+                term,
+                members,
+            },
+        );
     }
 
     fn connect_peers(&mut self, now: Instant) {
@@ -871,7 +973,7 @@ impl Node {
     /// Carries out every Ready the core has, in the order the core requires.
     fn drive_raft(&mut self) -> Result<(), String> {
         while self.raft.has_ready() {
-            let rd = self.raft.ready();
+            let mut rd = self.raft.ready();
             self.log_role_change(&rd);
             // 1. Messages that may leave now, leaving now: followers persist
             //    while we do.
@@ -899,8 +1001,72 @@ impl Node {
             if let Some((index, term)) = rd.last_entry_id() {
                 self.raft.on_persisted(index, term);
             }
-            // 4. Apply and answer.
+            // 4. Snapshot transfers, then apply and answer.
+            self.handle_snapshot_outputs(&mut rd)?;
             self.apply(rd)?;
+        }
+        Ok(())
+    }
+
+    /// Leader: streams the latest snapshot to followers that need it, one
+    /// chunk per acknowledgement. Follower: writes chunks from the leader and
+    /// installs a completed snapshot.
+    fn handle_snapshot_outputs(&mut self, rd: &mut Ready) -> Result<(), String> {
+        let starts = std::mem::take(&mut rd.snapshots_to_send)
+            .into_iter()
+            .map(|to| (to, None, 0));
+        let acks = std::mem::take(&mut rd.snapshot_acks)
+            .into_iter()
+            .map(|a| (a.to, Some(a.index), a.next_offset));
+        for (to, index, offset) in starts.chain(acks) {
+            let latest = self.snapshots.latest_index();
+            // An acknowledgement for an older snapshot starts the newest over.
+            let offset = if index.is_some_and(|i| i != latest) {
+                0
+            } else {
+                offset
+            };
+            match self.snapshots.chunk(offset) {
+                Ok((index, term, data, done)) => {
+                    if offset == 0 {
+                        info!("sending snapshot through index {index} to node {to}");
+                    }
+                    self.raft
+                        .send_snapshot_chunk(to, index, term, offset, data, done);
+                }
+                Err(e) => warn!("cannot send a snapshot to node {to}: {e}"),
+            }
+        }
+        for (leader, chunk) in std::mem::take(&mut rd.snapshot_chunks) {
+            let index = chunk.last_included_index;
+            match self.snapshots.receive(leader, &chunk) {
+                Ok(Received::Ack(next_offset)) => {
+                    self.raft
+                        .snapshot_chunk_received(leader, index, next_offset)
+                }
+                Ok(Received::Complete(meta, kv)) => {
+                    let discarded = self.raft.restore_snapshot(leader, meta.index, meta.term);
+                    // The snapshot file is durable; make the log agree with
+                    // it before the acknowledgement leaves (next ready).
+                    let result = if discarded {
+                        self.storage.reset(meta.index + 1)
+                    } else {
+                        self.storage.compact(meta.index)
+                    };
+                    result.map_err(|e| {
+                        format!("cannot reset the log for snapshot {}: {e}", meta.index)
+                    })?;
+                    self.kv = *kv;
+                    info!(
+                        "installed snapshot through index {} from node {leader}",
+                        meta.index
+                    );
+                }
+                Err(e) => {
+                    warn!("snapshot chunk from node {leader} refused: {e}");
+                    self.raft.snapshot_chunk_received(leader, index, 0);
+                }
+            }
         }
         Ok(())
     }
@@ -1079,6 +1245,37 @@ impl Node {
                 .collect(),
         }
     }
+}
+
+/// Makes the recovered log continue the snapshot through (`index`, `term`):
+/// entries the snapshot covers are dropped; a log that does not hold the
+/// snapshot's last entry (a crash between installing a snapshot and
+/// resetting the log) is discarded. A log that starts after the snapshot
+/// ends has lost committed entries: that is fatal.
+fn reconcile_log(
+    storage: &mut Storage,
+    first_index: u64,
+    entries: Vec<poncho_protocol::Entry>,
+    index: u64,
+    term: u64,
+) -> Result<Vec<poncho_protocol::Entry>, String> {
+    if first_index > index + 1 {
+        return Err(format!(
+            "the log starts at index {first_index} but the newest valid snapshot ends at {index}: \
+             entries in between are lost; restore this node from a healthy member"
+        ));
+    }
+    let holds_snapshot_end = index == 0
+        || first_index == index + 1
+        || entries.iter().any(|e| e.index == index && e.term == term);
+    if !holds_snapshot_end {
+        warn!("recovery: the log does not continue snapshot {index} (term {term}); discarding it");
+        storage
+            .reset(index + 1)
+            .map_err(|e| format!("cannot reset the log: {e}"))?;
+        return Ok(Vec::new());
+    }
+    Ok(entries.into_iter().filter(|e| e.index > index).collect())
 }
 
 fn now_ms() -> u64 {

@@ -327,6 +327,8 @@ pub struct Raft {
     randomized_election_timeout: u64,
     heartbeat_elapsed: u64,
     lead_transferee: Option<NodeId>,
+    /// The kind of the current (or last) campaign, for resending requests.
+    campaign_kind: Campaign,
     /// Index the driver has applied (reported through `advance_applied`).
     applied_index: u64,
 
@@ -404,6 +406,7 @@ impl Raft {
             randomized_election_timeout: config.election_timeout_ticks,
             heartbeat_elapsed: 0,
             lead_transferee: None,
+            campaign_kind: Campaign::Election,
             applied_index: snapshot.0,
             read_round: 0,
             read_round_wanted: false,
@@ -425,14 +428,28 @@ impl Raft {
             // A fresh cluster gets a predictable first leader; on a restart the
             // hint only skips the wait, and PreVote keeps it from disrupting a
             // live leader.
-            let fresh = raft.term == 0 && raft.log.last_index() == 0;
-            raft.campaign(if fresh || !raft.config.pre_vote {
-                Campaign::Election
-            } else {
-                Campaign::PreElection
-            });
+            raft.campaign_now();
         }
         Ok(raft)
+    }
+
+    /// Campaigns now, as the bootstrap hint does at start: a real election
+    /// on a fresh node, a pre-vote otherwise. A driver uses it to delay the
+    /// hint until it can reach a quorum, so the vote requests are not lost.
+    pub fn campaign_now(&mut self) {
+        if self.role == Role::Leader {
+            return;
+        }
+        let fresh = self.term == 0 && self.log.last_index() == 0;
+        self.campaign(if fresh || !self.config.pre_vote {
+            Campaign::Election
+        } else {
+            Campaign::PreElection
+        });
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.quorum
     }
 
     pub fn id(&self) -> NodeId {
@@ -491,7 +508,21 @@ impl Raft {
         self.election_elapsed += 1;
         if self.role == Role::Leader {
             self.tick_leader();
-        } else if self.election_elapsed >= self.randomized_election_timeout {
+        } else if self.election_elapsed < self.randomized_election_timeout {
+            let candidate = matches!(self.role, Role::Candidate | Role::PreCandidate);
+            if candidate
+                && self
+                    .election_elapsed
+                    .is_multiple_of(self.config.heartbeat_interval_ticks)
+            {
+                let vote_term = if self.role == Role::PreCandidate {
+                    self.term + 1
+                } else {
+                    self.term
+                };
+                self.request_votes(vote_term);
+            }
+        } else {
             self.campaign(if self.config.pre_vote {
                 Campaign::PreElection
             } else {
@@ -940,11 +971,23 @@ impl Raft {
         self.reset_election_timer();
         self.votes.clear();
         self.votes.insert(self.config.id, true);
+        self.campaign_kind = kind;
         if self.votes_granted() >= self.quorum {
             self.win_vote();
             return;
         }
+        self.request_votes(vote_term);
+    }
+
+    /// Sends the campaign's vote request to every peer that has not answered
+    /// yet. Called when a campaign starts and again every heartbeat interval,
+    /// since a request or its answer may be lost (a connection not yet up).
+    fn request_votes(&mut self, vote_term: u64) {
+        let kind = self.campaign_kind;
         for peer in self.peers.clone() {
+            if self.votes.contains_key(&peer) {
+                continue;
+            }
             self.send(
                 peer,
                 RaftMessage::RequestVote(RequestVote {
@@ -1105,7 +1148,12 @@ impl Raft {
             } else {
                 m.conflict_index
             };
-            if pr.reject(m.index, next_hint) {
+            // Only a follower that lost state rejects with a log shorter than
+            // what it acknowledged (messages on one connection arrive in
+            // order; in the simulator a reordered reply only costs a resend).
+            let lost = m.conflict_term == 0
+                && pr.follower_lost_entries(m.index, m.conflict_index.saturating_sub(1));
+            if lost || pr.reject(m.index, next_hint) {
                 self.send_append(from, false);
             }
         }

@@ -148,6 +148,18 @@ impl Progress {
         true
     }
 
+    /// The follower's log ends at `last_index`, below what it acknowledged:
+    /// it lost its disk (or was replaced by an empty node with the same id).
+    /// Start over from what it has. Returns whether this applied.
+    pub fn follower_lost_entries(&mut self, rejected_index: u64, last_index: u64) -> bool {
+        if last_index >= self.match_index || rejected_index < self.match_index {
+            return false;
+        }
+        self.match_index = last_index;
+        self.become_probe();
+        true
+    }
+
     pub fn become_probe(&mut self) {
         self.state = ProgressState::Probe;
         self.probe_sent = false;

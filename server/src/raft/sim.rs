@@ -656,8 +656,16 @@ impl Sim {
             let raft = node.raft.as_mut().expect("checked");
             let compacted = raft.compact(index.saturating_sub(policy.keep_tail));
             // The core may already be compacted further (an install not yet
-            // durable): the disk keeps what its own snapshot does not cover.
-            compact_durable(node, compacted.min(index));
+            // durable): the disk keeps what its own snapshot does not cover,
+            // and what writes still on their way to it will overwrite.
+            let pending_from = node
+                .writes
+                .iter()
+                .filter_map(|w| w.entries.first())
+                .map(|e| e.index)
+                .min();
+            let limit = pending_from.map_or(u64::MAX, |i| i - 1);
+            compact_durable(node, compacted.min(index).min(limit));
             self.stats.snapshots_taken += 1;
             return;
         }
@@ -801,9 +809,25 @@ impl Sim {
                 node.durable_hard_state = hs;
             }
             if let Some(first) = write.entries.first() {
+                if node.durable_log.is_empty() {
+                    // Everything before is covered by the snapshot (checked
+                    // below: a write never lands past a gap).
+                    node.durable_first = first.index;
+                }
+                let covered = node.durable_snapshot.as_ref().map_or(0, |s| s.index);
+                assert!(
+                    first.index
+                        <= (node.durable_first + node.durable_log.len() as u64).max(covered + 1),
+                    "node {id} writes from {} past the end of its disk",
+                    first.index
+                );
                 assert!(
                     first.index >= node.durable_first,
-                    "a write below the durable log"
+                    "a write below the durable log: node {id} writes from {} but its disk starts at {} \
+                     (snapshot {:?})",
+                    first.index,
+                    node.durable_first,
+                    node.durable_snapshot.as_ref().map(|s| s.index)
                 );
                 let keep = (first.index - node.durable_first) as usize;
                 let removed: Vec<Entry> = node
@@ -811,6 +835,20 @@ impl Sim {
                     .drain(keep.min(node.durable_log.len())..)
                     .collect();
                 node.durable_log.extend(write.entries.iter().cloned());
+                if std::env::var("SIM_TRACE_NODE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    == Some(id)
+                {
+                    eprintln!(
+                        "t{now} node {id} wrote {}..={} (removed {}), disk now {}..{}",
+                        first.index,
+                        write.entries.last().map_or(0, |e| e.index),
+                        removed.len(),
+                        node.durable_first,
+                        node.durable_first + node.durable_log.len() as u64
+                    );
+                }
                 self.checker
                     .check_truncation(&removed)
                     .map_err(|e| self.violation(e))?;
@@ -850,9 +888,27 @@ impl Sim {
                 // Memory may run ahead of disk on a follower, but a commit
                 // needs a majority of durable copies.
                 if copies < self.nodes.len() / 2 + 1 {
+                    let disks: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            format!(
+                                "node {}: disk {}..{} snapshot {:?} pending writes {}",
+                                i + 1,
+                                n.durable_first,
+                                n.durable_first + n.durable_log.len() as u64,
+                                n.durable_snapshot.as_ref().map(|s| s.index),
+                                n.writes.len()
+                            )
+                        })
+                        .collect();
                     return Err(self.violation(format!(
-                        "entry {} (term {}) committed with only {copies} durable copies",
-                        e.index, e.term
+                        "entry {} (term {}) committed with only {copies} durable copies\n{}\n{}",
+                        e.index,
+                        e.term,
+                        disks.join("\n"),
+                        self.describe()
                     )));
                 }
             }

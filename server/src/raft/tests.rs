@@ -828,7 +828,7 @@ fn snapshotting_sim(nodes: usize, seed: u64, net: NetConfig) -> Sim {
     sim.snapshots = Some(SnapshotPolicy {
         every_entries: 20,
         keep_tail: 5,
-        max_chunk_bytes: 64,
+        max_chunk_bytes: 256,
     });
     sim
 }
@@ -1121,7 +1121,18 @@ fn run_seeds(part: u64, parts: u64) {
     let (mut acknowledged, mut reads) = (0, 0);
     let seeds = seeds(part, parts);
     for &seed in &seeds {
-        match random_cluster(seed, None) {
+        // A panic (an assertion inside the core or the simulator) is a
+        // failure of this seed, reported with it like any other.
+        let outcome =
+            std::panic::catch_unwind(|| random_cluster(seed, None)).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(format!("seed {seed}: panicked: {message}"))
+            });
+        match outcome {
             Ok(stats) => {
                 acknowledged += stats.commands_acknowledged;
                 reads += stats.reads_served;

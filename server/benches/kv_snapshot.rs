@@ -1,0 +1,283 @@
+//! What snapshots of the key/value state machine cost: the pause the event
+//! loop takes to start one, the time a background thread takes to write it
+//! while the loop keeps applying, the time to restore from it, and apply
+//! throughput with and without a snapshot alive.
+//!
+//! Run: `cargo bench -p poncho-server --bench kv_snapshot`
+//! Options (environment): `BENCH_KEYS` (default 100,000), `BENCH_VALUE_BYTES`
+//! (100), `BENCH_CLIENTS` (sessions, 1,000).
+//!
+//! It prints figures and checks only correctness, never timing.
+
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use poncho_protocol::{Entry, EntryKind};
+use poncho_server::kv::{Command, KvStore, Op};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// xorshift64: deterministic and cheap.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn key(i: u64) -> String {
+    format!("user/{i:08}")
+}
+
+fn value(rng: &mut Rng, bytes: usize) -> String {
+    let tag = format!("{:016x}", rng.next());
+    tag.chars().cycle().take(bytes).collect()
+}
+
+fn set_data(key: String, value: String, session: Option<(String, u64)>, ts_ms: u64) -> Arc<str> {
+    let (client_id, seq) = match session {
+        Some((client_id, seq)) => (Some(client_id), Some(seq)),
+        None => (None, None),
+    };
+    Arc::from(
+        Command {
+            op: Op::Set { key, value },
+            client_id,
+            seq,
+            ts_ms,
+        }
+        .encode(),
+    )
+}
+
+fn entry(index: u64, data: &Arc<str>) -> Entry {
+    Entry {
+        index,
+        term: 1,
+        kind: EntryKind::Command,
+        data: Arc::clone(data),
+    }
+}
+
+fn per_second(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Applies pooled entries, numbered on from `kv.last_applied()`, until
+/// `stop` says so; how many.
+fn apply_until(
+    kv: &mut KvStore,
+    pool: &[Arc<str>],
+    next: &mut usize,
+    stop: impl Fn(usize) -> bool,
+) -> usize {
+    let mut applied = 0;
+    while !stop(applied) {
+        let index = kv.last_applied() + 1;
+        kv.apply(&entry(index, &pool[*next % pool.len()]));
+        *next += 1;
+        applied += 1;
+    }
+    applied
+}
+
+fn main() {
+    let keys = env_or("BENCH_KEYS", 100_000) as u64;
+    let value_bytes = env_or("BENCH_VALUE_BYTES", 100);
+    let clients = env_or("BENCH_CLIENTS", 1_000).max(1) as u64;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let ts0 = 1_700_000_000_000;
+    println!("kv_snapshot: {keys} keys, {value_bytes}-byte values, every 10th write in one of {clients} client sessions");
+
+    // Every key once, in a scattered order (a multiplicative permutation).
+    let mut seqs = vec![0u64; clients as usize];
+    let build: Vec<Arc<str>> = (0..keys)
+        .map(|i| {
+            let k = key(i.wrapping_mul(2_654_435_761) % keys);
+            let session = (i % 10 == 0).then(|| {
+                let c = (rng.next() % clients) as usize;
+                seqs[c] += 1;
+                (format!("client-{c}"), seqs[c])
+            });
+            set_data(k, value(&mut rng, value_bytes), session, ts0 + i)
+        })
+        .collect();
+    // Overwrites of random existing keys, used in turn (and again if a phase
+    // needs more): no sessions, so reusing one changes only the index.
+    let pool: Vec<Arc<str>> = (0..200_000u64)
+        .map(|i| {
+            let k = key(rng.next() % keys);
+            set_data(k, value(&mut rng, value_bytes), None, ts0 + keys + i)
+        })
+        .collect();
+    let mut next = 0;
+
+    // (d) Apply throughput.
+    let mut kv = KvStore::new();
+    let started = Instant::now();
+    for (i, data) in build.iter().enumerate() {
+        kv.apply(&entry(i as u64 + 1, data));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(kv.len() as u64, keys);
+    println!(
+        "apply, building the store: {:.0} entries/s ({} entries in {:.1} ms)",
+        per_second(build.len(), elapsed),
+        build.len(),
+        millis(elapsed)
+    );
+    println!(
+        "store: {} keys, {} sessions, approximate_bytes {:.1} MB",
+        kv.len(),
+        kv.session_count(),
+        kv.approximate_bytes() as f64 / 1e6
+    );
+    let count = 200_000;
+    let started = Instant::now();
+    apply_until(&mut kv, &pool, &mut next, |n| n == count);
+    let elapsed = started.elapsed();
+    println!(
+        "apply, overwrites, no snapshot alive: {:.0} entries/s ({count} entries in {:.1} ms)",
+        per_second(count, elapsed),
+        millis(elapsed)
+    );
+
+    // (a) The event loop's pause: one snapshot() call.
+    let started = Instant::now();
+    let first = kv.snapshot();
+    let one = started.elapsed();
+    drop(first);
+    println!("snapshot(), first call: {:.2} us", micros(one));
+    let mut pauses = Vec::with_capacity(1_000);
+    for _ in 0..1_000 {
+        apply_until(&mut kv, &pool, &mut next, |n| n == 10);
+        let started = Instant::now();
+        let snapshot = kv.snapshot();
+        pauses.push(started.elapsed());
+        drop(snapshot);
+    }
+    pauses.sort();
+    println!(
+        "snapshot(), 1,000 calls 10 writes apart: median {:.2} us, max {:.2} us",
+        micros(pauses[pauses.len() / 2]),
+        micros(pauses[pauses.len() - 1])
+    );
+
+    // Writing with nothing else running, for reference.
+    let snapshot = kv.snapshot();
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(keys as usize * (value_bytes + 40));
+    snapshot
+        .write_lines(|line| {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+            Ok(())
+        })
+        .expect("writing to a Vec cannot fail");
+    let quiet = started.elapsed();
+    drop(snapshot);
+    println!(
+        "write_lines to a Vec, store idle: {:.1} ms ({:.1} MB, {:.0} MB/s)",
+        millis(quiet),
+        out.len() as f64 / 1e6,
+        out.len() as f64 / 1e6 / quiet.as_secs_f64()
+    );
+
+    // The copy-on-write cost alone: the same number of writes with no
+    // snapshot, then with one held (on this thread, idle).
+    let count = 25_000;
+    let started = Instant::now();
+    apply_until(&mut kv, &pool, &mut next, |n| n == count);
+    let free = started.elapsed();
+    let held = kv.snapshot();
+    let started = Instant::now();
+    apply_until(&mut kv, &pool, &mut next, |n| n == count);
+    let shared = started.elapsed();
+    drop(held);
+    println!(
+        "apply, {count} overwrites, no snapshot alive: {:.0} entries/s",
+        per_second(count, free)
+    );
+    println!(
+        "apply, {count} overwrites, a fresh snapshot held but idle (copy-on-write): {:.0} entries/s",
+        per_second(count, shared)
+    );
+
+    // (b) Written on a thread while this one keeps applying to the store.
+    let expected_len = kv.len();
+    let expected_applied = kv.last_applied();
+    let snapshot = kv.snapshot();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let started = Instant::now();
+            let mut out = Vec::with_capacity(snapshot.len() * (value_bytes + 40));
+            let mut lines = 0usize;
+            snapshot
+                .write_lines(|line| {
+                    out.extend_from_slice(line.as_bytes());
+                    out.push(b'\n');
+                    lines += 1;
+                    Ok(())
+                })
+                .expect("writing to a Vec cannot fail");
+            let written = started.elapsed();
+            done.store(true, Ordering::Release);
+            // The snapshot goes here too, with the nodes it kept for itself.
+            let started = Instant::now();
+            drop(snapshot);
+            (out, lines, written, started.elapsed())
+        })
+    };
+    let started = Instant::now();
+    let during = apply_until(&mut kv, &pool, &mut next, |_| done.load(Ordering::Acquire));
+    let applying = started.elapsed();
+    let (out, lines, written, dropped) = writer.join().expect("the writer does not panic");
+    println!(
+        "write_lines to a Vec on a thread, store applying meanwhile: {:.1} ms ({lines} lines, {:.1} MB)",
+        millis(written),
+        out.len() as f64 / 1e6
+    );
+    println!(
+        "apply while that snapshot was alive (copy-on-write): {:.0} entries/s ({during} entries in {:.1} ms)",
+        per_second(during, applying),
+        millis(applying)
+    );
+    println!(
+        "dropping the snapshot on the thread afterwards: {:.2} ms",
+        millis(dropped)
+    );
+
+    // (c) Restore from those lines.
+    let started = Instant::now();
+    let restored = KvStore::restore(out.lines()).expect("the snapshot restores");
+    let elapsed = started.elapsed();
+    assert_eq!(restored.len(), expected_len);
+    assert_eq!(restored.last_applied(), expected_applied);
+    println!(
+        "restore from the lines: {:.1} ms ({:.0} lines/s)",
+        millis(elapsed),
+        per_second(lines, elapsed)
+    );
+}

@@ -1,0 +1,177 @@
+//! The event loop's side of snapshots: taking them in the background,
+//! streaming the latest to followers, receiving one from the leader, and
+//! picking one on start.
+//!
+//! Taking a snapshot costs the loop one O(1) copy-on-write clone of the state
+//! machine (`KvStore::snapshot`); a background thread writes the file while
+//! the loop keeps applying. Only when the file is durable does the loop
+//! compact the Raft log and delete covered WAL segments.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use poncho_protocol::{InstallSnapshot, NodeId};
+
+use crate::kv::KvStore;
+use crate::snapshot::{self, SnapshotMeta, SnapshotReceiver, SnapshotWriter};
+
+/// Largest chunk streamed to a follower. With JSON escaping a chunk line
+/// stays well under the 1 MiB line limit.
+pub const CHUNK_BYTES: usize = 128 << 10;
+/// Snapshot files kept: the newest, and one older in case the newest is
+/// found corrupt on a later start.
+const KEEP_SNAPSHOTS: usize = 2;
+
+pub struct Snapshots {
+    dir: PathBuf,
+    fsync: bool,
+    /// The newest durable snapshot.
+    pub latest: Option<(SnapshotMeta, PathBuf)>,
+    building: Option<JoinHandle<Result<(SnapshotMeta, PathBuf), String>>>,
+    receiving: Option<(NodeId, SnapshotReceiver)>,
+}
+
+/// What became of a chunk from the leader.
+pub enum Received {
+    /// Acknowledge: the next offset wanted.
+    Ack(u64),
+    /// The snapshot is complete, verified and durable, and its state loaded.
+    Complete(SnapshotMeta, Box<KvStore>),
+}
+
+impl Snapshots {
+    /// Finds the newest valid snapshot in `dir` and loads it. Corrupt newer
+    /// ones are reported in the warnings and set aside.
+    pub fn recover(
+        dir: &Path,
+        fsync: bool,
+    ) -> Result<(Snapshots, Option<KvStore>, Vec<String>), String> {
+        let (latest, warnings) = snapshot::latest_valid(dir)
+            .map_err(|e| format!("cannot read snapshots in {}: {e}", dir.display()))?;
+        let kv = match &latest {
+            Some((_, path)) => Some(load(path)?),
+            None => None,
+        };
+        let snapshots = Snapshots {
+            dir: dir.to_path_buf(),
+            fsync,
+            latest,
+            building: None,
+            receiving: None,
+        };
+        Ok((snapshots, kv, warnings))
+    }
+
+    pub fn latest_index(&self) -> u64 {
+        self.latest.as_ref().map_or(0, |(m, _)| m.index)
+    }
+
+    pub fn is_building(&self) -> bool {
+        self.building.is_some()
+    }
+
+    /// Starts writing a snapshot of `kv` (through `meta.index`) on a
+    /// background thread.
+    pub fn start(&mut self, kv: &KvStore, meta: SnapshotMeta) {
+        let state = kv.snapshot();
+        let (dir, fsync) = (self.dir.clone(), self.fsync);
+        self.building = Some(std::thread::spawn(move || {
+            let mut writer =
+                SnapshotWriter::create(&dir, &meta, fsync).map_err(|e| e.to_string())?;
+            let mut failure = None;
+            let written = state.write_lines(|line| {
+                writer.write_line(line).map_err(|e| {
+                    let message = e.to_string();
+                    failure = Some(message.clone());
+                    std::io::Error::other(message)
+                })
+            });
+            if let Err(e) = written {
+                return Err(failure.unwrap_or_else(|| e.to_string()));
+            }
+            let path = writer.finish().map_err(|e| e.to_string())?;
+            Ok((meta, path))
+        }));
+    }
+
+    /// The snapshot being written, once it is durable (None while it is not
+    /// finished). Prunes old files.
+    pub fn poll_built(&mut self) -> Option<Result<SnapshotMeta, String>> {
+        if !self.building.as_ref().is_some_and(JoinHandle::is_finished) {
+            return None;
+        }
+        let handle = self.building.take()?;
+        let result = handle
+            .join()
+            .unwrap_or_else(|_| Err("the snapshot thread panicked".into()));
+        Some(result.map(|(meta, path)| {
+            let out = meta.clone();
+            self.set_latest(meta, path);
+            out
+        }))
+    }
+
+    fn set_latest(&mut self, meta: SnapshotMeta, path: PathBuf) {
+        if meta.index > self.latest_index() {
+            self.latest = Some((meta, path));
+        }
+        // Best effort: an old file left behind is only disk space.
+        let _ = snapshot::prune(&self.dir, KEEP_SNAPSHOTS);
+    }
+
+    /// A chunk of the latest snapshot from `offset`: (index, term, data, done).
+    pub fn chunk(&self, offset: u64) -> Result<(u64, u64, String, bool), String> {
+        let (meta, path) = self.latest.as_ref().ok_or("no snapshot to send")?;
+        let (data, done) =
+            snapshot::read_chunk(path, offset, CHUNK_BYTES).map_err(|e| e.to_string())?;
+        Ok((meta.index, meta.term, data, done))
+    }
+
+    /// Takes a chunk from the leader. Chunks must arrive in order; anything
+    /// else is answered with the offset wanted, and offset 0 starts over.
+    pub fn receive(&mut self, leader: NodeId, m: &InstallSnapshot) -> Result<Received, String> {
+        if m.offset == 0 {
+            let receiver = SnapshotReceiver::create(
+                &self.dir,
+                m.last_included_index,
+                m.last_included_term,
+                self.fsync,
+            )
+            .map_err(|e| e.to_string())?;
+            self.receiving = Some((leader, receiver));
+        }
+        let Some((from, receiver)) = self.receiving.as_mut() else {
+            return Ok(Received::Ack(0));
+        };
+        if *from != leader
+            || receiver.index() != m.last_included_index
+            || receiver.received() != m.offset
+        {
+            let wanted = if *from == leader && receiver.index() == m.last_included_index {
+                receiver.received()
+            } else {
+                0
+            };
+            return Ok(Received::Ack(wanted));
+        }
+        let received = receiver
+            .write_chunk(m.offset, &m.data)
+            .map_err(|e| e.to_string())?;
+        if !m.done {
+            return Ok(Received::Ack(received));
+        }
+        let (_, receiver) = self.receiving.take().expect("checked above");
+        let (meta, path) = receiver
+            .finish()
+            .map_err(|e| format!("the received snapshot is bad: {e}"))?;
+        let kv = load(&path)?;
+        self.set_latest(meta.clone(), path);
+        Ok(Received::Complete(meta, Box::new(kv)))
+    }
+}
+
+fn load(path: &Path) -> Result<KvStore, String> {
+    let (_, lines) = snapshot::open(path)
+        .map_err(|e| format!("cannot open snapshot {}: {e}", path.display()))?;
+    KvStore::restore(lines).map_err(|e| format!("cannot load snapshot {}: {e}", path.display()))
+}

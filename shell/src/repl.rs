@@ -1,0 +1,208 @@
+//! The interactive shell: a rustyline editor with command completion,
+//! argument hints, history kept in the home directory, and a prompt that
+//! shows the node we talk to and its role.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustyline::completion::Completer;
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::{Hint, Hinter};
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
+
+use crate::client::ClusterClient;
+use crate::command::{self, Command};
+use crate::exec::{execute, Failure};
+use crate::{print_failure, print_json_done, Mode, Output};
+
+/// The history file: `$PONCHO_HISTFILE`, else `~/.poncho_history`.
+pub fn history_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PONCHO_HISTFILE").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".poncho_history"))
+}
+
+struct ShellHelper {
+    addrs: Vec<String>,
+}
+
+impl Completer for ShellHelper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(command::complete(&line[..pos], &self.addrs))
+    }
+}
+
+/// The arguments left to type, shown dimmed after the cursor. Not inserted
+/// by the right arrow: they are placeholders, not text.
+struct ArgHint(String);
+
+impl Hint for ArgHint {
+    fn display(&self) -> &str {
+        &self.0
+    }
+
+    fn completion(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Hinter for ShellHelper {
+    type Hint = ArgHint;
+
+    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<ArgHint> {
+        if pos < line.len() {
+            return None;
+        }
+        command::hint(line).map(ArgHint)
+    }
+}
+
+impl Highlighter for ShellHelper {
+    fn highlight_hint<'h>(&self, hint: &'h str) -> Cow<'h, str> {
+        Cow::Owned(format!("\x1b[2m{hint}\x1b[0m"))
+    }
+}
+
+impl Validator for ShellHelper {}
+impl Helper for ShellHelper {}
+
+fn prompt(client: &mut ClusterClient) -> String {
+    if client.connected().is_none() {
+        // The node died or a command was cancelled: find one again.
+        client.connect_quietly();
+    }
+    let role = client.quiet_status().map(|s| s.role);
+    match (client.connected(), role) {
+        (Some(addr), Some(role)) => format!("poncho {addr} ({role})> "),
+        (Some(addr), None) => format!("poncho {addr} (?)> "),
+        (None, _) => "poncho (not connected)> ".to_string(),
+    }
+}
+
+fn elapsed(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("({:.1} ms)", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("({:.2} s)", d.as_secs_f64())
+    }
+}
+
+/// Runs the REPL until `exit` or Ctrl-D. Returns the exit status: 0.
+pub fn run(mut client: ClusterClient, output: Output) -> u8 {
+    // Ctrl-C while a command waits for the cluster cancels that command.
+    // While a line is being edited the terminal is raw and rustyline reads
+    // Ctrl-C as a key, which cancels the line.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    if signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupt)).is_ok() {
+        client.set_interrupt(Arc::clone(&interrupt));
+    }
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .auto_add_history(false)
+        .history_ignore_space(true);
+    let config = config
+        .history_ignore_dups(true)
+        .and_then(|c| c.max_history_size(10_000))
+        .map(|c| c.build())
+        .unwrap_or_default();
+    let mut editor: Editor<ShellHelper, DefaultHistory> = match Editor::with_config(config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("poncho-shell: cannot start the line editor: {e}");
+            return 1;
+        }
+    };
+    let history = history_path();
+    if let Some(path) = &history {
+        // A missing file is the first run; a bad one is no reason to stop.
+        let _ = editor.load_history(path);
+    }
+
+    client.connect_quietly();
+    let cluster = client.addrs().join(",");
+    match client.connected() {
+        Some(addr) => println!(
+            "poncho-shell {}: connected to {addr}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        None => println!(
+            "poncho-shell {}: no node of {cluster} answers yet; commands will keep trying for {:?}",
+            env!("CARGO_PKG_VERSION"),
+            client.timeout
+        ),
+    }
+    println!("Type help for the commands, exit or Ctrl-D to leave.");
+    // Said once: a read-only home is no reason to complain at every line.
+    let mut history_failed = false;
+
+    loop {
+        editor.set_helper(Some(ShellHelper {
+            addrs: client.addrs().to_vec(),
+        }));
+        let line = match editor.readline(&prompt(&mut client)) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("poncho-shell: {e}");
+                break;
+            }
+        };
+        if !line.trim().is_empty() {
+            let _ = editor.add_history_entry(line.as_str());
+            if let Some(path) = history.as_ref().filter(|_| !history_failed) {
+                // Saved at once, so a killed shell keeps its history.
+                if let Err(e) = editor.append_history(path) {
+                    history_failed = true;
+                    eprintln!(
+                        "poncho-shell: cannot save history to {}: {e}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let command = match command::parse_line(&line) {
+            Ok(None) => continue,
+            Ok(Some(Command::Exit)) => break,
+            Ok(Some(c)) => c,
+            Err(e) => {
+                let word = line.split_whitespace().next().map(str::to_ascii_lowercase);
+                let f = Failure::Usage(e.0);
+                print_failure(output, Mode::Interactive, word.as_deref(), &f, "");
+                continue;
+            }
+        };
+        interrupt.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        let result = execute(&mut client, &command);
+        let took = if command.is_local() {
+            String::new()
+        } else {
+            elapsed(started.elapsed())
+        };
+        match result {
+            Ok(done) if output == Output::Json => print_json_done(None, command.name(), done),
+            Ok(done) if took.is_empty() => println!("{}", done.pretty),
+            Ok(done) if done.pretty.contains('\n') => println!("{}\n{took}", done.pretty),
+            Ok(done) => println!("{}  {took}", done.pretty),
+            Err(f) => print_failure(output, Mode::Interactive, Some(command.name()), &f, &took),
+        }
+    }
+    0
+}

@@ -1,0 +1,671 @@
+//! End-to-end tests of `poncho-shell`: the real binary against real
+//! clusters, in its three modes (a script on stdin, one command on the
+//! command line, and the interactive REPL on a pseudo-terminal).
+//!
+//! Every test bounds its own time: a shell that hangs is killed and the test
+//! fails. The harness kills the servers on drop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use poncho_tests::{workspace_bin, Client, Cluster};
+use serde_json::{json, Value};
+
+const ELECTION: Duration = Duration::from_secs(10);
+/// The longest any one shell run may take here.
+const RUN: Duration = Duration::from_secs(20);
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+fn shell_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(workspace_bin("poncho-shell"));
+    cmd.args(args)
+        .env_remove("PONCHO_CLUSTER")
+        .env_remove("PONCHO_HISTFILE");
+    cmd
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for poncho-shell") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("poncho-shell did not finish within {timeout:?}");
+        }
+        sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the shell with `stdin` as its input (a pipe: scripted mode).
+fn run_shell(args: &[&str], stdin: &str) -> Run {
+    let mut child = shell_command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn poncho-shell");
+    let mut input = child.stdin.take().expect("stdin");
+    let script = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        // The shell may stop reading early (--stop-on-error): ignore EPIPE.
+        let _ = input.write_all(script.as_bytes());
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, RUN);
+    let _ = writer.join();
+    Run {
+        status,
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+fn cluster_arg(cluster: &Cluster, ids: &[u64]) -> String {
+    ids.iter()
+        .map(|&id| cluster.addr(id).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A linearizable GET at the leader, straight over the protocol.
+fn leader_get(cluster: &mut Cluster, key: &str) -> Value {
+    let leader = cluster.wait_for_leader(ELECTION);
+    let reply = Client::connect(cluster.addr(leader))
+        .and_then(|mut c| c.get(key))
+        .expect("GET at the leader");
+    assert_eq!(reply["msg_type"], "GET", "{reply}");
+    reply["payload"]["value"].clone()
+}
+
+#[test]
+fn a_script_prints_one_line_per_command_and_exits_zero() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(ELECTION);
+    let script = r#"# a comment, then a blank line
+
+set greeting "hello world"
+get greeting
+set "my key" 'single quoted'
+get "my key"
+get missing
+delete greeting
+delete greeting
+cas lock nil me
+cas lock nil you
+get lock
+cas lock me nil
+get lock
+cas n "nil" x
+set a/1 x
+set a/2 "two\nlines"
+get a/2
+keys a/
+keys
+   # an indented comment
+keys nothing-here
+"#;
+    let run = run_shell(&["--cluster", &cluster_arg(&cluster, &[1, 2, 3])], script);
+    let expected = [
+        "OK",
+        "hello world",
+        "OK",
+        "single quoted",
+        "(nil)",
+        "1",
+        "0",
+        "1",
+        "0",
+        "me",
+        "1",
+        "(nil)",
+        "0",
+        "OK",
+        "OK",
+        "\"two\\nlines\"",
+        "a/1 a/2",
+        "a/1 a/2 \"my key\"",
+        "",
+    ];
+    assert_eq!(run.stdout, expected.join("\n") + "\n", "{run}");
+    assert_eq!(run.stderr, "", "{run}");
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert_eq!(leader_get(&mut cluster, "my key"), "single quoted");
+    assert_eq!(leader_get(&mut cluster, "a/2"), "two\nlines");
+
+    // --json: one object per command, in the same order.
+    let run = run_shell(
+        &["--cluster", &cluster_arg(&cluster, &[1, 2, 3]), "--json"],
+        "get \"my key\"\ndelete a/1\nkeys a/\n",
+    );
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{run}");
+    assert_eq!(
+        lines[0],
+        json!({"ok": true, "command": "get", "line": 1, "key": "my key", "value": "single quoted"})
+    );
+    assert_eq!(lines[1]["command"], "delete");
+    assert_eq!(lines[1]["deleted"], true);
+    assert!(lines[1]["index"].as_u64().is_some(), "{run}");
+    assert_eq!(lines[2]["keys"], json!(["a/2"]));
+}
+
+#[test]
+fn one_shot_commands_at_a_follower_follow_the_leader() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(ELECTION);
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let follower = cluster.addr(followers[0]).to_string();
+    let at_follower = |args: &[&str]| {
+        let mut all = vec!["--cluster", follower.as_str()];
+        all.extend_from_slice(args);
+        run_shell(&all, "")
+    };
+
+    // The write goes to the follower, which redirects; --verbose shows it.
+    let run = at_follower(&["--verbose", "set", "k", "value with spaces"]);
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert_eq!(run.stdout, "OK\n", "{run}");
+    assert!(run.stderr.contains("\"code\":\"NOT_LEADER\""), "{run}");
+    assert!(
+        run.stderr
+            .contains(&format!("redirect to {}", cluster.addr(leader))),
+        "{run}"
+    );
+    assert!(run.stderr.contains("<- {\"msg_type\":\"SET\""), "{run}");
+    assert_eq!(leader_get(&mut cluster, "k"), "value with spaces");
+
+    let run = at_follower(&["get", "k"]);
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "value with spaces\n"),
+        "{run}"
+    );
+
+    // The prototype's `client healthcheck 127.0.0.1:8002`.
+    let run = at_follower(&["health"]);
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "ok\n"),
+        "{run}"
+    );
+    let run = at_follower(&["leader"]);
+    assert_eq!(run.stdout, format!("{}\n", cluster.addr(leader)), "{run}");
+
+    // Probes get the node's term and are rejected.
+    let term = cluster.status(followers[0]).expect("status")["term"].clone();
+    for (command, msg_type, field) in [
+        ("append", "APPEND_ENTRY_REPLY", "success"),
+        ("vote", "REQUEST_VOTE_REPLY", "vote_granted"),
+    ] {
+        let run = at_follower(&[command]);
+        assert_eq!(run.status.code(), Some(0), "{run}");
+        let reply: Value = serde_json::from_str(run.stdout.trim()).expect("the reply line");
+        assert_eq!(reply["msg_type"], msg_type, "{run}");
+        assert_eq!(reply["payload"]["term"], term, "{run}");
+        assert_eq!(reply["payload"][field], false, "{run}");
+    }
+
+    // status: a row per node; a dead node is unreachable.
+    cluster.kill(followers[1]);
+    let run = at_follower(&["status"]);
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 4, "{run}");
+    assert!(rows[0].starts_with("ID  ADDRESS"), "{run}");
+    for id in 1..=3u64 {
+        let row = rows[id as usize];
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], id.to_string(), "{run}");
+        assert_eq!(cells[1], cluster.addr(id).to_string(), "{run}");
+        let role = if id == leader {
+            "leader"
+        } else if id == followers[1] {
+            "unreachable"
+        } else {
+            "follower"
+        };
+        assert_eq!(cells[2], role, "{run}");
+    }
+    let run = at_follower(&["--json", "status"]);
+    let status: Value = serde_json::from_str(run.stdout.trim()).expect("JSON status");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{run}");
+    assert_eq!(nodes[(followers[1] - 1) as usize]["reachable"], false);
+    assert_eq!(nodes[(leader - 1) as usize]["lag"], 0);
+}
+
+#[test]
+fn killing_the_leader_mid_script_applies_every_write_exactly_once() {
+    const STEPS: usize = 300;
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(ELECTION);
+    // A counter advanced by compare-and-set: a write applied twice would
+    // make its retry (or the next step) print 0 instead of 1.
+    let mut script = String::from("cas counter nil 1\n");
+    for i in 1..STEPS {
+        script.push_str(&format!("cas counter {i} {}\nset key-{i} {i}\n", i + 1));
+    }
+    script.push_str("get counter\n");
+
+    // --verbose shows every line sent, to check what a retry sends.
+    let mut child = shell_command(&[
+        "--cluster",
+        &cluster_arg(&cluster, &[1, 2, 3]),
+        "--timeout",
+        "15s",
+        "--verbose",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn poncho-shell");
+    let mut input = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || input.write_all(script.as_bytes()));
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+
+    let deadline = Instant::now() + RUN;
+    let mut lines = Vec::new();
+    let mut killed_at = None;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        lines.push(line);
+        if lines.len() == STEPS / 2 && killed_at.is_none() {
+            cluster.kill(leader);
+            killed_at = Some(Instant::now());
+        }
+    }
+    let status = wait_bounded(&mut child, Duration::from_secs(5));
+    writer
+        .join()
+        .expect("writer")
+        .expect("the shell read the whole script");
+    let stderr = err_reader.join().expect("stderr reader");
+    let killed_at = killed_at.expect("the leader was killed mid-script");
+
+    let mut expected = vec!["1".to_string()];
+    for _ in 1..STEPS {
+        expected.push("1".into());
+        expected.push("OK".into());
+    }
+    expected.push(STEPS.to_string());
+    assert_eq!(lines, expected, "stderr:\n{stderr}");
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    check_retries_reuse_the_session(&stderr);
+    eprintln!(
+        "the script finished {:?} after the leader was killed",
+        killed_at.elapsed()
+    );
+    let new_leader = cluster.wait_for_leader(ELECTION);
+    assert_ne!(new_leader, leader);
+    assert_eq!(leader_get(&mut cluster, "counter"), STEPS.to_string());
+    assert_eq!(leader_get(&mut cluster, "key-299"), "299");
+}
+
+/// From a --verbose transcript: every write carries one client_id and a
+/// seq that grows with each new write, a retry sends exactly the same line,
+/// and at least one write was retried (the kill happened mid-write).
+fn check_retries_reuse_the_session(stderr: &str) {
+    let mut sent: Vec<(u64, String)> = Vec::new(); // (req_id, line), in order
+    for line in stderr.lines() {
+        assert!(
+            line.starts_with("-> ") || line.starts_with("<- ") || line.starts_with("-- "),
+            "not a --verbose line: {line}"
+        );
+        if let Some(request) = line.strip_prefix("-> ") {
+            let v: Value = serde_json::from_str(request).expect("a JSON request");
+            let req_id = v["req_id"].as_u64().expect("req_id");
+            sent.push((req_id, request.to_string()));
+        }
+    }
+    let mut client_id = None;
+    let mut last_seq = 0;
+    let mut retried = 0;
+    for (i, (req_id, line)) in sent.iter().enumerate() {
+        let v: Value = serde_json::from_str(line).expect("JSON");
+        if i > 0 && sent[i - 1].0 == *req_id {
+            assert_eq!(&sent[i - 1].1, line, "a retry changed the request");
+            retried += 1;
+            continue;
+        }
+        if v["msg_type"] == "GET" {
+            continue;
+        }
+        let id = v["payload"]["client_id"]
+            .as_str()
+            .expect("client_id")
+            .to_string();
+        assert!(id.starts_with("shell-"), "{line}");
+        assert_eq!(
+            *client_id.get_or_insert_with(|| id.clone()),
+            id,
+            "one client_id per run"
+        );
+        let seq = v["payload"]["seq"].as_u64().expect("seq");
+        assert!(seq > last_seq, "seq {seq} after {last_seq}: {line}");
+        last_seq = seq;
+    }
+    assert!(retried > 0, "no request was retried:\n{stderr}");
+}
+
+#[test]
+fn bad_commands_give_usage_and_a_nonzero_exit() {
+    // No cluster is needed to reject a command: the address is never used.
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let args = ["--cluster", nowhere.as_str(), "--timeout", "300ms"];
+    let run = run_shell(&args, "frobnicate 1 2\nset onlykey\nhelp get\nget \"open\n");
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert!(run.stdout.starts_with("usage: get KEY\n"), "{run}");
+    let errors: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        errors,
+        [
+            "line 1: unknown command frobnicate: type help for the list",
+            "line 2: usage: set KEY VALUE",
+            "line 4: unterminated \" quote",
+        ],
+        "{run}"
+    );
+
+    let mut stop = args.to_vec();
+    stop.push("--stop-on-error");
+    let run = run_shell(&stop, "help\nset onlykey\nhelp\n");
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert_eq!(run.stdout.matches("Commands:").count(), 1, "{run}");
+    assert_eq!(run.stderr, "line 2: usage: set KEY VALUE\n", "{run}");
+
+    let mut json = args.to_vec();
+    json.push("--json");
+    let run = run_shell(&json, "cas k v\n");
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert_eq!(run.stdout, "", "{run}");
+    let error: Value = serde_json::from_str(run.stderr.trim()).expect("a JSON error");
+    assert_eq!(
+        error,
+        json!({"ok": false, "command": "cas", "line": 1,
+               "error": {"code": "USAGE", "message": "usage: cas KEY EXPECTED NEW"}})
+    );
+
+    // One-shot: usage errors exit 2, an unreachable cluster exits 1.
+    let mut one = args.to_vec();
+    one.extend(["set", "k"]);
+    let run = run_shell(&one, "");
+    assert_eq!(
+        (run.status.code(), run.stderr.as_str()),
+        (Some(2), "usage: set KEY VALUE\n"),
+        "{run}"
+    );
+    let mut one = args.to_vec();
+    one.extend(["get", "k"]);
+    let started = Instant::now();
+    let run = run_shell(&one, "");
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(run.stderr.starts_with("error: UNREACHABLE: "), "{run}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{run}");
+    let run = run_shell(&["--cluster", "not-an-address", "health"], "");
+    assert_eq!(run.status.code(), Some(2), "{run}");
+}
+
+// ------------------------------------------------------ the interactive REPL
+
+/// The shell on a pseudo-terminal, as a person would run it.
+struct Pty {
+    master: std::fs::File,
+    child: Child,
+    output: Arc<Mutex<Vec<u8>>>,
+    /// How much of `output` earlier expectations consumed.
+    seen: usize,
+}
+
+impl Pty {
+    fn spawn(args: &[&str], home: &Path) -> Pty {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+
+        let mut master_fd: libc::c_int = -1;
+        let mut slave_fd: libc::c_int = -1;
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: 200,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two fds; the null pointers ask for no name
+        // and default terminal settings.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master_fd,
+                &mut slave_fd,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds are fresh from openpty and owned by nobody else.
+        let master = unsafe { OwnedFd::from_raw_fd(master_fd) };
+        let slave = unsafe { OwnedFd::from_raw_fd(slave_fd) };
+
+        let mut cmd = shell_command(args);
+        cmd.env("HOME", home)
+            .env("TERM", "xterm")
+            .stdin(Stdio::from(slave.try_clone().expect("dup slave")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup slave")))
+            .stderr(Stdio::from(slave));
+        // SAFETY: only async-signal-safe calls between fork and exec: make
+        // the pty the controlling terminal of a new session.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn poncho-shell on a pty");
+        drop(cmd); // closes our copies of the slave side
+
+        let master = std::fs::File::from(master);
+        let mut reader = master.try_clone().expect("dup master");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&output);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the shell exits and the slave side closes.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("output").extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            master,
+            child,
+            output,
+            seen: 0,
+        }
+    }
+
+    fn send(&mut self, keys: &str) {
+        self.master
+            .write_all(keys.as_bytes())
+            .expect("write to pty");
+    }
+
+    /// Everything printed so far, with terminal escape sequences removed.
+    fn screen(&self) -> String {
+        strip_ansi(&self.output.lock().expect("output"))
+    }
+
+    /// Waits until `text` appears after what was already matched.
+    fn expect(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let screen = self.screen();
+            let fresh = screen.get(self.seen..).unwrap_or("");
+            if let Some(at) = fresh.find(text) {
+                self.seen += at + text.len();
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{text:?} did not appear; the terminal shows, after {} chars:\n{}",
+                    self.seen, fresh
+                );
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        wait_bounded(&mut self.child, Duration::from_secs(5))
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes CSI (`ESC [ ... final`) and other two-byte escapes, and `\r`.
+fn strip_ansi(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_interactive_shell_has_a_prompt_completion_hints_and_history() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(ELECTION);
+    let home = tempfile::tempdir().expect("temp home");
+    let addr = cluster.addr(1).to_string();
+    let args = ["--cluster", addr.as_str()];
+    let prompt = format!("poncho {addr} (leader)> ");
+
+    let mut shell = Pty::spawn(&args, home.path());
+    shell.expect("Type help");
+    shell.expect(&prompt);
+    // Tab completes the command; then the hint shows the argument left.
+    shell.send("se\t");
+    shell.expect("set ");
+    shell.send("greeting");
+    shell.expect("greeting VALUE");
+    shell.send(" \"hello world\"\r");
+    shell.expect("OK  (");
+    shell.expect(" ms)");
+    shell.expect(&prompt);
+    shell.send("frob\r");
+    shell.expect("unknown command frob");
+    shell.expect(&prompt);
+    // Ctrl-C drops the line being typed, not the shell.
+    shell.send("set half-typed");
+    shell.expect("half-typed");
+    shell.send("\x03");
+    shell.expect(&prompt);
+    shell.send("get greeting\r");
+    shell.expect("\"hello world\"  (");
+    shell.expect(&prompt);
+    shell.send("\x04"); // Ctrl-D
+    assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+    drop(shell);
+
+    let history =
+        std::fs::read_to_string(home.path().join(".poncho_history")).expect("history file");
+    assert!(
+        history.contains("set greeting \"hello world\"") && history.contains("get greeting"),
+        "{history}"
+    );
+    assert!(!history.contains("half-typed"), "{history}");
+
+    // The next run recalls the last command with Up; Enter runs it again.
+    let mut shell = Pty::spawn(&args, home.path());
+    shell.expect(&prompt);
+    shell.send("\x1b[A");
+    shell.expect("get greeting");
+    shell.send("\r");
+    shell.expect("\"hello world\"  (");
+    shell.expect(&prompt);
+    shell.send("exit\r");
+    assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+    // Sanity check that the shell used the cluster, not a stale state.
+    assert_eq!(leader_get(&mut cluster, "greeting"), "hello world");
+}
