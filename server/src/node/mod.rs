@@ -886,13 +886,17 @@ impl Node {
         let mut members: Vec<NodeId> = self.peers.keys().copied().collect();
         members.push(self.config.id);
         members.sort_unstable();
-        self.snapshots.start(
-            &self.kv,
-            SnapshotMeta {
-                index: applied,
-                term,
-                members,
-            },
+        let started = Instant::now();
+        let meta = SnapshotMeta {
+            index: applied,
+            term,
+            members,
+        };
+        self.snapshots.start(&self.kv, meta);
+        info!(
+            "snapshot through index {applied} started: {} keys, event loop paused {} us",
+            self.kv.len(),
+            started.elapsed().as_micros()
         );
     }
 
