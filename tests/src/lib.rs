@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod faults;
+pub mod linearizability;
+pub mod proxy;
+
 /// A binary of this workspace, built by `cargo test` next to the test binary
 /// (target/<profile>/deps/<test> -> target/<profile>/<name>).
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -282,6 +286,19 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Like [`connect`](Self::connect), with `timeout` for the connect and
+    /// for each reply.
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),

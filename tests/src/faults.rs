@@ -1,0 +1,826 @@
+//! The fault-injection harness: real `poncho-server` processes with a
+//! [`Proxy`] between every ordered pair of nodes, clients that record every
+//! operation into a history, nemesis helpers (kill -9, SIGSTOP, restart,
+//! partitions, latency), and the end of a run: heal, final reads, and the
+//! linearizability check.
+//!
+//! A run that fails (a violation or any panic) keeps its directory: node
+//! logs, data directories and `history.jsonl`, and prints where it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, sleep, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::linearizability::{check, Op, Operation, Outcome};
+use crate::proxy::Proxy;
+use crate::{workspace_bin, Client};
+
+/// A client gives up on a reply after this long and records `Unknown`.
+/// Longer than the servers' `--request-timeout-ms` (see [`SERVER_ARGS`]), so
+/// a slow commit usually comes back as the server's own TIMEOUT.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Server flags every scenario uses: default election timing (300-600 ms,
+/// fast but not flaky on a loaded 2-core machine) and a request timeout short
+/// enough that clients stuck behind a dead leader move on.
+pub const SERVER_ARGS: [&str; 2] = ["--request-timeout-ms", "1000"];
+
+// ---------------------------------------------------------------------------
+// The cluster
+// ---------------------------------------------------------------------------
+
+pub struct Node {
+    pub id: u64,
+    /// The real address: clients connect here, never through a proxy.
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// N nodes, each on its own loopback IP (127.0.0.10+id: connections to a
+/// node come from 127.0.0.1, so a dead node's port can never be taken as a
+/// connection's local port, nor can a proxy connect to itself), with a
+/// proxy for every ordered pair.
+pub struct FaultCluster {
+    pub nodes: Vec<Node>,
+    proxies: BTreeMap<(u64, u64), Proxy>,
+    args: Vec<String>,
+    dir: Option<tempfile::TempDir>,
+    /// Faults injected so far (kills, pauses, partitions, latency changes).
+    pub faults: usize,
+}
+
+impl FaultCluster {
+    pub fn start(n: usize, args: &[&str]) -> FaultCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes: Vec<Node> = (1..=n as u64)
+            .map(|id| {
+                let ip = [127, 0, 0, 10 + id as u8];
+                // A port free on this IP now; only this node binds this IP.
+                let port = TcpListener::bind(SocketAddr::from((ip, 0)))
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port();
+                Node {
+                    id,
+                    addr: SocketAddr::from((ip, port)),
+                    data_dir: dir.path().join(format!("node-{id}")),
+                    log_path: dir.path().join(format!("node-{id}.log")),
+                    child: None,
+                    paused: false,
+                }
+            })
+            .collect();
+        let mut proxies = BTreeMap::new();
+        for from in &nodes {
+            for to in &nodes {
+                if from.id != to.id {
+                    let proxy = Proxy::start(to.addr).expect("start proxy");
+                    proxies.insert((from.id, to.id), proxy);
+                }
+            }
+        }
+        let mut cluster = FaultCluster {
+            nodes,
+            proxies,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir: Some(dir),
+            faults: 0,
+        };
+        for id in cluster.ids() {
+            cluster.launch(id, id == 1);
+        }
+        for id in cluster.ids() {
+            cluster.wait_listening(id);
+        }
+        cluster
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Node `id` reaches every peer j through proxy (id->j).
+    fn launch(&mut self, id: u64, bootstrap_hint: bool) {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match self.proxies.get(&(id, n.id)) {
+                Some(p) => format!("{}={}", n.id, p.addr()),
+                None => format!("{}={}", n.id, n.addr),
+            })
+            .collect();
+        let args = self.args.clone();
+        let node = self.node(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("node log file");
+        let mut cmd = Command::new(workspace_bin("poncho-server"));
+        cmd.args(["--id", &id.to_string()])
+            .args(["--host", &node.addr.ip().to_string()])
+            .args(["--port", &node.addr.port().to_string()])
+            .args(["--peers", &peers.join(",")])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        if bootstrap_hint {
+            cmd.arg("is_leader");
+        }
+        node.child = Some(cmd.spawn().expect("spawn poncho-server"));
+        node.paused = false;
+    }
+
+    fn wait_listening(&mut self, id: u64) {
+        let addr = self.node(id).addr;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            let exited = self.node(id).child.as_mut().map(|c| c.try_wait());
+            assert!(
+                matches!(exited, Some(Ok(None))),
+                "node {id} exited during startup:\n{}",
+                self.log(id)
+            );
+            assert!(Instant::now() < deadline, "node {id} did not listen");
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[(id - 1) as usize].log_path).unwrap_or_default()
+    }
+
+    /// Running and not paused: worth asking for STATUS.
+    pub fn is_up(&self, id: u64) -> bool {
+        let n = &self.nodes[(id - 1) as usize];
+        n.child.is_some() && !n.paused
+    }
+
+    // --- process faults ---
+
+    /// `kill -9`. Counts as a fault.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.faults += 1;
+        }
+        self.node(id).paused = false;
+    }
+
+    /// Starts a killed node again (its data directory is kept).
+    pub fn restart(&mut self, id: u64) {
+        if self.node(id).child.is_none() {
+            self.launch(id, false);
+            self.wait_listening(id);
+        }
+    }
+
+    /// SIGSTOP: the process keeps its sockets (the kernel still accepts
+    /// connections) but answers nothing until [`resume`](Self::resume).
+    pub fn pause(&mut self, id: u64) {
+        if self.signal(id, libc::SIGSTOP) {
+            self.node(id).paused = true;
+            self.faults += 1;
+        }
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, id: u64) {
+        if self.node(id).paused && self.signal(id, libc::SIGCONT) {
+            self.node(id).paused = false;
+        }
+    }
+
+    fn signal(&mut self, id: u64, signal: libc::c_int) -> bool {
+        match self.node(id).child.as_ref() {
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            Some(c) => unsafe { libc::kill(c.id() as libc::pid_t, signal) == 0 },
+            None => false,
+        }
+    }
+
+    // --- network faults ---
+
+    /// `to` stops hearing `from` (one-way loss).
+    pub fn block(&mut self, from: u64, to: u64) {
+        self.proxies[&(from, to)].set_blocked(true);
+    }
+
+    /// Neither hears the other.
+    pub fn cut(&mut self, a: u64, b: u64) {
+        self.block(a, b);
+        self.block(b, a);
+    }
+
+    /// Nodes in different sides cannot talk; one fault.
+    pub fn partition(&mut self, sides: &[Vec<u64>]) {
+        for (i, side) in sides.iter().enumerate() {
+            for other in &sides[i + 1..] {
+                for &a in side {
+                    for &b in other {
+                        self.cut(a, b);
+                    }
+                }
+            }
+        }
+        self.faults += 1;
+    }
+
+    /// Cuts `id` from everyone.
+    pub fn isolate(&mut self, id: u64) {
+        let rest = self.ids().into_iter().filter(|&i| i != id).collect();
+        self.partition(&[vec![id], rest]);
+    }
+
+    /// Adds latency to messages `from` -> `to`; one fault unless zero.
+    pub fn delay(&mut self, from: u64, to: u64, latency: Duration) {
+        self.proxies[&(from, to)].set_latency(latency);
+        if !latency.is_zero() {
+            self.faults += 1;
+        }
+    }
+
+    /// Every link open, no added latency.
+    pub fn heal_network(&mut self) {
+        for p in self.proxies.values() {
+            p.set_blocked(false);
+            p.set_latency(Duration::ZERO);
+        }
+    }
+
+    /// Heals everything: network, paused and killed nodes. A node that
+    /// exited without being killed is a bug: fail.
+    pub fn heal(&mut self) {
+        self.heal_network();
+        for id in self.ids() {
+            self.resume(id);
+            let log = self.log(id);
+            if let Some(child) = self.node(id).child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node {id} exited on its own ({status}):\n{log}");
+                }
+            }
+            self.restart(id);
+        }
+    }
+
+    // --- observation ---
+
+    /// STATUS of a node that is up, with a short timeout.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        if !self.is_up(id) {
+            return None;
+        }
+        let addr = self.nodes[(id - 1) as usize].addr;
+        let mut c = Client::connect_timeout(addr, Duration::from_millis(300)).ok()?;
+        let reply = c.request(&json!({"msg_type": "STATUS"})).ok()?;
+        (reply["msg_type"] == "STATUS").then(|| reply["payload"].clone())
+    }
+
+    /// The node claiming leadership in the highest term, and that term (a
+    /// deposed leader on the wrong side of a partition may still claim an
+    /// older one).
+    pub fn leader(&self) -> Option<(u64, u64)> {
+        self.leader_among(&self.ids())
+    }
+
+    fn leader_among(&self, ids: &[u64]) -> Option<(u64, u64)> {
+        ids.iter()
+            .filter_map(|&id| Some((id, self.status(id)?)))
+            .filter(|(_, s)| s["role"] == "leader")
+            .filter_map(|(id, s)| Some((id, s["term"].as_u64()?)))
+            .max_by_key(|&(_, term)| term)
+    }
+
+    pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((id, _)) = self.leader() {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until one of `among` leads in a term after `term`, so a
+    /// nemesis holds a fault until the election it provokes is over (or
+    /// `timeout`: under heavy load the election may take longer; the run's
+    /// term check catches a nemesis that provoked too few).
+    pub fn wait_for_new_leader(&self, term: u64, among: &[u64], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.leader_among(among).is_some_and(|(_, t)| t > term) {
+                return true;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The highest term any reachable node reports.
+    pub fn max_term(&self) -> u64 {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| self.status(id))
+            .filter_map(|s| s["term"].as_u64())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Keeps the directory (logs, data, history) past the cluster's drop.
+    fn keep_dir(&mut self) -> Option<PathBuf> {
+        self.dir.take().map(|d| d.keep())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.as_ref().expect("dir").path().to_path_buf()
+    }
+}
+
+impl Drop for FaultCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill(); // SIGKILL ends a stopped process too
+                let _ = child.wait();
+            }
+        }
+        self.proxies.clear(); // joins every proxy thread
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------
+
+type History = Arc<Mutex<Vec<Operation>>>;
+
+fn lock(history: &History) -> std::sync::MutexGuard<'_, Vec<Operation>> {
+    history.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One client: one operation at a time, each recorded with its outcome.
+/// It follows the leader (by id: `leader_addr` in errors is a proxy
+/// address here) and never retries an operation: a retry is a new one.
+struct Worker {
+    id: u64,
+    addrs: Vec<SocketAddr>,
+    target: usize,
+    conn: Option<(usize, Client)>,
+    rng: StdRng,
+    /// The latest value this client saw per key: CAS expects it, so CAS
+    /// often succeeds.
+    seen: HashMap<String, Option<String>>,
+    next_value: u64,
+    next_req: u64,
+    history: History,
+    epoch: Instant,
+}
+
+impl Worker {
+    fn new(id: u64, addrs: Vec<SocketAddr>, history: History, epoch: Instant, seed: u64) -> Worker {
+        let mut rng = StdRng::seed_from_u64(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        Worker {
+            id,
+            target: rng.gen_range(0..addrs.len()),
+            addrs,
+            conn: None,
+            rng,
+            seen: HashMap::new(),
+            next_value: 0,
+            next_req: 0,
+            history,
+            epoch,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn unique_value(&mut self) -> String {
+        self.next_value += 1;
+        format!("c{}-{}", self.id, self.next_value)
+    }
+
+    fn random_op(&mut self, key: &str) -> Op {
+        match self.rng.gen_range(0..10) {
+            0..=3 => Op::Read,
+            4..=6 => Op::Write(self.unique_value()),
+            _ => {
+                let expected = self.seen.get(key).cloned().flatten();
+                // Sometimes delete through CAS, so "absent" recurs.
+                let new = (self.rng.gen_range(0..10) != 0).then(|| self.unique_value());
+                Op::Cas { expected, new }
+            }
+        }
+    }
+
+    fn other_node(&mut self) {
+        self.target = self.rng.gen_range(0..self.addrs.len());
+    }
+
+    /// Runs `op`, records it, and returns its outcome.
+    fn invoke(&mut self, key: &str, op: Op) -> Outcome {
+        let request = match &op {
+            Op::Read => json!({"msg_type": "GET", "payload": {"key": key}}),
+            Op::Write(v) => json!({"msg_type": "SET", "payload": {"key": key, "value": v}}),
+            Op::Cas { expected, new } => {
+                json!({"msg_type": "CAS", "payload": {"key": key, "expected": expected, "value": new}})
+            }
+        };
+        let start_us = self.now_us();
+        let outcome = self.call(request);
+        let end_us = self.now_us();
+        match (&op, &outcome) {
+            (Op::Read, Outcome::Read(v)) => {
+                self.seen.insert(key.to_string(), v.clone());
+            }
+            (Op::Write(v), Outcome::Written) => {
+                self.seen.insert(key.to_string(), Some(v.clone()));
+            }
+            (Op::Cas { new, .. }, Outcome::Cas(true)) => {
+                self.seen.insert(key.to_string(), new.clone());
+            }
+            _ => {}
+        }
+        lock(&self.history).push(Operation {
+            client: self.id,
+            key: key.to_string(),
+            op,
+            start_us,
+            end_us,
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
+    fn call(&mut self, mut request: Value) -> Outcome {
+        let node = self.target;
+        if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
+            match Client::connect_timeout(self.addrs[node], CLIENT_TIMEOUT) {
+                Ok(c) => self.conn = Some((node, c)),
+                Err(_) => {
+                    // Never sent: definitely not applied. The node is down;
+                    // pause rather than spin while the cluster notices.
+                    self.conn = None;
+                    self.other_node();
+                    sleep(Duration::from_millis(10));
+                    return Outcome::Failed;
+                }
+            }
+        }
+        self.next_req += 1;
+        request["req_id"] = json!(self.next_req);
+        let kind = request["msg_type"].as_str().unwrap_or_default().to_string();
+        let (_, client) = self.conn.as_mut().expect("connected");
+        let reply = match client.request(&request) {
+            Ok(r) => r,
+            Err(_) => {
+                // Timed out or dropped: it may have been applied. The
+                // connection is dropped so a late reply cannot be taken for
+                // the next request's.
+                self.conn = None;
+                self.other_node();
+                return Outcome::Unknown;
+            }
+        };
+        assert_eq!(
+            reply["req_id"], self.next_req,
+            "reply to {request}: {reply}"
+        );
+        let p = &reply["payload"];
+        if reply["msg_type"] == "ERROR" {
+            let code = p["code"].as_str().unwrap_or_default();
+            return match code {
+                "NOT_LEADER" => {
+                    match p["leader_id"].as_u64() {
+                        Some(id) if (1..=self.addrs.len() as u64).contains(&id) => {
+                            self.target = (id - 1) as usize
+                        }
+                        _ => self.other_node(),
+                    }
+                    Outcome::Failed
+                }
+                "NO_LEADER" | "OVERLOADED" => {
+                    self.other_node();
+                    sleep(Duration::from_millis(20)); // an election is under way
+                    Outcome::Failed
+                }
+                "BAD_REQUEST" | "STALE_SEQUENCE" => Outcome::Failed,
+                "TIMEOUT" | "LEADERSHIP_LOST" => {
+                    self.other_node();
+                    Outcome::Unknown
+                }
+                _ => panic!("unexpected error to {request}: {reply}"),
+            };
+        }
+        assert_eq!(
+            reply["msg_type"],
+            kind.as_str(),
+            "reply to {request}: {reply}"
+        );
+        let string = |v: &Value| v.as_str().map(str::to_string);
+        match kind.as_str() {
+            "GET" => Outcome::Read(string(&p["value"])),
+            "SET" => Outcome::Written,
+            _ => {
+                let swapped = p["swapped"].as_bool().expect("CAS reply has swapped");
+                if !swapped {
+                    // What the CAS compared against: worth expecting next.
+                    let key = p["key"].as_str().unwrap_or_default().to_string();
+                    self.seen.insert(key, string(&p["current"]));
+                }
+                Outcome::Cas(swapped)
+            }
+        }
+    }
+
+    /// A linearizable read that succeeds, retried (each attempt recorded)
+    /// until `deadline`.
+    fn final_read(&mut self, key: &str, deadline: Instant) {
+        while !matches!(self.invoke(key, Op::Read), Outcome::Read(_)) {
+            assert!(
+                Instant::now() < deadline,
+                "client {}: no final read of {key}",
+                self.id
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A run: cluster + clients + nemesis + check
+// ---------------------------------------------------------------------------
+
+pub struct Config {
+    pub nodes: usize,
+    /// Extra server flags (besides [`SERVER_ARGS`]).
+    pub server_args: Vec<String>,
+    pub clients: usize,
+    pub keys: usize,
+    /// Each client pauses up to this long between operations: clients
+    /// flat out would take CPU the servers' heartbeats need on 2 cores.
+    pub think: Duration,
+}
+
+impl Config {
+    pub fn nodes(n: usize) -> Config {
+        Config {
+            nodes: n,
+            server_args: Vec::new(),
+            clients: 5,
+            keys: 3,
+            think: Duration::from_millis(4),
+        }
+    }
+}
+
+/// What a run must show so it cannot pass vacuously.
+pub struct Expect {
+    pub min_faults: usize,
+    /// Terms the cluster moved through (each election bumps the term).
+    pub min_elections: u64,
+    /// Operations that completed successfully (reads, writes, CAS).
+    pub min_ok: usize,
+}
+
+pub struct Summary {
+    pub ops: usize,
+    pub ok: usize,
+    pub ok_writes: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    pub faults: usize,
+    pub terms: (u64, u64),
+    pub check_ms: u128,
+    pub secs: f64,
+}
+
+pub struct Run {
+    pub name: String,
+    pub cluster: FaultCluster,
+    pub rng: StdRng,
+    seed: u64,
+    keys: Vec<String>,
+    clients: u64,
+    history: History,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    epoch: Instant,
+    start_term: u64,
+}
+
+impl Run {
+    /// Starts the cluster, waits for a leader, and starts the clients.
+    pub fn start(name: &str, config: Config) -> Run {
+        let mut args: Vec<&str> = SERVER_ARGS.to_vec();
+        args.extend(config.server_args.iter().map(String::as_str));
+        let cluster = FaultCluster::start(config.nodes, &args);
+        let seed = std::env::var("FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::thread_rng().gen());
+        eprintln!("{name}: seed {seed} (FAULT_SEED={seed} repeats the nemesis choices)");
+        let epoch = Instant::now();
+        let mut run = Run {
+            name: name.to_string(),
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            keys: (0..config.keys).map(|k| format!("k{k}")).collect(),
+            clients: config.clients as u64,
+            history: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Vec::new(),
+            epoch,
+            start_term: 0,
+            cluster,
+        };
+        run.cluster.wait_for_leader(Duration::from_secs(10));
+        run.start_term = run.cluster.max_term();
+        for id in 1..=config.clients as u64 {
+            let mut w = Worker::new(id, run.cluster.addrs(), run.history.clone(), epoch, seed);
+            let (stop, keys, think) = (run.stop.clone(), run.keys.clone(), config.think);
+            run.workers.push(thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let key = keys[w.rng.gen_range(0..keys.len())].clone();
+                    let op = w.random_op(&key);
+                    w.invoke(&key, op);
+                    let pause = w.rng.gen_range(Duration::ZERO..=think);
+                    sleep(pause);
+                }
+            }));
+        }
+        run
+    }
+
+    /// Calls `step` until `duration` has passed; each step is one round of
+    /// faults (inject, wait, undo...), and should take a second or so.
+    pub fn nemesis(
+        &mut self,
+        duration: Duration,
+        mut step: impl FnMut(&mut FaultCluster, &mut StdRng),
+    ) {
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            step(&mut self.cluster, &mut self.rng);
+        }
+    }
+
+    fn stop_clients(&mut self) {
+        self.stop.store(true, SeqCst);
+        for w in self.workers.drain(..) {
+            if let Err(panic) = w.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+
+    /// Stops the clients, heals everything, has every client read every
+    /// key, checks the history and `expect`, and prints a summary.
+    pub fn finish(&mut self, expect: Expect) -> Summary {
+        let began = Instant::now();
+        self.stop_clients();
+        self.cluster.heal();
+        self.cluster.wait_for_leader(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Each client's final reads come after its last operation ended.
+        for id in 1..=self.clients {
+            let mut w = Worker::new(
+                id,
+                self.cluster.addrs(),
+                self.history.clone(),
+                self.epoch,
+                self.seed,
+            );
+            for key in self.keys.clone() {
+                w.final_read(&key, deadline);
+            }
+        }
+        let end_term = self.cluster.max_term();
+        let history = lock(&self.history).clone();
+        let checked = Instant::now();
+        if let Err(v) = check(&history) {
+            panic!("{}: not linearizable: {v}", self.name);
+        }
+        let count = |f: fn(&Operation) -> bool| history.iter().filter(|o| f(o)).count();
+        let summary = Summary {
+            ops: history.len(),
+            ok: count(|o| !matches!(o.outcome, Outcome::Failed | Outcome::Unknown)),
+            ok_writes: count(|o| matches!(o.outcome, Outcome::Written | Outcome::Cas(true))),
+            failed: count(|o| matches!(o.outcome, Outcome::Failed)),
+            unknown: count(|o| matches!(o.outcome, Outcome::Unknown)),
+            faults: self.cluster.faults,
+            terms: (self.start_term, end_term),
+            check_ms: checked.elapsed().as_millis(),
+            secs: self.epoch.elapsed().as_secs_f64(),
+        };
+        eprintln!(
+            "{}: {} ops: {} ok ({} writes/CAS applied), {} failed, {} unknown; \
+             {} faults; terms {} -> {}; check {} ms; {:.1} s (heal, final reads, check {:.1} s)",
+            self.name,
+            summary.ops,
+            summary.ok,
+            summary.ok_writes,
+            summary.failed,
+            summary.unknown,
+            summary.faults,
+            summary.terms.0,
+            summary.terms.1,
+            summary.check_ms,
+            summary.secs,
+            began.elapsed().as_secs_f64()
+        );
+        assert!(
+            summary.faults >= expect.min_faults,
+            "{}: only {} faults injected",
+            self.name,
+            summary.faults
+        );
+        assert!(
+            end_term >= self.start_term + expect.min_elections,
+            "{}: terms went {} -> {end_term}, want {} elections",
+            self.name,
+            self.start_term,
+            expect.min_elections
+        );
+        assert!(
+            summary.ok >= expect.min_ok && summary.ok_writes > 0,
+            "{}: only {} successful operations ({} writes)",
+            self.name,
+            summary.ok,
+            summary.ok_writes
+        );
+        summary
+    }
+
+    /// Whether a node logged `needle` (e.g. "installed snapshot through index").
+    pub fn log_contains(&self, id: u64, needle: &str) -> bool {
+        self.cluster.log(id).contains(needle)
+    }
+
+    /// The history as JSON Lines, into the run's directory.
+    fn write_history(&self) -> std::io::Result<PathBuf> {
+        let path = self.cluster.path().join("history.jsonl");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for op in lock(&self.history).iter() {
+            serde_json::to_writer(&mut out, op)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(path)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        // FAULT_KEEP=1 keeps a passing run's directory too, for a look.
+        let failed = thread::panicking();
+        if failed || std::env::var_os("FAULT_KEEP").is_some() {
+            let written = self.write_history();
+            if let Some(dir) = self.cluster.keep_dir() {
+                eprintln!(
+                    "{} {} (seed {}): node logs, data and history ({}) kept in {}",
+                    self.name,
+                    if failed { "FAILED" } else { "passed" },
+                    self.seed,
+                    match written {
+                        Ok(_) => "history.jsonl".to_string(),
+                        Err(e) => format!("history not written: {e}"),
+                    },
+                    dir.display()
+                );
+            }
+        }
+    }
+}

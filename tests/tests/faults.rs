@@ -1,0 +1,326 @@
+//! Fault injection with real processes: `poncho-server` nodes talking
+//! through fault-injecting proxies, five concurrent clients recording every
+//! read, write and CAS, a nemesis that kills, pauses and partitions nodes for
+//! a few seconds, then a heal, a final read of every key by every client,
+//! and a linearizability check of the whole history.
+//!
+//! A failing scenario keeps its directory (node logs, data, history.jsonl)
+//! and prints its path. Scenarios run one at a time (see `serial`).
+
+use std::sync::{Mutex, MutexGuard};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use poncho_tests::faults::{Config, Expect, FaultCluster, Run};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// How long each nemesis runs.
+const NEMESIS: Duration = Duration::from_secs(7);
+
+/// Each scenario runs 3-5 servers and 5 busy clients; two at once on a
+/// 2-core machine would starve each other's heartbeats into spurious
+/// elections, and the timings below assume a machine to themselves.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Long enough for any election the nemesis provokes (300-600 ms of timeout
+/// plus a PreVote and a vote round), with room for a loaded machine.
+const ELECTION: Duration = Duration::from_secs(3);
+
+fn others(c: &FaultCluster, id: u64) -> Vec<u64> {
+    c.ids().into_iter().filter(|&i| i != id).collect()
+}
+
+fn rand_ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+    ms(rng.gen_range(lo..=hi))
+}
+
+/// The current leader and its term, or None after a short pause (an
+/// election is under way), so a nemesis step never spins.
+fn leader(c: &FaultCluster) -> Option<(u64, u64)> {
+    let leader = c.leader();
+    if leader.is_none() {
+        sleep(ms(50));
+    }
+    leader
+}
+
+#[test]
+fn leader_kill_loop() {
+    let _serial = serial();
+    let mut run = Run::start("leader_kill_loop", Config::nodes(3));
+    run.nemesis(NEMESIS, |c, _| {
+        let Some((l, _)) = leader(c) else { return };
+        c.kill(l);
+        sleep(ms(500));
+        c.restart(l);
+        sleep(ms(500));
+    });
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 3,
+        min_ok: 300,
+    });
+}
+
+#[test]
+fn random_minority_kill_and_restart() {
+    let _serial = serial();
+    let mut run = Run::start("random_minority_kill_and_restart", Config::nodes(5));
+    let mut round = 0;
+    run.nemesis(NEMESIS, |c, rng| {
+        // Every other round the leader is among the victims, so there are
+        // elections; the others kill followers only, or whoever.
+        let mut victims: Vec<u64> = c.ids();
+        victims.shuffle(rng);
+        victims.truncate(rng.gen_range(1..=2));
+        round += 1;
+        if round % 2 == 1 {
+            let Some((l, _)) = leader(c) else { return };
+            if !victims.contains(&l) {
+                victims[0] = l;
+            }
+        }
+        for &v in &victims {
+            c.kill(v);
+        }
+        sleep(rand_ms(rng, 300, 900));
+        for &v in &victims {
+            c.restart(v);
+        }
+        sleep(rand_ms(rng, 200, 600));
+    });
+    run.finish(Expect {
+        min_faults: 5,
+        min_elections: 2,
+        min_ok: 300,
+    });
+}
+
+#[test]
+fn leader_pause_and_resume() {
+    let _serial = serial();
+    let mut run = Run::start("leader_pause_and_resume", Config::nodes(3));
+    run.nemesis(NEMESIS, |c, rng| {
+        let Some((l, term)) = leader(c) else { return };
+        // Paused until the others have elected a new leader, while the old
+        // one still believes it leads; it wakes up a little later with
+        // clients' requests in its socket buffers.
+        c.pause(l);
+        c.wait_for_new_leader(term, &others(c, l), ELECTION);
+        sleep(rand_ms(rng, 0, 400));
+        c.resume(l);
+        sleep(ms(500));
+    });
+    run.finish(Expect {
+        min_faults: 3,
+        min_elections: 3,
+        min_ok: 300,
+    });
+}
+
+#[test]
+fn minority_and_majority_partitions() {
+    let _serial = serial();
+    let mut run = Run::start("minority_and_majority_partitions", Config::nodes(5));
+    let mut round = 0;
+    run.nemesis(NEMESIS, |c, rng| {
+        let mut ids = c.ids();
+        ids.shuffle(rng);
+        let mut minority: Vec<u64> = ids.drain(..rng.gen_range(1..=2)).collect();
+        // Every other round the leader is on the minority side (it must
+        // step down and the majority elect); otherwise the split is random.
+        round += 1;
+        if round % 2 == 1 {
+            let Some((l, term)) = leader(c) else { return };
+            if let Some(i) = ids.iter().position(|&x| x == l) {
+                std::mem::swap(&mut minority[0], &mut ids[i]);
+            }
+            c.partition(&[minority, ids.clone()]);
+            c.wait_for_new_leader(term, &ids, ELECTION);
+            sleep(rand_ms(rng, 200, 600));
+        } else {
+            c.partition(&[minority, ids]);
+            sleep(rand_ms(rng, 700, 1300));
+        }
+        c.heal_network();
+        sleep(rand_ms(rng, 300, 600));
+    });
+    run.finish(Expect {
+        min_faults: 3,
+        min_elections: 2,
+        min_ok: 300,
+    });
+}
+
+#[test]
+fn bridge_partition() {
+    let _serial = serial();
+    let mut run = Run::start("bridge_partition", Config::nodes(5));
+    run.nemesis(NEMESIS, |c, rng| {
+        // {a,b} and {d,e} cannot talk; m talks to everyone. Alone this is
+        // stable (any leader keeps a majority), so the leader is killed
+        // midway: the election then runs across the bridge.
+        let mut ids = c.ids();
+        ids.shuffle(rng);
+        let (a, b, d, e) = (ids[0], ids[1], ids[3], ids[4]);
+        for (x, y) in [(a, d), (a, e), (b, d), (b, e)] {
+            c.cut(x, y);
+        }
+        c.faults += 1;
+        sleep(rand_ms(rng, 400, 800));
+        if let Some((l, term)) = leader(c) {
+            c.kill(l);
+            c.wait_for_new_leader(term, &others(c, l), ELECTION);
+            sleep(rand_ms(rng, 200, 500));
+            c.restart(l);
+        }
+        c.heal_network();
+        sleep(ms(300));
+    });
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 2,
+        min_ok: 300,
+    });
+}
+
+#[test]
+fn partition_during_snapshot_install() {
+    let _serial = serial();
+    let mut config = Config::nodes(3);
+    // Snapshots every 200 entries with a 20-entry tail: a node cut off for
+    // a few hundred writes can only catch up by InstallSnapshot.
+    config.server_args = ["--snapshot-entries", "200", "--snapshot-keep-tail", "20"]
+        .map(String::from)
+        .to_vec();
+    let mut run = Run::start("partition_during_snapshot_install", config);
+    let mut cut_off = Vec::new();
+    run.nemesis(NEMESIS, |c, rng| {
+        let mut ids = c.ids();
+        ids.shuffle(rng);
+        // Every other round the leader is cut off: it is deposed, and comes
+        // back with entries the new leader may have overwritten.
+        if cut_off.len() % 2 == 0 {
+            let Some((l, _)) = leader(c) else { return };
+            let i = ids.iter().position(|&x| x == l).expect("a member");
+            ids.swap(0, i);
+        }
+        let x = ids[0];
+        let last = c.status(x).and_then(|s| s["last_log_index"].as_u64());
+        let Some(last) = last else { return };
+        c.isolate(x);
+        cut_off.push(x);
+        // Enough commits that the others' logs no longer reach back to x's.
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            let commit = ids[1..]
+                .iter()
+                .filter_map(|&i| c.status(i))
+                .filter_map(|s| s["commit_index"].as_u64())
+                .max()
+                .unwrap_or(0);
+            if commit > last + 450 {
+                break;
+            }
+            sleep(ms(50));
+        }
+        // Rejoin over slow links, then cut x off again after a moment:
+        // often while the snapshot is in flight or being installed.
+        c.heal_network();
+        for &o in &ids[1..] {
+            c.delay(o, x, ms(30));
+            c.delay(x, o, ms(30));
+        }
+        sleep(rand_ms(rng, 0, 300));
+        c.isolate(x);
+        sleep(ms(300));
+        c.heal_network();
+        sleep(ms(700));
+    });
+    run.finish(Expect {
+        min_faults: 3,
+        min_elections: 1,
+        min_ok: 300,
+    });
+    cut_off.sort();
+    cut_off.dedup();
+    assert!(
+        cut_off
+            .iter()
+            .any(|&id| run.log_contains(id, "installed snapshot through index")),
+        "none of nodes {cut_off:?} installed a snapshot"
+    );
+}
+
+#[test]
+fn kill_9_of_every_node_then_restart() {
+    let _serial = serial();
+    let mut run = Run::start("kill_9_of_every_node_then_restart", Config::nodes(3));
+    run.nemesis(NEMESIS, |c, rng| {
+        sleep(rand_ms(rng, 300, 800));
+        for id in c.ids() {
+            c.kill(id);
+        }
+        sleep(rand_ms(rng, 100, 400));
+        for id in c.ids() {
+            c.restart(id);
+        }
+        sleep(ms(500));
+    });
+    run.finish(Expect {
+        min_faults: 6,
+        min_elections: 2,
+        min_ok: 300,
+    });
+}
+
+#[test]
+fn one_way_loss_and_latency() {
+    let _serial = serial();
+    let mut run = Run::start("one_way_loss_and_latency", Config::nodes(5));
+    let mut round = 0;
+    run.nemesis(NEMESIS, |c, rng| {
+        round += 1;
+        if round % 2 == 1 {
+            // The leader goes deaf: it still sends, but hears nobody. It
+            // must step down (CheckQuorum) while the others elect.
+            let Some((l, term)) = leader(c) else { return };
+            for o in others(c, l) {
+                c.block(o, l);
+            }
+            c.faults += 1;
+            c.wait_for_new_leader(term, &others(c, l), ELECTION);
+            sleep(rand_ms(rng, 200, 500));
+        } else {
+            // A flaky network: some links lose everything one way, the
+            // rest are slow.
+            for a in c.ids() {
+                for b in others(c, a) {
+                    if rng.gen_range(0..4) == 0 {
+                        c.block(a, b);
+                        c.faults += 1;
+                    } else {
+                        c.delay(a, b, rand_ms(rng, 0, 30));
+                    }
+                }
+            }
+            sleep(rand_ms(rng, 700, 1200));
+        }
+        c.heal_network();
+        sleep(ms(400));
+    });
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 2,
+        min_ok: 300,
+    });
+}
