@@ -1,19 +1,24 @@
-//! `poncho-bench`: a closed-loop load generator for a poncho cluster.
+//! `poncho-bench`: a closed-loop load generator for a poncho cluster, or,
+//! with `--target etcd`, for an etcd 3.4 cluster through its HTTP/JSON
+//! gateway (see `etcd.rs`), so that both can be driven with one workload.
 //!
 //! One thread and one mio poll drive every connection, so the generator
 //! itself costs little CPU (it reports how much it used). Each connection
 //! keeps `--pipeline` requests outstanding; a request's latency runs from
 //! the moment it is written until its reply is read. Replies come back in
-//! request order per connection (the protocol guarantees it), so they are
-//! matched first-in, first-out.
+//! request order per connection (poncho's protocol guarantees it, and so does
+//! HTTP/1.1), so they are matched first-in, first-out.
+
+mod etcd;
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -22,14 +27,40 @@ use rand::rngs::StdRng as SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use etcd::HttpResponses;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// poncho's JSON Lines protocol.
+    Poncho,
+    /// etcd 3.4's gRPC gateway (HTTP/1.1 + JSON) on its client URLs.
+    Etcd,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Poncho => "poncho",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "poncho-bench",
     version,
-    about = "Load generator for a poncho cluster"
+    about = "Load generator for a poncho cluster (or, with --target etcd, an etcd 3.4 cluster)"
 )]
 struct Args {
-    /// Cluster addresses; the leader is found through STATUS.
+    /// What the cluster runs. etcd is driven through its gRPC gateway
+    /// (HTTP/1.1 + JSON), which costs it transcoding work that its native
+    /// gRPC clients do not pay.
+    #[arg(long, value_enum, default_value_t = Target::Poncho)]
+    target: Target,
+    /// Cluster addresses (for etcd, its client URLs as HOST:PORT); the leader
+    /// is found through STATUS (etcd: /v3/maintenance/status) and every
+    /// connection goes to it.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8002")]
     cluster: Vec<SocketAddr>,
     /// Concurrent connections.
@@ -53,9 +84,14 @@ struct Args {
     /// Requests outstanding per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
-    /// Serve GETs from any node's local state (not linearizable).
+    /// Serve GETs from any node's local state (not linearizable; for etcd,
+    /// a serializable range).
     #[arg(long)]
     stale: bool,
+    /// Before the measured run, write each of the --keys keys once, in
+    /// order (not measured), so that reads find every key.
+    #[arg(long)]
+    preload: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -103,11 +139,19 @@ fn parse_mix(spec: &str) -> Result<Vec<(Op, u32)>, String> {
     Ok(mix)
 }
 
+/// How replies are framed on a connection.
+enum Input {
+    /// poncho: one JSON object per line.
+    Lines(LineBuffer),
+    /// etcd's gateway: HTTP/1.1 responses.
+    Http(HttpResponses),
+}
+
 struct Conn {
     stream: TcpStream,
     out: Vec<u8>,
     written: usize,
-    input: LineBuffer,
+    input: Input,
     inflight: VecDeque<(Instant, Op)>,
 }
 
@@ -118,8 +162,32 @@ struct Stats {
 }
 
 impl Stats {
+    fn new() -> Stats {
+        Stats {
+            histograms: OPS
+                .iter()
+                .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"))
+                .collect(),
+            errors: 0,
+            error_sample: None,
+        }
+    }
+
     fn total(&self) -> u64 {
         self.histograms.iter().map(Histogram::len).sum()
+    }
+
+    fn record(&mut self, op: Op, latency: Duration, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                let micros = latency.as_micros().max(1) as u64;
+                let _ = self.histograms[op as usize].record(micros);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.error_sample.get_or_insert(e);
+            }
+        }
     }
 }
 
@@ -173,16 +241,29 @@ fn cpu_seconds() -> f64 {
 }
 
 struct Generator {
+    target: Target,
+    /// The Host header of etcd requests.
+    host: String,
     rng: SmallRng,
     mix: Vec<(Op, u32)>,
     total_weight: u32,
     keys: u64,
     value: String,
+    value_base64: String,
     stale: bool,
+    /// While preloading: the next key to write, in order, instead of a
+    /// random operation on a random key.
+    sequential: Option<u64>,
+    key_base64: String,
+    body: String,
 }
 
 impl Generator {
-    fn next(&mut self, out: &mut Vec<u8>) -> Op {
+    fn pick(&mut self) -> (Op, u64) {
+        if let Some(next) = self.sequential.as_mut() {
+            *next += 1;
+            return (Op::Set, *next - 1);
+        }
         let mut pick = self.rng.gen_range(0..self.total_weight);
         let mut op = self.mix[0].0;
         for &(o, w) in &self.mix {
@@ -192,30 +273,93 @@ impl Generator {
             }
             pick -= w;
         }
-        let key = format!("key:{:08}", self.rng.gen_range(0..self.keys));
-        let line = match op {
-            Op::Set => json!({"msg_type": "SET", "payload": {"key": key, "value": self.value}}),
-            Op::Get => json!({"msg_type": "GET", "payload": {"key": key, "stale": self.stale}}),
-            Op::Cas => {
-                json!({"msg_type": "CAS", "payload": {"key": key, "expected": self.value, "value": self.value}})
+        (op, self.rng.gen_range(0..self.keys))
+    }
+
+    fn next(&mut self, out: &mut Vec<u8>) -> Op {
+        let (op, key) = self.pick();
+        let key = format!("key:{key:08}");
+        match self.target {
+            Target::Poncho => {
+                let line = match op {
+                    Op::Set => {
+                        json!({"msg_type": "SET", "payload": {"key": key, "value": self.value}})
+                    }
+                    Op::Get => {
+                        json!({"msg_type": "GET", "payload": {"key": key, "stale": self.stale}})
+                    }
+                    Op::Cas => {
+                        json!({"msg_type": "CAS", "payload": {"key": key, "expected": self.value, "value": self.value}})
+                    }
+                };
+                serde_json::to_writer(&mut *out, &line).expect("json to vec");
+                out.push(b'\n');
             }
-        };
-        serde_json::to_writer(&mut *out, &line).expect("json to vec");
-        out.push(b'\n');
+            Target::Etcd => {
+                self.key_base64.clear();
+                etcd::base64(key.as_bytes(), &mut self.key_base64);
+                let (k, v) = (&self.key_base64, &self.value_base64);
+                self.body.clear();
+                // Writing to a String cannot fail.
+                let path = match op {
+                    Op::Set => {
+                        let _ = write!(self.body, r#"{{"key":"{k}","value":"{v}"}}"#);
+                        "/v3/kv/put"
+                    }
+                    Op::Get if self.stale => {
+                        let _ = write!(self.body, r#"{{"key":"{k}","serializable":true}}"#);
+                        "/v3/kv/range"
+                    }
+                    Op::Get => {
+                        let _ = write!(self.body, r#"{{"key":"{k}"}}"#);
+                        "/v3/kv/range"
+                    }
+                    Op::Cas => {
+                        let _ = write!(
+                            self.body,
+                            r#"{{"compare":[{{"key":"{k}","target":"VALUE","result":"EQUAL","value":"{v}"}}],"success":[{{"request_put":{{"key":"{k}","value":"{v}"}}}}]}}"#
+                        );
+                        "/v3/kv/txn"
+                    }
+                };
+                etcd::write_post(out, &self.host, path, &self.body);
+            }
+        }
         op
     }
 }
 
-fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
+/// What a run measured.
+struct Outcome {
+    stats: Stats,
+    elapsed: Duration,
+    cpu: f64,
+    /// The node every connection went to.
+    server: SocketAddr,
+}
+
+fn run(args: &Args) -> Result<Outcome, String> {
     let mix = parse_mix(&args.mix)?;
-    let leader = find_leader(&args.cluster)?;
+    let leader = match args.target {
+        Target::Poncho => find_leader(&args.cluster)?,
+        Target::Etcd => etcd::find_leader(&args.cluster)?,
+    };
+    let value = "v".repeat(args.value_size);
+    let mut value_base64 = String::new();
+    etcd::base64(value.as_bytes(), &mut value_base64);
     let mut generator = Generator {
+        target: args.target,
+        host: leader.to_string(),
         rng: SmallRng::seed_from_u64(0x9e37_79b9),
         total_weight: mix.iter().map(|m| m.1).sum(),
         mix,
         keys: args.keys.max(1),
-        value: "v".repeat(args.value_size),
+        value,
+        value_base64,
         stale: args.stale,
+        sequential: None,
+        key_base64: String::new(),
+        body: String::new(),
     };
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(args.clients);
@@ -235,22 +379,63 @@ fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
             stream,
             out: Vec::new(),
             written: 0,
-            input: LineBuffer::new(1 << 24),
+            input: match args.target {
+                Target::Poncho => Input::Lines(LineBuffer::new(1 << 24)),
+                Target::Etcd => Input::Http(HttpResponses::new(1 << 24)),
+            },
             inflight: VecDeque::new(),
         });
     }
-    let mut stats = Stats {
-        histograms: OPS
-            .iter()
-            .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"))
-            .collect(),
-        errors: 0,
-        error_sample: None,
-    };
+    if args.preload {
+        generator.sequential = Some(0);
+        let limit = generator.keys;
+        let (stats, elapsed, _) = drive(
+            args,
+            &mut poll,
+            &mut conns,
+            &mut generator,
+            limit,
+            Duration::from_secs(600),
+        )?;
+        if stats.total() < limit {
+            return Err(format!(
+                "preloading {limit} keys: {} written, {} errors; first error: {}",
+                stats.total(),
+                stats.errors,
+                stats.error_sample.as_deref().unwrap_or("none")
+            ));
+        }
+        if !args.quiet {
+            eprintln!("preloaded {limit} keys in {:.1} s", elapsed.as_secs_f64());
+        }
+        generator.sequential = None;
+    }
+    let limit = args.requests.unwrap_or(u64::MAX);
+    let duration = Duration::from_secs_f64(args.duration);
+    let (stats, elapsed, cpu) =
+        drive(args, &mut poll, &mut conns, &mut generator, limit, duration)?;
+    Ok(Outcome {
+        stats,
+        elapsed,
+        cpu,
+        server: leader,
+    })
+}
+
+/// Runs the closed loop until `limit` operations were issued or `duration`
+/// passed, and every reply is in (or 10 s more passed).
+fn drive(
+    args: &Args,
+    poll: &mut Poll,
+    conns: &mut [Conn],
+    generator: &mut Generator,
+    limit: u64,
+    duration: Duration,
+) -> Result<(Stats, Duration, f64), String> {
+    let mut stats = Stats::new();
     let cpu_start = cpu_seconds();
     let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(args.duration);
-    let limit = args.requests.unwrap_or(u64::MAX);
+    let deadline = started + duration;
     let mut issued = 0u64;
     let mut next_progress = started + Duration::from_secs(1);
     let mut last_total = 0;
@@ -265,8 +450,8 @@ fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
         }
     };
     let now = Instant::now();
-    for c in &mut conns {
-        fill(c, &mut issued, &mut generator, now);
+    for c in conns.iter_mut() {
+        fill(c, &mut issued, generator, now);
     }
     loop {
         let now = Instant::now();
@@ -287,7 +472,7 @@ fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
             last_total = total;
             next_progress += Duration::from_secs(1);
         }
-        for c in &mut conns {
+        for c in conns.iter_mut() {
             while c.written < c.out.len() {
                 match c.stream.write(&c.out[c.written..]) {
                     Ok(n) => c.written += n,
@@ -307,30 +492,41 @@ fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
             loop {
                 match c.stream.read(&mut chunk) {
                     Ok(0) => return Err("the server closed a connection".into()),
-                    Ok(n) => c.input.extend(&chunk[..n]),
+                    Ok(n) => match &mut c.input {
+                        Input::Lines(lines) => lines.extend(&chunk[..n]),
+                        Input::Http(responses) => responses.extend(&chunk[..n]),
+                    },
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(format!("read: {e}")),
                 }
             }
             let now = Instant::now();
-            while let Some(line) = c.input.next_line() {
-                let line = line.map_err(|_| "reply too long".to_string())?;
+            loop {
+                let outcome = match &mut c.input {
+                    Input::Lines(lines) => match lines.next_line() {
+                        None => break,
+                        Some(line) => {
+                            let line = line.map_err(|_| "reply too long".to_string())?;
+                            let reply: ReplyEnvelope = serde_json::from_slice(line)
+                                .map_err(|e| format!("bad reply: {e}"))?;
+                            if reply.msg_type == "ERROR" {
+                                Err(reply.payload.to_string())
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    },
+                    Input::Http(responses) => match responses.next_response()? {
+                        None => break,
+                        Some(response) => etcd::check_reply(&response),
+                    },
+                };
                 let Some((sent, op)) = c.inflight.pop_front() else {
                     return Err("a reply nobody asked for".into());
                 };
-                let reply: ReplyEnvelope =
-                    serde_json::from_slice(line).map_err(|e| format!("bad reply: {e}"))?;
-                if reply.msg_type == "ERROR" {
-                    stats.errors += 1;
-                    stats
-                        .error_sample
-                        .get_or_insert_with(|| reply.payload.to_string());
-                } else {
-                    let micros = (now - sent).as_micros().max(1) as u64;
-                    let _ = stats.histograms[op as usize].record(micros);
-                }
+                stats.record(op, now - sent, outcome);
             }
-            fill(c, &mut issued, &mut generator, now);
+            fill(c, &mut issued, generator, now);
         }
     }
     let elapsed = started.elapsed();
@@ -343,7 +539,12 @@ fn run(args: &Args) -> Result<(Stats, Duration, f64), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (stats, elapsed, cpu) = match run(&args) {
+    let Outcome {
+        stats,
+        elapsed,
+        cpu,
+        server,
+    } = match run(&args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poncho-bench: {e}");
@@ -373,14 +574,19 @@ fn main() -> ExitCode {
             })
             .collect();
         let summary = json!({
+            "target": args.target.name(), "server": server.to_string(),
             "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
             "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
             "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
         });
         println!("{summary}");
     } else {
+        let target = match args.target {
+            Target::Poncho => String::new(),
+            Target::Etcd => format!(" (etcd at {server})"),
+        };
         println!(
-            "poncho-bench: {} clients, pipeline {}, {} keys, {}-byte values, mix {}{}, {:.1} s",
+            "poncho-bench{target}: {} clients, pipeline {}, {} keys, {}-byte values, mix {}{}, {:.1} s",
             args.clients,
             args.pipeline,
             args.keys,
