@@ -53,6 +53,7 @@ const READ_BUDGET: usize = 1 << 20;
 pub const MAX_KEYS_PER_REPLY: usize = 10_000;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Everything a node needs to start, from the command line.
 #[derive(Clone, Debug)]
@@ -96,6 +97,11 @@ struct PeerLink {
     backoff: Duration,
     /// Whether we logged this peer as unreachable (log once, not per retry).
     reported_down: bool,
+    /// When the current connection was established, until it has stayed up
+    /// for `STABLE_CONNECTION`: only then is the backoff reset and the peer
+    /// logged as reachable, so a peer (or a firewall, or a proxy) that
+    /// accepts and at once closes does not get a reconnect storm.
+    connected_at: Option<Instant>,
 }
 
 /// Where a reply must go: connection, its generation, and the reply slot.
@@ -270,6 +276,7 @@ impl Node {
                         next_attempt: now,
                         backoff: RECONNECT_MIN,
                         reported_down: false,
+                        connected_at: None,
                     },
                 )
             })
@@ -433,6 +440,7 @@ impl Node {
             if let Some(link) = self.peers.get_mut(&peer) {
                 if link.conn == Some(key) {
                     link.conn = None;
+                    link.connected_at = None;
                     link.next_attempt = Instant::now() + link.backoff;
                     link.backoff = (link.backoff * 2).min(RECONNECT_MAX);
                     if !link.reported_down {
@@ -466,11 +474,7 @@ impl Node {
             let _ = conn.stream.set_nodelay(true);
             if let ConnRole::Outbound(peer) = conn.role {
                 if let Some(link) = self.peers.get_mut(&peer) {
-                    link.backoff = RECONNECT_MIN;
-                    if link.reported_down {
-                        link.reported_down = false;
-                        info!("peer {peer} at {} reachable again", link.addr);
-                    }
+                    link.connected_at = Some(Instant::now());
                 }
             }
         }
@@ -901,6 +905,19 @@ impl Node {
     }
 
     fn connect_peers(&mut self, now: Instant) {
+        for (peer, link) in self.peers.iter_mut() {
+            if link
+                .connected_at
+                .is_some_and(|t| now.duration_since(t) >= STABLE_CONNECTION)
+            {
+                link.connected_at = None;
+                link.backoff = RECONNECT_MIN;
+                if link.reported_down {
+                    link.reported_down = false;
+                    info!("peer {peer} at {} reachable again", link.addr);
+                }
+            }
+        }
         let due: Vec<(NodeId, SocketAddr)> = self
             .peers
             .iter()
