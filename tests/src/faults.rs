@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep, JoinHandle};
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
-use crate::{workspace_bin, Client};
+use crate::{spawn_server, Client, ServerSpec};
 
 /// A client gives up on a reply after this long and records `Unknown`.
 /// Longer than the servers' `--request-timeout-ms` (see [`SERVER_ARGS`]), so
@@ -131,26 +131,14 @@ impl FaultCluster {
             .collect();
         let args = self.args.clone();
         let node = self.node(id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .expect("node log file");
-        let mut cmd = Command::new(workspace_bin("poncho-server"));
-        cmd.args(["--id", &id.to_string()])
-            .args(["--host", &node.addr.ip().to_string()])
-            .args(["--port", &node.addr.port().to_string()])
-            .args(["--peers", &peers.join(",")])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log);
-        if bootstrap_hint {
-            cmd.arg("is_leader");
-        }
-        node.child = Some(cmd.spawn().expect("spawn poncho-server"));
+        let spec = ServerSpec {
+            id,
+            addr: node.addr,
+            peers: &peers,
+            data_dir: &node.data_dir,
+            args: &args,
+        };
+        node.child = Some(spawn_server(&spec, &node.log_path, bootstrap_hint));
         node.paused = false;
     }
 

@@ -47,6 +47,40 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// What a `poncho-server` process is started with.
+pub struct ServerSpec<'a> {
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// `ID=IP:PORT` for every member, as this node should reach it.
+    pub peers: &'a [String],
+    pub data_dir: &'a Path,
+    pub args: &'a [String],
+}
+
+/// Starts a `poncho-server`, its stdout and stderr appended to `log_path`.
+pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("node log file");
+    let mut cmd = Command::new(workspace_bin("poncho-server"));
+    cmd.args(["--id", &spec.id.to_string()])
+        .args(["--host", &spec.addr.ip().to_string()])
+        .args(["--port", &spec.addr.port().to_string()])
+        .args(["--peers", &spec.peers.join(",")])
+        .arg("--data-dir")
+        .arg(spec.data_dir)
+        .args(spec.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log);
+    if bootstrap_hint {
+        cmd.arg("is_leader");
+    }
+    cmd.spawn().expect("spawn poncho-server")
+}
+
 pub struct NodeProc {
     pub id: u64,
     pub addr: SocketAddr,
@@ -134,30 +168,14 @@ impl Cluster {
             .collect();
         let extra = self.extra_args.clone();
         let node = self.node(id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .expect("node log file");
-        let mut cmd = Command::new(workspace_bin("poncho-server"));
-        cmd.arg("--id")
-            .arg(id.to_string())
-            .arg("--host")
-            .arg(node.addr.ip().to_string())
-            .arg("--port")
-            .arg(node.addr.port().to_string())
-            .arg("--peers")
-            .arg(peers.join(","))
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log);
-        if id == 1 {
-            cmd.arg("is_leader");
-        }
-        node.child = Some(cmd.spawn().expect("spawn poncho-server"));
+        let spec = ServerSpec {
+            id,
+            addr: node.addr,
+            peers: &peers,
+            data_dir: &node.data_dir,
+            args: &extra,
+        };
+        node.child = Some(spawn_server(&spec, &node.log_path, id == 1));
     }
 
     /// Waits until the node accepts connections.
