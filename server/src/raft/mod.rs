@@ -89,6 +89,8 @@ pub(crate) enum BrokenRule {
     VoteWithoutLogCheck,
     /// Grant every vote request in a term, not just the first.
     VoteTwiceInATerm,
+    /// Serve a ReadIndex read without a quorum confirming leadership.
+    ReadWithoutQuorum,
 }
 
 impl Config {
@@ -1297,7 +1299,10 @@ impl Raft {
         let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
         rounds.push(self.read_round);
         rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = rounds[self.quorum - 1];
+        let mut confirmed = rounds[self.quorum - 1];
+        if self.broken(|r| r == BrokenRuleKind::ReadWithoutQuorum) {
+            confirmed = self.read_round;
+        }
         while let Some(&(round, index, id)) = self.reads_unconfirmed.front() {
             if round > confirmed {
                 break;
@@ -1361,4 +1366,5 @@ enum BrokenRuleKind {
     CommitOlderTermByCounting,
     VoteWithoutLogCheck,
     VoteTwiceInATerm,
+    ReadWithoutQuorum,
 }

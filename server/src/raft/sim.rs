@@ -1049,11 +1049,20 @@ impl Sim {
         }
     }
 
-    /// Sends a linearizable read to the live leader, if there is one.
+    /// Sends a linearizable read to a node that believes it leads, chosen at
+    /// random: a deposed leader that has not noticed yet included, since that
+    /// is exactly the node that must not answer with stale data.
     pub fn issue_read(&mut self) {
-        if let Some(leader) = self.leader() {
-            let _ = self.read_at(leader);
+        let leaders: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|&id| self.raft(id).is_some_and(|r| r.role() == Role::Leader))
+            .collect();
+        if leaders.is_empty() {
+            return;
         }
+        let pick = leaders[self.rng.gen_range(0..leaders.len())];
+        let _ = self.read_at(pick);
     }
 
     /// Sends a linearizable read to `node`; returns its id if accepted. Its
