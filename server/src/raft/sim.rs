@@ -183,6 +183,9 @@ pub struct Sim {
     /// Snapshot transfers in progress: (leader, follower) -> (snapshot bytes
     /// with its index and term). The leader's open file, in a real node.
     transfers: HashMap<(NodeId, NodeId), (u64, u64, Arc<str>)>,
+    /// SIM_TRACE_NODE=n: print every message to or from node n and its disk
+    /// writes. Read once: the send path is hot.
+    trace_node: Option<NodeId>,
     /// Optional filter run on each message before it enters the network: it
     /// may change the message, or return false to drop it. Scripted
     /// scenarios use it.
@@ -241,6 +244,9 @@ impl Sim {
             churn_percent: 0,
             snapshots: None,
             transfers: HashMap::new(),
+            trace_node: std::env::var("SIM_TRACE_NODE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             filter: None,
         };
         for id in sim.ids() {
@@ -789,6 +795,7 @@ impl Sim {
     }
 
     fn complete_writes(&mut self, id: NodeId) -> Result<(), Violation> {
+        let trace = self.trace_node == Some(id);
         loop {
             let now = self.now;
             let node = self.node(id);
@@ -835,11 +842,7 @@ impl Sim {
                     .drain(keep.min(node.durable_log.len())..)
                     .collect();
                 node.durable_log.extend(write.entries.iter().cloned());
-                if std::env::var("SIM_TRACE_NODE")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    == Some(id)
-                {
+                if trace {
                     eprintln!(
                         "t{now} node {id} wrote {}..={} (removed {}), disk now {}..{}",
                         first.index,
@@ -954,8 +957,8 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, mut msg: RaftMessage) {
-        if let Ok(who) = std::env::var("SIM_TRACE_NODE") {
-            if who.parse() == Ok(to) || who.parse() == Ok(from) {
+        if let Some(who) = self.trace_node {
+            if who == to || who == from {
                 let m = match &msg {
                     RaftMessage::AppendEntries(a) => format!(
                         "AE prev {} ({}) n {} commit {}",
