@@ -1001,7 +1001,18 @@ impl Node {
             for out in &rd.messages {
                 self.send_to_peer(out.to, &out.message);
             }
-            // 2. Durability: hard state, entries, one fsync for all of it.
+            // 2. Committed entries are durable on a majority already, so
+            //    they are applied and answered before this node's own fsync
+            //    (the core allows it; the simulator applies before its
+            //    writes complete). A snapshot being installed keeps the
+            //    original order: it replaces the state machine after the log
+            //    work below.
+            let applied_early = rd.snapshot_chunks.is_empty();
+            if applied_early {
+                self.apply(&mut rd)?;
+                self.flush_dirty();
+            }
+            // 3. Durability: hard state, entries, one fsync for all of it.
             if let Some(hs) = rd.hard_state {
                 self.storage
                     .save_hard_state(hs)
@@ -1015,16 +1026,18 @@ impl Node {
                     .sync()
                     .map_err(|e| format!("cannot sync the log: {e}"))?;
             }
-            // 3. What had to wait for the disk.
+            // 4. What had to wait for the disk.
             for out in &rd.messages_after_persist {
                 self.send_to_peer(out.to, &out.message);
             }
             if let Some((index, term)) = rd.last_entry_id() {
                 self.raft.on_persisted(index, term);
             }
-            // 4. Snapshot transfers, then apply and answer.
+            // 5. Snapshot transfers, then (if not done above) apply and answer.
             self.handle_snapshot_outputs(&mut rd)?;
-            self.apply(rd)?;
+            if !applied_early {
+                self.apply(&mut rd)?;
+            }
         }
         Ok(())
     }
@@ -1104,9 +1117,9 @@ impl Node {
         }
     }
 
-    fn apply(&mut self, rd: Ready) -> Result<(), String> {
+    fn apply(&mut self, rd: &mut Ready) -> Result<(), String> {
         let mut last = None;
-        for entry in &rd.committed_entries {
+        for entry in &std::mem::take(&mut rd.committed_entries) {
             last = Some(entry.index);
             let result = self.kv.apply(entry);
             let Some(pending) = self.pending_writes.remove(&entry.index) else {
@@ -1148,7 +1161,7 @@ impl Node {
         if let Some(index) = last {
             self.raft.advance_applied(index);
         }
-        for read in rd.reads {
+        for read in std::mem::take(&mut rd.reads) {
             if let Some(pending) = self.pending_reads.remove(&read.id) {
                 self.deferred_reads.push(pending);
             }
@@ -1162,7 +1175,7 @@ impl Node {
         for pending in ready {
             self.serve_read(pending);
         }
-        for id in rd.failed_reads {
+        for id in std::mem::take(&mut rd.failed_reads) {
             if let Some(pending) = self.pending_reads.remove(&id) {
                 let error = ErrorReply::new(
                     ErrorCode::LeadershipLost,
