@@ -14,6 +14,17 @@
 //! - `hardstate` = `"PHS1" | term: u64 LE | has_vote: u8 | vote: u64 LE |
 //!   crc: u32 LE` (CRC of the 21 bytes before it), replaced by rename.
 //!
+//! # Preallocation
+//! The segment being appended to is extended with zeros ahead of its records
+//! (up to `segment_bytes`, in steps of `PREALLOC_STEP`), and records are
+//! written over those zeros. Then an fdatasync only has to write the data:
+//! the file's size and block map do not change with every append, which on
+//! ext4 halves the cost of a sync when several nodes share a disk. A segment
+//! is trimmed to its records before the next one is created. Recovery reads an
+//! all-zero tail as the end of a segment's records (never written, or written
+//! but not synced: the same thing); if that lost records, the next segment
+//! does not continue the log and recovery reports the gap.
+//!
 //! # Recovery
 //! A crash mid-write can only damage the end of the last segment, because a
 //! segment is fsynced before the next one gets its first byte and truncation
@@ -36,6 +47,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,6 +62,9 @@ const HARD_STATE_FILE: &str = "hardstate";
 const HARD_STATE_TMP: &str = "hardstate.tmp";
 const HARD_STATE_MAGIC: &[u8; 4] = b"PHS1";
 const HARD_STATE_LEN: usize = 25;
+/// How far ahead of its records the active segment is zero-filled at a time.
+const PREALLOC_STEP: u64 = 1 << 20;
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 #[derive(Clone, Copy, Debug)]
 pub struct StorageOptions {
@@ -143,17 +158,20 @@ struct Segment {
     path: PathBuf,
     /// Byte offset of each record: entry `first_index + i` starts at `offsets[i]`.
     offsets: Vec<u64>,
+    /// The end of the last record: where the next one is written.
     len: u64,
+    /// The file's size: `len` plus zeros written ahead of the records.
+    allocated: u64,
 }
 
 impl Segment {
     fn empty(first_index: u64, path: PathBuf) -> Segment {
-        let (offsets, len) = (Vec::new(), 0);
         Segment {
             first_index,
             path,
-            offsets,
-            len,
+            offsets: Vec::new(),
+            len: 0,
+            allocated: 0,
         }
     }
 }
@@ -210,7 +228,7 @@ impl Storage {
             segments.push(replay.segment(path, first, is_last, options.fsync)?);
         }
         let active = match segments.last() {
-            Some(last) => open_append(&last.path)?,
+            Some(last) => open_write(&last.path)?,
             None => {
                 let path = segment_path(dir, 1);
                 let file = create_segment(&path)?;
@@ -501,9 +519,10 @@ impl Storage {
         };
         seg.offsets.truncate(keep);
         seg.len = cut_at;
+        seg.allocated = cut_at;
         let path = seg.path.clone();
         if reopen {
-            self.active = open_append(&path)?;
+            self.active = open_write(&path)?;
         }
         self.active.set_len(cut_at).map_err(io_err(&path))?;
         if self.options.fsync {
@@ -518,6 +537,23 @@ impl Storage {
     /// The old segment is made durable before the new one gets a byte, which
     /// is what lets recovery treat damage outside the last segment as corruption.
     fn rotate(&mut self, first_index: u64) -> Result<(), StorageError> {
+        // Only the last segment may end in preallocated zeros.
+        if let Some(seg) = self.segments.last_mut() {
+            if seg.allocated > seg.len {
+                if let Err(source) = self.active.set_len(seg.len) {
+                    self.failed = true;
+                    return Err(io_err(&seg.path)(source));
+                }
+                seg.allocated = seg.len;
+                if self.options.fsync {
+                    if let Err(source) = self.active.sync_all() {
+                        self.failed = true;
+                        return Err(io_err(&seg.path)(source));
+                    }
+                }
+                self.dirty = false;
+            }
+        }
         if self.dirty {
             self.sync_active()?;
         }
@@ -542,13 +578,28 @@ impl Storage {
             seg.offsets.push(seg.len + self.buf.len() as u64);
             encode_record(&mut self.buf, e);
         }
-        if let Err(source) = self.active.write_all(&self.buf) {
+        let end = seg.len + self.buf.len() as u64;
+        if end > seg.allocated {
+            let target = end.max(
+                seg.allocated
+                    .saturating_add(PREALLOC_STEP)
+                    .min(self.options.segment_bytes),
+            );
+            // Best effort: if the zeros do not fit (a full disk), the records
+            // may still, and the file simply grows with them.
+            seg.allocated = match write_zeros(&self.active, end, target) {
+                Ok(()) => target,
+                Err(_) => end,
+            };
+        }
+        if let Err(source) = self.active.write_all_at(&self.buf, seg.len) {
             seg.offsets.truncate(seg.offsets.len() - entries.len());
             // Restart would cut a partial record as torn, but this process goes
             // on appending, so the file must end on a record boundary again.
             if self.active.set_len(seg.len).is_err() {
                 self.failed = true;
             }
+            seg.allocated = seg.len;
             return Err(io_err(&seg.path)(source));
         }
         seg.len += self.buf.len() as u64;
@@ -566,19 +617,29 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("wal-{first_index:020}.log"))
 }
 
-fn open_append(path: &Path) -> Result<File, StorageError> {
+fn open_write(path: &Path) -> Result<File, StorageError> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(path)
         .map_err(io_err(path))
 }
 
 fn create_segment(path: &Path) -> Result<File, StorageError> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(path)
         .map_err(io_err(path))
+}
+
+/// Writes zeros over `from..to` of `file`.
+fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
+    while from < to {
+        let n = (to - from).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], from)?;
+        from += n as u64;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -709,6 +770,7 @@ impl Replay {
             return Err(corrupt(&path, 0, why));
         }
         let b = fs::read(&path).map_err(io_err(&path))?;
+        let mut allocated = b.len() as u64;
         let mut offsets = Vec::new();
         let mut off = 0;
         while off < b.len() {
@@ -717,6 +779,10 @@ impl Replay {
             let at = off as u64;
             let rec = match parse_record(&b, off) {
                 Ok(rec) => rec,
+                // Preallocated space the log had not reached yet. Rotation
+                // trims it, but a segment that still ends in zeros lost
+                // nothing unless the next one leaves a gap, which is checked.
+                Err(_) if b[off..].iter().all(|&x| x == 0) => break,
                 Err(reason) if !is_last => return Err(corrupt(&path, at, reason)),
                 Err(reason) => {
                     if let Some(p) = find_plausible_record(&b, off + 1, next, last_term) {
@@ -731,6 +797,7 @@ impl Replay {
                     if fsync {
                         file.sync_all().map_err(io_err(&path))?;
                     }
+                    allocated = at;
                     self.warnings.push(format!(
                         "cut torn record at {} offset {at} ({reason}; {} bytes dropped)",
                         path.display(),
@@ -766,12 +833,14 @@ impl Replay {
             offsets.push(at);
             off = rec.end;
         }
-        // `off` is the end of the last good record, whether or not a tail was cut.
+        // `off` is the end of the last good record, whether or not a tail was
+        // cut; zeros after it are preallocated space the next append reuses.
         Ok(Segment {
             first_index: first,
             path,
             offsets,
             len: off as u64,
+            allocated,
         })
     }
 }
@@ -1011,7 +1080,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_filled_tail_is_cut() {
+    fn preallocated_zeros_are_the_end_of_the_log_and_appends_go_over_them() {
         let dir = TempDir::new().unwrap();
         let (mut s, _) = open(dir.path(), opts(1 << 20));
         s.append(&run(1, 5, 1)).unwrap();
@@ -1019,16 +1088,50 @@ mod tests {
         let len = s.segments[0].len;
         drop(s);
         let wal = segment_path(dir.path(), 1);
-        OpenOptions::new()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(len + 4096)
-            .unwrap();
-        let (_, rec) = open(dir.path(), opts(1 << 20));
+        assert_eq!(
+            fs::metadata(&wal).unwrap().len(),
+            1 << 20,
+            "zero-filled ahead"
+        );
+        let (mut s, rec) = open(dir.path(), opts(1 << 20));
         assert_eq!(rec.entries, run(1, 5, 1));
-        assert_eq!(rec.warnings.len(), 1);
-        assert_eq!(fs::metadata(&wal).unwrap().len(), len);
+        assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+        assert_eq!(s.segments[0].len, len);
+        // The next records land right after the last one, not at the file's end.
+        s.append(&run(6, 9, 1)).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.segments[0].offsets[5], len);
+        drop(s);
+        assert_eq!(fs::metadata(&wal).unwrap().len(), 1 << 20);
+        let (_, rec) = open(dir.path(), opts(1 << 20));
+        assert_eq!(rec.entries, run(1, 9, 1));
+        assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+    }
+
+    #[test]
+    fn a_torn_record_before_preallocated_zeros_is_cut() {
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(1 << 20));
+        s.append(&run(1, 5, 1)).unwrap();
+        s.sync().unwrap();
+        let (start, len) = (s.segments[0].offsets[4], s.segments[0].len);
+        drop(s);
+        let wal = segment_path(dir.path(), 1);
+        // Record 5's second half never reached the disk: zeros from there on.
+        let file = OpenOptions::new().write(true).open(&wal).unwrap();
+        let mid = start + (len - start) / 2;
+        file.write_all_at(&vec![0; (len - mid) as usize], mid)
+            .unwrap();
+        drop(file);
+        let (mut s, rec) = open(dir.path(), opts(1 << 20));
+        assert_eq!(rec.entries, run(1, 4, 1));
+        assert_eq!(rec.warnings.len(), 1, "{:?}", rec.warnings);
+        assert_eq!(fs::metadata(&wal).unwrap().len(), start);
+        s.append(&run(5, 6, 2)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = open(dir.path(), opts(1 << 20));
+        assert_eq!(rec.entries[4..], run(5, 6, 2)[..]);
     }
 
     #[test]
@@ -1389,5 +1492,34 @@ mod tests {
         let dir = TempDir::new().unwrap();
         fs::write(segment_path(dir.path(), 0), b"").unwrap();
         assert_corrupt(dir.path(), &segment_path(dir.path(), 0), 0);
+    }
+
+    #[test]
+    fn records_zeroed_at_the_end_of_an_earlier_segment_are_a_gap() {
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(200));
+        s.append(&run(1, 50, 1)).unwrap();
+        s.sync().unwrap();
+        let (first, last_record) = (
+            s.segments[1].first_index,
+            s.segments[0].offsets[1..].to_vec(),
+        );
+        let len = s.segments[0].len;
+        drop(s);
+        assert!(!last_record.is_empty() && first > 2);
+        let wal = segment_path(dir.path(), 1);
+        assert_eq!(
+            fs::metadata(&wal).unwrap().len(),
+            len,
+            "trimmed on rotation"
+        );
+        // The first segment's last record reads as zeros: a zero tail, yet
+        // the next segment does not continue the log.
+        let at = *last_record.last().unwrap();
+        let file = OpenOptions::new().write(true).open(&wal).unwrap();
+        file.write_all_at(&vec![0; (len - at) as usize], at)
+            .unwrap();
+        drop(file);
+        assert_corrupt(dir.path(), &segment_path(dir.path(), first), 0);
     }
 }
