@@ -141,7 +141,19 @@ impl Conn {
     /// Reads what the socket has into the line buffer, up to `budget` bytes,
     /// through `chunk` (the caller's, so it is not zeroed on every call).
     /// Returns whether the socket may still have more (the budget ran out).
-    pub fn read_some(&mut self, budget: usize, chunk: &mut [u8]) -> io::Result<bool> {
+    ///
+    /// With `short_read_drains`, a read that returns less than `chunk` holds
+    /// is taken to have emptied the socket, sparing the read that would only
+    /// say "would block": on Linux, epoll (edge-triggered, as mio registers)
+    /// reports every later arrival as a new event. The caller passes it only
+    /// for a readable event that did not also report the peer's close, which
+    /// may already be queued behind the data and raise no further event.
+    pub fn read_some(
+        &mut self,
+        budget: usize,
+        chunk: &mut [u8],
+        short_read_drains: bool,
+    ) -> io::Result<bool> {
         let mut total = 0;
         while total < budget {
             match self.stream.read(chunk) {
@@ -152,6 +164,9 @@ impl Conn {
                 Ok(n) => {
                     self.input.extend(&chunk[..n]);
                     total += n;
+                    if short_read_drains && n < chunk.len() {
+                        return Ok(false);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

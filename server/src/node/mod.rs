@@ -338,8 +338,10 @@ impl Node {
                         if event.is_writable() {
                             self.on_writable(key);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                        if event.is_read_closed() || event.is_error() {
+                            self.on_readable(key, false);
+                        } else if event.is_readable() {
+                            self.on_readable(key, cfg!(target_os = "linux"));
                         }
                     }
                 }
@@ -490,11 +492,11 @@ impl Node {
             .get(key)
             .is_some_and(|c| c.read_paused && c.wants_input())
         {
-            self.on_readable(key);
+            self.on_readable(key, false);
         }
     }
 
-    fn on_readable(&mut self, key: usize) {
+    fn on_readable(&mut self, key: usize, short_read_drains: bool) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -515,7 +517,7 @@ impl Node {
                 return;
             }
             conn.read_paused = false;
-            let more = match conn.read_some(READ_BUDGET, &mut self.read_buffer) {
+            let more = match conn.read_some(READ_BUDGET, &mut self.read_buffer, short_read_drains) {
                 Ok(more) => more,
                 Err(e) => return self.close(key, &e.to_string()),
             };
