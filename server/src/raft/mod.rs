@@ -18,7 +18,9 @@
 //!    `messages_after_persist` and call `on_persisted` with the last entry's
 //!    index and term. Readies must be made durable in the order they were
 //!    handed out.
-//! 3. Apply `committed_entries` in order, then call `advance_applied`.
+//! 3. Apply `committed_entries` in order, then call `advance_applied`. They
+//!    are durable on a majority already, so this may happen before step 2's
+//!    write completes (the simulator does so whenever its writes lag).
 //! 4. Serve `reads` from the state machine; answer `failed_reads` with an
 //!    error (leadership was lost before the read was confirmed).
 //!
