@@ -12,9 +12,11 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use poncho_tests::faults::{Config, Expect, FaultCluster, Run};
+use poncho_tests::Client;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
+use serde_json::json;
 
 /// How long each nemesis runs.
 const NEMESIS: Duration = Duration::from_secs(7);
@@ -203,7 +205,26 @@ fn partition_during_snapshot_install() {
         .map(String::from)
         .to_vec();
     let mut run = Run::start("partition_during_snapshot_install", config);
+    // 320 KiB of other keys make every snapshot three 128 KiB chunks, so a
+    // transfer takes several round trips over the slowed links below and
+    // the second cut can land in the middle of it.
+    let (leader_id, _) = run.cluster.leader().expect("a leader");
+    let mut bulk = Client::connect(run.cluster.addrs()[leader_id as usize - 1]).unwrap();
+    let value = "v".repeat(1024);
+    let mut batch = String::new();
+    for i in 0..320 {
+        let set =
+            json!({"msg_type": "SET", "payload": {"key": format!("bulk/{i}"), "value": value}});
+        batch.push_str(&format!("{set}\n"));
+    }
+    bulk.send_raw(batch.as_bytes()).unwrap();
+    for _ in 0..320 {
+        let reply = bulk.read_reply().unwrap();
+        assert_eq!(reply["msg_type"], "SET", "{reply}");
+    }
     let mut cut_off = Vec::new();
+    // Nodes cut off after a snapshot transfer to them began, before it was installed.
+    let mut interrupted = Vec::new();
     run.nemesis(NEMESIS, |c, rng| {
         let mut ids = c.ids();
         ids.shuffle(rng);
@@ -233,15 +254,39 @@ fn partition_during_snapshot_install() {
             }
             sleep(ms(50));
         }
-        // Rejoin over slow links, then cut x off again after a moment:
-        // often while the snapshot is in flight or being installed.
+        // Rejoin over slow links; once a leader starts sending x a snapshot
+        // (three chunks, a round trip of 60 ms or more each), cut x off
+        // again: in the middle of the transfer, or of the install.
+        let to_x = format!("to node {x}");
+        let count_sends = |c: &FaultCluster| -> usize {
+            c.ids()
+                .iter()
+                .map(|&i| {
+                    let log = c.log(i);
+                    log.lines()
+                        .filter(|l| {
+                            l.contains("sending snapshot through index") && l.ends_with(&to_x)
+                        })
+                        .count()
+                })
+                .sum()
+        };
+        let installs = |c: &FaultCluster| c.log(x).matches("installed snapshot").count();
+        let (sends_before, installs_before) = (count_sends(c), installs(c));
         c.heal_network();
         for &o in &ids[1..] {
             c.delay(o, x, ms(30));
             c.delay(x, o, ms(30));
         }
-        sleep(rand_ms(rng, 0, 300));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while count_sends(c) == sends_before && Instant::now() < deadline {
+            sleep(ms(5));
+        }
+        sleep(rand_ms(rng, 0, 60));
         c.isolate(x);
+        if count_sends(c) > sends_before && installs(c) == installs_before {
+            interrupted.push(x);
+        }
         sleep(ms(300));
         c.heal_network();
         sleep(ms(700));
@@ -251,13 +296,38 @@ fn partition_during_snapshot_install() {
         min_elections: 1,
         min_ok: 300,
     });
-    cut_off.sort();
-    cut_off.dedup();
+    eprintln!(
+        "partition_during_snapshot_install: cut off {cut_off:?}, mid-transfer {interrupted:?}"
+    );
     assert!(
-        cut_off
-            .iter()
-            .any(|&id| run.log_contains(id, "installed snapshot through index")),
-        "none of nodes {cut_off:?} installed a snapshot"
+        !interrupted.is_empty(),
+        "no cut landed between the start of a snapshot transfer and its install"
+    );
+    // "installed snapshot through index I from node L (B bytes in C chunks, R out of turn)"
+    interrupted.sort();
+    interrupted.dedup();
+    let installs: Vec<String> = interrupted
+        .iter()
+        .flat_map(|&id| {
+            run.cluster
+                .log(id)
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|line| Some(line.split_once("installed snapshot ")?.1.to_owned()))
+        .collect();
+    eprintln!("partition_during_snapshot_install: their installs: {installs:#?}");
+    let chunks: Vec<u64> = installs
+        .iter()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(" bytes in ")?;
+            rest.split_once(" chunks")?.0.parse().ok()
+        })
+        .collect();
+    assert!(
+        chunks.iter().any(|&c| c >= 2),
+        "nodes {interrupted:?} cut off mid-transfer never installed a multi-chunk snapshot: {installs:?}"
     );
 }
 

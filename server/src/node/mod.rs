@@ -1080,7 +1080,7 @@ impl Node {
                     self.raft
                         .snapshot_chunk_received(leader, index, next_offset)
                 }
-                Ok(Received::Complete(meta, kv)) => {
+                Ok(Received::Complete(meta, kv, transfer)) => {
                     let discarded = self.raft.restore_snapshot(leader, meta.index, meta.term);
                     // The snapshot file is durable; make the log agree with
                     // it before the acknowledgement leaves (next ready).
@@ -1094,8 +1094,9 @@ impl Node {
                     })?;
                     self.kv = *kv;
                     info!(
-                        "installed snapshot through index {} from node {leader}",
-                        meta.index
+                        "installed snapshot through index {} from node {leader} \
+                         ({} bytes in {} chunks, {} out of turn)",
+                        meta.index, transfer.bytes, transfer.chunks, transfer.out_of_turn
                     );
                 }
                 Err(e) => {

@@ -28,7 +28,7 @@ pub struct Snapshots {
     /// The newest durable snapshot.
     pub latest: Option<(SnapshotMeta, PathBuf)>,
     building: Option<JoinHandle<Result<(SnapshotMeta, PathBuf), String>>>,
-    receiving: Option<(NodeId, SnapshotReceiver)>,
+    receiving: Option<(NodeId, SnapshotReceiver, Transfer)>,
 }
 
 /// What became of a chunk from the leader.
@@ -36,7 +36,19 @@ pub enum Received {
     /// Acknowledge: the next offset wanted.
     Ack(u64),
     /// The snapshot is complete, verified and durable, and its state loaded.
-    Complete(SnapshotMeta, Box<KvStore>),
+    Complete(SnapshotMeta, Box<KvStore>, Transfer),
+}
+
+/// How a completed transfer went, for the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfer {
+    pub bytes: u64,
+    /// Chunks written, in order.
+    pub chunks: u32,
+    /// Chunks of this transfer that arrived at the wrong offset (resent
+    /// after a loss, duplicated or late) and were answered with the offset
+    /// wanted instead.
+    pub out_of_turn: u32,
 }
 
 impl Snapshots {
@@ -138,9 +150,9 @@ impl Snapshots {
                 self.fsync,
             )
             .map_err(|e| e.to_string())?;
-            self.receiving = Some((leader, receiver));
+            self.receiving = Some((leader, receiver, Transfer::default()));
         }
-        let Some((from, receiver)) = self.receiving.as_mut() else {
+        let Some((from, receiver, transfer)) = self.receiving.as_mut() else {
             return Ok(Received::Ack(0));
         };
         if *from != leader
@@ -148,6 +160,7 @@ impl Snapshots {
             || receiver.received() != m.offset
         {
             let wanted = if *from == leader && receiver.index() == m.last_included_index {
+                transfer.out_of_turn += 1;
                 receiver.received()
             } else {
                 0
@@ -157,16 +170,18 @@ impl Snapshots {
         let received = receiver
             .write_chunk(m.offset, &m.data)
             .map_err(|e| e.to_string())?;
+        transfer.chunks += 1;
+        transfer.bytes = received;
         if !m.done {
             return Ok(Received::Ack(received));
         }
-        let (_, receiver) = self.receiving.take().expect("checked above");
+        let (_, receiver, transfer) = self.receiving.take().expect("checked above");
         let (meta, path) = receiver
             .finish()
             .map_err(|e| format!("the received snapshot is bad: {e}"))?;
         let kv = load(&path)?;
         self.set_latest(meta.clone(), path);
-        Ok(Received::Complete(meta, Box::new(kv)))
+        Ok(Received::Complete(meta, Box::new(kv), transfer))
     }
 }
 
