@@ -803,6 +803,19 @@ impl Node {
         }
     }
 
+    /// Writes out what is buffered for the connections that have replies,
+    /// without reading more from any (that waits for `flush_dirty` at the end
+    /// of the iteration, so no new input reaches the core mid-Ready).
+    fn flush_replies(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            self.flush_conn(key);
+        }
+        // They stay marked for `flush_dirty`, with anything marked meanwhile.
+        let mut marked = std::mem::replace(&mut self.dirty, dirty);
+        self.dirty.append(&mut marked);
+    }
+
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
@@ -1012,7 +1025,7 @@ impl Node {
             let applied_early = rd.snapshot_chunks.is_empty();
             if applied_early {
                 self.apply(&mut rd)?;
-                self.flush_dirty();
+                self.flush_replies();
             }
             // 3. Durability: hard state, entries, one fsync for all of it.
             if let Some(hs) = rd.hard_state {
