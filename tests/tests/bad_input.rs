@@ -100,6 +100,35 @@ fn a_line_over_the_limit_gets_message_too_large_then_the_connection_closes() {
 }
 
 #[test]
+fn an_oversized_line_completed_after_every_earlier_reply_still_gets_its_error() {
+    // The error for a line that grows past the limit once nothing else is
+    // pending on the connection must go out at once, not wait for the next
+    // event on the connection (it once waited for the client to hang up).
+    let mut cluster = single_node();
+    let mut c = cluster.client(1);
+    let set = b"{\"msg_type\":\"SET\",\"req_id\":1,\"payload\":{\"key\":\"k\",\"value\":\"v\"}}\n";
+    c.send_raw(set).unwrap();
+    c.send_raw(&[b'y'; 30_000]).unwrap();
+    let first = c.read_reply().unwrap();
+    assert_eq!(first["msg_type"], "SET", "{first}");
+    // The SET is answered: nothing is pending when the line passes 65,536.
+    let _ = c.send_raw(&[b'y'; 70_000]);
+    let started = Instant::now();
+    let reply = c.read_reply().unwrap();
+    assert_eq!(error_code(&reply), "MESSAGE_TOO_LARGE", "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        c.read_reply().is_err(),
+        "the connection is closed after the reply"
+    );
+    assert_healthy(&mut cluster);
+}
+
+#[test]
 fn deeply_nested_json_is_refused_without_harm() {
     let mut cluster = single_node();
     let mut c = cluster.client(1);

@@ -754,6 +754,11 @@ impl Node {
         if let Some(conn) = self.conns.get_mut(key) {
             let slot = conn.reserve_slot();
             conn.fill_slot(slot, &self.scratch);
+            // Every path that queues output must get it flushed: the
+            // oversized-line path returns before `process_lines` marks the
+            // connection, and a reply with nothing pending before it would
+            // otherwise wait for the next event on the connection.
+            self.mark_dirty(key);
         }
     }
 
