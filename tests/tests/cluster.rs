@@ -60,6 +60,13 @@ fn a_three_node_cluster_elects_the_hinted_leader_and_redirects_follower_writes()
     );
 
     let follower = 2;
+    // The leader knows it won before the followers hear from it; until its
+    // first AppendEntries arrives a follower rightly answers NO_LEADER.
+    wait_until("node 2 learning the leader", ELECTION, || {
+        cluster
+            .status(follower)
+            .is_some_and(|s| s["leader_id"] == 1)
+    });
     let reply = cluster.client(follower).set("k", "v").unwrap();
     assert_eq!(reply["msg_type"], "ERROR");
     assert_eq!(reply["payload"]["code"], "NOT_LEADER");
