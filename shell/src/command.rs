@@ -574,6 +574,33 @@ pub fn complete(line: &str, addrs: &[String]) -> (usize, Vec<String>) {
     (start, candidates)
 }
 
+/// When the word at the end of `line` is a key (the first argument of set,
+/// get, delete and cas, or the prefix of keys): where that word starts and
+/// what was typed of it. `None` for anything else, and for a word with
+/// quotes or escapes in it, whose start the completer cannot replace safely.
+pub fn key_being_typed(line: &str) -> Option<(usize, String)> {
+    let scan = scan(line);
+    if scan.error.is_some() {
+        return None;
+    }
+    let command = find(&scan.tokens.first()?.text)?;
+    if !matches!(command.name, "set" | "get" | "delete" | "cas" | "keys") {
+        return None;
+    }
+    if scan.open_word {
+        let word = scan.tokens.last()?;
+        let typed = &line[line.len() - word_len(line)..];
+        if scan.tokens.len() != 2 || word.quoted || typed != word.text {
+            return None;
+        }
+        Some((line.len() - typed.len(), word.text.clone()))
+    } else if scan.tokens.len() == 1 && line.ends_with(char::is_whitespace) {
+        Some((line.len(), String::new()))
+    } else {
+        None
+    }
+}
+
 /// Length in bytes of the last whitespace-free run at the end of `line`.
 fn word_len(line: &str) -> usize {
     line.len()
@@ -769,6 +796,26 @@ mod tests {
             assert!(all.contains(&spec.usage()), "{}", spec.name);
             assert!(help_text(Some(spec.name)).starts_with(&format!("usage: {}", spec.usage())));
         }
+    }
+
+    #[test]
+    fn knows_when_a_key_is_being_typed() {
+        assert_eq!(key_being_typed("get "), Some((4, String::new())));
+        assert_eq!(key_being_typed("get us"), Some((4, "us".to_string())));
+        assert_eq!(
+            key_being_typed("  SET user/1"),
+            Some((6, "user/1".to_string()))
+        );
+        assert_eq!(key_being_typed("cas lo"), Some((4, "lo".to_string())));
+        assert_eq!(key_being_typed("keys "), Some((5, String::new())));
+        // Not a key: the command name, a value, other commands, quoted words.
+        assert_eq!(key_being_typed("ge"), None);
+        assert_eq!(key_being_typed("get"), None);
+        assert_eq!(key_being_typed("set k v"), None);
+        assert_eq!(key_being_typed("set k "), None);
+        assert_eq!(key_being_typed("connect 127"), None);
+        assert_eq!(key_being_typed("get \"a b"), None);
+        assert_eq!(key_being_typed("get a\\b"), None);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub fn history_path() -> Option<PathBuf> {
 
 struct ShellHelper {
     addrs: Vec<String>,
+    /// The node the shell talks to: asked for key names on Tab.
+    node: Option<String>,
 }
 
 impl Completer for ShellHelper {
@@ -44,8 +46,78 @@ impl Completer for ShellHelper {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<String>)> {
-        Ok(command::complete(&line[..pos], &self.addrs))
+        let line = &line[..pos];
+        let (start, candidates) = command::complete(line, &self.addrs);
+        if !candidates.is_empty() {
+            return Ok((start, candidates));
+        }
+        let (Some(node), Some((start, prefix))) = (&self.node, command::key_being_typed(line))
+        else {
+            return Ok((start, candidates));
+        };
+        let keys = keys_with_prefix(node, &prefix);
+        Ok((
+            start,
+            keys.iter()
+                .map(|k| format!("{} ", command::quote(k)))
+                .collect(),
+        ))
     }
+}
+
+/// How long Tab may wait for the cluster before it offers nothing.
+const KEY_COMPLETION_TIMEOUT: Duration = Duration::from_millis(300);
+/// The most key names Tab lists.
+const KEY_COMPLETION_LIMIT: usize = 200;
+
+/// Key names starting with `prefix`, from a KEYS request to `node` (or to
+/// the leader it names), on a connection of its own so that a slow or dead
+/// node costs Tab at most a moment and never disturbs the shell's own.
+/// Any failure is no candidates: completion is a convenience.
+fn keys_with_prefix(node: &str, prefix: &str) -> Vec<String> {
+    let request = serde_json::json!({"msg_type": "KEYS", "payload": {"prefix": prefix}});
+    let mut addr = node.to_string();
+    for _ in 0..2 {
+        let Some(reply) = ask(&addr, &request) else {
+            return Vec::new();
+        };
+        let payload = &reply["payload"];
+        if reply["msg_type"] == "KEYS" {
+            let keys = payload["keys"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            return keys
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .take(KEY_COMPLETION_LIMIT)
+                .collect();
+        }
+        match payload["leader_addr"].as_str() {
+            Some(leader) if payload["code"] == "NOT_LEADER" && leader != addr => {
+                addr = leader.to_string()
+            }
+            _ => return Vec::new(),
+        }
+    }
+    Vec::new()
+}
+
+fn ask(addr: &str, request: &serde_json::Value) -> Option<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addr = addr.to_socket_addrs().ok()?.next()?;
+    let stream = TcpStream::connect_timeout(&addr, KEY_COMPLETION_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(KEY_COMPLETION_TIMEOUT)).ok()?;
+    stream
+        .set_write_timeout(Some(KEY_COMPLETION_TIMEOUT))
+        .ok()?;
+    let mut line = serde_json::to_vec(request).ok()?;
+    line.push(b'\n');
+    (&stream).write_all(&line).ok()?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).ok()?;
+    serde_json::from_str(&reply).ok()
 }
 
 /// The arguments left to type, shown dimmed after the cursor. Not inserted
@@ -152,10 +224,12 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
     let mut history_failed = false;
 
     loop {
+        let prompt = prompt(&mut client);
         editor.set_helper(Some(ShellHelper {
             addrs: client.addrs().to_vec(),
+            node: client.connected().map(str::to_owned),
         }));
-        let line = match editor.readline(&prompt(&mut client)) {
+        let line = match editor.readline(&prompt) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
@@ -205,4 +279,59 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A node that answers one request with `reply` and returns the request.
+    fn fake_node(reply: String) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            (&stream)
+                .write_all(format!("{reply}\n").as_bytes())
+                .unwrap();
+            line
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn key_completion_asks_the_leader_a_follower_names() {
+        let keys = r#"{"msg_type":"KEYS","payload":{"keys":["user/1","user/two words"]}}"#;
+        let (leader, leader_node) = fake_node(keys.to_string());
+        let redirect = format!(
+            r#"{{"msg_type":"ERROR","payload":{{"code":"NOT_LEADER","message":"m","leader_id":2,"leader_addr":"{leader}"}}}}"#
+        );
+        let (follower, follower_node) = fake_node(redirect);
+        let got = keys_with_prefix(&follower, "user/");
+        assert_eq!(got, ["user/1", "user/two words"]);
+        for node in [follower_node, leader_node] {
+            let request: serde_json::Value = serde_json::from_str(&node.join().unwrap()).unwrap();
+            assert_eq!(request["msg_type"], "KEYS");
+            assert_eq!(request["payload"]["prefix"], "user/");
+        }
+        // A key with a space is offered quoted, as the shell reads it back.
+        assert_eq!(command::quote(&got[1]), "\"user/two words\"");
+    }
+
+    #[test]
+    fn key_completion_offers_nothing_when_the_node_is_gone_or_says_no() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        assert!(keys_with_prefix(&gone, "").is_empty());
+        let (addr, node) = fake_node(
+            r#"{"msg_type":"ERROR","payload":{"code":"NO_LEADER","message":"m"}}"#.to_string(),
+        );
+        assert!(keys_with_prefix(&addr, "").is_empty());
+        node.join().unwrap();
+    }
 }

@@ -641,7 +641,10 @@ fn the_interactive_shell_has_a_prompt_completion_hints_and_history() {
     shell.expect("half-typed");
     shell.send("\x03");
     shell.expect(&prompt);
-    shell.send("get greeting\r");
+    // Tab after a command that takes a key completes key names from the cluster.
+    shell.send("get gree\t");
+    shell.expect("get greeting ");
+    shell.send("\r");
     shell.expect("\"hello world\"  (");
     shell.expect(&prompt);
     shell.send("\x04"); // Ctrl-D
