@@ -321,8 +321,7 @@ impl SnapshotWriter {
             failed,
         } = self;
         if failed {
-            let source = io::Error::other("an earlier write to this snapshot failed");
-            return Err(io_err(&tmp.path)(source));
+            return Err(earlier_write_failed(&tmp.path));
         }
         let footer = encode_json(&Footer {
             lines,
@@ -341,8 +340,7 @@ impl SnapshotWriter {
 
     fn put(&mut self, b: &[u8]) -> Result<(), SnapshotError> {
         if self.failed {
-            let source = io::Error::other("an earlier write to this snapshot failed");
-            return Err(io_err(&self.tmp.path)(source));
+            return Err(earlier_write_failed(&self.tmp.path));
         }
         if let Err(e) = self.out.write_all(b) {
             self.failed = true;
@@ -415,8 +413,7 @@ impl SnapshotReceiver {
     /// `received()` so the leader resumes from there.
     pub fn write_chunk(&mut self, offset: u64, data: &str) -> Result<u64, SnapshotError> {
         if self.failed {
-            let source = io::Error::other("an earlier write to this snapshot failed");
-            return Err(io_err(&self.tmp.path)(source));
+            return Err(earlier_write_failed(&self.tmp.path));
         }
         if offset != self.received {
             return Err(SnapshotError::Protocol(format!(
@@ -451,8 +448,7 @@ impl SnapshotReceiver {
             failed,
         } = self;
         if failed {
-            let source = io::Error::other("an earlier write to this snapshot failed");
-            return Err(io_err(&tmp.path)(source));
+            return Err(earlier_write_failed(&tmp.path));
         }
         let file = out
             .into_inner()
@@ -470,6 +466,12 @@ impl SnapshotReceiver {
         install(tmp, file, &dir, &final_path, fsync)?;
         Ok((meta, final_path))
     }
+}
+
+/// A write to the temp file at `path` failed part-way before, so its contents
+/// no longer match what was counted: nothing more may be written or installed.
+fn earlier_write_failed(path: &Path) -> SnapshotError {
+    io_err(path)(io::Error::other("an earlier write to this snapshot failed"))
 }
 
 /// The body lines of a verified snapshot, read from disk one at a time.

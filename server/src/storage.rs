@@ -904,6 +904,15 @@ mod tests {
         Storage::open(dir, o).expect("open")
     }
 
+    /// A data directory holding `entries`, written and synced, the storage closed.
+    fn written(entries: &[Entry], segment_bytes: u64) -> TempDir {
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(segment_bytes));
+        s.append(entries).unwrap();
+        s.sync().unwrap();
+        dir
+    }
+
     fn copy_dir(src: &Path) -> TempDir {
         let dst = TempDir::new().unwrap();
         for item in fs::read_dir(src).unwrap() {
@@ -1272,11 +1281,7 @@ mod tests {
 
     #[test]
     fn empty_last_segment_is_fine_but_a_misnamed_one_is_not() {
-        let dir = TempDir::new().unwrap();
-        let (mut s, _) = open(dir.path(), opts(1 << 20));
-        s.append(&run(1, 5, 1)).unwrap();
-        s.sync().unwrap();
-        drop(s);
+        let dir = written(&run(1, 5, 1), 1 << 20);
         fs::write(segment_path(dir.path(), 6), b"").unwrap();
         let (mut s, rec) = open(dir.path(), opts(1 << 20));
         assert!(rec.warnings.is_empty());
@@ -1438,11 +1443,7 @@ mod tests {
     #[test]
     fn a_log_whose_first_segment_is_past_one_opens() {
         // What a crash part-way through compaction leaves: a suffix.
-        let dir = TempDir::new().unwrap();
-        let (mut s, _) = open(dir.path(), opts(200));
-        s.append(&run(1, 50, 1)).unwrap();
-        s.sync().unwrap();
-        drop(s);
+        let dir = written(&run(1, 50, 1), 200);
         let firsts = segment_files(dir.path());
         for &first in &firsts[..2] {
             fs::remove_file(segment_path(dir.path(), first)).unwrap();
@@ -1458,11 +1459,7 @@ mod tests {
         assert_eq!(rec.entries, run(firsts[2], 52, 1));
 
         // What a crash part-way through reset leaves: a prefix, or nothing.
-        let dir = TempDir::new().unwrap();
-        let (mut s, _) = open(dir.path(), opts(200));
-        s.append(&run(1, 50, 1)).unwrap();
-        s.sync().unwrap();
-        drop(s);
+        let dir = written(&run(1, 50, 1), 200);
         let firsts = segment_files(dir.path());
         fs::remove_file(segment_path(dir.path(), firsts[firsts.len() - 1])).unwrap();
         let (_, rec) = open(dir.path(), opts(200));
@@ -1477,11 +1474,7 @@ mod tests {
 
     #[test]
     fn a_missing_middle_segment_is_corruption() {
-        let dir = TempDir::new().unwrap();
-        let (mut s, _) = open(dir.path(), opts(200));
-        s.append(&run(1, 50, 1)).unwrap();
-        s.sync().unwrap();
-        drop(s);
+        let dir = written(&run(1, 50, 1), 200);
         let firsts = segment_files(dir.path());
         assert!(firsts.len() > 3);
         // A gap after a compacted prefix is just as bad as one in a full log.

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -143,18 +143,8 @@ impl FaultCluster {
     }
 
     fn wait_listening(&mut self, id: u64) {
-        let addr = self.node(id).addr;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            let exited = self.node(id).child.as_mut().map(|c| c.try_wait());
-            assert!(
-                matches!(exited, Some(Ok(None))),
-                "node {id} exited during startup:\n{}",
-                self.log(id)
-            );
-            assert!(Instant::now() < deadline, "node {id} did not listen");
-            sleep(Duration::from_millis(10));
-        }
+        let node = self.node(id);
+        crate::wait_listening(id, node.addr, &mut node.child, &node.log_path);
     }
 
     pub fn log(&self, id: u64) -> String {

@@ -57,6 +57,27 @@ pub struct ServerSpec<'a> {
     pub args: &'a [String],
 }
 
+/// Waits up to 10 s until node `id`, started as `child`, accepts
+/// connections on `addr`; fails the test, with its log, if it exits first.
+pub fn wait_listening(id: u64, addr: SocketAddr, child: &mut Option<Child>, log_path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        let running = child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        assert!(
+            running,
+            "node {id} exited during startup:\n{}",
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not listen on {addr}"
+        );
+        sleep(Duration::from_millis(10));
+    }
+}
+
 /// Starts a `poncho-server`, its stdout and stderr appended to `log_path`.
 pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -180,20 +201,8 @@ impl Cluster {
 
     /// Waits until the node accepts connections.
     pub fn wait_listening(&mut self, id: u64) {
-        let addr = self.addr(id);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                self.node(id).is_running(),
-                "node {id} exited during startup:\n{}",
-                self.log(id)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "node {id} did not listen on {addr}"
-            );
-            sleep(Duration::from_millis(20));
-        }
+        let node = self.node(id);
+        wait_listening(id, node.addr, &mut node.child, &node.log_path);
     }
 
     /// `kill -9`: no chance to flush or sync anything.
