@@ -35,7 +35,7 @@ use slab::Slab;
 use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
 use self::snapshots::{Received, Snapshots};
 use crate::kv::{ApplyResult, Command, KvStore};
-use crate::raft::{Config, ProgressState, ProposeError, Raft, Ready, Role};
+use crate::raft::{Config, ProgressState, ProposeError, Raft, Ready, Restored, Role};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::{Storage, StorageOptions};
 
@@ -1024,14 +1024,10 @@ impl Node {
             // 2. Committed entries are durable on a majority already, so
             //    they are applied and answered before this node's own fsync
             //    (the core allows it; the simulator applies before its
-            //    writes complete). A snapshot being installed keeps the
-            //    original order: it replaces the state machine after the log
-            //    work below.
-            let applied_early = rd.snapshot_chunks.is_empty();
-            if applied_early {
-                self.apply(&mut rd)?;
-                self.flush_replies();
-            }
+            //    writes complete). They all precede any snapshot installed
+            //    below, which only ever moves the state machine forward.
+            self.apply(&mut rd)?;
+            self.flush_replies();
             // 3. Durability: hard state, entries, one fsync for all of it.
             if let Some(hs) = rd.hard_state {
                 self.storage
@@ -1053,11 +1049,8 @@ impl Node {
             if let Some((index, term)) = rd.last_entry_id() {
                 self.raft.on_persisted(index, term);
             }
-            // 5. Snapshot transfers, then (if not done above) apply and answer.
+            // 5. Snapshot transfers.
             self.handle_snapshot_outputs(&mut rd)?;
-            if !applied_early {
-                self.apply(&mut rd)?;
-            }
         }
         Ok(())
     }
@@ -1099,13 +1092,21 @@ impl Node {
                         .snapshot_chunk_received(leader, index, next_offset)
                 }
                 Ok(Received::Complete(meta, kv, transfer)) => {
-                    let discarded = self.raft.restore_snapshot(leader, meta.index, meta.term);
                     // The snapshot file is durable; make the log agree with
                     // it before the acknowledgement leaves (next ready).
-                    let result = if discarded {
-                        self.storage.reset(meta.index + 1)
-                    } else {
-                        self.storage.compact(meta.index)
+                    let result = match self.raft.restore_snapshot(leader, meta.index, meta.term) {
+                        Restored::Stale => {
+                            // Loading it would take the state machine back
+                            // to an index it has already passed.
+                            info!(
+                                "received snapshot through index {}, which this node \
+                                 has already committed; keeping its state",
+                                meta.index
+                            );
+                            continue;
+                        }
+                        Restored::DiscardedLog => self.storage.reset(meta.index + 1),
+                        Restored::KeptLog => self.storage.compact(meta.index),
                     };
                     result.map_err(|e| {
                         format!("cannot reset the log for snapshot {}: {e}", meta.index)

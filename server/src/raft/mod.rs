@@ -221,6 +221,19 @@ pub struct Ready {
     pub snapshot_chunks: Vec<(NodeId, InstallSnapshot)>,
 }
 
+/// What [`Raft::restore_snapshot`] did with a received snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// It ends at or before the commit index: the log and the state machine
+    /// already hold all of it (and may be further along), so neither is to
+    /// be touched.
+    Stale,
+    /// Installed; the log continues it and was kept (compact behind it).
+    KeptLog,
+    /// Installed; the log did not match it and was discarded (reset it).
+    DiscardedLog,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotAck {
     pub to: NodeId,
@@ -819,14 +832,15 @@ impl Raft {
         self.send(leader, RaftMessage::InstallSnapshotReply(reply));
     }
 
-    /// Follower: the driver verified the snapshot through (`index`, `term`),
-    /// made it durable and loaded it into its state machine. The log keeps
-    /// what follows the snapshot if it holds the snapshot's last entry;
-    /// otherwise it is discarded, and the driver must discard its stored log
-    /// too (returns true) before the next `ready()`.
-    pub fn restore_snapshot(&mut self, leader: NodeId, index: u64, term: u64) -> bool {
+    /// Follower: the driver verified the snapshot through (`index`, `term`)
+    /// and made it durable. Unless it is [`Restored::Stale`], the driver
+    /// loads it into its state machine; the log keeps what follows the
+    /// snapshot if it holds the snapshot's last entry, otherwise it is
+    /// discarded and the driver must discard its stored log too before the
+    /// next `ready()`.
+    pub fn restore_snapshot(&mut self, leader: NodeId, index: u64, term: u64) -> Restored {
         if index <= self.log.committed() {
-            return false; // nothing new: our log already holds all of it
+            return Restored::Stale;
         }
         let discarded = self.log.restore(index, term);
         self.applied_index = self.applied_index.max(index);
@@ -837,7 +851,11 @@ impl Raft {
             installed: true,
         };
         self.send(leader, RaftMessage::InstallSnapshotReply(reply));
-        discarded
+        if discarded {
+            Restored::DiscardedLog
+        } else {
+            Restored::KeptLog
+        }
     }
 
     // ---------------------------------------------------------------- output

@@ -18,7 +18,7 @@ use poncho_protocol::{Entry, InstallSnapshot, NodeId, RaftMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Config, HardState, ProposeError, Raft, Ready, Role};
+use super::{Config, HardState, ProposeError, Raft, Ready, Restored, Role};
 
 pub const TICK: u64 = 10;
 
@@ -771,11 +771,11 @@ impl Sim {
         let Some(raft) = self.raft_mut(id) else {
             return Ok(());
         };
-        let before = raft.log().committed();
-        let discard = raft.restore_snapshot(leader, index, term);
-        if raft.log().committed() == before && before >= index {
-            return Ok(()); // nothing new
-        }
+        let discard = match raft.restore_snapshot(leader, index, term) {
+            Restored::Stale => return Ok(()),
+            Restored::KeptLog => false,
+            Restored::DiscardedLog => true,
+        };
         let due = self.now + self.rng.gen_range(0..=self.net.max_persist_delay);
         let node = self.node(id);
         node.applied = snapshot.applied.clone();

@@ -330,6 +330,36 @@ fn a_follower_takes_the_leaders_commit_only_up_to_what_it_verified() {
     assert_eq!(r.log().committed(), 2);
 }
 
+#[test]
+fn a_snapshot_that_ends_within_the_committed_log_is_stale_and_changes_nothing() {
+    let mut r = node(2, &[1, 2, 3], 1, &[1, 1, 1, 1]);
+    let heartbeat = |commit| {
+        RaftMessage::AppendEntries(AppendEntries {
+            term: 1,
+            leader_id: 1,
+            prev_log_index: 4,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: commit,
+            read_round: 0,
+        })
+    };
+    r.step(1, heartbeat(3));
+    r.ready();
+    // The driver must not load a snapshot through 3: its state machine may
+    // be past it (the node applies what it committed).
+    for index in [2, 3] {
+        assert_eq!(r.restore_snapshot(1, index, 1), Restored::Stale);
+        assert_eq!((r.log().committed(), r.log().last_index()), (3, 4));
+    }
+    // One past the commit index is news; the log holds its last entry.
+    assert_eq!(r.restore_snapshot(1, 4, 1), Restored::KeptLog);
+    assert_eq!(r.log().committed(), 4);
+    // A snapshot whose last entry the log does not hold replaces the log.
+    assert_eq!(r.restore_snapshot(1, 9, 2), Restored::DiscardedLog);
+    assert_eq!(r.log().last_index(), 9);
+}
+
 // ------------------------------------------------------- log rules (Figure 7)
 
 /// Figure 7: a leader at term 8 with log terms [1,1,1,4,4,5,5,6,6,6] brings
