@@ -129,6 +129,35 @@ fn an_oversized_line_completed_after_every_earlier_reply_still_gets_its_error() 
 }
 
 #[test]
+fn a_client_that_half_closes_gets_every_reply_then_the_end_of_the_stream() {
+    // Requests and the FIN often arrive in one readable event; the node must
+    // read on to the FIN there, answer, and close, not wait for more events.
+    let mut cluster = single_node();
+    let addr = cluster.addr(1);
+    for i in 0..50 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let set =
+            format!("{{\"msg_type\":\"SET\",\"payload\":{{\"key\":\"h{i}\",\"value\":\"v\"}}}}\n");
+        s.write_all(format!("{set}{{\"msg_type\":\"HEALTHCHECK\"}}\n").as_bytes())
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut replies = String::new();
+        s.read_to_string(&mut replies).unwrap();
+        let types: Vec<String> = replies
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["msg_type"].to_string())
+            .collect();
+        assert_eq!(
+            types,
+            ["\"SET\"", "\"HEALTHCHECK\""],
+            "connection {i}: {replies}"
+        );
+    }
+    assert_healthy(&mut cluster);
+}
+
+#[test]
 fn deeply_nested_json_is_refused_without_harm() {
     let mut cluster = single_node();
     let mut c = cluster.client(1);
