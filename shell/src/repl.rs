@@ -16,10 +16,11 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
-use crate::client::ClusterClient;
+use crate::client::{ClusterClient, Route};
 use crate::command::{self, Command};
 use crate::exec::{execute, Failure};
 use crate::{print_failure, print_json_done, Mode, Output};
+use poncho_protocol::{ClientRequest, KeysReply, KeysRequest};
 
 /// The history file: `$PONCHO_HISTFILE`, else `~/.poncho_history`.
 pub fn history_path() -> Option<PathBuf> {
@@ -71,53 +72,20 @@ const KEY_COMPLETION_TIMEOUT: Duration = Duration::from_millis(300);
 const KEY_COMPLETION_LIMIT: usize = 200;
 
 /// Key names starting with `prefix`, from a KEYS request to `node` (or to
-/// the leader it names), on a connection of its own so that a slow or dead
-/// node costs Tab at most a moment and never disturbs the shell's own.
+/// the leader it names), through a client of its own so that a slow or dead
+/// node costs Tab at most a moment and never disturbs the shell's connection.
 /// Any failure is no candidates: completion is a convenience.
 fn keys_with_prefix(node: &str, prefix: &str) -> Vec<String> {
-    let request = serde_json::json!({"msg_type": "KEYS", "payload": {"prefix": prefix}});
-    let mut addr = node.to_string();
-    for _ in 0..2 {
-        let Some(reply) = ask(&addr, &request) else {
-            return Vec::new();
-        };
-        let payload = &reply["payload"];
-        if reply["msg_type"] == "KEYS" {
-            let keys = payload["keys"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            return keys
-                .iter()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .take(KEY_COMPLETION_LIMIT)
-                .collect();
-        }
-        match payload["leader_addr"].as_str() {
-            Some(leader) if payload["code"] == "NOT_LEADER" && leader != addr => {
-                addr = leader.to_string()
-            }
-            _ => return Vec::new(),
-        }
-    }
-    Vec::new()
-}
-
-fn ask(addr: &str, request: &serde_json::Value) -> Option<serde_json::Value> {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpStream, ToSocketAddrs};
-    let addr = addr.to_socket_addrs().ok()?.next()?;
-    let stream = TcpStream::connect_timeout(&addr, KEY_COMPLETION_TIMEOUT).ok()?;
-    stream.set_read_timeout(Some(KEY_COMPLETION_TIMEOUT)).ok()?;
-    stream
-        .set_write_timeout(Some(KEY_COMPLETION_TIMEOUT))
-        .ok()?;
-    let mut line = serde_json::to_vec(request).ok()?;
-    line.push(b'\n');
-    (&stream).write_all(&line).ok()?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).ok()?;
-    serde_json::from_str(&reply).ok()
+    let mut client = ClusterClient::new(vec![node.to_string()], KEY_COMPLETION_TIMEOUT, false);
+    let request = ClientRequest::Keys(KeysRequest {
+        prefix: prefix.to_string(),
+    });
+    client
+        .request(&request, Route::Leader)
+        .ok()
+        .and_then(|reply| serde_json::from_value::<KeysReply>(reply.envelope.payload).ok())
+        .map(|r| r.keys.into_iter().take(KEY_COMPLETION_LIMIT).collect())
+        .unwrap_or_default()
 }
 
 /// The arguments left to type, shown dimmed after the cursor. Not inserted
