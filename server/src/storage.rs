@@ -33,6 +33,12 @@
 //! as torn; anything else is reported as corruption rather than risk dropping
 //! committed entries.
 //!
+//! The hard state is saved (durably) before any entry of its term is
+//! appended, so `open` refuses a log with entries, or one that starts past
+//! index 1, without a `hardstate` file, and a hard state whose term is below
+//! the log's last term: either means the file was lost or replaced, and
+//! starting would forget a vote.
+//!
 //! # Compaction and reset
 //! Once a snapshot covers a prefix of the log, `compact` deletes the segments
 //! that hold nothing else, oldest first, so the log on disk is always a
@@ -86,7 +92,11 @@ impl Default for StorageOptions {
 /// What `Storage::open` found on disk.
 #[derive(Debug)]
 pub struct Recovered {
-    pub hard_state: HardState,
+    /// `None` if there is no `hardstate` file: a node that never saved a term,
+    /// which `open` only accepts beside an empty log that starts at 1. The
+    /// caller must still refuse `None` beside a snapshot, which this module
+    /// does not read.
+    pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
     /// The index of `entries[0]`, or the index the next append must start at
     /// if the log is empty (1 for a new log, `n` after `reset(n)`). Entries at
@@ -108,6 +118,11 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// A file that is missing or disagrees with the rest of the directory.
+    Inconsistent {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl fmt::Display for StorageError {
@@ -125,6 +140,9 @@ impl fmt::Display for StorageError {
                     path.display()
                 )
             }
+            StorageError::Inconsistent { path, reason } => {
+                write!(f, "{}: {reason}", path.display())
+            }
         }
     }
 }
@@ -133,7 +151,7 @@ impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StorageError::Io { source, .. } => Some(source),
-            StorageError::Corrupt { .. } => None,
+            StorageError::Corrupt { .. } | StorageError::Inconsistent { .. } => None,
         }
     }
 }
@@ -196,7 +214,8 @@ pub struct Storage {
 impl Storage {
     pub fn open(dir: &Path, options: StorageOptions) -> Result<(Storage, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let hard_state = read_hard_state(&dir.join(HARD_STATE_FILE))?;
+        let hard_state_path = dir.join(HARD_STATE_FILE);
+        let hard_state = read_hard_state(&hard_state_path)?;
         let mut firsts = Vec::new();
         for item in fs::read_dir(dir).map_err(io_err(dir))? {
             let name = item.map_err(io_err(dir))?.file_name();
@@ -227,6 +246,7 @@ impl Storage {
             let is_last = i + 1 == firsts.len();
             segments.push(replay.segment(path, first, is_last, options.fsync)?);
         }
+        check_hard_state(&hard_state_path, hard_state, first_index, &replay)?;
         let active = match segments.last() {
             Some(last) => open_write(&last.path)?,
             None => {
@@ -456,6 +476,10 @@ impl Storage {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn hard_state_path(&self) -> PathBuf {
+        self.dir.join(HARD_STATE_FILE)
     }
 
     fn term_at(&self, index: u64) -> u64 {
@@ -845,10 +869,50 @@ impl Replay {
     }
 }
 
-fn read_hard_state(path: &Path) -> Result<HardState, StorageError> {
+/// A hard state is saved, durably, before any entry of its term is appended,
+/// so a log with entries (or one that a reset or compaction moved past 1)
+/// and no hard state, or a hard state older than the log's last term, means
+/// the file was lost or replaced (an operator error, a partial restore).
+/// Starting anyway would forget a vote and could vote twice in one term.
+fn check_hard_state(
+    path: &Path,
+    hard_state: Option<HardState>,
+    first_index: u64,
+    replay: &Replay,
+) -> Result<(), StorageError> {
+    let last_term = replay.terms.last().map_or(0, |t| t.1);
+    let inconsistent = |reason: String| {
+        Err(StorageError::Inconsistent {
+            path: path.to_path_buf(),
+            reason,
+        })
+    };
+    match hard_state {
+        None if !replay.entries.is_empty() || first_index > 1 => {
+            let log = match replay.next_index() - 1 {
+                last if last >= first_index => format!("holds entries {first_index}..={last}"),
+                _ => format!("starts at index {first_index}"),
+            };
+            inconsistent(format!(
+                "missing, but the log {log}: the term and vote it held are unknown, and \
+                 starting without them could vote twice in a term; restore the file, or \
+                 move the whole data directory aside and resync this node"
+            ))
+        }
+        Some(hs) if hs.term < last_term => inconsistent(format!(
+            "term {} is below the log's last term {last_term}: this hard state is older \
+             than the log; restore the right file, or move the whole data directory aside \
+             and resync this node",
+            hs.term
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn read_hard_state(path: &Path) -> Result<Option<HardState>, StorageError> {
     let b = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HardState::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
     if b.len() != HARD_STATE_LEN || &b[..4] != HARD_STATE_MAGIC {
@@ -862,10 +926,10 @@ fn read_hard_state(path: &Path) -> Result<HardState, StorageError> {
         1 => Some(le_u64(&b, 13)),
         _ => return Err(corrupt(path, 12, "bad vote flag")),
     };
-    Ok(HardState {
+    Ok(Some(HardState {
         term: le_u64(&b, 4),
         vote,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -900,8 +964,22 @@ mod tests {
         }
     }
 
+    /// A term above every entry's in these tests: what a node that appended
+    /// them would have saved first.
+    const TEST_TERM: u64 = 1_000;
+
+    /// Opens `dir`, giving a new directory the hard state a node saves
+    /// before its first append (`open` refuses a log without one).
     fn open(dir: &Path, o: StorageOptions) -> (Storage, Recovered) {
-        Storage::open(dir, o).expect("open")
+        let (mut s, rec) = Storage::open(dir, o).expect("open");
+        if rec.hard_state.is_none() {
+            let hs = HardState {
+                term: TEST_TERM,
+                vote: None,
+            };
+            s.save_hard_state(hs).expect("save hard state");
+        }
+        (s, rec)
     }
 
     /// A data directory holding `entries`, written and synced, the storage closed.
@@ -956,7 +1034,7 @@ mod tests {
         let (mut s, rec) = open(dir.path(), o);
         assert_eq!((s.last_index(), rec.entries.len()), (0, 0));
         assert_eq!((s.first_index(), rec.first_index), (1, 1));
-        assert_eq!(rec.hard_state, HardState::default());
+        assert_eq!(rec.hard_state, None);
         let mut all = vec![entry(1, 1, "")];
         all.extend(run(2, 150, 1));
         all.extend(run(151, 300, 3));
@@ -965,7 +1043,7 @@ mod tests {
         }
         s.sync().unwrap();
         let hs = HardState {
-            term: 3,
+            term: 4,
             vote: Some(2),
         };
         s.save_hard_state(hs).unwrap();
@@ -973,7 +1051,7 @@ mod tests {
         let (mut s, rec) = open(dir.path(), o);
         assert_eq!(rec.entries, all);
         assert_eq!(rec.first_index, 1);
-        assert_eq!(rec.hard_state, hs);
+        assert_eq!(rec.hard_state, Some(hs));
         assert!(rec.warnings.is_empty());
         assert_eq!(s.last_index(), 300);
         s.append(&[entry(301, 4, "after reopen")]).unwrap();
@@ -1035,8 +1113,7 @@ mod tests {
         s.sync().unwrap();
         assert_eq!(s.segments.len(), 3);
         drop(s);
-        let files = fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(files, 3);
+        assert_eq!(segment_files(dir.path()).len(), 3);
         let (mut s, rec) = open(dir.path(), o);
         let mut want = run(1, 24, 1);
         want.extend(run(25, 40, 2));
@@ -1050,7 +1127,7 @@ mod tests {
         let (s, rec) = open(dir.path(), o);
         assert_eq!(rec.entries, vec![entry(1, 5, "only")]);
         assert_eq!(s.segments.len(), 1);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(segment_files(dir.path()).len(), 1);
     }
 
     #[test]
@@ -1235,10 +1312,10 @@ mod tests {
         let (_, rec) = open(dir.path(), o);
         assert_eq!(
             rec.hard_state,
-            HardState {
+            Some(HardState {
                 term: 9,
                 vote: None
-            }
+            })
         );
         let path = dir.path().join(HARD_STATE_FILE);
         flip(&path, 6);
@@ -1250,6 +1327,70 @@ mod tests {
             .err()
             .expect("short file must not open");
         assert!(err.to_string().contains("hardstate"), "{err}");
+    }
+
+    fn assert_inconsistent(dir: &Path, want_path: &Path, want_reason: &str) {
+        match Storage::open(dir, opts(1 << 20)) {
+            Err(StorageError::Inconsistent { path, reason }) => {
+                assert_eq!(path, want_path, "{reason}");
+                assert!(reason.contains(want_reason), "{reason}");
+            }
+            Err(e) => panic!("expected an inconsistent directory, got {e}"),
+            Ok(_) => panic!("expected an inconsistent directory, open succeeded"),
+        }
+    }
+
+    #[test]
+    fn a_log_without_its_hard_state_is_refused() {
+        // A new directory, and one whose log holds nothing yet, open with no
+        // hard state: a node that never saved a term.
+        let dir = TempDir::new().unwrap();
+        let (s, rec) = Storage::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!((rec.hard_state, rec.entries.len()), (None, 0));
+        drop(s);
+        let (_, rec) = Storage::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(rec.hard_state, None);
+
+        let dir = written(&run(1, 5, 2), 1 << 20);
+        let path = dir.path().join(HARD_STATE_FILE);
+        fs::remove_file(&path).unwrap();
+        assert_inconsistent(
+            dir.path(),
+            &path,
+            "missing, but the log holds entries 1..=5",
+        );
+        // An empty log that a reset moved to 40 says as much.
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(1 << 20));
+        s.append(&run(1, 5, 2)).unwrap();
+        s.reset(40).unwrap();
+        drop(s);
+        let path = dir.path().join(HARD_STATE_FILE);
+        fs::remove_file(&path).unwrap();
+        assert_inconsistent(dir.path(), &path, "missing, but the log starts at index 40");
+        assert_eq!(segment_files(dir.path()), vec![40], "nothing was changed");
+    }
+
+    #[test]
+    fn a_hard_state_older_than_the_log_is_refused() {
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(1 << 20));
+        s.append(&run(1, 3, 4)).unwrap();
+        s.sync().unwrap();
+        for (term, ok) in [(3, false), (4, true), (5, true)] {
+            s.save_hard_state(HardState {
+                term,
+                vote: Some(2),
+            })
+            .unwrap();
+            let path = dir.path().join(HARD_STATE_FILE);
+            if ok {
+                let (_, rec) = Storage::open(dir.path(), opts(1 << 20)).unwrap();
+                assert_eq!(rec.hard_state.map(|h| h.term), Some(term));
+            } else {
+                assert_inconsistent(dir.path(), &path, "term 3 is below the log's last term 4");
+            }
+        }
     }
 
     #[test]

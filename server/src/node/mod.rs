@@ -35,7 +35,7 @@ use slab::Slab;
 use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
 use self::snapshots::{Received, Snapshots};
 use crate::kv::{ApplyResult, Command, KvStore};
-use crate::raft::{Config, ProgressState, ProposeError, Raft, Ready, Restored, Role};
+use crate::raft::{Config, HardState, ProgressState, ProposeError, Raft, Ready, Restored, Role};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::{Storage, StorageOptions};
 
@@ -181,6 +181,22 @@ impl Node {
             .latest
             .as_ref()
             .map_or((0, 0), |(m, _)| (m.index, m.term));
+        // Storage refuses a log without its hard state; a snapshot without
+        // one is as telling (this node reached a term) but only we see both.
+        let hard_state = match recovered.hard_state {
+            Some(hs) => hs,
+            None if snap_index > 0 => {
+                return Err(format!(
+                    "cannot open data directory {}: {} is missing, but snapshot {snap_index} \
+                     (term {snap_term}) is there: the term and vote it held are unknown, and \
+                     starting without them could vote twice in a term; restore the file, or \
+                     move the whole data directory aside and resync this node",
+                    dir.display(),
+                    storage.hard_state_path().display()
+                ))
+            }
+            None => HardState::default(),
+        };
         let entries = reconcile_log(
             &mut storage,
             recovered.first_index,
@@ -190,8 +206,8 @@ impl Node {
         )?;
         info!(
             "recovered term {} vote {:?}, snapshot through {snap_index}, {} log entries after it, from {}",
-            recovered.hard_state.term,
-            recovered.hard_state.vote,
+            hard_state.term,
+            hard_state.vote,
             entries.len(),
             dir.display()
         );
@@ -217,7 +233,7 @@ impl Node {
             ^ config.id;
         let raft = Raft::with_snapshot(
             raft_config,
-            recovered.hard_state,
+            hard_state,
             (snap_index, snap_term),
             entries,
             seed,
@@ -1367,6 +1383,60 @@ const fn libc_einprogress() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::conn::*;
+    use super::*;
+
+    fn config(data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            id: 1,
+            host: "127.0.0.1".parse().unwrap(),
+            port: 0,
+            peers: BTreeMap::new(),
+            data_dir,
+            bootstrap_leader: false,
+            tick: Duration::from_millis(10),
+            election_timeout_ticks: 30,
+            heartbeat_interval_ticks: 5,
+            max_entries_per_message: 64,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 8,
+            request_timeout: Duration::from_secs(1),
+            max_line_bytes: 1 << 20,
+            fsync: false,
+            snapshot_entries: 1_000,
+            snapshot_keep_tail: 100,
+            segment_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_without_its_hard_state_is_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let meta = SnapshotMeta {
+            index: 10,
+            term: 2,
+            members: vec![1],
+        };
+        let mut writer = crate::snapshot::SnapshotWriter::create(dir.path(), &meta, false).unwrap();
+        KvStore::default()
+            .snapshot()
+            .write_lines(|line| writer.write_line(line).map_err(io::Error::other))
+            .unwrap();
+        writer.finish().unwrap();
+        let err = Node::start(config(dir.path().to_path_buf()))
+            .err()
+            .expect("a snapshot without a hard state must not start");
+        let hard_state = dir.path().join("hardstate");
+        assert!(
+            err.contains(&format!(
+                "{} is missing, but snapshot 10",
+                hard_state.display()
+            )),
+            "{err}"
+        );
+        // An empty directory is a new node, and starts.
+        let empty = tempfile::TempDir::new().unwrap();
+        assert!(Node::start(config(empty.path().to_path_buf())).is_ok());
+    }
 
     #[test]
     fn replies_leave_in_request_order_even_when_completed_out_of_order() {
