@@ -1,6 +1,7 @@
 //! poncho-server as a library: the Raft core, the storage and state machine
 //! it drives, and the event loop that hosts them.
 
+pub mod datadir;
 pub mod kv;
 #[macro_use]
 pub mod log;

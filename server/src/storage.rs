@@ -59,6 +59,7 @@ use std::sync::Arc;
 
 use poncho_protocol::{Entry, EntryKind};
 
+use crate::datadir;
 use crate::raft::HardState;
 
 const HEADER: usize = 8;
@@ -213,7 +214,7 @@ pub struct Storage {
 
 impl Storage {
     pub fn open(dir: &Path, options: StorageOptions) -> Result<(Storage, Recovered), StorageError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        datadir::create_dir_durable(dir, options.fsync).map_err(io_err(dir))?;
         let hard_state_path = dir.join(HARD_STATE_FILE);
         let hard_state = read_hard_state(&hard_state_path)?;
         let mut firsts = Vec::new();
@@ -667,9 +668,7 @@ fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    datadir::sync_dir(dir).map_err(io_err(dir))
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -1391,6 +1390,37 @@ mod tests {
                 assert_inconsistent(dir.path(), &path, "term 3 is below the log's last term 4");
             }
         }
+    }
+
+    #[test]
+    fn creating_the_data_directory_makes_each_new_entry_durable() {
+        let base = TempDir::new().unwrap();
+        let dir = base.path().join("a/b/node-1");
+        let o = StorageOptions {
+            segment_bytes: 1 << 20,
+            fsync: true,
+        };
+        let synced = datadir::tests::dirs_synced_by(|| {
+            Storage::open(&dir, o).unwrap();
+        });
+        // Every directory that gained an entry: the three parents of the new
+        // directories, and the new one itself for its first segment.
+        for parent in [
+            base.path(),
+            &base.path().join("a"),
+            &base.path().join("a/b"),
+            &dir,
+        ] {
+            assert!(
+                synced.iter().any(|p| p == parent),
+                "{parent:?} not synced: {synced:?}"
+            );
+        }
+        // Opening it again creates nothing, so syncs nothing above it.
+        let synced = datadir::tests::dirs_synced_by(|| {
+            Storage::open(&dir, o).unwrap();
+        });
+        assert!(synced.iter().all(|p| p.starts_with(&dir)), "{synced:?}");
     }
 
     #[test]
