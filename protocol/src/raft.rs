@@ -63,7 +63,12 @@ pub struct AppendEntries {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendEntriesReply {
+    /// The replier's current term (a leader that sees a higher one steps down).
     pub term: u64,
+    /// The `term` of the request this answers. The leader takes the reply as
+    /// an answer (progress, read rounds) only if this is its current term: a
+    /// reply to a message of an earlier term says nothing about this one.
+    pub request_term: u64,
     pub success: bool,
     /// On success: the follower's log matches the leader's up to here.
     /// On failure: the `prev_log_index` of the request that was rejected, so the
@@ -103,6 +108,9 @@ pub struct RequestVote {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestVoteReply {
     pub term: u64,
+    /// The `term` of the request this answers, so a candidate counts only
+    /// answers to the election it is running.
+    pub request_term: u64,
     pub vote_granted: bool,
     #[serde(default)]
     pub pre_vote: bool,
@@ -135,6 +143,8 @@ pub struct InstallSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallSnapshotReply {
     pub term: u64,
+    /// The `term` of the chunk this answers (see `AppendEntriesReply`).
+    pub request_term: u64,
     pub last_included_index: u64,
     /// The byte offset the follower expects next.
     pub next_offset: u64,

@@ -616,6 +616,7 @@ impl Node {
                     RaftMessage::AppendEntries(m) => {
                         RaftMessage::AppendEntriesReply(AppendEntriesReply {
                             term,
+                            request_term: m.term,
                             success: false,
                             index: m.prev_log_index,
                             conflict_term: 0,
@@ -626,6 +627,7 @@ impl Node {
                     RaftMessage::RequestVote(m) => {
                         RaftMessage::RequestVoteReply(RequestVoteReply {
                             term,
+                            request_term: m.term,
                             vote_granted: false,
                             pre_vote: m.pre_vote,
                         })

@@ -344,6 +344,9 @@ pub struct Raft {
     randomized_election_timeout: u64,
     heartbeat_elapsed: u64,
     lead_transferee: Option<NodeId>,
+    /// Leader: ticks since the transfer to `lead_transferee` began. Its own
+    /// clock: CheckQuorum's (`election_elapsed`) is never reset by a transfer.
+    transfer_elapsed: u64,
     /// The kind of the current (or last) campaign, for resending requests.
     campaign_kind: Campaign,
     /// Index the driver has applied (reported through `advance_applied`).
@@ -423,6 +426,7 @@ impl Raft {
             randomized_election_timeout: config.election_timeout_ticks,
             heartbeat_elapsed: 0,
             lead_transferee: None,
+            transfer_elapsed: 0,
             campaign_kind: Campaign::Election,
             applied_index: snapshot.0,
             read_round: 0,
@@ -564,9 +568,14 @@ impl Raft {
                     p.recent_active = false;
                 }
             }
+        }
+        if self.lead_transferee.is_some() {
             // A transfer that has not finished within an election timeout
             // has failed; take proposals again.
-            self.lead_transferee = None;
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_timeout_ticks {
+                self.lead_transferee = None;
+            }
         }
         // A snapshot chunk or its acknowledgement may be lost: resend from
         // the last acknowledged offset every few heartbeats, and give the
@@ -633,40 +642,42 @@ impl Raft {
                 _ => self.become_follower(term, None),
             }
         } else if term < self.term {
-            match message {
-                // A stale leader (or one that was partitioned) learns it has
-                // been replaced; without this, PreVote and CheckQuorum could
-                // leave it waiting for heartbeats that never come.
-                RaftMessage::AppendEntries(m) => self.send(
-                    from,
+            // A stale leader or candidate (or one that was partitioned) learns
+            // it has been replaced; without this, PreVote and CheckQuorum could
+            // leave it waiting for heartbeats that never come. The reply names
+            // the request's term, so should the sender lead again by the time
+            // it arrives, it is not mistaken for an answer in the new term.
+            let request_term = term;
+            let reply = match message {
+                RaftMessage::AppendEntries(m) => {
                     RaftMessage::AppendEntriesReply(AppendEntriesReply {
                         term: self.term,
+                        request_term,
                         success: false,
                         index: m.prev_log_index,
                         conflict_term: 0,
                         conflict_index: 0,
                         read_round: m.read_round,
-                    }),
-                ),
-                RaftMessage::RequestVote(m) => self.send(
-                    from,
-                    RaftMessage::RequestVoteReply(RequestVoteReply {
-                        term: self.term,
-                        vote_granted: false,
-                        pre_vote: m.pre_vote,
-                    }),
-                ),
-                RaftMessage::InstallSnapshot(m) => self.send(
-                    from,
+                    })
+                }
+                RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
+                    term: self.term,
+                    request_term,
+                    vote_granted: false,
+                    pre_vote: m.pre_vote,
+                }),
+                RaftMessage::InstallSnapshot(m) => {
                     RaftMessage::InstallSnapshotReply(InstallSnapshotReply {
                         term: self.term,
+                        request_term,
                         last_included_index: m.last_included_index,
                         next_offset: 0,
                         installed: false,
-                    }),
-                ),
-                _ => {}
-            }
+                    })
+                }
+                _ => return,
+            };
+            self.send(from, reply);
             return;
         }
 
@@ -752,8 +763,10 @@ impl Raft {
         if to == self.config.id || !self.peers.contains(&to) {
             return Ok(()); // nothing to do, or not a member we can hand to
         }
-        self.lead_transferee = Some(to);
-        self.election_elapsed = 0;
+        if self.lead_transferee != Some(to) {
+            self.lead_transferee = Some(to);
+            self.transfer_elapsed = 0;
+        }
         self.maybe_send_timeout_now(to);
         Ok(())
     }
@@ -825,6 +838,7 @@ impl Raft {
     pub fn snapshot_chunk_received(&mut self, leader: NodeId, index: u64, next_offset: u64) {
         let reply = InstallSnapshotReply {
             term: self.term,
+            request_term: self.term,
             last_included_index: index,
             next_offset,
             installed: false,
@@ -846,6 +860,7 @@ impl Raft {
         self.applied_index = self.applied_index.max(index);
         let reply = InstallSnapshotReply {
             term: self.term,
+            request_term: self.term,
             last_included_index: index,
             next_offset: 0,
             installed: true,
@@ -945,10 +960,20 @@ impl Raft {
         self.randomized_election_timeout = self.rng.gen_range(min..2 * min);
     }
 
+    /// Moves to a later term: no vote yet, and snapshot chunks received in
+    /// the old term are dropped, so every chunk the driver acknowledges
+    /// (`snapshot_chunk_received`) was received in the term its reply names.
+    /// The leader resends what it does not hear acknowledged.
+    fn enter_term(&mut self, term: u64) {
+        debug_assert!(term > self.term);
+        self.term = term;
+        self.vote = None;
+        self.snapshot_chunks.clear();
+    }
+
     fn become_follower(&mut self, term: u64, leader_id: Option<NodeId>) {
         if term > self.term {
-            self.term = term;
-            self.vote = None;
+            self.enter_term(term);
         }
         let was_leader = self.role == Role::Leader;
         if was_leader {
@@ -984,7 +1009,7 @@ impl Raft {
             self.term + 1
         } else {
             self.role = Role::Candidate;
-            self.term += 1;
+            self.enter_term(self.term + 1);
             self.vote = Some(self.config.id);
             self.term
         };
@@ -1075,6 +1100,7 @@ impl Raft {
                 } else {
                     self.term
                 },
+                request_term: m.term,
                 vote_granted: granted,
                 pre_vote: m.pre_vote,
             }),
@@ -1082,9 +1108,12 @@ impl Raft {
     }
 
     fn handle_vote_reply(&mut self, from: NodeId, m: RequestVoteReply) {
+        // Only answers to the election under way count: a reply to a request
+        // of an earlier campaign (say, an older term's rejection that arrived
+        // late) is not a vote in this one.
         let expected = match self.role {
-            Role::PreCandidate => m.pre_vote,
-            Role::Candidate => !m.pre_vote && m.term == self.term,
+            Role::PreCandidate => m.pre_vote && m.request_term == self.term + 1,
+            Role::Candidate => !m.pre_vote && m.request_term == self.term,
             _ => false,
         };
         if !expected {
@@ -1115,6 +1144,7 @@ impl Raft {
                 self.log.commit_to(m.leader_commit.min(index));
                 AppendEntriesReply {
                     term: self.term,
+                    request_term: m.term,
                     success: true,
                     index,
                     conflict_term: 0,
@@ -1127,6 +1157,7 @@ impl Raft {
                 conflict_index,
             } => AppendEntriesReply {
                 term: self.term,
+                request_term: m.term,
                 success: false,
                 index: m.prev_log_index,
                 conflict_term,
@@ -1138,7 +1169,10 @@ impl Raft {
     }
 
     fn handle_append_reply(&mut self, from: NodeId, m: AppendEntriesReply) {
-        if self.role != Role::Leader {
+        // A reply to a message of an earlier term (this node may have led
+        // then too) proves nothing about this term: its read round numbers a
+        // round of that term, and its rejection carries no log position.
+        if self.role != Role::Leader || m.request_term != self.term {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {
@@ -1190,6 +1224,7 @@ impl Raft {
             // We already hold everything the snapshot covers.
             let reply = InstallSnapshotReply {
                 term: self.term,
+                request_term: m.term,
                 last_included_index: self.log.committed(),
                 next_offset: 0,
                 installed: true,
@@ -1201,7 +1236,7 @@ impl Raft {
     }
 
     fn handle_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || m.request_term != self.term {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {

@@ -248,6 +248,7 @@ fn elect_node_1(members: &[NodeId], log_terms: &[u64], term: u64) -> Raft {
             peer,
             RaftMessage::RequestVoteReply(RequestVoteReply {
                 term: term + 1,
+                request_term: term + 1,
                 vote_granted: true,
                 pre_vote: false,
             }),
@@ -263,6 +264,7 @@ fn ack(r: &mut Raft, from: NodeId, index: u64) {
         from,
         RaftMessage::AppendEntriesReply(AppendEntriesReply {
             term,
+            request_term: term,
             success: true,
             index,
             conflict_term: 0,
@@ -1278,4 +1280,157 @@ fn sim_catches_commit_by_counting_older_terms() {
         caught.is_some(),
         "committing an older term's entry by counting went unnoticed"
     );
+}
+
+// ------------------------------------------- replies to messages of older terms
+
+/// A follower of `leader`'s current term, holding the same log.
+fn follower_in_term(id: NodeId, leader: &Raft, log_terms: &[u64]) -> Raft {
+    let mut f = node(id, &[1, 2, 3], leader.term(), log_terms);
+    let _ = f.ready();
+    f
+}
+
+/// Hands `to` every message `from` produced in `rd` for it, in order.
+fn deliver(rd: &Ready, from: NodeId, to: &mut Raft) {
+    for out in rd.messages.iter().chain(&rd.messages_after_persist) {
+        if out.to == to.id() {
+            to.step(from, out.message.clone());
+        }
+    }
+}
+
+/// An AppendEntries that `leader_id` sent in an earlier `term`, arriving late.
+fn old_append(term: u64, leader_id: NodeId, prev: (u64, u64), read_round: u64) -> RaftMessage {
+    RaftMessage::AppendEntries(AppendEntries {
+        term,
+        leader_id,
+        prev_log_index: prev.0,
+        prev_log_term: prev.1,
+        entries: vec![],
+        leader_commit: 0,
+        read_round,
+    })
+}
+
+/// Node 1 leads term 5 of [1, 2, 3] with its no-op committed and applied;
+/// returns it with node 2, its follower.
+fn leader_with_committed_noop() -> (Raft, Raft) {
+    let mut l = elect_node_1(&[1, 2, 3], &[1, 2], 4);
+    assert_eq!(l.term(), 5);
+    let rd = l.ready();
+    let (i, t) = rd.last_entry_id().unwrap();
+    l.on_persisted(i, t);
+    let mut f = follower_in_term(2, &l, &[1, 2]);
+    deliver(&rd, 1, &mut f);
+    let frd = f.ready();
+    deliver(&frd, 2, &mut l);
+    assert_eq!(l.log().committed(), 3, "the no-op of term 5 committed");
+    let rd = l.ready();
+    l.advance_applied(rd.committed_entries.last().unwrap().index);
+    (l, f)
+}
+
+/// Issue 10, defect 1: a follower rejects an AppendEntries of an older term
+/// with its current term, which the leader holds again (L -> G -> L). Its
+/// reply echoes that message's read round, which must not confirm a round of
+/// the leader's current term: a leader that hears nothing else of this term
+/// must serve no read.
+#[test]
+fn thesis_6_4_a_reply_to_an_older_terms_append_confirms_no_read_round() {
+    let (mut l, mut f) = leader_with_committed_noop();
+    // Round 7 of term 3, when node 1 also led, reaches node 2 only now.
+    f.step(1, old_append(3, 1, (2, 2), 7));
+    let frd = f.ready();
+    deliver(&frd, 2, &mut l);
+    l.read_index(42).unwrap();
+    let rd = l.ready();
+    assert!(
+        rd.reads.is_empty(),
+        "read served on the strength of a reply to a term-3 message: {:?}",
+        rd.reads
+    );
+    // A reply to this term's round does confirm it.
+    deliver(&rd, 1, &mut f);
+    let frd = f.ready();
+    deliver(&frd, 2, &mut l);
+    let served: Vec<u64> = l.ready().reads.iter().map(|r| r.id).collect();
+    assert_eq!(served, vec![42]);
+}
+
+/// Issue 10, defect 2: the same older-term rejection carries no conflict
+/// hint; it must not look like a follower that lost its log (which resets it
+/// to index 1, a full snapshot transfer on a compacted log).
+#[test]
+fn section_5_3_a_reply_to_an_older_terms_append_never_moves_progress() {
+    let mut l = elect_node_1(&[1, 2, 3], &[1, 2], 4);
+    let rd = l.ready();
+    let (i, t) = rd.last_entry_id().unwrap();
+    l.on_persisted(i, t);
+    let before = l.status().followers;
+    let mut f = follower_in_term(2, &l, &[1, 2]);
+    f.step(1, old_append(3, 1, (2, 2), 0));
+    let frd = f.ready();
+    deliver(&frd, 2, &mut l);
+    assert_eq!(
+        l.status().followers,
+        before,
+        "an older term's rejection moved the leader's view of node 2"
+    );
+}
+
+/// Issue 10, defect 3: node 2 answers node 1's term-1 request after moving
+/// to term 2 (a rejection, with term 2), then grants node 1's term-2
+/// request. The stale rejection is not an answer in the term-2 election, so
+/// the grant counts and node 1 wins.
+#[test]
+fn section_5_2_a_reply_to_an_older_elections_request_is_not_a_vote() {
+    let config = |id| {
+        let mut c = Config::new(id, vec![1, 2, 3]);
+        c.pre_vote = false;
+        c
+    };
+    let mut c = Raft::new(config(1), HardState::default(), vec![], 1).unwrap();
+    let mut v = Raft::new(config(2), HardState::default(), vec![], 2).unwrap();
+    c.campaign_now();
+    let term_1 = c.ready();
+    // Node 1's election times out; it campaigns again in term 2.
+    let term_2 = loop {
+        c.tick();
+        let rd = c.ready(); // drops the resent term-1 requests
+        if c.term() == 2 {
+            break rd;
+        }
+    };
+    assert_eq!(c.role(), Role::Candidate);
+    deliver(&term_2, 1, &mut v);
+    let grant = v.ready();
+    deliver(&term_1, 1, &mut v);
+    let stale = v.ready();
+    assert_eq!(vote_replies(&grant), vec![(1, true, 2)]);
+    assert_eq!(vote_replies(&stale), vec![(1, false, 2)]);
+    deliver(&stale, 2, &mut c);
+    deliver(&grant, 2, &mut c);
+    assert_eq!(
+        c.role(),
+        Role::Leader,
+        "node 2's grant of term 2 was ignored"
+    );
+}
+
+/// Issue 10, defect 4: CheckQuorum must step a cut-off leader down even if
+/// leadership transfers are asked for over and over.
+#[test]
+fn thesis_9_6_repeated_transfers_do_not_keep_a_cut_off_leader_in_office() {
+    let mut l = elect_node_1(&[1, 2, 3], &[], 0);
+    let timeout = l.config.election_timeout_ticks;
+    for _ in 0..5 * timeout {
+        l.transfer_leadership(2).unwrap_or(());
+        l.tick();
+        let _ = l.ready(); // nothing is delivered: node 1 is cut off
+        if l.role() != Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(l.role(), Role::Follower, "a cut-off leader stayed leader");
 }
