@@ -1,9 +1,99 @@
 //! The data directory itself: creating it durably, and the lock that keeps a
 //! second server out of it.
 
-use std::fs::{self, File};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The file in a data directory that the server using it holds locked.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive OS lock (`flock`) on `<dir>/LOCK`, held until dropped, which
+/// for a server is its whole life: the kernel releases it when the process
+/// ends, however it ends, so a crash never leaves a stale lock behind. The
+/// file holds the holder's PID and a newline, for the refusal message and
+/// for operators; the file itself is never deleted (that would race with a
+/// server locking it).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds the lock; its PID if the file says.
+    InUse {
+        dir: PathBuf,
+        pid: Option<u32>,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::InUse { dir, pid } => {
+                let holder = match pid {
+                    Some(pid) => format!("PID {pid}"),
+                    None => "PID unknown".to_string(),
+                };
+                write!(
+                    f,
+                    "data directory {} is in use by another process ({holder}), which holds \
+                     the lock on {}: two servers must never share a data directory; stop \
+                     that one, or give this one its own --id or --data-dir",
+                    dir.display(),
+                    dir.join(LOCK_FILE).display()
+                )
+            }
+            LockError::Io { path, source } => write!(f, "cannot lock {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for LockError {}
+
+impl DirLock {
+    /// Locks `dir` (which must exist) without waiting.
+    pub fn acquire(dir: &Path) -> Result<DirLock, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io_err = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Never truncated on open: until we hold the lock the PID in it is
+        // the holder's.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(LockError::InUse {
+                    dir: dir.to_path_buf(),
+                    pid,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0).map_err(io_err)?;
+        file.write_all_at(pid.as_bytes(), 0).map_err(io_err)?;
+        Ok(DirLock { _file: file })
+    }
+}
 
 /// Creates `dir` and any missing parents, like `fs::create_dir_all`, and
 /// with `fsync` makes each new entry durable by fsyncing the directory that
@@ -60,6 +150,33 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub(crate) mod tests {
     use std::cell::RefCell;
     use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    #[test]
+    fn a_locked_directory_cannot_be_locked_again_until_released() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let lock = DirLock::acquire(dir.path()).unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let pid = std::process::id();
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{pid}\n"));
+        // flock locks belong to the open file, so this process is refused too.
+        let err = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, LockError::InUse { pid: Some(p), .. } if *p == pid),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("PID {pid}")), "{msg}");
+        // The refused attempt left the holder's PID in place.
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{pid}\n"));
+        drop(lock);
+        // A stale PID from an earlier holder is simply replaced.
+        fs::write(&path, "999999999\nleftover").unwrap();
+        let _lock = DirLock::acquire(dir.path()).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{pid}\n"));
+    }
 
     thread_local! {
         static SYNCED: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };

@@ -34,6 +34,7 @@ use slab::Slab;
 
 use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
 use self::snapshots::{Received, Snapshots};
+use crate::datadir::{self, DirLock};
 use crate::kv::{ApplyResult, Command, KvStore};
 use crate::raft::{Config, HardState, ProgressState, ProposeError, Raft, Ready, Restored, Role};
 use crate::snapshot::SnapshotMeta;
@@ -158,12 +159,20 @@ pub struct Node {
     /// The `is_leader` hint, not yet acted on.
     bootstrap_pending: bool,
     shutting_down: bool,
+    /// Held for the node's life, which is the process's; declared last so
+    /// it is released last.
+    _lock: DirLock,
 }
 
 impl Node {
     /// Opens storage, recovers, binds the listener. Prints the startup banner.
     pub fn start(config: NodeConfig) -> Result<Node, String> {
         let dir = &config.data_dir;
+        // Before anything in it is read or repaired: a second server on the
+        // same directory would interleave its writes with ours.
+        datadir::create_dir_durable(dir, config.fsync)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        let lock = DirLock::acquire(dir).map_err(|e| e.to_string())?;
         let (snapshots, restored_kv, warnings) = Snapshots::recover(dir, config.fsync)?;
         for w in &warnings {
             warn!("recovery: {w}");
@@ -323,6 +332,7 @@ impl Node {
             read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
             bootstrap_pending: bootstrap,
             shutting_down: false,
+            _lock: lock,
         })
     }
 
