@@ -148,6 +148,17 @@ impl fmt::Display for StorageError {
     }
 }
 
+impl StorageError {
+    /// Whether the file system ran out of space (or quota): the one failure
+    /// that is waited out, not fatal. See [`Health::NoSpace`].
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ))
+    }
+}
+
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -207,9 +218,67 @@ pub struct Storage {
     buf: Vec<u8>,
     /// Bytes written to `active` since its last fsync.
     dirty: bool,
-    /// After a failed fsync or a failed rollback the file contents are unknown
-    /// (the kernel may have dropped dirty pages), so refuse to go on.
-    failed: bool,
+    /// Whether writes may go on; see [`Health`].
+    health: Health,
+    faults: Faults,
+}
+
+/// Whether a storage takes writes. Any failed step of the write path stops
+/// it: it never writes at a position it is not sure of, and never goes on
+/// past a failed fsync as if the data were durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// A write found the file system full (ENOSPC or EDQUOT). No fsync
+    /// failed, so every record written whole is still what the file holds;
+    /// [`Storage::recover`] puts the files back in step with this storage
+    /// once space is freed, and the failed write can then be retried.
+    NoSpace,
+    /// Anything else failed (an fsync, an I/O error): after a failed fsync
+    /// the kernel may have dropped the dirty pages and a later fsync can
+    /// report success over data that never reached the disk (PostgreSQL's
+    /// "fsyncgate"), so this process writes nothing more. Only a restart,
+    /// whose recovery reads what the disk really holds, may go on.
+    Failed,
+}
+
+/// The steps of the write path, each of which a test can make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Prealloc,
+    Write,
+    SetLen,
+    Sync,
+    CreateSegment,
+    HardState,
+    Rename,
+}
+
+/// Fault injection for the write path's tests; does nothing in other builds.
+#[derive(Default)]
+struct Faults {
+    /// (step, runs of it to let pass, errno): that run fails, once.
+    #[cfg(test)]
+    next: std::cell::Cell<Option<(Step, u32, i32)>>,
+}
+
+impl Faults {
+    #[inline(always)]
+    fn check(&self, step: Step) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some((s, skip, errno)) = self.next.get() {
+            if s == step {
+                if skip > 0 {
+                    self.next.set(Some((s, skip - 1, errno)));
+                } else {
+                    self.next.set(None);
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+            }
+        }
+        let _ = step;
+        Ok(())
+    }
 }
 
 impl Storage {
@@ -268,7 +337,8 @@ impl Storage {
             terms: replay.terms,
             buf: Vec::new(),
             dirty: false,
-            failed: false,
+            health: Health::Healthy,
+            faults: Faults::default(),
         };
         let recovered = Recovered {
             hard_state,
@@ -279,6 +349,13 @@ impl Storage {
         Ok((storage, recovered))
     }
 
+    /// Appends `entries`, replacing any stored entries at and after the
+    /// first one's index. Not durable until [`Storage::sync`].
+    ///
+    /// If any step fails the storage stops taking writes (see [`Health`]):
+    /// memory keeps the log as it was before the failed step, and whatever
+    /// that step left in the files past it is cut by [`Storage::recover`]
+    /// or, after a restart, by recovery.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         let Some(first) = entries.first() else {
             return Ok(());
@@ -312,11 +389,13 @@ impl Storage {
             }
             prev_term = e.term;
         }
-        if first.index <= last {
-            if let Err(e) = self.truncate(first.index) {
-                self.failed = true;
-                return Err(e);
-            }
+        let result = self.append_checked(first.index <= last, entries);
+        self.guard(result)
+    }
+
+    fn append_checked(&mut self, overlaps: bool, entries: &[Entry]) -> Result<(), StorageError> {
+        if let (true, Some(first)) = (overlaps, entries.first()) {
+            self.truncate(first.index)?;
         }
         let mut start = 0;
         let mut projected = self.segments.last().map_or(0, |s| s.len);
@@ -332,15 +411,32 @@ impl Storage {
         self.write_chunk(&entries[start..])
     }
 
+    /// Makes every append so far durable (one fdatasync). A failure here is
+    /// final for this process ([`Health::Failed`]).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.check_healthy()?;
         if !self.dirty {
             return Ok(());
         }
-        self.sync_active()
+        let result = self.sync_active();
+        self.guard(result)
     }
 
+    /// Replaces the hard state durably: a temporary file, fsynced, renamed
+    /// over the old one, and the directory fsynced. Until the rename the old
+    /// hard state stands, so a failure leaves it in force; the temporary
+    /// file is removed again, since on a full disk its space is wanted back.
     pub fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.check_healthy()?;
+        let result = self.write_hard_state(hs);
+        if result.is_err() {
+            // Best effort: a leftover is overwritten by the next attempt.
+            let _ = fs::remove_file(self.dir.join(HARD_STATE_TMP));
+        }
+        self.guard(result)
+    }
+
+    fn write_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
         let mut b = Vec::with_capacity(HARD_STATE_LEN);
         b.extend_from_slice(HARD_STATE_MAGIC);
         b.extend_from_slice(&hs.term.to_le_bytes());
@@ -349,16 +445,81 @@ impl Storage {
         b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
         let tmp = self.dir.join(HARD_STATE_TMP);
         let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&b).map_err(io_err(&tmp))?;
+        self.faults
+            .check(Step::HardState)
+            .and_then(|()| file.write_all(&b))
+            .map_err(io_err(&tmp))?;
         if self.options.fsync {
-            file.sync_all().map_err(io_err(&tmp))?;
+            if let Err(source) = self.faults.check(Step::Sync).and_then(|()| file.sync_all()) {
+                self.health = Health::Failed;
+                return Err(io_err(&tmp)(source));
+            }
         }
         drop(file);
         let real = self.dir.join(HARD_STATE_FILE);
-        fs::rename(&tmp, &real).map_err(io_err(&real))?;
+        self.faults
+            .check(Step::Rename)
+            .and_then(|()| fs::rename(&tmp, &real))
+            .map_err(io_err(&real))?;
         if self.options.fsync {
-            sync_dir(&self.dir)?;
+            self.fsync_dir()?;
         }
+        Ok(())
+    }
+
+    /// Whether this storage takes writes.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// After [`Health::NoSpace`]: cuts whatever the failed write left past
+    /// the last whole record of the active segment (and preallocated zeros),
+    /// durably, and removes a half-written hard state file, so the files
+    /// hold exactly what this storage believes and appends may resume (the
+    /// caller then retries what failed). Records written whole before the
+    /// failure stay: no fsync failed, so the next one covers them. While the
+    /// disk is still full this fails and the storage keeps refusing writes.
+    /// After [`Health::Failed`] it refuses: only a restart may go on.
+    pub fn recover(&mut self) -> Result<(), StorageError> {
+        match self.health {
+            Health::Healthy => return Ok(()),
+            Health::Failed => return self.check_healthy(),
+            Health::NoSpace => {}
+        }
+        match self.recover_tail() {
+            Ok(()) => {
+                self.health = Health::Healthy;
+                Ok(())
+            }
+            Err(e) => {
+                if !e.is_no_space() {
+                    self.health = Health::Failed;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn recover_tail(&mut self) -> Result<(), StorageError> {
+        // Best effort: only space, and the next hard state write replaces it.
+        let _ = fs::remove_file(self.dir.join(HARD_STATE_TMP));
+        let Some(seg) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        // Reopened, in case a failed truncation left `active` on a segment
+        // it had already deleted.
+        let file = open_write(&seg.path)?;
+        self.faults
+            .check(Step::SetLen)
+            .and_then(|()| file.set_len(seg.len))
+            .map_err(io_err(&seg.path))?;
+        seg.allocated = seg.len;
+        self.active = file;
+        // Durable before new records land where the cut bytes were.
+        if self.options.fsync {
+            self.fsync_active(true)?;
+        }
+        self.dirty = false;
         Ok(())
     }
 
@@ -394,8 +555,9 @@ impl Storage {
             .count();
         let mut deleted = 0;
         let mut result = Ok(());
-        for seg in &self.segments[..covered] {
-            if let Err(e) = fs::remove_file(&seg.path).map_err(io_err(&seg.path)) {
+        for i in 0..covered {
+            let path = &self.segments[i].path;
+            if let Err(e) = fs::remove_file(path).map_err(io_err(path)) {
                 result = Err(e);
                 break;
             }
@@ -403,7 +565,7 @@ impl Storage {
             if self.options.fsync {
                 // The file is gone even if this fails, so it leaves the list
                 // below either way; the error still reaches the caller.
-                if let Err(e) = sync_dir(&self.dir) {
+                if let Err(e) = self.fsync_dir() {
                     result = Err(e);
                     break;
                 }
@@ -439,15 +601,16 @@ impl Storage {
     /// like a continuation of the snapshot. And the new segment is never
     /// beside old ones, so it can never be followed by old data.
     ///
-    /// After a failure part-way the storage refuses further writes (memory no
-    /// longer matches disk); reopening recovers whatever the crash rules allow.
+    /// After a failure part-way the storage refuses further writes for good
+    /// ([`Health::Failed`]: memory no longer matches disk); restarting
+    /// recovers whatever the crash rules allow.
     pub fn reset(&mut self, next_index: u64) -> Result<(), StorageError> {
         self.check_healthy()?;
         if next_index == 0 {
             return Err(self.invalid("reset to index 0: the log starts at 1".to_string()));
         }
         if let Err(e) = self.reset_inner(next_index) {
-            self.failed = true;
+            self.health = Health::Failed;
             return Err(e);
         }
         Ok(())
@@ -458,7 +621,7 @@ impl Storage {
             fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
             self.segments.pop();
             if self.options.fsync {
-                sync_dir(&self.dir)?;
+                self.fsync_dir()?;
             }
         }
         // Whatever was written but not synced went with the files.
@@ -469,7 +632,7 @@ impl Storage {
         if self.options.fsync {
             // The empty segment must survive a crash: without it recovery
             // would start a new log at index 1.
-            sync_dir(&self.dir)?;
+            self.fsync_dir()?;
         }
         self.segments.push(Segment::empty(next_index, path));
         Ok(())
@@ -499,27 +662,78 @@ impl Storage {
     }
 
     fn check_healthy(&self) -> Result<(), StorageError> {
-        if !self.failed {
-            return Ok(());
-        }
-        let source = io::Error::other("an earlier write or fsync failed; reopen to recover");
+        let source = match self.health {
+            Health::Healthy => return Ok(()),
+            Health::NoSpace => io::Error::new(
+                io::ErrorKind::StorageFull,
+                "an earlier write found no space left on the device; \
+                 nothing more is written until recover() succeeds",
+            ),
+            Health::Failed => io::Error::other(
+                "an earlier write or fsync failed, so what the files hold is unknown \
+                 to this process; nothing more is written (restart to recover from disk)",
+            ),
+        };
         Err(io_err(self.active_path())(source))
+    }
+
+    /// Stops the storage after a failed step: for lack of space until
+    /// `recover`, for anything else for good. A failed fsync has already set
+    /// [`Health::Failed`], whatever its error.
+    fn guard<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Err(e) = &result {
+            if self.health == Health::Healthy {
+                self.health = if e.is_no_space() {
+                    Health::NoSpace
+                } else {
+                    Health::Failed
+                };
+            }
+        }
+        result
     }
 
     fn sync_active(&mut self) -> Result<(), StorageError> {
         if self.options.fsync {
-            if let Err(source) = self.active.sync_data() {
-                self.failed = true;
-                return Err(io_err(self.active_path())(source));
-            }
+            self.fsync_active(false)?;
         }
         self.dirty = false;
         Ok(())
     }
 
+    /// fdatasync (`all`: fsync) of the active segment; a failure is final.
+    fn fsync_active(&mut self, all: bool) -> Result<(), StorageError> {
+        let result = self.faults.check(Step::Sync).and_then(|()| {
+            if all {
+                self.active.sync_all()
+            } else {
+                self.active.sync_data()
+            }
+        });
+        result.map_err(|source| {
+            self.health = Health::Failed;
+            io_err(self.active_path())(source)
+        })
+    }
+
+    /// fsync of the directory; a failure is final.
+    fn fsync_dir(&mut self) -> Result<(), StorageError> {
+        let result = self
+            .faults
+            .check(Step::Sync)
+            .map_err(io_err(&self.dir))
+            .and_then(|()| sync_dir(&self.dir));
+        if result.is_err() {
+            self.health = Health::Failed;
+        }
+        result
+    }
+
     /// Removes `from` and everything after it. Each step is made durable
     /// before the next, so a crash part-way leaves a shorter but gapless log,
     /// and no stale record can reappear under the records appended next.
+    /// Memory drops the entries before the file is cut, so after a failure
+    /// part-way `recover` finishes the cut.
     fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
         let keep_segments = self
             .segments
@@ -532,49 +746,51 @@ impl Storage {
             }
             self.segments.pop();
             if self.options.fsync {
-                sync_dir(&self.dir)?;
+                self.fsync_dir()?;
             }
+        }
+        while self.terms.last().is_some_and(|&(start, _)| start >= from) {
+            self.terms.pop();
         }
         let Some(seg) = self.segments.last_mut() else {
             return Ok(());
         };
+        if reopen {
+            self.active = open_write(&seg.path)?;
+        }
         let keep = from.saturating_sub(seg.first_index) as usize;
         let Some(&cut_at) = seg.offsets.get(keep) else {
             return Ok(());
         };
         seg.offsets.truncate(keep);
         seg.len = cut_at;
+        self.faults
+            .check(Step::SetLen)
+            .and_then(|()| self.active.set_len(cut_at))
+            .map_err(io_err(&seg.path))?;
         seg.allocated = cut_at;
-        let path = seg.path.clone();
-        if reopen {
-            self.active = open_write(&path)?;
-        }
-        self.active.set_len(cut_at).map_err(io_err(&path))?;
         if self.options.fsync {
-            self.active.sync_all().map_err(io_err(&path))?;
-        }
-        while self.terms.last().is_some_and(|&(start, _)| start >= from) {
-            self.terms.pop();
+            self.fsync_active(true)?;
         }
         Ok(())
     }
 
     /// The old segment is made durable before the new one gets a byte, which
-    /// is what lets recovery treat damage outside the last segment as corruption.
+    /// is what lets recovery treat damage outside the last segment as
+    /// corruption. `active` moves to the new file only once it is listed, so
+    /// a failure part-way can never leave records going to one file at the
+    /// offsets of another.
     fn rotate(&mut self, first_index: u64) -> Result<(), StorageError> {
         // Only the last segment may end in preallocated zeros.
         if let Some(seg) = self.segments.last_mut() {
             if seg.allocated > seg.len {
-                if let Err(source) = self.active.set_len(seg.len) {
-                    self.failed = true;
-                    return Err(io_err(&seg.path)(source));
-                }
+                self.faults
+                    .check(Step::SetLen)
+                    .and_then(|()| self.active.set_len(seg.len))
+                    .map_err(io_err(&seg.path))?;
                 seg.allocated = seg.len;
                 if self.options.fsync {
-                    if let Err(source) = self.active.sync_all() {
-                        self.failed = true;
-                        return Err(io_err(&seg.path)(source));
-                    }
+                    self.fsync_active(true)?;
                 }
                 self.dirty = false;
             }
@@ -583,10 +799,15 @@ impl Storage {
             self.sync_active()?;
         }
         let path = segment_path(&self.dir, first_index);
-        self.active = create_segment(&path)?;
+        let file = self
+            .faults
+            .check(Step::CreateSegment)
+            .map_err(io_err(&path))
+            .and_then(|()| create_segment(&path))?;
         if self.options.fsync {
-            sync_dir(&self.dir)?;
+            self.fsync_dir()?;
         }
+        self.active = file;
         self.segments.push(Segment::empty(first_index, path));
         Ok(())
     }
@@ -611,23 +832,32 @@ impl Storage {
                     .min(self.options.segment_bytes),
             );
             // Best effort: if the zeros do not fit (a full disk), the records
-            // may still, and the file simply grows with them.
-            seg.allocated = match write_zeros(&self.active, end, target) {
-                Ok(()) => target,
-                Err(_) => end,
-            };
-        }
-        if let Err(source) = self.active.write_all_at(&self.buf, seg.len) {
-            seg.offsets.truncate(seg.offsets.len() - entries.len());
-            // Restart would cut a partial record as torn, but this process goes
-            // on appending, so the file must end on a record boundary again.
-            if self.active.set_len(seg.len).is_err() {
-                self.failed = true;
+            // may still, and the file simply grows with them. The zeros that
+            // did fit are cut again, so the records get their space.
+            let zeroed = self
+                .faults
+                .check(Step::Prealloc)
+                .and_then(|()| write_zeros(&self.active, end, target));
+            if zeroed.is_ok() {
+                seg.allocated = target;
+            } else if let Err(source) = self.active.set_len(seg.allocated) {
+                seg.offsets.truncate(seg.offsets.len() - entries.len());
+                return Err(io_err(&seg.path)(source));
             }
-            seg.allocated = seg.len;
+        }
+        let written = self
+            .faults
+            .check(Step::Write)
+            .and_then(|()| self.active.write_all_at(&self.buf, seg.len));
+        if let Err(source) = written {
+            // Part of the chunk may be in the file past `len`: memory keeps
+            // the old end, and `recover` (or, after a restart, recovery of a
+            // torn tail) cuts the rest.
+            seg.offsets.truncate(seg.offsets.len() - entries.len());
             return Err(io_err(&seg.path)(source));
         }
         seg.len += self.buf.len() as u64;
+        seg.allocated = seg.allocated.max(seg.len);
         self.dirty = true;
         for e in entries {
             if self.terms.last().map(|t| t.1) != Some(e.term) {
@@ -1685,5 +1915,160 @@ mod tests {
             .unwrap();
         drop(file);
         assert_corrupt(dir.path(), &segment_path(dir.path(), first), 0);
+    }
+
+    #[test]
+    fn a_failed_rotation_stops_appends_and_the_synced_log_still_opens() {
+        // Where the log rotates, found by writing the same log elsewhere.
+        let firsts = segment_files(written(&run(1, 60, 1), 200).path());
+        let next = firsts[2];
+        let dir = TempDir::new().unwrap();
+        let (mut s, _) = open(dir.path(), opts(200));
+        s.append(&run(1, next - 1, 1)).unwrap();
+        s.sync().unwrap();
+        // A file in the way of the next segment: creating it fails.
+        fs::write(segment_path(dir.path(), next), b"").unwrap();
+        assert!(s.append(&run(next, next + 5, 1)).is_err());
+        // Nothing more is written, not even what needs no new segment.
+        let replace = s.append(&[entry(next - 1, 2, "replaces the last entry")]);
+        assert!(
+            replace.is_err(),
+            "an append after a failed rotation was taken"
+        );
+        assert!(s.sync().is_err());
+        assert!(s
+            .save_hard_state(HardState {
+                term: 2,
+                vote: None
+            })
+            .is_err());
+        assert_eq!(s.health(), Health::Failed);
+        assert!(s.recover().is_err(), "only a restart may go on");
+        drop(s);
+        let (mut s, rec) = open(dir.path(), opts(200));
+        assert_eq!(rec.entries, run(1, next - 1, 1));
+        // The log goes on in the file that was in the way, which is empty.
+        s.append(&run(next, next + 5, 1)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = open(dir.path(), opts(200));
+        assert_eq!(rec.entries, run(1, next + 5, 1));
+    }
+
+    const ENOSPC: i32 = 28;
+    const EIO: i32 = 5;
+
+    /// Every run of every step of the write path (a truncation, a rotation,
+    /// preallocation, the hard state) fails in turn, with ENOSPC and with EIO.
+    /// The storage then takes no write; for a full disk (and no failed
+    /// fsync) `recover` and a retry finish the work, otherwise the files
+    /// still open with every synced entry and the retry succeeds after that.
+    #[test]
+    fn every_failed_write_step_stops_the_storage_and_loses_nothing_synced() {
+        let o = StorageOptions {
+            segment_bytes: 300,
+            fsync: true,
+        };
+        let old_hs = HardState {
+            term: 1,
+            vote: Some(1),
+        };
+        let new_hs = HardState {
+            term: 2,
+            vote: Some(3),
+        };
+        // Replaces 19 and 20, and rotates twice.
+        let batch = run(19, 50, 2);
+        let mut want = run(1, 18, 1);
+        want.extend(batch.iter().cloned());
+        let workload = |s: &mut Storage| -> Result<(), StorageError> {
+            s.save_hard_state(new_hs)?;
+            s.append(&batch)?;
+            s.sync()
+        };
+        let steps = [
+            Step::Prealloc,
+            Step::Write,
+            Step::SetLen,
+            Step::Sync,
+            Step::CreateSegment,
+            Step::HardState,
+            Step::Rename,
+        ];
+        let mut failures = 0;
+        for step in steps {
+            for errno in [ENOSPC, EIO] {
+                for skip in 0.. {
+                    let what = format!("{step:?} run {skip}, errno {errno}");
+                    let dir = TempDir::new().unwrap();
+                    let (mut s, _) = open(dir.path(), o);
+                    s.save_hard_state(old_hs).unwrap();
+                    s.append(&run(1, 20, 1)).unwrap();
+                    s.sync().unwrap();
+                    s.faults.next.set(Some((step, skip, errno)));
+                    let result = workload(&mut s);
+                    let fired = s.faults.next.take().is_none();
+                    if !fired {
+                        result.unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert!(skip > 0, "{what}: the workload never ran this step");
+                        break;
+                    }
+                    if step == Step::Prealloc {
+                        // Best effort: the records are written without it.
+                        result.unwrap_or_else(|e| panic!("{what}: {e}"));
+                        drop(s);
+                        let (_, rec) = open(dir.path(), o);
+                        assert_eq!((rec.entries, rec.hard_state), (want.clone(), Some(new_hs)));
+                        continue;
+                    }
+                    failures += 1;
+                    let err = result.expect_err(&what);
+                    let full = errno == ENOSPC && step != Step::Sync;
+                    let health = if full {
+                        Health::NoSpace
+                    } else {
+                        Health::Failed
+                    };
+                    assert_eq!(s.health(), health, "{what}: {err}");
+                    assert_eq!(err.is_no_space(), errno == ENOSPC, "{what}: {err}");
+                    let next = s.last_index() + 1;
+                    let refused = s.append(&[entry(next, 2, "x")]).expect_err(&what);
+                    assert_eq!(refused.is_no_space(), full, "{what}: {refused}");
+                    assert!(s.sync().is_err(), "{what}");
+                    assert!(s.save_hard_state(new_hs).is_err(), "{what}");
+                    if full {
+                        s.recover()
+                            .unwrap_or_else(|e| panic!("{what}: recover: {e}"));
+                        assert_eq!(s.health(), Health::Healthy);
+                        workload(&mut s).unwrap_or_else(|e| panic!("{what}: retry: {e}"));
+                        drop(s);
+                        let (_, rec) = open(dir.path(), o);
+                        assert_eq!(rec.entries, want, "{what}");
+                        assert_eq!(rec.hard_state, Some(new_hs), "{what}");
+                        assert!(rec.warnings.is_empty(), "{what}: {:?}", rec.warnings);
+                        continue;
+                    }
+                    assert!(s.recover().is_err(), "{what}");
+                    drop(s);
+                    let (mut s, rec) = Storage::open(dir.path(), o)
+                        .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+                    assert_eq!(rec.entries[..18], want[..18], "{what}");
+                    let old = run(19, 20, 1);
+                    for e in &rec.entries[18..] {
+                        assert!(old.contains(e) || batch.contains(e), "{what}: {e:?}");
+                    }
+                    assert!(
+                        rec.hard_state == Some(old_hs) || rec.hard_state == Some(new_hs),
+                        "{what}: {:?}",
+                        rec.hard_state
+                    );
+                    workload(&mut s).unwrap_or_else(|e| panic!("{what}: after restart: {e}"));
+                    drop(s);
+                    let (_, rec) = open(dir.path(), o);
+                    assert_eq!((rec.entries, rec.hard_state), (want.clone(), Some(new_hs)));
+                }
+            }
+        }
+        assert!(failures >= 20, "only {failures} failures injected");
     }
 }
