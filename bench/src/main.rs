@@ -22,7 +22,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use poncho_protocol::{LineBuffer, ReplyEnvelope};
+use poncho_protocol::{ErrorCode, LineBuffer, ReplyEnvelope};
 use rand::rngs::StdRng as SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -152,7 +152,13 @@ struct Conn {
     out: Vec<u8>,
     written: usize,
     input: Input,
-    inflight: VecDeque<(Instant, Op)>,
+    /// When each request was sent, and its operation (`None`: a
+    /// REGISTER_CLIENT, not measured).
+    inflight: VecDeque<(Instant, Option<Op>)>,
+    /// poncho: the session this connection's writes carry and its last
+    /// seq; `None` while a new one is being registered.
+    session: Option<u64>,
+    seq: u64,
 }
 
 struct Stats {
@@ -191,6 +197,49 @@ impl Stats {
     }
 }
 
+const REGISTER_LINE: &[u8] = b"{\"msg_type\":\"REGISTER_CLIENT\"}\n";
+
+fn client_id_of(reply: &ReplyEnvelope) -> Result<u64, String> {
+    reply.payload["client_id"].as_u64().ok_or_else(|| {
+        format!(
+            "REGISTER_CLIENT reply without a client_id: {}",
+            reply.payload
+        )
+    })
+}
+
+/// Opens a session on a new (blocking) connection: its client_id.
+fn register(s: &mut StdTcpStream) -> Result<u64, String> {
+    let failed = |e: String| format!("cannot open a client session: {e}");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| failed(e.to_string()))?;
+    s.write_all(REGISTER_LINE)
+        .map_err(|e| failed(e.to_string()))?;
+    let line = read_reply_line(s).map_err(failed)?;
+    let reply: ReplyEnvelope =
+        serde_json::from_slice(&line).map_err(|e| failed(format!("bad reply: {e}")))?;
+    if reply.msg_type != "REGISTER_CLIENT" {
+        return Err(failed(reply.payload.to_string()));
+    }
+    client_id_of(&reply)
+}
+
+/// One reply line from a blocking connection (without its newline).
+fn read_reply_line(s: &mut StdTcpStream) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.contains(&b'\n') {
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    buf.truncate(end);
+    Ok(buf)
+}
+
 /// Finds the leader through STATUS on any reachable member.
 fn find_leader(cluster: &[SocketAddr]) -> Result<SocketAddr, String> {
     for &addr in cluster {
@@ -201,17 +250,10 @@ fn find_leader(cluster: &[SocketAddr]) -> Result<SocketAddr, String> {
         if s.write_all(b"{\"msg_type\":\"STATUS\"}\n").is_err() {
             continue;
         }
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 4096];
-        while !buf.contains(&b'\n') {
-            match s.read(&mut byte) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&byte[..n]),
-            }
-        }
-        let Ok(reply) = serde_json::from_slice::<ReplyEnvelope>(
-            buf.split(|&b| b == b'\n').next().unwrap_or(&[]),
-        ) else {
+        let Ok(line) = read_reply_line(&mut s) else {
+            continue;
+        };
+        let Ok(reply) = serde_json::from_slice::<ReplyEnvelope>(&line) else {
             continue;
         };
         match reply.payload["role"].as_str() {
@@ -276,20 +318,24 @@ impl Generator {
         (op, self.rng.gen_range(0..self.keys))
     }
 
-    fn next(&mut self, out: &mut Vec<u8>) -> Op {
+    /// Appends the next request to `out`; a poncho write carries the
+    /// session `client_id` and the next `seq`.
+    fn next(&mut self, out: &mut Vec<u8>, client_id: u64, seq: &mut u64) -> Op {
         let (op, key) = self.pick();
         let key = format!("key:{key:08}");
         match self.target {
             Target::Poncho => {
                 let line = match op {
                     Op::Set => {
-                        json!({"msg_type": "SET", "payload": {"key": key, "value": self.value}})
+                        *seq += 1;
+                        json!({"msg_type": "SET", "payload": {"key": key, "value": self.value, "client_id": client_id, "seq": *seq}})
                     }
                     Op::Get => {
                         json!({"msg_type": "GET", "payload": {"key": key, "stale": self.stale}})
                     }
                     Op::Cas => {
-                        json!({"msg_type": "CAS", "payload": {"key": key, "expected": self.value, "value": self.value}})
+                        *seq += 1;
+                        json!({"msg_type": "CAS", "payload": {"key": key, "expected": self.value, "value": self.value, "client_id": client_id, "seq": *seq}})
                     }
                 };
                 serde_json::to_writer(&mut *out, &line).expect("json to vec");
@@ -364,7 +410,13 @@ fn run(args: &Args) -> Result<Outcome, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
+        let mut std =
+            StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
+        // Every poncho connection writes in a session of its own.
+        let session = match args.target {
+            Target::Poncho => Some(register(&mut std)?),
+            Target::Etcd => None,
+        };
         std.set_nonblocking(true).map_err(|e| e.to_string())?;
         std.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut stream = TcpStream::from_std(std);
@@ -384,6 +436,8 @@ fn run(args: &Args) -> Result<Outcome, String> {
                 Target::Etcd => Input::Http(HttpResponses::new(1 << 24)),
             },
             inflight: VecDeque::new(),
+            session,
+            seq: 0,
         });
     }
     if args.preload {
@@ -443,9 +497,13 @@ fn drive(
     let mut chunk = vec![0u8; 64 << 10];
 
     let fill = |c: &mut Conn, issued: &mut u64, generator: &mut Generator, now: Instant| {
+        // A poncho connection waits for its new session (etcd has none).
+        if c.session.is_none() && generator.target == Target::Poncho {
+            return;
+        }
         while c.inflight.len() < args.pipeline && *issued < limit && now < deadline {
-            let op = generator.next(&mut c.out);
-            c.inflight.push_back((now, op));
+            let op = generator.next(&mut c.out, c.session.unwrap_or(0), &mut c.seq);
+            c.inflight.push_back((now, Some(op)));
             *issued += 1;
         }
     };
@@ -518,10 +576,31 @@ fn drive(
                             let line = line.map_err(|_| "reply too long".to_string())?;
                             let reply: ReplyEnvelope = serde_json::from_slice(line)
                                 .map_err(|e| format!("bad reply: {e}"))?;
-                            if reply.msg_type == "ERROR" {
-                                Err(reply.payload.to_string())
-                            } else {
-                                Ok(())
+                            if matches!(c.inflight.front(), Some((_, None))) {
+                                if reply.msg_type != "REGISTER_CLIENT" {
+                                    return Err(format!(
+                                        "cannot open a new client session: {}",
+                                        reply.payload
+                                    ));
+                                }
+                                c.session = Some(client_id_of(&reply)?);
+                                c.seq = 0;
+                                c.inflight.pop_front();
+                                continue;
+                            }
+                            match reply.error() {
+                                Some(e) if e.code == ErrorCode::SessionExpired => {
+                                    // Counted as an error; later writes go in a
+                                    // new session (the ones already sent in this
+                                    // one get SESSION_EXPIRED too).
+                                    if c.session.take().is_some() {
+                                        c.out.extend_from_slice(REGISTER_LINE);
+                                        c.inflight.push_back((now, None));
+                                    }
+                                    Err(reply.payload.to_string())
+                                }
+                                _ if reply.msg_type == "ERROR" => Err(reply.payload.to_string()),
+                                _ => Ok(()),
                             }
                         }
                     },
@@ -530,7 +609,8 @@ fn drive(
                         Some(response) => etcd::check_reply(&response),
                     },
                 };
-                let Some((sent, op)) = c.inflight.pop_front() else {
+                // (A REGISTER_CLIENT's reply was taken above.)
+                let Some((sent, Some(op))) = c.inflight.pop_front() else {
                     return Err("a reply nobody asked for".into());
                 };
                 stats.record(op, now - sent, outcome);

@@ -19,8 +19,6 @@ use crate::raft::{NodeId, RaftMessage};
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Longest value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
-/// Longest client id accepted, in bytes.
-pub const MAX_CLIENT_ID_BYTES: usize = 128;
 
 /// A decoded line.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +44,9 @@ pub enum ClientRequest {
     Delete(DeleteRequest),
     Cas(CasRequest),
     Keys(KeysRequest),
+    /// Opens a client session: the reply's `client_id` is what the client's
+    /// writes carry from then on.
+    RegisterClient,
 }
 
 impl ClientRequest {
@@ -59,16 +60,19 @@ impl ClientRequest {
             ClientRequest::Delete(_) => "DELETE",
             ClientRequest::Cas(_) => "CAS",
             ClientRequest::Keys(_) => "KEYS",
+            ClientRequest::RegisterClient => "REGISTER_CLIENT",
         }
     }
 }
 
 /// Identifies a write for exactly-once application (Raft thesis 6.3): the
-/// cluster applies a given (client_id, seq) at most once.
+/// cluster applies a given (client_id, seq) at most once. `client_id` is a
+/// session the cluster opened (the [`RegisterClientReply`]); a write in a
+/// session the cluster no longer holds gets [`ErrorCode::SessionExpired`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SessionFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
+    pub client_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
 }
@@ -146,6 +150,15 @@ pub struct CasReply {
     pub index: u64,
 }
 
+/// The session a `REGISTER_CLIENT` opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterClientReply {
+    /// The log index of the registration: unique for the cluster's life, so
+    /// an id is never handed out twice, and a session that is gone never
+    /// comes back.
+    pub client_id: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysReply {
     pub keys: Vec<String>,
@@ -202,6 +215,11 @@ pub enum ErrorCode {
     LeadershipLost,
     /// The request reused a sequence number older than the session's last.
     StaleSequence,
+    /// Not applied: the write's `client_id` names no session the cluster
+    /// holds (it expired, was evicted, or was never registered). If it was a
+    /// retry, the earlier attempt's outcome stays unknown. Register a new
+    /// session before writing again.
+    SessionExpired,
 }
 
 impl ErrorCode {
@@ -215,6 +233,7 @@ impl ErrorCode {
                 | ErrorCode::MessageTooLarge
                 | ErrorCode::Overloaded
                 | ErrorCode::StaleSequence
+                | ErrorCode::SessionExpired
         )
     }
 }
@@ -313,6 +332,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
     let request = match msg_type {
         "HEALTHCHECK" => ClientRequest::Healthcheck,
         "STATUS" => ClientRequest::Status,
+        "REGISTER_CLIENT" => ClientRequest::RegisterClient,
         "GET" => ClientRequest::Get(parse(msg_type, payload).map_err(fail)?),
         "SET" => ClientRequest::Set(parse(msg_type, payload).map_err(fail)?),
         "DELETE" => ClientRequest::Delete(parse(msg_type, payload).map_err(fail)?),
@@ -386,10 +406,7 @@ fn validate(request: &ClientRequest) -> Result<(), String> {
         )),
         _ => Ok(()),
     };
-    let check_session = |s: &SessionFields| match (&s.client_id, s.seq) {
-        (Some(id), Some(_)) if id.is_empty() || id.len() > MAX_CLIENT_ID_BYTES => Err(format!(
-            "client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes"
-        )),
+    let check_session = |s: &SessionFields| match (s.client_id, s.seq) {
         (Some(_), Some(0)) => Err("seq starts at 1".to_string()),
         (Some(_), Some(_)) | (None, None) => Ok(()),
         _ => Err("client_id and seq go together".to_string()),
@@ -412,7 +429,9 @@ fn validate(request: &ClientRequest) -> Result<(), String> {
             check_session(&r.session)
         }
         ClientRequest::Keys(r) => check_key(&r.prefix),
-        ClientRequest::Healthcheck | ClientRequest::Status => Ok(()),
+        ClientRequest::Healthcheck | ClientRequest::Status | ClientRequest::RegisterClient => {
+            Ok(())
+        }
     }
 }
 
@@ -467,7 +486,7 @@ pub fn encode_error(out: &mut Vec<u8>, req_id: Option<u64>, error: &ErrorReply) 
 pub fn encode_request(out: &mut Vec<u8>, req_id: Option<u64>, request: &ClientRequest) {
     let t = request.msg_type();
     match request {
-        ClientRequest::Healthcheck | ClientRequest::Status => {
+        ClientRequest::Healthcheck | ClientRequest::Status | ClientRequest::RegisterClient => {
             write_line::<()>(out, t, req_id, None, None)
         }
         ClientRequest::Get(r) => write_line(out, t, req_id, None, Some(r)),
@@ -556,6 +575,7 @@ mod tests {
     fn requests_round_trip_through_the_encoder() {
         let requests = vec![
             ClientRequest::Status,
+            ClientRequest::RegisterClient,
             ClientRequest::Get(GetRequest {
                 key: "k".into(),
                 stale: true,
@@ -564,7 +584,7 @@ mod tests {
                 key: "k".into(),
                 value: "v w".into(),
                 session: SessionFields {
-                    client_id: Some("c1".into()),
+                    client_id: Some(17),
                     seq: Some(4),
                 },
             }),
@@ -658,6 +678,14 @@ mod tests {
                 r#"{"msg_type":"SET","payload":{"key":"k","value":"v","seq":1}}"#,
                 "go together",
             ),
+            (
+                r#"{"msg_type":"SET","payload":{"key":"k","value":"v","client_id":"c1","seq":1}}"#,
+                "bad SET payload",
+            ),
+            (
+                r#"{"msg_type":"SET","payload":{"key":"k","value":"v","client_id":7,"seq":0}}"#,
+                "seq starts at 1",
+            ),
             (r#"{"req_id":1}"#, "bad envelope"),
         ];
         for (line, reason) in cases {
@@ -715,5 +743,7 @@ mod tests {
         let parsed: ReplyEnvelope = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(parsed.error(), Some(e));
         assert_eq!(ErrorCode::LeadershipLost.to_string(), "LEADERSHIP_LOST");
+        assert_eq!(ErrorCode::SessionExpired.to_string(), "SESSION_EXPIRED");
+        assert!(ErrorCode::SessionExpired.not_applied());
     }
 }

@@ -46,7 +46,7 @@ fn value(rng: &mut Rng, bytes: usize) -> String {
     tag.chars().cycle().take(bytes).collect()
 }
 
-fn set_data(key: String, value: String, session: Option<(String, u64)>, ts_ms: u64) -> Arc<str> {
+fn set_data(key: String, value: String, session: Option<(u64, u64)>, ts_ms: u64) -> Arc<str> {
     let (client_id, seq) = match session {
         Some((client_id, seq)) => (Some(client_id), Some(seq)),
         None => (None, None),
@@ -109,19 +109,29 @@ fn main() {
     let ts0 = 1_700_000_000_000;
     println!("kv_snapshot: {keys} keys, {value_bytes}-byte values, every 10th write in one of {clients} client sessions");
 
-    // Every key once, in a scattered order (a multiplicative permutation).
-    let mut seqs = vec![0u64; clients as usize];
-    let build: Vec<Arc<str>> = (0..keys)
-        .map(|i| {
-            let k = key(i.wrapping_mul(2_654_435_761) % keys);
-            let session = (i % 10 == 0).then(|| {
-                let c = (rng.next() % clients) as usize;
-                seqs[c] += 1;
-                (format!("client-{c}"), seqs[c])
-            });
-            set_data(k, value(&mut rng, value_bytes), session, ts0 + i)
+    // The sessions first: client c's id is its registration's index, c + 1.
+    let mut build: Vec<Arc<str>> = (0..clients)
+        .map(|_| {
+            let register = Command {
+                op: Op::RegisterClient,
+                client_id: None,
+                seq: None,
+                ts_ms: ts0,
+            };
+            Arc::from(register.encode())
         })
         .collect();
+    // Every key once, in a scattered order (a multiplicative permutation).
+    let mut seqs = vec![0u64; clients as usize];
+    build.extend((0..keys).map(|i| {
+        let k = key(i.wrapping_mul(2_654_435_761) % keys);
+        let session = (i % 10 == 0).then(|| {
+            let c = (rng.next() % clients) as usize;
+            seqs[c] += 1;
+            (c as u64 + 1, seqs[c])
+        });
+        set_data(k, value(&mut rng, value_bytes), session, ts0 + i)
+    }));
     // Overwrites of random existing keys, used in turn (and again if a phase
     // needs more): no sessions, so reusing one changes only the index.
     let pool: Vec<Arc<str>> = (0..200_000u64)

@@ -8,31 +8,45 @@
 //!
 //! # Exactly-once writes (Raft thesis 6.3)
 //! A client that does not hear back retries, and the retry may reach a new
-//! leader after the first attempt was already committed. A write that carries
-//! `client_id` and `seq` is therefore applied at most once: the store keeps,
-//! per client, the last `seq` it applied and that write's result.
+//! leader after the first attempt was already committed. A client therefore
+//! opens a session first: `REGISTER_CLIENT` goes through the log like a
+//! write, and the session's id (`client_id`) is the log index of that entry.
+//! The cluster, not the client, picks the id, because an index is unique for
+//! the cluster's life: no two clients can share a session by choosing the
+//! same id, and an id that expired is never handed out again, so a session
+//! that is gone stays gone (a client-chosen id could be registered afresh and
+//! its old retries applied again).
+//!
+//! A write that carries `client_id` and `seq` is applied at most once: the
+//! store keeps, per session, the last `seq` it applied and that write's
+//! result.
 //!
 //! - `seq` equal to the last: the retry gets the cached result; nothing is
 //!   applied again.
 //! - `seq` below the last: [`ErrorCode::StaleSequence`]; nothing changes.
-//! - `seq` above the last (or a client not seen before): applied and cached.
+//! - `seq` above the last: applied and cached.
+//! - a `client_id` the store does not hold (expired, evicted, or never
+//!   registered): [`ErrorCode::SessionExpired`]; nothing is applied. The
+//!   store cannot tell a retry of an applied write from a new write once the
+//!   session is gone, so it applies neither, and the client learns that the
+//!   outcome of the write it was retrying is unknown.
 //!
 //! Clients issue one write at a time per `client_id`, so one cached result per
-//! client is enough.
+//! session is enough. Writes without `client_id` and `seq` are applied once
+//! per entry: a client that resends one may have it applied twice.
 //!
-//! # Session expiry, deterministic
+//! # Session expiry and eviction, deterministic
 //! Sessions cannot be kept forever. The store's only clock is the `ts_ms` the
 //! leader wrote into each command, taken as the maximum seen so far (leaders'
-//! clocks may disagree a little, and the clock must never run backwards). A
-//! session idle for [`SESSION_TIMEOUT_MS`] of that log time is dropped when a
-//! later command is applied. [`MAX_SESSIONS`] and [`MAX_SESSION_BYTES`] bound
-//! memory: past either, the least recently used session goes. Because the
-//! clock, the order and the limits are all functions of the log, every node
-//! drops the same sessions at the same index.
-//!
-//! A client whose session was dropped is a new client: a retry of its last
-//! write would be applied again. Exactly-once therefore holds for retries
-//! within [`SESSION_TIMEOUT_MS`] while the caps are not reached.
+//! clocks may disagree a little, and the clock must never run backwards).
+//! Before each command is applied, every session idle for
+//! [`SESSION_TIMEOUT_MS`] of that log time is dropped, so whether a session is
+//! alive for a command depends only on the command's place in the log.
+//! [`MAX_SESSIONS`] and [`MAX_SESSION_BYTES`] bound memory: past either, the
+//! least recently used session goes. Because the clock, the order and the
+//! limits are all functions of the log, every node drops the same sessions at
+//! the same index, and a dropped session's next write gets `SESSION_EXPIRED`
+//! on every node alike: expiry and eviction are never silent.
 //!
 //! # Snapshots
 //! The maps are persistent B-trees ([`imbl::OrdMap`]): a clone shares every
@@ -49,12 +63,13 @@
 //!
 //! 1. One store line, with every store-level field apply depends on, and how
 //!    many key and session lines follow (so a truncated snapshot is detected):
-//!    `{"format":1,"last_applied":9,"clock_ms":1700000000000,"session_timeout_ms":600000,`
+//!    `{"format":2,"last_applied":9,"clock_ms":1700000000000,"session_timeout_ms":600000,`
 //!    `"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":1}`
 //! 2. One line per key, in key order: `{"k":"a","v":"1"}`
 //! 3. One line per session, in `client_id` order, with the cached reply in the
-//!    shape of its wire reply plus its `type`:
-//!    `{"client_id":"c1","last_seq":4,"reply":{"type":"SET","key":"a","index":7},`
+//!    shape of its wire reply plus its `type` (a session that has not written
+//!    yet has `last_seq` 0 and its registration's reply):
+//!    `{"client_id":3,"last_seq":4,"reply":{"type":"SET","key":"a","index":7},`
 //!    `"last_used_index":9,"last_used_ts_ms":1700000000000}`
 //!
 //! The same entries always give byte-identical snapshot lines.
@@ -67,8 +82,8 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 use poncho_protocol::{
-    CasReply, ClientRequest, DeleteReply, Entry, EntryKind, ErrorCode, ErrorReply, SessionFields,
-    SetReply, MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    CasReply, ClientRequest, DeleteReply, Entry, EntryKind, ErrorCode, ErrorReply,
+    RegisterClientReply, SessionFields, SetReply, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,26 +104,26 @@ pub const SESSION_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// cannot grow memory without bound within the timeout.
 pub const MAX_SESSIONS: usize = 100_000;
 
-/// The most bytes of cached replies (client id, key and CAS value, see
+/// The most bytes of cached replies (key and CAS value, see
 /// `session_bytes`) kept at once. A CAS reply can carry a 256 KiB value, so the
 /// count cap alone would allow 25 GB; past this budget the least recently used
 /// session is dropped.
 pub const MAX_SESSION_BYTES: usize = 128 << 20;
 
 /// Fixed bookkeeping charged to every session besides its strings: the maps'
-/// entries, the sequence number and timestamps.
+/// entries, the id, the sequence number and timestamps.
 const SESSION_OVERHEAD_BYTES: usize = 96;
 
 /// The version in a snapshot's store line. Raise it whenever the line format
 /// or the meaning of a field changes; [`KvStore::restore`] refuses any other.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Format 2: sessions are keyed by the numeric id `REGISTER_CLIENT` gave
+/// (format 1 had client-chosen string ids, which this build cannot honour).
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 // The session just used must always fit, or the budget would evict it at once.
 const _: () = assert!(MAX_SESSIONS >= 1);
-const _: () = assert!(
-    MAX_SESSION_BYTES
-        >= 16 * (SESSION_OVERHEAD_BYTES + MAX_CLIENT_ID_BYTES + MAX_KEY_BYTES + MAX_VALUE_BYTES)
-);
+const _: () =
+    assert!(MAX_SESSION_BYTES >= 16 * (SESSION_OVERHEAD_BYTES + MAX_KEY_BYTES + MAX_VALUE_BYTES));
 
 /// A write as stored in a log entry's `data` (JSON text). The leader builds it
 /// from a client request.
@@ -116,7 +131,7 @@ const _: () = assert!(
 pub struct Command {
     pub op: Op,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
+    pub client_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     /// Leader's wall clock in ms when proposed; the only notion of time the
@@ -141,6 +156,8 @@ pub enum Op {
         expected: Option<String>,
         value: Option<String>,
     },
+    /// Opens a session whose id is this entry's index.
+    RegisterClient,
 }
 
 impl Command {
@@ -155,9 +172,11 @@ impl Command {
         serde_json::from_str(data).map_err(|e| e.to_string())
     }
 
-    /// Builds a command from a client write request; `None` for reads,
-    /// HEALTHCHECK, STATUS and KEYS, which never enter the log.
+    /// Builds a command from a client write request or a REGISTER_CLIENT;
+    /// `None` for reads, HEALTHCHECK, STATUS and KEYS, which never enter the
+    /// log.
     pub fn from_request(request: &ClientRequest, ts_ms: u64) -> Option<Command> {
+        let no_session = SessionFields::default();
         let (op, session) = match request {
             ClientRequest::Set(r) => (
                 Op::Set {
@@ -175,6 +194,7 @@ impl Command {
                 },
                 &r.session,
             ),
+            ClientRequest::RegisterClient => (Op::RegisterClient, &no_session),
             ClientRequest::Healthcheck
             | ClientRequest::Status
             | ClientRequest::Get(_)
@@ -196,7 +216,9 @@ pub enum ApplyResult {
     Set(SetReply),
     Delete(DeleteReply),
     Cas(CasReply),
-    /// A stale sequence number, or an entry whose data is not a valid command.
+    Register(RegisterClientReply),
+    /// A stale sequence number, a session the store does not hold, or an
+    /// entry whose data is not a valid command.
     Error(ErrorReply),
 }
 
@@ -207,6 +229,7 @@ impl ApplyResult {
             ApplyResult::Set(_) => "SET",
             ApplyResult::Delete(_) => "DELETE",
             ApplyResult::Cas(_) => "CAS",
+            ApplyResult::Register(_) => "REGISTER_CLIENT",
             ApplyResult::Error(_) => "ERROR",
         }
     }
@@ -215,8 +238,10 @@ impl ApplyResult {
 /// One client's exactly-once state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {
+    /// 0 until the session's first write (sequence numbers start at 1).
     last_seq: u64,
-    /// The reply to `last_seq`, returned again to a retry. Shared, so copying
+    /// The reply to `last_seq` (for 0, the registration's), returned again to
+    /// a retry. Shared, so copying
     /// a session (as a write does to a tree node a snapshot still holds) does
     /// not copy the reply's strings.
     result: Arc<ApplyResult>,
@@ -237,12 +262,13 @@ pub struct KvStore {
     data: OrdMap<Arc<str>, Arc<str>>,
     /// The sum of the lengths of every key and value in `data`.
     data_bytes: usize,
-    sessions: OrdMap<Arc<str>, Session>,
+    /// By `client_id`, the index of the session's registration.
+    sessions: OrdMap<u64, Session>,
     /// Client ids by the index that last used them, oldest first. The log
     /// clock never decreases along the log, so this order is also the order
     /// of `last_used_ts_ms`: the front is both the least recently used session
     /// and the first to expire, and expiry and eviction only ever pop it.
-    sessions_by_use: OrdMap<u64, Arc<str>>,
+    sessions_by_use: OrdMap<u64, u64>,
     session_bytes: usize,
     last_applied: u64,
     /// The largest `ts_ms` applied so far: the log clock.
@@ -262,6 +288,14 @@ impl Default for KvStore {
 
 impl KvStore {
     pub fn new() -> KvStore {
+        KvStore::with_session_limits(SESSION_TIMEOUT_MS, MAX_SESSIONS)
+    }
+
+    /// A store that expires sessions after `session_timeout_ms` of log time
+    /// and keeps at most `max_sessions` (at least 1) of them: for tests that
+    /// must see expiry and eviction in seconds. Every node of a cluster must
+    /// use the same values (see [`SESSION_TIMEOUT_MS`]).
+    pub fn with_session_limits(session_timeout_ms: u64, max_sessions: usize) -> KvStore {
         KvStore {
             data: OrdMap::new(),
             data_bytes: 0,
@@ -270,8 +304,8 @@ impl KvStore {
             session_bytes: 0,
             last_applied: 0,
             clock_ms: 0,
-            session_timeout_ms: SESSION_TIMEOUT_MS,
-            max_sessions: MAX_SESSIONS,
+            session_timeout_ms,
+            max_sessions: max_sessions.max(1),
             max_session_bytes: MAX_SESSION_BYTES,
         }
     }
@@ -307,37 +341,61 @@ impl KvStore {
 
     fn apply_command(&mut self, index: u64, command: Command) -> ApplyResult {
         self.clock_ms = self.clock_ms.max(command.ts_ms);
-        let result = match (command.client_id, command.seq) {
-            (None, None) => self.apply_op(index, command.op),
-            (Some(client_id), Some(seq)) => {
-                self.apply_in_session(index, client_id, seq, command.op)
-            }
+        // Before the command: a session idle for the timeout at this point of
+        // the log is gone for it, whatever came in between.
+        self.expire_sessions();
+        match (command.client_id, command.seq, command.op) {
+            (None, None, Op::RegisterClient) => self.register(index),
+            (_, _, Op::RegisterClient) => ApplyResult::Error(ErrorReply::bad_request(
+                "REGISTER_CLIENT carries no client_id or seq; no session was opened",
+            )),
+            (None, None, op) => self.apply_op(index, op),
+            (Some(_), Some(0), _) => ApplyResult::Error(ErrorReply::bad_request(
+                "seq starts at 1; the command was not applied",
+            )),
+            (Some(client_id), Some(seq), op) => self.apply_in_session(index, client_id, seq, op),
             _ => ApplyResult::Error(ErrorReply::bad_request(
                 "client_id and seq go together; the command was not applied",
             )),
-        };
-        self.expire_sessions();
+        }
+    }
+
+    /// Opens the session `index`: nothing written yet, so `last_seq` 0, with
+    /// the registration's reply as its cached result.
+    fn register(&mut self, index: u64) -> ApplyResult {
+        let result = ApplyResult::Register(RegisterClientReply { client_id: index });
+        self.record_session(index, 0, index, result.clone());
         result
     }
 
-    fn apply_in_session(&mut self, index: u64, client_id: String, seq: u64, op: Op) -> ApplyResult {
-        if let Some(session) = self.sessions.get(client_id.as_str()) {
-            if seq < session.last_seq {
-                return ApplyResult::Error(ErrorReply::new(
-                    ErrorCode::StaleSequence,
-                    format!(
-                        "client {client_id:?} sent seq {seq}, but seq {} was already applied; \
-                         the command was not applied (use a larger seq for a new write)",
-                        session.last_seq
-                    ),
-                ));
-            }
-            if seq == session.last_seq {
-                // A retry: answer as the first time, and count it as use.
-                let result = ApplyResult::clone(&session.result);
-                self.touch_session(&client_id, index);
-                return result;
-            }
+    fn apply_in_session(&mut self, index: u64, client_id: u64, seq: u64, op: Op) -> ApplyResult {
+        let Some(session) = self.sessions.get(&client_id) else {
+            return ApplyResult::Error(ErrorReply::new(
+                ErrorCode::SessionExpired,
+                format!(
+                    "client session {client_id} is not open: it expired (unused for {} ms of log \
+                     time), was evicted (more than {} sessions), or was never registered; the \
+                     command was not applied, and if it retries an earlier attempt, that \
+                     attempt's outcome is unknown. Open a new session with REGISTER_CLIENT",
+                    self.session_timeout_ms, self.max_sessions
+                ),
+            ));
+        };
+        if seq < session.last_seq {
+            return ApplyResult::Error(ErrorReply::new(
+                ErrorCode::StaleSequence,
+                format!(
+                    "client {client_id} sent seq {seq}, but seq {} was already applied; \
+                     the command was not applied (use a larger seq for a new write)",
+                    session.last_seq
+                ),
+            ));
+        }
+        if seq == session.last_seq {
+            // A retry: answer as the first time, and count it as use.
+            let result = ApplyResult::clone(&session.result);
+            self.touch_session(client_id, index);
+            return result;
         }
         let result = self.apply_op(index, op);
         self.record_session(client_id, seq, index, result.clone());
@@ -385,6 +443,10 @@ impl KvStore {
                     index,
                 })
             }
+            // `apply_command` takes registrations before this.
+            Op::RegisterClient => ApplyResult::Error(ErrorReply::bad_request(
+                "REGISTER_CLIENT is not a key/value operation",
+            )),
         }
     }
 
@@ -416,23 +478,22 @@ impl KvStore {
 
     /// Marks a session used by the entry at `index`: it moves to the back of
     /// `sessions_by_use`.
-    fn touch_session(&mut self, client_id: &str, index: u64) {
+    fn touch_session(&mut self, client_id: u64, index: u64) {
         let clock_ms = self.clock_ms;
-        let Some(session) = self.sessions.get_mut(client_id) else {
+        let Some(session) = self.sessions.get_mut(&client_id) else {
             return;
         };
         let moved = self.sessions_by_use.remove(&session.last_used_index);
-        debug_assert_eq!(moved.as_deref(), Some(client_id));
+        debug_assert_eq!(moved, Some(client_id));
         session.last_used_index = index;
         session.last_used_ts_ms = clock_ms;
-        let id = moved.unwrap_or_else(|| Arc::from(client_id));
-        self.sessions_by_use.insert(index, id);
+        self.sessions_by_use.insert(index, client_id);
     }
 
     /// Stores `result` as the reply to `client_id`'s `seq`, then drops least
     /// recently used sessions while over a cap.
-    fn record_session(&mut self, client_id: String, seq: u64, index: u64, result: ApplyResult) {
-        let bytes = session_bytes(&client_id, &result);
+    fn record_session(&mut self, client_id: u64, seq: u64, index: u64, result: ApplyResult) {
+        let bytes = session_bytes(&result);
         let session = Session {
             last_seq: seq,
             result: Arc::new(result),
@@ -440,16 +501,11 @@ impl KvStore {
             last_used_ts_ms: self.clock_ms,
             bytes,
         };
-        // A known client keeps its shared id string.
-        let id = match self.sessions.get_key_value(client_id.as_str()) {
-            Some((id, _)) => Arc::clone(id),
-            None => Arc::from(client_id),
-        };
-        if let Some(old) = self.sessions.insert(Arc::clone(&id), session) {
+        if let Some(old) = self.sessions.insert(client_id, session) {
             self.sessions_by_use.remove(&old.last_used_index);
             self.session_bytes -= old.bytes;
         }
-        self.sessions_by_use.insert(index, id);
+        self.sessions_by_use.insert(index, client_id);
         self.session_bytes += bytes;
         while self.sessions.len() > self.max_sessions || self.session_bytes > self.max_session_bytes
         {
@@ -462,7 +518,7 @@ impl KvStore {
     /// session dropped: amortized O(log n) per apply.
     fn expire_sessions(&mut self) {
         while let Some((_, client_id)) = self.sessions_by_use.get_min() {
-            let idle_ms = self.clock_ms - self.sessions[&**client_id].last_used_ts_ms;
+            let idle_ms = self.clock_ms - self.sessions[client_id].last_used_ts_ms;
             if idle_ms < self.session_timeout_ms {
                 break;
             }
@@ -477,7 +533,7 @@ impl KvStore {
         if let Some(client_id) = self.sessions_by_use.remove(&index) {
             let session = self
                 .sessions
-                .remove(&*client_id)
+                .remove(&client_id)
                 .expect("every entry of sessions_by_use names a session");
             self.session_bytes -= session.bytes;
         }
@@ -513,6 +569,11 @@ impl KvStore {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// The session timeout (ms of log time) and the session cap in force.
+    pub fn session_limits(&self) -> (u64, usize) {
+        (self.session_timeout_ms, self.max_sessions)
     }
 
     /// The state's size in bytes, roughly: every key and value's length plus
@@ -612,7 +673,7 @@ impl KvStore {
         // (last_used_index, last_used_ts_ms, line) of each session, for the
         // checks across lines below.
         let mut uses = Vec::new();
-        let mut previous: Option<Arc<str>> = None;
+        let mut previous: Option<u64> = None;
         for _ in 0..store.sessions {
             let Some(line) = lines.next()? else {
                 return Err(missing(lines.number + 1));
@@ -620,34 +681,46 @@ impl KvStore {
             let n = lines.number;
             let s: SessionLineIn = serde_json::from_str(&line)
                 .map_err(|e| format!("snapshot line {n}: not a session line: {e}"))?;
-            if previous.as_deref().is_some_and(|p| p >= &*s.client_id) {
+            let id = s.client_id;
+            if previous.is_some_and(|p| p >= id) {
                 return Err(format!(
-                    "snapshot line {n}: client {:?} is out of order (sessions must be sorted \
-                     by client_id and unique)",
-                    s.client_id
+                    "snapshot line {n}: client {id} is out of order (sessions must be sorted \
+                     by client_id and unique)"
                 ));
             }
             // Expiry subtracts a session's last use from the clock: it must
             // not be later than the clock (nor than the last index applied).
             if s.last_used_index > store.last_applied || s.last_used_ts_ms > store.clock_ms {
                 return Err(format!(
-                    "snapshot line {n}: client {:?} was last used at index {}, time {}: after \
+                    "snapshot line {n}: client {id} was last used at index {}, time {}: after \
                      the store's last_applied {} or clock {}",
-                    s.client_id,
-                    s.last_used_index,
-                    s.last_used_ts_ms,
-                    store.last_applied,
-                    store.clock_ms
+                    s.last_used_index, s.last_used_ts_ms, store.last_applied, store.clock_ms
                 ));
             }
-            let id: Arc<str> = Arc::from(s.client_id);
+            // A session's id is the index of its registration, which is its
+            // first use; its reply is the registration's until it writes.
             let result = ApplyResult::from(s.reply);
-            let bytes = session_bytes(&id, &result);
+            if id == 0 || id > s.last_used_index {
+                return Err(format!(
+                    "snapshot line {n}: client {id} was last used at index {}: before it was \
+                     registered (a client_id is its registration's index, from 1)",
+                    s.last_used_index
+                ));
+            }
+            let registration = ApplyResult::Register(RegisterClientReply { client_id: id });
+            if (s.last_seq == 0) != (result == registration) {
+                return Err(format!(
+                    "snapshot line {n}: client {id} has last_seq {} with a {} reply (a session \
+                     holds its registration's reply exactly while last_seq is 0)",
+                    s.last_seq,
+                    result.msg_type()
+                ));
+            }
+            let bytes = session_bytes(&result);
             uses.push((s.last_used_index, s.last_used_ts_ms, n));
-            kv.sessions_by_use
-                .insert(s.last_used_index, Arc::clone(&id));
+            kv.sessions_by_use.insert(s.last_used_index, id);
             kv.sessions.insert(
-                Arc::clone(&id),
+                id,
                 Session {
                     last_seq: s.last_seq,
                     result: Arc::new(result),
@@ -707,7 +780,7 @@ impl KvStore {
 #[derive(Debug, Clone)]
 pub struct KvSnapshot {
     data: OrdMap<Arc<str>, Arc<str>>,
-    sessions: OrdMap<Arc<str>, Session>,
+    sessions: OrdMap<u64, Session>,
     /// The store line, counts included.
     store: StoreLine,
 }
@@ -758,7 +831,7 @@ impl KvSnapshot {
         }
         for (client_id, session) in self.sessions.iter() {
             let line = SessionLineOut {
-                client_id,
+                client_id: *client_id,
                 last_seq: session.last_seq,
                 reply: ReplyRef::from(&*session.result),
                 last_used_index: session.last_used_index,
@@ -836,7 +909,7 @@ struct KeyLine<'a> {
 /// One session, as written.
 #[derive(Serialize)]
 struct SessionLineOut<'a> {
-    client_id: &'a str,
+    client_id: u64,
     last_seq: u64,
     reply: ReplyRef<'a>,
     last_used_index: u64,
@@ -846,9 +919,8 @@ struct SessionLineOut<'a> {
 /// One session, as read: the same fields as [`SessionLineOut`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SessionLineIn<'a> {
-    #[serde(borrow)]
-    client_id: Cow<'a, str>,
+struct SessionLineIn {
+    client_id: u64,
     last_seq: u64,
     reply: ReplyOwned,
     last_used_index: u64,
@@ -862,6 +934,7 @@ enum ReplyRef<'a> {
     Set(&'a SetReply),
     Delete(&'a DeleteReply),
     Cas(&'a CasReply),
+    RegisterClient(&'a RegisterClientReply),
     Error(&'a ErrorReply),
 }
 
@@ -871,6 +944,7 @@ impl<'a> From<&'a ApplyResult> for ReplyRef<'a> {
             ApplyResult::Set(r) => ReplyRef::Set(r),
             ApplyResult::Delete(r) => ReplyRef::Delete(r),
             ApplyResult::Cas(r) => ReplyRef::Cas(r),
+            ApplyResult::Register(r) => ReplyRef::RegisterClient(r),
             ApplyResult::Error(r) => ReplyRef::Error(r),
         }
     }
@@ -883,6 +957,7 @@ enum ReplyOwned {
     Set(SetReply),
     Delete(DeleteReply),
     Cas(CasReply),
+    RegisterClient(RegisterClientReply),
     Error(ErrorReply),
 }
 
@@ -892,21 +967,23 @@ impl From<ReplyOwned> for ApplyResult {
             ReplyOwned::Set(r) => ApplyResult::Set(r),
             ReplyOwned::Delete(r) => ApplyResult::Delete(r),
             ReplyOwned::Cas(r) => ApplyResult::Cas(r),
+            ReplyOwned::RegisterClient(r) => ApplyResult::Register(r),
             ReplyOwned::Error(r) => ApplyResult::Error(r),
         }
     }
 }
 
-/// What a session counts against `MAX_SESSION_BYTES`: its strings plus a
-/// fixed overhead.
-fn session_bytes(client_id: &str, result: &ApplyResult) -> usize {
+/// What a session counts against `MAX_SESSION_BYTES`: its reply's strings
+/// plus a fixed overhead.
+fn session_bytes(result: &ApplyResult) -> usize {
     let reply_bytes = match result {
         ApplyResult::Set(r) => r.key.len(),
         ApplyResult::Delete(r) => r.key.len(),
         ApplyResult::Cas(r) => r.key.len() + r.current.as_ref().map_or(0, String::len),
+        ApplyResult::Register(_) => 0,
         ApplyResult::Error(e) => e.message.len(),
     };
-    SESSION_OVERHEAD_BYTES + client_id.len() + reply_bytes
+    SESSION_OVERHEAD_BYTES + reply_bytes
 }
 
 #[cfg(test)]
@@ -986,10 +1063,32 @@ mod tests {
             })
         }
 
-        fn session(&mut self, client_id: &str, seq: u64, ts_ms: u64, op: Op) -> ApplyResult {
+        fn with_session_limits(session_timeout_ms: u64, max_sessions: usize) -> Feed {
+            Feed {
+                store: KvStore::with_session_limits(session_timeout_ms, max_sessions),
+            }
+        }
+
+        /// Opens a session at log time `ts_ms`: its id.
+        fn register_at(&mut self, ts_ms: u64) -> u64 {
+            let index = self.store.last_applied() + 1;
+            match self.plain_at(Op::RegisterClient, ts_ms) {
+                ApplyResult::Register(r) => {
+                    assert_eq!(r.client_id, index, "a session's id is its entry's index");
+                    r.client_id
+                }
+                other => panic!("REGISTER_CLIENT gave {other:?}"),
+            }
+        }
+
+        fn register(&mut self) -> u64 {
+            self.register_at(0)
+        }
+
+        fn session(&mut self, client_id: u64, seq: u64, ts_ms: u64, op: Op) -> ApplyResult {
             self.command(Command {
                 op,
-                client_id: Some(client_id.into()),
+                client_id: Some(client_id),
                 seq: Some(seq),
                 ts_ms,
             })
@@ -1122,33 +1221,33 @@ mod tests {
     #[test]
     fn a_retried_seq_returns_the_first_result_and_is_not_applied_twice() {
         let mut f = Feed::new();
-        let first = f.session("c1", 1, 0, set("k", "from c1"));
-        assert_eq!(first, set_reply("k", 1));
+        let c1 = f.register();
+        assert_eq!(c1, 1);
+        let first = f.session(c1, 1, 0, set("k", "from c1"));
+        assert_eq!(first, set_reply("k", 2));
         f.plain(set("k", "from someone else"));
         // The retry of (c1, 1) arrives after another write to the key.
-        assert_eq!(f.session("c1", 1, 0, set("k", "from c1")), first);
+        assert_eq!(f.session(c1, 1, 0, set("k", "from c1")), first);
         assert_eq!(f.store.get("k"), Some("from someone else"));
-        assert_eq!(f.store.last_applied(), 3);
+        assert_eq!(f.store.last_applied(), 4);
 
         // A CAS retried after it succeeded must still report success, not
         // re-evaluate against the value it wrote.
-        let swapped = f.session("c1", 2, 0, cas("n", None, Some("1")));
-        assert_eq!(swapped, cas_reply("n", true, Some("1"), 4));
-        assert_eq!(f.session("c1", 2, 0, cas("n", None, Some("1"))), swapped);
+        let swapped = f.session(c1, 2, 0, cas("n", None, Some("1")));
+        assert_eq!(swapped, cas_reply("n", true, Some("1"), 5));
+        assert_eq!(f.session(c1, 2, 0, cas("n", None, Some("1"))), swapped);
         // A DELETE retried reports `deleted: true` although the key is gone.
-        let deleted = f.session("c1", 3, 0, delete("n"));
-        assert_eq!(f.session("c1", 3, 0, delete("n")), deleted);
+        let deleted = f.session(c1, 3, 0, delete("n"));
+        assert_eq!(f.session(c1, 3, 0, delete("n")), deleted);
         assert!(matches!(
             deleted,
             ApplyResult::Delete(DeleteReply { deleted: true, .. })
         ));
 
-        // The next seq applies again; another client's seq 1 is its own.
-        assert_eq!(
-            f.session("c1", 4, 0, set("k", "c1 again")),
-            set_reply("k", 8)
-        );
-        assert_eq!(f.session("c2", 1, 0, set("k", "c2")), set_reply("k", 9));
+        // The next seq applies again; another session's seq 1 is its own.
+        assert_eq!(f.session(c1, 4, 0, set("k", "c1 again")), set_reply("k", 9));
+        let c2 = f.register();
+        assert_eq!(f.session(c2, 1, 0, set("k", "c2")), set_reply("k", 11));
         assert_eq!(f.store.get("k"), Some("c2"));
         assert_eq!(f.store.session_count(), 2);
     }
@@ -1156,9 +1255,10 @@ mod tests {
     #[test]
     fn an_older_seq_is_refused_with_stale_sequence_and_changes_nothing() {
         let mut f = Feed::new();
-        f.session("c1", 5, 0, set("k", "five"));
+        let c1 = f.register();
+        f.session(c1, 5, 0, set("k", "five"));
         let before = f.store.clone();
-        let stale = f.session("c1", 4, 0, set("k", "four"));
+        let stale = f.session(c1, 4, 0, set("k", "four"));
         assert_eq!(error_code(&stale), ErrorCode::StaleSequence);
         assert!(stale.msg_type() == "ERROR");
         match &stale {
@@ -1173,29 +1273,49 @@ mod tests {
         assert_eq!(f.store.last_applied(), before.last_applied() + 1);
         assert_eq!(f.store.sessions, before.sessions);
         // The session still deduplicates its last seq.
-        assert_eq!(f.session("c1", 5, 0, set("k", "x")), set_reply("k", 1));
+        assert_eq!(f.session(c1, 5, 0, set("k", "x")), set_reply("k", 2));
     }
 
     #[test]
     fn client_id_without_seq_is_refused_without_applying() {
         let mut f = Feed::new();
-        let r = f.command(Command {
-            op: set("k", "v"),
-            client_id: Some("c1".into()),
-            seq: None,
-            ts_ms: 0,
-        });
-        assert_eq!(error_code(&r), ErrorCode::BadRequest);
+        let c1 = f.register();
+        let before = f.store.sessions.clone();
+        let malformed = [
+            (Some(c1), None, set("k", "v")),
+            (None, Some(1), set("k", "v")),
+            // seq starts at 1: a seq 0 must not be taken for a retry of the
+            // registration.
+            (Some(c1), Some(0), set("k", "v")),
+            // A registration carries no session.
+            (Some(c1), Some(1), Op::RegisterClient),
+            (None, Some(1), Op::RegisterClient),
+        ];
+        for (client_id, seq, op) in malformed {
+            let r = f.command(Command {
+                op: op.clone(),
+                client_id,
+                seq,
+                ts_ms: 0,
+            });
+            assert_eq!(
+                error_code(&r),
+                ErrorCode::BadRequest,
+                "{client_id:?} {seq:?} {op:?}"
+            );
+        }
         assert_eq!(f.store.get("k"), None);
-        assert_eq!(f.store.session_count(), 0);
+        assert_eq!(f.store.sessions, before);
     }
 
     #[test]
     fn sessions_expire_after_the_timeout_in_log_time() {
         let minute = 60_000;
         let mut f = Feed::new();
-        f.session("old", 1, 0, set("k", "old"));
-        f.session("young", 1, 5 * minute, set("k", "young"));
+        let old = f.register_at(0);
+        f.session(old, 1, 0, set("k", "old"));
+        let young = f.register_at(5 * minute);
+        f.session(young, 1, 5 * minute, set("k", "young"));
         // A leader with a slower clock cannot move log time backwards: the
         // clock stays at 5 minutes, so nothing expires yet...
         f.plain_at(set("x", "1"), 3 * minute);
@@ -1203,82 +1323,149 @@ mod tests {
         // ...and one millisecond short of the timeout is still alive.
         f.plain_at(set("x", "2"), SESSION_TIMEOUT_MS - 1);
         assert_eq!(f.store.session_count(), 2);
-        f.plain_at(set("x", "3"), SESSION_TIMEOUT_MS);
+        // At the timeout, the retry of "old"'s last write finds its session
+        // gone: refused, not applied a second time (it would overwrite
+        // "young"'s later write).
+        let retry = f.session(old, 1, SESSION_TIMEOUT_MS, set("k", "old"));
+        assert_eq!(error_code(&retry), ErrorCode::SessionExpired);
+        match &retry {
+            ApplyResult::Error(e) => assert!(
+                e.message.contains("session 1 is not open") && e.message.contains("unknown"),
+                "{}",
+                e.message
+            ),
+            _ => unreachable!(),
+        }
+        assert_eq!(f.store.get("k"), Some("young"));
         assert_eq!(f.store.session_count(), 1, "idle for the timeout: dropped");
-        // The expired client is new again: its retry is applied a second time.
-        assert_eq!(
-            f.session("old", 1, SESSION_TIMEOUT_MS, set("k", "old")),
-            set_reply("k", 6)
-        );
+        // So is a new write in the expired session.
+        let index = f.store.last_applied() + 1;
+        let new_write = f.session(old, 2, SESSION_TIMEOUT_MS, set("k", "old 2"));
+        assert_eq!(error_code(&new_write), ErrorCode::SessionExpired);
+        assert_eq!(f.store.get("k"), Some("young"));
+        assert_eq!(f.store.last_applied(), index);
         // Use keeps a session alive: "young" used again at 14 minutes lives
         // until 24.
-        f.session("young", 2, 14 * minute, set("y", "1"));
+        f.session(young, 2, 14 * minute, set("y", "1"));
         f.plain_at(set("x", "4"), 23 * minute);
-        assert!(f.store.sessions.contains_key("young"));
-        assert!(
-            !f.store.sessions.contains_key("old"),
-            "idle since 10 minutes"
-        );
+        assert!(f.store.sessions.contains_key(&young));
+        assert!(!f.store.sessions.contains_key(&old));
         f.plain_at(set("x", "5"), 24 * minute);
         assert_eq!(f.store.session_count(), 0);
         // Bookkeeping went with them.
         assert!(f.store.sessions_by_use.is_empty());
         assert_eq!(f.store.session_bytes, 0);
+        // A new session gets a new id: the old ones never come back.
+        let again = f.register_at(24 * minute);
+        assert!(again > young);
+        assert_eq!(
+            error_code(&f.session(young, 2, 24 * minute, set("y", "1"))),
+            ErrorCode::SessionExpired
+        );
+    }
+
+    #[test]
+    fn an_unregistered_client_id_is_refused_with_session_expired() {
+        let mut f = Feed::new();
+        f.plain(set("k", "1")); // index 1: a write, not a registration
+        let c = f.register(); // index 2
+        let before = f.store.clone();
+        // Index 1 and ids past the log were never sessions; 0 never is.
+        for id in [0, 1, 3, 99, u64::MAX] {
+            let r = f.session(id, 1, 0, set("k", "unregistered"));
+            assert_eq!(error_code(&r), ErrorCode::SessionExpired, "client {id}");
+        }
+        assert_eq!(f.store.get("k"), Some("1"));
+        assert_eq!(f.store.sessions, before.sessions);
+        assert_eq!(f.store.data, before.data);
+        // The registered one works.
+        assert_eq!(f.session(c, 1, 0, set("k", "2")), set_reply("k", 8));
     }
 
     #[test]
     fn a_retry_refreshes_its_session() {
         let minute = 60_000;
         let mut f = Feed::new();
-        f.session("a", 1, 0, set("k", "a"));
-        f.session("b", 1, 0, set("k", "b"));
+        let a = f.register();
+        let b = f.register();
+        f.session(a, 1, 0, set("k", "a"));
+        f.session(b, 1, 0, set("k", "b"));
         // "a" retries at 9 minutes; at 10 only "b" has been idle that long.
-        let retry = f.session("a", 1, 9 * minute, set("k", "a"));
-        assert_eq!(retry, set_reply("k", 1));
+        let retry = f.session(a, 1, 9 * minute, set("k", "a"));
+        assert_eq!(retry, set_reply("k", 3));
         f.plain_at(set("x", "1"), 10 * minute);
-        assert!(f.store.sessions.contains_key("a"));
-        assert!(!f.store.sessions.contains_key("b"));
+        assert!(f.store.sessions.contains_key(&a));
+        assert!(!f.store.sessions.contains_key(&b));
+        assert_eq!(
+            error_code(&f.session(b, 1, 10 * minute, set("k", "b"))),
+            ErrorCode::SessionExpired
+        );
+        assert_eq!(f.store.get("k"), Some("b"));
     }
 
     #[test]
     fn the_session_cap_drops_the_least_recently_used() {
-        let mut f = Feed::new();
-        for i in 0..MAX_SESSIONS {
-            f.session(&format!("c{i}"), 1, 0, set("k", "v"));
+        // The production cap, and a small one to see it act.
+        assert_eq!(
+            KvStore::new().session_limits(),
+            (SESSION_TIMEOUT_MS, MAX_SESSIONS)
+        );
+        let mut f = Feed::with_session_limits(SESSION_TIMEOUT_MS, 3);
+        let c: Vec<u64> = (0..3).map(|_| f.register()).collect();
+        for (i, &id) in c.iter().enumerate() {
+            f.session(id, 1, 0, set("k", &format!("c{i}")));
         }
-        assert_eq!(f.store.session_count(), MAX_SESSIONS);
+        assert_eq!(f.store.session_count(), 3);
         // c0 is the oldest, but using it again makes c1 the least recent.
-        f.session("c0", 2, 0, set("k", "v"));
-        f.session("new", 1, 0, set("k", "v"));
-        assert_eq!(f.store.session_count(), MAX_SESSIONS);
-        assert!(f.store.sessions.contains_key("c0"));
-        assert!(!f.store.sessions.contains_key("c1"));
-        assert!(f.store.sessions.contains_key("c2"));
-        assert!(f.store.sessions.contains_key("new"));
-        assert_eq!(f.store.sessions_by_use.len(), MAX_SESSIONS);
-        // c1 is now unknown, so its seq 1 is applied again rather than
-        // answered from the cache.
-        let index = f.store.last_applied() + 1;
-        assert_eq!(f.session("c1", 1, 0, set("k", "v")), set_reply("k", index));
-        assert!(!f.store.sessions.contains_key("c2"));
+        f.session(c[0], 2, 0, set("k", "c0 again"));
+        let new = f.register();
+        assert_eq!(f.store.session_count(), 3);
+        assert!(f.store.sessions.contains_key(&c[0]));
+        assert!(!f.store.sessions.contains_key(&c[1]));
+        assert!(f.store.sessions.contains_key(&c[2]));
+        assert!(f.store.sessions.contains_key(&new));
+        assert_eq!(f.store.sessions_by_use.len(), 3);
+        // c1 was evicted: the retry of its last write is refused, not
+        // applied a second time (it would overwrite "c0 again").
+        let retry = f.session(c[1], 1, 0, set("k", "c1"));
+        assert_eq!(error_code(&retry), ErrorCode::SessionExpired);
+        assert_eq!(f.store.get("k"), Some("c0 again"));
+        assert_eq!(f.store.session_count(), 3);
+        // A burst of registrations evicts every live session, and each one's
+        // next write says so rather than being taken for a new client's.
+        for _ in 0..3 {
+            f.register();
+        }
+        for id in [c[0], c[2], new] {
+            let r = f.session(id, 3, 0, set("k", "late"));
+            assert_eq!(error_code(&r), ErrorCode::SessionExpired, "client {id}");
+        }
+        assert_eq!(f.store.get("k"), Some("c0 again"));
     }
 
     #[test]
     fn the_byte_budget_drops_the_least_recently_used() {
         let mut f = Feed::new();
         let value = "v".repeat(1000);
-        let one_session = SESSION_OVERHEAD_BYTES + 2 + 1 + value.len(); // "cN", "k", current
+        let one_session = SESSION_OVERHEAD_BYTES + 1 + value.len(); // "k", current
         f.store.max_session_bytes = 3 * one_session;
-        for i in 0..3 {
-            f.session(&format!("c{i}"), 1, 0, cas("k", None, Some(&value)));
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let id = f.register();
+            f.session(id, 1, 0, cas("k", None, Some(&value)));
             f.plain(delete("k"));
+            ids.push(id);
         }
         assert_eq!(f.store.session_count(), 3);
         assert_eq!(f.store.session_bytes, 3 * one_session);
-        f.session("c3", 1, 0, cas("k", None, Some(&value)));
+        // A registration costs the overhead: over budget, the LRU goes.
+        let c3 = f.register();
+        assert!(!f.store.sessions.contains_key(&ids[0]));
+        f.session(c3, 1, 0, cas("k", None, Some(&value)));
         assert_eq!(f.store.session_count(), 3);
-        assert!(!f.store.sessions.contains_key("c0"));
         assert_eq!(f.store.session_bytes, 3 * one_session);
+        let retry = f.session(ids[0], 1, 0, cas("k", None, Some(&value)));
+        assert_eq!(error_code(&retry), ErrorCode::SessionExpired);
     }
 
     /// A deterministic mix of every kind of entry: writes with and without
@@ -1293,28 +1480,38 @@ mod tests {
             x
         };
         let mut seqs = [0u64; 8];
+        // Each client's session: the index of its registration (which the
+        // entry kinds below sometimes turn into a no-op or garbage, so the
+        // client then writes in a session that was never opened).
+        let mut ids: [Option<u64>; 8] = [None; 8];
         (1..=len)
             .map(|index| {
                 let r = next();
                 let key = format!("k{}", r % 13);
                 let ts_ms = index * 20_000 + (r % 7) * 1_000; // leaders' clocks jitter
-                let op = match r % 5 {
+                let mut op = match r % 5 {
                     0 => delete(&key),
                     1 => cas(&key, Some("v1"), None),
                     2 => cas(&key, None, Some(&format!("v{}", r % 3))),
                     _ => set(&key, &format!("v{}", r % 3)),
                 };
                 let client = (r >> 8) as usize % 10;
-                let (client_id, seq) = if client < seqs.len() {
+                let (client_id, seq) = if client >= seqs.len() {
+                    (None, None)
+                } else if ids[client].is_none() || (r >> 32) % 12 == 0 {
+                    // A new session (sometimes while the old one lives on).
+                    ids[client] = Some(index);
+                    seqs[client] = 0;
+                    op = Op::RegisterClient;
+                    (None, None)
+                } else {
                     // Mostly a new seq, sometimes a retry or a stale one.
                     match (r >> 16) % 6 {
                         0 => {}
                         1 => seqs[client] = seqs[client].saturating_sub(1),
                         _ => seqs[client] += 1,
                     }
-                    (Some(format!("client-{client}")), Some(seqs[client].max(1)))
-                } else {
-                    (None, None)
+                    (ids[client], Some(seqs[client].max(1)))
                 };
                 match (r >> 24) % 20 {
                     0 => noop_entry(index),
@@ -1370,11 +1567,16 @@ mod tests {
             count(&|r| matches!(r, ApplyResult::Error(e) if e.code == ErrorCode::BadRequest)) > 0
         );
         assert!(count(&|r| matches!(r, ApplyResult::Cas(c) if c.swapped)) > 0);
+        assert!(
+            count(&|r| matches!(r, ApplyResult::Error(e) if e.code == ErrorCode::SessionExpired))
+                > 0
+        );
+        let registered = count(&|r| matches!(r, ApplyResult::Register(_)));
         assert!(results_a.iter().any(Option::is_none), "no-ops");
         assert!(!a.is_empty());
         assert!(
-            a.session_count() < 8,
-            "sessions expired: {}",
+            a.session_count() < registered / 10,
+            "sessions expired: {} of {registered}",
             a.session_count()
         );
         assert_eq!(a.sessions.len(), a.sessions_by_use.len());
@@ -1385,10 +1587,11 @@ mod tests {
     #[test]
     fn a_noop_changes_nothing_but_advances_last_applied() {
         let mut f = Feed::new();
-        f.session("c1", 1, 7, set("k", "v"));
+        let c1 = f.register_at(7);
+        f.session(c1, 1, 7, set("k", "v"));
         let before = f.store.clone();
-        assert_eq!(f.store.apply(&noop_entry(2)), None);
-        assert_eq!(f.store.last_applied(), 2);
+        assert_eq!(f.store.apply(&noop_entry(3)), None);
+        assert_eq!(f.store.last_applied(), 3);
         f.store.last_applied = before.last_applied;
         assert_eq!(f.store, before);
     }
@@ -1457,7 +1660,7 @@ mod tests {
     fn commands_round_trip_through_compact_json() {
         let command = Command {
             op: cas("k", None, Some("v")),
-            client_id: Some("c1".into()),
+            client_id: Some(12),
             seq: Some(3),
             ts_ms: 1_700_000_000_000,
         };
@@ -1465,8 +1668,19 @@ mod tests {
         assert_eq!(
             text,
             "{\"op\":{\"type\":\"CAS\",\"key\":\"k\",\"expected\":null,\"value\":\"v\"},\
-             \"client_id\":\"c1\",\"seq\":3,\"ts_ms\":1700000000000}"
+             \"client_id\":12,\"seq\":3,\"ts_ms\":1700000000000}"
         );
+        let register = Command {
+            op: Op::RegisterClient,
+            client_id: None,
+            seq: None,
+            ts_ms: 5,
+        };
+        assert_eq!(
+            register.encode(),
+            "{\"op\":{\"type\":\"REGISTER_CLIENT\"},\"ts_ms\":5}"
+        );
+        assert_eq!(Command::decode(&register.encode()), Ok(register));
         assert_eq!(Command::decode(&text), Ok(command));
         let plain = Command {
             op: delete("k"),
@@ -1489,7 +1703,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let session = SessionFields {
-            client_id: Some("c1".into()),
+            client_id: Some(1),
             seq: Some(2),
         };
         assert_eq!(
@@ -1503,7 +1717,7 @@ mod tests {
             ),
             Some(Command {
                 op: set("k", "v"),
-                client_id: Some("c1".into()),
+                client_id: Some(1),
                 seq: Some(2),
                 ts_ms: 9
             })
@@ -1544,14 +1758,28 @@ mod tests {
         ] {
             assert_eq!(Command::from_request(&request(line), 9), None, "{line}");
         }
-        // End to end: a SET line, through the log, to its reply.
-        let line =
-            r#"{"msg_type":"SET","payload":{"key":"k","value":"v","client_id":"c","seq":1}}"#;
-        let command = Command::from_request(&request(line), 1).unwrap();
-        let mut store = KvStore::new();
         assert_eq!(
-            store.apply(&command_entry(1, &command)),
-            Some(set_reply("k", 1))
+            Command::from_request(&ClientRequest::RegisterClient, 9),
+            Some(Command {
+                op: Op::RegisterClient,
+                client_id: None,
+                seq: None,
+                ts_ms: 9
+            })
+        );
+        // End to end: a registration and a SET line, through the log, to
+        // their replies.
+        let mut store = KvStore::new();
+        let register = Command::from_request(&request(r#"{"msg_type":"REGISTER_CLIENT"}"#), 1);
+        assert_eq!(
+            store.apply(&command_entry(1, &register.unwrap())),
+            Some(ApplyResult::Register(RegisterClientReply { client_id: 1 }))
+        );
+        let line = r#"{"msg_type":"SET","payload":{"key":"k","value":"v","client_id":1,"seq":1}}"#;
+        let command = Command::from_request(&request(line), 1).unwrap();
+        assert_eq!(
+            store.apply(&command_entry(2, &command)),
+            Some(set_reply("k", 2))
         );
         assert_eq!(store.session_count(), 1);
     }
@@ -1653,21 +1881,25 @@ mod tests {
     #[test]
     fn a_restored_store_retries_expires_and_evicts_like_the_original() {
         let minute = 60_000;
-        let mut f = Feed::new();
-        f.store.max_sessions = 3;
-        f.session("a", 1, 0, cas("n", None, Some("1"))); // 1
-        f.session("b", 4, minute, set("k", "b")); // 2
-        f.plain_at(set("k", "plain"), 2 * minute); // 3
-        f.session("c", 1, 3 * minute, delete("k")); // 4
-        f.plain(set("big", &"x".repeat(1_000))); // 5: the clock stays at 3 minutes
+        let mut f = Feed::with_session_limits(SESSION_TIMEOUT_MS, 3);
+        let a = f.register_at(0); // 1
+        f.session(a, 1, 0, cas("n", None, Some("1"))); // 2
+        let b = f.register_at(minute); // 3
+        f.session(b, 4, minute, set("k", "b")); // 4
+        f.plain_at(set("k", "plain"), 2 * minute); // 5
+        let c = f.register_at(3 * minute); // 6
+        f.session(c, 1, 3 * minute, delete("k")); // 7
+        f.plain(set("big", &"x".repeat(1_000))); // 8: the clock stays at 3 minutes
         let mut g = Feed {
             store: round_trip(&f.store),
         };
         assert_eq!(g.store, f.store);
+        assert_eq!(g.store.session_count(), 3);
+        assert_eq!(g.store.session_limits(), (SESSION_TIMEOUT_MS, 3));
 
-        let session = |client_id: &str, seq: u64, ts_ms: u64, op: Op| Command {
+        let session = |client_id: u64, seq: u64, ts_ms: u64, op: Op| Command {
             op,
-            client_id: Some(client_id.into()),
+            client_id: Some(client_id),
             seq: Some(seq),
             ts_ms,
         };
@@ -1677,23 +1909,29 @@ mod tests {
             seq: None,
             ts_ms,
         };
+        let d = 12;
         let later = [
-            // 6: a retry of a's CAS gets the cached reply; evaluated again it
+            // 9: a retry of a's CAS gets the cached reply; evaluated again it
             // would fail, since "n" now holds "1".
-            session("a", 1, 4 * minute, cas("n", None, Some("1"))),
-            // 7: an older seq is stale.
-            session("b", 3, 4 * minute, set("k", "stale")),
-            // 8: c's DELETE retried still reports the key it deleted.
-            session("c", 1, 4 * minute, delete("k")),
-            // 9: a fourth client evicts the least recently used: b (the stale
-            // seq did not count as use).
-            session("d", 1, 5 * minute, set("d", "1")),
-            // 10: so b's seq 4 is applied again, and evicts a.
-            session("b", 4, 5 * minute, set("k", "b")),
-            // 11: one ms short of c's timeout; 12: c (used at 4 minutes) expires.
+            session(a, 1, 4 * minute, cas("n", None, Some("1"))),
+            // 10: an older seq is stale.
+            session(b, 3, 4 * minute, set("k", "stale")),
+            // 11: c's DELETE retried still reports the key it deleted.
+            session(c, 1, 4 * minute, delete("k")),
+            // 12: a fourth session evicts the least recently used: b (the
+            // stale seq did not count as use).
+            plain_at(5 * minute, Op::RegisterClient),
+            // 13: so b's retry of seq 4 is refused, not applied again.
+            session(b, 4, 5 * minute, set("k", "b")),
+            // 14: d writes.
+            session(d, 1, 5 * minute, set("d", "1")),
+            // 15: one ms short of a's and c's timeout; 16: they (used at 4
+            // minutes) expire.
             plain_at(4 * minute + SESSION_TIMEOUT_MS - 1, set("t", "1")),
             plain_at(4 * minute + SESSION_TIMEOUT_MS, set("t", "2")),
-            // 13: and then b and d, used at 5 minutes.
+            // 17: so a's next write is refused.
+            session(a, 2, 4 * minute + SESSION_TIMEOUT_MS, set("n", "2")),
+            // 18: and then d, used at 5 minutes, expires.
             plain_at(5 * minute + SESSION_TIMEOUT_MS, set("t", "3")),
         ];
         let run = |f: &mut Feed| -> Vec<(ApplyResult, Vec<String>)> {
@@ -1713,31 +1951,39 @@ mod tests {
         // The scenario did what its comments say.
         let results: Vec<_> = expected.iter().map(|(r, _)| r.clone()).collect();
         let sessions: Vec<_> = expected.iter().map(|(_, s)| s.join(",")).collect();
-        assert_eq!(results[0], cas_reply("n", true, Some("1"), 1));
+        assert_eq!(results[0], cas_reply("n", true, Some("1"), 2));
         assert_eq!(error_code(&results[1]), ErrorCode::StaleSequence);
         assert_eq!(
             results[2],
             ApplyResult::Delete(DeleteReply {
                 key: "k".into(),
                 deleted: true,
-                index: 4
+                index: 7
             })
         );
-        assert_eq!(sessions[3], "a,c,d");
-        assert_eq!(results[4], set_reply("k", 10));
-        assert_eq!(sessions[4], "b,c,d");
-        assert_eq!(sessions[5], "b,c,d");
-        assert_eq!(sessions[6], "b,d");
-        assert_eq!(sessions[7], "");
+        assert_eq!(
+            results[3],
+            ApplyResult::Register(RegisterClientReply { client_id: d })
+        );
+        assert_eq!(sessions[3], "1,6,12");
+        assert_eq!(error_code(&results[4]), ErrorCode::SessionExpired);
+        assert_eq!(f.store.get("k"), None, "b's retry was not applied");
+        assert_eq!(results[5], set_reply("d", 14));
+        assert_eq!(sessions[6], "1,6,12");
+        assert_eq!(sessions[7], "12");
+        assert_eq!(error_code(&results[8]), ErrorCode::SessionExpired);
+        assert_eq!(f.store.get("n"), Some("1"));
+        assert_eq!(sessions[9], "");
     }
 
     #[test]
     fn a_snapshot_does_not_see_later_writes() {
         let mut f = Feed::new();
+        let clients: Vec<u64> = (0..5).map(|_| f.register()).collect();
         for i in 0..200u64 {
             let key = format!("k{i:03}");
             f.session(
-                &format!("c{}", i % 5),
+                clients[i as usize % 5],
                 i / 5 + 1,
                 i * 1_000,
                 set(&key, "old"),
@@ -1763,7 +2009,12 @@ mod tests {
             if i % 2 == 0 {
                 f.plain(delete(&key));
             } else {
-                f.session(&format!("c{}", i % 5), 1_000 + i, 300_000, set(&key, "new"));
+                f.session(
+                    clients[i as usize % 5],
+                    1_000 + i,
+                    300_000,
+                    set(&key, "new"),
+                );
             }
             f.plain(set(&format!("n{i}"), "new"));
         }
@@ -1776,7 +2027,7 @@ mod tests {
             .expect("no panic")
             .expect("collecting lines cannot fail");
         assert_eq!(written, expected);
-        assert_eq!(kept.last_applied(), 200);
+        assert_eq!(kept.last_applied(), 205);
         assert_eq!(kept.len(), 200);
         assert!(!kept.is_empty());
         assert_eq!(kept.session_count(), 5);
@@ -1815,56 +2066,62 @@ mod tests {
     fn the_snapshot_line_format() {
         let ts = 1_700_000_000_000;
         let mut f = Feed::new();
-        f.session("c1", 4, ts, set("a", "1"));
-        f.plain_at(set("b", "2\n\"x\u{e9}"), ts + 5);
-        f.session("c0", 1, ts + 3, cas("z", Some("no"), None));
+        let c1 = f.register_at(ts); // 1
+        f.session(c1, 4, ts, set("a", "1")); // 2
+        f.register_at(ts + 1); // 3: never writes
+        f.plain_at(set("b", "2\n\"x\u{e9}"), ts + 5); // 4
+        let c5 = f.register_at(ts + 3); // 5
+        f.session(c5, 1, ts + 3, cas("z", Some("no"), None)); // 6
         assert_eq!(
             snapshot_lines(&f.store),
             [
-                r#"{"format":1,"last_applied":3,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":2}"#,
+                r#"{"format":2,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3}"#,
                 r#"{"k":"a","v":"1"}"#,
                 "{\"k\":\"b\",\"v\":\"2\\n\\\"x\u{e9}\"}",
-                r#"{"client_id":"c0","last_seq":1,"reply":{"type":"CAS","key":"z","swapped":false,"current":null,"index":3},"last_used_index":3,"last_used_ts_ms":1700000000005}"#,
-                r#"{"client_id":"c1","last_seq":4,"reply":{"type":"SET","key":"a","index":1},"last_used_index":1,"last_used_ts_ms":1700000000000}"#,
+                r#"{"client_id":1,"last_seq":4,"reply":{"type":"SET","key":"a","index":2},"last_used_index":2,"last_used_ts_ms":1700000000000}"#,
+                r#"{"client_id":3,"last_seq":0,"reply":{"type":"REGISTER_CLIENT","client_id":3},"last_used_index":3,"last_used_ts_ms":1700000000001}"#,
+                r#"{"client_id":5,"last_seq":1,"reply":{"type":"CAS","key":"z","swapped":false,"current":null,"index":6},"last_used_index":6,"last_used_ts_ms":1700000000005}"#,
             ]
         );
         // Every reply type reads back, errors included (apply never caches
         // one today, but the format carries it).
         let mut store = round_trip(&f.store);
         assert_eq!(store, f.store);
+        let error = ApplyResult::Error(ErrorReply::bad_request("no"));
         store.sessions.insert(
-            Arc::from("e"),
+            8,
             Session {
                 last_seq: 1,
-                result: Arc::new(ApplyResult::Error(ErrorReply::bad_request("no"))),
-                last_used_index: 3,
+                bytes: session_bytes(&error),
+                result: Arc::new(error),
+                last_used_index: 6,
                 last_used_ts_ms: ts + 5,
-                bytes: session_bytes("e", &ApplyResult::Error(ErrorReply::bad_request("no"))),
             },
         );
+        let deleted = ApplyResult::Delete(DeleteReply {
+            key: "k".into(),
+            deleted: true,
+            index: 2,
+        });
         store.sessions.insert(
-            Arc::from("d"),
+            7,
             Session {
                 last_seq: 1,
-                result: Arc::new(ApplyResult::Delete(DeleteReply {
-                    key: "k".into(),
-                    deleted: true,
-                    index: 2,
-                })),
+                bytes: session_bytes(&deleted),
+                result: Arc::new(deleted),
                 last_used_index: 2,
                 last_used_ts_ms: ts,
-                bytes: session_bytes("d", &ApplyResult::Error(ErrorReply::bad_request("no"))),
             },
         );
         let lines = snapshot_lines(&store);
         assert!(
-            lines[5].contains(r#""reply":{"type":"DELETE","key":"k","deleted":true,"index":2}"#)
+            lines[6].contains(r#""reply":{"type":"DELETE","key":"k","deleted":true,"index":2}"#)
         );
         assert!(
-            lines[6].contains(r#""reply":{"type":"ERROR","code":"BAD_REQUEST","message":"no"}"#)
+            lines[7].contains(r#""reply":{"type":"ERROR","code":"BAD_REQUEST","message":"no"}"#)
         );
-        // (Two sessions now share index 3, which restore refuses; the point
-        // here is only that the replies parse.)
+        // (These two break rules restore checks; the point here is only
+        // that the replies parse.)
         for line in &lines[3..] {
             serde_json::from_str::<SessionLineIn>(line).expect(line);
         }
@@ -1903,11 +2160,11 @@ mod tests {
             })
             .collect();
         assert_eq!(keys, a.keys("", usize::MAX));
-        let clients: Vec<String> = lines[1 + a.len()..]
+        let clients: Vec<u64> = lines[1 + a.len()..]
             .iter()
             .map(|line| {
                 let session: SessionLineIn = serde_json::from_str(line).expect(line);
-                session.client_id.into_owned()
+                session.client_id
             })
             .collect();
         assert_eq!(clients.len(), a.session_count());
@@ -1917,13 +2174,16 @@ mod tests {
     #[test]
     fn restore_rejects_malformed_snapshots_naming_the_line() {
         let mut f = Feed::new();
-        f.session("c1", 1, 1_000, set("a", "1"));
-        f.session("c2", 1, 2_000, set("b", "2"));
-        f.plain_at(delete("zz"), 3_000);
+        let c1 = f.register_at(1_000); // 1
+        f.session(c1, 1, 1_000, set("a", "1")); // 2
+        let c3 = f.register_at(2_000); // 3
+        f.session(c3, 1, 2_000, set("b", "2")); // 4
+        f.plain_at(delete("zz"), 3_000); // 5
         let good = snapshot_lines(&f.store);
         assert_eq!(good.len(), 5, "{good:#?}");
         assert_eq!(restore_lines(&good), Ok(f.store.clone()));
         let store_line = good[0].clone();
+        let c1 = good[3].clone();
         let c2 = good[4].clone();
 
         let with = |i: usize, line: &str| {
@@ -1972,8 +2232,13 @@ mod tests {
             ),
             (
                 "another format",
-                with(0, &store_line.replace(r#""format":1"#, r#""format":2"#)),
-                "line 1: format 2",
+                with(0, &store_line.replace(r#""format":2"#, r#""format":3"#)),
+                "line 1: format 3",
+            ),
+            (
+                "format 1, from before sessions were registered",
+                with(0, &store_line.replace(r#""format":2"#, r#""format":1"#)),
+                "line 1: format 1 is not supported (this build reads format 2)",
             ),
             (
                 "missing store field",
@@ -1999,17 +2264,17 @@ mod tests {
                 "used after last_applied",
                 with(
                     4,
-                    &c2.replace(r#""last_used_index":2"#, r#""last_used_index":4"#),
+                    &c2.replace(r#""last_used_index":4"#, r#""last_used_index":6"#),
                 ),
                 "line 5",
             ),
             (
                 "two sessions at one index",
                 with(
-                    4,
-                    &c2.replace(r#""last_used_index":2"#, r#""last_used_index":1"#),
+                    3,
+                    &c1.replace(r#""last_used_index":2"#, r#""last_used_index":4"#),
                 ),
-                "line 5: last used at index 1, like the session on line 4",
+                "line 5: last used at index 4, like the session on line 4",
             ),
             (
                 "log time running backwards",
@@ -2017,7 +2282,49 @@ mod tests {
                     4,
                     &c2.replace(r#""last_used_ts_ms":2000"#, r#""last_used_ts_ms":500"#),
                 ),
-                "line 5: last used at index 2, time 500",
+                "line 5: last used at index 4, time 500",
+            ),
+            (
+                "client 0",
+                with(3, &c1.replace(r#""client_id":1"#, r#""client_id":0"#)),
+                "line 4: client 0 was last used at index 2: before it was registered",
+            ),
+            (
+                "registered after its last use",
+                with(4, &c2.replace(r#""client_id":3"#, r#""client_id":5"#)),
+                "line 5: client 5 was last used at index 4: before it was registered",
+            ),
+            (
+                "a client-chosen id, as format 1 had",
+                with(4, &c2.replace(r#""client_id":3"#, r#""client_id":"c3""#)),
+                "line 5: not a session line",
+            ),
+            (
+                "a written session holding its registration's reply",
+                with(
+                    4,
+                    &c2.replace(
+                        r#""reply":{"type":"SET","key":"b","index":4}"#,
+                        r#""reply":{"type":"REGISTER_CLIENT","client_id":3}"#,
+                    ),
+                ),
+                "line 5: client 3 has last_seq 1 with a REGISTER_CLIENT reply",
+            ),
+            (
+                "an unwritten session holding another reply",
+                with(4, &c2.replace(r#""last_seq":1"#, r#""last_seq":0"#)),
+                "line 5: client 3 has last_seq 0 with a SET reply",
+            ),
+            (
+                "another session's registration reply",
+                with(
+                    4,
+                    &c2.replace(r#""last_seq":1"#, r#""last_seq":0"#).replace(
+                        r#""reply":{"type":"SET","key":"b","index":4}"#,
+                        r#""reply":{"type":"REGISTER_CLIENT","client_id":1}"#,
+                    ),
+                ),
+                "line 5: client 3 has last_seq 0 with a REGISTER_CLIENT reply",
             ),
             (
                 "unknown reply type",
@@ -2058,16 +2365,26 @@ mod tests {
     fn approximate_bytes_follows_keys_values_and_sessions() {
         let mut f = Feed::new();
         assert_eq!(f.store.approximate_bytes(), 0);
+        let c1 = f.register();
+        assert_eq!(f.store.approximate_bytes(), SESSION_OVERHEAD_BYTES);
+        f.plain_at(delete("nothing"), SESSION_TIMEOUT_MS);
+        assert_eq!(f.store.approximate_bytes(), 0);
+        assert_eq!(
+            error_code(&f.session(c1, 1, SESSION_TIMEOUT_MS, set("k", "v"))),
+            ErrorCode::SessionExpired
+        );
+        let mut f = Feed::new();
         f.plain(set("ab", "cde"));
         assert_eq!(f.store.approximate_bytes(), 5);
         f.plain(set("ab", "x"));
         assert_eq!(f.store.approximate_bytes(), 3);
         f.plain(cas("ab", Some("x"), Some("xyz")));
         assert_eq!(f.store.approximate_bytes(), 5);
-        f.session("c1", 1, 0, set("k", "v"));
+        let c1 = f.register();
+        f.session(c1, 1, 0, set("k", "v"));
         assert_eq!(
             f.store.approximate_bytes(),
-            5 + 2 + SESSION_OVERHEAD_BYTES + "c1".len() + "k".len()
+            5 + 2 + SESSION_OVERHEAD_BYTES + "k".len()
         );
         f.plain(delete("ab"));
         f.plain(cas("k", Some("v"), None));

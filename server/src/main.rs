@@ -70,6 +70,15 @@ struct Args {
     /// Longest request line accepted, in bytes.
     #[arg(long, default_value_t = MAX_LINE_BYTES)]
     max_line_bytes: usize,
+    /// For tests: client sessions expire after this many ms without use, in
+    /// log time. Part of the state machine: every node must be given the
+    /// same value, and a node started from a snapshot keeps the snapshot's.
+    #[arg(long, hide = true, default_value_t = poncho_server::kv::SESSION_TIMEOUT_MS)]
+    session_timeout_ms: u64,
+    /// For tests: the most client sessions kept (least recently used
+    /// evicted past it); the same on every node, like --session-timeout-ms.
+    #[arg(long, hide = true, default_value_t = poncho_server::kv::MAX_SESSIONS)]
+    max_sessions: usize,
     /// Skip fsync. UNSAFE: acknowledged writes can be lost on a crash. For
     /// throwaway experiments only.
     #[arg(long)]
@@ -138,8 +147,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.id == 0 || args.tick_ms == 0 {
-        eprintln!("poncho-server: --id and --tick-ms must be at least 1");
+    if args.id == 0 || args.tick_ms == 0 || args.max_sessions == 0 {
+        eprintln!("poncho-server: --id, --tick-ms and --max-sessions must be at least 1");
         return ExitCode::from(2);
     }
     let config = NodeConfig {
@@ -163,6 +172,8 @@ fn main() -> ExitCode {
         snapshot_entries: args.snapshot_entries.max(1),
         snapshot_keep_tail: args.snapshot_keep_tail,
         segment_bytes: args.segment_bytes.max(4096),
+        session_timeout_ms: args.session_timeout_ms,
+        max_sessions: args.max_sessions,
     };
     if !config.fsync {
         eprintln!(

@@ -2,6 +2,12 @@
 //! `NOT_LEADER` redirects, retries the errors that promise a retry is safe
 //! (and the outcome-unknown ones, with the same client_id/seq), and moves to
 //! another node when the one it talks to dies, all until a deadline.
+//!
+//! Writes go through a session the cluster opens (`REGISTER_CLIENT`, before
+//! the first write). When the cluster answers `SESSION_EXPIRED`, the write
+//! was not applied this time; if no earlier attempt of it can have been
+//! applied either, it is sent again in a new session, and otherwise its
+//! outcome is unknown ([`CallError::OutcomeUnknown`]).
 
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -12,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use poncho_protocol::{
     encode_peer, encode_request, ClientRequest, ErrorCode, ErrorReply, LineBuffer, RaftMessage,
-    ReplyEnvelope, SessionFields, StatusReply,
+    RegisterClientReply, ReplyEnvelope, SessionFields, StatusReply,
 };
 use rand::Rng;
 
@@ -34,6 +40,10 @@ pub enum CallError {
     /// A request sent but not answered before the deadline: its outcome is
     /// unknown (a write may still be applied).
     NoReply(String),
+    /// A write's session expired while it was retried after an attempt that
+    /// may have been applied: whether it was is unknown. The next write
+    /// opens a new session.
+    OutcomeUnknown(String),
     /// A reply that is not the protocol.
     Protocol(String),
     /// Ctrl-C while waiting.
@@ -47,6 +57,7 @@ impl CallError {
             CallError::Server(e) => e.code.to_string(),
             CallError::Unreachable(_) => "UNREACHABLE".into(),
             CallError::NoReply(_) => "TIMEOUT".into(),
+            CallError::OutcomeUnknown(_) => "OUTCOME_UNKNOWN".into(),
             CallError::Protocol(_) => "PROTOCOL".into(),
             CallError::Interrupted => "INTERRUPTED".into(),
         }
@@ -55,7 +66,10 @@ impl CallError {
     pub fn message(&self) -> String {
         match self {
             CallError::Server(e) => e.message.clone(),
-            CallError::Unreachable(m) | CallError::NoReply(m) | CallError::Protocol(m) => m.clone(),
+            CallError::Unreachable(m)
+            | CallError::NoReply(m)
+            | CallError::OutcomeUnknown(m)
+            | CallError::Protocol(m) => m.clone(),
             CallError::Interrupted => "cancelled (Ctrl-C)".into(),
         }
     }
@@ -95,7 +109,9 @@ pub struct ClusterClient {
     conn: Option<Conn>,
     pub timeout: Duration,
     pub verbose: bool,
-    client_id: String,
+    /// The session writes carry (a `REGISTER_CLIENT` reply), once opened.
+    session: Option<u64>,
+    /// The last `seq` used in `session`.
     seq: u64,
     req_id: u64,
     interrupt: Option<Arc<AtomicBool>>,
@@ -103,8 +119,6 @@ pub struct ClusterClient {
 
 impl ClusterClient {
     pub fn new(addrs: Vec<String>, timeout: Duration, verbose: bool) -> ClusterClient {
-        let mut rng = rand::thread_rng();
-        let client_id = format!("shell-{:016x}", rng.gen::<u64>());
         ClusterClient {
             addrs,
             next: 0,
@@ -112,7 +126,7 @@ impl ClusterClient {
             conn: None,
             timeout,
             verbose,
-            client_id,
+            session: None,
             seq: 0,
             req_id: 0,
             interrupt: None,
@@ -124,8 +138,9 @@ impl ClusterClient {
         self.interrupt = Some(flag);
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.client_id
+    /// The session's id, once the first write opened one.
+    pub fn client_id(&self) -> Option<u64> {
+        self.session
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -137,13 +152,73 @@ impl ClusterClient {
         self.conn.as_ref().map(|c| c.addr.as_str())
     }
 
-    /// The session fields for a new write: a fresh `seq`. Retries of that
-    /// write reuse them, so the cluster applies it at most once.
-    pub fn next_session(&mut self) -> SessionFields {
+    /// The session fields for a new write: a fresh `seq`, in the session,
+    /// which is opened first if there is none. Retries of that write reuse
+    /// them, so the cluster applies it at most once.
+    fn next_session(&mut self) -> Result<SessionFields, CallError> {
+        let client_id = match self.session {
+            Some(id) => id,
+            None => {
+                // A registration whose reply is lost opens a session nobody
+                // uses; it expires like any idle one.
+                let reply = self.request(&ClientRequest::RegisterClient, Route::Leader)?;
+                let registered: RegisterClientReply =
+                    serde_json::from_value(reply.envelope.payload).map_err(|e| {
+                        CallError::Protocol(format!(
+                            "unexpected {} reply from {}: {e}",
+                            reply.envelope.msg_type, reply.addr
+                        ))
+                    })?;
+                self.note(format!("opened session {}", registered.client_id));
+                self.session = Some(registered.client_id);
+                self.seq = 0;
+                registered.client_id
+            }
+        };
         self.seq += 1;
-        SessionFields {
-            client_id: Some(self.client_id.clone()),
+        Ok(SessionFields {
+            client_id: Some(client_id),
             seq: Some(self.seq),
+        })
+    }
+
+    /// Sends a write built by `make` from its session fields, like
+    /// [`ClusterClient::request`], exactly once: in the current session (one
+    /// is opened first if needed), retried with the same fields. If the
+    /// session is gone (`SESSION_EXPIRED`) before any attempt could have been
+    /// applied, the write is sent again in a new session; after an attempt
+    /// whose outcome is unknown it fails with [`CallError::OutcomeUnknown`].
+    pub fn write(
+        &mut self,
+        make: impl Fn(SessionFields) -> ClientRequest,
+    ) -> Result<Reply, CallError> {
+        let mut renewed = false;
+        loop {
+            let request = make(self.next_session()?);
+            match self.request(&request, Route::Leader) {
+                Err(CallError::Server(e)) if e.code == ErrorCode::SessionExpired && !renewed => {
+                    self.note(format!(
+                        "SESSION_EXPIRED: session {:?} is gone and the write was not applied; \
+                         sending it in a new session",
+                        self.session
+                    ));
+                    self.session = None;
+                    renewed = true;
+                }
+                result => {
+                    if matches!(
+                        &result,
+                        Err(CallError::OutcomeUnknown(_)
+                            | CallError::Server(ErrorReply {
+                                code: ErrorCode::SessionExpired,
+                                ..
+                            }))
+                    ) {
+                        self.session = None;
+                    }
+                    return result;
+                }
+            }
         }
     }
 
@@ -275,8 +350,8 @@ impl ClusterClient {
     }
 
     /// Sends a client request, following redirects and retrying until the
-    /// deadline. A write must carry its session fields already
-    /// ([`ClusterClient::next_session`]); every retry sends the same line.
+    /// deadline. Every retry sends the same line: a write goes through
+    /// [`ClusterClient::write`], which gives it its session fields.
     pub fn request(&mut self, request: &ClientRequest, route: Route) -> Result<Reply, CallError> {
         self.req_id += 1;
         let req_id = self.req_id;
@@ -297,6 +372,9 @@ impl ClusterClient {
         let mut backoff = FIRST_BACKOFF;
         let mut last: Option<CallError> = None;
         let mut redirects = 0u32;
+        // Whether an attempt may have been applied: sent and never answered,
+        // or answered with an outcome-unknown error.
+        let mut uncertain = false;
         loop {
             if self.interrupted() {
                 return Err(CallError::Interrupted);
@@ -326,6 +404,7 @@ impl ClusterClient {
                         "could not send"
                     };
                     self.note(format!("{addr}: {what}: {e}"));
+                    uncertain |= sent;
                     last = Some(if sent && Instant::now() >= deadline {
                         CallError::NoReply(format!(
                             "no reply from {addr} within {:?}",
@@ -388,7 +467,18 @@ impl ClusterClient {
                     self.pause(backoff, deadline)?;
                     backoff = grow(backoff);
                 }
+                ErrorCode::SessionExpired if uncertain => {
+                    return Err(CallError::OutcomeUnknown(format!(
+                        "the outcome of this command is unknown: an earlier attempt got no \
+                         answer, and the session it was sent in expired before the retry \
+                         (SESSION_EXPIRED), so the cluster can no longer tell whether it was \
+                         applied; it may or may not have been. Check the key before repeating \
+                         it. The next write opens a new session. ({})",
+                        error.message
+                    )));
+                }
                 ErrorCode::Overloaded | ErrorCode::Timeout | ErrorCode::LeadershipLost => {
+                    uncertain |= error.code != ErrorCode::Overloaded;
                     self.note(format!("{}: retrying in {backoff:?}", error.code));
                     last = Some(CallError::Server(error));
                     self.pause(backoff, deadline)?;
@@ -629,36 +719,109 @@ mod tests {
         (addr, handle)
     }
 
-    fn set_request(client: &mut ClusterClient) -> ClientRequest {
+    fn set(session: SessionFields) -> ClientRequest {
         ClientRequest::Set(poncho_protocol::SetRequest {
             key: "k".into(),
             value: "v".into(),
-            session: client.next_session(),
+            session,
         })
     }
+
+    const REGISTERED_41: &str =
+        r#"{"msg_type":"REGISTER_CLIENT","req_id":{req_id},"payload":{"client_id":41}}"#;
+    const REGISTERED_57: &str =
+        r#"{"msg_type":"REGISTER_CLIENT","req_id":{req_id},"payload":{"client_id":57}}"#;
+    const SESSION_EXPIRED: &str = r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"SESSION_EXPIRED","message":"client session 41 is not open"}}"#;
+    const SET_OK: &str = r#"{"msg_type":"SET","req_id":{req_id},"payload":{"key":"k","index":7}}"#;
 
     #[test]
     fn retries_reuse_the_session_and_skip_stale_replies() {
         let (addr, node) = fake_node(vec![
+            REGISTERED_41,
             r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"LEADERSHIP_LOST","message":"x"}}"#,
             // A stray reply to some other request, then the real one.
             r#"{"msg_type":"SET","req_id":999,"payload":{"key":"zz","index":1}}
 {"msg_type":"SET","req_id":{req_id},"payload":{"key":"k","index":7}}"#,
+            SET_OK,
         ]);
         let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
-        let request = set_request(&mut client);
-        let reply = client.request(&request, Route::Leader).unwrap();
+        assert_eq!(client.client_id(), None);
+        let reply = client.write(set).unwrap();
         assert_eq!(reply.envelope.payload["index"], 7);
+        assert_eq!(client.client_id(), Some(41));
+        // The next write: the same session, the next seq.
+        client.write(set).unwrap();
         let seen = node.join().unwrap();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0], seen[1], "a retry sends the same line");
-        assert!(seen[0].contains(&format!("\"client_id\":\"{}\"", client.client_id())));
-        assert!(seen[0].contains("\"seq\":1"));
-        let next = set_request(&mut client);
-        let ClientRequest::Set(s) = next else {
-            unreachable!()
-        };
-        assert_eq!(s.session.seq, Some(2));
+        assert_eq!(seen.len(), 4);
+        assert!(
+            seen[0].contains(r#""msg_type":"REGISTER_CLIENT""#),
+            "{}",
+            seen[0]
+        );
+        assert_eq!(seen[1], seen[2], "a retry sends the same line");
+        assert!(seen[1].contains(r#""client_id":41,"seq":1"#), "{}", seen[1]);
+        assert!(seen[3].contains(r#""client_id":41,"seq":2"#), "{}", seen[3]);
+    }
+
+    #[test]
+    fn a_session_gone_before_any_attempt_could_apply_is_renewed_and_the_write_resent() {
+        let (addr, node) = fake_node(vec![REGISTERED_41, SESSION_EXPIRED, REGISTERED_57, SET_OK]);
+        let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+        let reply = client.write(set).unwrap();
+        assert_eq!(reply.envelope.payload["index"], 7);
+        assert_eq!(client.client_id(), Some(57));
+        let seen = node.join().unwrap();
+        assert_eq!(seen.len(), 4);
+        assert!(seen[1].contains(r#""client_id":41,"seq":1"#), "{}", seen[1]);
+        assert!(
+            seen[2].contains(r#""msg_type":"REGISTER_CLIENT""#),
+            "{}",
+            seen[2]
+        );
+        assert!(seen[3].contains(r#""client_id":57,"seq":1"#), "{}", seen[3]);
+    }
+
+    #[test]
+    fn a_session_gone_after_an_unanswered_attempt_makes_the_outcome_unknown() {
+        let (addr, node) = fake_node(vec![
+            REGISTERED_41,
+            r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"TIMEOUT","message":"x"}}"#,
+            SESSION_EXPIRED,
+            REGISTERED_57,
+            SET_OK,
+        ]);
+        let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+        let err = client.write(set).unwrap_err();
+        assert_eq!(err.code(), "OUTCOME_UNKNOWN");
+        assert!(
+            err.message().contains("outcome of this command is unknown"),
+            "{}",
+            err.message()
+        );
+        // Not resent in a new session: that could apply it twice.
+        assert_eq!(client.client_id(), None);
+        // The next write opens a new session.
+        client.write(set).unwrap();
+        assert_eq!(client.client_id(), Some(57));
+        let seen = node.join().unwrap();
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[1], seen[2]);
+        assert!(seen[4].contains(r#""client_id":57,"seq":1"#), "{}", seen[4]);
+    }
+
+    #[test]
+    fn a_session_that_expires_again_at_once_is_reported() {
+        let (addr, node) = fake_node(vec![
+            REGISTERED_41,
+            SESSION_EXPIRED,
+            REGISTERED_57,
+            SESSION_EXPIRED,
+        ]);
+        let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+        let err = client.write(set).unwrap_err();
+        assert_eq!(err.code(), "SESSION_EXPIRED");
+        assert_eq!(client.client_id(), None);
+        assert_eq!(node.join().unwrap().len(), 4);
     }
 
     #[test]

@@ -116,12 +116,13 @@ fn pretty_value(v: &Option<String>) -> String {
 pub fn execute(client: &mut ClusterClient, command: &Command) -> Outcome {
     match command {
         Command::Set { key, value } => {
-            let request = ClientRequest::Set(SetRequest {
-                key: key.clone(),
-                value: value.clone(),
-                session: client.next_session(),
-            });
-            let r: SetReply = payload(client.request(&request, Route::Leader)?)?;
+            let r: SetReply = payload(client.write(|session| {
+                ClientRequest::Set(SetRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    session,
+                })
+            })?)?;
             Ok(Done::new(
                 "OK",
                 "OK",
@@ -142,11 +143,12 @@ pub fn execute(client: &mut ClusterClient, command: &Command) -> Outcome {
             ))
         }
         Command::Delete { key } => {
-            let request = ClientRequest::Delete(DeleteRequest {
-                key: key.clone(),
-                session: client.next_session(),
-            });
-            let r: DeleteReply = payload(client.request(&request, Route::Leader)?)?;
+            let r: DeleteReply = payload(client.write(|session| {
+                ClientRequest::Delete(DeleteRequest {
+                    key: key.clone(),
+                    session,
+                })
+            })?)?;
             let (plain, pretty) = if r.deleted {
                 ("1", "1 (deleted)")
             } else {
@@ -163,13 +165,14 @@ pub fn execute(client: &mut ClusterClient, command: &Command) -> Outcome {
             expected,
             value,
         } => {
-            let request = ClientRequest::Cas(CasRequest {
-                key: key.clone(),
-                expected: expected.clone(),
-                value: value.clone(),
-                session: client.next_session(),
-            });
-            let r: CasReply = payload(client.request(&request, Route::Leader)?)?;
+            let r: CasReply = payload(client.write(|session| {
+                ClientRequest::Cas(CasRequest {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    value: value.clone(),
+                    session,
+                })
+            })?)?;
             let pretty = if r.swapped {
                 format!("1 (swapped; now {})", pretty_value(&r.current))
             } else {
@@ -276,8 +279,11 @@ pub fn execute(client: &mut ClusterClient, command: &Command) -> Outcome {
             let text = if client.verbose {
                 format!(
                     "verbose on: -> is sent, <- is received, -- is what the shell does; \
-                     writes carry client_id {}",
-                    client.client_id()
+                     writes carry {}",
+                    match client.client_id() {
+                        Some(id) => format!("client_id {id}"),
+                        None => "the client_id the first write registers".to_string(),
+                    }
                 )
             } else {
                 "verbose off".to_string()

@@ -365,6 +365,7 @@ fn lock(history: &History) -> std::sync::MutexGuard<'_, Vec<Operation>> {
 /// One client: one operation at a time, each recorded with its outcome.
 /// It follows the leader (by id: `leader_addr` in errors is a proxy
 /// address here) and never retries an operation: a retry is a new one.
+/// Writes go in a session it registers first, each with the next `seq`.
 struct Worker {
     id: u64,
     addrs: Vec<SocketAddr>,
@@ -376,6 +377,9 @@ struct Worker {
     seen: HashMap<String, Option<String>>,
     next_value: u64,
     next_req: u64,
+    /// The session writes carry, once registered, and its last seq.
+    session: Option<u64>,
+    seq: u64,
     history: History,
     epoch: Instant,
 }
@@ -392,6 +396,8 @@ impl Worker {
             seen: HashMap::new(),
             next_value: 0,
             next_req: 0,
+            session: None,
+            seq: 0,
             history,
             epoch,
         }
@@ -425,7 +431,7 @@ impl Worker {
 
     /// Runs `op`, records it, and returns its outcome.
     fn invoke(&mut self, key: &str, op: Op) -> Outcome {
-        let request = match &op {
+        let mut request = match &op {
             Op::Read => json!({"msg_type": "GET", "payload": {"key": key}}),
             Op::Write(v) => json!({"msg_type": "SET", "payload": {"key": key, "value": v}}),
             Op::Cas { expected, new } => {
@@ -433,7 +439,17 @@ impl Worker {
             }
         };
         let start_us = self.now_us();
-        let outcome = self.call(request);
+        let outcome = match op {
+            Op::Read => self.call(request),
+            // A write that could not get a session was never sent.
+            _ if !self.ensure_session() => Outcome::Failed,
+            _ => {
+                self.seq += 1;
+                request["payload"]["client_id"] = json!(self.session);
+                request["payload"]["seq"] = json!(self.seq);
+                self.call(request)
+            }
+        };
         let end_us = self.now_us();
         match (&op, &outcome) {
             (Op::Read, Outcome::Read(v)) => {
@@ -458,7 +474,31 @@ impl Worker {
         outcome
     }
 
-    fn call(&mut self, mut request: Value) -> Outcome {
+    /// Opens a session if there is none; whether there is one now. A
+    /// registration that fails is not an operation of the history.
+    fn ensure_session(&mut self) -> bool {
+        if self.session.is_some() {
+            return true;
+        }
+        let request = json!({"msg_type": "REGISTER_CLIENT"});
+        match self.send(&request) {
+            Ok(reply) if reply["msg_type"] == "REGISTER_CLIENT" => {
+                self.session = reply["payload"]["client_id"].as_u64();
+                self.seq = 0;
+                assert!(self.session.is_some(), "REGISTER_CLIENT reply: {reply}");
+                true
+            }
+            Ok(reply) => {
+                self.on_error(&request, &reply);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sends `request` to the target node: its reply, or the outcome when
+    /// there is none.
+    fn send(&mut self, request: &Value) -> Result<Value, Outcome> {
         let node = self.target;
         if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
             match Client::connect_timeout(self.addrs[node], CLIENT_TIMEOUT) {
@@ -469,13 +509,13 @@ impl Worker {
                     self.conn = None;
                     self.other_node();
                     sleep(Duration::from_millis(10));
-                    return Outcome::Failed;
+                    return Err(Outcome::Failed);
                 }
             }
         }
         self.next_req += 1;
+        let mut request = request.clone();
         request["req_id"] = json!(self.next_req);
-        let kind = request["msg_type"].as_str().unwrap_or_default().to_string();
         let (_, client) = self.conn.as_mut().expect("connected");
         let reply = match client.request(&request) {
             Ok(r) => r,
@@ -485,38 +525,60 @@ impl Worker {
                 // the next request's.
                 self.conn = None;
                 self.other_node();
-                return Outcome::Unknown;
+                return Err(Outcome::Unknown);
             }
         };
         assert_eq!(
             reply["req_id"], self.next_req,
             "reply to {request}: {reply}"
         );
+        Ok(reply)
+    }
+
+    /// What an ERROR reply says of the request, after following the leader.
+    fn on_error(&mut self, request: &Value, reply: &Value) -> Outcome {
+        let p = &reply["payload"];
+        match p["code"].as_str().unwrap_or_default() {
+            "NOT_LEADER" => {
+                match p["leader_id"].as_u64() {
+                    Some(id) if (1..=self.addrs.len() as u64).contains(&id) => {
+                        self.target = (id - 1) as usize
+                    }
+                    _ => self.other_node(),
+                }
+                Outcome::Failed
+            }
+            "NO_LEADER" | "OVERLOADED" => {
+                self.other_node();
+                sleep(Duration::from_millis(20)); // an election is under way
+                Outcome::Failed
+            }
+            "BAD_REQUEST" | "STALE_SEQUENCE" => Outcome::Failed,
+            // Not applied, and since this client sends each seq once, no
+            // other attempt of it exists: Failed, which the checker holds
+            // the cluster to (the write must never be seen). The next write
+            // opens a new session.
+            "SESSION_EXPIRED" => {
+                self.session = None;
+                Outcome::Failed
+            }
+            "TIMEOUT" | "LEADERSHIP_LOST" => {
+                self.other_node();
+                Outcome::Unknown
+            }
+            _ => panic!("unexpected error to {request}: {reply}"),
+        }
+    }
+
+    fn call(&mut self, request: Value) -> Outcome {
+        let kind = request["msg_type"].as_str().unwrap_or_default().to_string();
+        let reply = match self.send(&request) {
+            Ok(reply) => reply,
+            Err(outcome) => return outcome,
+        };
         let p = &reply["payload"];
         if reply["msg_type"] == "ERROR" {
-            let code = p["code"].as_str().unwrap_or_default();
-            return match code {
-                "NOT_LEADER" => {
-                    match p["leader_id"].as_u64() {
-                        Some(id) if (1..=self.addrs.len() as u64).contains(&id) => {
-                            self.target = (id - 1) as usize
-                        }
-                        _ => self.other_node(),
-                    }
-                    Outcome::Failed
-                }
-                "NO_LEADER" | "OVERLOADED" => {
-                    self.other_node();
-                    sleep(Duration::from_millis(20)); // an election is under way
-                    Outcome::Failed
-                }
-                "BAD_REQUEST" | "STALE_SEQUENCE" => Outcome::Failed,
-                "TIMEOUT" | "LEADERSHIP_LOST" => {
-                    self.other_node();
-                    Outcome::Unknown
-                }
-                _ => panic!("unexpected error to {request}: {reply}"),
-            };
+            return self.on_error(&request, &reply);
         }
         assert_eq!(
             reply["msg_type"],

@@ -362,32 +362,76 @@ impl Client {
     }
 }
 
-/// Sends a write to the cluster like a careful client: follows NOT_LEADER,
-/// retries NO_LEADER, timeouts and dropped connections with the same
-/// client_id/seq until `timeout`. Returns the success reply's payload.
+/// Sends a write to the cluster like a careful client: opens a session
+/// (REGISTER_CLIENT), sends the write in it, follows NOT_LEADER, retries
+/// NO_LEADER, timeouts and dropped connections with the same client_id/seq
+/// until `timeout`. Returns the success reply's payload. If the session is
+/// gone (SESSION_EXPIRED) before any attempt could have been applied, the
+/// write is sent again in a new session; after an attempt whose outcome is
+/// unknown, the test fails: the write may or may not have been applied.
 pub fn write_with_retry(cluster: &Cluster, request: &Value, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
     let mut target = 1u64;
     loop {
+        let register = json!({"msg_type": "REGISTER_CLIENT"});
+        let registered = match send_with_retry(cluster, &register, deadline, &mut target) {
+            Ok(payload) => payload,
+            Err(_) => panic!("REGISTER_CLIENT answered SESSION_EXPIRED"),
+        };
+        let client_id = registered["client_id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("REGISTER_CLIENT reply without a client_id: {registered}"));
+        let mut request = request.clone();
+        request["payload"]["client_id"] = json!(client_id);
+        request["payload"]["seq"] = json!(1);
+        match send_with_retry(cluster, &request, deadline, &mut target) {
+            Ok(payload) => return payload,
+            Err(false) => continue, // never applied: again, in a new session
+            Err(true) => panic!(
+                "write {request}: outcome unknown: its session expired after an attempt that \
+                 got no answer"
+            ),
+        }
+    }
+}
+
+/// One request, retried as [`write_with_retry`] says until it gets a success
+/// reply (its payload) or SESSION_EXPIRED: then `Err(whether an earlier
+/// attempt may have been applied)`. `target` is the node to try first, and
+/// on return the node that answered.
+fn send_with_retry(
+    cluster: &Cluster,
+    request: &Value,
+    deadline: Instant,
+    target: &mut u64,
+) -> Result<Value, bool> {
+    let mut uncertain = false;
+    loop {
         assert!(
             Instant::now() < deadline,
-            "write {request} not acknowledged within {timeout:?}"
+            "{request} not acknowledged in time"
         );
-        let reply = Client::connect(cluster.addr(target)).and_then(|mut c| c.request(request));
-        match reply {
-            Ok(r) if r["msg_type"] != "ERROR" => return r["payload"].clone(),
-            Ok(r) if r["payload"]["code"] == "NOT_LEADER" => {
-                let addr = r["payload"]["leader_addr"].as_str().unwrap_or_default();
-                target = cluster
-                    .nodes
-                    .iter()
-                    .find(|n| n.addr.to_string() == addr)
-                    .map_or(target, |n| n.id);
-                continue;
-            }
-            _ => {}
+        match Client::connect(cluster.addr(*target)).map(|mut c| c.request(request)) {
+            Ok(Ok(r)) if r["msg_type"] != "ERROR" => return Ok(r["payload"].clone()),
+            Ok(Ok(r)) => match r["payload"]["code"].as_str().unwrap_or_default() {
+                "SESSION_EXPIRED" => return Err(uncertain),
+                "NOT_LEADER" => {
+                    let addr = r["payload"]["leader_addr"].as_str().unwrap_or_default();
+                    *target = cluster
+                        .nodes
+                        .iter()
+                        .find(|n| n.addr.to_string() == addr)
+                        .map_or(*target, |n| n.id);
+                    continue;
+                }
+                "TIMEOUT" | "LEADERSHIP_LOST" => uncertain = true,
+                _ => {}
+            },
+            // Sent, and no answer: it may have been applied.
+            Ok(Err(_)) => uncertain = true,
+            Err(_) => {}
         }
-        target = target % cluster.nodes.len() as u64 + 1;
+        *target = *target % cluster.nodes.len() as u64 + 1;
         sleep(Duration::from_millis(50));
     }
 }

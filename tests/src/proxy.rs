@@ -31,6 +31,8 @@ pub struct Proxy {
 struct Shared {
     target: SocketAddr,
     blocked: AtomicBool,
+    /// What the target sends back is read and discarded.
+    replies_dropped: AtomicBool,
     latency_us: AtomicU64,
     shutdown: AtomicBool,
     next_conn: AtomicU64,
@@ -59,6 +61,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             target,
             blocked: AtomicBool::new(false),
+            replies_dropped: AtomicBool::new(false),
             latency_us: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             next_conn: AtomicU64::new(0),
@@ -91,6 +94,12 @@ impl Proxy {
 
     pub fn is_blocked(&self) -> bool {
         self.shared.blocked.load(SeqCst)
+    }
+
+    /// Replies dropped: what the sender sends still reaches the target, but
+    /// nothing comes back (a client sees a request that is never answered).
+    pub fn set_replies_dropped(&self, dropped: bool) {
+        self.shared.replies_dropped.store(dropped, SeqCst);
     }
 
     /// Delays every forwarded chunk by `latency` (zero: none).
@@ -167,8 +176,8 @@ fn serve(downstream: TcpStream, shared: Arc<Shared>) {
     // this connection in the list or we see its flag.
     if !shared.blocked.load(SeqCst) && !shared.shutdown.load(SeqCst) {
         let s = shared.clone();
-        let back = thread::spawn(move || pump(up2, down2, &s));
-        pump(downstream, upstream, &shared);
+        let back = thread::spawn(move || pump(up2, down2, &s, true));
+        pump(downstream, upstream, &shared, false);
         let _ = back.join();
     }
     shared.conns.lock().unwrap().retain(|(i, a, b)| {
@@ -181,9 +190,10 @@ fn serve(downstream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Copies `from` to `to` until either side closes, the proxy is blocked or
-/// shut down. On exit both sockets are shut down, which ends the other
-/// direction too.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+/// shut down; `back` is the target-to-sender direction, whose chunks are
+/// discarded while replies are dropped. On exit both sockets are shut down,
+/// which ends the other direction too.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, back: bool) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if shared.shutdown.load(SeqCst) || shared.blocked.load(SeqCst) {
@@ -200,6 +210,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
             // Per chunk: a chunk read while this one waits is delayed a bit
             // more, which is fine for Raft's small, bursty messages.
             sleep(Duration::from_micros(latency));
+        }
+        if back && shared.replies_dropped.load(SeqCst) {
+            continue;
         }
         if shared.blocked.load(SeqCst) || to.write_all(&buf[..n]).is_err() {
             break;
@@ -284,6 +297,20 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+
+        // Dropped replies: the request arrives (the echo server answers it),
+        // and nothing comes back until they flow again.
+        proxy.set_latency(Duration::ZERO);
+        proxy.set_replies_dropped(true);
+        c3.get_mut()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(roundtrip(&mut c3, "lost").is_err());
+        proxy.set_replies_dropped(false);
+        c3.get_mut()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(roundtrip(&mut c3, "back").unwrap(), "back");
 
         drop(proxy);
         assert!(

@@ -149,8 +149,13 @@ fn a_retried_write_with_the_same_client_id_and_seq_is_applied_once() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(ELECTION);
     let mut c = cluster.client(leader);
+    let registered = c.request(&json!({"msg_type": "REGISTER_CLIENT"})).unwrap();
+    assert_eq!(registered["msg_type"], "REGISTER_CLIENT", "{registered}");
+    let alice = registered["payload"]["client_id"]
+        .as_u64()
+        .expect("client_id");
     let first = json!({"msg_type": "SET", "req_id": 1,
-        "payload": {"key": "x", "value": "first", "client_id": "alice", "seq": 1}});
+        "payload": {"key": "x", "value": "first", "client_id": alice, "seq": 1}});
     let reply1 = c.request(&first).unwrap();
     assert_eq!(reply1["msg_type"], "SET", "{reply1}");
     assert_eq!(c.set("x", "second").unwrap()["msg_type"], "SET");
@@ -162,8 +167,7 @@ fn a_retried_write_with_the_same_client_id_and_seq_is_applied_once() {
     );
     assert_eq!(read(&mut cluster, "x"), "second");
     // An older seq than the session's last is refused.
-    let next =
-        json!({"msg_type": "DELETE", "payload": {"key": "x", "client_id": "alice", "seq": 2}});
+    let next = json!({"msg_type": "DELETE", "payload": {"key": "x", "client_id": alice, "seq": 2}});
     assert_eq!(c.request(&next).unwrap()["payload"]["deleted"], true);
     let reply3 = c.request(&first).unwrap();
     assert_eq!(reply3["payload"]["code"], "STALE_SEQUENCE", "{reply3}");

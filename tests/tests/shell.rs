@@ -61,14 +61,20 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-/// Runs the shell with `stdin` as its input (a pipe: scripted mode).
-fn run_shell(args: &[&str], stdin: &str) -> Run {
-    let mut child = shell_command(args)
+/// Starts the shell with pipes for stdin (so: scripted mode), stdout and
+/// stderr.
+fn spawn_piped(args: &[&str]) -> Child {
+    shell_command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn poncho-shell");
+        .expect("spawn poncho-shell")
+}
+
+/// Runs the shell with `stdin` as its input (a pipe: scripted mode).
+fn run_shell(args: &[&str], stdin: &str) -> Run {
+    let mut child = spawn_piped(args);
     let mut input = child.stdin.take().expect("stdin");
     let script = stdin.to_string();
     let writer = std::thread::spawn(move || {
@@ -289,18 +295,13 @@ fn killing_the_leader_mid_script_applies_every_write_exactly_once() {
     script.push_str("get counter\n");
 
     // --verbose shows every line sent, to check what a retry sends.
-    let mut child = shell_command(&[
+    let mut child = spawn_piped(&[
         "--cluster",
         &cluster_arg(&cluster, &[1, 2, 3]),
         "--timeout",
         "15s",
         "--verbose",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn poncho-shell");
+    ]);
     let mut input = child.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || input.write_all(script.as_bytes()));
     let (tx, rx) = mpsc::channel();
@@ -386,16 +387,12 @@ fn check_retries_reuse_the_session(stderr: &str) {
         if v["msg_type"] == "GET" {
             continue;
         }
-        let id = v["payload"]["client_id"]
-            .as_str()
-            .expect("client_id")
-            .to_string();
-        assert!(id.starts_with("shell-"), "{line}");
-        assert_eq!(
-            *client_id.get_or_insert_with(|| id.clone()),
-            id,
-            "one client_id per run"
-        );
+        if v["msg_type"] == "REGISTER_CLIENT" {
+            assert!(client_id.is_none(), "a second session: {line}");
+            continue;
+        }
+        let id = v["payload"]["client_id"].as_u64().expect("client_id");
+        assert_eq!(*client_id.get_or_insert(id), id, "one client_id per run");
         let seq = v["payload"]["seq"].as_u64().expect("seq");
         assert!(seq > last_seq, "seq {seq} after {last_seq}: {line}");
         last_seq = seq;
@@ -671,4 +668,91 @@ fn the_interactive_shell_has_a_prompt_completion_hints_and_history() {
     assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
     // Sanity check that the shell used the cluster, not a stale state.
     assert_eq!(leader_get(&mut cluster, "greeting"), "hello world");
+}
+
+/// A write whose reply was lost, retried after its session expired: the
+/// shell says its outcome is unknown (it was applied once, and must not be
+/// applied again), then goes on in a new session.
+#[test]
+fn a_write_retried_after_its_session_expired_is_reported_as_outcome_unknown() {
+    let session_timeout = Duration::from_millis(1_000);
+    let mut cluster = Cluster::start_with(
+        1,
+        &[
+            "--session-timeout-ms",
+            &session_timeout.as_millis().to_string(),
+        ],
+    );
+    cluster.wait_for_leader(ELECTION);
+    // The shell reaches the node only through the proxy, whose replies the
+    // test can drop.
+    let proxy = poncho_tests::proxy::Proxy::start(cluster.addr(1)).expect("proxy");
+    let mut child = spawn_piped(&["--cluster", &proxy.addr().to_string(), "--timeout", "15s"]);
+    let mut input = child.stdin.take().expect("stdin");
+    let (tx, rx) = mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, pipe)| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(format!("{}{line}", ["out: ", "err: "][i]));
+            }
+        })
+    })
+    .collect();
+    let next_line = || {
+        rx.recv_timeout(RUN)
+            .expect("poncho-shell printed nothing in time")
+    };
+    let mut send = move |line: &str| {
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to poncho-shell");
+    };
+    let mut node = cluster.client(1);
+
+    // The first write opens the session.
+    send("set a 1");
+    assert_eq!(next_line(), "out: OK");
+    // The next one reaches the node and is applied, but its reply is lost.
+    proxy.set_replies_dropped(true);
+    send("set k v");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("k").unwrap()["payload"]["value"] != "v" {
+        assert!(Instant::now() < deadline, "set k v never applied");
+        sleep(Duration::from_millis(10));
+    }
+    // Another client writes after it: a second application would undo this.
+    assert_eq!(node.set("k", "other").unwrap()["msg_type"], "SET");
+    // The shell's connection breaks; it retries until the proxy lets it
+    // through again, past the session timeout.
+    proxy.set_blocked(true);
+    sleep(session_timeout + Duration::from_millis(300));
+    proxy.set_replies_dropped(false);
+    proxy.set_blocked(false);
+    let reported = next_line();
+    assert!(
+        reported
+            .starts_with("err: line 2: OUTCOME_UNKNOWN: the outcome of this command is unknown"),
+        "{reported}"
+    );
+    assert_eq!(node.get("k").unwrap()["payload"]["value"], "other");
+
+    // The shell goes on, in a new session.
+    send("set b 2");
+    assert_eq!(next_line(), "out: OK");
+    send("get k");
+    assert_eq!(next_line(), "out: other");
+    drop(send); // closes the shell's stdin: the script ends
+    let status = wait_bounded(&mut child, RUN);
+    assert_eq!(status.code(), Some(1), "a command failed");
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+    assert_eq!(node.get("b").unwrap()["payload"]["value"], "2");
 }

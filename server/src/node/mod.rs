@@ -82,6 +82,11 @@ pub struct NodeConfig {
     pub snapshot_keep_tail: u64,
     /// WAL segment size: compaction deletes whole segments.
     pub segment_bytes: u64,
+    /// Client sessions expire after this much idle log time, and at most
+    /// `max_sessions` are kept (least recently used evicted). Part of the
+    /// state machine: every node must use the same values.
+    pub session_timeout_ms: u64,
+    pub max_sessions: usize,
 }
 
 impl NodeConfig {
@@ -247,7 +252,23 @@ impl Node {
             entries,
             seed,
         )?;
-        let kv = restored_kv.unwrap_or_default();
+        let kv = match restored_kv {
+            // A snapshot keeps the session limits it was taken with: they are
+            // part of the state every node must agree on.
+            Some(kv) => {
+                let (timeout_ms, max_sessions) = kv.session_limits();
+                if (timeout_ms, max_sessions) != (config.session_timeout_ms, config.max_sessions) {
+                    warn!(
+                        "the snapshot's session limits ({timeout_ms} ms, {max_sessions} \
+                         sessions) differ from the flags ({} ms, {} sessions); keeping the \
+                         snapshot's",
+                        config.session_timeout_ms, config.max_sessions
+                    );
+                }
+                kv
+            }
+            None => KvStore::with_session_limits(config.session_timeout_ms, config.max_sessions),
+        };
 
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let mut listener = TcpListener::bind(config.addr())
@@ -681,7 +702,12 @@ impl Node {
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
             ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
-            write @ (ClientRequest::Set(_) | ClientRequest::Delete(_) | ClientRequest::Cas(_)) => {
+            // A registration goes through the log like a write: the session
+            // exists once it is applied, on every node at the same index.
+            write @ (ClientRequest::Set(_)
+            | ClientRequest::Delete(_)
+            | ClientRequest::Cas(_)
+            | ClientRequest::RegisterClient) => {
                 let Some(command) = Command::from_request(&write, now_ms()) else {
                     return self.reply_error_now(
                         key,
@@ -1194,6 +1220,9 @@ impl Node {
                 Some(ApplyResult::Cas(r)) => {
                     encode_reply(&mut self.scratch, "CAS", pending.to.req_id, &r)
                 }
+                Some(ApplyResult::Register(r)) => {
+                    encode_reply(&mut self.scratch, "REGISTER_CLIENT", pending.to.req_id, &r)
+                }
                 Some(ApplyResult::Error(e)) => {
                     encode_error(&mut self.scratch, pending.to.req_id, &e)
                 }
@@ -1417,6 +1446,8 @@ mod tests {
             snapshot_entries: 1_000,
             snapshot_keep_tail: 100,
             segment_bytes: 1 << 20,
+            session_timeout_ms: crate::kv::SESSION_TIMEOUT_MS,
+            max_sessions: crate::kv::MAX_SESSIONS,
         }
     }
 
