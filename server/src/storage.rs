@@ -9,8 +9,12 @@
 //! - record = `len: u32 LE | crc: u32 LE | payload`, where `crc` is CRC-32 of
 //!   the four `len` bytes followed by the payload, so a damaged length is
 //!   caught whenever the record still fits in the file.
-//! - payload = `index: u64 LE | term: u64 LE | kind: u8 (0 command, 1 no-op) |
-//!   data (UTF-8, the rest of the payload)`.
+//! - payload = `index: u64 LE | term: u64 LE | kind: u8 | data (UTF-8, the
+//!   rest of the payload)`. `kind` is 0 for a command, 1 for a no-op, plus
+//!   `BATCH_START` (0x80) on the first record written to a segment after it
+//!   was last fsynced (the first of each batch, and the first of a segment):
+//!   recovery uses it to tell a batch that never finished syncing from one
+//!   that did.
 //! - `hardstate` = `"PHS1" | term: u64 LE | has_vote: u8 | vote: u64 LE |
 //!   crc: u32 LE` (CRC of the 21 bytes before it), replaced by rename.
 //!
@@ -25,13 +29,36 @@
 //! but not synced: the same thing); if that lost records, the next segment
 //! does not continue the log and recovery reports the gap.
 //!
-//! # Recovery
+//! # Recovery: torn batches
 //! A crash mid-write can only damage the end of the last segment, because a
 //! segment is fsynced before the next one gets its first byte and truncation
-//! is made durable before new records land on top of it. So only the first
-//! bad record of the last segment, with no plausible record after it, is cut
-//! as torn; anything else is reported as corruption rather than risk dropping
-//! committed entries.
+//! is made durable before new records land on top of it. Within the last
+//! segment, the bytes since its last fsync are one or more writes (one per
+//! batch; the driver syncs every batch) over zeros: preallocated, cut off,
+//! or past the end of the file. A power loss before their fdatasync finished
+//! can leave any subset of their 512-byte sectors on disk, in any order, and
+//! a sector that did not make it reads as zeros. Everything written after a
+//! lost sector is unsynced too (records go at increasing offsets, and any
+//! fsync since would have covered the lost sector), so none of it was
+//! acknowledged. Recovery cannot know where the last fsync ended, so the
+//! first bad record of the last segment is judged by what it shows:
+//!
+//! 1. Nothing after it parses as a record that could continue the log: it is
+//!    torn (a write cut short, or garbage where the write never finished),
+//!    and it is cut off with everything after it.
+//! 2. A valid record follows it: it is torn, and cut off with everything
+//!    after it, only if (a) it shows a lost sector: some 512-byte-aligned
+//!    piece of it (of its length, if that is plausible and ends before the
+//!    next valid record, else of its header and smallest payload) is all
+//!    zeros, and (b) no valid record after it carries `BATCH_START`, which
+//!    would prove an fsync finished after it was written.
+//!
+//! Anything else is reported as corruption rather than risk dropping
+//! acknowledged entries: a bad record in an earlier segment, a bit flip (no
+//! zero sector) with valid records after it, and damage of any kind followed
+//! by a later batch. What cannot be told apart from a torn write is damage
+//! that looks exactly like one, in the newest batch of the last segment: it
+//! is cut, with a warning naming the file and offset.
 //!
 //! The hard state is saved (durably) before any entry of its term is
 //! appended, so `open` refuses a log with entries, or one that starts past
@@ -69,6 +96,10 @@ const HARD_STATE_FILE: &str = "hardstate";
 const HARD_STATE_TMP: &str = "hardstate.tmp";
 const HARD_STATE_MAGIC: &[u8; 4] = b"PHS1";
 const HARD_STATE_LEN: usize = 25;
+/// `kind` flag of the first record written to a segment after its last fsync.
+const BATCH_START: u8 = 0x80;
+/// The unit a power loss keeps or loses whole: a disk sector.
+const SECTOR: usize = 512;
 /// How far ahead of its records the active segment is zero-filled at a time.
 const PREALLOC_STEP: u64 = 1 << 20;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -820,9 +851,12 @@ impl Storage {
             return Ok(());
         }
         self.buf.clear();
+        // Nothing unsynced in the file yet: this write starts a batch.
+        let mut batch_start = !self.dirty;
         for e in entries {
             seg.offsets.push(seg.len + self.buf.len() as u64);
-            encode_record(&mut self.buf, e);
+            encode_record(&mut self.buf, e, batch_start);
+            batch_start = false;
         }
         let end = seg.len + self.buf.len() as u64;
         if end > seg.allocated {
@@ -913,12 +947,12 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn encode_record(buf: &mut Vec<u8>, e: &Entry) {
+fn encode_record(buf: &mut Vec<u8>, e: &Entry, batch_start: bool) {
     let len = ((PAYLOAD_MIN + e.data.len()) as u32).to_le_bytes();
     let kind = match e.kind {
         EntryKind::Command => 0u8,
         EntryKind::Noop => 1,
-    };
+    } | if batch_start { BATCH_START } else { 0 };
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
     crc.update(&e.index.to_le_bytes());
@@ -936,7 +970,9 @@ fn encode_record(buf: &mut Vec<u8>, e: &Entry) {
 struct Record<'a> {
     index: u64,
     term: u64,
+    /// The entry kind, without `BATCH_START`.
     kind: u8,
+    batch_start: bool,
     data: &'a [u8],
     end: usize,
 }
@@ -965,16 +1001,23 @@ fn parse_record(b: &[u8], off: usize) -> Result<Record<'_>, &'static str> {
     Ok(Record {
         index: le_u64(b, p),
         term: le_u64(b, p + 8),
-        kind: b[p + 16],
+        kind: b[p + 16] & !BATCH_START,
+        batch_start: b[p + 16] & BATCH_START != 0,
         data: &b[p + PAYLOAD_MIN..end],
         end,
     })
 }
 
 /// The first offset after `from` where a record that could continue the log
-/// starts. The index is checked before the CRC so that scanning a large
-/// garbage tail stays linear.
-fn find_plausible_record(b: &[u8], from: usize, next_index: u64, min_term: u64) -> Option<usize> {
+/// starts and passes `also`. The index is checked before the CRC so that
+/// scanning a large garbage tail stays linear.
+fn find_plausible_record(
+    b: &[u8],
+    from: usize,
+    next_index: u64,
+    min_term: u64,
+    also: impl Fn(&Record<'_>) -> bool,
+) -> Option<usize> {
     let max_index = next_index + (b.len() / (HEADER + PAYLOAD_MIN)) as u64;
     let last_start = b.len().checked_sub(HEADER + PAYLOAD_MIN)?;
     (from..=last_start).find(|&p| {
@@ -982,8 +1025,47 @@ fn find_plausible_record(b: &[u8], from: usize, next_index: u64, min_term: u64) 
         (PAYLOAD_MIN..=PAYLOAD_MAX).contains(&len)
             && p + HEADER + len <= b.len()
             && (next_index..=max_index).contains(&le_u64(b, p + HEADER))
-            && parse_record(b, p).is_ok_and(|r| r.term >= min_term && r.kind <= 1)
+            && parse_record(b, p).is_ok_and(|r| r.term >= min_term && r.kind <= 1 && also(&r))
     })
+}
+
+/// Why the bad record at `at`, the first of the last segment, cannot be a
+/// torn write (the rule is in the module documentation), or `None` if it can
+/// be and must be cut with everything after it.
+fn synced_damage(b: &[u8], at: usize, next_index: u64, min_term: u64) -> Option<String> {
+    // 1. Nothing that could continue the log follows.
+    let next = find_plausible_record(b, at + 1, next_index, min_term, |_| true)?;
+    // 2(b). A batch written after an fsync follows: this was synced.
+    if let Some(p) = find_plausible_record(b, next, next_index, min_term, |r| r.batch_start) {
+        return Some(format!(
+            "a valid record follows at offset {next}, and the one at offset {p} starts a \
+             batch written after an fsync that covered this one"
+        ));
+    }
+    // 2(a). A lost sector reads as zeros, and zeroing can only shorten the
+    // length field, so a torn record's extent ends by the next valid record.
+    let len = (b.len() - at >= 4)
+        .then(|| le_u32(b, at) as usize)
+        .filter(|len| (PAYLOAD_MIN..=PAYLOAD_MAX).contains(len))
+        .unwrap_or(PAYLOAD_MIN);
+    let end = at + HEADER + len;
+    let lost_sector = end <= next && {
+        let mut from = at;
+        let mut zero_piece = false;
+        while from < end && !zero_piece {
+            let to = ((from / SECTOR + 1) * SECTOR).min(end);
+            zero_piece = b[from..to].iter().all(|&x| x == 0);
+            from = to;
+        }
+        zero_piece
+    };
+    if lost_sector {
+        return None;
+    }
+    Some(format!(
+        "a valid record follows at offset {next}, and no 512-byte sector of this one \
+         reads as zeros, as one that never reached the disk would"
+    ))
 }
 
 struct Replay {
@@ -1038,9 +1120,8 @@ impl Replay {
                 Err(_) if b[off..].iter().all(|&x| x == 0) => break,
                 Err(reason) if !is_last => return Err(corrupt(&path, at, reason)),
                 Err(reason) => {
-                    if let Some(p) = find_plausible_record(&b, off + 1, next, last_term) {
-                        let why = format!("{reason}, yet a valid record follows at offset {p}");
-                        return Err(corrupt(&path, at, why));
+                    if let Some(why) = synced_damage(&b, off, next, last_term) {
+                        return Err(corrupt(&path, at, format!("{reason}; {why}")));
                     }
                     let file = OpenOptions::new()
                         .write(true)
@@ -1052,7 +1133,8 @@ impl Replay {
                     }
                     allocated = at;
                     self.warnings.push(format!(
-                        "cut torn record at {} offset {at} ({reason}; {} bytes dropped)",
+                        "cut torn record at {} offset {at} ({reason}; {} bytes dropped: \
+                         the rest of a write that never finished syncing)",
                         path.display(),
                         b.len() - off
                     ));
@@ -1162,11 +1244,14 @@ fn read_hard_state(path: &Path) -> Result<Option<HardState>, StorageError> {
 }
 
 #[cfg(test)]
+mod crash_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tempfile::TempDir;
 
-    fn entry(index: u64, term: u64, data: &str) -> Entry {
+    pub(super) fn entry(index: u64, term: u64, data: &str) -> Entry {
         let kind = if data.is_empty() {
             EntryKind::Noop
         } else {
@@ -1195,11 +1280,11 @@ mod tests {
 
     /// A term above every entry's in these tests: what a node that appended
     /// them would have saved first.
-    const TEST_TERM: u64 = 1_000;
+    pub(super) const TEST_TERM: u64 = 1_000;
 
     /// Opens `dir`, giving a new directory the hard state a node saves
     /// before its first append (`open` refuses a log without one).
-    fn open(dir: &Path, o: StorageOptions) -> (Storage, Recovered) {
+    pub(super) fn open(dir: &Path, o: StorageOptions) -> (Storage, Recovered) {
         let (mut s, rec) = Storage::open(dir, o).expect("open");
         if rec.hard_state.is_none() {
             let hs = HardState {
