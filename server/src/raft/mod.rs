@@ -93,6 +93,19 @@ pub(crate) enum BrokenRule {
     VoteTwiceInATerm,
     /// Serve a ReadIndex read without a quorum confirming leadership.
     ReadWithoutQuorum,
+    /// Take the read round a reply echoes whatever term its request was of
+    /// (issue 10, defect 1).
+    ReadRoundsFromOlderTerms,
+    /// Move a follower's progress on a reply to a request of an older term
+    /// (issue 10, defect 2).
+    ProgressFromOlderTerms,
+    /// Count a vote reply whatever election it answers (issue 10, defect 3).
+    VotesFromOlderElections,
+    /// Send a vote before the vote is durable.
+    VoteBeforeDurable,
+    /// A follower takes the leader's commit up to its last log index rather
+    /// than the last entry this append verified.
+    CommitToLastIndex,
 }
 
 impl Config {
@@ -960,14 +973,21 @@ impl Raft {
         self.randomized_election_timeout = self.rng.gen_range(min..2 * min);
     }
 
-    /// Moves to a later term: no vote yet, and snapshot chunks received in
-    /// the old term are dropped, so every chunk the driver acknowledges
-    /// (`snapshot_chunk_received`) was received in the term its reply names.
-    /// The leader resends what it does not hear acknowledged.
+    /// Moves to a later term: no vote yet, and what was queued in the old term
+    /// and not yet handed out is dropped. Messages waiting for persistence
+    /// promise things of a term this node has left: an acknowledgement of
+    /// entries that a message of the new term, in this same batch, may have
+    /// truncated, so that by the time the write completes the disk no longer
+    /// backs it. Snapshot chunks received in the old term go too, so every
+    /// chunk the driver acknowledges (`snapshot_chunk_received`) was received
+    /// in the term its reply names. Dropping a message is always safe: the
+    /// others resend what they do not hear answered.
     fn enter_term(&mut self, term: u64) {
         debug_assert!(term > self.term);
         self.term = term;
         self.vote = None;
+        self.outbox_after_persist
+            .retain(|out| out.message.term() >= term);
         self.snapshot_chunks.clear();
     }
 
@@ -1092,28 +1112,36 @@ impl Raft {
             self.vote = Some(m.candidate_id);
             self.reset_election_timer();
         }
-        self.send(
-            from,
-            RaftMessage::RequestVoteReply(RequestVoteReply {
-                term: if granted && m.pre_vote {
-                    m.term
-                } else {
-                    self.term
-                },
-                request_term: m.term,
-                vote_granted: granted,
-                pre_vote: m.pre_vote,
-            }),
-        );
+        let reply = RaftMessage::RequestVoteReply(RequestVoteReply {
+            term: if granted && m.pre_vote {
+                m.term
+            } else {
+                self.term
+            },
+            request_term: m.term,
+            vote_granted: granted,
+            pre_vote: m.pre_vote,
+        });
+        if self.broken(|r| r == BrokenRuleKind::VoteBeforeDurable) {
+            self.outbox.push(Outbound {
+                to: from,
+                message: reply,
+            });
+            return;
+        }
+        self.send(from, reply);
     }
 
     fn handle_vote_reply(&mut self, from: NodeId, m: RequestVoteReply) {
         // Only answers to the election under way count: a reply to a request
         // of an earlier campaign (say, an older term's rejection that arrived
         // late) is not a vote in this one.
+        let any_election = self.broken(|r| r == BrokenRuleKind::VotesFromOlderElections);
         let expected = match self.role {
-            Role::PreCandidate => m.pre_vote && m.request_term == self.term + 1,
-            Role::Candidate => !m.pre_vote && m.request_term == self.term,
+            Role::PreCandidate => m.pre_vote && (m.request_term == self.term + 1 || any_election),
+            Role::Candidate => {
+                !m.pre_vote && m.term == self.term && (m.request_term == self.term || any_election)
+            }
             _ => false,
         };
         if !expected {
@@ -1141,7 +1169,12 @@ impl Raft {
             .try_append(m.prev_log_index, m.prev_log_term, &m.entries)
         {
             AppendOutcome::Matched(index) => {
-                self.log.commit_to(m.leader_commit.min(index));
+                let verified = if self.broken(|r| r == BrokenRuleKind::CommitToLastIndex) {
+                    self.log.last_index()
+                } else {
+                    index
+                };
+                self.log.commit_to(m.leader_commit.min(verified));
                 AppendEntriesReply {
                     term: self.term,
                     request_term: m.term,
@@ -1172,20 +1205,26 @@ impl Raft {
         // A reply to a message of an earlier term (this node may have led
         // then too) proves nothing about this term: its read round numbers a
         // round of that term, and its rejection carries no log position.
-        if self.role != Role::Leader || m.request_term != self.term {
+        let current = m.request_term == self.term;
+        let old_rounds = self.broken(|r| r == BrokenRuleKind::ReadRoundsFromOlderTerms);
+        let old_progress = self.broken(|r| r == BrokenRuleKind::ProgressFromOlderTerms);
+        if self.role != Role::Leader || !(current || old_rounds || old_progress) {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
-        if m.read_round > pr.read_round {
+        if m.read_round > pr.read_round && (current || old_rounds) {
             pr.read_round = m.read_round;
             self.confirm_reads();
         }
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
+        if !(current || old_progress) {
+            return;
+        }
         if m.success {
             if pr.acknowledge(m.index) {
                 self.maybe_commit();
@@ -1398,6 +1437,13 @@ impl Raft {
         }
     }
 
+    /// The answers a (pre-)candidate has counted in its campaign, for the
+    /// simulator's check that each is a real answer to this election.
+    #[cfg(test)]
+    pub(crate) fn votes_counted(&self) -> &BTreeMap<NodeId, bool> {
+        &self.votes
+    }
+
     #[cfg(test)]
     fn broken(&self, rule: impl Fn(BrokenRuleKind) -> bool) -> bool {
         self.config.broken_rule.is_some_and(rule)
@@ -1422,4 +1468,9 @@ enum BrokenRuleKind {
     VoteWithoutLogCheck,
     VoteTwiceInATerm,
     ReadWithoutQuorum,
+    ReadRoundsFromOlderTerms,
+    ProgressFromOlderTerms,
+    VotesFromOlderElections,
+    VoteBeforeDurable,
+    CommitToLastIndex,
 }

@@ -11,7 +11,7 @@
 //! Time is counted in units; a node ticks every `TICK` units, each node at its
 //! own phase so they do not move in lockstep.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use poncho_protocol::{Entry, InstallSnapshot, NodeId, RaftMessage};
@@ -37,6 +37,12 @@ pub struct NetConfig {
     pub duplicate_probability: f64,
     /// A disk write completes after a delay uniform in [0, max].
     pub max_persist_delay: u64,
+    /// The chance that a message is held up far longer than `max_delay`:
+    /// uniform in [max_delay, long_delay_max], which may span several
+    /// elections, so replies to requests of older terms reach nodes that have
+    /// moved on (and may lead again).
+    pub long_delay_probability: f64,
+    pub long_delay_max: u64,
 }
 
 impl NetConfig {
@@ -47,6 +53,8 @@ impl NetConfig {
             drop_probability: 0.0,
             duplicate_probability: 0.0,
             max_persist_delay: 3,
+            long_delay_probability: 0.0,
+            long_delay_max: 0,
         }
     }
 
@@ -57,15 +65,14 @@ impl NetConfig {
             drop_probability: 0.1,
             duplicate_probability: 0.05,
             max_persist_delay: 8,
+            long_delay_probability: 0.0,
+            long_delay_max: 0,
         }
     }
 }
 
 /// A write handed to the simulated disk and the messages that wait for it.
 struct PendingWrite {
-    /// A snapshot received from the leader, installed before the rest; with
-    /// whether the log is discarded (else compacted through its index).
-    install: Option<(SimSnapshot, bool)>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
     after: Vec<super::Outbound>,
@@ -190,6 +197,12 @@ pub struct Sim {
     /// may change the message, or return false to drop it. Scripted
     /// scenarios use it.
     pub filter: Option<MessageFilter>,
+    /// Every answer a voter gave: (voter, candidate, term asked for,
+    /// pre-vote, granted). A candidate may count only answers from here.
+    vote_answers: HashSet<(NodeId, NodeId, u64, bool, bool)>,
+    /// Percent chance that a node crashes right after a received snapshot
+    /// is durable and before its log is made to agree (recovery's case).
+    pub install_crash_percent: u32,
 }
 
 impl Sim {
@@ -248,6 +261,8 @@ impl Sim {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             filter: None,
+            vote_answers: HashSet::new(),
+            install_crash_percent: 0,
         };
         for id in sim.ids() {
             sim.start(id);
@@ -279,6 +294,10 @@ impl Sim {
         let members = self.ids();
         let config = (self.config_for)(id, members);
         let raft_seed = self.rng.gen();
+        let discarded = reconcile_durable(self.node(id));
+        if let Err(e) = self.checker.check_truncation(&discarded) {
+            panic!("{}", self.violation(format!("recovery of node {id}: {e}")));
+        }
         let node = self.node(id);
         node.boots += 1;
         let (snap_index, snap_term) = node
@@ -535,7 +554,7 @@ impl Sim {
             }
         }
         for id in self.ids() {
-            self.complete_writes(id)?;
+            self.complete_writes(id, false)?;
             self.take_snapshot(id);
         }
         let now = self.now;
@@ -551,6 +570,7 @@ impl Sim {
         for id in self.ids() {
             self.process_ready(id)?;
         }
+        self.check_vote_tallies()?;
         let leaders: Vec<(NodeId, u64)> = self
             .ids()
             .into_iter()
@@ -595,7 +615,7 @@ impl Sim {
         }
         let must_persist = rd.must_persist();
         for out in rd.messages {
-            self.send(id, out.to, out.message);
+            self.send(id, out.to, out.message)?;
         }
         let due = self.now + self.rng.gen_range(0..=self.net.max_persist_delay);
         let node = self.node(id);
@@ -603,7 +623,6 @@ impl Sim {
             // Messages after persistence wait for this write and every earlier one.
             let due = node.writes.back().map_or(due, |w| w.due.max(due));
             node.writes.push_back(PendingWrite {
-                install: None,
                 hard_state: rd.hard_state,
                 entries: rd.entries,
                 after: rd.messages_after_persist,
@@ -611,7 +630,7 @@ impl Sim {
             });
         } else {
             for out in rd.messages_after_persist {
-                self.send(id, out.to, out.message);
+                self.send(id, out.to, out.message)?;
             }
         }
         self.apply(id, rd.committed_entries)?;
@@ -768,25 +787,40 @@ impl Sim {
                 .check_applied(&e)
                 .map_err(|err| self.violation(format!("installed snapshot: {err}")))?;
         }
+        // The contract: the snapshot is durable, then `restore_snapshot`. A
+        // real driver writes it synchronously, behind every write it already
+        // handed its disk, so those complete first.
+        self.complete_writes(id, true)?;
+        let node = self.node(id);
+        if node
+            .durable_snapshot
+            .as_ref()
+            .is_none_or(|s| s.index < index)
+        {
+            node.durable_snapshot = Some(snapshot.clone());
+        }
+        if self.rng.gen_range(0..100) < self.install_crash_percent {
+            // Down before the log agrees with the snapshot: recovery's case.
+            self.crash(id);
+            return Ok(());
+        }
         let Some(raft) = self.raft_mut(id) else {
             return Ok(());
         };
-        let discard = match raft.restore_snapshot(leader, index, term) {
-            Restored::Stale => return Ok(()),
-            Restored::KeptLog => false,
-            Restored::DiscardedLog => true,
-        };
-        let due = self.now + self.rng.gen_range(0..=self.net.max_persist_delay);
+        let restored = raft.restore_snapshot(leader, index, term);
         let node = self.node(id);
-        node.applied = snapshot.applied.clone();
-        let due = node.writes.back().map_or(due, |w| w.due.max(due));
-        node.writes.push_back(PendingWrite {
-            install: Some((snapshot, discard)),
-            hard_state: None,
-            entries: Vec::new(),
-            after: Vec::new(),
-            due,
-        });
+        match restored {
+            Restored::Stale => return Ok(()),
+            Restored::KeptLog => compact_durable(node, index),
+            Restored::DiscardedLog => {
+                let discarded = discard_durable_log(node, index);
+                self.checker
+                    .check_truncation(&discarded)
+                    .map_err(|e| self.violation(format!("snapshot install on node {id}: {e}")))?;
+            }
+        }
+        let node = self.node(id);
+        node.applied = snapshot.applied;
         if let Some(raft) = self.raft_mut(id) {
             raft.advance_applied(index);
         }
@@ -794,24 +828,17 @@ impl Sim {
         Ok(())
     }
 
-    fn complete_writes(&mut self, id: NodeId) -> Result<(), Violation> {
+    /// Completes the writes of `id` that are due (or, with `all`, every one
+    /// of them, in order: a synchronous write must wait for them).
+    fn complete_writes(&mut self, id: NodeId, all: bool) -> Result<(), Violation> {
         let trace = self.trace_node == Some(id);
         loop {
             let now = self.now;
             let node = self.node(id);
-            if node.writes.front().is_none_or(|w| w.due > now) {
+            if node.writes.front().is_none_or(|w| w.due > now && !all) {
                 return Ok(());
             }
             let write = node.writes.pop_front().expect("checked");
-            if let Some((snapshot, discard)) = write.install {
-                if discard {
-                    node.durable_log.clear();
-                    node.durable_first = snapshot.index + 1;
-                } else {
-                    compact_durable(node, snapshot.index);
-                }
-                node.durable_snapshot = Some(snapshot);
-            }
             if let Some(hs) = write.hard_state {
                 node.durable_hard_state = hs;
             }
@@ -858,7 +885,7 @@ impl Sim {
             }
             let last = write.entries.last().map(|e| (e.index, e.term));
             for out in write.after {
-                self.send(id, out.to, out.message);
+                self.send(id, out.to, out.message)?;
             }
             if let (Some((index, term)), Some(raft)) = (last, self.raft_mut(id)) {
                 raft.on_persisted(index, term);
@@ -939,6 +966,9 @@ impl Sim {
         }
     }
 
+    /// A served read returns the state machine of `id` as it is now, through
+    /// `applied`. Linearizable: it reflects every write acknowledged and
+    /// every state any read returned before this read began.
     fn serve_read(&mut self, id: NodeId, read_id: u64, index: u64) -> Result<(), Violation> {
         let Some((node, must_see)) = self.reads.remove(&read_id) else {
             return Ok(());
@@ -948,15 +978,26 @@ impl Sim {
         if index < must_see || applied < must_see || applied < index {
             return Err(self.violation(format!(
                 "stale read on node {id}: read index {index}, state machine at {applied}, \
-                 but index {must_see} was acknowledged before the read began"
+                 but index {must_see} was acknowledged or returned by a read before this \
+                 read began\n{}",
+                self.describe()
             )));
         }
+        self.checker.max_returned = self.checker.max_returned.max(applied);
         self.stats.reads_served += 1;
         self.served_reads.push(read_id);
         Ok(())
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, mut msg: RaftMessage) {
+    /// A message leaves `from`: first check that its disk backs what the
+    /// message promises, then hand it to the network.
+    fn send(&mut self, from: NodeId, to: NodeId, mut msg: RaftMessage) -> Result<(), Violation> {
+        self.check_durable_at_send(from, to, &msg)
+            .map_err(|e| self.violation(e))?;
+        if let RaftMessage::RequestVoteReply(m) = &msg {
+            self.vote_answers
+                .insert((from, to, m.request_term, m.pre_vote, m.vote_granted));
+        }
         if let Some(who) = self.trace_node {
             if who == to || who == from {
                 let m = match &msg {
@@ -974,11 +1015,11 @@ impl Sim {
         }
         if let Some(f) = self.filter.as_mut() {
             if !f(from, to, &mut msg) {
-                return;
+                return Ok(());
             }
         }
         if self.cut.contains(&(from, to)) || self.rng.gen_bool(self.net.drop_probability) {
-            return;
+            return Ok(());
         }
         let copies = if self.rng.gen_bool(self.net.duplicate_probability) {
             2
@@ -986,11 +1027,128 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let at = self.now + self.rng.gen_range(self.net.min_delay..=self.net.max_delay);
+            let long = self.net.long_delay_probability > 0.0
+                && self.rng.gen_bool(self.net.long_delay_probability);
+            let delay = if long {
+                self.rng
+                    .gen_range(self.net.max_delay..=self.net.long_delay_max.max(self.net.max_delay))
+            } else {
+                self.rng.gen_range(self.net.min_delay..=self.net.max_delay)
+            };
             self.message_seq += 1;
-            self.in_flight
-                .insert((at, self.message_seq), (from, to, msg.clone()));
+            self.in_flight.insert(
+                (self.now + delay, self.message_seq),
+                (from, to, msg.clone()),
+            );
         }
+        Ok(())
+    }
+
+    /// What a node sends must be backed by its disk: every message promises
+    /// the sender's term; a candidate's request and a granted vote promise
+    /// the vote; an acknowledgement promises the entries it acknowledges.
+    /// Checked as the message leaves, so anything sent before the write that
+    /// backs it has completed is caught (a crash then would break the promise).
+    fn check_durable_at_send(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        msg: &RaftMessage,
+    ) -> Result<(), String> {
+        let node = &self.nodes[(from - 1) as usize];
+        let disk = node.durable_hard_state;
+        let promised_term = match msg {
+            // A pre-vote asks about a term the sender is not in yet, and a
+            // granted one names that term back; neither changes a term.
+            RaftMessage::RequestVote(m) if m.pre_vote => m.term.saturating_sub(1),
+            RaftMessage::RequestVoteReply(m) if m.pre_vote && m.vote_granted => 0,
+            m => m.term(),
+        };
+        if disk.term < promised_term {
+            return Err(format!(
+                "node {from} sent {to} a message of term {promised_term} with term {} on disk: {msg:?}",
+                disk.term
+            ));
+        }
+        // A durable later term backs a vote too: the node can vote in no
+        // earlier term again, even if this vote itself never reached the disk.
+        let vote_backed = |term: u64, vote: NodeId| {
+            disk.term > term
+                || disk
+                    == (HardState {
+                        term,
+                        vote: Some(vote),
+                    })
+        };
+        match msg {
+            RaftMessage::RequestVote(m) if !m.pre_vote && !vote_backed(m.term, from) => {
+                return Err(format!(
+                    "node {from} asked for votes in term {} before its vote for itself was durable (disk {disk:?})",
+                    m.term
+                ));
+            }
+            RaftMessage::RequestVoteReply(m)
+                if !m.pre_vote && m.vote_granted && !vote_backed(m.term, to) =>
+            {
+                return Err(format!(
+                    "node {from} granted node {to} its vote in term {} before the vote was durable (disk {disk:?})",
+                    m.term
+                ));
+            }
+            RaftMessage::AppendEntriesReply(m) if m.success => {
+                let in_snapshot = node
+                    .durable_snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.index >= m.index);
+                let on_disk = m
+                    .index
+                    .checked_sub(node.durable_first)
+                    .and_then(|p| node.durable_log.get(p as usize))
+                    .map(|e| e.term);
+                let in_memory = node.raft.as_ref().and_then(|r| r.log().term(m.index));
+                let backed = m.index == 0
+                    || in_snapshot
+                    || on_disk.is_some_and(|t| in_memory.is_none_or(|m| m == t));
+                if !backed {
+                    return Err(format!(
+                        "node {from} acknowledged entries through {} to node {to} before they were durable \
+                         (disk {}..{}, term there {on_disk:?}, in memory {in_memory:?})",
+                        m.index,
+                        node.durable_first,
+                        node.durable_first + node.durable_log.len() as u64
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A (pre-)candidate counts only answers voters gave to the election it
+    /// is running: each one it counts must be among the answers sent.
+    fn check_vote_tallies(&self) -> Result<(), Violation> {
+        for id in self.ids() {
+            let Some(r) = self.raft(id) else { continue };
+            let (pre_vote, asked) = match r.role() {
+                Role::PreCandidate => (true, r.term() + 1),
+                Role::Candidate => (false, r.term()),
+                _ => continue,
+            };
+            for (&voter, &granted) in r.votes_counted() {
+                if voter != id
+                    && !self
+                        .vote_answers
+                        .contains(&(voter, id, asked, pre_vote, granted))
+                {
+                    return Err(self.violation(format!(
+                        "node {id}, campaigning for term {asked} (pre-vote {pre_vote}), counts \
+                         {} from node {voter}, which never gave that answer in this election",
+                        if granted { "a grant" } else { "a rejection" }
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------- clients
@@ -1052,19 +1210,26 @@ impl Sim {
         }
     }
 
-    /// Sends a linearizable read to a node that believes it leads, chosen at
-    /// random: a deposed leader that has not noticed yet included, since that
-    /// is exactly the node that must not answer with stale data.
+    /// Sends a linearizable read to a node that believes it leads. When
+    /// several do, half the time to one that is not the newest: a deposed or
+    /// partitioned leader that has not noticed is exactly the node that must
+    /// not answer with stale data.
     pub fn issue_read(&mut self) {
-        let leaders: Vec<NodeId> = self
+        let mut leaders: Vec<(u64, NodeId)> = self
             .ids()
             .into_iter()
-            .filter(|&id| self.raft(id).is_some_and(|r| r.role() == Role::Leader))
+            .filter_map(|id| self.raft(id).map(|r| (r.term(), r.role(), id)))
+            .filter(|&(_, role, _)| role == Role::Leader)
+            .map(|(term, _, id)| (term, id))
             .collect();
+        leaders.sort_unstable();
+        if leaders.len() > 1 && self.rng.gen_bool(0.5) {
+            leaders.pop(); // the newest
+        }
         if leaders.is_empty() {
             return;
         }
-        let pick = leaders[self.rng.gen_range(0..leaders.len())];
+        let pick = leaders[self.rng.gen_range(0..leaders.len())].1;
         let _ = self.read_at(pick);
     }
 
@@ -1073,7 +1238,7 @@ impl Sim {
     pub fn read_at(&mut self, node: NodeId) -> Option<u64> {
         let id = self.next_read_id;
         self.next_read_id += 1;
-        let must_see = self.checker.max_acknowledged;
+        let must_see = self.checker.max_acknowledged.max(self.checker.max_returned);
         let accepted = self.raft_mut(node)?.read_index(id).is_ok();
         accepted.then(|| {
             self.reads.insert(id, (node, must_see));
@@ -1143,6 +1308,7 @@ impl Sim {
             self.run_ticks(1)?;
         }
         self.heal();
+        self.install_crash_percent = 0;
         for id in self.ids() {
             self.restart(id);
         }
@@ -1154,6 +1320,44 @@ impl Sim {
         self.run_until(300, "every node holding the committed log", |s| {
             s.checker.all_hold_committed(s)
         })
+    }
+}
+
+/// Empties the durable log for a snapshot through `index` that it does not
+/// continue; returns the entries removed after the snapshot.
+fn discard_durable_log(node: &mut Node, index: u64) -> Vec<Entry> {
+    let removed = node
+        .durable_log
+        .drain(..)
+        .filter(|e| e.index > index)
+        .collect();
+    node.durable_first = index + 1;
+    removed
+}
+
+/// Start-up, as the server's recovery does: a durable log that does not hold
+/// the durable snapshot's last entry (a crash between installing a snapshot
+/// and resetting the log) is discarded. Returns what was removed after the
+/// snapshot.
+fn reconcile_durable(node: &mut Node) -> Vec<Entry> {
+    let Some((index, term)) = node.durable_snapshot.as_ref().map(|s| (s.index, s.term)) else {
+        return Vec::new();
+    };
+    assert!(
+        node.durable_log.is_empty() || node.durable_first <= index + 1,
+        "the durable log starts at {} after the snapshot through {index}: entries lost",
+        node.durable_first
+    );
+    let holds_end = node.durable_log.is_empty()
+        || node.durable_first == index + 1
+        || node
+            .durable_log
+            .iter()
+            .any(|e| e.index == index && e.term == term);
+    if holds_end {
+        Vec::new()
+    } else {
+        discard_durable_log(node, index)
     }
 }
 
@@ -1176,6 +1380,8 @@ struct Checker {
     committed: Vec<Option<(u64, Arc<str>)>>,
     /// The highest index acknowledged to a client so far.
     max_acknowledged: u64,
+    /// The furthest state (applied index) any served read has returned.
+    max_returned: u64,
 }
 
 impl Checker {
@@ -1185,6 +1391,7 @@ impl Checker {
             entries: HashMap::new(),
             committed: Vec::new(),
             max_acknowledged: 0,
+            max_returned: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use poncho_protocol::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::sim::{NetConfig, Sim, SnapshotPolicy};
+use super::sim::{NetConfig, Sim, SnapshotPolicy, TICK};
 use super::*;
 
 // ------------------------------------------------------------------ helpers
@@ -692,7 +692,7 @@ fn figure_8_crash_loop(
 #[test]
 fn figure_8_crash_loop_reliable_network() {
     // The even seeds of `sim_catches_commit_by_counting_older_terms`.
-    for seed in (0..300).step_by(2) {
+    for seed in (0..400).step_by(2) {
         figure_8_crash_loop(seed, NetConfig::reliable(), 100, None).unwrap();
     }
 }
@@ -700,7 +700,7 @@ fn figure_8_crash_loop_reliable_network() {
 #[test]
 fn figure_8_crash_loop_unreliable_network() {
     // The odd seeds of `sim_catches_commit_by_counting_older_terms`.
-    for seed in (1..300).step_by(2) {
+    for seed in (1..400).step_by(2) {
         figure_8_crash_loop(seed, NetConfig::unreliable(), 100, None).unwrap();
     }
 }
@@ -1139,6 +1139,14 @@ pub(super) fn random_cluster(
         drop_probability: rng.gen_range(0.0..0.2),
         duplicate_probability: rng.gen_range(0.0..0.1),
         max_persist_delay: rng.gen_range(0..12),
+        // Half the clusters hold a few messages back for up to 100 ticks,
+        // several election timeouts.
+        long_delay_probability: if rng.gen_bool(0.5) {
+            rng.gen_range(0.0..0.03)
+        } else {
+            0.0
+        },
+        long_delay_max: 100 * TICK,
     };
     let max_entries = rng.gen_range(1..64);
     let max_inflight = rng.gen_range(1..8);
@@ -1162,6 +1170,7 @@ pub(super) fn random_cluster(
         c.snapshot_stall_ticks = 30;
     });
     sim.snapshots = snapshots;
+    sim.install_crash_percent = 5;
     sim.random_run(150)
         .map_err(|e| format!("{e}\n  cluster: {described}"))?;
     Ok(std::mem::take(&mut sim.stats))
@@ -1263,7 +1272,7 @@ fn sim_catches_voting_without_the_log_check() {
 /// seeds pass with the correct rule (the two `figure_8_crash_loop_*` tests).
 #[test]
 fn sim_catches_commit_by_counting_older_terms() {
-    let caught = (0..300).find_map(|seed| {
+    let caught = (0..1000).find_map(|seed| {
         let net = if seed % 2 == 0 {
             NetConfig::reliable()
         } else {
@@ -1433,4 +1442,71 @@ fn thesis_9_6_repeated_transfers_do_not_keep_a_cut_off_leader_in_office() {
         }
     }
     assert_eq!(l.role(), Role::Follower, "a cut-off leader stayed leader");
+}
+
+/// Found by the simulator's send-time check: node 2 acknowledges entries 3-4
+/// of term 1, and before that batch is written a leader of term 2 truncates
+/// them. The acknowledgement would leave after the write, when the disk no
+/// longer holds what it acknowledges; it must be dropped with the old term.
+#[test]
+fn an_acknowledgement_of_a_term_the_node_has_left_is_never_sent() {
+    let mut f = node(2, &[1, 2, 3], 1, &[1, 1, 1, 1]);
+    let _ = f.ready();
+    f.step(1, old_append(1, 1, (4, 1), 0));
+    let append = |term, prev: (u64, u64), entries| {
+        RaftMessage::AppendEntries(AppendEntries {
+            term,
+            leader_id: 3,
+            prev_log_index: prev.0,
+            prev_log_term: prev.1,
+            entries,
+            leader_commit: 0,
+            read_round: 0,
+        })
+    };
+    let entry = Entry {
+        index: 3,
+        term: 2,
+        kind: EntryKind::Command,
+        data: "x".into(),
+    };
+    f.step(3, append(2, (2, 1), vec![entry]));
+    let rd = f.ready();
+    assert_eq!(rd.entries.first().map(|e| (e.index, e.term)), Some((3, 2)));
+    let acks: Vec<(NodeId, u64, u64)> = rd
+        .messages
+        .iter()
+        .chain(&rd.messages_after_persist)
+        .filter_map(|o| match &o.message {
+            RaftMessage::AppendEntriesReply(r) if r.success => Some((o.to, r.term, r.index)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![(3, 2, 3)],
+        "only the term-2 acknowledgement leaves"
+    );
+}
+
+/// Issue 10, defect 3: found by the random seeds through the check that a
+/// candidate counts only answers voters gave to its election.
+#[test]
+fn sim_catches_votes_counted_from_older_elections() {
+    let caught = first_seed_that_catches(BrokenRule::VotesFromOlderElections, 300);
+    assert!(
+        caught.is_some(),
+        "counting older elections' replies went unnoticed"
+    );
+}
+
+/// Found by the random seeds through the send-time check that every message
+/// is backed by the sender's disk.
+#[test]
+fn sim_catches_votes_sent_before_they_are_durable() {
+    let caught = first_seed_that_catches(BrokenRule::VoteBeforeDurable, 300);
+    assert!(
+        caught.is_some(),
+        "a vote sent before it was durable went unnoticed"
+    );
 }
