@@ -1,12 +1,12 @@
 //! End-to-end: a data directory belongs to one running server. Each test
 //! bounds its own time and stops every process it started.
 
-use std::net::SocketAddr;
-use std::process::Child;
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use poncho_tests::{spawn_server, write_with_retry, Cluster, ServerSpec};
+use poncho_tests::{workspace_bin, write_with_retry, Cluster};
 use serde_json::json;
 
 const ELECTION: Duration = Duration::from_secs(10);
@@ -43,31 +43,32 @@ fn a_second_server_on_a_data_directory_in_use_refuses_and_the_first_keeps_servin
     // Same id, same directory, another port: what a second `poncho-server
     // --id 1` with the default directory would do.
     let scratch = tempfile::tempdir().unwrap();
-    let log_path = scratch.path().join("second.log");
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let spec = ServerSpec {
-        id: 1,
-        addr,
-        peers: &[],
-        data_dir: &data_dir,
-        args: &[],
-    };
-    let mut second = spawn_server(&spec, &log_path, true);
+    let (out_path, err_path) = (scratch.path().join("out"), scratch.path().join("err"));
+    let mut second = Command::new(workspace_bin("poncho-server"))
+        .args(["--id", "1", "--port", "0", "--data-dir"])
+        .arg(&data_dir)
+        .arg("is_leader")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
     let code = wait_exit(&mut second, REFUSAL);
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let code = code.unwrap_or_else(|| panic!("the second server kept running:\n{output}"));
-    assert_ne!(code, 0, "{output}");
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let code = code.unwrap_or_else(|| panic!("the second server kept running:\n{stdout}{stderr}"));
+    assert_ne!(code, 0, "{stdout}{stderr}");
     assert!(
-        output.contains(&data_dir.display().to_string()),
-        "the refusal must name the directory:\n{output}"
+        stderr.contains(&format!("data directory {} is in use", data_dir.display())),
+        "the refusal must name the directory on stderr:\n{stderr}"
     );
     assert!(
-        output.contains(&format!("PID {first_pid}")),
-        "the refusal must name the PID holding it ({first_pid}):\n{output}"
+        stderr.contains(&format!("PID {first_pid}")),
+        "the refusal must name the PID holding it ({first_pid}):\n{stderr}"
     );
     assert!(
-        !output.contains("TCP Listener"),
-        "it must refuse before serving:\n{output}"
+        !stdout.contains("TCP Listener"),
+        "it must refuse before serving:\n{stdout}"
     );
 
     // The first server never noticed: it holds the lock and keeps serving.
