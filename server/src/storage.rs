@@ -37,7 +37,8 @@
 //! batch; the driver syncs every batch) over zeros: preallocated, cut off,
 //! or past the end of the file. A power loss before their fdatasync finished
 //! can leave any subset of their 512-byte sectors on disk, in any order, and
-//! a sector that did not make it reads as zeros. Everything written after a
+//! a sector that did not make it reads as zeros (a sector itself is written
+//! whole or not at all, as disks promise; one torn inside may be reported). Everything written after a
 //! lost sector is unsynced too (records go at increasing offsets, and any
 //! fsync since would have covered the lost sector), so none of it was
 //! acknowledged. Recovery cannot know where the last fsync ended, so the
