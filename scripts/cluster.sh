@@ -2,19 +2,30 @@
 # A local poncho cluster in one command.
 #
 #   scripts/cluster.sh [--nodes N] [--base-port P] [--own-ips] [--data DIR] [--no-shell]
-#       Builds poncho, starts N nodes (default 5) with node 1 given the
-#       is_leader hint, node K on 127.0.0.1:(P+K) (default P=8000, so
-#       8001..8005) or, with --own-ips, on 127.0.0.K:(P+K). Each node's data
-#       and log live in DIR/node-K/ and DIR/node-K.log (default DIR:
-#       ./cluster-data). Then opens poncho-shell on the cluster; when the
-#       shell exits, or on Ctrl-C, every node is stopped cleanly (SIGTERM).
-#       With --no-shell it prints how to connect and runs until Ctrl-C.
+#                      [--no-build] [-- SERVER-FLAG...]
+#       Builds poncho (unless --no-build), starts N nodes (default 5) with
+#       node 1 given the is_leader hint, node K on 127.0.0.1:(P+K) (default
+#       P=8000, so 8001..8005) or, with --own-ips, on 127.0.0.K:(P+K), each
+#       with the SERVER-FLAGs after `--` too. Each node's data and log live in
+#       DIR/node-K/ and DIR/node-K.log (default DIR: ./cluster-data). It
+#       prints each node's PID, then opens poncho-shell on the cluster.
+#       The nodes run in sessions of their own: the terminal's signals
+#       (Ctrl-C, Ctrl-\, closing it) never reach them. Ctrl-C in the shell
+#       cancels the command or the line; leaving the shell (exit, Ctrl-D, or
+#       closing the terminal) stops every node cleanly (SIGTERM).
+#       With --no-shell it prints how to connect and runs until Ctrl-C, which
+#       stops every node cleanly (SIGTERM).
+#   scripts/cluster.sh restart K [--data DIR]
+#       stops node K (if running) and starts it again with the flags it was
+#       started with (less the is_leader hint, which is for a fresh cluster)
 #   scripts/cluster.sh stop [--data DIR]    stops a cluster started elsewhere
-#   scripts/cluster.sh clean [--data DIR]   removes DIR (refuses while running)
+#   scripts/cluster.sh clean [--data DIR]   removes DIR; refuses while any node
+#       holds a data directory in it (its DIR/node-K/LOCK), whoever started it
 #
 # Data survives between runs: a second start reuses it (the cluster comes back
 # with its keys); `clean` starts over. Starting while a cluster from the same
-# DIR runs, or while a port is taken, is refused with the reason.
+# DIR runs, while a node holds a data directory in DIR, or while a port is
+# taken, is refused with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,16 +34,25 @@ BASE_PORT=8000
 DATA=cluster-data
 SHELL_TOO=1
 OWN_IPS=0
+BUILD=1
 COMMAND=start
+TARGET=""
+SERVER_FLAGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     start|stop|clean) COMMAND=$1 ;;
+    restart)
+      COMMAND=restart
+      [ $# -ge 2 ] || { echo "cluster.sh: restart takes a node number" >&2; exit 2; }
+      TARGET=$2; shift ;;
     --nodes) NODES=$2; shift ;;
     --base-port) BASE_PORT=$2; shift ;;
     --data) DATA=$2; shift ;;
     --no-shell) SHELL_TOO=0 ;;
+    --no-build) BUILD=0 ;;
     --own-ips) OWN_IPS=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --) shift; SERVER_FLAGS=("$@"); break ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "cluster.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -41,13 +61,65 @@ case "$NODES" in ''|*[!0-9]*) echo "cluster.sh: --nodes takes a number" >&2; exi
 if [ "$NODES" -lt 1 ] || [ "$NODES" -gt 9 ]; then
   echo "cluster.sh: --nodes must be 1 to 9" >&2; exit 2
 fi
+BIN="${CARGO_TARGET_DIR:-target}/release"
+# One line per node started from DIR: "K PID".
 PIDFILE="$DATA/cluster.pids"
 
-running_pids() {
+# Whether PID is a running poncho-server (not a process that reused the PID
+# of one that exited).
+is_node() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ -r "/proc/$1/cmdline" ] || return 0
+  grep -qa poncho-server "/proc/$1/cmdline"
+}
+
+# "K PID" for each node started from DIR that still runs.
+running_nodes() {
   [ -f "$PIDFILE" ] || return 0
-  while read -r pid; do
-    if kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+  local k pid
+  while read -r k pid; do
+    if [ -n "$pid" ] && is_node "$pid"; then echo "$k $pid"; fi
   done < "$PIDFILE"
+}
+
+running_pids() { running_nodes | awk '{ print $2 }'; }
+
+# The PID of node K, if it was started from DIR and runs.
+node_pid() { running_nodes | awk -v k="$1" '$1 == k { print $2 }'; }
+
+# "node-K (pid P)" for each data directory in DIR whose lock a live process
+# holds (the server flocks DIR/node-K/LOCK for its whole life and writes its
+# PID there), whoever started it.
+held_dirs() {
+  local lock pid
+  for lock in "$DATA"/node-*/LOCK; do
+    [ -f "$lock" ] || continue
+    if ! flock -n "$lock" true 2>/dev/null; then
+      pid=$(head -n1 "$lock" 2>/dev/null || true)
+      echo "$(basename "$(dirname "$lock")") (pid ${pid:-unknown})"
+    fi
+  done
+}
+
+# Replaces node K's line in the PID file (or adds it).
+record_pid() {
+  local k=$1 pid=$2
+  { [ -f "$PIDFILE" ] && grep -v "^$k " "$PIDFILE" || true; echo "$k $pid"; } > "$PIDFILE.tmp"
+  mv "$PIDFILE.tmp" "$PIDFILE"
+}
+
+# SIGTERM to PIDs, then SIGKILL to those still running after 5 s.
+stop_pids() {
+  local pids="$*" left
+  [ -n "$pids" ] || return 0
+  kill -TERM $pids 2>/dev/null || true
+  for _ in $(seq 50); do
+    left=""
+    for pid in $pids; do is_node "$pid" && left="$left $pid"; done
+    [ -z "$left" ] && return 0
+    sleep 0.1
+  done
+  kill -KILL $left 2>/dev/null || true
 }
 
 stop_nodes() {
@@ -55,24 +127,87 @@ stop_nodes() {
   pids=$(running_pids)
   [ -n "$pids" ] || { rm -f "$PIDFILE"; return 0; }
   echo "stopping nodes: $(echo $pids)"
-  kill -TERM $pids 2>/dev/null || true
-  for _ in $(seq 50); do
-    [ -z "$(running_pids)" ] && break
-    sleep 0.1
-  done
-  pids=$(running_pids)
-  if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
+  stop_pids $pids
   rm -f "$PIDFILE"
 }
+
+# Starts node K with the arguments saved in DIR/node-K.args, in a session
+# of its own (setsid, no controlling terminal), and records its PID.
+# Arguments after K are added for this start only. Sets LAUNCHED to the PID.
+launch() {
+  local k=$1 args=()
+  shift
+  mapfile -t args < "$DATA/node-$k.args"
+  # A job of this non-interactive script is never a process group leader,
+  # so setsid execs the server in place: $! is the server's PID.
+  setsid "$BIN/poncho-server" "${args[@]}" "$@" </dev/null >>"$DATA/node-$k.log" 2>&1 &
+  LAUNCHED=$!
+  record_pid "$k" "$LAUNCHED"
+}
+
+# The value after FLAG in node K's saved arguments.
+saved_arg() {
+  local k=$1 flag=$2 prev="" arg
+  while read -r arg; do
+    if [ "$prev" = "$flag" ]; then echo "$arg"; return 0; fi
+    prev=$arg
+  done < "$DATA/node-$k.args"
+}
+
+# Waits up to 10 s until node K (PID) accepts connections on ADDR.
+wait_listening() {
+  local k=$1 pid=$2 a=$3
+  for _ in $(seq 100); do
+    if ! port_free "$a"; then return 0; fi
+    if [ -z "$pid" ] || ! is_node "$pid"; then
+      echo "cluster.sh: node $k exited during startup; the end of $DATA/node-$k.log:" >&2
+      tail -n 5 "$DATA/node-$k.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "cluster.sh: node $k (pid $pid) does not listen on $a after 10 s; see $DATA/node-$k.log" >&2
+  return 1
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 
 case "$COMMAND" in
   stop) stop_nodes; exit 0 ;;
   clean)
     if [ -n "$(running_pids)" ]; then
-      echo "cluster.sh: a cluster is running from $DATA; stop it first (scripts/cluster.sh stop)" >&2
+      echo "cluster.sh: a cluster is running from $DATA (pids $(echo $(running_pids)));" \
+        "stop it first (scripts/cluster.sh stop)" >&2
+      exit 1
+    fi
+    held=$(held_dirs)
+    if [ -n "$held" ]; then
+      echo "cluster.sh: not removing $DATA: a server holds a data directory in it:" \
+        $held >&2
       exit 1
     fi
     rm -rf "$DATA"; echo "removed $DATA"; exit 0 ;;
+  restart)
+    case "$TARGET" in ''|*[!0-9]*) echo "cluster.sh: restart takes a node number" >&2; exit 2 ;; esac
+    if [ ! -f "$DATA/node-$TARGET.args" ]; then
+      echo "cluster.sh: node $TARGET was never started from $DATA" >&2
+      exit 1
+    fi
+    old=$(node_pid "$TARGET")
+    if [ -n "$old" ]; then
+      echo "stopping node $TARGET (pid $old)"
+      stop_pids "$old"
+    fi
+    held=$(held_dirs | grep "^node-$TARGET " || true)
+    if [ -n "$held" ]; then
+      echo "cluster.sh: another server holds node $TARGET's data directory: $held" >&2
+      exit 1
+    fi
+    a=$(saved_arg "$TARGET" --host):$(saved_arg "$TARGET" --port)
+    launch "$TARGET"
+    wait_listening "$TARGET" "$LAUNCHED" "$a"
+    echo "node $TARGET restarted: pid $LAUNCHED on $a"
+    exit 0 ;;
 esac
 
 if [ -n "$(running_pids)" ]; then
@@ -80,9 +215,13 @@ if [ -n "$(running_pids)" ]; then
   echo "  stop it with Ctrl-C in its terminal or scripts/cluster.sh stop" >&2
   exit 1
 fi
+held=$(held_dirs)
+if [ -n "$held" ]; then
+  echo "cluster.sh: a server started elsewhere holds a data directory in $DATA:" $held >&2
+  exit 1
+fi
 
 addr() { if [ "$OWN_IPS" = 1 ]; then echo "127.0.0.$1:$((BASE_PORT + $1))"; else echo "127.0.0.1:$((BASE_PORT + $1))"; fi; }
-port_free() { ! (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 
 PEERS=""
 CLUSTER=""
@@ -96,48 +235,73 @@ for k in $(seq "$NODES"); do
   CLUSTER="$CLUSTER${CLUSTER:+,}$a"
 done
 
-echo "building poncho (release)..."
-cargo build --release -q -p poncho-server -p poncho-shell
+if [ "$BUILD" = 1 ]; then
+  echo "building poncho (release)..."
+  cargo build --release -q -p poncho-server -p poncho-shell
+fi
 
 mkdir -p "$DATA"
 if [ -n "$(ls -A "$DATA" 2>/dev/null | grep -v cluster.pids)" ]; then
   echo "reusing the data in $DATA (scripts/cluster.sh clean to start fresh)"
 fi
 : > "$PIDFILE"
-trap 'stop_nodes' EXIT
-trap 'exit 130' INT TERM
+# Not under `set -e`: a hung-up terminal fails every echo, and the nodes
+# must be stopped all the same.
+trap 'set +e; stop_nodes' EXIT
+trap 'exit 130' INT
+trap 'exit 131' QUIT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 for k in $(seq "$NODES"); do
   a=$(addr "$k")
-  hint=""
-  [ "$k" = 1 ] && hint=is_leader
-  target/release/poncho-server --id "$k" --host "${a%:*}" --port "${a#*:}" --peers "$PEERS" \
-    --data-dir "$DATA/node-$k" $hint >>"$DATA/node-$k.log" 2>&1 &
-  echo $! >> "$PIDFILE"
+  # What `restart K` starts the node with again (one argument per line).
+  printf '%s\n' --id "$k" --host "${a%:*}" --port "${a#*:}" --peers "$PEERS" \
+    --data-dir "$DATA/node-$k" ${SERVER_FLAGS[@]+"${SERVER_FLAGS[@]}"} > "$DATA/node-$k.args"
+  hint=()
+  [ "$k" = 1 ] && hint=(is_leader)
+  launch "$k" ${hint[@]+"${hint[@]}"}
 done
 
 # Wait until every node listens and one leads.
+for k in $(seq "$NODES"); do
+  pid=$(node_pid "$k")
+  wait_listening "$k" "$pid" "$(addr "$k")" || exit 1
+done
 for _ in $(seq 100); do
-  if target/release/poncho-shell --cluster "$CLUSTER" --timeout 200ms leader >/dev/null 2>&1; then break; fi
+  if "$BIN/poncho-shell" --cluster "$CLUSTER" --timeout 200ms leader >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
-LEADER=$(target/release/poncho-shell --cluster "$CLUSTER" --timeout 5s leader 2>/dev/null || echo "none yet")
+LEADER=$("$BIN/poncho-shell" --cluster "$CLUSTER" --timeout 5s leader 2>/dev/null || echo "none yet")
 
 echo
 echo "poncho: $NODES nodes running (leader: $LEADER)"
-for k in $(seq "$NODES"); do
-  echo "  node $k  $(addr "$k")  data $DATA/node-$k  log $DATA/node-$k.log"
+running_nodes | sort -n | while read -r k pid; do
+  echo "  node $k  $(addr "$k")  pid $pid  data $DATA/node-$k  log $DATA/node-$k.log"
 done
 echo
-echo "connect with:  target/release/poncho-shell --cluster $CLUSTER"
-echo "stop with:     Ctrl-C here (data is kept; scripts/cluster.sh clean removes it)"
+echo "connect with:  $BIN/poncho-shell --cluster $CLUSTER"
+restart="scripts/cluster.sh restart K"
+[ "$DATA" = cluster-data ] || restart="$restart --data $DATA"
+echo "restart one:   $restart  (with its flags)"
 echo
 
 if [ "$SHELL_TOO" = 1 ] && [ -t 0 ]; then
-  target/release/poncho-shell --cluster "$CLUSTER" || true
+  echo "stop with:     exit or Ctrl-D in the shell (data is kept; scripts/cluster.sh clean removes it)"
+  echo "               Ctrl-C cancels the command or line in the shell; the nodes never see it"
+  echo
+  # Ctrl-C reaches this script too (the shell runs in its process group):
+  # let the shell have it. A trap, unlike an ignored signal, is not
+  # inherited by the shell.
+  trap ':' INT
+  "$BIN/poncho-shell" --cluster "$CLUSTER" || true
 else
+  echo "stop with:     Ctrl-C here (data is kept; scripts/cluster.sh clean removes it)"
+  echo
   echo "running; press Ctrl-C to stop"
-  while [ -n "$(running_pids)" ]; do sleep 1; done
+  # Twice empty, so a `restart K` of the only node between its stop and its
+  # start is not taken for the end.
+  while [ -n "$(running_pids)" ] || { sleep 2; [ -n "$(running_pids)" ]; }; do sleep 1; done
   echo "cluster.sh: every node has exited; see the logs in $DATA" >&2
   exit 1
 fi

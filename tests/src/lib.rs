@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 pub mod faults;
 pub mod linearizability;
 pub mod proxy;
+pub mod pty;
 
 /// A binary of this workspace, built by `cargo test` next to the test binary
 /// (target/<profile>/deps/<test> -> target/<profile>/<name>).

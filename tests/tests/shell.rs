@@ -9,10 +9,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use poncho_tests::pty::{wait_bounded, Pty};
 use poncho_tests::{workspace_bin, Client, Cluster};
 use serde_json::{json, Value};
 
@@ -44,21 +44,6 @@ fn shell_command(args: &[&str]) -> Command {
         .env_remove("PONCHO_CLUSTER")
         .env_remove("PONCHO_HISTFILE");
     cmd
-}
-
-fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for poncho-shell") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("poncho-shell did not finish within {timeout:?}");
-        }
-        sleep(Duration::from_millis(10));
-    }
 }
 
 /// Starts the shell with pipes for stdin (so: scripted mode), stdout and
@@ -464,149 +449,10 @@ fn bad_commands_give_usage_and_a_nonzero_exit() {
 // ------------------------------------------------------ the interactive REPL
 
 /// The shell on a pseudo-terminal, as a person would run it.
-struct Pty {
-    master: std::fs::File,
-    child: Child,
-    output: Arc<Mutex<Vec<u8>>>,
-    /// How much of `output` earlier expectations consumed.
-    seen: usize,
-}
-
-impl Pty {
-    fn spawn(args: &[&str], home: &Path) -> Pty {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        use std::os::unix::process::CommandExt;
-
-        let mut master_fd: libc::c_int = -1;
-        let mut slave_fd: libc::c_int = -1;
-        let size = libc::winsize {
-            ws_row: 40,
-            ws_col: 200,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: openpty writes two fds; the null pointers ask for no name
-        // and default terminal settings.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master_fd,
-                &mut slave_fd,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &size,
-            )
-        };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: both fds are fresh from openpty and owned by nobody else.
-        let master = unsafe { OwnedFd::from_raw_fd(master_fd) };
-        let slave = unsafe { OwnedFd::from_raw_fd(slave_fd) };
-
-        let mut cmd = shell_command(args);
-        cmd.env("HOME", home)
-            .env("TERM", "xterm")
-            .stdin(Stdio::from(slave.try_clone().expect("dup slave")))
-            .stdout(Stdio::from(slave.try_clone().expect("dup slave")))
-            .stderr(Stdio::from(slave));
-        // SAFETY: only async-signal-safe calls between fork and exec: make
-        // the pty the controlling terminal of a new session.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn poncho-shell on a pty");
-        drop(cmd); // closes our copies of the slave side
-
-        let master = std::fs::File::from(master);
-        let mut reader = master.try_clone().expect("dup master");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // EIO once the shell exits and the slave side closes.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("output").extend_from_slice(&buf[..n]);
-            }
-        });
-        Pty {
-            master,
-            child,
-            output,
-            seen: 0,
-        }
-    }
-
-    fn send(&mut self, keys: &str) {
-        self.master
-            .write_all(keys.as_bytes())
-            .expect("write to pty");
-    }
-
-    /// Everything printed so far, with terminal escape sequences removed.
-    fn screen(&self) -> String {
-        strip_ansi(&self.output.lock().expect("output"))
-    }
-
-    /// Waits until `text` appears after what was already matched.
-    fn expect(&mut self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let screen = self.screen();
-            let fresh = screen.get(self.seen..).unwrap_or("");
-            if let Some(at) = fresh.find(text) {
-                self.seen += at + text.len();
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "{text:?} did not appear; the terminal shows, after {} chars:\n{}",
-                    self.seen, fresh
-                );
-            }
-            sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        wait_bounded(&mut self.child, Duration::from_secs(5))
-    }
-}
-
-impl Drop for Pty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Removes CSI (`ESC [ ... final`) and other two-byte escapes, and `\r`.
-fn strip_ansi(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => {
-                if chars.next() == Some('[') {
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-            }
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
+fn shell_on_pty(args: &[&str], home: &Path) -> Pty {
+    let mut cmd = shell_command(args);
+    cmd.env("HOME", home).env("TERM", "xterm");
+    Pty::spawn(cmd)
 }
 
 #[test]
@@ -618,7 +464,7 @@ fn the_interactive_shell_has_a_prompt_completion_hints_and_history() {
     let args = ["--cluster", addr.as_str()];
     let prompt = format!("poncho {addr} (leader)> ");
 
-    let mut shell = Pty::spawn(&args, home.path());
+    let mut shell = shell_on_pty(&args, home.path());
     shell.expect("Type help");
     shell.expect(&prompt);
     // Tab completes the command; then the hint shows the argument left.
@@ -657,7 +503,7 @@ fn the_interactive_shell_has_a_prompt_completion_hints_and_history() {
     assert!(!history.contains("half-typed"), "{history}");
 
     // The next run recalls the last command with Up; Enter runs it again.
-    let mut shell = Pty::spawn(&args, home.path());
+    let mut shell = shell_on_pty(&args, home.path());
     shell.expect(&prompt);
     shell.send("\x1b[A");
     shell.expect("get greeting");
