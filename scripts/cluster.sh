@@ -158,12 +158,12 @@ saved_arg() {
 wait_listening() {
   local k=$1 pid=$2 a=$3
   for _ in $(seq 100); do
-    if ! port_free "$a"; then return 0; fi
     if [ -z "$pid" ] || ! is_node "$pid"; then
       echo "cluster.sh: node $k exited during startup; the end of $DATA/node-$k.log:" >&2
       tail -n 5 "$DATA/node-$k.log" >&2
       return 1
     fi
+    if ! port_free "$a"; then return 0; fi
     sleep 0.1
   done
   echo "cluster.sh: node $k (pid $pid) does not listen on $a after 10 s; see $DATA/node-$k.log" >&2
@@ -198,7 +198,13 @@ case "$COMMAND" in
       echo "stopping node $TARGET (pid $old)"
       stop_pids "$old"
     fi
-    held=$(held_dirs | grep "^node-$TARGET " || true)
+    # A process lets go of its files a moment after it stops looking like
+    # a server (its memory goes first): wait for the lock too.
+    for _ in $(seq 50); do
+      held=$(held_dirs | grep "^node-$TARGET " || true)
+      [ -z "$held" ] && break
+      sleep 0.1
+    done
     if [ -n "$held" ]; then
       echo "cluster.sh: another server holds node $TARGET's data directory: $held" >&2
       exit 1
@@ -273,6 +279,11 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 LEADER=$("$BIN/poncho-shell" --cluster "$CLUSTER" --timeout 5s leader 2>/dev/null || echo "none yet")
+# A node that lost its port to someone else's server exits only now.
+for k in $(seq "$NODES"); do
+  pid=$(node_pid "$k")
+  wait_listening "$k" "$pid" "$(addr "$k")" || exit 1
+done
 
 echo
 echo "poncho: $NODES nodes running (leader: $LEADER)"

@@ -11,9 +11,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use poncho_tests::pty::{wait_bounded, Pty};
 use poncho_tests::{spawn_server, wait_listening, workspace_bin, Client, ServerSpec};
@@ -83,7 +84,14 @@ fn text(output: &Output) -> String {
 /// A base port P with P+1..=P+NODES free on 127.0.0.1, outside the
 /// ephemeral range the other tests' ports come from.
 fn free_base_port() -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    // Distinct for each test of this process (they run at once) and each
+    // process.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let seed =
+        ((std::process::id() as u64) << 20) ^ nanos ^ (CALLS.fetch_add(1, Ordering::SeqCst) * 1031);
     for attempt in 0..200u64 {
         let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 97) % 10_000) as u16;
         let free = (1..=NODES as u16).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok());
