@@ -189,9 +189,21 @@ pub struct StatusReply {
     pub commit_index: u64,
     pub last_applied: u64,
     pub last_log_index: u64,
+    /// `"ok"`; `"no_space"` while this node's disk is full (it writes
+    /// nothing, answers writes with `NO_SPACE`, serves reads, and resumes by
+    /// itself once space is freed); `"failed"` after any other disk failure.
+    #[serde(default = "storage_ok")]
+    pub storage: String,
+    /// While `storage` is `"no_space"`: the error and for how long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
     pub members: Vec<MemberStatus>,
     #[serde(default)]
     pub followers: Vec<FollowerProgress>,
+}
+
+fn storage_ok() -> String {
+    "ok".to_string()
 }
 
 // ------------------------------------------------------------------- errors
@@ -220,6 +232,9 @@ pub enum ErrorCode {
     /// retry, the earlier attempt's outcome stays unknown. Register a new
     /// session before writing again.
     SessionExpired,
+    /// Not applied; the leader's disk is full, so it cannot make the write
+    /// durable. It hands leadership to a node that can: retry shortly.
+    NoSpace,
 }
 
 impl ErrorCode {
@@ -234,6 +249,7 @@ impl ErrorCode {
                 | ErrorCode::Overloaded
                 | ErrorCode::StaleSequence
                 | ErrorCode::SessionExpired
+                | ErrorCode::NoSpace
         )
     }
 }

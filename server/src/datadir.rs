@@ -90,7 +90,13 @@ impl DirLock {
         }
         let pid = format!("{}\n", std::process::id());
         file.set_len(0).map_err(io_err)?;
-        file.write_all_at(pid.as_bytes(), 0).map_err(io_err)?;
+        match file.write_all_at(pid.as_bytes(), 0) {
+            Ok(()) => {}
+            // The lock is what keeps others out, and a node must start on
+            // a full disk: the file is left empty ("PID unknown").
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {}
+            Err(e) => return Err(io_err(e)),
+        }
         Ok(DirLock { _file: file })
     }
 }

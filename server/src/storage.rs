@@ -576,8 +576,13 @@ impl Storage {
     ///
     /// Oldest first, each deletion durable before the next: a crash part-way
     /// leaves a contiguous suffix of the log, which `open` accepts.
+    ///
+    /// Allowed while the disk is full ([`Health::NoSpace`]): it only deletes
+    /// files, and leaves the active segment, which `recover` fixes, alone.
     pub fn compact(&mut self, up_to: u64) -> Result<(), StorageError> {
-        self.check_healthy()?;
+        if self.health == Health::Failed {
+            return self.check_healthy();
+        }
         // Segment `i` ends where segment `i + 1` begins, so it is wholly
         // covered when the next one starts at or before `up_to + 1`.
         let covered = self

@@ -459,9 +459,10 @@ impl ClusterClient {
                     }
                     last = Some(CallError::Server(error));
                 }
-                ErrorCode::NoLeader => {
-                    // This node may be cut off: ask another.
-                    self.note(format!("NO_LEADER: retrying in {backoff:?}"));
+                ErrorCode::NoLeader | ErrorCode::NoSpace => {
+                    // This node may be cut off, or its disk is full and it
+                    // is handing leadership on: ask another.
+                    self.note(format!("{}: retrying in {backoff:?}", error.code));
                     self.rotate();
                     last = Some(CallError::Server(error));
                     self.pause(backoff, deadline)?;

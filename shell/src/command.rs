@@ -347,7 +347,8 @@ pub const COMMANDS: &[Spec] = &[
         args: "",
         summary: "a table of every node: role, term, commit index, last applied, lag",
         details: "LAG is the number of entries the leader has committed that the node has\n\
-                  not applied yet. Nodes that do not answer are shown as unreachable.",
+                  not applied yet. Nodes that do not answer are shown as unreachable;\n\
+                  a node whose disk is full shows (NO_SPACE) after its role.",
     },
     Spec {
         name: "leader",

@@ -387,10 +387,15 @@ fn status(client: &mut ClusterClient) -> Outcome {
     for row in &rows {
         match &row.status {
             Ok(s) => {
+                // A node whose disk is full says so where it is seen first.
+                let role = match s.storage.as_str() {
+                    "ok" => s.role.clone(),
+                    disk => format!("{} ({})", s.role, disk.to_uppercase()),
+                };
                 table.push(vec![
                     row.id.to_string(),
                     row.addr.clone(),
-                    s.role.clone(),
+                    role,
                     s.term.to_string(),
                     s.commit_index.to_string(),
                     s.last_applied.to_string(),
@@ -400,7 +405,8 @@ fn status(client: &mut ClusterClient) -> Outcome {
                     "id": row.id, "addr": row.addr, "reachable": true, "role": s.role,
                     "term": s.term, "commit_index": s.commit_index,
                     "last_applied": s.last_applied, "lag": lag(s),
-                    "leader_id": s.leader_id,
+                    "leader_id": s.leader_id, "storage": s.storage,
+                    "storage_error": s.storage_error,
                 }));
             }
             Err(e) => {

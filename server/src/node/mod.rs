@@ -17,7 +17,7 @@
 mod conn;
 mod snapshots;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use poncho_protocol::{
     decode_request, encode_error, encode_peer, encode_reply, AppendEntriesReply, ClientRequest,
-    ErrorCode, ErrorReply, FollowerProgress, GetReply, KeysReply, MemberStatus, NodeId,
+    Entry, ErrorCode, ErrorReply, FollowerProgress, GetReply, KeysReply, MemberStatus, NodeId,
     RaftMessage, Request, RequestVoteReply, StatusReply,
 };
 use slab::Slab;
@@ -36,9 +36,11 @@ use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
 use self::snapshots::{Received, Snapshots};
 use crate::datadir::{self, DirLock};
 use crate::kv::{ApplyResult, Command, KvStore};
-use crate::raft::{Config, HardState, ProgressState, ProposeError, Raft, Ready, Restored, Role};
+use crate::raft::{
+    Config, HardState, Outbound, ProgressState, ProposeError, Raft, Ready, Restored, Role,
+};
 use crate::snapshot::SnapshotMeta;
-use crate::storage::{Storage, StorageOptions};
+use crate::storage::{Health, Storage, StorageError, StorageOptions};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -55,6 +57,17 @@ pub const MAX_KEYS_PER_REPLY: usize = 10_000;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+/// After a write found the disk full, the first retry waits this long; each
+/// failed retry doubles the wait, up to `NO_SPACE_RETRY_MAX`.
+const NO_SPACE_RETRY_MIN: Duration = Duration::from_millis(100);
+const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often the log repeats that the disk is still full.
+const NO_SPACE_REMINDER: Duration = Duration::from_secs(30);
+/// Votes and acknowledgements held while the disk is full, newest kept: they
+/// may only leave once durable, and Raft resends what is dropped.
+const MAX_HELD_MESSAGES: usize = 4096;
+/// After writing a snapshot failed, the next attempt waits this long.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 
 /// Everything a node needs to start, from the command line.
 #[derive(Clone, Debug)]
@@ -125,6 +138,52 @@ struct PendingWrite {
     deadline: Instant,
 }
 
+/// What the core handed out to make durable since a write found the disk
+/// full, retried until it is written. Readies are merged in the order they
+/// came: the newest hard state, and entries as storage would store them (a
+/// later batch replaces what it overlaps). Nothing here is reported
+/// persisted, and none of `messages` leaves, until the write succeeds.
+///
+/// Bounded without a limit of its own: a leader refuses proposals while it
+/// cannot write, and a follower only holds what its leader sent and got no
+/// acknowledgement for (the core's in-flight window).
+struct Unpersisted {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    messages: VecDeque<Outbound>,
+    /// Held messages dropped at `MAX_HELD_MESSAGES`.
+    dropped: u64,
+    /// The latest error, for STATUS and the log.
+    error: String,
+    since: Instant,
+    attempts: u64,
+    next_retry: Instant,
+    backoff: Duration,
+    next_reminder: Instant,
+}
+
+impl Unpersisted {
+    fn merge(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        messages: Vec<Outbound>,
+    ) {
+        if hard_state.is_some() {
+            self.hard_state = hard_state;
+        }
+        if let Some(first) = entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(entries);
+        }
+        self.messages.extend(messages);
+        while self.messages.len() > MAX_HELD_MESSAGES {
+            self.messages.pop_front();
+            self.dropped += 1;
+        }
+    }
+}
+
 enum ReadKind {
     Get(String),
     Keys(String),
@@ -163,6 +222,10 @@ pub struct Node {
     read_buffer: Box<[u8]>,
     /// The `is_leader` hint, not yet acted on.
     bootstrap_pending: bool,
+    /// Set while the disk is full: what waits to be made durable.
+    unpersisted: Option<Unpersisted>,
+    /// No new snapshot is started before this (one failed to be written).
+    snapshot_retry_at: Option<Instant>,
     shutting_down: bool,
     /// Held for the node's life, which is the process's; declared last so
     /// it is released last.
@@ -352,6 +415,8 @@ impl Node {
             scratch: Vec::new(),
             read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
             bootstrap_pending: bootstrap,
+            unpersisted: None,
+            snapshot_retry_at: None,
             shutting_down: false,
             _lock: lock,
         })
@@ -394,12 +459,23 @@ impl Node {
                 }
             }
             self.on_timers();
+            self.retry_unpersisted()?;
             self.drive_raft()?;
             self.flush_dirty();
         }
-        self.storage
-            .sync()
-            .map_err(|e| format!("final sync failed: {e}"))?;
+        if let Some(held) = &self.unpersisted {
+            // Never reported durable, so never acknowledged by this node.
+            warn!(
+                "stopping with the disk still full: {} log entries and {} hard state \
+                 were never written",
+                held.entries.len(),
+                if held.hard_state.is_some() { "a" } else { "no" }
+            );
+        } else {
+            self.storage
+                .sync()
+                .map_err(|e| format!("final sync failed: {e}"))?;
+        }
         for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
             if let Some(c) = self.conns.get_mut(key) {
                 let _ = c.flush();
@@ -708,6 +784,10 @@ impl Node {
             | ClientRequest::Delete(_)
             | ClientRequest::Cas(_)
             | ClientRequest::RegisterClient) => {
+                if self.unpersisted.is_some() && self.raft.role() == Role::Leader {
+                    let error = self.no_space_error();
+                    return self.reply_error_now(key, req_id, &error);
+                }
                 let Some(command) = Command::from_request(&write, now_ms()) else {
                     return self.reply_error_now(
                         key,
@@ -761,6 +841,22 @@ impl Node {
                 self.reply_error_now(key, req_id, &error);
             }
         }
+    }
+
+    fn no_space_error(&self) -> ErrorReply {
+        let next = if self.peers.is_empty() {
+            "retry once space is freed"
+        } else {
+            "it is handing leadership to a node that can: retry shortly"
+        };
+        ErrorReply::new(
+            ErrorCode::NoSpace,
+            format!(
+                "node {} cannot write to its disk ({}); the write was not applied; {next}",
+                self.config.id,
+                self.unpersisted.as_ref().map_or("", |u| u.error.as_str())
+            ),
+        )
     }
 
     fn propose_error(&self, e: &ProposeError) -> ErrorReply {
@@ -938,7 +1034,14 @@ impl Node {
     fn snapshot_housekeeping(&mut self) {
         match self.snapshots.poll_built() {
             None => {}
-            Some(Err(e)) => error!("writing a snapshot failed: {e}"),
+            Some(Err(e)) => {
+                // The older snapshot and the log still hold everything.
+                error!(
+                    "writing a snapshot failed: {e}; the previous snapshot and the log are \
+                     kept, and the next attempt waits {SNAPSHOT_RETRY:?}"
+                );
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+            }
             Some(Ok(meta)) => {
                 let wanted = meta.index.saturating_sub(self.config.snapshot_keep_tail);
                 let compacted = self.raft.compact(wanted).min(meta.index);
@@ -955,6 +1058,8 @@ impl Node {
         let applied = self.kv.last_applied();
         if self.snapshots.is_building()
             || applied < self.snapshots.latest_index() + self.config.snapshot_entries
+            || self.unpersisted.is_some()
+            || self.snapshot_retry_at.is_some_and(|t| Instant::now() < t)
         {
             return;
         }
@@ -1082,31 +1187,169 @@ impl Node {
             //    below, which only ever moves the state machine forward.
             self.apply(&mut rd)?;
             self.flush_replies();
-            // 3. Durability: hard state, entries, one fsync for all of it.
-            if let Some(hs) = rd.hard_state {
-                self.storage
-                    .save_hard_state(hs)
-                    .map_err(|e| format!("cannot save hard state: {e}"))?;
-            }
-            if !rd.entries.is_empty() {
-                self.storage
-                    .append(&rd.entries)
-                    .map_err(|e| format!("cannot append to the log: {e}"))?;
-                self.storage
-                    .sync()
-                    .map_err(|e| format!("cannot sync the log: {e}"))?;
-            }
-            // 4. What had to wait for the disk.
-            for out in &rd.messages_after_persist {
-                self.send_to_peer(out.to, &out.message);
-            }
-            if let Some((index, term)) = rd.last_entry_id() {
-                self.raft.on_persisted(index, term);
-            }
+            // 3. Durability: hard state, entries, one fsync for all of it;
+            // 4. then what had to wait for the disk.
+            let entries = std::mem::take(&mut rd.entries);
+            let after = std::mem::take(&mut rd.messages_after_persist);
+            self.persist(rd.hard_state, entries, after)?;
             // 5. Snapshot transfers.
             self.handle_snapshot_outputs(&mut rd)?;
         }
         Ok(())
+    }
+
+    /// Makes a Ready's hard state and entries durable, then sends what waited
+    /// for that and reports it persisted. If the disk is full, or was at an
+    /// earlier Ready that is still not written, the whole lot is held
+    /// (`Unpersisted`) and retried by `retry_unpersisted`; any other storage
+    /// failure is fatal.
+    fn persist(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        messages: Vec<Outbound>,
+    ) -> Result<(), String> {
+        if let Some(held) = &mut self.unpersisted {
+            held.merge(hard_state, entries, messages);
+            return Ok(());
+        }
+        match self.write_durably(hard_state, &entries) {
+            Ok(()) => {
+                self.persisted(&entries, messages);
+                Ok(())
+            }
+            Err(e) if self.storage.health() == Health::NoSpace => {
+                let now = Instant::now();
+                error!(
+                    "NO_SPACE: {e}. Until space is freed this node writes nothing: it \
+                     answers writes with NO_SPACE, sends no vote or acknowledgement, keeps \
+                     serving reads, and retries every {NO_SPACE_RETRY_MIN:?} to \
+                     {NO_SPACE_RETRY_MAX:?}; nothing acknowledged is lost"
+                );
+                let mut held = Unpersisted {
+                    hard_state: None,
+                    entries: Vec::new(),
+                    messages: VecDeque::new(),
+                    dropped: 0,
+                    error: e.to_string(),
+                    since: now,
+                    attempts: 0,
+                    next_retry: now + NO_SPACE_RETRY_MIN,
+                    backoff: NO_SPACE_RETRY_MIN,
+                    next_reminder: now + NO_SPACE_REMINDER,
+                };
+                held.merge(hard_state, entries, messages);
+                self.unpersisted = Some(held);
+                self.hand_off_leadership(true);
+                Ok(())
+            }
+            Err(e) => Err(fatal_storage_error(&e)),
+        }
+    }
+
+    fn write_durably(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        if let Some(hs) = hard_state {
+            self.storage.save_hard_state(hs)?;
+        }
+        if !entries.is_empty() {
+            self.storage.append(entries)?;
+            self.storage.sync()?;
+        }
+        Ok(())
+    }
+
+    fn persisted(&mut self, entries: &[Entry], messages: impl IntoIterator<Item = Outbound>) {
+        for out in messages {
+            self.send_to_peer(out.to, &out.message);
+        }
+        if let Some(last) = entries.last() {
+            self.raft.on_persisted(last.index, last.term);
+        }
+    }
+
+    /// While the disk is full: once the backoff has passed, asks storage to
+    /// put its files back in step (`Storage::recover`) and writes everything
+    /// held at the same place. Freed space is thus noticed within
+    /// `NO_SPACE_RETRY_MAX`, and the node resumes by itself.
+    fn retry_unpersisted(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        let Some(mut held) = self.unpersisted.take() else {
+            return Ok(());
+        };
+        if now < held.next_retry {
+            self.unpersisted = Some(held);
+            return Ok(());
+        }
+        held.attempts += 1;
+        let hard_state = held.hard_state;
+        let result = self
+            .storage
+            .recover()
+            .and_then(|()| self.write_durably(hard_state, &held.entries));
+        match result {
+            Ok(()) => {
+                info!(
+                    "disk space is back: wrote the {} log entries{} held for {:.1} s \
+                     ({} attempts); taking writes again",
+                    held.entries.len(),
+                    if held.hard_state.is_some() {
+                        " and the hard state"
+                    } else {
+                        ""
+                    },
+                    now.duration_since(held.since).as_secs_f64(),
+                    held.attempts
+                );
+                if held.dropped > 0 {
+                    info!(
+                        "{} votes and acknowledgements held meanwhile were dropped (Raft resends)",
+                        held.dropped
+                    );
+                }
+                self.persisted(&held.entries, std::mem::take(&mut held.messages));
+                Ok(())
+            }
+            Err(e) if self.storage.health() == Health::NoSpace => {
+                held.error = e.to_string();
+                held.backoff = (held.backoff * 2).min(NO_SPACE_RETRY_MAX);
+                held.next_retry = now + held.backoff;
+                if now >= held.next_reminder {
+                    held.next_reminder = now + NO_SPACE_REMINDER;
+                    warn!(
+                        "NO_SPACE for {:.0} s: {e}; {} log entries wait to be written",
+                        now.duration_since(held.since).as_secs_f64(),
+                        held.entries.len()
+                    );
+                }
+                self.unpersisted = Some(held);
+                self.hand_off_leadership(false);
+                Ok(())
+            }
+            Err(e) => Err(fatal_storage_error(&e)),
+        }
+    }
+
+    /// A leader that cannot write hands leadership to its most up-to-date
+    /// follower (thesis 3.10), so a cluster whose majority has space keeps
+    /// taking writes. Until that node takes over this one answers writes
+    /// with NO_SPACE; it cannot win an election back while its disk is full,
+    /// since its vote for itself would have to be durable first.
+    fn hand_off_leadership(&mut self, first: bool) {
+        if self.raft.role() != Role::Leader {
+            return;
+        }
+        let status = self.raft.status();
+        let Some(to) = status.followers.iter().max_by_key(|f| f.match_index) else {
+            return; // a single-node cluster: nobody to hand to
+        };
+        let (to, match_index) = (to.id, to.match_index);
+        if self.raft.transfer_leadership(to).is_ok() && first {
+            info!("NO_SPACE: handing leadership to node {to} (match index {match_index})");
+        }
     }
 
     /// Leader: streams the latest snapshot to followers that need it, one
@@ -1138,7 +1381,15 @@ impl Node {
                 Err(e) => warn!("cannot send a snapshot to node {to}: {e}"),
             }
         }
-        for (leader, chunk) in std::mem::take(&mut rd.snapshot_chunks) {
+        let chunks = std::mem::take(&mut rd.snapshot_chunks);
+        if self.unpersisted.is_some() && !chunks.is_empty() {
+            // Its acknowledgement could not leave, and installing it would
+            // have to reset a log that cannot be written: the leader retries
+            // the transfer once it has heard nothing for a while.
+            debug!("disk full: ignoring {} snapshot chunks", chunks.len());
+            return Ok(());
+        }
+        for (leader, chunk) in chunks {
             let index = chunk.last_included_index;
             match self.snapshots.receive(leader, &chunk) {
                 Ok(Received::Ack(next_offset)) => {
@@ -1173,8 +1424,10 @@ impl Node {
                     );
                 }
                 Err(e) => {
-                    warn!("snapshot chunk from node {leader} refused: {e}");
-                    self.raft.snapshot_chunk_received(leader, index, 0);
+                    // Not acknowledged: answering at once with offset 0 would
+                    // have the leader resend at once, in a loop on a full
+                    // disk. It starts over once its transfer stalls.
+                    warn!("snapshot chunk from node {leader} for index {index} refused: {e}");
                 }
             }
         }
@@ -1341,6 +1594,21 @@ impl Node {
             commit_index: s.commit_index,
             last_applied: s.applied_index,
             last_log_index: s.last_log_index,
+            storage: match (&self.unpersisted, self.storage.health()) {
+                (Some(_), _) | (None, Health::NoSpace) => "no_space",
+                (None, Health::Healthy) => "ok",
+                (None, Health::Failed) => "failed",
+            }
+            .to_string(),
+            storage_error: self.unpersisted.as_ref().map(|u| {
+                format!(
+                    "{} (for {} ms, {} retries, {} log entries waiting)",
+                    u.error,
+                    u.since.elapsed().as_millis(),
+                    u.attempts,
+                    u.entries.len()
+                )
+            }),
             members,
             followers: s
                 .followers
@@ -1389,6 +1657,14 @@ fn reconcile_log(
         return Ok(Vec::new());
     }
     Ok(entries.into_iter().filter(|e| e.index > index).collect())
+}
+
+fn fatal_storage_error(e: &StorageError) -> String {
+    format!(
+        "cannot write the log or hard state durably: {e}. Stopping rather than guess what \
+         reached the disk (only a full disk is waited out); restarting recovers from what the \
+         disk holds"
+    )
 }
 
 fn now_ms() -> u64 {
