@@ -385,6 +385,12 @@ fn a_full_single_node_answers_no_space_serves_reads_starts_full_and_resumes_by_i
     // from what it has applied.
     assert_eq!(cluster.stop(1), Some(0), "a node on a full disk stops");
     cluster.restart(1);
+    // It stopped with its files in step: nothing half-written to cut.
+    assert!(
+        !cluster.log(1).contains("cut torn record"),
+        "{}",
+        cluster.log(1)
+    );
     wait_status(&cluster, 1, "no_space after a start on a full disk", |s| {
         s["storage"] == "no_space"
     });

@@ -464,7 +464,11 @@ impl Node {
             self.flush_dirty();
         }
         if let Some(held) = &self.unpersisted {
-            // Never reported durable, so never acknowledged by this node.
+            // Cut what the failed write left past the last whole record (it
+            // only shrinks a file), so the next start has nothing to repair.
+            // What is held was never reported durable, so never
+            // acknowledged by this node.
+            let _ = self.storage.recover();
             warn!(
                 "stopping with the disk still full: {} log entries and {} hard state \
                  were never written",
@@ -1240,7 +1244,7 @@ impl Node {
                 };
                 held.merge(hard_state, entries, messages);
                 self.unpersisted = Some(held);
-                self.hand_off_leadership(true);
+                self.hand_off_leadership(0);
                 Ok(())
             }
             Err(e) => Err(fatal_storage_error(&e)),
@@ -1325,8 +1329,9 @@ impl Node {
                         held.entries.len()
                     );
                 }
+                let attempts = held.attempts;
                 self.unpersisted = Some(held);
-                self.hand_off_leadership(false);
+                self.hand_off_leadership(attempts);
                 Ok(())
             }
             Err(e) => Err(fatal_storage_error(&e)),
@@ -1337,18 +1342,34 @@ impl Node {
     /// follower (thesis 3.10), so a cluster whose majority has space keeps
     /// taking writes. Until that node takes over this one answers writes
     /// with NO_SPACE; it cannot win an election back while its disk is full,
-    /// since its vote for itself would have to be durable first.
-    fn hand_off_leadership(&mut self, first: bool) {
+    /// since its vote for itself would have to be durable first. Called again
+    /// with each failed retry (`attempt`), it goes round the followers that
+    /// tie for the highest match index, in case one of them cannot take
+    /// over (its disk is full too, or it is cut off).
+    fn hand_off_leadership(&mut self, attempt: u64) {
         if self.raft.role() != Role::Leader {
             return;
         }
         let status = self.raft.status();
-        let Some(to) = status.followers.iter().max_by_key(|f| f.match_index) else {
+        let best = status.followers.iter().map(|f| f.match_index).max();
+        let candidates: Vec<(NodeId, u64)> = status
+            .followers
+            .iter()
+            .filter(|f| Some(f.match_index) == best)
+            .map(|f| (f.id, f.match_index))
+            .collect();
+        if candidates.is_empty() {
             return; // a single-node cluster: nobody to hand to
-        };
-        let (to, match_index) = (to.id, to.match_index);
-        if self.raft.transfer_leadership(to).is_ok() && first {
-            info!("NO_SPACE: handing leadership to node {to} (match index {match_index})");
+        }
+        let (to, match_index) = candidates[(attempt % candidates.len() as u64) as usize];
+        if self.raft.transfer_leadership(to).is_ok() {
+            let line =
+                format!("NO_SPACE: handing leadership to node {to} (match index {match_index})");
+            if attempt == 0 {
+                info!("{line}");
+            } else {
+                debug!("{line}, attempt {attempt}");
+            }
         }
     }
 
