@@ -10,6 +10,7 @@
 //! HTTP/1.1), so they are matched first-in, first-out.
 
 mod etcd;
+mod idle;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -92,6 +93,14 @@ struct Args {
     /// order (not measured), so that reads find every key.
     #[arg(long)]
     preload: bool,
+    /// Before the run, open this many more connections to the server and
+    /// hold them, unused, until it ends.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Of the --idle connections, this many send half a request line and
+    /// stop there.
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -382,6 +391,9 @@ struct Outcome {
     cpu: f64,
     /// The node every connection went to.
     server: SocketAddr,
+    /// The --idle connections: how many, how many stalled, and how many the
+    /// server had closed by the end.
+    idle: (usize, usize, idle::IdleState),
 }
 
 fn run(args: &Args) -> Result<Outcome, String> {
@@ -407,6 +419,19 @@ fn run(args: &Args) -> Result<Outcome, String> {
         key_base64: String::new(),
         body: String::new(),
     };
+    if args.stalled > args.idle {
+        return Err("--stalled counts among --idle connections: at most --idle".into());
+    }
+    let opening = Instant::now();
+    let held = idle::Idle::open(leader, args.idle, args.stalled, args.clients)?;
+    if !args.quiet && held.count() > 0 {
+        eprintln!(
+            "holding {} idle connections to {leader} ({} stalled mid-line), opened in {:.1} s",
+            held.count(),
+            held.stalled,
+            opening.elapsed().as_secs_f64()
+        );
+    }
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
@@ -473,6 +498,7 @@ fn run(args: &Args) -> Result<Outcome, String> {
         elapsed,
         cpu,
         server: leader,
+        idle: (held.count(), held.stalled, held.state()),
     })
 }
 
@@ -633,6 +659,7 @@ fn main() -> ExitCode {
         elapsed,
         cpu,
         server,
+        idle: (idle, stalled, idle_end),
     } = match run(&args) {
         Ok(r) => r,
         Err(e) => {
@@ -667,6 +694,7 @@ fn main() -> ExitCode {
             "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
             "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
             "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
+            "idle": idle, "stalled": stalled, "idle_open_at_end": idle_end.open,
         });
         println!("{summary}");
     } else {
@@ -710,6 +738,13 @@ fn main() -> ExitCode {
             "  load generator CPU: {:.0}% of one core",
             100.0 * cpu / secs
         );
+        if idle > 0 {
+            println!(
+                "  idle connections: {idle} held ({stalled} stalled mid-line); at the end {} open, \
+                 {} closed by the server",
+                idle_end.open, idle_end.closed
+            );
+        }
     }
     if let Some(sample) = &stats.error_sample {
         eprintln!("poncho-bench: first error: {sample}");

@@ -23,6 +23,8 @@ fn help_names_the_options() {
         "--json",
         "--target",
         "--preload",
+        "--idle",
+        "--stalled",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }

@@ -79,6 +79,20 @@ struct Args {
     /// evicted past it); the same on every node, like --session-timeout-ms.
     #[arg(long, hide = true, default_value_t = poncho_server::kv::MAX_SESSIONS)]
     max_sessions: usize,
+    /// Client connections served at once; more get OVERLOADED and are
+    /// closed. Peers' connections have room of their own past it. Lowered,
+    /// with a warning, if the open-file limit cannot be raised to cover it.
+    #[arg(long, default_value_t = 50_000)]
+    max_clients: usize,
+    /// Milliseconds a request line may take from its first byte to its
+    /// newline; a connection that stalls mid-line longer gets BAD_REQUEST
+    /// and is closed.
+    #[arg(long, default_value_t = 30_000)]
+    partial_request_timeout_ms: u64,
+    /// Close a client connection that sent nothing and has nothing pending
+    /// for this many milliseconds; 0: never (like Redis's `timeout 0`).
+    #[arg(long, default_value_t = 0)]
+    idle_timeout_ms: u64,
     /// Skip fsync. UNSAFE: acknowledged writes can be lost on a crash. For
     /// throwaway experiments only.
     #[arg(long)]
@@ -174,6 +188,10 @@ fn main() -> ExitCode {
         segment_bytes: args.segment_bytes.max(4096),
         session_timeout_ms: args.session_timeout_ms,
         max_sessions: args.max_sessions,
+        max_clients: args.max_clients,
+        partial_request_timeout: Duration::from_millis(args.partial_request_timeout_ms.max(1)),
+        idle_timeout: (args.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.idle_timeout_ms)),
     };
     if !config.fsync {
         eprintln!(

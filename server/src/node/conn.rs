@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use poncho_protocol::{LineBuffer, NodeId};
@@ -19,9 +20,16 @@ pub const READ_CHUNK: usize = 64 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnRole {
-    /// Accepted: a client, or a peer sending us its messages (known once a
-    /// message with its `src_id` arrives).
-    Inbound,
+    /// Accepted and not known to be a peer's: a client, counted against
+    /// `--max-clients`. A peer's connection is one until its first message.
+    Client,
+    /// Accepted past `--max-clients`, in the room kept for peers: it must
+    /// show it is a peer's (a message from a member) by `until`. A client
+    /// request on it is refused with OVERLOADED, unless a client's place
+    /// has come free meanwhile.
+    Probation { until: Instant },
+    /// Accepted, and a member has sent its messages on it.
+    Peer(NodeId),
     /// Ours, to a peer: carries our messages to it. Nothing is read from it.
     Outbound(NodeId),
 }
@@ -49,10 +57,21 @@ pub struct Conn {
     /// later read on it waits until that index is applied, so a pipelined
     /// GET after a SET sees the SET (read-your-writes).
     pub last_write_index: u64,
+    /// Since when the input holds the start of a line and not its end
+    /// (while it is being read): the partial-request deadline runs from it.
+    pub partial_since: Option<Instant>,
+    /// The last time bytes came in or went out: the idle timeout runs from it.
+    pub last_active: Instant,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, role: ConnRole, generation: u64, max_line_bytes: usize) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        role: ConnRole,
+        generation: u64,
+        max_line_bytes: usize,
+        now: Instant,
+    ) -> Conn {
         Conn {
             stream,
             role,
@@ -67,6 +86,26 @@ impl Conn {
             read_paused: false,
             peer_eof: false,
             last_write_index: 0,
+            partial_since: None,
+            last_active: now,
+        }
+    }
+
+    /// Whether this is an accepted connection (not one of ours to a peer).
+    pub fn is_inbound(&self) -> bool {
+        !matches!(self.role, ConnRole::Outbound(_))
+    }
+
+    /// After the lines read at `now` were taken: starts the partial-request
+    /// clock when a line is left incomplete (from `now` when a line was
+    /// completed in this read, or reading resumed after a pause: the client
+    /// owed nothing before), and stops it when none is.
+    pub fn note_input(&mut self, now: Instant, restart_clock: bool) {
+        self.last_active = now;
+        if self.input.pending_bytes() == 0 {
+            self.partial_since = None;
+        } else if restart_clock || self.partial_since.is_none() {
+            self.partial_since = Some(now);
         }
     }
 
@@ -119,6 +158,9 @@ impl Conn {
 
     /// Writes buffered output until done or the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.written < self.output.len() && self.is_inbound() {
+            self.last_active = Instant::now();
+        }
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

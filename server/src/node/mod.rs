@@ -14,7 +14,9 @@
 //! The leader's AppendEntries are written to the sockets before its own fsync
 //! (thesis 10.2.1), so followers persist in parallel with the leader.
 
+mod admission;
 mod conn;
+mod fds;
 mod snapshots;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -32,6 +34,7 @@ use poncho_protocol::{
 };
 use slab::Slab;
 
+use self::admission::Admission;
 use self::conn::{Conn, ConnRole, OUTPUT_DROP_BYTES, READ_CHUNK};
 use self::snapshots::{Received, Snapshots};
 use crate::datadir::{self, DirLock};
@@ -46,8 +49,6 @@ const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Connections beyond this are accepted and closed at once.
-pub const MAX_CONNECTIONS: usize = 10_000;
 /// A slow peer's unsent messages beyond this are dropped (Raft resends).
 const PEER_OUTPUT_LIMIT: usize = 64 << 20;
 /// Bytes read from one connection per event before serving others.
@@ -100,6 +101,13 @@ pub struct NodeConfig {
     /// state machine: every node must use the same values.
     pub session_timeout_ms: u64,
     pub max_sessions: usize,
+    /// Client connections served at once (see `admission`).
+    pub max_clients: usize,
+    /// A request line must be complete this long after its first byte.
+    pub partial_request_timeout: Duration,
+    /// A client connection with nothing asked or pending this long is
+    /// closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -203,6 +211,7 @@ pub struct Node {
     listener: TcpListener,
     signals: signal_hook_mio::v1_0::Signals,
     conns: Slab<Conn>,
+    admission: Admission,
     next_generation: u64,
     peers: BTreeMap<NodeId, PeerLink>,
     raft: Raft,
@@ -333,8 +342,9 @@ impl Node {
             None => KvStore::with_session_limits(config.session_timeout_ms, config.max_sessions),
         };
 
+        let admission = Admission::new(&config, Instant::now());
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let mut listener = TcpListener::bind(config.addr())
+        let mut listener = admission::listen(config.addr())
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr()))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -401,6 +411,7 @@ impl Node {
             listener,
             signals,
             conns: Slab::new(),
+            admission,
             next_generation: 0,
             peers,
             raft,
@@ -491,6 +502,9 @@ impl Node {
 
     fn next_deadline(&self) -> Instant {
         let mut deadline = self.next_tick;
+        if let Some(retry) = self.admission.accept_retry {
+            deadline = deadline.min(retry);
+        }
         for p in self.peers.values() {
             if p.conn.is_none() {
                 deadline = deadline.min(p.next_attempt);
@@ -500,38 +514,6 @@ impl Node {
     }
 
     // ------------------------------------------------------------ sockets
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, addr)) => {
-                    if self.conns.len() >= MAX_CONNECTIONS {
-                        warn!(
-                            "refusing connection from {addr}: {MAX_CONNECTIONS} connections open"
-                        );
-                        drop(stream);
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    if let Some(key) = self.add_conn(
-                        stream,
-                        ConnRole::Inbound,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        debug!("connection {key} from {addr}");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of file descriptors and the like: the pending
-                    // connections wait in the backlog; do not spin.
-                    warn!("accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
 
     fn add_conn(
         &mut self,
@@ -555,7 +537,9 @@ impl Node {
             role,
             self.next_generation,
             self.config.max_line_bytes,
+            Instant::now(),
         ));
+        self.admission.tally(role, true);
         Some(key)
     }
 
@@ -565,6 +549,7 @@ impl Node {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.admission.tally(conn.role, false);
         if let ConnRole::Outbound(peer) = conn.role {
             if let Some(link) = self.peers.get_mut(&peer) {
                 if link.conn == Some(key) {
@@ -643,15 +628,16 @@ impl Node {
                 conn.read_paused = true;
                 return;
             }
-            conn.read_paused = false;
+            let resumed = std::mem::take(&mut conn.read_paused);
             let more = match conn.read_some(READ_BUDGET, &mut self.read_buffer, short_read_drains) {
                 Ok(more) => more,
                 Err(e) => return self.close(key, &e.to_string()),
             };
-            self.process_lines(key);
-            let Some(conn) = self.conns.get(key) else {
+            let completed = self.process_lines(key);
+            let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            conn.note_input(Instant::now(), completed || resumed);
             if conn.peer_eof {
                 // Answer what was asked before the client hung up; reads and
                 // writes in flight are answered into a closed connection.
@@ -667,11 +653,12 @@ impl Node {
         }
     }
 
-    fn process_lines(&mut self, key: usize) {
+    /// Handles the complete lines buffered; returns whether there were any.
+    fn process_lines(&mut self, key: usize) -> bool {
         let mut lines = Vec::new();
         {
             let Some(conn) = self.conns.get_mut(key) else {
-                return;
+                return false;
             };
             while let Some(line) = conn.input.next_line() {
                 match line {
@@ -683,7 +670,11 @@ impl Node {
                 }
             }
         }
+        let completed = !lines.is_empty();
         for line in lines {
+            if self.conns.get(key).is_none_or(|c| c.close_after_flush) {
+                break; // refused: what followed is not answered
+            }
             match line {
                 Ok(bytes) => self.handle_line(key, &bytes),
                 Err(limit) => {
@@ -695,18 +686,29 @@ impl Node {
                     if let Some(conn) = self.conns.get_mut(key) {
                         conn.close_after_flush = true;
                     }
-                    return;
+                    return true;
                 }
             }
         }
         self.mark_dirty(key);
+        completed
     }
 
     fn handle_line(&mut self, key: usize, line: &[u8]) {
         if line.iter().all(u8::is_ascii_whitespace) {
             return; // blank lines (a human at nc pressing enter) are ignored
         }
-        match decode_request(line) {
+        let request = decode_request(line);
+        let from = match &request {
+            Ok(Request::Peer {
+                src_id: Some(id), ..
+            }) if self.peers.contains_key(id) => Some(*id),
+            _ => None,
+        };
+        if !self.identify(key, from) {
+            return;
+        }
+        match request {
             Err(e) => self.reply_error_now(key, e.req_id, &e.error),
             Ok(Request::Peer { src_id, message }) => self.handle_peer_message(key, src_id, message),
             Ok(Request::Client { req_id, request }) => {
@@ -957,7 +959,7 @@ impl Node {
         if drained && (conn.close_after_flush || conn.peer_eof) && conn.pending_replies() == 0 {
             return self.close(key, "done");
         }
-        if conn.role == ConnRole::Inbound && conn.output_bytes() > OUTPUT_DROP_BYTES {
+        if conn.is_inbound() && conn.output_bytes() > OUTPUT_DROP_BYTES {
             self.close(key, "client is not reading its replies");
         }
     }
@@ -1003,6 +1005,10 @@ impl Node {
             self.next_tick += self.config.tick;
         }
         self.connect_peers(now);
+        if self.admission.accept_retry.is_some_and(|t| t <= now) {
+            self.accept();
+        }
+        self.scan_connections(now);
         if now >= self.next_expiry_scan {
             self.next_expiry_scan = now + Duration::from_millis(100);
             self.expire_requests(now);
@@ -1745,6 +1751,9 @@ mod tests {
             segment_bytes: 1 << 20,
             session_timeout_ms: crate::kv::SESSION_TIMEOUT_MS,
             max_sessions: crate::kv::MAX_SESSIONS,
+            max_clients: 100,
+            partial_request_timeout: Duration::from_secs(30),
+            idle_timeout: None,
         }
     }
 
@@ -1785,9 +1794,10 @@ mod tests {
         stream.set_nonblocking(true).unwrap();
         let mut conn = Conn::new(
             mio::net::TcpStream::from_std(stream),
-            ConnRole::Inbound,
+            ConnRole::Client,
             1,
             1024,
+            std::time::Instant::now(),
         );
         let a = conn.reserve_slot();
         let b = conn.reserve_slot();

@@ -1,0 +1,378 @@
+//! Which connections a node takes, and how long it keeps them: the client
+//! limit, the room kept past it for peers, a clear refusal past both, the
+//! partial-request deadline and the idle timeout.
+//!
+//! A peer's connection cannot be told from a client's when it is accepted:
+//! it shows itself with its first message (a Raft message whose `src_id` is
+//! a member). So every accepted connection counts as a client until then;
+//! once `--max-clients` are counted, a few more (`peer_room`) are accepted on
+//! probation: a peer's becomes a peer's with its first message, a client
+//! request on one is refused unless a client's place came free, and one that
+//! says nothing is closed after `PROBATION`. Clients can therefore never
+//! take the last place a peer needs to connect. Our own connections to peers
+//! are never limited.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::Interest;
+use poncho_protocol::{encode_error, ErrorCode, ErrorReply, NodeId};
+
+use super::conn::ConnRole;
+use super::{fds, Node, NodeConfig};
+
+/// File descriptors kept for everything but connections: stdio, the poll,
+/// the listener, the signal pipe, the log segments, the hard state, the
+/// snapshots being written, read and received, the spare descriptor, and a
+/// few connections being refused.
+pub const RESERVED_FDS: usize = 64;
+/// Places kept past `--max-clients` for peers' connections: two per peer (a
+/// reconnecting peer's new connection may arrive before its old one is
+/// seen to close), and a few more.
+const PEER_ROOM_PER_PEER: usize = 2;
+const PEER_ROOM_EXTRA: usize = 8;
+/// How long a connection accepted past `--max-clients` has to show that it
+/// is a peer's. A peer that has nothing to say that soon (one follower to
+/// another) is closed and reconnects: it is only so while clients fill
+/// every place.
+pub const PROBATION: Duration = Duration::from_secs(5);
+/// How often connections are checked against their deadlines.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Refusals are logged at most this often, with their count.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Connections the kernel completes and queues for `accept` (capped by
+/// net.core.somaxconn). std's 128 overflows when many clients connect at
+/// once (a pool reconnecting after a leader change), and each connection
+/// over it waits a second or more for its SYN to be sent again.
+const LISTEN_BACKLOG: i32 = 4096;
+/// After `accept` failed for want of descriptors with none spare, when to
+/// try again (the pending connections wait in the listen backlog).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+pub struct Admission {
+    /// Clients served at once: `--max-clients`, or less if the open-file
+    /// limit cannot cover it.
+    pub max_clients: usize,
+    peer_room: usize,
+    clients: usize,
+    on_probation: usize,
+    partial_request_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    /// Held open so that, out of descriptors, one can be freed to accept a
+    /// connection and tell it why it is refused.
+    spare: Option<File>,
+    refused: u64,
+    next_refusal_log: Instant,
+    next_scan: Instant,
+    /// When to call `accept` again after it ran out of descriptors.
+    pub accept_retry: Option<Instant>,
+}
+
+/// Why a connection is closed before its client asked for it.
+enum Cut {
+    /// On probation and not a peer's.
+    NotAPeer,
+    /// A line was begun and not finished in time.
+    Partial,
+    /// A client sent nothing and had nothing pending for the idle timeout.
+    Idle,
+}
+
+/// The listening socket, with room for `LISTEN_BACKLOG` connections
+/// waiting to be accepted.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted node can bind its port while connections of
+    // its previous run are in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+impl Admission {
+    /// Sizes the limits from the configuration, and raises the open-file
+    /// limit to what they need, saying what it did and what it could not.
+    pub fn new(config: &NodeConfig, now: Instant) -> Admission {
+        let peers = config.peers.len();
+        let peer_room = PEER_ROOM_PER_PEER * peers + PEER_ROOM_EXTRA;
+        // Connections in (clients and peers' room), ours out, and the rest.
+        let overhead = peer_room + peers + RESERVED_FDS;
+        let wanted = config.max_clients.saturating_add(overhead);
+        let max_clients = match fds::raise_to(wanted as u64) {
+            Ok(limit) => {
+                let allowed = (limit.now as usize).saturating_sub(overhead);
+                if limit.now > limit.before {
+                    info!(
+                        "open-file limit raised from {} to {} (for --max-clients {} and \
+                         {overhead} for peers and files)",
+                        limit.before, limit.now, config.max_clients
+                    );
+                } else if allowed >= config.max_clients {
+                    info!(
+                        "open-file limit {} covers --max-clients {} and {overhead} for peers \
+                         and files",
+                        limit.now, config.max_clients
+                    );
+                }
+                if allowed < config.max_clients {
+                    warn!(
+                        "the open-file limit is {} (hard limit {}): serving at most {allowed} \
+                         clients, not the {} of --max-clients; raise the hard limit (ulimit -Hn, \
+                         systemd's LimitNOFILE=) to at least {wanted} for them",
+                        limit.now, limit.hard, config.max_clients
+                    );
+                }
+                allowed.min(config.max_clients)
+            }
+            Err(e) => {
+                warn!(
+                    "cannot read or raise the open-file limit ({e}); --max-clients {} may not \
+                     be reached: connections past the limit wait unaccepted",
+                    config.max_clients
+                );
+                config.max_clients
+            }
+        };
+        Admission {
+            max_clients,
+            peer_room,
+            clients: 0,
+            on_probation: 0,
+            partial_request_timeout: config.partial_request_timeout,
+            idle_timeout: config.idle_timeout,
+            spare: File::open("/dev/null").ok(),
+            refused: 0,
+            next_refusal_log: now,
+            next_scan: now + SCAN_INTERVAL,
+            accept_retry: None,
+        }
+    }
+
+    /// What a newly accepted connection may be, or `None`: refuse it.
+    fn admit(&self, now: Instant) -> Option<ConnRole> {
+        if self.clients < self.max_clients {
+            Some(ConnRole::Client)
+        } else if self.on_probation < self.peer_room {
+            Some(ConnRole::Probation {
+                until: now + PROBATION,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Counts a connection in (`added`) or out in its role.
+    pub fn tally(&mut self, role: ConnRole, added: bool) {
+        let count = match role {
+            ConnRole::Client => &mut self.clients,
+            ConnRole::Probation { .. } => &mut self.on_probation,
+            ConnRole::Peer(_) | ConnRole::Outbound(_) => return,
+        };
+        if added {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    fn too_many(&self) -> ErrorReply {
+        ErrorReply::new(
+            ErrorCode::Overloaded,
+            format!(
+                "max number of clients reached ({}); closing the connection",
+                self.max_clients
+            ),
+        )
+    }
+}
+
+impl Node {
+    /// Accepts every pending connection, or refuses it with an error line.
+    pub(super) fn accept(&mut self) {
+        self.admission.accept_retry = None;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if fds::is_exhaustion(&e) => {
+                    // Out of descriptors: free the spare to take one
+                    // connection and tell it why it is refused, so the
+                    // backlog drains with answers rather than silence.
+                    let accepted = match self.admission.spare.take() {
+                        Some(spare) => {
+                            drop(spare);
+                            self.listener.accept().ok()
+                        }
+                        None => None,
+                    };
+                    self.admission.spare = File::open("/dev/null").ok();
+                    match accepted {
+                        Some((stream, addr)) => {
+                            self.refuse(stream, addr, &format!("accept failed: {e}"))
+                        }
+                        None => return self.retry_accept(&e),
+                    }
+                }
+                Err(e) => return self.retry_accept(&e),
+            }
+        }
+    }
+
+    /// Leaves the pending connections in the backlog for `ACCEPT_RETRY`.
+    fn retry_accept(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if now >= self.admission.next_refusal_log {
+            warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
+            self.admission.next_refusal_log = now + REFUSAL_LOG_INTERVAL;
+        }
+        self.admission.accept_retry = Some(now + ACCEPT_RETRY);
+    }
+
+    fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let Some(role) = self.admission.admit(Instant::now()) else {
+            let why = format!(
+                "{} clients and {} connections on probation",
+                self.admission.clients, self.admission.on_probation
+            );
+            return self.refuse(stream, addr, &why);
+        };
+        let _ = stream.set_nodelay(true);
+        if let Some(key) = self.add_conn(stream, role, Interest::READABLE | Interest::WRITABLE) {
+            debug!("connection {key} from {addr} ({role:?})");
+        }
+    }
+
+    /// Answers a connection it cannot keep with OVERLOADED and closes it.
+    /// What the client already sent is read first and the write side shut
+    /// down before the close, so that the close does not reset the
+    /// connection over the answer.
+    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, why: &str) {
+        let _ = stream.read(&mut self.read_buffer);
+        self.scratch.clear();
+        encode_error(&mut self.scratch, None, &self.admission.too_many());
+        let _ = stream.write(&self.scratch);
+        let _ = stream.shutdown(Shutdown::Write);
+        drop(stream);
+        self.admission.refused += 1;
+        let now = Instant::now();
+        if now >= self.admission.next_refusal_log {
+            self.log_refusals(now, &format!(" (the latest from {addr}: {why})"));
+        }
+    }
+
+    fn log_refusals(&mut self, now: Instant, detail: &str) {
+        warn!(
+            "refused {} connection(s): max number of clients reached ({}){detail}",
+            self.admission.refused, self.admission.max_clients
+        );
+        self.admission.refused = 0;
+        self.admission.next_refusal_log = now + REFUSAL_LOG_INTERVAL;
+    }
+
+    pub(super) fn set_role(&mut self, key: usize, role: ConnRole) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut conn.role, role);
+        self.admission.tally(old, false);
+        self.admission.tally(role, true);
+    }
+
+    /// Settles what an accepted connection is from a line it sent: a
+    /// member's message (`from`) makes it a peer's; a client's line on one
+    /// on probation is served if a client's place is free, else refused.
+    /// Returns whether to handle the line.
+    pub(super) fn identify(&mut self, key: usize, from: Option<NodeId>) -> bool {
+        let Some(conn) = self.conns.get(key) else {
+            return false;
+        };
+        match (conn.role, from) {
+            (ConnRole::Client | ConnRole::Probation { .. }, Some(id)) => {
+                self.set_role(key, ConnRole::Peer(id));
+                true
+            }
+            (ConnRole::Probation { .. }, None) => {
+                if self.admission.clients < self.admission.max_clients {
+                    self.set_role(key, ConnRole::Client);
+                    return true;
+                }
+                let error = self.admission.too_many();
+                self.cut(key, &error, "max number of clients reached");
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Replies `error` and closes the connection once it is written.
+    fn cut(&mut self, key: usize, error: &ErrorReply, why: &str) {
+        debug!("closing connection {key}: {why}");
+        self.reply_error_now(key, None, error);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.close_after_flush = true;
+        }
+    }
+
+    /// Closes connections past their deadlines; logs refusals not yet told.
+    pub(super) fn scan_connections(&mut self, now: Instant) {
+        if self.admission.refused > 0 && now >= self.admission.next_refusal_log {
+            self.log_refusals(now, "");
+        }
+        if now < self.admission.next_scan {
+            return;
+        }
+        self.admission.next_scan = now + SCAN_INTERVAL;
+        let partial = self.admission.partial_request_timeout;
+        let idle = self.admission.idle_timeout;
+        let mut cuts = Vec::new();
+        for (key, conn) in &self.conns {
+            if conn.close_after_flush || !conn.is_inbound() {
+                continue;
+            }
+            if matches!(conn.role, ConnRole::Probation { until } if until <= now) {
+                cuts.push((key, Cut::NotAPeer));
+            } else if conn
+                .partial_since
+                .is_some_and(|since| !conn.read_paused && now.duration_since(since) >= partial)
+            {
+                cuts.push((key, Cut::Partial));
+            } else if let Some(idle) = idle.filter(|_| conn.role == ConnRole::Client) {
+                if conn.partial_since.is_none()
+                    && conn.pending_replies() == 0
+                    && conn.output_bytes() == 0
+                    && now.duration_since(conn.last_active) >= idle
+                {
+                    cuts.push((key, Cut::Idle));
+                }
+            }
+        }
+        for (key, cut) in cuts {
+            match cut {
+                Cut::NotAPeer => {
+                    let error = self.admission.too_many();
+                    self.cut(key, &error, "on probation and not a peer's");
+                }
+                Cut::Partial => {
+                    let error = ErrorReply::bad_request(format!(
+                        "the request line was not completed within {} ms of its first byte; \
+                         closing the connection",
+                        partial.as_millis()
+                    ));
+                    self.cut(key, &error, "a partial request timed out");
+                }
+                // Nothing was asked: no answer is owed, and an unasked line
+                // could be taken for the reply to a request crossing it.
+                Cut::Idle => self.close(key, "idle timeout"),
+            }
+        }
+    }
+}
