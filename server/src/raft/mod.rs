@@ -103,9 +103,6 @@ pub(crate) enum BrokenRule {
     VotesFromOlderElections,
     /// Send a vote before the vote is durable.
     VoteBeforeDurable,
-    /// A follower takes the leader's commit up to its last log index rather
-    /// than the last entry this append verified.
-    CommitToLastIndex,
 }
 
 impl Config {
@@ -1169,12 +1166,7 @@ impl Raft {
             .try_append(m.prev_log_index, m.prev_log_term, &m.entries)
         {
             AppendOutcome::Matched(index) => {
-                let verified = if self.broken(|r| r == BrokenRuleKind::CommitToLastIndex) {
-                    self.log.last_index()
-                } else {
-                    index
-                };
-                self.log.commit_to(m.leader_commit.min(verified));
+                self.log.commit_to(m.leader_commit.min(index));
                 AppendEntriesReply {
                     term: self.term,
                     request_term: m.term,
@@ -1472,5 +1464,4 @@ enum BrokenRuleKind {
     ProgressFromOlderTerms,
     VotesFromOlderElections,
     VoteBeforeDurable,
-    CommitToLastIndex,
 }

@@ -203,6 +203,11 @@ pub struct Sim {
     /// Percent chance that a node crashes right after a received snapshot
     /// is durable and before its log is made to agree (recovery's case).
     pub install_crash_percent: u32,
+    /// `random_run` moves leadership around on purpose: it cuts the newest
+    /// leader off, heals, and transfers leadership, each often, and sends a
+    /// read every tick. With long message delays this is where replies to
+    /// requests of older terms meet a node that leads again.
+    pub leader_churn: bool,
 }
 
 impl Sim {
@@ -263,6 +268,7 @@ impl Sim {
             filter: None,
             vote_answers: HashSet::new(),
             install_crash_percent: 0,
+            leader_churn: false,
         };
         for id in sim.ids() {
             sim.start(id);
@@ -549,9 +555,7 @@ impl Sim {
                 break;
             }
             let (from, to, msg) = entry.remove();
-            if let Some(raft) = self.raft_mut(to) {
-                raft.step(from, msg);
-            }
+            self.deliver(from, to, msg)?;
         }
         for id in self.ids() {
             self.complete_writes(id, false)?;
@@ -583,6 +587,37 @@ impl Sim {
         self.checker
             .check_leaders(&leaders)
             .map_err(|e| self.violation(e))
+    }
+
+    /// Steps `to` with a message from `from`. A reply that answers a request
+    /// of an older term than the one its receiver leads in is no answer in
+    /// this term: it must leave the leader's view of the follower as it was.
+    fn deliver(&mut self, from: NodeId, to: NodeId, msg: RaftMessage) -> Result<(), Violation> {
+        let Some(raft) = self.raft_mut(to) else {
+            return Ok(());
+        };
+        let answers = match &msg {
+            RaftMessage::AppendEntriesReply(m) => Some(m.request_term),
+            RaftMessage::InstallSnapshotReply(m) => Some(m.request_term),
+            _ => None,
+        };
+        let term = raft.term();
+        let late =
+            answers.is_some_and(|t| t < term) && msg.term() <= term && raft.role() == Role::Leader;
+        let progress = |r: &Raft| r.status().followers.into_iter().find(|f| f.id == from);
+        let before = late.then(|| progress(raft));
+        raft.step(from, msg);
+        if let Some(before) = before {
+            let after = progress(raft);
+            if after != before {
+                return Err(self.violation(format!(
+                    "a reply from node {from} to a request of term {} moved leader {to}'s progress \
+                     for it in term {term}: {before:?} -> {after:?}",
+                    answers.unwrap_or(0)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
@@ -1223,7 +1258,7 @@ impl Sim {
             .map(|(term, _, id)| (term, id))
             .collect();
         leaders.sort_unstable();
-        if leaders.len() > 1 && self.rng.gen_bool(0.5) {
+        if leaders.len() > 1 && self.rng.gen_bool(if self.leader_churn { 0.9 } else { 0.5 }) {
             leaders.pop(); // the newest
         }
         if leaders.is_empty() {
@@ -1248,6 +1283,22 @@ impl Sim {
 
     // -------------------------------------------------------- random runs
 
+    /// `leader_churn`'s faults, drawn once a tick.
+    fn churn_leadership(&mut self) {
+        let n = self.nodes.len() as NodeId;
+        let roll = self.rng.gen_range(0..100);
+        let Some(leader) = self.leader() else { return };
+        match roll {
+            0..=5 => self.isolate(leader),
+            6..=8 => self.heal(),
+            9..=11 => {
+                let to = self.rng.gen_range(1..=n);
+                let _ = self.raft_mut(leader).map(|r| r.transfer_leadership(to));
+            }
+            _ => {}
+        }
+    }
+
     /// A random run: faults for `fault_ticks`, then heal and require that a
     /// leader emerges and every client's command commits.
     pub fn random_run(&mut self, fault_ticks: u64) -> Result<(), Violation> {
@@ -1258,6 +1309,9 @@ impl Sim {
             self.start_commands();
             if self.rng.gen_bool(0.3) {
                 self.issue_read();
+            }
+            if self.leader_churn {
+                self.churn_leadership();
             }
             let roll = self.rng.gen_range(0..100);
             let node = self.rng.gen_range(1..=n);

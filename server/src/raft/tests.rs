@@ -1126,32 +1126,58 @@ fn seeds(part: u64, parts: u64) -> Vec<u64> {
     (0..count).filter(|s| s % parts == part).collect()
 }
 
+/// The kind of random run a seed drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Campaign {
+    /// Every fault, 3 to 7 nodes: what `random_seeds_*` run.
+    Mixed,
+    /// Leadership moved around on purpose (cut off, healed, transferred)
+    /// with many messages held back for several elections and a read every
+    /// tick: where replies to older terms meet a node that leads again.
+    LateMessages,
+}
+
 /// One random cluster: size, network, batch limits and features drawn from the seed.
 pub(super) fn random_cluster(
     seed: u64,
     broken: Option<BrokenRule>,
 ) -> Result<super::sim::Stats, String> {
+    random_cluster_in(Campaign::Mixed, seed, broken)
+}
+
+pub(super) fn random_cluster_in(
+    campaign: Campaign,
+    seed: u64,
+    broken: Option<BrokenRule>,
+) -> Result<super::sim::Stats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let nodes = [3, 5, 7][rng.gen_range(0..3)];
+    let late = campaign == Campaign::LateMessages;
+    let nodes = if late {
+        3
+    } else {
+        [3, 5, 7][rng.gen_range(0..3)]
+    };
     let net = NetConfig {
         min_delay: 1,
         max_delay: rng.gen_range(2..40),
         drop_probability: rng.gen_range(0.0..0.2),
         duplicate_probability: rng.gen_range(0.0..0.1),
         max_persist_delay: rng.gen_range(0..12),
-        // Half the clusters hold a few messages back for up to 100 ticks,
-        // several election timeouts.
-        long_delay_probability: if rng.gen_bool(0.5) {
+        // Half the mixed clusters hold a few messages back for up to 100
+        // ticks, several election timeouts; every late-message one, more.
+        long_delay_probability: if late {
+            rng.gen_range(0.02..0.15)
+        } else if rng.gen_bool(0.5) {
             rng.gen_range(0.0..0.03)
         } else {
             0.0
         },
-        long_delay_max: 100 * TICK,
+        long_delay_max: if late { 60 } else { 100 } * TICK,
     };
     let max_entries = rng.gen_range(1..64);
     let max_inflight = rng.gen_range(1..8);
     let pre_vote = rng.gen_bool(0.8);
-    let check_quorum = rng.gen_bool(0.8);
+    let check_quorum = rng.gen_bool(if late { 0.5 } else { 0.8 });
     let snapshots = rng.gen_bool(0.5).then(|| SnapshotPolicy {
         every_entries: rng.gen_range(3..40),
         keep_tail: rng.gen_range(0..6),
@@ -1171,7 +1197,8 @@ pub(super) fn random_cluster(
     });
     sim.snapshots = snapshots;
     sim.install_crash_percent = 5;
-    sim.random_run(150)
+    sim.leader_churn = late;
+    sim.random_run(if late { 400 } else { 150 })
         .map_err(|e| format!("{e}\n  cluster: {described}"))?;
     Ok(std::mem::take(&mut sim.stats))
 }
@@ -1240,8 +1267,12 @@ fn random_seeds_part_3() {
 /// bounded number of random seeds (as a violation, or as a panic from an
 /// assertion inside the core).
 fn first_seed_that_catches(rule: BrokenRule, max_seeds: u64) -> Option<(u64, String)> {
+    first_seed_in(Campaign::Mixed, rule, max_seeds)
+}
+
+fn first_seed_in(campaign: Campaign, rule: BrokenRule, max_seeds: u64) -> Option<(u64, String)> {
     (0..max_seeds).find_map(|seed| {
-        let result = std::panic::catch_unwind(|| random_cluster(seed, Some(rule)));
+        let result = std::panic::catch_unwind(|| random_cluster_in(campaign, seed, Some(rule)));
         match result {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some((seed, e)),
@@ -1509,4 +1540,66 @@ fn sim_catches_votes_sent_before_they_are_durable() {
         caught.is_some(),
         "a vote sent before it was durable went unnoticed"
     );
+}
+
+/// The late-message campaign with every rule intact: the seeds in which
+/// the two tests below find defects 1 and 2 pass. CI runs it with the rest
+/// (`SIM_SEEDS` scales it too).
+fn run_late_message_seeds(part: u64, parts: u64) {
+    let count: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(LATE_MESSAGE_SEEDS, |n: u64| n.max(LATE_MESSAGE_SEEDS));
+    let failures: Vec<String> = (0..count)
+        .filter(|s| s % parts == part)
+        .filter_map(|seed| {
+            random_cluster_in(Campaign::LateMessages, seed, None)
+                .err()
+                .map(|e| format!("{e}\n  replay: campaign LateMessages, seed {seed}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Covers the first seed at which each broken rule below is caught.
+const LATE_MESSAGE_SEEDS: u64 = 1400;
+
+#[test]
+fn late_message_seeds_part_0() {
+    run_late_message_seeds(0, 2);
+}
+#[test]
+fn late_message_seeds_part_1() {
+    run_late_message_seeds(1, 2);
+}
+
+/// Issue 10, defect 1, found by the late-message campaign (first at seed
+/// 1261): a leader that takes an older term's echoed read round serves a
+/// read, cut off, that misses what a newer leader already returned.
+#[test]
+fn sim_catches_read_rounds_taken_from_older_terms() {
+    let caught = first_seed_in(
+        Campaign::LateMessages,
+        BrokenRule::ReadRoundsFromOlderTerms,
+        LATE_MESSAGE_SEEDS,
+    );
+    assert!(
+        caught
+            .as_ref()
+            .is_some_and(|(_, e)| e.contains("stale read")),
+        "defect 1 went unnoticed: {caught:?}"
+    );
+}
+
+/// Issue 10, defect 2, found by the late-message campaign (first at seed
+/// 18) through the delivery check that a reply to an older term's request
+/// leaves the leader's progress for the follower unchanged.
+#[test]
+fn sim_catches_progress_moved_by_older_terms() {
+    let caught = first_seed_in(
+        Campaign::LateMessages,
+        BrokenRule::ProgressFromOlderTerms,
+        LATE_MESSAGE_SEEDS,
+    );
+    assert!(caught.is_some(), "defect 2 went unnoticed");
 }
