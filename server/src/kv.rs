@@ -128,6 +128,7 @@ const _: () =
 /// A write as stored in a log entry's `data` (JSON text). The leader builds it
 /// from a client request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CommandWire")]
 pub struct Command {
     pub op: Op,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,7 +141,9 @@ pub struct Command {
     pub ts_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Written as an internally tagged object (`{"type":"SET","key":..}`); read
+/// through [`OpWire`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Op {
     Set {
@@ -158,6 +161,71 @@ pub enum Op {
     },
     /// Opens a session whose id is this entry's index.
     RegisterClient,
+}
+
+// Every node decodes every entry, so decoding is on the apply path of each
+// write. An internally tagged enum makes serde buffer the object before
+// reading it (about half of the decoding time); these flat twins read the
+// same JSON in one pass.
+#[derive(Deserialize)]
+struct CommandWire {
+    op: OpWire,
+    #[serde(default)]
+    client_id: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
+    ts_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct OpWire {
+    #[serde(rename = "type")]
+    kind: OpKind,
+    key: Option<String>,
+    value: Option<String>,
+    expected: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum OpKind {
+    Set,
+    Delete,
+    Cas,
+    RegisterClient,
+}
+
+impl TryFrom<CommandWire> for Command {
+    type Error = String;
+
+    fn try_from(w: CommandWire) -> Result<Command, String> {
+        let OpWire {
+            kind,
+            key,
+            value,
+            expected,
+        } = w.op;
+        let key = key.ok_or("missing field `key` in op");
+        let op = match kind {
+            OpKind::Set => Op::Set {
+                key: key?,
+                value: value.ok_or("missing field `value` in a SET op")?,
+            },
+            OpKind::Delete => Op::Delete { key: key? },
+            OpKind::Cas => Op::Cas {
+                key: key?,
+                expected,
+                value,
+            },
+            OpKind::RegisterClient => Op::RegisterClient,
+        };
+        Ok(Command {
+            op,
+            client_id: w.client_id,
+            seq: w.seq,
+            ts_ms: w.ts_ms,
+        })
+    }
 }
 
 impl Command {
@@ -494,16 +562,34 @@ impl KvStore {
     /// recently used sessions while over a cap.
     fn record_session(&mut self, client_id: u64, seq: u64, index: u64, result: ApplyResult) {
         let bytes = session_bytes(&result);
-        let session = Session {
-            last_seq: seq,
-            result: Arc::new(result),
-            last_used_index: index,
-            last_used_ts_ms: self.clock_ms,
-            bytes,
+        let clock_ms = self.clock_ms;
+        let result = Arc::new(result);
+        // A known session is updated where it is (cheaper than replacing it).
+        let replaced = match self.sessions.get_mut(&client_id) {
+            Some(session) => {
+                session.last_seq = seq;
+                session.result = result;
+                session.last_used_ts_ms = clock_ms;
+                Some((
+                    std::mem::replace(&mut session.last_used_index, index),
+                    std::mem::replace(&mut session.bytes, bytes),
+                ))
+            }
+            None => {
+                let session = Session {
+                    last_seq: seq,
+                    result,
+                    last_used_index: index,
+                    last_used_ts_ms: clock_ms,
+                    bytes,
+                };
+                self.sessions.insert(client_id, session);
+                None
+            }
         };
-        if let Some(old) = self.sessions.insert(client_id, session) {
-            self.sessions_by_use.remove(&old.last_used_index);
-            self.session_bytes -= old.bytes;
+        if let Some((old_index, old_bytes)) = replaced {
+            self.sessions_by_use.remove(&old_index);
+            self.session_bytes -= old_bytes;
         }
         self.sessions_by_use.insert(index, client_id);
         self.session_bytes += bytes;
@@ -1625,6 +1711,10 @@ mod tests {
             "",
             "not json",
             "{\"op\":{\"type\":\"FROB\",\"key\":\"k\"},\"ts_ms\":1}",
+            "{\"op\":{\"type\":\"DELETE\"},\"ts_ms\":1}",
+            "{\"op\":{\"type\":\"SET\",\"key\":\"k\",\"value\":null},\"ts_ms\":1}",
+            "{\"op\":{\"key\":\"k\"},\"ts_ms\":1}",
+            "{\"op\":{\"type\":\"DELETE\",\"key\":\"k\"},\"client_id\":\"c1\",\"seq\":1,\"ts_ms\":1}",
             "{\"op\":{\"type\":\"SET\",\"key\":\"k\"},\"ts_ms\":1}",
             "{\"op\":{\"type\":\"SET\",\"key\":\"k\",\"value\":\"v\"}}",
             "[1,2,3]",
