@@ -280,12 +280,14 @@ fn past_max_clients_a_client_is_told_and_peers_still_get_in() {
 
 #[test]
 fn the_idle_timeout_closes_a_quiet_client_and_spares_a_busy_one() {
-    let mut cluster = Cluster::start_with(1, &["--idle-timeout-ms", "600"]);
+    // Pings every 200 ms against a 2 s timeout: a stall of well over a
+    // second on a loaded machine is needed to cut the busy client.
+    let mut cluster = Cluster::start_with(1, &["--idle-timeout-ms", "2000"]);
     let addr = leader_addr(&mut cluster);
     let quiet = connect(addr);
     let opened = Instant::now();
     let mut busy = Client::connect(addr).expect("connect");
-    while opened.elapsed() < Duration::from_millis(1800) {
+    while opened.elapsed() < Duration::from_millis(4500) {
         let reply = busy
             .request(&json!({"msg_type": "HEALTHCHECK"}))
             .expect("the busy client is served");

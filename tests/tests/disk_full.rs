@@ -39,18 +39,12 @@ impl SmallFs {
             Ok(o) if o.status.success() => Some(SmallFs {
                 path: path.to_path_buf(),
             }),
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs at {} (this test needs root): {}",
-                    path.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
+            Ok(o) => skip(format!(
+                "cannot mount a tmpfs at {} (this test needs root): {}",
+                path.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => skip(format!("cannot run mount: {e}")),
         }
     }
 
@@ -415,4 +409,15 @@ fn a_full_single_node_answers_no_space_serves_reads_starts_full_and_resumes_by_i
     restart_all_and_check(&mut cluster, &acked);
     drop(cluster);
     drop(mounts);
+}
+
+/// Outside CI a developer without root may skip these tests; CI (which sets
+/// `CI`, as `.ci/run` does, and runs as root) must never pass them by skipping.
+fn skip(why: String) -> Option<SmallFs> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set, so this test may not be skipped: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    None
 }

@@ -57,7 +57,9 @@ fn every_node_holds(cluster: &Cluster, key: &str, expected: &str) {
 
 #[test]
 fn a_retry_after_the_session_expired_is_refused_and_not_applied_twice() {
-    let timeout = Duration::from_millis(1_000);
+    // Long enough that the in-session retry below lands within it even on a
+    // loaded machine; the test then waits it out.
+    let timeout = Duration::from_millis(4_000);
     let mut cluster = Cluster::start_with(
         3,
         &["--session-timeout-ms", &timeout.as_millis().to_string()],

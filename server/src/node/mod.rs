@@ -171,14 +171,34 @@ struct Unpersisted {
 }
 
 impl Unpersisted {
+    fn new(error: String, now: Instant) -> Unpersisted {
+        Unpersisted {
+            hard_state: None,
+            entries: Vec::new(),
+            messages: VecDeque::new(),
+            dropped: 0,
+            error,
+            since: now,
+            attempts: 0,
+            next_retry: now + NO_SPACE_RETRY_MIN,
+            backoff: NO_SPACE_RETRY_MIN,
+            next_reminder: now + NO_SPACE_REMINDER,
+        }
+    }
+
+    /// As the core does when it enters a term (`Raft::enter_term`): a held
+    /// message of a term older than the newest hard state's is dropped. It
+    /// may acknowledge entries that a later batch merged here replaced, so
+    /// once the write lands the disk would no longer back it.
     fn merge(
         &mut self,
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
         messages: Vec<Outbound>,
     ) {
-        if hard_state.is_some() {
+        if let Some(hs) = hard_state {
             self.hard_state = hard_state;
+            self.messages.retain(|out| out.message.term() >= hs.term);
         }
         if let Some(first) = entries.first() {
             self.entries.retain(|e| e.index < first.index);
@@ -1236,18 +1256,7 @@ impl Node {
                      serving reads, and retries every {NO_SPACE_RETRY_MIN:?} to \
                      {NO_SPACE_RETRY_MAX:?}; nothing acknowledged is lost"
                 );
-                let mut held = Unpersisted {
-                    hard_state: None,
-                    entries: Vec::new(),
-                    messages: VecDeque::new(),
-                    dropped: 0,
-                    error: e.to_string(),
-                    since: now,
-                    attempts: 0,
-                    next_retry: now + NO_SPACE_RETRY_MIN,
-                    backoff: NO_SPACE_RETRY_MIN,
-                    next_reminder: now + NO_SPACE_REMINDER,
-                };
+                let mut held = Unpersisted::new(e.to_string(), now);
                 held.merge(hard_state, entries, messages);
                 self.unpersisted = Some(held);
                 self.hand_off_leadership(0);
@@ -1728,6 +1737,54 @@ const fn libc_einprogress() -> i32 {
 mod tests {
     use super::conn::*;
     use super::*;
+
+    /// Found in review: a follower whose disk is full holds an
+    /// acknowledgement of entries of term 1, then a term-2 leader's entry
+    /// replaces one of them. The held acknowledgement must not leave once
+    /// space is back: the disk would no longer hold what it acknowledges.
+    #[test]
+    fn a_held_acknowledgement_of_a_term_the_node_has_left_is_dropped() {
+        use poncho_protocol::{AppendEntriesReply, EntryKind};
+        let entry = |index, term| Entry {
+            index,
+            term,
+            kind: EntryKind::Command,
+            data: "x".into(),
+        };
+        let ack = |to, term, index| Outbound {
+            to,
+            message: RaftMessage::AppendEntriesReply(AppendEntriesReply {
+                term,
+                request_term: term,
+                success: true,
+                index,
+                conflict_term: 0,
+                conflict_index: 0,
+                read_round: 0,
+            }),
+        };
+        let mut held = Unpersisted::new("disk full".into(), Instant::now());
+        let hs = |term| Some(HardState { term, vote: None });
+        held.merge(hs(1), vec![entry(11, 1), entry(12, 1)], vec![ack(2, 1, 12)]);
+        held.merge(hs(2), vec![entry(11, 2)], vec![ack(3, 2, 11)]);
+        let left: Vec<(NodeId, u64)> = held
+            .messages
+            .iter()
+            .map(|o| (o.to, o.message.term()))
+            .collect();
+        assert_eq!(
+            left,
+            vec![(3, 2)],
+            "only the term-2 acknowledgement is held"
+        );
+        assert_eq!(
+            held.entries
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(11, 2)]
+        );
+    }
 
     fn config(data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
