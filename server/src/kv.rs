@@ -86,6 +86,7 @@ use poncho_protocol::{
     RegisterClientReply, SessionFields, SetReply, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 /// How long a client session survives without use, in log time (the maximum
 /// `ts_ms` applied so far). Ten minutes is far longer than any client keeps
@@ -326,8 +327,10 @@ struct Session {
 pub struct KvStore {
     /// Persistent ordered maps (see the module doc, "Snapshots"): ordered so
     /// that nothing derived from them (eviction, `keys`, snapshots) can depend
-    /// on hash order, persistent so that a snapshot costs O(1).
-    data: OrdMap<Arc<str>, Arc<str>>,
+    /// on hash order, persistent so that a snapshot costs O(1). Keys of up to
+    /// 23 bytes live inline in the tree's nodes (`SmolStr`), so a lookup's
+    /// comparisons do not each chase a pointer.
+    data: OrdMap<SmolStr, Arc<str>>,
     /// The sum of the lengths of every key and value in `data`.
     data_bytes: usize,
     /// By `client_id`, the index of the session's registration.
@@ -528,7 +531,7 @@ impl KvStore {
             }
             None => {
                 self.data_bytes += key.len() + value.len();
-                self.data.insert(Arc::from(key), value);
+                self.data.insert(SmolStr::new(key), value);
             }
         }
     }
@@ -736,7 +739,7 @@ impl KvStore {
             )
         };
 
-        let mut previous: Option<Arc<str>> = None;
+        let mut previous: Option<SmolStr> = None;
         for _ in 0..store.keys {
             let Some(line) = lines.next()? else {
                 return Err(missing(lines.number + 1));
@@ -750,9 +753,9 @@ impl KvStore {
                      unique)"
                 ));
             }
-            let key: Arc<str> = Arc::from(k);
+            let key = SmolStr::new(k);
             kv.data_bytes += key.len() + v.len();
-            kv.data.insert(Arc::clone(&key), Arc::from(v));
+            kv.data.insert(key.clone(), Arc::from(v));
             previous = Some(key);
         }
 
@@ -865,7 +868,7 @@ impl KvStore {
 /// and outlive any number of later writes to the store.
 #[derive(Debug, Clone)]
 pub struct KvSnapshot {
-    data: OrdMap<Arc<str>, Arc<str>>,
+    data: OrdMap<SmolStr, Arc<str>>,
     sessions: OrdMap<u64, Session>,
     /// The store line, counts included.
     store: StoreLine,
