@@ -30,6 +30,7 @@
 
 mod log;
 mod progress;
+mod read;
 
 #[cfg(test)]
 mod sim;
@@ -49,6 +50,7 @@ use rand::{Rng, SeedableRng};
 
 pub use self::log::{AppendOutcome, RaftLog};
 pub use self::progress::{Progress, ProgressState};
+use self::read::ReadRounds;
 
 /// Static configuration of one node.
 #[derive(Clone, Debug)]
@@ -362,14 +364,8 @@ pub struct Raft {
     /// Index the driver has applied (reported through `advance_applied`).
     applied_index: u64,
 
-    /// ReadIndex: the current confirmation round (carried by every
-    /// AppendEntries), and whether a new round must start at the next ready.
-    read_round: u64,
-    read_round_wanted: bool,
-    /// Reads received before this term's first entry committed.
-    reads_awaiting_term_commit: Vec<u64>,
-    /// (round that must be confirmed, read index, id).
-    reads_unconfirmed: VecDeque<(u64, u64, u64)>,
+    /// ReadIndex: the confirmation rounds and the reads waiting on them.
+    reads: ReadRounds,
     /// Confirmed reads waiting for the state machine to reach their index.
     reads_confirmed: VecDeque<ReadState>,
     failed_reads: Vec<u64>,
@@ -439,10 +435,7 @@ impl Raft {
             transfer_elapsed: 0,
             campaign_kind: Campaign::Election,
             applied_index: snapshot.0,
-            read_round: 0,
-            read_round_wanted: false,
-            reads_awaiting_term_commit: Vec::new(),
-            reads_unconfirmed: VecDeque::new(),
+            reads: ReadRounds::default(),
             reads_confirmed: VecDeque::new(),
             failed_reads: Vec::new(),
             snapshots_to_send: Vec::new(),
@@ -750,15 +743,11 @@ impl Raft {
                 leader_id: self.leader_id,
             });
         }
-        if self.log.term(self.log.committed()) != Some(self.term) {
-            // Until an entry of its own term commits, the leader does not know
-            // the commit index (thesis 6.4 step 1).
-            self.reads_awaiting_term_commit.push(id);
-        } else {
-            self.reads_unconfirmed
-                .push_back((self.read_round + 1, self.log.committed(), id));
-            self.read_round_wanted = true;
-        }
+        // Until an entry of its own term commits, the leader does not know
+        // the commit index (thesis 6.4 step 1).
+        let term_commit =
+            (self.log.term(self.log.committed()) == Some(self.term)).then(|| self.log.committed());
+        self.reads.push(id, term_commit);
         Ok(())
     }
 
@@ -891,7 +880,7 @@ impl Raft {
             || !self.outbox_after_persist.is_empty()
             || self.log.has_unstable()
             || self.log.has_committed_to_apply()
-            || self.read_round_wanted
+            || self.reads.round_wanted()
             || !self.failed_reads.is_empty()
             || !self.snapshots_to_send.is_empty()
             || !self.snapshot_acks.is_empty()
@@ -907,9 +896,7 @@ impl Raft {
 
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
-            if self.read_round_wanted {
-                self.read_round_wanted = false;
-                self.read_round += 1;
+            if self.reads.start_round() {
                 for peer in self.peers.clone() {
                     self.send_append(peer, true);
                 }
@@ -1009,13 +996,7 @@ impl Raft {
     }
 
     fn fail_pending_reads(&mut self) {
-        // Reads already confirmed stay valid: leadership was proven after
-        // they arrived, so serving them once applied is still linearizable.
-        self.failed_reads
-            .append(&mut self.reads_awaiting_term_commit);
-        self.failed_reads
-            .extend(self.reads_unconfirmed.drain(..).map(|(_, _, id)| id));
-        self.read_round_wanted = false;
+        self.reads.fail_all(&mut self.failed_reads);
     }
 
     fn campaign(&mut self, kind: Campaign) {
@@ -1083,7 +1064,7 @@ impl Raft {
         self.leader_id = Some(self.config.id);
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        self.read_round = 0;
+        self.reads = ReadRounds::default();
         let next = self.log.last_index() + 1;
         self.progress = self
             .peers
@@ -1353,7 +1334,7 @@ impl Raft {
             prev_log_term,
             entries,
             leader_commit: self.log.committed(),
-            read_round: self.read_round,
+            read_round: self.reads.round(),
         });
         self.send(to, message);
         sent_entries
@@ -1372,30 +1353,21 @@ impl Raft {
             return;
         }
         if self.log.commit_to(candidate) && self.log.term(candidate) == Some(self.term) {
-            for id in std::mem::take(&mut self.reads_awaiting_term_commit) {
-                self.reads_unconfirmed
-                    .push_back((self.read_round + 1, self.log.committed(), id));
-                self.read_round_wanted = true;
-            }
+            self.reads.term_committed(self.log.committed());
         }
     }
 
     /// Moves reads whose round a majority has answered to the confirmed queue.
     fn confirm_reads(&mut self) {
         let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
-        rounds.push(self.read_round);
+        rounds.push(self.reads.round());
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let mut confirmed = rounds[self.quorum - 1];
         if self.broken(|r| r == BrokenRuleKind::ReadWithoutQuorum) {
-            confirmed = self.read_round;
+            confirmed = self.reads.round();
         }
-        while let Some(&(round, index, id)) = self.reads_unconfirmed.front() {
-            if round > confirmed {
-                break;
-            }
-            self.reads_unconfirmed.pop_front();
-            self.reads_confirmed.push_back(ReadState { id, index });
-        }
+        self.reads
+            .confirm_through(confirmed, &mut self.reads_confirmed);
     }
 
     fn maybe_send_timeout_now(&mut self, to: NodeId) {
