@@ -9,6 +9,7 @@
 //! failure has `msg_type` `"ERROR"` and an [`ErrorReply`] payload.
 
 use std::fmt;
+use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -605,7 +606,20 @@ pub fn encode_peer(
 ) {
     let t = raft_msg_type(message);
     match message {
-        RaftMessage::AppendEntries(m) => write_line(out, t, req_id, src_id, Some(m)),
+        RaftMessage::AppendEntries(m) => {
+            // The envelope's fields as `write_line` writes them, then the
+            // payload's own encoding (commands embedded, not escaped).
+            let _ = write!(out, r#"{{"msg_type":"{t}""#);
+            if let Some(req_id) = req_id {
+                let _ = write!(out, r#","req_id":{req_id}"#);
+            }
+            if let Some(src_id) = src_id {
+                let _ = write!(out, r#","src_id":{src_id}"#);
+            }
+            out.extend_from_slice(br#","payload":"#);
+            m.write_payload(out);
+            out.extend_from_slice(b"}\n");
+        }
         RaftMessage::AppendEntriesReply(m) => write_line(out, t, req_id, src_id, Some(m)),
         RaftMessage::RequestVote(m) => write_line(out, t, req_id, src_id, Some(m)),
         RaftMessage::RequestVoteReply(m) => write_line(out, t, req_id, src_id, Some(m)),
