@@ -28,6 +28,7 @@
 //! from a seeded RNG it owns. The same inputs always give the same outputs,
 //! which is what lets the simulator in `sim` replay a failing seed exactly.
 
+mod candidate;
 mod log;
 mod progress;
 mod read;
@@ -48,6 +49,7 @@ use poncho_protocol::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use self::candidate::{Campaign, CandidateState};
 pub use self::log::{AppendOutcome, RaftLog};
 pub use self::progress::{Progress, ProgressState};
 use self::read::ReadRounds;
@@ -330,11 +332,13 @@ pub struct Status {
     pub followers: Vec<FollowerStatus>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Campaign {
-    PreElection,
-    Election,
-    Transfer,
+/// What a node keeps only while in one role.
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    /// A pre-candidate or a candidate, by the kind of its campaign.
+    Campaigning(CandidateState),
+    Leader,
 }
 
 pub struct Raft {
@@ -344,11 +348,10 @@ pub struct Raft {
     quorum: usize,
     term: u64,
     vote: Option<NodeId>,
-    role: Role,
+    role: RoleState,
     leader_id: Option<NodeId>,
     log: RaftLog,
     progress: BTreeMap<NodeId, Progress>,
-    votes: BTreeMap<NodeId, bool>,
     rng: StdRng,
     /// Ticks since the last election-timer reset (followers, candidates) or
     /// since the last CheckQuorum round (leader).
@@ -359,8 +362,6 @@ pub struct Raft {
     /// Leader: ticks since the transfer to `lead_transferee` began. Its own
     /// clock: CheckQuorum's (`election_elapsed`) is never reset by a transfer.
     transfer_elapsed: u64,
-    /// The kind of the current (or last) campaign, for resending requests.
-    campaign_kind: Campaign,
     /// Index the driver has applied (reported through `advance_applied`).
     applied_index: u64,
 
@@ -422,18 +423,16 @@ impl Raft {
             quorum,
             term: hard_state.term,
             vote: hard_state.vote,
-            role: Role::Follower,
+            role: RoleState::Follower,
             leader_id: None,
             log,
             progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
             election_elapsed: 0,
             randomized_election_timeout: config.election_timeout_ticks,
             heartbeat_elapsed: 0,
             lead_transferee: None,
             transfer_elapsed: 0,
-            campaign_kind: Campaign::Election,
             applied_index: snapshot.0,
             reads: ReadRounds::default(),
             reads_confirmed: VecDeque::new(),
@@ -461,7 +460,7 @@ impl Raft {
     /// on a fresh node, a pre-vote otherwise. A driver uses it to delay the
     /// hint until it can reach a quorum, so the vote requests are not lost.
     pub fn campaign_now(&mut self) {
-        if self.role == Role::Leader {
+        if self.is_leader() {
             return;
         }
         let fresh = self.term == 0 && self.log.last_index() == 0;
@@ -481,7 +480,16 @@ impl Raft {
     }
 
     pub fn role(&self) -> Role {
-        self.role
+        match &self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::Campaigning(c) if c.is_pre_vote() => Role::PreCandidate,
+            RoleState::Campaigning(_) => Role::Candidate,
+            RoleState::Leader => Role::Leader,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader)
     }
 
     pub fn term(&self) -> u64 {
@@ -499,7 +507,7 @@ impl Raft {
     pub fn status(&self) -> Status {
         Status {
             id: self.config.id,
-            role: self.role,
+            role: self.role(),
             term: self.term,
             vote: self.vote,
             leader_id: self.leader_id,
@@ -508,7 +516,7 @@ impl Raft {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             persisted_index: self.log.persisted(),
-            followers: if self.role == Role::Leader {
+            followers: if self.is_leader() {
                 self.progress
                     .iter()
                     .map(|(&id, p)| FollowerStatus {
@@ -530,21 +538,16 @@ impl Raft {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.election_elapsed += 1;
-        if self.role == Role::Leader {
+        if self.is_leader() {
             self.tick_leader();
         } else if self.election_elapsed < self.randomized_election_timeout {
-            let candidate = matches!(self.role, Role::Candidate | Role::PreCandidate);
+            let candidate = matches!(self.role, RoleState::Campaigning(_));
             if candidate
                 && self
                     .election_elapsed
                     .is_multiple_of(self.config.heartbeat_interval_ticks)
             {
-                let vote_term = if self.role == Role::PreCandidate {
-                    self.term + 1
-                } else {
-                    self.term
-                };
-                self.request_votes(vote_term);
+                self.request_votes();
             }
         } else {
             self.campaign(if self.config.pre_vote {
@@ -690,7 +693,7 @@ impl Raft {
             RaftMessage::AppendEntries(m) => self.handle_append_entries(from, m),
             RaftMessage::AppendEntriesReply(m) => self.handle_append_reply(from, m),
             RaftMessage::TimeoutNow(m) => {
-                if self.role != Role::Leader && m.term == self.term {
+                if !self.is_leader() && m.term == self.term {
                     self.campaign(Campaign::Transfer);
                 }
             }
@@ -710,7 +713,7 @@ impl Raft {
         kind: EntryKind,
         data: Arc<str>,
     ) -> Result<(u64, u64), ProposeError> {
-        if self.role != Role::Leader {
+        if !self.is_leader() {
             return Err(ProposeError::NotLeader {
                 leader_id: self.leader_id,
             });
@@ -738,7 +741,7 @@ impl Raft {
     /// confirmed and the state machine has applied the read index, `id` comes
     /// out in `Ready::reads`; if leadership is lost first, in `failed_reads`.
     pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
-        if self.role != Role::Leader {
+        if !self.is_leader() {
             return Err(ProposeError::NotLeader {
                 leader_id: self.leader_id,
             });
@@ -754,7 +757,7 @@ impl Raft {
     /// Hands leadership to `to` (thesis 3.10): stop taking proposals, bring it
     /// up to date, then tell it to start an election at once.
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {
-        if self.role != Role::Leader {
+        if !self.is_leader() {
             return Err(ProposeError::NotLeader {
                 leader_id: self.leader_id,
             });
@@ -773,7 +776,7 @@ impl Raft {
     /// The driver reports everything up to (`index`, `term`) durable.
     pub fn on_persisted(&mut self, index: u64, term: u64) {
         self.log.persisted_to(index, term);
-        if self.role == Role::Leader {
+        if self.is_leader() {
             self.maybe_commit();
         }
     }
@@ -817,7 +820,7 @@ impl Raft {
             .progress
             .get(&to)
             .is_some_and(|p| p.state == ProgressState::Snapshot);
-        if self.role != Role::Leader || !waiting {
+        if !self.is_leader() || !waiting {
             return;
         }
         let message = InstallSnapshot {
@@ -891,11 +894,11 @@ impl Raft {
                 .is_some_and(|r| r.index <= self.applied_index)
             || self.hard_state() != self.reported_hard_state
             || Some(self.soft_state()) != self.reported_soft_state
-            || (self.role == Role::Leader && self.peers.iter().any(|p| self.can_send_entries(*p)))
+            || (self.is_leader() && self.peers.iter().any(|p| self.can_send_entries(*p)))
     }
 
     pub fn ready(&mut self) -> Ready {
-        if self.role == Role::Leader {
+        if self.is_leader() {
             if self.reads.start_round() {
                 for peer in self.peers.clone() {
                     self.send_append(peer, true);
@@ -943,7 +946,7 @@ impl Raft {
 
     fn soft_state(&self) -> SoftState {
         SoftState {
-            role: self.role,
+            role: self.role(),
             term: self.term,
             leader_id: self.leader_id,
         }
@@ -979,11 +982,11 @@ impl Raft {
         if term > self.term {
             self.enter_term(term);
         }
-        let was_leader = self.role == Role::Leader;
+        let was_leader = self.is_leader();
         if was_leader {
             self.fail_pending_reads();
         }
-        self.role = Role::Follower;
+        self.role = RoleState::Follower;
         self.leader_id = leader_id;
         self.lead_transferee = None;
         // Figure 2: only a leader's AppendEntries, a granted vote or a new
@@ -999,68 +1002,8 @@ impl Raft {
         self.reads.fail_all(&mut self.failed_reads);
     }
 
-    fn campaign(&mut self, kind: Campaign) {
-        let vote_term = if kind == Campaign::PreElection {
-            // Thesis 9.6: ask first whether we could win, without changing
-            // our term or vote, so a node that cannot win disrupts no one.
-            self.role = Role::PreCandidate;
-            self.term + 1
-        } else {
-            self.role = Role::Candidate;
-            self.enter_term(self.term + 1);
-            self.vote = Some(self.config.id);
-            self.term
-        };
-        self.leader_id = None;
-        self.lead_transferee = None;
-        self.reset_election_timer();
-        self.votes.clear();
-        self.votes.insert(self.config.id, true);
-        self.campaign_kind = kind;
-        if self.votes_granted() >= self.quorum {
-            self.win_vote();
-            return;
-        }
-        self.request_votes(vote_term);
-    }
-
-    /// Sends the campaign's vote request to every peer that has not answered
-    /// yet. Called when a campaign starts and again every heartbeat interval,
-    /// since a request or its answer may be lost (a connection not yet up).
-    fn request_votes(&mut self, vote_term: u64) {
-        let kind = self.campaign_kind;
-        for peer in self.peers.clone() {
-            if self.votes.contains_key(&peer) {
-                continue;
-            }
-            self.send(
-                peer,
-                RaftMessage::RequestVote(RequestVote {
-                    term: vote_term,
-                    candidate_id: self.config.id,
-                    last_log_index: self.log.last_index(),
-                    last_log_term: self.log.last_term(),
-                    pre_vote: kind == Campaign::PreElection,
-                    leader_transfer: kind == Campaign::Transfer,
-                }),
-            );
-        }
-    }
-
-    fn votes_granted(&self) -> usize {
-        self.votes.values().filter(|&&g| g).count()
-    }
-
-    fn win_vote(&mut self) {
-        match self.role {
-            Role::PreCandidate => self.campaign(Campaign::Election),
-            Role::Candidate => self.become_leader(),
-            _ => unreachable!("won a vote as {}", self.role),
-        }
-    }
-
     fn become_leader(&mut self) {
-        self.role = Role::Leader;
+        self.role = RoleState::Leader;
         self.leader_id = Some(self.config.id);
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
@@ -1110,34 +1053,8 @@ impl Raft {
         self.send(from, reply);
     }
 
-    fn handle_vote_reply(&mut self, from: NodeId, m: RequestVoteReply) {
-        // Only answers to the election under way count: a reply to a request
-        // of an earlier campaign (say, an older term's rejection that arrived
-        // late) is not a vote in this one.
-        let any_election = self.broken(|r| r == BrokenRuleKind::VotesFromOlderElections);
-        let expected = match self.role {
-            Role::PreCandidate => m.pre_vote && (m.request_term == self.term + 1 || any_election),
-            Role::Candidate => {
-                !m.pre_vote && m.term == self.term && (m.request_term == self.term || any_election)
-            }
-            _ => false,
-        };
-        if !expected {
-            return;
-        }
-        self.votes.entry(from).or_insert(m.vote_granted);
-        let granted = self.votes_granted();
-        let rejected = self.votes.len() - granted;
-        if granted >= self.quorum {
-            self.win_vote();
-        } else if rejected >= self.quorum {
-            let term = self.term;
-            self.become_follower(term, None);
-        }
-    }
-
     fn handle_append_entries(&mut self, from: NodeId, m: AppendEntries) {
-        if self.role != Role::Follower || self.leader_id != Some(from) {
+        if !matches!(self.role, RoleState::Follower) || self.leader_id != Some(from) {
             // A candidate that sees a leader of its own term steps down.
             self.become_follower(m.term, Some(from));
         }
@@ -1181,7 +1098,7 @@ impl Raft {
         let current = m.request_term == self.term;
         let old_rounds = self.broken(|r| r == BrokenRuleKind::ReadRoundsFromOlderTerms);
         let old_progress = self.broken(|r| r == BrokenRuleKind::ProgressFromOlderTerms);
-        if self.role != Role::Leader || !(current || old_rounds || old_progress) {
+        if !self.is_leader() || !(current || old_rounds || old_progress) {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {
@@ -1228,7 +1145,7 @@ impl Raft {
     }
 
     fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
-        if self.role != Role::Follower || self.leader_id != Some(from) {
+        if !matches!(self.role, RoleState::Follower) || self.leader_id != Some(from) {
             self.become_follower(m.term, Some(from));
         }
         self.election_elapsed = 0;
@@ -1248,7 +1165,7 @@ impl Raft {
     }
 
     fn handle_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
-        if self.role != Role::Leader || m.request_term != self.term {
+        if !self.is_leader() || m.request_term != self.term {
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else {
@@ -1394,7 +1311,7 @@ impl Raft {
     /// after this ready's hard state and entries are durable.
     fn send(&mut self, to: NodeId, message: RaftMessage) {
         let out = Outbound { to, message };
-        if self.role == Role::Leader {
+        if self.is_leader() {
             self.outbox.push(out);
         } else {
             self.outbox_after_persist.push(out);
@@ -1405,7 +1322,11 @@ impl Raft {
     /// simulator's check that each is a real answer to this election.
     #[cfg(test)]
     pub(crate) fn votes_counted(&self) -> &BTreeMap<NodeId, bool> {
-        &self.votes
+        static NONE: BTreeMap<NodeId, bool> = BTreeMap::new();
+        match &self.role {
+            RoleState::Campaigning(c) => c.votes(),
+            _ => &NONE,
+        }
     }
 
     #[cfg(test)]
