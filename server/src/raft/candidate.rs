@@ -59,6 +59,7 @@ impl CandidateState {
 
 impl Raft {
     pub(super) fn campaign(&mut self, kind: Campaign) {
+        debug_assert!(!self.is_leader(), "a leader does not campaign");
         if kind != Campaign::PreElection {
             // Thesis 9.6: a pre-vote asks first whether we could win, without
             // changing our term or vote, so a node that cannot win disrupts
@@ -68,7 +69,6 @@ impl Raft {
         }
         self.role = RoleState::Campaigning(CandidateState::new(kind, self.config.id));
         self.leader_id = None;
-        self.lead_transferee = None;
         self.reset_election_timer();
         if 1 >= self.quorum {
             self.win_vote(kind);

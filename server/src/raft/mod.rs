@@ -29,6 +29,7 @@
 //! which is what lets the simulator in `sim` replay a failing seed exactly.
 
 mod candidate;
+mod leader;
 mod log;
 mod progress;
 mod read;
@@ -38,21 +39,21 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
 use poncho_protocol::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
-    NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
+    NodeId, RaftMessage, RequestVote, RequestVoteReply,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use self::candidate::{Campaign, CandidateState};
+use self::leader::LeaderState;
 pub use self::log::{AppendOutcome, RaftLog};
 pub use self::progress::{Progress, ProgressState};
-use self::read::ReadRounds;
 
 /// Static configuration of one node.
 #[derive(Clone, Debug)]
@@ -338,7 +339,7 @@ enum RoleState {
     Follower,
     /// A pre-candidate or a candidate, by the kind of its campaign.
     Campaigning(CandidateState),
-    Leader,
+    Leader(LeaderState),
 }
 
 pub struct Raft {
@@ -351,22 +352,14 @@ pub struct Raft {
     role: RoleState,
     leader_id: Option<NodeId>,
     log: RaftLog,
-    progress: BTreeMap<NodeId, Progress>,
     rng: StdRng,
     /// Ticks since the last election-timer reset (followers, candidates) or
     /// since the last CheckQuorum round (leader).
     election_elapsed: u64,
     randomized_election_timeout: u64,
-    heartbeat_elapsed: u64,
-    lead_transferee: Option<NodeId>,
-    /// Leader: ticks since the transfer to `lead_transferee` began. Its own
-    /// clock: CheckQuorum's (`election_elapsed`) is never reset by a transfer.
-    transfer_elapsed: u64,
     /// Index the driver has applied (reported through `advance_applied`).
     applied_index: u64,
 
-    /// ReadIndex: the confirmation rounds and the reads waiting on them.
-    reads: ReadRounds,
     /// Confirmed reads waiting for the state machine to reach their index.
     reads_confirmed: VecDeque<ReadState>,
     failed_reads: Vec<u64>,
@@ -426,15 +419,10 @@ impl Raft {
             role: RoleState::Follower,
             leader_id: None,
             log,
-            progress: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
             election_elapsed: 0,
             randomized_election_timeout: config.election_timeout_ticks,
-            heartbeat_elapsed: 0,
-            lead_transferee: None,
-            transfer_elapsed: 0,
             applied_index: snapshot.0,
-            reads: ReadRounds::default(),
             reads_confirmed: VecDeque::new(),
             failed_reads: Vec::new(),
             snapshots_to_send: Vec::new(),
@@ -484,12 +472,12 @@ impl Raft {
             RoleState::Follower => Role::Follower,
             RoleState::Campaigning(c) if c.is_pre_vote() => Role::PreCandidate,
             RoleState::Campaigning(_) => Role::Candidate,
-            RoleState::Leader => Role::Leader,
+            RoleState::Leader(_) => Role::Leader,
         }
     }
 
     fn is_leader(&self) -> bool {
-        matches!(self.role, RoleState::Leader)
+        matches!(self.role, RoleState::Leader(_))
     }
 
     pub fn term(&self) -> u64 {
@@ -516,8 +504,9 @@ impl Raft {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             persisted_index: self.log.persisted(),
-            followers: if self.is_leader() {
-                self.progress
+            followers: match self.leader() {
+                Some(leader) => leader
+                    .progress
                     .iter()
                     .map(|(&id, p)| FollowerStatus {
                         id,
@@ -526,9 +515,8 @@ impl Raft {
                         state: p.state,
                         inflight_messages: p.inflight_count(),
                     })
-                    .collect()
-            } else {
-                Vec::new()
+                    .collect(),
+                None => Vec::new(),
             },
         }
     }
@@ -555,65 +543,6 @@ impl Raft {
             } else {
                 Campaign::Election
             });
-        }
-    }
-
-    fn tick_leader(&mut self) {
-        if self.election_elapsed >= self.config.election_timeout_ticks {
-            self.election_elapsed = 0;
-            // CheckQuorum (thesis 9.6): a leader cut off from a majority steps
-            // down instead of accepting writes it can never commit.
-            if self.config.check_quorum {
-                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
-                if active < self.quorum {
-                    let term = self.term;
-                    self.become_follower(term, None);
-                    return;
-                }
-                for p in self.progress.values_mut() {
-                    p.recent_active = false;
-                }
-            }
-        }
-        if self.lead_transferee.is_some() {
-            // A transfer that has not finished within an election timeout
-            // has failed; take proposals again.
-            self.transfer_elapsed += 1;
-            if self.transfer_elapsed >= self.config.election_timeout_ticks {
-                self.lead_transferee = None;
-            }
-        }
-        // A snapshot chunk or its acknowledgement may be lost: resend from
-        // the last acknowledged offset every few heartbeats, and give the
-        // transfer up if it makes no progress for `snapshot_stall_ticks`.
-        let stall_limit = self.config.snapshot_stall_ticks;
-        let resend_every = 2 * self.config.heartbeat_interval_ticks + 1;
-        for (&id, p) in self.progress.iter_mut() {
-            if p.state != ProgressState::Snapshot {
-                continue;
-            }
-            p.snapshot_stalled_ticks += 1;
-            if p.snapshot_stalled_ticks > stall_limit {
-                p.become_probe(); // the next append finds out what it needs
-            } else if p.snapshot_stalled_ticks % resend_every == 0 {
-                if p.snapshot_index == 0 {
-                    self.snapshots_to_send.push(id);
-                } else {
-                    let (index, next_offset) = (p.snapshot_index, p.snapshot_offset);
-                    self.snapshot_acks.push(SnapshotAck {
-                        to: id,
-                        index,
-                        next_offset,
-                    });
-                }
-            }
-        }
-        self.heartbeat_elapsed += 1;
-        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
-            self.heartbeat_elapsed = 0;
-            for peer in self.peers.clone() {
-                self.send_append(peer, true);
-            }
         }
     }
 
@@ -713,12 +642,12 @@ impl Raft {
         kind: EntryKind,
         data: Arc<str>,
     ) -> Result<(u64, u64), ProposeError> {
-        if !self.is_leader() {
+        let Some(leader) = self.leader() else {
             return Err(ProposeError::NotLeader {
                 leader_id: self.leader_id,
             });
-        }
-        if self.lead_transferee.is_some() {
+        };
+        if leader.transfer.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
         if kind == EntryKind::Command
@@ -741,16 +670,15 @@ impl Raft {
     /// confirmed and the state machine has applied the read index, `id` comes
     /// out in `Ready::reads`; if leadership is lost first, in `failed_reads`.
     pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
-        if !self.is_leader() {
-            return Err(ProposeError::NotLeader {
-                leader_id: self.leader_id,
-            });
-        }
         // Until an entry of its own term commits, the leader does not know
         // the commit index (thesis 6.4 step 1).
         let term_commit =
             (self.log.term(self.log.committed()) == Some(self.term)).then(|| self.log.committed());
-        self.reads.push(id, term_commit);
+        let leader_id = self.leader_id;
+        let leader = self
+            .leader_mut()
+            .ok_or(ProposeError::NotLeader { leader_id })?;
+        leader.reads.push(id, term_commit);
         Ok(())
     }
 
@@ -765,9 +693,8 @@ impl Raft {
         if to == self.config.id || !self.peers.contains(&to) {
             return Ok(()); // nothing to do, or not a member we can hand to
         }
-        if self.lead_transferee != Some(to) {
-            self.lead_transferee = Some(to);
-            self.transfer_elapsed = 0;
+        if let Some(leader) = self.leader_mut() {
+            leader.start_transfer(to);
         }
         self.maybe_send_timeout_now(to);
         Ok(())
@@ -776,9 +703,7 @@ impl Raft {
     /// The driver reports everything up to (`index`, `term`) durable.
     pub fn on_persisted(&mut self, index: u64, term: u64) {
         self.log.persisted_to(index, term);
-        if self.is_leader() {
-            self.maybe_commit();
-        }
+        self.maybe_commit(); // a leader's own write counts towards a majority
     }
 
     /// The driver reports its state machine has applied up to `index`.
@@ -817,10 +742,10 @@ impl Raft {
         done: bool,
     ) {
         let waiting = self
-            .progress
-            .get(&to)
+            .leader()
+            .and_then(|l| l.progress.get(&to))
             .is_some_and(|p| p.state == ProgressState::Snapshot);
-        if !self.is_leader() || !waiting {
+        if !waiting {
             return;
         }
         let message = InstallSnapshot {
@@ -883,7 +808,7 @@ impl Raft {
             || !self.outbox_after_persist.is_empty()
             || self.log.has_unstable()
             || self.log.has_committed_to_apply()
-            || self.reads.round_wanted()
+            || self.leader().is_some_and(|l| l.reads.round_wanted())
             || !self.failed_reads.is_empty()
             || !self.snapshots_to_send.is_empty()
             || !self.snapshot_acks.is_empty()
@@ -899,7 +824,7 @@ impl Raft {
 
     pub fn ready(&mut self) -> Ready {
         if self.is_leader() {
-            if self.reads.start_round() {
+            if self.leader_mut().is_some_and(|l| l.reads.start_round()) {
                 for peer in self.peers.clone() {
                     self.send_append(peer, true);
                 }
@@ -983,12 +908,11 @@ impl Raft {
             self.enter_term(term);
         }
         let was_leader = self.is_leader();
-        if was_leader {
-            self.fail_pending_reads();
+        if let RoleState::Leader(leader) = &mut self.role {
+            leader.reads.fail_all(&mut self.failed_reads);
         }
         self.role = RoleState::Follower;
         self.leader_id = leader_id;
-        self.lead_transferee = None;
         // Figure 2: only a leader's AppendEntries, a granted vote or a new
         // election resets the timer. Stepping down because a candidate has a
         // higher term does not, or candidates with stale logs could keep
@@ -996,27 +920,6 @@ impl Raft {
         if leader_id.is_some() || was_leader {
             self.reset_election_timer();
         }
-    }
-
-    fn fail_pending_reads(&mut self) {
-        self.reads.fail_all(&mut self.failed_reads);
-    }
-
-    fn become_leader(&mut self) {
-        self.role = RoleState::Leader;
-        self.leader_id = Some(self.config.id);
-        self.election_elapsed = 0;
-        self.heartbeat_elapsed = 0;
-        self.reads = ReadRounds::default();
-        let next = self.log.last_index() + 1;
-        self.progress = self
-            .peers
-            .iter()
-            .map(|&p| (p, Progress::new(next)))
-            .collect();
-        // The no-op lets the leader commit, and so learn, everything before it.
-        self.propose_entry(EntryKind::Noop, Arc::from(""))
-            .expect("a new leader can always append its no-op");
     }
 
     // ------------------------------------------------------------- handlers
@@ -1091,59 +994,6 @@ impl Raft {
         self.send(from, RaftMessage::AppendEntriesReply(reply));
     }
 
-    fn handle_append_reply(&mut self, from: NodeId, m: AppendEntriesReply) {
-        // A reply to a message of an earlier term (this node may have led
-        // then too) proves nothing about this term: its read round numbers a
-        // round of that term, and its rejection carries no log position.
-        let current = m.request_term == self.term;
-        let old_rounds = self.broken(|r| r == BrokenRuleKind::ReadRoundsFromOlderTerms);
-        let old_progress = self.broken(|r| r == BrokenRuleKind::ProgressFromOlderTerms);
-        if !self.is_leader() || !(current || old_rounds || old_progress) {
-            return;
-        }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return;
-        };
-        pr.recent_active = true;
-        if m.read_round > pr.read_round && (current || old_rounds) {
-            pr.read_round = m.read_round;
-            self.confirm_reads();
-        }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return;
-        };
-        if !(current || old_progress) {
-            return;
-        }
-        if m.success {
-            if pr.acknowledge(m.index) {
-                self.maybe_commit();
-                if self.lead_transferee == Some(from) {
-                    self.maybe_send_timeout_now(from);
-                }
-            }
-        } else {
-            let next_hint = if m.conflict_term > 0 {
-                // If we have entries of the follower's conflicting term, the
-                // logs agree up to our last one of them; else skip the term.
-                match self.log.last_index_of_term(m.conflict_term) {
-                    Some(i) if i < m.index => i + 1,
-                    _ => m.conflict_index,
-                }
-            } else {
-                m.conflict_index
-            };
-            // Only a follower that lost state rejects with a log shorter than
-            // what it acknowledged (messages on one connection arrive in
-            // order; in the simulator a reordered reply only costs a resend).
-            let lost = m.conflict_term == 0
-                && pr.follower_lost_entries(m.index, m.conflict_index.saturating_sub(1));
-            if lost || pr.reject(m.index, next_hint) {
-                self.send_append(from, false);
-            }
-        }
-    }
-
     fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
         if !matches!(self.role, RoleState::Follower) || self.leader_id != Some(from) {
             self.become_follower(m.term, Some(from));
@@ -1164,147 +1014,6 @@ impl Raft {
         self.snapshot_chunks.push((from, m));
     }
 
-    fn handle_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
-        if !self.is_leader() || m.request_term != self.term {
-            return;
-        }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return;
-        };
-        pr.recent_active = true;
-        if pr.state != ProgressState::Snapshot {
-            return;
-        }
-        if m.installed {
-            pr.acknowledge(m.last_included_index);
-            pr.become_probe();
-            self.send_append(from, false);
-        } else if pr.snapshot_acknowledged(m.last_included_index, m.next_offset) {
-            self.snapshot_acks.push(SnapshotAck {
-                to: from,
-                index: m.last_included_index,
-                next_offset: m.next_offset,
-            });
-        }
-    }
-
-    // ----------------------------------------------------------- replication
-
-    fn can_send_entries(&self, to: NodeId) -> bool {
-        self.progress.get(&to).is_some_and(|p| {
-            !p.is_paused(self.config.max_inflight_messages) && p.next_index <= self.log.last_index()
-        })
-    }
-
-    /// Sends `to` the entries it needs next, if its progress allows. A
-    /// heartbeat is sent even when there is nothing new or the follower is
-    /// paused, and it resends a probe that may have been lost. Returns whether
-    /// entries were sent.
-    fn send_append(&mut self, to: NodeId, heartbeat: bool) -> bool {
-        let max_inflight = self.config.max_inflight_messages;
-        let Some(pr) = self.progress.get_mut(&to) else {
-            return false;
-        };
-        if pr.state == ProgressState::Snapshot {
-            return false; // the snapshot transfer keeps its own pace
-        }
-        if heartbeat && pr.state == ProgressState::Probe {
-            pr.probe_sent = false;
-        }
-        let paused = pr.is_paused(max_inflight);
-        if paused && !heartbeat {
-            return false;
-        }
-        let prev_log_index = pr.next_index - 1;
-        if self.log.term(prev_log_index).is_none() {
-            // The entries this follower needs are compacted away.
-            pr.become_snapshot();
-            self.snapshots_to_send.push(to);
-            return false;
-        }
-        let entries = if paused {
-            Vec::new()
-        } else {
-            self.log.slice(
-                pr.next_index,
-                self.config.max_entries_per_message,
-                self.config.max_bytes_per_message,
-            )
-        };
-        if entries.is_empty() && !heartbeat {
-            return false;
-        }
-        match entries.last() {
-            Some(last) => pr.sent(last.index),
-            None if pr.state == ProgressState::Probe => pr.probe_sent = true,
-            None => {}
-        }
-        let prev_log_term = self
-            .log
-            .term(prev_log_index)
-            .expect("progress points inside the log");
-        let sent_entries = !entries.is_empty();
-        let message = RaftMessage::AppendEntries(AppendEntries {
-            term: self.term,
-            leader_id: self.config.id,
-            prev_log_index,
-            prev_log_term,
-            entries,
-            leader_commit: self.log.committed(),
-            read_round: self.reads.round(),
-        });
-        self.send(to, message);
-        sent_entries
-    }
-
-    /// Figure 8: commit the highest index stored on a majority, but only if
-    /// its entry is from the current term. Earlier entries commit with it.
-    fn maybe_commit(&mut self) {
-        let mut matched: Vec<u64> = self.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.log.persisted());
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum - 1];
-        if self.log.term(candidate) != Some(self.term)
-            && !self.broken(|r| r == BrokenRuleKind::CommitOlderTermByCounting)
-        {
-            return;
-        }
-        if self.log.commit_to(candidate) && self.log.term(candidate) == Some(self.term) {
-            self.reads.term_committed(self.log.committed());
-        }
-    }
-
-    /// Moves reads whose round a majority has answered to the confirmed queue.
-    fn confirm_reads(&mut self) {
-        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
-        rounds.push(self.reads.round());
-        rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let mut confirmed = rounds[self.quorum - 1];
-        if self.broken(|r| r == BrokenRuleKind::ReadWithoutQuorum) {
-            confirmed = self.reads.round();
-        }
-        self.reads
-            .confirm_through(confirmed, &mut self.reads_confirmed);
-    }
-
-    fn maybe_send_timeout_now(&mut self, to: NodeId) {
-        let caught_up = self
-            .progress
-            .get(&to)
-            .is_some_and(|p| p.match_index == self.log.last_index());
-        if caught_up {
-            self.send(
-                to,
-                RaftMessage::TimeoutNow(TimeoutNow {
-                    term: self.term,
-                    leader_id: self.config.id,
-                }),
-            );
-        } else {
-            self.send_append(to, false);
-        }
-    }
-
     /// Queues a message. A leader's messages promise nothing about its own
     /// disk and leave at once; anything else (votes, acknowledgements, and a
     /// candidate's requests, which rely on its vote for itself) leaves only
@@ -1321,8 +1030,8 @@ impl Raft {
     /// The answers a (pre-)candidate has counted in its campaign, for the
     /// simulator's check that each is a real answer to this election.
     #[cfg(test)]
-    pub(crate) fn votes_counted(&self) -> &BTreeMap<NodeId, bool> {
-        static NONE: BTreeMap<NodeId, bool> = BTreeMap::new();
+    pub(crate) fn votes_counted(&self) -> &std::collections::BTreeMap<NodeId, bool> {
+        static NONE: std::collections::BTreeMap<NodeId, bool> = std::collections::BTreeMap::new();
         match &self.role {
             RoleState::Campaigning(c) => c.votes(),
             _ => &NONE,
