@@ -12,7 +12,7 @@ use poncho_protocol::{
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
-use crate::client::{status_of, CallError, ClusterClient, Reply, Route};
+use crate::client::{status_of, ClientError, ClusterClient, Reply, Route};
 use crate::command::{help_text, quote, quote_always, Command};
 
 /// A command that worked.
@@ -45,7 +45,7 @@ pub enum Failure {
     /// Not a command, or the wrong arguments: exit status 2.
     Usage(String),
     /// The cluster said no, or could not be reached in time: exit status 1.
-    Call(CallError),
+    Call(ClientError),
 }
 
 impl Failure {
@@ -79,8 +79,8 @@ impl Failure {
     }
 }
 
-impl From<CallError> for Failure {
-    fn from(e: CallError) -> Failure {
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
         Failure::Call(e)
     }
 }
@@ -89,7 +89,7 @@ pub type Outcome = Result<Done, Failure>;
 
 fn payload<T: DeserializeOwned>(reply: Reply) -> Result<T, Failure> {
     serde_json::from_value(reply.envelope.payload).map_err(|e| {
-        Failure::Call(CallError::Protocol(format!(
+        Failure::Call(ClientError::Protocol(format!(
             "unexpected {} reply from {}: {e}",
             reply.envelope.msg_type, reply.addr
         )))
@@ -257,7 +257,7 @@ pub fn execute(client: &mut ClusterClient, command: &Command) -> Outcome {
             };
             let reply = client.probe(&message)?;
             if let Some(e) = reply.envelope.error() {
-                return Err(Failure::Call(CallError::Server(e)));
+                return Err(Failure::Call(ClientError::Server(e)));
             }
             let pretty = format!("{}  (from {})", reply.line, reply.addr);
             Ok(Done::new(
@@ -458,7 +458,7 @@ fn leader(client: &mut ClusterClient) -> Outcome {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break Err(
-                no_leader.unwrap_or(Failure::Call(CallError::Unreachable(format!(
+                no_leader.unwrap_or(Failure::Call(ClientError::Unreachable(format!(
                     "gave up after {timeout:?}"
                 )))),
             );
@@ -469,7 +469,7 @@ fn leader(client: &mut ClusterClient) -> Outcome {
                 Ok(s) => s,
                 Err(e) => break Err(e),
             },
-            Err(CallError::Interrupted) => break Err(CallError::Interrupted.into()),
+            Err(ClientError::Interrupted) => break Err(ClientError::Interrupted.into()),
             Err(e) => break Err(no_leader.unwrap_or(e.into())),
         };
         if let (Some(id), Some(addr)) = (s.leader_id, s.leader_addr.clone()) {
@@ -479,7 +479,7 @@ fn leader(client: &mut ClusterClient) -> Outcome {
                 json!({"id": id, "addr": addr}),
             ));
         }
-        no_leader = Some(Failure::Call(CallError::Server(ErrorReply::new(
+        no_leader = Some(Failure::Call(ClientError::Server(ErrorReply::new(
             ErrorCode::NoLeader,
             format!(
                 "node {} at {} knows no leader (gave up after {timeout:?})",
@@ -525,7 +525,7 @@ mod tests {
             (u.exit_code(), u.code(), u.text()),
             (2, "USAGE".into(), "usage: get KEY".into())
         );
-        let c = Failure::Call(CallError::Unreachable("no node answered".into()));
+        let c = Failure::Call(ClientError::Unreachable("no node answered".into()));
         assert_eq!(c.exit_code(), 1);
         assert_eq!(c.text(), "UNREACHABLE: no node answered");
     }

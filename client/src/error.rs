@@ -1,0 +1,58 @@
+//! Why a request failed, typed so callers decide what to do with each case.
+
+use std::fmt;
+
+use poncho_protocol::ErrorReply;
+
+/// Why a request failed, after every retry the deadline allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The cluster's answer (or, at the deadline, its last answer).
+    Server(ErrorReply),
+    /// No node could be reached, or none replied in time.
+    Unreachable(String),
+    /// A request sent but not answered before the deadline: its outcome is
+    /// unknown (a write may still be applied).
+    NoReply(String),
+    /// A write's session expired while it was retried after an attempt that
+    /// may have been applied: whether it was is unknown. The next write
+    /// opens a new session.
+    OutcomeUnknown(String),
+    /// A reply that is not the protocol.
+    Protocol(String),
+    /// Ctrl-C while waiting.
+    Interrupted,
+}
+
+impl ClientError {
+    /// What `--json` reports as `error.code`.
+    pub fn code(&self) -> String {
+        match self {
+            ClientError::Server(e) => e.code.to_string(),
+            ClientError::Unreachable(_) => "UNREACHABLE".into(),
+            ClientError::NoReply(_) => "TIMEOUT".into(),
+            ClientError::OutcomeUnknown(_) => "OUTCOME_UNKNOWN".into(),
+            ClientError::Protocol(_) => "PROTOCOL".into(),
+            ClientError::Interrupted => "INTERRUPTED".into(),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Server(e) => e.message.clone(),
+            ClientError::Unreachable(m)
+            | ClientError::NoReply(m)
+            | ClientError::OutcomeUnknown(m)
+            | ClientError::Protocol(m) => m.clone(),
+            ClientError::Interrupted => "cancelled (Ctrl-C)".into(),
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+impl std::error::Error for ClientError {}
