@@ -35,6 +35,8 @@ mod progress;
 mod read;
 
 #[cfg(test)]
+mod script;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
