@@ -23,6 +23,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use poncho_client::{ClientError, Connection};
 use poncho_protocol::{ErrorCode, LineBuffer, ReplyEnvelope};
 use rand::rngs::StdRng as SmallRng;
 use rand::{Rng, SeedableRng};
@@ -217,67 +218,28 @@ fn client_id_of(reply: &ReplyEnvelope) -> Result<u64, String> {
     })
 }
 
-/// Opens a session on a new (blocking) connection: its client_id.
-fn register(s: &mut StdTcpStream) -> Result<u64, String> {
+/// Opens a session on a new (blocking) connection to `leader`, which the
+/// bench then drives on its own: the stream and the session's client_id.
+fn register(std: StdTcpStream, leader: SocketAddr) -> Result<(StdTcpStream, u64), String> {
     let failed = |e: String| format!("cannot open a client session: {e}");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| failed(e.to_string()))?;
-    s.write_all(REGISTER_LINE)
-        .map_err(|e| failed(e.to_string()))?;
-    let line = read_reply_line(s).map_err(failed)?;
-    let reply: ReplyEnvelope =
-        serde_json::from_slice(&line).map_err(|e| failed(format!("bad reply: {e}")))?;
-    if reply.msg_type != "REGISTER_CLIENT" {
-        return Err(failed(reply.payload.to_string()));
-    }
-    client_id_of(&reply)
-}
-
-/// One reply line from a blocking connection (without its newline).
-fn read_reply_line(s: &mut StdTcpStream) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.contains(&b'\n') {
-        match s.read(&mut chunk) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-    buf.truncate(end);
-    Ok(buf)
+    let mut conn =
+        Connection::from_stream(std, &leader.to_string()).map_err(|e| failed(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client_id = poncho_client::register(&mut conn, deadline).map_err(|e| match e {
+        // The error reply as the server sent it.
+        ClientError::Server(e) => failed(serde_json::to_string(&e).unwrap_or_default()),
+        e => failed(e.message()),
+    })?;
+    let std = conn.into_stream().map_err(|e| failed(e.to_string()))?;
+    Ok((std, client_id))
 }
 
 /// Finds the leader through STATUS on any reachable member.
 fn find_leader(cluster: &[SocketAddr]) -> Result<SocketAddr, String> {
-    for &addr in cluster {
-        let Ok(mut s) = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-            continue;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"{\"msg_type\":\"STATUS\"}\n").is_err() {
-            continue;
-        }
-        let Ok(line) = read_reply_line(&mut s) else {
-            continue;
-        };
-        let Ok(reply) = serde_json::from_slice::<ReplyEnvelope>(&line) else {
-            continue;
-        };
-        match reply.payload["role"].as_str() {
-            Some("leader") => return Ok(addr),
-            _ => {
-                if let Some(leader) = reply.payload["leader_addr"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                {
-                    return Ok(leader);
-                }
-            }
-        }
-    }
-    Err(format!("no leader found among {cluster:?}"))
+    let addrs: Vec<String> = cluster.iter().map(SocketAddr::to_string).collect();
+    poncho_client::find_leader(&addrs, Duration::from_secs(2))
+        .and_then(|leader| leader.parse().ok())
+        .ok_or_else(|| format!("no leader found among {cluster:?}"))
 }
 
 fn cpu_seconds() -> f64 {
@@ -435,12 +397,11 @@ fn run(args: &Args) -> Result<Outcome, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let mut std =
-            StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
+        let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
         // Every poncho connection writes in a session of its own.
-        let session = match args.target {
-            Target::Poncho => Some(register(&mut std)?),
-            Target::Etcd => None,
+        let (std, session) = match args.target {
+            Target::Poncho => register(std, leader).map(|(s, id)| (s, Some(id)))?,
+            Target::Etcd => (std, None),
         };
         std.set_nonblocking(true).map_err(|e| e.to_string())?;
         std.set_nodelay(true).map_err(|e| e.to_string())?;

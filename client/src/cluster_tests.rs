@@ -199,3 +199,29 @@ fn an_unreachable_cluster_fails_at_the_deadline() {
         "{took:?}"
     );
 }
+
+#[test]
+fn find_leader_takes_the_leader_a_follower_names_or_the_leader_itself() {
+    let status = |role: &str, leader: &str| -> &'static str {
+        Box::leak(
+            format!(
+                r#"{{"msg_type":"STATUS","req_id":{{req_id}},"payload":{{"id":2,"addr":"a","role":"{role}","term":3,"leader_id":1,"leader_addr":"{leader}","commit_index":0,"last_applied":0,"last_log_index":0,"members":[]}}}}"#
+            )
+            .into_boxed_str(),
+        )
+    };
+    // A node that is gone, then a follower that names the leader.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (follower, node) = fake_node(vec![status("follower", "10.0.0.1:7")]);
+    let found = crate::find_leader(&[gone, follower], Duration::from_secs(2));
+    assert_eq!(found.as_deref(), Some("10.0.0.1:7"));
+    assert_eq!(node.join().unwrap().len(), 1);
+    let (leader, node) = fake_node(vec![status("leader", "elsewhere")]);
+    let found = crate::find_leader(std::slice::from_ref(&leader), Duration::from_secs(2));
+    assert_eq!(found, Some(leader));
+    node.join().unwrap();
+}

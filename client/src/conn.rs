@@ -72,19 +72,22 @@ impl Connection {
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(10), Duration::from_secs(1));
             match TcpStream::connect_timeout(&sock, left) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_read_timeout(Some(SLICE))?;
-                    return Ok(Connection {
-                        addr: addr.to_string(),
-                        stream,
-                        buf: LineBuffer::new(MAX_REPLY_BYTES),
-                    });
-                }
+                Ok(stream) => return Connection::from_stream(stream, addr),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// A connection on a stream the caller opened (to `addr`).
+    pub fn from_stream(stream: TcpStream, addr: &str) -> io::Result<Connection> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(SLICE))?;
+        Ok(Connection {
+            addr: addr.to_string(),
+            stream,
+            buf: LineBuffer::new(MAX_REPLY_BYTES),
+        })
     }
 
     /// The address this connection was opened to, as given.
