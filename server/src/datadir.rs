@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::durable::{self, io_err, PathError};
+
 /// The file in a data directory that the server using it holds locked.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -58,14 +60,16 @@ impl fmt::Display for LockError {
 
 impl std::error::Error for LockError {}
 
+impl PathError for LockError {
+    fn io(path: PathBuf, source: io::Error) -> Self {
+        LockError::Io { path, source }
+    }
+}
+
 impl DirLock {
     /// Locks `dir` (which must exist) without waiting.
     pub fn acquire(dir: &Path) -> Result<DirLock, LockError> {
         let path = dir.join(LOCK_FILE);
-        let io_err = |source| LockError::Io {
-            path: path.clone(),
-            source,
-        };
         // Never truncated on open: until we hold the lock the PID in it is
         // the holder's.
         let file = OpenOptions::new()
@@ -74,7 +78,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(io_err)?;
+            .map_err(io_err(&path))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -86,16 +90,16 @@ impl DirLock {
                     pid,
                 });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
         }
         let pid = format!("{}\n", std::process::id());
-        file.set_len(0).map_err(io_err)?;
+        file.set_len(0).map_err(io_err(&path))?;
         match file.write_all_at(pid.as_bytes(), 0) {
             Ok(()) => {}
             // The lock is what keeps others out, and a node must start on
             // a full disk: the file is left empty ("PID unknown").
             Err(e) if e.kind() == io::ErrorKind::StorageFull => {}
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         }
         Ok(DirLock { _file: file })
     }
@@ -135,28 +139,14 @@ pub fn create_dir_durable(dir: &Path, fsync: bool) -> io::Result<()> {
     }
     if fsync {
         for new in &missing {
-            match new.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-                _ => sync_dir(Path::new("."))?,
-            }
+            durable::sync_dir(durable::parent_dir(new))?;
         }
     }
     Ok(())
 }
 
-/// fsyncs the directory `dir`, making its entries (files created, renamed or
-/// removed in it) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(test)]
-    tests::record_sync(dir);
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::cell::RefCell;
-    use std::path::{Path, PathBuf};
-
+mod tests {
     use super::*;
 
     #[test]
@@ -182,24 +172,5 @@ pub(crate) mod tests {
         fs::write(&path, "999999999\nleftover").unwrap();
         let _lock = DirLock::acquire(dir.path()).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), format!("{pid}\n"));
-    }
-
-    thread_local! {
-        static SYNCED: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
-    }
-
-    pub(crate) fn record_sync(dir: &Path) {
-        SYNCED.with(|s| {
-            if let Some(list) = s.borrow_mut().as_mut() {
-                list.push(dir.to_path_buf());
-            }
-        });
-    }
-
-    /// Runs `f` and returns the directories this thread fsynced meanwhile.
-    pub(crate) fn dirs_synced_by(f: impl FnOnce()) -> Vec<PathBuf> {
-        SYNCED.with(|s| *s.borrow_mut() = Some(Vec::new()));
-        f();
-        SYNCED.with(|s| s.borrow_mut().take().unwrap_or_default())
     }
 }

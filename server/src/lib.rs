@@ -2,6 +2,7 @@
 //! it drives, and the event loop that hosts them.
 
 pub mod datadir;
+pub mod durable;
 pub mod kv;
 #[macro_use]
 pub mod log;

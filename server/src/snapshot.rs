@@ -40,6 +40,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use poncho_protocol::NodeId;
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{self, io_err, PathError};
+
 const VERSION: u64 = 1;
 /// Longest footer that can be valid: three fields of at most 20 digits each
 /// plus the punctuation is well under this.
@@ -95,10 +97,9 @@ impl std::error::Error for SnapshotError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
+impl PathError for SnapshotError {
+    fn io(path: PathBuf, source: io::Error) -> Self {
+        SnapshotError::Io { path, source }
     }
 }
 
@@ -202,33 +203,15 @@ impl Drop for TempFile {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-/// Moves a complete temp file into place. The file's data must be durable
-/// before the rename, or a crash could leave the final name on a file whose
-/// blocks never reached the disk; the directory sync makes the rename itself
-/// durable before the caller builds on it (compacts the log, say).
-fn install(
-    mut tmp: TempFile,
-    file: File,
-    dir: &Path,
-    to: &Path,
-    fsync: bool,
-) -> Result<(), SnapshotError> {
-    if fsync {
-        file.sync_all().map_err(io_err(&tmp.path))?;
+/// Moves a complete temp file into place, durably (see [`durable::replace`]),
+/// before the caller builds on it (compacts the log, say).
+fn install(mut tmp: TempFile, file: File, to: &Path, fsync: bool) -> Result<(), SnapshotError> {
+    let result = durable::replace(file, &tmp.path, to, fsync, &());
+    if !matches!(&result, Err(f) if f.op != durable::Op::SyncDir) {
+        // Renamed: the temp name is gone.
+        tmp.keep();
     }
-    drop(file);
-    fs::rename(&tmp.path, to).map_err(io_err(to))?;
-    tmp.keep();
-    if fsync {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    result.map_err(durable::Failure::into_err)
 }
 
 fn encode_json<T: Serialize>(value: &T) -> Result<String, SnapshotError> {
@@ -240,7 +223,6 @@ fn encode_json<T: Serialize>(value: &T) -> Result<String, SnapshotError> {
 /// rename to `snap-<index:020>-<term:020>.snap`, fsync dir. Dropped without
 /// `finish()` = temp file removed.
 pub struct SnapshotWriter {
-    dir: PathBuf,
     final_path: PathBuf,
     // Declared before `tmp` so the file is closed before it is deleted.
     out: BufWriter<File>,
@@ -278,7 +260,6 @@ impl SnapshotWriter {
             members: &meta.members,
         })?;
         let mut writer = SnapshotWriter {
-            dir: dir.to_path_buf(),
             final_path: snap_path(dir, meta.index, meta.term),
             out: BufWriter::with_capacity(READ_BUF, file),
             tmp,
@@ -310,7 +291,6 @@ impl SnapshotWriter {
     /// Writes the footer and moves the file into place; returns its path.
     pub fn finish(self) -> Result<PathBuf, SnapshotError> {
         let SnapshotWriter {
-            dir,
             final_path,
             mut out,
             tmp,
@@ -334,7 +314,7 @@ impl SnapshotWriter {
         let file = out
             .into_inner()
             .map_err(|e| io_err(&tmp.path)(e.into_error()))?;
-        install(tmp, file, &dir, &final_path, fsync)?;
+        install(tmp, file, &final_path, fsync)?;
         Ok(final_path)
     }
 
@@ -463,7 +443,7 @@ impl SnapshotReceiver {
             return Err(corrupt(&tmp.path, why));
         }
         let final_path = snap_path(&dir, index, term);
-        install(tmp, file, &dir, &final_path, fsync)?;
+        install(tmp, file, &final_path, fsync)?;
         Ok((meta, final_path))
     }
 }

@@ -88,6 +88,7 @@ use std::sync::Arc;
 use poncho_protocol::{Entry, EntryKind};
 
 use crate::datadir;
+use crate::durable::{self, io_err, Failure, Op, PathError};
 use crate::raft::HardState;
 
 const HEADER: usize = 8;
@@ -200,10 +201,9 @@ impl std::error::Error for StorageError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io {
-        path: path.to_path_buf(),
-        source,
+impl PathError for StorageError {
+    fn io(path: PathBuf, source: io::Error) -> Self {
+        StorageError::Io { path, source }
     }
 }
 
@@ -313,6 +313,25 @@ impl Faults {
     }
 }
 
+impl durable::Hook for Faults {
+    #[inline(always)]
+    fn before(&self, op: Op) -> io::Result<()> {
+        match op {
+            Op::Create => self.check(Step::CreateSegment),
+            Op::Remove => Ok(()),
+            Op::Rename => self.check(Step::Rename),
+            Op::SyncFile | Op::SyncDir => self.check(Step::Sync),
+        }
+    }
+}
+
+/// Which end of the log [`Storage::delete_segments`] deletes from.
+#[derive(Clone, Copy)]
+enum End {
+    Oldest,
+    Newest,
+}
+
 impl Storage {
     pub fn open(dir: &Path, options: StorageOptions) -> Result<(Storage, Recovered), StorageError> {
         datadir::create_dir_durable(dir, options.fsync).map_err(io_err(dir))?;
@@ -353,10 +372,8 @@ impl Storage {
             Some(last) => open_write(&last.path)?,
             None => {
                 let path = segment_path(dir, 1);
-                let file = create_segment(&path)?;
-                if options.fsync {
-                    sync_dir(dir)?;
-                }
+                let file =
+                    durable::create_new(&path, options.fsync, &()).map_err(Failure::into_err)?;
                 segments.push(Segment::empty(1, path));
                 file
             }
@@ -481,22 +498,9 @@ impl Storage {
             .check(Step::HardState)
             .and_then(|()| file.write_all(&b))
             .map_err(io_err(&tmp))?;
-        if self.options.fsync {
-            if let Err(source) = self.faults.check(Step::Sync).and_then(|()| file.sync_all()) {
-                self.health = Health::Failed;
-                return Err(io_err(&tmp)(source));
-            }
-        }
-        drop(file);
         let real = self.dir.join(HARD_STATE_FILE);
-        self.faults
-            .check(Step::Rename)
-            .and_then(|()| fs::rename(&tmp, &real))
-            .map_err(io_err(&real))?;
-        if self.options.fsync {
-            self.fsync_dir()?;
-        }
-        Ok(())
+        durable::replace(file, &tmp, &real, self.options.fsync, &self.faults)
+            .map_err(|f| self.step_failed(f))
     }
 
     /// Whether this storage takes writes.
@@ -590,27 +594,9 @@ impl Storage {
             .windows(2)
             .take_while(|w| w[1].first_index <= up_to.saturating_add(1))
             .count();
-        let mut deleted = 0;
-        let mut result = Ok(());
-        for i in 0..covered {
-            let path = &self.segments[i].path;
-            if let Err(e) = fs::remove_file(path).map_err(io_err(path)) {
-                result = Err(e);
-                break;
-            }
-            deleted += 1;
-            if self.options.fsync {
-                // The file is gone even if this fails, so it leaves the list
-                // below either way; the error still reaches the caller.
-                if let Err(e) = self.fsync_dir() {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
         // On an error the segments not yet deleted stay listed: memory still
         // matches disk, and a later compact can retry them.
-        self.segments.drain(..deleted);
+        let result = self.delete_segments(covered, End::Oldest);
         let new_first = self.first_index();
         // Keep the run that covers `new_first` and every later one, so
         // `term_at` stays right for every index still in the log.
@@ -654,23 +640,15 @@ impl Storage {
     }
 
     fn reset_inner(&mut self, next_index: u64) -> Result<(), StorageError> {
-        while let Some(seg) = self.segments.last() {
-            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-            self.segments.pop();
-            if self.options.fsync {
-                self.fsync_dir()?;
-            }
-        }
+        self.delete_segments(self.segments.len(), End::Newest)?;
         // Whatever was written but not synced went with the files.
         self.dirty = false;
         self.terms.clear();
         let path = segment_path(&self.dir, next_index);
-        self.active = create_segment(&path)?;
-        if self.options.fsync {
-            // The empty segment must survive a crash: without it recovery
-            // would start a new log at index 1.
-            self.fsync_dir()?;
-        }
+        // Durably: without the empty segment recovery would start a new log
+        // at index 1.
+        self.active = durable::create_new(&path, self.options.fsync, &self.faults)
+            .map_err(|f| self.step_failed(f))?;
         self.segments.push(Segment::empty(next_index, path));
         Ok(())
     }
@@ -753,17 +731,38 @@ impl Storage {
         })
     }
 
-    /// fsync of the directory; a failure is final.
-    fn fsync_dir(&mut self) -> Result<(), StorageError> {
-        let result = self
-            .faults
-            .check(Step::Sync)
-            .map_err(io_err(&self.dir))
-            .and_then(|()| sync_dir(&self.dir));
-        if result.is_err() {
+    /// The error of a failed durable file operation; a failed fsync is
+    /// final ([`Health::Failed`]).
+    fn step_failed(&mut self, failure: Failure) -> StorageError {
+        if failure.is_sync() {
             self.health = Health::Failed;
         }
-        result
+        failure.into_err()
+    }
+
+    /// Deletes `count` segments from one end of the log, each deletion
+    /// durable before the next (the directory is fsynced in between: POSIX
+    /// does not order unlinks, and an out-of-order survivor would look like
+    /// a gap). So a crash part-way leaves a contiguous part of the log.
+    /// A segment leaves the list once its file is gone, even if the
+    /// directory sync after it fails; the error still reaches the caller.
+    fn delete_segments(&mut self, count: usize, from: End) -> Result<(), StorageError> {
+        for _ in 0..count {
+            let i = match from {
+                End::Oldest => 0,
+                End::Newest => self.segments.len().saturating_sub(1),
+            };
+            let Some(seg) = self.segments.get(i) else {
+                break;
+            };
+            let result = durable::remove(&seg.path, self.options.fsync, &self.faults);
+            if !matches!(&result, Err(f) if f.op == Op::Remove) {
+                // A few segments at a time: the shift of `remove(0)` is noise.
+                self.segments.remove(i);
+            }
+            result.map_err(|f| self.step_failed(f))?;
+        }
+        Ok(())
     }
 
     /// Removes `from` and everything after it. Each step is made durable
@@ -777,15 +776,10 @@ impl Storage {
             .partition_point(|s| s.first_index <= from)
             .max(1);
         let reopen = self.segments.len() > keep_segments;
-        while self.segments.len() > keep_segments {
-            if let Some(seg) = self.segments.last() {
-                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-            }
-            self.segments.pop();
-            if self.options.fsync {
-                self.fsync_dir()?;
-            }
-        }
+        self.delete_segments(
+            self.segments.len().saturating_sub(keep_segments),
+            End::Newest,
+        )?;
         while self.terms.last().is_some_and(|&(start, _)| start >= from) {
             self.terms.pop();
         }
@@ -836,14 +830,8 @@ impl Storage {
             self.sync_active()?;
         }
         let path = segment_path(&self.dir, first_index);
-        let file = self
-            .faults
-            .check(Step::CreateSegment)
-            .map_err(io_err(&path))
-            .and_then(|()| create_segment(&path))?;
-        if self.options.fsync {
-            self.fsync_dir()?;
-        }
+        let file = durable::create_new(&path, self.options.fsync, &self.faults)
+            .map_err(|f| self.step_failed(f))?;
         self.active = file;
         self.segments.push(Segment::empty(first_index, path));
         Ok(())
@@ -919,14 +907,6 @@ fn open_write(path: &Path) -> Result<File, StorageError> {
         .map_err(io_err(path))
 }
 
-fn create_segment(path: &Path) -> Result<File, StorageError> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err(path))
-}
-
 /// Writes zeros over `from..to` of `file`.
 fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
     while from < to {
@@ -935,10 +915,6 @@ fn write_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
         from += n as u64;
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    datadir::sync_dir(dir).map_err(io_err(dir))
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -1721,7 +1697,7 @@ mod tests {
             segment_bytes: 1 << 20,
             fsync: true,
         };
-        let synced = datadir::tests::dirs_synced_by(|| {
+        let synced = durable::tests::dirs_synced_by(|| {
             Storage::open(&dir, o).unwrap();
         });
         // Every directory that gained an entry: the three parents of the new
@@ -1738,7 +1714,7 @@ mod tests {
             );
         }
         // Opening it again creates nothing, so syncs nothing above it.
-        let synced = datadir::tests::dirs_synced_by(|| {
+        let synced = durable::tests::dirs_synced_by(|| {
             Storage::open(&dir, o).unwrap();
         });
         assert!(synced.iter().all(|p| p.starts_with(&dir)), "{synced:?}");
