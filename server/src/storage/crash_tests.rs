@@ -20,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 
+use super::record::SECTOR;
 use super::tests::{entry, TEST_TERM};
 use super::*;
 
