@@ -77,6 +77,25 @@ impl Raft {
         self.request_votes();
     }
 
+    /// A follower's or a candidate's tick: campaign once the election timer
+    /// runs out; meanwhile a candidate resends its requests every heartbeat
+    /// interval.
+    pub(super) fn tick_election(&mut self) {
+        if self.election_elapsed >= self.randomized_election_timeout {
+            self.campaign(if self.config.pre_vote {
+                Campaign::PreElection
+            } else {
+                Campaign::Election
+            });
+        } else if matches!(self.role, RoleState::Campaigning(_))
+            && self
+                .election_elapsed
+                .is_multiple_of(self.config.heartbeat_interval_ticks)
+        {
+            self.request_votes();
+        }
+    }
+
     /// Sends the campaign's vote request to every peer that has not answered
     /// yet. Called when a campaign starts and again every heartbeat interval,
     /// since a request or its answer may be lost (a connection not yet up).
@@ -110,7 +129,25 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_vote_reply(&mut self, from: NodeId, m: RequestVoteReply) {
+    /// A (pre-)candidate's message of its own term (vote requests are
+    /// answered before the role's step, in `step`).
+    pub(super) fn step_candidate(&mut self, from: NodeId, message: RaftMessage) {
+        match message {
+            RaftMessage::RequestVoteReply(m) => self.handle_vote_reply(from, m),
+            // A candidate that sees a leader of its own term steps down.
+            RaftMessage::AppendEntries(_) | RaftMessage::InstallSnapshot(_) => {
+                let term = self.term;
+                self.become_follower(term, Some(from));
+                self.step_follower(from, message);
+            }
+            RaftMessage::TimeoutNow(_) => self.campaign(Campaign::Transfer),
+            RaftMessage::AppendEntriesReply(_)
+            | RaftMessage::InstallSnapshotReply(_)
+            | RaftMessage::RequestVote(_) => {}
+        }
+    }
+
+    fn handle_vote_reply(&mut self, from: NodeId, m: RequestVoteReply) {
         // Only answers to the election under way count: a reply to a request
         // of an earlier campaign (say, an older term's rejection that arrived
         // late) is not a vote in this one.

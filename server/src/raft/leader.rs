@@ -171,7 +171,27 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_append_reply(&mut self, from: NodeId, m: AppendEntriesReply) {
+    /// A leader's message of its own term (vote requests are answered
+    /// before the role's step, in `step`).
+    pub(super) fn step_leader(&mut self, from: NodeId, message: RaftMessage) {
+        match message {
+            RaftMessage::AppendEntriesReply(m) => self.handle_append_reply(from, m),
+            RaftMessage::InstallSnapshotReply(m) => self.handle_install_snapshot_reply(from, m),
+            // Another leader of this term: only possible where a vote was
+            // given twice in a term (a broken rule, or a node that lost its
+            // disk). Follow it, as a candidate would.
+            RaftMessage::AppendEntries(_) | RaftMessage::InstallSnapshot(_) => {
+                let term = self.term;
+                self.become_follower(term, Some(from));
+                self.step_follower(from, message);
+            }
+            RaftMessage::RequestVoteReply(_)
+            | RaftMessage::TimeoutNow(_)
+            | RaftMessage::RequestVote(_) => {}
+        }
+    }
+
+    fn handle_append_reply(&mut self, from: NodeId, m: AppendEntriesReply) {
         // A reply to a message of an earlier term (this node may have led
         // then too) proves nothing about this term: its read round numbers a
         // round of that term, and its rejection carries no log position.
@@ -236,7 +256,7 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
+    fn handle_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
         if m.request_term != self.term {
             return;
         }

@@ -29,10 +29,12 @@
 //! which is what lets the simulator in `sim` replay a failing seed exactly.
 
 mod candidate;
+mod follower;
 mod leader;
 mod log;
 mod progress;
 mod read;
+mod step;
 
 #[cfg(test)]
 mod script;
@@ -45,9 +47,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+// The tests (`use super::*`) name vote replies through this module.
+#[cfg(test)]
+use poncho_protocol::RequestVoteReply;
 use poncho_protocol::{
-    AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
-    NodeId, RaftMessage, RequestVote, RequestVoteReply,
+    Entry, EntryKind, InstallSnapshot, InstallSnapshotReply, NodeId, RaftMessage,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -528,108 +532,9 @@ impl Raft {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.election_elapsed += 1;
-        if self.is_leader() {
-            self.tick_leader();
-        } else if self.election_elapsed < self.randomized_election_timeout {
-            let candidate = matches!(self.role, RoleState::Campaigning(_));
-            if candidate
-                && self
-                    .election_elapsed
-                    .is_multiple_of(self.config.heartbeat_interval_ticks)
-            {
-                self.request_votes();
-            }
-        } else {
-            self.campaign(if self.config.pre_vote {
-                Campaign::PreElection
-            } else {
-                Campaign::Election
-            });
-        }
-    }
-
-    /// Hands the core a message from peer `from`.
-    pub fn step(&mut self, from: NodeId, message: RaftMessage) {
-        if from == self.config.id || !self.peers.contains(&from) {
-            return; // not a member: ignore rather than let it vote or lead
-        }
-        let term = message.term();
-        if term > self.term {
-            match &message {
-                RaftMessage::RequestVote(m) => {
-                    // A node that heard from a live leader within the minimum
-                    // election timeout ignores vote requests (thesis 9.6), so
-                    // a node rejoining with a higher term cannot disrupt it.
-                    let in_lease = self.config.check_quorum
-                        && self.leader_id.is_some()
-                        && self.election_elapsed < self.config.election_timeout_ticks;
-                    if in_lease && !m.leader_transfer {
-                        return;
-                    }
-                    if !m.pre_vote {
-                        self.become_follower(term, None);
-                    }
-                }
-                // A granted pre-vote carries the term the candidate asked for,
-                // which is not a term anyone is in yet.
-                RaftMessage::RequestVoteReply(m) if m.pre_vote && m.vote_granted => {}
-                RaftMessage::AppendEntries(m) => self.become_follower(term, Some(m.leader_id)),
-                RaftMessage::InstallSnapshot(m) => self.become_follower(term, Some(m.leader_id)),
-                RaftMessage::TimeoutNow(m) => self.become_follower(term, Some(m.leader_id)),
-                _ => self.become_follower(term, None),
-            }
-        } else if term < self.term {
-            // A stale leader or candidate (or one that was partitioned) learns
-            // it has been replaced; without this, PreVote and CheckQuorum could
-            // leave it waiting for heartbeats that never come. The reply names
-            // the request's term, so should the sender lead again by the time
-            // it arrives, it is not mistaken for an answer in the new term.
-            let request_term = term;
-            let reply = match message {
-                RaftMessage::AppendEntries(m) => {
-                    RaftMessage::AppendEntriesReply(AppendEntriesReply {
-                        term: self.term,
-                        request_term,
-                        success: false,
-                        index: m.prev_log_index,
-                        conflict_term: 0,
-                        conflict_index: 0,
-                        read_round: m.read_round,
-                    })
-                }
-                RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
-                    term: self.term,
-                    request_term,
-                    vote_granted: false,
-                    pre_vote: m.pre_vote,
-                }),
-                RaftMessage::InstallSnapshot(m) => {
-                    RaftMessage::InstallSnapshotReply(InstallSnapshotReply {
-                        term: self.term,
-                        request_term,
-                        last_included_index: m.last_included_index,
-                        next_offset: 0,
-                        installed: false,
-                    })
-                }
-                _ => return,
-            };
-            self.send(from, reply);
-            return;
-        }
-
-        match message {
-            RaftMessage::RequestVote(m) => self.handle_request_vote(from, m),
-            RaftMessage::RequestVoteReply(m) => self.handle_vote_reply(from, m),
-            RaftMessage::AppendEntries(m) => self.handle_append_entries(from, m),
-            RaftMessage::AppendEntriesReply(m) => self.handle_append_reply(from, m),
-            RaftMessage::TimeoutNow(m) => {
-                if !self.is_leader() && m.term == self.term {
-                    self.campaign(Campaign::Transfer);
-                }
-            }
-            RaftMessage::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
-            RaftMessage::InstallSnapshotReply(m) => self.handle_install_snapshot_reply(from, m),
+        match self.role {
+            RoleState::Leader(_) => self.tick_leader(),
+            RoleState::Follower | RoleState::Campaigning(_) => self.tick_election(),
         }
     }
 
@@ -922,98 +827,6 @@ impl Raft {
         if leader_id.is_some() || was_leader {
             self.reset_election_timer();
         }
-    }
-
-    // ------------------------------------------------------------- handlers
-
-    fn handle_request_vote(&mut self, from: NodeId, m: RequestVote) {
-        let can_vote = self.vote == Some(m.candidate_id)
-            || (self.vote.is_none() && self.leader_id.is_none())
-            || (m.pre_vote && m.term > self.term)
-            || self.broken(|r| r == BrokenRuleKind::VoteTwiceInATerm);
-        let log_ok = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
-            || self.broken(|r| r == BrokenRuleKind::VoteWithoutLogCheck);
-        let granted = can_vote && log_ok && from == m.candidate_id;
-        if granted && !m.pre_vote {
-            self.vote = Some(m.candidate_id);
-            self.reset_election_timer();
-        }
-        let reply = RaftMessage::RequestVoteReply(RequestVoteReply {
-            term: if granted && m.pre_vote {
-                m.term
-            } else {
-                self.term
-            },
-            request_term: m.term,
-            vote_granted: granted,
-            pre_vote: m.pre_vote,
-        });
-        if self.broken(|r| r == BrokenRuleKind::VoteBeforeDurable) {
-            self.outbox.push(Outbound {
-                to: from,
-                message: reply,
-            });
-            return;
-        }
-        self.send(from, reply);
-    }
-
-    fn handle_append_entries(&mut self, from: NodeId, m: AppendEntries) {
-        if !matches!(self.role, RoleState::Follower) || self.leader_id != Some(from) {
-            // A candidate that sees a leader of its own term steps down.
-            self.become_follower(m.term, Some(from));
-        }
-        self.election_elapsed = 0;
-        let reply = match self
-            .log
-            .try_append(m.prev_log_index, m.prev_log_term, &m.entries)
-        {
-            AppendOutcome::Matched(index) => {
-                self.log.commit_to(m.leader_commit.min(index));
-                AppendEntriesReply {
-                    term: self.term,
-                    request_term: m.term,
-                    success: true,
-                    index,
-                    conflict_term: 0,
-                    conflict_index: 0,
-                    read_round: m.read_round,
-                }
-            }
-            AppendOutcome::Conflict {
-                conflict_term,
-                conflict_index,
-            } => AppendEntriesReply {
-                term: self.term,
-                request_term: m.term,
-                success: false,
-                index: m.prev_log_index,
-                conflict_term,
-                conflict_index,
-                read_round: m.read_round,
-            },
-        };
-        self.send(from, RaftMessage::AppendEntriesReply(reply));
-    }
-
-    fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
-        if !matches!(self.role, RoleState::Follower) || self.leader_id != Some(from) {
-            self.become_follower(m.term, Some(from));
-        }
-        self.election_elapsed = 0;
-        if m.last_included_index <= self.log.committed() {
-            // We already hold everything the snapshot covers.
-            let reply = InstallSnapshotReply {
-                term: self.term,
-                request_term: m.term,
-                last_included_index: self.log.committed(),
-                next_offset: 0,
-                installed: true,
-            };
-            self.send(from, RaftMessage::InstallSnapshotReply(reply));
-            return;
-        }
-        self.snapshot_chunks.push((from, m));
     }
 
     /// Queues a message. A leader's messages promise nothing about its own

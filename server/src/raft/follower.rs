@@ -1,0 +1,87 @@
+//! The follower: it takes entries and snapshot chunks from the leader of its
+//! term and answers them; a leader's TimeoutNow starts an election at once.
+
+use poncho_protocol::{
+    AppendEntries, AppendEntriesReply, InstallSnapshot, InstallSnapshotReply, NodeId, RaftMessage,
+};
+
+use super::candidate::Campaign;
+use super::{AppendOutcome, Raft};
+
+impl Raft {
+    /// A follower's message of its own term (vote requests are answered
+    /// before the role's step, in `step`).
+    pub(super) fn step_follower(&mut self, from: NodeId, message: RaftMessage) {
+        match message {
+            RaftMessage::AppendEntries(m) => self.handle_append_entries(from, m),
+            RaftMessage::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
+            // The leader hands over leadership (thesis 3.10).
+            RaftMessage::TimeoutNow(_) => self.campaign(Campaign::Transfer),
+            // Answers to a role this node no longer holds.
+            RaftMessage::RequestVoteReply(_)
+            | RaftMessage::AppendEntriesReply(_)
+            | RaftMessage::InstallSnapshotReply(_)
+            | RaftMessage::RequestVote(_) => {}
+        }
+    }
+
+    /// Follows `from`, the leader of this term, if it did not already.
+    fn follow(&mut self, from: NodeId) {
+        if self.leader_id != Some(from) {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.election_elapsed = 0;
+    }
+
+    fn handle_append_entries(&mut self, from: NodeId, m: AppendEntries) {
+        self.follow(from);
+        let reply = match self
+            .log
+            .try_append(m.prev_log_index, m.prev_log_term, &m.entries)
+        {
+            AppendOutcome::Matched(index) => {
+                self.log.commit_to(m.leader_commit.min(index));
+                AppendEntriesReply {
+                    term: self.term,
+                    request_term: m.term,
+                    success: true,
+                    index,
+                    conflict_term: 0,
+                    conflict_index: 0,
+                    read_round: m.read_round,
+                }
+            }
+            AppendOutcome::Conflict {
+                conflict_term,
+                conflict_index,
+            } => AppendEntriesReply {
+                term: self.term,
+                request_term: m.term,
+                success: false,
+                index: m.prev_log_index,
+                conflict_term,
+                conflict_index,
+                read_round: m.read_round,
+            },
+        };
+        self.send(from, RaftMessage::AppendEntriesReply(reply));
+    }
+
+    fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
+        self.follow(from);
+        if m.last_included_index <= self.log.committed() {
+            // We already hold everything the snapshot covers.
+            let reply = InstallSnapshotReply {
+                term: self.term,
+                request_term: m.term,
+                last_included_index: self.log.committed(),
+                next_offset: 0,
+                installed: true,
+            };
+            self.send(from, RaftMessage::InstallSnapshotReply(reply));
+            return;
+        }
+        self.snapshot_chunks.push((from, m));
+    }
+}

@@ -1,0 +1,143 @@
+//! Messages in: one term check for every message (section 5.1 and thesis
+//! 9.6), the vote request that any role answers, then the step of the
+//! node's role (`step_follower`, `step_candidate`, `step_leader`), as
+//! etcd-io/raft's `Step` does.
+
+use poncho_protocol::{
+    AppendEntriesReply, InstallSnapshotReply, NodeId, RaftMessage, RequestVote, RequestVoteReply,
+};
+
+use super::{BrokenRuleKind, Outbound, Raft, RoleState};
+
+impl Raft {
+    /// Hands the core a message from peer `from`.
+    pub fn step(&mut self, from: NodeId, message: RaftMessage) {
+        if from == self.config.id || !self.peers.contains(&from) {
+            return; // not a member: ignore rather than let it vote or lead
+        }
+        let term = message.term();
+        if term > self.term {
+            if !self.enter_message_term(&message) {
+                return;
+            }
+        } else if term < self.term {
+            self.reject_stale(from, message);
+            return;
+        }
+        match message {
+            RaftMessage::RequestVote(m) => self.handle_request_vote(from, m),
+            message => match self.role {
+                RoleState::Follower => self.step_follower(from, message),
+                RoleState::Campaigning(_) => self.step_candidate(from, message),
+                RoleState::Leader(_) => self.step_leader(from, message),
+            },
+        }
+    }
+
+    /// A message of a later term: follow it into that term, unless it is a
+    /// vote request this node ignores or a granted pre-vote. Returns whether
+    /// the message is to be handled further.
+    fn enter_message_term(&mut self, message: &RaftMessage) -> bool {
+        let term = message.term();
+        match message {
+            RaftMessage::RequestVote(m) => {
+                // A node that heard from a live leader within the minimum
+                // election timeout ignores vote requests (thesis 9.6), so
+                // a node rejoining with a higher term cannot disrupt it.
+                let in_lease = self.config.check_quorum
+                    && self.leader_id.is_some()
+                    && self.election_elapsed < self.config.election_timeout_ticks;
+                if in_lease && !m.leader_transfer {
+                    return false;
+                }
+                if !m.pre_vote {
+                    self.become_follower(term, None);
+                }
+            }
+            // A granted pre-vote carries the term the candidate asked for,
+            // which is not a term anyone is in yet.
+            RaftMessage::RequestVoteReply(m) if m.pre_vote && m.vote_granted => {}
+            RaftMessage::AppendEntries(m) => self.become_follower(term, Some(m.leader_id)),
+            RaftMessage::InstallSnapshot(m) => self.become_follower(term, Some(m.leader_id)),
+            RaftMessage::TimeoutNow(m) => self.become_follower(term, Some(m.leader_id)),
+            _ => self.become_follower(term, None),
+        }
+        true
+    }
+
+    /// A request of an earlier term is refused. A stale leader or candidate
+    /// (or one that was partitioned) learns it has been replaced; without
+    /// this, PreVote and CheckQuorum could leave it waiting for heartbeats
+    /// that never come. The reply names the request's term, so should the
+    /// sender lead again by the time it arrives, it is not mistaken for an
+    /// answer in the new term. Replies of an earlier term are dropped.
+    fn reject_stale(&mut self, from: NodeId, message: RaftMessage) {
+        let request_term = message.term();
+        let reply = match message {
+            RaftMessage::AppendEntries(m) => RaftMessage::AppendEntriesReply(AppendEntriesReply {
+                term: self.term,
+                request_term,
+                success: false,
+                index: m.prev_log_index,
+                conflict_term: 0,
+                conflict_index: 0,
+                read_round: m.read_round,
+            }),
+            RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
+                term: self.term,
+                request_term,
+                vote_granted: false,
+                pre_vote: m.pre_vote,
+            }),
+            RaftMessage::InstallSnapshot(m) => {
+                RaftMessage::InstallSnapshotReply(InstallSnapshotReply {
+                    term: self.term,
+                    request_term,
+                    last_included_index: m.last_included_index,
+                    next_offset: 0,
+                    installed: false,
+                })
+            }
+            RaftMessage::RequestVoteReply(_)
+            | RaftMessage::AppendEntriesReply(_)
+            | RaftMessage::InstallSnapshotReply(_)
+            | RaftMessage::TimeoutNow(_) => return,
+        };
+        self.send(from, reply);
+    }
+
+    /// A vote request of this node's term (or a pre-vote for the next), in
+    /// any role: grant at most one vote a term (section 5.2), and only to a
+    /// log at least as up to date as ours (5.4.1).
+    fn handle_request_vote(&mut self, from: NodeId, m: RequestVote) {
+        let can_vote = self.vote == Some(m.candidate_id)
+            || (self.vote.is_none() && self.leader_id.is_none())
+            || (m.pre_vote && m.term > self.term)
+            || self.broken(|r| r == BrokenRuleKind::VoteTwiceInATerm);
+        let log_ok = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+            || self.broken(|r| r == BrokenRuleKind::VoteWithoutLogCheck);
+        let granted = can_vote && log_ok && from == m.candidate_id;
+        if granted && !m.pre_vote {
+            self.vote = Some(m.candidate_id);
+            self.reset_election_timer();
+        }
+        let reply = RaftMessage::RequestVoteReply(RequestVoteReply {
+            term: if granted && m.pre_vote {
+                m.term
+            } else {
+                self.term
+            },
+            request_term: m.term,
+            vote_granted: granted,
+            pre_vote: m.pre_vote,
+        });
+        if self.broken(|r| r == BrokenRuleKind::VoteBeforeDurable) {
+            self.outbox.push(Outbound {
+                to: from,
+                message: reply,
+            });
+            return;
+        }
+        self.send(from, reply);
+    }
+}
