@@ -1,13 +1,27 @@
 //! poncho's wire protocol: JSON Lines messages between clients and nodes, and
 //! between nodes. See `docs/protocol.md` for the reference.
+//!
+//! - [`table`]: the one list of message types (`msg_type` names, the request
+//!   or Raft message each carries, each request's reply).
+//! - [`client`]: client requests' and replies' payloads, limits, errors.
+//! - [`raft`]: the Raft RPCs and the log entry they carry.
+//! - [`envelope`]: whole lines, decoded and encoded.
+//! - [`framing`]: splitting a byte stream into lines.
 
+pub mod client;
+pub mod envelope;
 pub mod framing;
-pub mod message;
 pub mod raft;
+pub mod table;
 
+pub use client::*;
+pub use envelope::{
+    decode_request, encode_error, encode_peer, encode_reply, encode_request, DecodeError,
+    ReplyEnvelope, Request,
+};
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
-pub use message::*;
 pub use raft::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
     NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
 };
+pub use table::{ClientRequest, MsgType};

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::table::RaftMessage;
+
 /// A node's identity in the cluster. Ids are small positive integers chosen by
 /// the operator (`--id`); 0 is never a valid id.
 pub type NodeId = u64;
@@ -236,27 +238,6 @@ pub struct InstallSnapshotReply {
     pub installed: bool,
 }
 
-/// Every message one Raft node sends another. On the wire the variant becomes
-/// the envelope's `msg_type` and the struct its `payload`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "msg_type", content = "payload")]
-pub enum RaftMessage {
-    #[serde(rename = "APPEND_ENTRY")]
-    AppendEntries(AppendEntries),
-    #[serde(rename = "APPEND_ENTRY_REPLY")]
-    AppendEntriesReply(AppendEntriesReply),
-    #[serde(rename = "REQUEST_VOTE")]
-    RequestVote(RequestVote),
-    #[serde(rename = "REQUEST_VOTE_REPLY")]
-    RequestVoteReply(RequestVoteReply),
-    #[serde(rename = "TIMEOUT_NOW")]
-    TimeoutNow(TimeoutNow),
-    #[serde(rename = "INSTALL_SNAPSHOT")]
-    InstallSnapshot(InstallSnapshot),
-    #[serde(rename = "INSTALL_SNAPSHOT_REPLY")]
-    InstallSnapshotReply(InstallSnapshotReply),
-}
-
 impl RaftMessage {
     /// The sender's term, carried by every Raft message.
     pub fn term(&self) -> u64 {
@@ -323,7 +304,7 @@ mod tests {
 
     fn sent(message: &AppendEntries) -> String {
         let mut out = Vec::new();
-        crate::message::encode_peer(
+        crate::envelope::encode_peer(
             &mut out,
             Some(1),
             Some(9),
@@ -333,8 +314,8 @@ mod tests {
     }
 
     fn received(line: &str) -> Result<RaftMessage, String> {
-        match crate::message::decode_request(line.trim_end().as_bytes()) {
-            Ok(crate::message::Request::Peer { src_id, message }) => {
+        match crate::envelope::decode_request(line.trim_end().as_bytes()) {
+            Ok(crate::envelope::Request::Peer { src_id, message }) => {
                 assert_eq!(src_id, Some(1));
                 Ok(message)
             }

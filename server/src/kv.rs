@@ -83,7 +83,7 @@ use std::sync::Arc;
 use imbl::OrdMap;
 use poncho_protocol::{
     CasReply, ClientRequest, DeleteReply, Entry, EntryKind, ErrorCode, ErrorReply,
-    RegisterClientReply, SessionFields, SetReply, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    RegisterClientReply, ReplyPayload, SessionFields, SetReply, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
@@ -295,12 +295,13 @@ impl ApplyResult {
     /// The reply's wire `msg_type`.
     pub fn msg_type(&self) -> &'static str {
         match self {
-            ApplyResult::Set(_) => "SET",
-            ApplyResult::Delete(_) => "DELETE",
-            ApplyResult::Cas(_) => "CAS",
-            ApplyResult::Register(_) => "REGISTER_CLIENT",
-            ApplyResult::Error(_) => "ERROR",
+            ApplyResult::Set(_) => SetReply::MSG_TYPE,
+            ApplyResult::Delete(_) => DeleteReply::MSG_TYPE,
+            ApplyResult::Cas(_) => CasReply::MSG_TYPE,
+            ApplyResult::Register(_) => RegisterClientReply::MSG_TYPE,
+            ApplyResult::Error(_) => ErrorReply::MSG_TYPE,
         }
+        .name()
     }
 }
 

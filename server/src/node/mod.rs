@@ -29,8 +29,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use poncho_protocol::{
     decode_request, encode_error, encode_peer, encode_reply, AppendEntriesReply, ClientRequest,
-    Entry, ErrorCode, ErrorReply, FollowerProgress, GetReply, KeysReply, MemberStatus, NodeId,
-    RaftMessage, Request, RequestVoteReply, StatusReply,
+    Entry, ErrorCode, ErrorReply, FollowerProgress, GetReply, HealthcheckReply, KeysReply,
+    MemberStatus, NodeId, RaftMessage, Request, RequestVoteReply, StatusReply,
 };
 use slab::Slab;
 
@@ -780,17 +780,16 @@ impl Node {
     }
 
     fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
-        let msg_type = request.msg_type();
         match request {
             ClientRequest::Healthcheck => {
                 self.scratch.clear();
-                encode_reply(&mut self.scratch, msg_type, req_id, &"ok");
+                encode_reply(&mut self.scratch, req_id, &HealthcheckReply);
                 self.reply_scratch_now(key);
             }
             ClientRequest::Status => {
                 let status = self.status();
                 self.scratch.clear();
-                encode_reply(&mut self.scratch, msg_type, req_id, &status);
+                encode_reply(&mut self.scratch, req_id, &status);
                 self.reply_scratch_now(key);
             }
             ClientRequest::Get(get) if get.stale => {
@@ -799,7 +798,7 @@ impl Node {
                     key: get.key,
                 };
                 self.scratch.clear();
-                encode_reply(&mut self.scratch, msg_type, req_id, &reply);
+                encode_reply(&mut self.scratch, req_id, &reply);
                 self.reply_scratch_now(key);
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
@@ -1500,17 +1499,13 @@ impl Node {
             }
             self.scratch.clear();
             match result {
-                Some(ApplyResult::Set(r)) => {
-                    encode_reply(&mut self.scratch, "SET", pending.to.req_id, &r)
-                }
+                Some(ApplyResult::Set(r)) => encode_reply(&mut self.scratch, pending.to.req_id, &r),
                 Some(ApplyResult::Delete(r)) => {
-                    encode_reply(&mut self.scratch, "DELETE", pending.to.req_id, &r)
+                    encode_reply(&mut self.scratch, pending.to.req_id, &r)
                 }
-                Some(ApplyResult::Cas(r)) => {
-                    encode_reply(&mut self.scratch, "CAS", pending.to.req_id, &r)
-                }
+                Some(ApplyResult::Cas(r)) => encode_reply(&mut self.scratch, pending.to.req_id, &r),
                 Some(ApplyResult::Register(r)) => {
-                    encode_reply(&mut self.scratch, "REGISTER_CLIENT", pending.to.req_id, &r)
+                    encode_reply(&mut self.scratch, pending.to.req_id, &r)
                 }
                 Some(ApplyResult::Error(e)) => {
                     encode_error(&mut self.scratch, pending.to.req_id, &e)
@@ -1562,19 +1557,13 @@ impl Node {
                 let value = self.kv.get(&key).map(str::to_owned);
                 encode_reply(
                     &mut self.scratch,
-                    "GET",
                     pending.to.req_id,
                     &GetReply { key, value },
                 );
             }
             ReadKind::Keys(prefix) => {
                 let keys = self.kv.keys(&prefix, MAX_KEYS_PER_REPLY);
-                encode_reply(
-                    &mut self.scratch,
-                    "KEYS",
-                    pending.to.req_id,
-                    &KeysReply { keys },
-                );
+                encode_reply(&mut self.scratch, pending.to.req_id, &KeysReply { keys });
             }
         }
         self.complete(pending.to);

@@ -1,0 +1,451 @@
+//! What clients send and get back: the payloads of client requests and of
+//! their replies, the limits a request must keep, and errors. Which
+//! `msg_type` carries which payload is the table in [`crate::table`].
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::raft::NodeId;
+use crate::table::MsgType;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+
+/// A client request's payload, as the table names it for a `msg_type`.
+pub trait RequestPayload: Serialize + DeserializeOwned {
+    /// The request a line without a payload makes, if it may have none.
+    fn if_absent() -> Option<Self> {
+        None
+    }
+
+    /// The limits serde does not check.
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        Ok(())
+    }
+}
+
+/// A request that parsed but breaks a limit. The client gets `BAD_REQUEST`
+/// with this as its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidRequest {
+    KeyTooLong {
+        bytes: usize,
+    },
+    ValueTooLong {
+        bytes: usize,
+    },
+    /// `seq` 0 with a `client_id`: sequence numbers start at 1.
+    SeqZero,
+    /// One of `client_id` and `seq` without the other.
+    SessionHalf,
+}
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidRequest::KeyTooLong { bytes } => {
+                write!(f, "key is {bytes} bytes; the limit is {MAX_KEY_BYTES}")
+            }
+            InvalidRequest::ValueTooLong { bytes } => {
+                write!(f, "value is {bytes} bytes; the limit is {MAX_VALUE_BYTES}")
+            }
+            InvalidRequest::SeqZero => f.write_str("seq starts at 1"),
+            InvalidRequest::SessionHalf => f.write_str("client_id and seq go together"),
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), InvalidRequest> {
+    match key.len() {
+        bytes if bytes > MAX_KEY_BYTES => Err(InvalidRequest::KeyTooLong { bytes }),
+        _ => Ok(()),
+    }
+}
+
+fn check_value(value: Option<&str>) -> Result<(), InvalidRequest> {
+    match value.map(str::len) {
+        Some(bytes) if bytes > MAX_VALUE_BYTES => Err(InvalidRequest::ValueTooLong { bytes }),
+        _ => Ok(()),
+    }
+}
+
+/// Identifies a write for exactly-once application (Raft thesis 6.3): the
+/// cluster applies a given (client_id, seq) at most once. `client_id` is a
+/// session the cluster opened (the [`RegisterClientReply`]); a write in a
+/// session the cluster no longer holds gets [`ErrorCode::SessionExpired`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SessionFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl SessionFields {
+    fn check(&self) -> Result<(), InvalidRequest> {
+        match (self.client_id, self.seq) {
+            (Some(_), Some(0)) => Err(InvalidRequest::SeqZero),
+            (Some(_), Some(_)) | (None, None) => Ok(()),
+            _ => Err(InvalidRequest::SessionHalf),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    pub key: String,
+    /// Serve from this node's local state, without a linearizable read.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+// The write requests are read through flat twins (`#[serde(from)]`): a
+// flattened field makes serde buffer the whole payload before reading it,
+// which costs every write about a microsecond. Written, they flatten.
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SetWire")]
+pub struct SetRequest {
+    pub key: String,
+    pub value: String,
+    #[serde(flatten)]
+    pub session: SessionFields,
+}
+
+#[derive(Deserialize)]
+struct SetWire {
+    key: String,
+    value: String,
+    client_id: Option<u64>,
+    seq: Option<u64>,
+}
+
+impl From<SetWire> for SetRequest {
+    fn from(w: SetWire) -> Self {
+        SetRequest {
+            key: w.key,
+            value: w.value,
+            session: SessionFields {
+                client_id: w.client_id,
+                seq: w.seq,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DeleteWire")]
+pub struct DeleteRequest {
+    pub key: String,
+    #[serde(flatten)]
+    pub session: SessionFields,
+}
+
+#[derive(Deserialize)]
+struct DeleteWire {
+    key: String,
+    client_id: Option<u64>,
+    seq: Option<u64>,
+}
+
+impl From<DeleteWire> for DeleteRequest {
+    fn from(w: DeleteWire) -> Self {
+        DeleteRequest {
+            key: w.key,
+            session: SessionFields {
+                client_id: w.client_id,
+                seq: w.seq,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "CasWire")]
+pub struct CasRequest {
+    pub key: String,
+    /// `null`: the key must be absent.
+    pub expected: Option<String>,
+    /// `null`: delete the key if it matches.
+    pub value: Option<String>,
+    #[serde(flatten)]
+    pub session: SessionFields,
+}
+
+#[derive(Deserialize)]
+struct CasWire {
+    key: String,
+    expected: Option<String>,
+    value: Option<String>,
+    client_id: Option<u64>,
+    seq: Option<u64>,
+}
+
+impl From<CasWire> for CasRequest {
+    fn from(w: CasWire) -> Self {
+        CasRequest {
+            key: w.key,
+            expected: w.expected,
+            value: w.value,
+            session: SessionFields {
+                client_id: w.client_id,
+                seq: w.seq,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KeysRequest {
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl RequestPayload for GetRequest {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        check_key(&self.key)
+    }
+}
+
+impl RequestPayload for SetRequest {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        check_key(&self.key)?;
+        check_value(Some(&self.value))?;
+        self.session.check()
+    }
+}
+
+impl RequestPayload for DeleteRequest {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        check_key(&self.key)?;
+        self.session.check()
+    }
+}
+
+impl RequestPayload for CasRequest {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        check_key(&self.key)?;
+        check_value(self.expected.as_deref())?;
+        check_value(self.value.as_deref())?;
+        self.session.check()
+    }
+}
+
+impl RequestPayload for KeysRequest {
+    /// `KEYS` without a payload lists every key.
+    fn if_absent() -> Option<Self> {
+        Some(KeysRequest::default())
+    }
+
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        check_key(&self.prefix)
+    }
+}
+
+// ------------------------------------------------------------------ replies
+
+/// A client reply's payload; the table gives each its `msg_type`.
+pub trait ReplyPayload: Serialize {
+    const MSG_TYPE: MsgType;
+}
+
+/// `HEALTHCHECK`'s reply: the string `"ok"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HealthcheckReply;
+
+impl Serialize for HealthcheckReply {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("ok")
+    }
+}
+
+impl<'de> Deserialize<'de> for HealthcheckReply {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match <std::borrow::Cow<'de, str>>::deserialize(d)?.as_ref() {
+            "ok" => Ok(HealthcheckReply),
+            other => Err(serde::de::Error::custom(format!(
+                "a HEALTHCHECK reply is \"ok\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetReply {
+    pub key: String,
+    /// The log index at which the write was applied.
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReply {
+    pub key: String,
+    pub deleted: bool,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasReply {
+    pub key: String,
+    pub swapped: bool,
+    /// The value after the operation.
+    pub current: Option<String>,
+    pub index: u64,
+}
+
+/// The session a `REGISTER_CLIENT` opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterClientReply {
+    /// The log index of the registration: unique for the cluster's life, so
+    /// an id is never handed out twice, and a session that is gone never
+    /// comes back.
+    pub client_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysReply {
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerProgress {
+    pub id: NodeId,
+    pub match_index: u64,
+    pub next_index: u64,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub id: NodeId,
+    pub addr: String,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub leader_addr: Option<String>,
+    pub commit_index: u64,
+    pub last_applied: u64,
+    pub last_log_index: u64,
+    /// `"ok"`; `"no_space"` while this node's disk is full (it writes
+    /// nothing, answers writes with `NO_SPACE`, serves reads, and resumes by
+    /// itself once space is freed); `"failed"` after any other disk failure.
+    #[serde(default = "storage_ok")]
+    pub storage: String,
+    /// While `storage` is `"no_space"`: the error and for how long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
+    pub members: Vec<MemberStatus>,
+    #[serde(default)]
+    pub followers: Vec<FollowerProgress>,
+}
+
+fn storage_ok() -> String {
+    "ok".to_string()
+}
+
+// ------------------------------------------------------------------- errors
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Not applied; retry at `leader_addr`.
+    NotLeader,
+    /// Not applied; no leader is known now. Retry anywhere, later.
+    NoLeader,
+    /// The line was not a valid request. The connection stays open.
+    BadRequest,
+    /// The line exceeded the limit. The connection is closed after this reply.
+    MessageTooLarge,
+    /// Not applied; the leader has too much uncommitted work. Retry later.
+    Overloaded,
+    /// Outcome unknown; retry with the same client_id/seq.
+    Timeout,
+    /// Outcome unknown; retry with the same client_id/seq.
+    LeadershipLost,
+    /// The request reused a sequence number older than the session's last.
+    StaleSequence,
+    /// Not applied: the write's `client_id` names no session the cluster
+    /// holds (it expired, was evicted, or was never registered). If it was a
+    /// retry, the earlier attempt's outcome stays unknown. Register a new
+    /// session before writing again.
+    SessionExpired,
+    /// Not applied; the leader's disk is full, so it cannot make the write
+    /// durable. It hands leadership to a node that can: retry shortly.
+    NoSpace,
+}
+
+impl ErrorCode {
+    /// Whether the request is known not to have been applied.
+    pub fn not_applied(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::NoLeader
+                | ErrorCode::BadRequest
+                | ErrorCode::MessageTooLarge
+                | ErrorCode::Overloaded
+                | ErrorCode::StaleSequence
+                | ErrorCode::SessionExpired
+                | ErrorCode::NoSpace
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_id: Option<NodeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_addr: Option<String>,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            code,
+            message: message.into(),
+            leader_id: None,
+            leader_addr: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ErrorReply {
+        ErrorReply::new(ErrorCode::BadRequest, message)
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
