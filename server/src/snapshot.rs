@@ -712,7 +712,69 @@ fn verify(path: &Path) -> Result<(Verified, File), SnapshotError> {
     // garbage file is rejected without reading all of it.
     let (footer, body_end) = read_footer(path, &mut file, len)?;
     file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let seen = scan(path, &mut file, body_end)?;
+    if seen.crc != footer.crc32 {
+        let why = format!(
+            "checksum mismatch: footer says {}, the {body_end} bytes before it hash to {}",
+            footer.crc32, seen.crc
+        );
+        return Err(corrupt(path, why));
+    }
+    if !seen.utf8 {
+        return Err(corrupt(path, "not UTF-8"));
+    }
+    if seen.header_too_long {
+        return Err(corrupt(
+            path,
+            format!("header line is over {HEADER_MAX} bytes"),
+        ));
+    }
+    // `body_end` is just after a newline (the footer search guarantees it),
+    // so every line before the footer is whole and the header is one of them.
+    let Some(body_lines) = seen.newlines.checked_sub(1) else {
+        return Err(corrupt(path, "no header line before the footer"));
+    };
+    if body_lines != footer.lines {
+        let why = format!(
+            "footer says {} body lines, found {body_lines}",
+            footer.lines
+        );
+        return Err(corrupt(path, why));
+    }
+    let h: HeaderIn = serde_json::from_slice(&seen.header)
+        .map_err(|e| corrupt(path, format!("bad header: {e}")))?;
+    if h.poncho_snapshot != VERSION {
+        let why = format!("unsupported snapshot format version {}", h.poncho_snapshot);
+        return Err(corrupt(path, why));
+    }
+    let verified = Verified {
+        meta: SnapshotMeta {
+            index: h.index,
+            term: h.term,
+            members: h.members,
+        },
+        body_start: seen.header.len() as u64 + 1,
+        body_end,
+        lines: footer.lines,
+    };
+    Ok((verified, file))
+}
 
+/// What one pass over the bytes before the footer found.
+struct Scan {
+    crc: u32,
+    newlines: u64,
+    /// The first line, without its newline; collecting stops past
+    /// `HEADER_MAX`.
+    header: Vec<u8>,
+    header_too_long: bool,
+    /// Whether all of it is UTF-8.
+    utf8: bool,
+}
+
+/// Reads the `body_end` bytes from `file`'s position, hashing and checking
+/// them as they stream past.
+fn scan(path: &Path, file: &mut File, body_end: u64) -> Result<Scan, SnapshotError> {
     let mut crc = crc32fast::Hasher::new();
     let mut newlines = 0u64;
     let mut header = Vec::new();
@@ -744,52 +806,13 @@ fn verify(path: &Path) -> Result<(Verified, File), SnapshotError> {
             header_too_long = header.len() > HEADER_MAX;
         }
     }
-    let actual = crc.finalize();
-    if actual != footer.crc32 {
-        let why = format!(
-            "checksum mismatch: footer says {}, the {body_end} bytes before it hash to {actual}",
-            footer.crc32
-        );
-        return Err(corrupt(path, why));
-    }
-    if !utf8_ok || !utf8.finish() {
-        return Err(corrupt(path, "not UTF-8"));
-    }
-    if header_too_long {
-        return Err(corrupt(
-            path,
-            format!("header line is over {HEADER_MAX} bytes"),
-        ));
-    }
-    // `body_end` is just after a newline (the footer search guarantees it),
-    // so every line before the footer is whole and the header is one of them.
-    let Some(body_lines) = newlines.checked_sub(1) else {
-        return Err(corrupt(path, "no header line before the footer"));
-    };
-    if body_lines != footer.lines {
-        let why = format!(
-            "footer says {} body lines, found {body_lines}",
-            footer.lines
-        );
-        return Err(corrupt(path, why));
-    }
-    let h: HeaderIn =
-        serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
-    if h.poncho_snapshot != VERSION {
-        let why = format!("unsupported snapshot format version {}", h.poncho_snapshot);
-        return Err(corrupt(path, why));
-    }
-    let verified = Verified {
-        meta: SnapshotMeta {
-            index: h.index,
-            term: h.term,
-            members: h.members,
-        },
-        body_start: header.len() as u64 + 1,
-        body_end,
-        lines: footer.lines,
-    };
-    Ok((verified, file))
+    Ok(Scan {
+        crc: crc.finalize(),
+        newlines,
+        header,
+        header_too_long,
+        utf8: utf8_ok && utf8.finish(),
+    })
 }
 
 /// The footer and the offset it starts at (which it must also state).
