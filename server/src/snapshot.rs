@@ -203,15 +203,82 @@ impl Drop for TempFile {
     }
 }
 
-/// Moves a complete temp file into place, durably (see [`durable::replace`]),
-/// before the caller builds on it (compacts the log, say).
-fn install(mut tmp: TempFile, file: File, to: &Path, fsync: bool) -> Result<(), SnapshotError> {
-    let result = durable::replace(file, &tmp.path, to, fsync, &());
-    if !matches!(&result, Err(f) if f.op != durable::Op::SyncDir) {
-        // Renamed: the temp name is gone.
-        tmp.keep();
+/// A temp file being written through a buffer. A write that fails part-way
+/// leaves it `failed`: its contents no longer match what the caller counted,
+/// so nothing more may be written to it or installed from it.
+struct TempOut {
+    // Declared before `tmp` so the file is closed before it is deleted.
+    out: BufWriter<File>,
+    tmp: TempFile,
+    fsync: bool,
+    failed: bool,
+}
+
+impl TempOut {
+    fn create(dir: &Path, index: u64, term: u64, fsync: bool) -> Result<TempOut, SnapshotError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let (tmp, file) = TempFile::create(dir, index, term)?;
+        Ok(TempOut {
+            out: BufWriter::with_capacity(READ_BUF, file),
+            tmp,
+            fsync,
+            failed: false,
+        })
     }
-    result.map_err(durable::Failure::into_err)
+
+    /// Refuses if an earlier write failed.
+    fn check(&self) -> Result<(), SnapshotError> {
+        if self.failed {
+            return Err(earlier_write_failed(&self.tmp.path));
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<(), SnapshotError> {
+        self.check()?;
+        if let Err(e) = self.out.write_all(b) {
+            self.failed = true;
+            return Err(io_err(&self.tmp.path)(e));
+        }
+        Ok(())
+    }
+
+    /// Flushes the buffer: the file is complete on disk (if not yet durable).
+    fn flush(self) -> Result<Flushed, SnapshotError> {
+        self.check()?;
+        let TempOut {
+            out, tmp, fsync, ..
+        } = self;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err(&tmp.path)(e.into_error()))?;
+        Ok(Flushed { file, tmp, fsync })
+    }
+}
+
+/// A temp file written whole, to be verified or installed.
+struct Flushed {
+    file: File,
+    tmp: TempFile,
+    fsync: bool,
+}
+
+impl Flushed {
+    /// Moves the file to `to`, durably (see [`durable::replace`]), before the
+    /// caller builds on it (compacts the log, say).
+    fn install(self, to: &Path) -> Result<(), SnapshotError> {
+        let Flushed {
+            file,
+            mut tmp,
+            fsync,
+        } = self;
+        let result = durable::replace(file, &tmp.path, to, fsync, &());
+        if !matches!(&result, Err(f) if f.op != durable::Op::SyncDir) {
+            // Renamed: the temp name is gone.
+            tmp.keep();
+        }
+        result.map_err(durable::Failure::into_err)
+    }
 }
 
 fn encode_json<T: Serialize>(value: &T) -> Result<String, SnapshotError> {
@@ -224,15 +291,11 @@ fn encode_json<T: Serialize>(value: &T) -> Result<String, SnapshotError> {
 /// `finish()` = temp file removed.
 pub struct SnapshotWriter {
     final_path: PathBuf,
-    // Declared before `tmp` so the file is closed before it is deleted.
-    out: BufWriter<File>,
-    tmp: TempFile,
+    /// Once a write to it failed, it no longer matches `crc`/`bytes`.
+    out: TempOut,
     crc: crc32fast::Hasher,
     bytes: u64,
     lines: u64,
-    fsync: bool,
-    /// A write failed part-way, so the file no longer matches `crc`/`bytes`.
-    failed: bool,
 }
 
 impl fmt::Debug for SnapshotWriter {
@@ -251,8 +314,7 @@ impl SnapshotWriter {
         meta: &SnapshotMeta,
         fsync: bool,
     ) -> Result<SnapshotWriter, SnapshotError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let (tmp, file) = TempFile::create(dir, meta.index, meta.term)?;
+        let out = TempOut::create(dir, meta.index, meta.term, fsync)?;
         let header = encode_json(&HeaderOut {
             poncho_snapshot: VERSION,
             index: meta.index,
@@ -261,13 +323,10 @@ impl SnapshotWriter {
         })?;
         let mut writer = SnapshotWriter {
             final_path: snap_path(dir, meta.index, meta.term),
-            out: BufWriter::with_capacity(READ_BUF, file),
-            tmp,
+            out,
             crc: crc32fast::Hasher::new(),
             bytes: 0,
             lines: 0,
-            fsync,
-            failed: false,
         };
         writer.put(header.as_bytes())?;
         writer.put(b"\n")?;
@@ -293,39 +352,24 @@ impl SnapshotWriter {
         let SnapshotWriter {
             final_path,
             mut out,
-            tmp,
             crc,
             bytes,
             lines,
-            fsync,
-            failed,
         } = self;
-        if failed {
-            return Err(earlier_write_failed(&tmp.path));
-        }
+        out.check()?;
         let footer = encode_json(&Footer {
             lines,
             bytes,
             crc32: crc.finalize(),
         })?;
-        out.write_all(footer.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(io_err(&tmp.path))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| io_err(&tmp.path)(e.into_error()))?;
-        install(tmp, file, &final_path, fsync)?;
+        out.write(footer.as_bytes())?;
+        out.write(b"\n")?;
+        out.flush()?.install(&final_path)?;
         Ok(final_path)
     }
 
     fn put(&mut self, b: &[u8]) -> Result<(), SnapshotError> {
-        if self.failed {
-            return Err(earlier_write_failed(&self.tmp.path));
-        }
-        if let Err(e) = self.out.write_all(b) {
-            self.failed = true;
-            return Err(io_err(&self.tmp.path)(e));
-        }
+        self.out.write(b)?;
         self.crc.update(b);
         self.bytes += b.len() as u64;
         Ok(())
@@ -338,11 +382,8 @@ pub struct SnapshotReceiver {
     dir: PathBuf,
     index: u64,
     term: u64,
-    out: BufWriter<File>,
-    tmp: TempFile,
+    out: TempOut,
     received: u64,
-    fsync: bool,
-    failed: bool,
 }
 
 impl fmt::Debug for SnapshotReceiver {
@@ -362,17 +403,13 @@ impl SnapshotReceiver {
         term: u64,
         fsync: bool,
     ) -> Result<SnapshotReceiver, SnapshotError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let (tmp, file) = TempFile::create(dir, index, term)?;
+        let out = TempOut::create(dir, index, term, fsync)?;
         Ok(SnapshotReceiver {
             dir: dir.to_path_buf(),
             index,
             term,
-            out: BufWriter::with_capacity(READ_BUF, file),
-            tmp,
+            out,
             received: 0,
-            fsync,
-            failed: false,
         })
     }
 
@@ -392,19 +429,14 @@ impl SnapshotReceiver {
     /// concatenation of the leader's bytes; the caller answers with
     /// `received()` so the leader resumes from there.
     pub fn write_chunk(&mut self, offset: u64, data: &str) -> Result<u64, SnapshotError> {
-        if self.failed {
-            return Err(earlier_write_failed(&self.tmp.path));
-        }
+        self.out.check()?;
         if offset != self.received {
             return Err(SnapshotError::Protocol(format!(
                 "chunk of snapshot {}/{} at offset {offset}, but {} bytes have been received",
                 self.index, self.term, self.received
             )));
         }
-        if let Err(e) = self.out.write_all(data.as_bytes()) {
-            self.failed = true;
-            return Err(io_err(&self.tmp.path)(e));
-        }
+        self.out.write(data.as_bytes())?;
         self.received += data.len() as u64;
         Ok(self.received)
     }
@@ -422,28 +454,20 @@ impl SnapshotReceiver {
             index,
             term,
             out,
-            tmp,
             received: _,
-            fsync,
-            failed,
         } = self;
-        if failed {
-            return Err(earlier_write_failed(&tmp.path));
-        }
-        let file = out
-            .into_inner()
-            .map_err(|e| io_err(&tmp.path)(e.into_error()))?;
-        let (verified, _) = verify(&tmp.path)?;
+        let flushed = out.flush()?;
+        let (verified, _) = verify(&flushed.tmp.path)?;
         let meta = verified.meta;
         if (meta.index, meta.term) != (index, term) {
             let why = format!(
                 "header says index {} term {}, but the leader announced index {index} term {term}",
                 meta.index, meta.term
             );
-            return Err(corrupt(&tmp.path, why));
+            return Err(corrupt(&flushed.tmp.path, why));
         }
         let final_path = snap_path(&dir, index, term);
-        install(tmp, file, &final_path, fsync)?;
+        flushed.install(&final_path)?;
         Ok((meta, final_path))
     }
 }
