@@ -211,7 +211,52 @@ impl ReplyEnvelope {
             .then(|| serde_json::from_value(self.payload.clone()).ok())
             .flatten()
     }
+
+    /// The success reply of type `T`, which the table says comes with
+    /// `T::MSG_TYPE`; else the error, or what else came.
+    pub fn success<T: ReplyPayload + DeserializeOwned>(&self) -> Result<T, ReplyError> {
+        if self.kind() != Some(T::MSG_TYPE) {
+            return Err(match self.error() {
+                Some(error) => ReplyError::Error(error),
+                None => ReplyError::WrongType {
+                    expected: T::MSG_TYPE,
+                    got: self.msg_type.clone(),
+                },
+            });
+        }
+        T::deserialize(&self.payload).map_err(|e| ReplyError::BadPayload {
+            msg_type: T::MSG_TYPE,
+            message: e.to_string(),
+        })
+    }
 }
+
+/// Why a reply is not the success reply that was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// An `ERROR` reply.
+    Error(ErrorReply),
+    /// A reply of another `msg_type` (or an `ERROR` whose payload is not one).
+    WrongType { expected: MsgType, got: String },
+    /// The expected `msg_type`, with a payload that is not its reply's.
+    BadPayload { msg_type: MsgType, message: String },
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::Error(error) => error.fmt(f),
+            ReplyError::WrongType { expected, got } => {
+                write!(f, "a {got:?} reply where {expected} was expected")
+            }
+            ReplyError::BadPayload { msg_type, message } => {
+                write!(f, "bad {msg_type} reply: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
 
 #[cfg(test)]
 mod tests {
@@ -524,6 +569,43 @@ mod tests {
             "]".repeat(100_000)
         );
         assert_eq!(decode(&deep).unwrap_err().error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_reply_is_read_as_the_type_its_msg_type_names() {
+        let envelope = |line: &str| serde_json::from_str::<ReplyEnvelope>(line).unwrap();
+        let set = envelope(r#"{"msg_type":"SET","req_id":2,"payload":{"key":"k","index":7}}"#);
+        assert_eq!(
+            set.success::<SetReply>(),
+            Ok(SetReply {
+                key: "k".into(),
+                index: 7
+            })
+        );
+        assert_eq!(
+            set.success::<CasReply>().unwrap_err().to_string(),
+            "a \"SET\" reply where CAS was expected"
+        );
+        let ok = envelope(r#"{"msg_type":"HEALTHCHECK","payload":"ok"}"#);
+        assert_eq!(ok.success::<HealthcheckReply>(), Ok(HealthcheckReply));
+        let bad = envelope(r#"{"msg_type":"HEALTHCHECK","payload":"no"}"#);
+        assert!(matches!(
+            bad.success::<HealthcheckReply>(),
+            Err(ReplyError::BadPayload {
+                msg_type: MsgType::Healthcheck,
+                ..
+            })
+        ));
+        let error = envelope(
+            r#"{"msg_type":"ERROR","payload":{"code":"NO_LEADER","message":"no leader"}}"#,
+        );
+        assert_eq!(
+            error.success::<SetReply>(),
+            Err(ReplyError::Error(ErrorReply::new(
+                ErrorCode::NoLeader,
+                "no leader"
+            )))
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod table;
 pub use client::*;
 pub use envelope::{
     decode_request, encode_error, encode_peer, encode_reply, encode_request, DecodeError,
-    ReplyEnvelope, Request,
+    ReplyEnvelope, ReplyError, Request,
 };
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
 pub use raft::{
