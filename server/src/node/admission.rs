@@ -256,10 +256,10 @@ impl Node {
     /// down before the close, so that the close does not reset the
     /// connection over the answer.
     fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, why: &str) {
-        let _ = stream.read(&mut self.read_buffer);
-        self.scratch.clear();
-        encode_error(&mut self.scratch, None, &self.admission.too_many());
-        let _ = stream.write(&self.scratch);
+        let _ = stream.read(self.conns.read_buffer());
+        let mut line = Vec::new();
+        encode_error(&mut line, None, &self.admission.too_many());
+        let _ = stream.write(&line);
         let _ = stream.shutdown(Shutdown::Write);
         drop(stream);
         self.admission.refused += 1;
@@ -334,7 +334,7 @@ impl Node {
         let partial = self.admission.partial_request_timeout;
         let idle = self.admission.idle_timeout;
         let mut cuts = Vec::new();
-        for (key, conn) in &self.conns {
+        for (key, conn) in self.conns.iter() {
             if conn.close_after_flush || !conn.is_inbound() {
                 continue;
             }

@@ -1,12 +1,15 @@
-//! One TCP connection owned by the event loop: its input line buffer, its
-//! output buffer, and the reply slots that keep pipelined replies in order.
+//! The event loop's TCP connections: each one's input line buffer, output
+//! buffer and the reply slots that keep pipelined replies in order, and the
+//! table of them all (`Conns`), which says where a reply goes (`ReplyTo`).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use poncho_protocol::{LineBuffer, NodeId};
+use slab::Slab;
 
 /// Stop reading a client's requests while this much output waits for it: a
 /// client that does not read its replies gets no more work done.
@@ -32,6 +35,158 @@ pub enum ConnRole {
     Peer(NodeId),
     /// Ours, to a peer: carries our messages to it. Nothing is read from it.
     Outbound(NodeId),
+}
+
+/// Poll tokens of connections start here (the listener and the signals
+/// come first).
+pub const FIRST_CONN: usize = 2;
+
+/// Where a reply must go: connection, its generation, and the reply slot.
+#[derive(Clone, Copy)]
+pub struct ReplyTo {
+    pub conn: usize,
+    generation: u64,
+    slot: u64,
+    pub req_id: Option<u64>,
+}
+
+/// Every open connection, by slab key (its poll token less `FIRST_CONN`),
+/// and the ones with output to flush or to close at the end of the
+/// iteration.
+pub struct Conns {
+    slab: Slab<Conn>,
+    next_generation: u64,
+    max_line_bytes: usize,
+    dirty: Vec<usize>,
+    /// What `read` reads through (not zeroed on every read).
+    read_buffer: Box<[u8]>,
+}
+
+impl Conns {
+    pub fn new(max_line_bytes: usize) -> Conns {
+        Conns {
+            slab: Slab::new(),
+            next_generation: 0,
+            max_line_bytes,
+            dirty: Vec::new(),
+            read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    pub fn get(&self, key: usize) -> Option<&Conn> {
+        self.slab.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Conn> {
+        self.slab.get_mut(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
+        self.slab.iter()
+    }
+
+    pub fn keys(&self) -> Vec<usize> {
+        self.slab.iter().map(|(k, _)| k).collect()
+    }
+
+    /// Registers `stream` with the poll and keeps it; returns its key.
+    pub fn add(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        role: ConnRole,
+        interest: Interest,
+    ) -> io::Result<usize> {
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        registry.register(&mut stream, Token(key + FIRST_CONN), interest)?;
+        self.next_generation += 1;
+        entry.insert(Conn::new(
+            stream,
+            role,
+            self.next_generation,
+            self.max_line_bytes,
+            Instant::now(),
+        ));
+        Ok(key)
+    }
+
+    /// Forgets a connection and takes it from the poll.
+    pub fn remove(&mut self, registry: &Registry, key: usize) -> Option<Conn> {
+        let mut conn = self.slab.try_remove(key)?;
+        let _ = registry.deregister(&mut conn.stream);
+        Some(conn)
+    }
+
+    /// `Conn::read_some` on `key`, through the shared read buffer; `None`
+    /// if there is no such connection.
+    pub fn read(
+        &mut self,
+        key: usize,
+        budget: usize,
+        short_read_drains: bool,
+    ) -> Option<io::Result<bool>> {
+        let conn = self.slab.get_mut(key)?;
+        Some(conn.read_some(budget, &mut self.read_buffer, short_read_drains))
+    }
+
+    /// The read buffer, to read what a refused connection sent.
+    pub fn read_buffer(&mut self) -> &mut [u8] {
+        &mut self.read_buffer
+    }
+
+    /// Has `key` flushed (and closed, if it is done) at the end of the
+    /// iteration. Every path that queues output must call it (or flush).
+    pub fn mark_dirty(&mut self, key: usize) {
+        self.dirty.push(key);
+    }
+
+    /// The connections marked, as marked; `put_back` marks them again.
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks `dirty` again, before anything marked since `take_dirty`; an
+    /// emptied list is kept for its allocation.
+    pub fn put_back(&mut self, dirty: Vec<usize>) {
+        let mut later = std::mem::replace(&mut self.dirty, dirty);
+        self.dirty.append(&mut later);
+    }
+
+    /// Reserves the place of the reply to the request just read on `key`.
+    pub fn reserve(&mut self, key: usize, req_id: Option<u64>) -> Option<ReplyTo> {
+        let conn = self.slab.get_mut(key)?;
+        Some(ReplyTo {
+            conn: key,
+            generation: conn.generation,
+            slot: conn.reserve_slot(),
+            req_id,
+        })
+    }
+
+    /// Sends what `encode` writes as the reply to the request just read on
+    /// `key`, in its turn.
+    pub fn reply_now(&mut self, key: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            let slot = conn.reserve_slot();
+            conn.fill_slot(slot, encode);
+            // The oversized-line path returns before `process_lines` marks
+            // the connection, and a reply with nothing pending before it
+            // would otherwise wait for the next event on the connection.
+            self.dirty.push(key);
+        }
+    }
+
+    /// Sends what `encode` writes to a reserved slot, if its connection is
+    /// still the one that asked.
+    pub fn complete(&mut self, to: ReplyTo, encode: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(conn) = self.slab.get_mut(to.conn) {
+            if conn.generation == to.generation {
+                conn.fill_slot(to.slot, encode);
+                self.dirty.push(to.conn);
+            }
+        }
+    }
 }
 
 pub struct Conn {
@@ -115,14 +270,16 @@ impl Conn {
         self.first_slot + self.slots.len() as u64 - 1
     }
 
-    /// Fills a reserved slot; replies go out in slot order.
-    pub fn fill_slot(&mut self, slot: u64, reply: &[u8]) {
+    /// Fills a reserved slot with the reply `encode` writes; replies go out
+    /// in slot order. The reply is encoded where it goes: into the output
+    /// when every earlier reply is out, else into the slot, to wait there.
+    pub fn fill_slot(&mut self, slot: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let Some(position) = slot.checked_sub(self.first_slot) else {
             return; // already filled (cannot happen: each slot is filled once)
         };
         let position = position as usize;
         if position == 0 {
-            self.output.extend_from_slice(reply);
+            encode(&mut self.output);
             self.slots.pop_front();
             self.first_slot += 1;
             while let Some(Some(_)) = self.slots.front() {
@@ -132,13 +289,15 @@ impl Conn {
                 self.first_slot += 1;
             }
         } else if let Some(entry) = self.slots.get_mut(position) {
-            *entry = Some(reply.to_vec());
+            let mut reply = Vec::new();
+            encode(&mut reply);
+            *entry = Some(reply);
         }
     }
 
-    /// Appends bytes that need no slot (messages to a peer).
-    pub fn push_output(&mut self, bytes: &[u8]) {
-        self.output.extend_from_slice(bytes);
+    /// Appends what `encode` writes, needing no slot (messages to a peer).
+    pub fn push_output(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(&mut self.output);
     }
 
     pub fn output_bytes(&self) -> usize {
@@ -216,5 +375,38 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_leave_in_request_order_even_when_completed_out_of_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(
+            TcpStream::from_std(stream),
+            ConnRole::Client,
+            1,
+            1024,
+            Instant::now(),
+        );
+        let line = |text: &'static [u8]| move |out: &mut Vec<u8>| out.extend_from_slice(text);
+        let a = conn.reserve_slot();
+        let b = conn.reserve_slot();
+        let c = conn.reserve_slot();
+        conn.fill_slot(c, line(b"c\n"));
+        conn.fill_slot(b, line(b"b\n"));
+        assert_eq!(
+            conn.output_bytes(),
+            0,
+            "nothing may overtake the first reply"
+        );
+        conn.fill_slot(a, line(b"a\n"));
+        assert_eq!(conn.output_bytes(), 6);
+        assert_eq!(conn.pending_replies(), 0);
     }
 }

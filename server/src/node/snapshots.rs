@@ -1,6 +1,8 @@
 //! The event loop's side of snapshots: taking them in the background,
 //! streaming the latest to followers, receiving one from the leader, and
-//! picking one on start.
+//! picking one on start: the `Snapshots` state, and the `impl Node` that
+//! acts on it from the timers (`snapshot_housekeeping`) and from the Ready
+//! driver (`handle_snapshot_outputs`).
 //!
 //! Taking a snapshot costs the loop one O(1) copy-on-write clone of the state
 //! machine (`KvStore::snapshot`); a background thread writes the file while
@@ -9,10 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use poncho_protocol::{InstallSnapshot, NodeId};
 
+use super::{Fatal, Node};
 use crate::kv::KvStore;
+use crate::raft::{Ready, Restored};
 use crate::snapshot::{self, SnapshotMeta, SnapshotReceiver, SnapshotWriter};
 
 /// Largest chunk streamed to a follower. With JSON escaping a chunk line
@@ -21,6 +26,8 @@ pub const CHUNK_BYTES: usize = 128 << 10;
 /// Snapshot files kept: the newest, and one older in case the newest is
 /// found corrupt on a later start.
 const KEEP_SNAPSHOTS: usize = 2;
+/// After writing a snapshot failed, the next attempt waits this long.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Snapshots {
     dir: PathBuf,
@@ -29,6 +36,8 @@ pub struct Snapshots {
     pub latest: Option<(SnapshotMeta, PathBuf)>,
     building: Option<JoinHandle<Result<(SnapshotMeta, PathBuf), String>>>,
     receiving: Option<(NodeId, SnapshotReceiver, Transfer)>,
+    /// No new snapshot is started before this (one failed to be written).
+    retry_at: Option<Instant>,
 }
 
 /// What became of a chunk from the leader.
@@ -70,6 +79,7 @@ impl Snapshots {
             latest,
             building: None,
             receiving: None,
+            retry_at: None,
         };
         Ok((snapshots, kv, warnings))
     }
@@ -189,4 +199,169 @@ fn load(path: &Path) -> Result<KvStore, String> {
     let (_, lines) = snapshot::open(path)
         .map_err(|e| format!("cannot open snapshot {}: {e}", path.display()))?;
     KvStore::restore(lines).map_err(|e| format!("cannot load snapshot {}: {e}", path.display()))
+}
+
+impl Node {
+    /// Starts a snapshot when enough was applied since the last one, and
+    /// compacts the log behind one that became durable.
+    pub(super) fn snapshot_housekeeping(&mut self) {
+        match self.snapshots.poll_built() {
+            None => {}
+            Some(Err(e)) => {
+                // The older snapshot and the log still hold everything.
+                error!(
+                    "writing a snapshot failed: {e}; the previous snapshot and the log are \
+                     kept, and the next attempt waits {SNAPSHOT_RETRY:?}"
+                );
+                self.snapshots.retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+            }
+            Some(Ok(meta)) => {
+                let wanted = meta.index.saturating_sub(self.config.snapshot_keep_tail);
+                let compacted = self.raft.compact(wanted).min(meta.index);
+                // The disk keeps what its own snapshot does not cover.
+                match self.storage.compact(compacted) {
+                    Ok(()) => info!(
+                        "snapshot through index {} written; log compacted through {compacted}",
+                        meta.index
+                    ),
+                    Err(e) => error!("compacting the log through {compacted} failed: {e}"),
+                }
+            }
+        }
+        let applied = self.kv.last_applied();
+        if self.snapshots.is_building()
+            || applied < self.snapshots.latest_index() + self.config.snapshot_entries
+            || self.unpersisted.is_some()
+            || self.snapshots.retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        let Some(term) = self.raft.log().term(applied) else {
+            return;
+        };
+        let started = Instant::now();
+        let meta = SnapshotMeta {
+            index: applied,
+            term,
+            members: self.peers.members(self.config.id),
+        };
+        self.snapshots.start(&self.kv, meta);
+        info!(
+            "snapshot through index {applied} started: {} keys, event loop paused {} us",
+            self.kv.len(),
+            started.elapsed().as_micros()
+        );
+    }
+
+    /// Leader: streams the latest snapshot to followers that need it, one
+    /// chunk per acknowledgement. Follower: writes chunks from the leader and
+    /// installs a completed snapshot.
+    pub(super) fn handle_snapshot_outputs(&mut self, rd: &mut Ready) -> Result<(), Fatal> {
+        self.send_snapshot_chunks(rd);
+        let chunks = std::mem::take(&mut rd.snapshot_chunks);
+        if self.unpersisted.is_some() && !chunks.is_empty() {
+            // Its acknowledgement could not leave, and installing it would
+            // have to reset a log that cannot be written: the leader retries
+            // the transfer once it has heard nothing for a while.
+            debug!("disk full: ignoring {} snapshot chunks", chunks.len());
+            return Ok(());
+        }
+        for (leader, chunk) in chunks {
+            self.receive_snapshot_chunk(leader, &chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Leader: the next chunk to each follower that started a transfer or
+    /// acknowledged a chunk.
+    fn send_snapshot_chunks(&mut self, rd: &mut Ready) {
+        let starts = std::mem::take(&mut rd.snapshots_to_send)
+            .into_iter()
+            .map(|to| (to, None, 0));
+        let acks = std::mem::take(&mut rd.snapshot_acks)
+            .into_iter()
+            .map(|a| (a.to, Some(a.index), a.next_offset));
+        for (to, index, offset) in starts.chain(acks) {
+            let latest = self.snapshots.latest_index();
+            // An acknowledgement for an older snapshot starts the newest over.
+            let offset = if index.is_some_and(|i| i != latest) {
+                0
+            } else {
+                offset
+            };
+            match self.snapshots.chunk(offset) {
+                Ok((index, term, data, done)) => {
+                    if offset == 0 {
+                        info!("sending snapshot through index {index} to node {to}");
+                    }
+                    self.raft
+                        .send_snapshot_chunk(to, index, term, offset, data, done);
+                }
+                Err(e) => warn!("cannot send a snapshot to node {to}: {e}"),
+            }
+        }
+    }
+
+    /// Follower: writes a chunk from `leader`, acknowledges it, and installs
+    /// the snapshot it completes.
+    fn receive_snapshot_chunk(
+        &mut self,
+        leader: NodeId,
+        chunk: &InstallSnapshot,
+    ) -> Result<(), Fatal> {
+        let index = chunk.last_included_index;
+        match self.snapshots.receive(leader, chunk) {
+            Ok(Received::Ack(next_offset)) => {
+                self.raft
+                    .snapshot_chunk_received(leader, index, next_offset);
+                Ok(())
+            }
+            Ok(Received::Complete(meta, kv, transfer)) => {
+                self.install_snapshot(leader, &meta, *kv, transfer)
+            }
+            Err(e) => {
+                // Not acknowledged: answering at once with offset 0 would
+                // have the leader resend at once, in a loop on a full
+                // disk. It starts over once its transfer stalls.
+                warn!("snapshot chunk from node {leader} for index {index} refused: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// The snapshot file is durable; makes the log agree with it before the
+    /// acknowledgement leaves (next ready), and loads its state.
+    fn install_snapshot(
+        &mut self,
+        leader: NodeId,
+        meta: &SnapshotMeta,
+        kv: KvStore,
+        transfer: Transfer,
+    ) -> Result<(), Fatal> {
+        let result = match self.raft.restore_snapshot(leader, meta.index, meta.term) {
+            Restored::Stale => {
+                // Loading it would take the state machine back to an index
+                // it has already passed.
+                info!(
+                    "received snapshot through index {}, which this node \
+                     has already committed; keeping its state",
+                    meta.index
+                );
+                return Ok(());
+            }
+            Restored::DiscardedLog => self.storage.reset(meta.index + 1),
+            Restored::KeptLog => self.storage.compact(meta.index),
+        };
+        result.map_err(|error| Fatal::SnapshotReset {
+            index: meta.index,
+            error,
+        })?;
+        self.kv = kv;
+        info!(
+            "installed snapshot through index {} from node {leader} \
+             ({} bytes in {} chunks, {} out of turn)",
+            meta.index, transfer.bytes, transfer.chunks, transfer.out_of_turn
+        );
+        Ok(())
+    }
 }

@@ -1,0 +1,465 @@
+//! The client path: a line read from a connection becomes a request, is
+//! dispatched (answered at once, proposed to the log, or started as a
+//! linearizable read), waits in `Clients` until the core commits or confirms
+//! it, and is answered into its reply slot (`conn::ReplyTo`), each reply
+//! encoded where it is made.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use poncho_protocol::{
+    decode_request, encode_error, encode_reply, ClientRequest, Entry, ErrorCode, ErrorReply,
+    FollowerProgress, GetReply, HealthcheckReply, KeysReply, MemberStatus, Request, StatusReply,
+};
+
+use super::conn::ReplyTo;
+use super::Node;
+use crate::kv::{ApplyResult, Command};
+use crate::raft::{ProgressState, ProposeError, ReadState, Role};
+use crate::storage::Health;
+
+/// Most keys one KEYS reply lists.
+pub const MAX_KEYS_PER_REPLY: usize = 10_000;
+/// How often requests are checked against their deadlines.
+const EXPIRY_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Client requests waiting for the core.
+pub struct Clients {
+    /// Writes by log index, until applied.
+    writes: HashMap<u64, PendingWrite>,
+    /// Reads by read id, until the core confirms them.
+    reads: HashMap<u64, PendingRead>,
+    /// Confirmed reads waiting for an earlier write of their connection.
+    deferred_reads: Vec<PendingRead>,
+    next_read_id: u64,
+    next_expiry_scan: Instant,
+}
+
+struct PendingWrite {
+    to: ReplyTo,
+    term: u64,
+    deadline: Instant,
+}
+
+enum ReadKind {
+    Get(String),
+    Keys(String),
+}
+
+struct PendingRead {
+    to: ReplyTo,
+    kind: ReadKind,
+    deadline: Instant,
+    /// Serve only once this index is applied (read-your-writes on a connection).
+    min_index: u64,
+}
+
+impl Clients {
+    pub fn new(now: Instant) -> Clients {
+        Clients {
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            deferred_reads: Vec::new(),
+            next_read_id: 1,
+            next_expiry_scan: now,
+        }
+    }
+
+    /// Takes the deferred reads whose connection's writes are applied
+    /// through `applied`.
+    fn take_servable(&mut self, applied: u64) -> Vec<PendingRead> {
+        let (ready, waiting) = std::mem::take(&mut self.deferred_reads)
+            .into_iter()
+            .partition(|r| r.min_index <= applied);
+        self.deferred_reads = waiting;
+        ready
+    }
+
+    /// Takes the writes and reads past their deadlines.
+    fn take_expired(&mut self, now: Instant) -> (Vec<PendingWrite>, Vec<PendingRead>) {
+        let writes = take_where(&mut self.writes, |w| w.deadline <= now);
+        let mut reads = take_where(&mut self.reads, |r| r.deadline <= now);
+        let (late, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
+            std::mem::take(&mut self.deferred_reads)
+                .into_iter()
+                .partition(|r| r.deadline <= now);
+        self.deferred_reads = waiting;
+        reads.extend(late);
+        (writes, reads)
+    }
+}
+
+/// Removes and returns the values of `map` that `due` picks.
+fn take_where<T>(map: &mut HashMap<u64, T>, due: impl Fn(&T) -> bool) -> Vec<T> {
+    map.extract_if(|_, v| due(v)).map(|(_, v)| v).collect()
+}
+
+impl Node {
+    /// Handles the complete lines buffered; returns whether there were any.
+    pub(super) fn process_lines(&mut self, key: usize) -> bool {
+        let mut lines = Vec::new();
+        {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return false;
+            };
+            while let Some(line) = conn.input.next_line() {
+                match line {
+                    Ok(bytes) => lines.push(Ok(bytes.to_vec())),
+                    Err(too_long) => {
+                        lines.push(Err(too_long.limit));
+                        break;
+                    }
+                }
+            }
+        }
+        let completed = !lines.is_empty();
+        for line in lines {
+            if self.conns.get(key).is_none_or(|c| c.close_after_flush) {
+                break; // refused: what followed is not answered
+            }
+            match line {
+                Ok(bytes) => self.handle_line(key, &bytes),
+                Err(limit) => {
+                    let error = ErrorReply::new(
+                        ErrorCode::MessageTooLarge,
+                        format!("line longer than {limit} bytes; closing the connection"),
+                    );
+                    self.reply_error_now(key, None, &error);
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.close_after_flush = true;
+                    }
+                    return true;
+                }
+            }
+        }
+        self.conns.mark_dirty(key);
+        completed
+    }
+
+    fn handle_line(&mut self, key: usize, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return; // blank lines (a human at nc pressing enter) are ignored
+        }
+        let request = decode_request(line);
+        let from = match &request {
+            Ok(Request::Peer {
+                src_id: Some(id), ..
+            }) if self.peers.contains(*id) => Some(*id),
+            _ => None,
+        };
+        if !self.identify(key, from) {
+            return;
+        }
+        match request {
+            Err(e) => self.reply_error_now(key, e.req_id, &e.error),
+            Ok(Request::Peer { src_id, message }) => self.handle_peer_message(key, src_id, message),
+            Ok(Request::Client { req_id, request }) => {
+                self.handle_client_request(key, req_id, request)
+            }
+        }
+    }
+
+    fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
+        match request {
+            ClientRequest::Healthcheck => self
+                .conns
+                .reply_now(key, |out| encode_reply(out, req_id, &HealthcheckReply)),
+            ClientRequest::Status => {
+                let status = self.status();
+                self.conns
+                    .reply_now(key, |out| encode_reply(out, req_id, &status));
+            }
+            ClientRequest::Get(get) if get.stale => {
+                let reply = GetReply {
+                    value: self.kv.get(&get.key).map(str::to_owned),
+                    key: get.key,
+                };
+                self.conns
+                    .reply_now(key, |out| encode_reply(out, req_id, &reply));
+            }
+            ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
+            ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
+            // A registration goes through the log like a write: the session
+            // exists once it is applied, on every node at the same index.
+            write @ (ClientRequest::Set(_)
+            | ClientRequest::Delete(_)
+            | ClientRequest::Cas(_)
+            | ClientRequest::RegisterClient) => self.propose_write(key, req_id, &write),
+        }
+    }
+
+    /// Proposes a write to the log; it is answered once applied.
+    fn propose_write(&mut self, key: usize, req_id: Option<u64>, write: &ClientRequest) {
+        if self.unpersisted.is_some() && self.raft.role() == Role::Leader {
+            let error = self.no_space_error();
+            return self.reply_error_now(key, req_id, &error);
+        }
+        let Some(command) = Command::from_request(write, now_ms()) else {
+            return self.reply_error_now(key, req_id, &ErrorReply::bad_request("not a write"));
+        };
+        match self.raft.propose(command.encode()) {
+            Ok((index, term)) => {
+                let Some(to) = self.conns.reserve(key, req_id) else {
+                    return;
+                };
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.last_write_index = index;
+                }
+                let deadline = Instant::now() + self.config.request_timeout;
+                self.clients
+                    .writes
+                    .insert(index, PendingWrite { to, term, deadline });
+            }
+            Err(e) => {
+                let error = self.propose_error(&e);
+                self.reply_error_now(key, req_id, &error);
+            }
+        }
+    }
+
+    fn start_read(&mut self, key: usize, req_id: Option<u64>, kind: ReadKind) {
+        let id = self.clients.next_read_id;
+        self.clients.next_read_id += 1;
+        match self.raft.read_index(id) {
+            Ok(()) => {
+                let Some(to) = self.conns.reserve(key, req_id) else {
+                    return;
+                };
+                let deadline = Instant::now() + self.config.request_timeout;
+                let min_index = self.conns.get(key).map_or(0, |c| c.last_write_index);
+                self.clients.reads.insert(
+                    id,
+                    PendingRead {
+                        to,
+                        kind,
+                        deadline,
+                        min_index,
+                    },
+                );
+            }
+            Err(e) => {
+                let error = self.propose_error(&e);
+                self.reply_error_now(key, req_id, &error);
+            }
+        }
+    }
+
+    /// Answers the write proposed at `entry`'s index, if one waits here,
+    /// with what applying it did (`result`).
+    pub(super) fn answer_applied(&mut self, entry: &Entry, result: Option<ApplyResult>) {
+        let Some(pending) = self.clients.writes.remove(&entry.index) else {
+            return;
+        };
+        let req_id = pending.to.req_id;
+        if pending.term != entry.term {
+            let error = ErrorReply::new(
+                ErrorCode::LeadershipLost,
+                "leadership changed before the write committed; retry with the same client_id and seq",
+            );
+            return self.complete_error(pending.to, &error);
+        }
+        self.conns.complete(pending.to, |out| match &result {
+            Some(ApplyResult::Set(r)) => encode_reply(out, req_id, r),
+            Some(ApplyResult::Delete(r)) => encode_reply(out, req_id, r),
+            Some(ApplyResult::Cas(r)) => encode_reply(out, req_id, r),
+            Some(ApplyResult::Register(r)) => encode_reply(out, req_id, r),
+            Some(ApplyResult::Error(e)) => encode_error(out, req_id, e),
+            None => encode_error(
+                out,
+                req_id,
+                &ErrorReply::new(
+                    ErrorCode::LeadershipLost,
+                    "the entry at this index is not a command",
+                ),
+            ),
+        });
+    }
+
+    /// After applying: serves the reads the core confirmed (`reads`) once
+    /// their connection's writes are applied, and fails those it could not
+    /// confirm (`failed`).
+    pub(super) fn answer_reads(&mut self, reads: Vec<ReadState>, failed: Vec<u64>) {
+        for read in reads {
+            if let Some(pending) = self.clients.reads.remove(&read.id) {
+                self.clients.deferred_reads.push(pending);
+            }
+        }
+        for pending in self.clients.take_servable(self.kv.last_applied()) {
+            self.serve_read(pending);
+        }
+        for id in failed {
+            if let Some(pending) = self.clients.reads.remove(&id) {
+                let error = ErrorReply::new(
+                    ErrorCode::LeadershipLost,
+                    "leadership was lost before the read was confirmed; retry",
+                );
+                self.complete_error(pending.to, &error);
+            }
+        }
+    }
+
+    fn serve_read(&mut self, pending: PendingRead) {
+        let req_id = pending.to.req_id;
+        match pending.kind {
+            ReadKind::Get(key) => {
+                let value = self.kv.get(&key).map(str::to_owned);
+                let reply = GetReply { key, value };
+                self.conns
+                    .complete(pending.to, |out| encode_reply(out, req_id, &reply));
+            }
+            ReadKind::Keys(prefix) => {
+                let reply = KeysReply {
+                    keys: self.kv.keys(&prefix, MAX_KEYS_PER_REPLY),
+                };
+                self.conns
+                    .complete(pending.to, |out| encode_reply(out, req_id, &reply));
+            }
+        }
+    }
+
+    /// Answers the requests past their deadlines with TIMEOUT.
+    pub(super) fn expire_requests(&mut self, now: Instant) {
+        if now < self.clients.next_expiry_scan {
+            return;
+        }
+        self.clients.next_expiry_scan = now + EXPIRY_SCAN_INTERVAL;
+        let (writes, reads) = self.clients.take_expired(now);
+        for w in writes {
+            let error = ErrorReply::new(
+                ErrorCode::Timeout,
+                "the write did not commit in time; its outcome is unknown: retry with the same client_id and seq",
+            );
+            self.complete_error(w.to, &error);
+        }
+        for r in reads {
+            let error = ErrorReply::new(
+                ErrorCode::Timeout,
+                "the read could not be served in time; retry",
+            );
+            self.complete_error(r.to, &error);
+        }
+    }
+
+    pub(super) fn reply_error_now(&mut self, key: usize, req_id: Option<u64>, error: &ErrorReply) {
+        self.conns
+            .reply_now(key, |out| encode_error(out, req_id, error));
+    }
+
+    fn complete_error(&mut self, to: ReplyTo, error: &ErrorReply) {
+        self.conns
+            .complete(to, |out| encode_error(out, to.req_id, error));
+    }
+
+    fn no_space_error(&self) -> ErrorReply {
+        let next = if self.peers.is_empty() {
+            "retry once space is freed"
+        } else {
+            "it is handing leadership to a node that can: retry shortly"
+        };
+        ErrorReply::new(
+            ErrorCode::NoSpace,
+            format!(
+                "node {} cannot write to its disk ({}); the write was not applied; {next}",
+                self.config.id,
+                self.unpersisted.as_ref().map_or("", |u| u.error.as_str())
+            ),
+        )
+    }
+
+    fn propose_error(&self, e: &ProposeError) -> ErrorReply {
+        match e {
+            ProposeError::NotLeader {
+                leader_id: Some(id),
+            } => {
+                let mut error = ErrorReply::new(
+                    ErrorCode::NotLeader,
+                    format!("node {} is not the leader; node {id} is", self.config.id),
+                );
+                error.leader_id = Some(*id);
+                error.leader_addr = self.peers.addr(*id).map(|a| a.to_string());
+                error
+            }
+            ProposeError::NotLeader { leader_id: None } => ErrorReply::new(
+                ErrorCode::NoLeader,
+                "no leader is known; an election is under way or a quorum is unreachable",
+            ),
+            ProposeError::TransferInProgress => ErrorReply::new(
+                ErrorCode::NoLeader,
+                "leadership is being transferred; retry shortly",
+            ),
+            ProposeError::Overloaded => ErrorReply::new(
+                ErrorCode::Overloaded,
+                "too many writes waiting to commit; retry later",
+            ),
+        }
+    }
+
+    /// The STATUS reply: the core's status, with addresses and the disk.
+    fn status(&self) -> StatusReply {
+        let s = self.raft.status();
+        let own = self.config.addr().to_string();
+        let addr_of = |id| {
+            if id == self.config.id {
+                Some(own.clone())
+            } else {
+                self.peers.addr(id).map(|a| a.to_string())
+            }
+        };
+        let mut members: Vec<MemberStatus> = self
+            .peers
+            .addrs()
+            .map(|(id, addr)| MemberStatus {
+                id,
+                addr: addr.to_string(),
+            })
+            .collect();
+        members.push(MemberStatus {
+            id: self.config.id,
+            addr: own.clone(),
+        });
+        members.sort_by_key(|m| m.id);
+        StatusReply {
+            id: s.id,
+            addr: own.clone(),
+            role: s.role.to_string(),
+            term: s.term,
+            leader_id: s.leader_id,
+            leader_addr: s.leader_id.and_then(addr_of),
+            commit_index: s.commit_index,
+            last_applied: s.applied_index,
+            last_log_index: s.last_log_index,
+            storage: self.storage_status().to_string(),
+            storage_error: self.unpersisted.as_ref().map(|u| u.describe()),
+            members,
+            followers: s
+                .followers
+                .iter()
+                .map(|f| FollowerProgress {
+                    id: f.id,
+                    match_index: f.match_index,
+                    next_index: f.next_index,
+                    state: match f.state {
+                        ProgressState::Probe => "probe".to_string(),
+                        ProgressState::Replicate => "replicate".to_string(),
+                        ProgressState::Snapshot => "snapshot".to_string(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// STATUS's `storage`: whether this node can write.
+    fn storage_status(&self) -> &'static str {
+        match (&self.unpersisted, self.storage.health()) {
+            (Some(_), _) | (None, Health::NoSpace) => "no_space",
+            (None, Health::Healthy) => "ok",
+            (None, Health::Failed) => "failed",
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

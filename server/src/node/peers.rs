@@ -1,0 +1,298 @@
+//! The peer path: one outbound connection per other member, carrying our
+//! messages to it (theirs arrive on connections they open to us), opened
+//! again with backoff when it drops; probes from non-members; and the
+//! bootstrap hint, which waits for enough links to be up.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::Interest;
+use poncho_protocol::{
+    encode_peer, AppendEntriesReply, ErrorReply, NodeId, RaftMessage, RequestVoteReply,
+};
+
+use super::conn::ConnRole;
+use super::{Node, NodeConfig};
+
+/// A slow peer's unsent messages beyond this are dropped (Raft resends).
+const PEER_OUTPUT_LIMIT: usize = 64 << 20;
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
+/// The other members, and our link to each.
+pub struct Peers {
+    links: BTreeMap<NodeId, PeerLink>,
+    /// The `is_leader` hint, not yet acted on.
+    bootstrap_pending: bool,
+}
+
+struct PeerLink {
+    addr: SocketAddr,
+    /// Slab key of the outbound connection, when there is one.
+    conn: Option<usize>,
+    next_attempt: Instant,
+    backoff: Duration,
+    /// Whether we logged this peer as unreachable (log once, not per retry).
+    reported_down: bool,
+    /// When the current connection was established, until it has stayed up
+    /// for `STABLE_CONNECTION`: only then is the backoff reset and the peer
+    /// logged as reachable, so a peer (or a firewall, or a proxy) that
+    /// accepts and at once closes does not get a reconnect storm.
+    connected_at: Option<Instant>,
+}
+
+impl PeerLink {
+    /// Waits out the backoff before the next attempt, and doubles it.
+    fn back_off(&mut self, now: Instant) {
+        self.next_attempt = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+impl Peers {
+    pub fn new(config: &NodeConfig, now: Instant) -> Peers {
+        let links = config
+            .peers
+            .iter()
+            .map(|(&id, &addr)| {
+                let link = PeerLink {
+                    addr,
+                    conn: None,
+                    next_attempt: now,
+                    backoff: RECONNECT_MIN,
+                    reported_down: false,
+                    connected_at: None,
+                };
+                (id, link)
+            })
+            .collect();
+        Peers {
+            links,
+            bootstrap_pending: config.bootstrap_leader,
+        }
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.links.contains_key(&id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.links.get(&id).map(|p| p.addr)
+    }
+
+    /// Every peer with its address, by id.
+    pub fn addrs(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
+        self.links.iter().map(|(&id, p)| (id, p.addr))
+    }
+
+    /// Every member's id, this node's (`own`) included, in order.
+    pub fn members(&self, own: NodeId) -> Vec<NodeId> {
+        let mut members: Vec<NodeId> = self.links.keys().copied().collect();
+        members.push(own);
+        members.sort_unstable();
+        members
+    }
+
+    /// The next reconnect due, if a link is down.
+    pub fn next_attempt(&self) -> Option<Instant> {
+        self.links
+            .values()
+            .filter(|p| p.conn.is_none())
+            .map(|p| p.next_attempt)
+            .min()
+    }
+
+    /// The outbound connection `key` to `peer` closed.
+    pub fn link_closed(&mut self, peer: NodeId, key: usize, why: &str) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if link.conn != Some(key) {
+            return;
+        }
+        link.conn = None;
+        link.connected_at = None;
+        link.back_off(Instant::now());
+        if !link.reported_down {
+            link.reported_down = true;
+            info!("peer {peer} at {} unreachable: {why}", link.addr);
+        }
+    }
+
+    /// The outbound connection to `peer` is established.
+    pub fn link_connected(&mut self, peer: NodeId) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.connected_at = Some(Instant::now());
+        }
+    }
+
+    /// Resets the backoff of links that have stayed up long enough.
+    fn settle(&mut self, now: Instant) {
+        for (peer, link) in self.links.iter_mut() {
+            if link
+                .connected_at
+                .is_some_and(|t| now.duration_since(t) >= STABLE_CONNECTION)
+            {
+                link.connected_at = None;
+                link.backoff = RECONNECT_MIN;
+                if link.reported_down {
+                    link.reported_down = false;
+                    info!("peer {peer} at {} reachable again", link.addr);
+                }
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Opens the links that are down and due for another attempt.
+    pub(super) fn connect_peers(&mut self, now: Instant) {
+        self.peers.settle(now);
+        let due: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .links
+            .iter()
+            .filter(|(_, p)| p.conn.is_none() && p.next_attempt <= now)
+            .map(|(&id, p)| (id, p.addr))
+            .collect();
+        for (id, addr) in due {
+            let result = connect_from(self.config.host, addr).map(|stream| {
+                self.add_conn(
+                    stream,
+                    ConnRole::Outbound(id),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            });
+            let Some(link) = self.peers.links.get_mut(&id) else {
+                continue;
+            };
+            match result {
+                Ok(Some(key)) => {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.connecting = true;
+                    }
+                    link.conn = Some(key);
+                }
+                Ok(None) | Err(_) => link.back_off(now),
+            }
+        }
+    }
+
+    pub(super) fn send_to_peer(&mut self, to: NodeId, message: &RaftMessage) {
+        let Some(key) = self.peers.links.get(&to).and_then(|p| p.conn) else {
+            return; // not connected: Raft treats it as a lost message
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.output_bytes() > PEER_OUTPUT_LIMIT {
+            return;
+        }
+        let from = self.config.id;
+        conn.push_output(|out| encode_peer(out, Some(from), None, message));
+        // Write now rather than at the end of the iteration, so the message
+        // is on the wire before this node's fsync.
+        self.flush_conn(key);
+    }
+
+    /// A Raft message read on connection `key`: a member's goes to the
+    /// core; anything else is a probe.
+    pub(super) fn handle_peer_message(
+        &mut self,
+        key: usize,
+        src_id: Option<NodeId>,
+        message: RaftMessage,
+    ) {
+        match src_id {
+            Some(id) if self.peers.contains(id) => self.raft.step(id, message),
+            _ => self.answer_probe(key, message),
+        }
+    }
+
+    /// A probe (the shell's `append` / `vote`, or a node that is not a
+    /// member): answered with our term, rejected. The core never sees it,
+    /// so it changes nothing.
+    fn answer_probe(&mut self, key: usize, message: RaftMessage) {
+        let term = self.raft.term();
+        let reply = match message {
+            RaftMessage::AppendEntries(m) => RaftMessage::AppendEntriesReply(AppendEntriesReply {
+                term,
+                request_term: m.term,
+                success: false,
+                index: m.prev_log_index,
+                conflict_term: 0,
+                conflict_index: 0,
+                read_round: m.read_round,
+            }),
+            RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
+                term,
+                request_term: m.term,
+                vote_granted: false,
+                pre_vote: m.pre_vote,
+            }),
+            _ => {
+                let error = ErrorReply::bad_request(
+                    "only APPEND_ENTRY and REQUEST_VOTE may be sent as probes",
+                );
+                return self.reply_error_now(key, None, &error);
+            }
+        };
+        self.conns
+            .reply_now(key, |out| encode_peer(out, None, None, &reply));
+    }
+
+    /// Acts on the `is_leader` hint once enough peers are connected for the
+    /// vote requests to reach a quorum.
+    pub(super) fn maybe_bootstrap(&mut self) {
+        if !self.peers.bootstrap_pending {
+            return;
+        }
+        let connected = self
+            .peers
+            .links
+            .values()
+            .filter(|p| {
+                p.conn
+                    .and_then(|k| self.conns.get(k))
+                    .is_some_and(|c| !c.connecting)
+            })
+            .count();
+        if connected + 1 >= self.raft.quorum() {
+            self.peers.bootstrap_pending = false;
+            info!("bootstrap hint: campaigning now ({connected} peers connected)");
+            self.raft.campaign_now();
+        }
+    }
+}
+
+/// Starts a nonblocking connect to `addr` from our own IP, so per-node
+/// firewall rules on 127.0.0.N addresses apply to peer traffic too.
+fn connect_from(host: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if !host.is_unspecified() && host.is_ipv4() == addr.is_ipv4() {
+        socket.bind(&SockAddr::from(SocketAddr::new(host, 0)))?;
+    }
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e)
+            if e.raw_os_error() == Some(libc_einprogress())
+                || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// EINPROGRESS on Linux; a nonblocking connect reports it while under way.
+const fn libc_einprogress() -> i32 {
+    115
+}
