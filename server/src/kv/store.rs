@@ -1,0 +1,314 @@
+//! The store and what each command does to it.
+//!
+//! [`KvStore::apply`] routes a committed entry: a no-op only advances
+//! `last_applied`; a command is decoded, the log clock advanced and idle
+//! sessions expired (`session.rs`), and then it is a registration, a write
+//! in a session (applied at most once), or a plain write. [`Data::apply`] is
+//! the one place that decides what SET, DELETE and CAS do.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use poncho_protocol::{
+    CasReply, DeleteReply, Entry, EntryKind, ErrorReply, RegisterClientReply, ReplyPayload,
+    SetReply,
+};
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+
+use super::command::{Command, Op};
+use super::session::{Session, MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
+
+/// The result of applying one entry, as the reply a client gets.
+///
+/// A session caches it, and a snapshot writes it in the shape of its wire
+/// reply plus its `type` (`{"type":"SET","key":"a","index":7}`), which is
+/// what the serde attributes give.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApplyResult {
+    Set(SetReply),
+    Delete(DeleteReply),
+    Cas(CasReply),
+    #[serde(rename = "REGISTER_CLIENT")]
+    Register(RegisterClientReply),
+    /// A stale sequence number, a session the store does not hold, or an
+    /// entry whose data is not a valid command.
+    Error(ErrorReply),
+}
+
+impl ApplyResult {
+    /// The reply's wire `msg_type`.
+    pub fn msg_type(&self) -> &'static str {
+        match self {
+            ApplyResult::Set(_) => SetReply::MSG_TYPE,
+            ApplyResult::Delete(_) => DeleteReply::MSG_TYPE,
+            ApplyResult::Cas(_) => CasReply::MSG_TYPE,
+            ApplyResult::Register(_) => RegisterClientReply::MSG_TYPE,
+            ApplyResult::Error(_) => ErrorReply::MSG_TYPE,
+        }
+        .name()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvStore {
+    /// Persistent ordered maps (see `snapshot.rs`): ordered so that nothing
+    /// derived from them (eviction, `keys`, snapshots) can depend on hash
+    /// order, persistent so that a snapshot costs O(1).
+    pub(super) data: Data,
+    /// By `client_id`, the index of the session's registration.
+    pub(super) sessions: OrdMap<u64, Session>,
+    /// Client ids by the index that last used them, oldest first. The log
+    /// clock never decreases along the log, so this order is also the order
+    /// of `last_used_ts_ms`: the front is both the least recently used session
+    /// and the first to expire, and expiry and eviction only ever pop it.
+    pub(super) sessions_by_use: OrdMap<u64, u64>,
+    pub(super) session_bytes: usize,
+    pub(super) last_applied: u64,
+    /// The largest `ts_ms` applied so far: the log clock.
+    pub(super) clock_ms: u64,
+    // The limits, fields so tests can shrink them; always the constants
+    // otherwise (or, after a restore, the values the snapshot recorded).
+    pub(super) session_timeout_ms: u64,
+    pub(super) max_sessions: usize,
+    pub(super) max_session_bytes: usize,
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore::new()
+    }
+}
+
+impl KvStore {
+    pub fn new() -> KvStore {
+        KvStore::with_session_limits(SESSION_TIMEOUT_MS, MAX_SESSIONS)
+    }
+
+    /// A store that expires sessions after `session_timeout_ms` of log time
+    /// and keeps at most `max_sessions` (at least 1) of them: for tests that
+    /// must see expiry and eviction in seconds. Every node of a cluster must
+    /// use the same values (see [`SESSION_TIMEOUT_MS`]).
+    pub fn with_session_limits(session_timeout_ms: u64, max_sessions: usize) -> KvStore {
+        KvStore {
+            data: Data::default(),
+            sessions: OrdMap::new(),
+            sessions_by_use: OrdMap::new(),
+            session_bytes: 0,
+            last_applied: 0,
+            clock_ms: 0,
+            session_timeout_ms,
+            max_sessions: max_sessions.max(1),
+            max_session_bytes: MAX_SESSION_BYTES,
+        }
+    }
+
+    /// Applies the entry at `entry.index`, which must be `last_applied() + 1`.
+    ///
+    /// Returns the client's reply for a command, `None` for a no-op. An entry
+    /// at or below `last_applied()` was applied already (a replay after a
+    /// restart, say): it is ignored and gives `None`. Data that is not a valid
+    /// command still consumes its index and gives an `Error`; it never panics,
+    /// since every node must come to the same verdict on the same bytes.
+    pub fn apply(&mut self, entry: &Entry) -> Option<ApplyResult> {
+        if entry.index <= self.last_applied {
+            return None;
+        }
+        debug_assert_eq!(
+            entry.index,
+            self.last_applied + 1,
+            "entries must be applied in order without gaps"
+        );
+        self.last_applied = entry.index;
+        match entry.kind {
+            EntryKind::Noop => None,
+            EntryKind::Command => Some(match Command::decode(&entry.data) {
+                Ok(command) => self.apply_command(entry.index, command),
+                Err(e) => ApplyResult::Error(ErrorReply::bad_request(format!(
+                    "log entry {} is not a valid command: {e}",
+                    entry.index
+                ))),
+            }),
+        }
+    }
+
+    fn apply_command(&mut self, index: u64, command: Command) -> ApplyResult {
+        self.clock_ms = self.clock_ms.max(command.ts_ms);
+        // Before the command: a session idle for the timeout at this point of
+        // the log is gone for it, whatever came in between.
+        self.expire_sessions();
+        match (command.client_id, command.seq, command.op) {
+            (None, None, Op::RegisterClient) => self.register(index),
+            (_, _, Op::RegisterClient) => ApplyResult::Error(ErrorReply::bad_request(
+                "REGISTER_CLIENT carries no client_id or seq; no session was opened",
+            )),
+            (None, None, op) => self.data.apply(index, op),
+            (Some(_), Some(0), _) => ApplyResult::Error(ErrorReply::bad_request(
+                "seq starts at 1; the command was not applied",
+            )),
+            (Some(client_id), Some(seq), op) => self.apply_in_session(index, client_id, seq, op),
+            _ => ApplyResult::Error(ErrorReply::bad_request(
+                "client_id and seq go together; the command was not applied",
+            )),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.data.get(key)
+    }
+
+    /// Sorted keys with this prefix, at most `limit` of them.
+    pub fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
+        self.data.keys(prefix, limit)
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Index of the last entry applied, no-ops included.
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The session timeout (ms of log time) and the session cap in force.
+    pub fn session_limits(&self) -> (u64, usize) {
+        (self.session_timeout_ms, self.max_sessions)
+    }
+
+    /// The state's size in bytes, roughly: every key and value's length plus
+    /// what the sessions count against [`MAX_SESSION_BYTES`] (their strings
+    /// and a fixed overhead each). Kept as entries are applied, so O(1). It
+    /// leaves out the maps' own overhead, and is not the snapshot's size.
+    pub fn approximate_bytes(&self) -> usize {
+        self.data.bytes + self.session_bytes
+    }
+}
+
+/// The keys and their values, with their total size. Keys of up to 23 bytes
+/// live inline in the tree's nodes (`SmolStr`), so a lookup's comparisons do
+/// not each chase a pointer; values are shared (`Arc`), so the copies a write
+/// makes of nodes a snapshot still holds are reference-count increments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Data {
+    map: OrdMap<SmolStr, Arc<str>>,
+    /// The sum of the lengths of every key and value in `map`.
+    bytes: usize,
+}
+
+impl Data {
+    /// What SET, DELETE and CAS do, and the reply each gives; `index` is the
+    /// entry's. `KvStore::apply_command` takes registrations before this.
+    pub(super) fn apply(&mut self, index: u64, op: Op) -> ApplyResult {
+        match op {
+            Op::Set { key, value } => {
+                self.put(&key, Arc::from(value));
+                ApplyResult::Set(SetReply { key, index })
+            }
+            Op::Delete { key } => {
+                let deleted = self.take(&key);
+                ApplyResult::Delete(DeleteReply {
+                    key,
+                    deleted,
+                    index,
+                })
+            }
+            Op::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let swapped = self.get(&key) == expected.as_deref();
+                let current = if swapped {
+                    match value {
+                        Some(v) => {
+                            self.put(&key, Arc::from(v.as_str()));
+                            Some(v)
+                        }
+                        None => {
+                            self.take(&key);
+                            None
+                        }
+                    }
+                } else {
+                    self.get(&key).map(str::to_owned)
+                };
+                ApplyResult::Cas(CasReply {
+                    key,
+                    swapped,
+                    current,
+                    index,
+                })
+            }
+            Op::RegisterClient => ApplyResult::Error(ErrorReply::bad_request(
+                "REGISTER_CLIENT is not a key/value operation",
+            )),
+        }
+    }
+
+    /// Sets `key` to `value`, keeping `bytes`. An existing key keeps its
+    /// shared string.
+    fn put(&mut self, key: &str, value: Arc<str>) {
+        match self.map.get_mut(key) {
+            Some(slot) => {
+                self.bytes = self.bytes - slot.len() + value.len();
+                *slot = value;
+            }
+            None => self.insert_new(SmolStr::new(key), value),
+        }
+    }
+
+    /// Adds a key that is not in the map (a restore adds keys this way).
+    pub(super) fn insert_new(&mut self, key: SmolStr, value: Arc<str>) {
+        self.bytes += key.len() + value.len();
+        self.map.insert(key, value);
+    }
+
+    /// Removes `key`, keeping `bytes`; whether it was there.
+    fn take(&mut self, key: &str) -> bool {
+        match self.map.remove(key) {
+            Some(value) => {
+                self.bytes -= key.len() + value.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(|v| &**v)
+    }
+
+    fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
+        self.map
+            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .map(|k| k.to_string())
+            .collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every key and value, in key order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&SmolStr, &Arc<str>)> {
+        self.map.iter()
+    }
+}
