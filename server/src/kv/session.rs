@@ -132,10 +132,15 @@ impl KvStore {
     /// the registration's reply as its cached result.
     pub(super) fn register(&mut self, index: u64) -> ApplyResult {
         let result = ApplyResult::Register(RegisterClientReply { client_id: index });
-        self.record_session(index, 0, index, result.clone());
+        let session = Session::new(0, result.clone(), index, self.clock_ms);
+        self.insert_session(index, session);
+        self.evict_over_limits();
         result
     }
 
+    /// Applies `op` as `client_id`'s write `seq`, at most once (see the
+    /// module doc). The session is looked up once: this is every session
+    /// write's path.
     pub(super) fn apply_in_session(
         &mut self,
         index: u64,
@@ -143,17 +148,8 @@ impl KvStore {
         seq: u64,
         op: Op,
     ) -> ApplyResult {
-        let Some(session) = self.sessions.get(&client_id) else {
-            return ApplyResult::Error(ErrorReply::new(
-                ErrorCode::SessionExpired,
-                format!(
-                    "client session {client_id} is not open: it expired (unused for {} ms of log \
-                     time), was evicted (more than {} sessions), or was never registered; the \
-                     command was not applied, and if it retries an earlier attempt, that \
-                     attempt's outcome is unknown. Open a new session with REGISTER_CLIENT",
-                    self.session_timeout_ms, self.max_sessions
-                ),
-            ));
+        let Some(session) = self.sessions.get_mut(&client_id) else {
+            return ApplyResult::Error(self.not_open(client_id));
         };
         if seq < session.last_seq {
             return ApplyResult::Error(ErrorReply::new(
@@ -165,70 +161,45 @@ impl KvStore {
                 ),
             ));
         }
-        if seq == session.last_seq {
-            // A retry: answer as the first time, and count it as use.
-            let result = ApplyResult::clone(&session.result);
-            self.touch_session(client_id, index);
-            return result;
+        // Either way the entry uses the session: it moves to the back of
+        // `sessions_by_use`.
+        let previous_use = std::mem::replace(&mut session.last_used_index, index);
+        session.last_used_ts_ms = self.clock_ms;
+        let retry = seq == session.last_seq;
+        let result = if retry {
+            // A retry: answer as the first time.
+            ApplyResult::clone(&session.result)
+        } else {
+            let result = self.data.apply(index, op);
+            let bytes = session_bytes(&result);
+            let old_bytes = std::mem::replace(&mut session.bytes, bytes);
+            session.last_seq = seq;
+            session.result = Arc::new(result.clone());
+            self.session_bytes = self.session_bytes - old_bytes + bytes;
+            result
+        };
+        let moved = self.sessions_by_use.remove(&previous_use);
+        debug_assert_eq!(moved, Some(client_id));
+        self.sessions_by_use.insert(index, client_id);
+        if !retry {
+            // A retry changes neither the count nor the bytes.
+            self.evict_over_limits();
         }
-        let result = self.data.apply(index, op);
-        self.record_session(client_id, seq, index, result.clone());
         result
     }
 
-    /// Marks a session used by the entry at `index`: it moves to the back of
-    /// `sessions_by_use`.
-    fn touch_session(&mut self, client_id: u64, index: u64) {
-        let clock_ms = self.clock_ms;
-        let Some(session) = self.sessions.get_mut(&client_id) else {
-            return;
-        };
-        let moved = self.sessions_by_use.remove(&session.last_used_index);
-        debug_assert_eq!(moved, Some(client_id));
-        session.last_used_index = index;
-        session.last_used_ts_ms = clock_ms;
-        self.sessions_by_use.insert(index, client_id);
-    }
-
-    /// Stores `result` as the reply to `client_id`'s `seq`, then drops least
-    /// recently used sessions while over a cap.
-    fn record_session(&mut self, client_id: u64, seq: u64, index: u64, result: ApplyResult) {
-        let bytes = session_bytes(&result);
-        let clock_ms = self.clock_ms;
-        let result = Arc::new(result);
-        // A known session is updated where it is (cheaper than replacing it).
-        let replaced = match self.sessions.get_mut(&client_id) {
-            Some(session) => {
-                session.last_seq = seq;
-                session.result = result;
-                session.last_used_ts_ms = clock_ms;
-                Some((
-                    std::mem::replace(&mut session.last_used_index, index),
-                    std::mem::replace(&mut session.bytes, bytes),
-                ))
-            }
-            None => {
-                let session = Session {
-                    last_seq: seq,
-                    result,
-                    last_used_index: index,
-                    last_used_ts_ms: clock_ms,
-                    bytes,
-                };
-                self.sessions.insert(client_id, session);
-                None
-            }
-        };
-        if let Some((old_index, old_bytes)) = replaced {
-            self.sessions_by_use.remove(&old_index);
-            self.session_bytes -= old_bytes;
-        }
-        self.sessions_by_use.insert(index, client_id);
-        self.session_bytes += bytes;
-        while self.sessions.len() > self.max_sessions || self.session_bytes > self.max_session_bytes
-        {
-            self.drop_least_recently_used();
-        }
+    /// The reply to a write in a session the store does not hold.
+    fn not_open(&self, client_id: u64) -> ErrorReply {
+        ErrorReply::new(
+            ErrorCode::SessionExpired,
+            format!(
+                "client session {client_id} is not open: it expired (unused for {} ms of log \
+                 time), was evicted (more than {} sessions), or was never registered; the \
+                 command was not applied, and if it retries an earlier attempt, that \
+                 attempt's outcome is unknown. Open a new session with REGISTER_CLIENT",
+                self.session_timeout_ms, self.max_sessions
+            ),
+        )
     }
 
     /// Adds `session` as `client_id` (replacing one of that id, which apply
@@ -241,6 +212,14 @@ impl KvStore {
         }
         self.sessions_by_use.insert(index, client_id);
         self.session_bytes += bytes;
+    }
+
+    /// Drops least recently used sessions while over a cap.
+    fn evict_over_limits(&mut self) {
+        while self.sessions.len() > self.max_sessions || self.session_bytes > self.max_session_bytes
+        {
+            self.drop_least_recently_used();
+        }
     }
 
     /// Drops sessions idle for the timeout. Each call looks only at the front
