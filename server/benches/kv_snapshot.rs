@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use poncho_protocol::{Entry, EntryKind};
-use poncho_server::kv::{Command, KvStore, Op};
+use poncho_server::kv::{Command, KvSnapshot, KvStore, Op};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -83,32 +83,43 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Applies pooled entries, numbered on from `kv.last_applied()`, until
-/// `stop` says so; how many.
-fn apply_until(
-    kv: &mut KvStore,
-    pool: &[Arc<str>],
-    next: &mut usize,
-    stop: impl Fn(usize) -> bool,
-) -> usize {
-    let mut applied = 0;
-    while !stop(applied) {
-        let index = kv.last_applied() + 1;
-        kv.apply(&entry(index, &pool[*next % pool.len()]));
-        *next += 1;
-        applied += 1;
-    }
-    applied
+/// Overwrites of random existing keys, used in turn (and again if a phase
+/// needs more): no sessions, so reusing one changes only the index.
+struct Overwrites {
+    pool: Vec<Arc<str>>,
+    next: usize,
 }
 
-fn main() {
-    let keys = env_or("BENCH_KEYS", 100_000) as u64;
-    let value_bytes = env_or("BENCH_VALUE_BYTES", 100);
-    let clients = env_or("BENCH_CLIENTS", 1_000).max(1) as u64;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let ts0 = 1_700_000_000_000;
-    println!("kv_snapshot: {keys} keys, {value_bytes}-byte values, every 10th write in one of {clients} client sessions");
+impl Overwrites {
+    /// Applies pooled entries, numbered on from `kv.last_applied()`, until
+    /// `stop` says so; how many.
+    fn apply_until(&mut self, kv: &mut KvStore, stop: impl Fn(usize) -> bool) -> usize {
+        let mut applied = 0;
+        while !stop(applied) {
+            let index = kv.last_applied() + 1;
+            kv.apply(&entry(index, &self.pool[self.next % self.pool.len()]));
+            self.next += 1;
+            applied += 1;
+        }
+        applied
+    }
+}
 
+/// The store's shape, from the environment.
+struct Shape {
+    keys: u64,
+    value_bytes: usize,
+    clients: u64,
+}
+
+/// The entries that build the store (the sessions, then every key once),
+/// and the overwrites the later phases apply.
+fn workload(shape: &Shape, rng: &mut Rng, ts0: u64) -> (Vec<Arc<str>>, Overwrites) {
+    let Shape {
+        keys,
+        value_bytes,
+        clients,
+    } = *shape;
     // The sessions first: client c's id is its registration's index, c + 1.
     let mut build: Vec<Arc<str>> = (0..clients)
         .map(|_| {
@@ -130,19 +141,19 @@ fn main() {
             seqs[c] += 1;
             (c as u64 + 1, seqs[c])
         });
-        set_data(k, value(&mut rng, value_bytes), session, ts0 + i)
+        set_data(k, value(rng, value_bytes), session, ts0 + i)
     }));
-    // Overwrites of random existing keys, used in turn (and again if a phase
-    // needs more): no sessions, so reusing one changes only the index.
     let pool: Vec<Arc<str>> = (0..200_000u64)
         .map(|i| {
             let k = key(rng.next() % keys);
-            set_data(k, value(&mut rng, value_bytes), None, ts0 + keys + i)
+            set_data(k, value(rng, value_bytes), None, ts0 + keys + i)
         })
         .collect();
-    let mut next = 0;
+    (build, Overwrites { pool, next: 0 })
+}
 
-    // (d) Apply throughput.
+/// (d) Apply throughput: building the store, then overwriting.
+fn apply_throughput(build: &[Arc<str>], keys: u64, overwrites: &mut Overwrites) -> KvStore {
     let mut kv = KvStore::new();
     let started = Instant::now();
     for (i, data) in build.iter().enumerate() {
@@ -164,15 +175,18 @@ fn main() {
     );
     let count = 200_000;
     let started = Instant::now();
-    apply_until(&mut kv, &pool, &mut next, |n| n == count);
+    overwrites.apply_until(&mut kv, |n| n == count);
     let elapsed = started.elapsed();
     println!(
         "apply, overwrites, no snapshot alive: {:.0} entries/s ({count} entries in {:.1} ms)",
         per_second(count, elapsed),
         millis(elapsed)
     );
+    kv
+}
 
-    // (a) The event loop's pause: one snapshot() call.
+/// (a) The event loop's pause: one snapshot() call.
+fn snapshot_pause(kv: &mut KvStore, overwrites: &mut Overwrites) {
     let started = Instant::now();
     let first = kv.snapshot();
     let one = started.elapsed();
@@ -180,7 +194,7 @@ fn main() {
     println!("snapshot(), first call: {:.2} us", micros(one));
     let mut pauses = Vec::with_capacity(1_000);
     for _ in 0..1_000 {
-        apply_until(&mut kv, &pool, &mut next, |n| n == 10);
+        overwrites.apply_until(kv, |n| n == 10);
         let started = Instant::now();
         let snapshot = kv.snapshot();
         pauses.push(started.elapsed());
@@ -192,18 +206,28 @@ fn main() {
         micros(pauses[pauses.len() / 2]),
         micros(pauses[pauses.len() - 1])
     );
+}
 
-    // Writing with nothing else running, for reference.
-    let snapshot = kv.snapshot();
-    let started = Instant::now();
-    let mut out = Vec::with_capacity(keys as usize * (value_bytes + 40));
+/// The snapshot's lines as a file would hold them, and how many.
+fn write_to_vec(snapshot: &KvSnapshot, value_bytes: usize) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(snapshot.len() * (value_bytes + 40));
+    let mut lines = 0usize;
     snapshot
         .write_lines(|line| {
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
+            lines += 1;
             Ok(())
         })
         .expect("writing to a Vec cannot fail");
+    (out, lines)
+}
+
+/// Writing with nothing else running, for reference.
+fn write_quiet(kv: &KvStore, value_bytes: usize) {
+    let snapshot = kv.snapshot();
+    let started = Instant::now();
+    let (out, _) = write_to_vec(&snapshot, value_bytes);
     let quiet = started.elapsed();
     drop(snapshot);
     println!(
@@ -212,16 +236,18 @@ fn main() {
         out.len() as f64 / 1e6,
         out.len() as f64 / 1e6 / quiet.as_secs_f64()
     );
+}
 
-    // The copy-on-write cost alone: the same number of writes with no
-    // snapshot, then with one held (on this thread, idle).
+/// The copy-on-write cost alone: the same number of writes with no
+/// snapshot, then with one held (on this thread, idle).
+fn copy_on_write(kv: &mut KvStore, overwrites: &mut Overwrites) {
     let count = 25_000;
     let started = Instant::now();
-    apply_until(&mut kv, &pool, &mut next, |n| n == count);
+    overwrites.apply_until(kv, |n| n == count);
     let free = started.elapsed();
     let held = kv.snapshot();
     let started = Instant::now();
-    apply_until(&mut kv, &pool, &mut next, |n| n == count);
+    overwrites.apply_until(kv, |n| n == count);
     let shared = started.elapsed();
     drop(held);
     println!(
@@ -232,26 +258,22 @@ fn main() {
         "apply, {count} overwrites, a fresh snapshot held but idle (copy-on-write): {:.0} entries/s",
         per_second(count, shared)
     );
+}
 
-    // (b) Written on a thread while this one keeps applying to the store.
-    let expected_len = kv.len();
-    let expected_applied = kv.last_applied();
+/// (b) Written on a thread while this one keeps applying to the store; the
+/// lines and their count.
+fn write_while_applying(
+    kv: &mut KvStore,
+    overwrites: &mut Overwrites,
+    value_bytes: usize,
+) -> (Vec<u8>, usize) {
     let snapshot = kv.snapshot();
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let done = Arc::clone(&done);
         thread::spawn(move || {
             let started = Instant::now();
-            let mut out = Vec::with_capacity(snapshot.len() * (value_bytes + 40));
-            let mut lines = 0usize;
-            snapshot
-                .write_lines(|line| {
-                    out.extend_from_slice(line.as_bytes());
-                    out.push(b'\n');
-                    lines += 1;
-                    Ok(())
-                })
-                .expect("writing to a Vec cannot fail");
+            let (out, lines) = write_to_vec(&snapshot, value_bytes);
             let written = started.elapsed();
             done.store(true, Ordering::Release);
             // The snapshot goes here too, with the nodes it kept for itself.
@@ -261,7 +283,7 @@ fn main() {
         })
     };
     let started = Instant::now();
-    let during = apply_until(&mut kv, &pool, &mut next, |_| done.load(Ordering::Acquire));
+    let during = overwrites.apply_until(kv, |_| done.load(Ordering::Acquire));
     let applying = started.elapsed();
     let (out, lines, written, dropped) = writer.join().expect("the writer does not panic");
     println!(
@@ -278,6 +300,30 @@ fn main() {
         "dropping the snapshot on the thread afterwards: {:.2} ms",
         millis(dropped)
     );
+    (out, lines)
+}
+
+fn main() {
+    let shape = Shape {
+        keys: env_or("BENCH_KEYS", 100_000) as u64,
+        value_bytes: env_or("BENCH_VALUE_BYTES", 100),
+        clients: env_or("BENCH_CLIENTS", 1_000).max(1) as u64,
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let ts0 = 1_700_000_000_000;
+    println!(
+        "kv_snapshot: {} keys, {}-byte values, every 10th write in one of {} client sessions",
+        shape.keys, shape.value_bytes, shape.clients
+    );
+    let (build, mut overwrites) = workload(&shape, &mut rng, ts0);
+
+    let mut kv = apply_throughput(&build, shape.keys, &mut overwrites);
+    snapshot_pause(&mut kv, &mut overwrites);
+    write_quiet(&kv, shape.value_bytes);
+    copy_on_write(&mut kv, &mut overwrites);
+    let expected_len = kv.len();
+    let expected_applied = kv.last_applied();
+    let (out, lines) = write_while_applying(&mut kv, &mut overwrites, shape.value_bytes);
 
     // (c) Restore from those lines.
     let started = Instant::now();
