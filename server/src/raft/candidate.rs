@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use poncho_protocol::{NodeId, RaftMessage, RequestVote, RequestVoteReply};
 
-use super::{BrokenRuleKind, Raft, RoleState};
+use super::{BrokenRule, Raft, RoleState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Campaign {
@@ -151,7 +151,7 @@ impl Raft {
         // Only answers to the election under way count: a reply to a request
         // of an earlier campaign (say, an older term's rejection that arrived
         // late) is not a vote in this one.
-        let any_election = self.broken(|r| r == BrokenRuleKind::VotesFromOlderElections);
+        let any_election = self.broken(|r| r == BrokenRule::VotesFromOlderElections);
         let term = self.term;
         let RoleState::Campaigning(c) = &mut self.role else {
             return;

@@ -12,7 +12,7 @@ use poncho_protocol::{
 };
 
 use super::read::ReadRounds;
-use super::{BrokenRuleKind, Progress, ProgressState, Raft, RoleState, SnapshotAck};
+use super::{BrokenRule, Progress, ProgressState, Raft, RoleState, SnapshotAck};
 
 /// What only a leader keeps.
 #[derive(Debug)]
@@ -54,6 +54,15 @@ impl LeaderState {
         if self.transfer.is_none_or(|t| t.to != to) {
             self.transfer = Some(Transfer { to, elapsed: 0 });
         }
+    }
+
+    /// What a quorum has reached: the `quorum`-th highest of the leader's
+    /// `own` value and each follower's `value`.
+    fn quorum_reached(&self, quorum: usize, own: u64, value: impl Fn(&Progress) -> u64) -> u64 {
+        let mut values: Vec<u64> = self.progress.values().map(value).collect();
+        values.push(own);
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values[quorum - 1]
     }
 
     fn transferring_to(&self, id: NodeId) -> bool {
@@ -196,8 +205,8 @@ impl Raft {
         // then too) proves nothing about this term: its read round numbers a
         // round of that term, and its rejection carries no log position.
         let current = m.request_term == self.term;
-        let old_rounds = self.broken(|r| r == BrokenRuleKind::ReadRoundsFromOlderTerms);
-        let old_progress = self.broken(|r| r == BrokenRuleKind::ProgressFromOlderTerms);
+        let old_rounds = self.broken(|r| r == BrokenRule::ReadRoundsFromOlderTerms);
+        let old_progress = self.broken(|r| r == BrokenRule::ProgressFromOlderTerms);
         if !(current || old_rounds || old_progress) {
             return;
         }
@@ -357,14 +366,11 @@ impl Raft {
     /// Figure 8: commit the highest index stored on a majority, but only if
     /// its entry is from the current term. Earlier entries commit with it.
     pub(super) fn maybe_commit(&mut self) {
-        let by_counting = self.broken(|r| r == BrokenRuleKind::CommitOlderTermByCounting);
+        let by_counting = self.broken(|r| r == BrokenRule::CommitOlderTermByCounting);
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
-        let mut matched: Vec<u64> = leader.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.log.persisted());
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum - 1];
+        let candidate = leader.quorum_reached(self.quorum, self.log.persisted(), |p| p.match_index);
         if self.log.term(candidate) != Some(self.term) && !by_counting {
             return;
         }
@@ -375,14 +381,12 @@ impl Raft {
 
     /// Moves reads whose round a majority has answered to the confirmed queue.
     pub(super) fn confirm_reads(&mut self) {
-        let without_quorum = self.broken(|r| r == BrokenRuleKind::ReadWithoutQuorum);
+        let without_quorum = self.broken(|r| r == BrokenRule::ReadWithoutQuorum);
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
-        let mut rounds: Vec<u64> = leader.progress.values().map(|p| p.read_round).collect();
-        rounds.push(leader.reads.round());
-        rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let mut confirmed = rounds[self.quorum - 1];
+        let own_round = leader.reads.round();
+        let mut confirmed = leader.quorum_reached(self.quorum, own_round, |p| p.read_round);
         if without_quorum {
             confirmed = leader.reads.round();
         }

@@ -34,6 +34,7 @@ mod leader;
 mod log;
 mod progress;
 mod read;
+mod snapshot;
 mod step;
 
 #[cfg(test)]
@@ -50,9 +51,7 @@ use std::sync::Arc;
 // The tests (`use super::*`) name vote replies through this module.
 #[cfg(test)]
 use poncho_protocol::RequestVoteReply;
-use poncho_protocol::{
-    Entry, EntryKind, InstallSnapshot, InstallSnapshotReply, NodeId, RaftMessage,
-};
+use poncho_protocol::{Entry, EntryKind, InstallSnapshot, NodeId, RaftMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -60,6 +59,7 @@ use self::candidate::{Campaign, CandidateState};
 use self::leader::LeaderState;
 pub use self::log::{AppendOutcome, RaftLog};
 pub use self::progress::{Progress, ProgressState};
+pub use self::snapshot::{Restored, SnapshotAck};
 
 /// Static configuration of one node.
 #[derive(Clone, Debug)]
@@ -92,8 +92,9 @@ pub struct Config {
     pub(crate) broken_rule: Option<BrokenRule>,
 }
 
-/// A rule a test may break on purpose (see `tests::sim_catches_*`).
-#[cfg(test)]
+/// A rule a test may break on purpose (see `tests::sim_catches_*`). Only
+/// tests can set one (`Config::broken_rule`); elsewhere `Raft::broken` is
+/// always false, so the checks compile away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BrokenRule {
     /// Commit an entry of an earlier term by counting replicas (Figure 8).
@@ -240,26 +241,6 @@ pub struct Ready {
     /// write, acknowledge (`snapshot_chunk_received`) and, once complete and
     /// verified, install (`restore_snapshot`).
     pub snapshot_chunks: Vec<(NodeId, InstallSnapshot)>,
-}
-
-/// What [`Raft::restore_snapshot`] did with a received snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Restored {
-    /// It ends at or before the commit index: the log and the state machine
-    /// already hold all of it (and may be further along), so neither is to
-    /// be touched.
-    Stale,
-    /// Installed; the log continues it and was kept (compact behind it).
-    KeptLog,
-    /// Installed; the log did not match it and was discarded (reset it).
-    DiscardedLog,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnapshotAck {
-    pub to: NodeId,
-    pub index: u64,
-    pub next_offset: u64,
 }
 
 impl Ready {
@@ -635,78 +616,6 @@ impl Raft {
         self.log.snapshot_index()
     }
 
-    /// Leader: sends `to` one chunk of the snapshot through (`index`,
-    /// `term`), if `to` is still waiting for a snapshot. The driver calls
-    /// this for each entry of `Ready::snapshots_to_send` (offset 0) and
-    /// `Ready::snapshot_acks` (the acknowledged offset).
-    pub fn send_snapshot_chunk(
-        &mut self,
-        to: NodeId,
-        index: u64,
-        term: u64,
-        offset: u64,
-        data: String,
-        done: bool,
-    ) {
-        let waiting = self
-            .leader()
-            .and_then(|l| l.progress.get(&to))
-            .is_some_and(|p| p.state == ProgressState::Snapshot);
-        if !waiting {
-            return;
-        }
-        let message = InstallSnapshot {
-            term: self.term,
-            leader_id: self.config.id,
-            last_included_index: index,
-            last_included_term: term,
-            offset,
-            data,
-            done,
-        };
-        self.send(to, RaftMessage::InstallSnapshot(message));
-    }
-
-    /// Follower: the driver wrote a chunk of the snapshot through `index`
-    /// from `leader`, and now expects `next_offset`.
-    pub fn snapshot_chunk_received(&mut self, leader: NodeId, index: u64, next_offset: u64) {
-        let reply = InstallSnapshotReply {
-            term: self.term,
-            request_term: self.term,
-            last_included_index: index,
-            next_offset,
-            installed: false,
-        };
-        self.send(leader, RaftMessage::InstallSnapshotReply(reply));
-    }
-
-    /// Follower: the driver verified the snapshot through (`index`, `term`)
-    /// and made it durable. Unless it is [`Restored::Stale`], the driver
-    /// loads it into its state machine; the log keeps what follows the
-    /// snapshot if it holds the snapshot's last entry, otherwise it is
-    /// discarded and the driver must discard its stored log too before the
-    /// next `ready()`.
-    pub fn restore_snapshot(&mut self, leader: NodeId, index: u64, term: u64) -> Restored {
-        if index <= self.log.committed() {
-            return Restored::Stale;
-        }
-        let discarded = self.log.restore(index, term);
-        self.applied_index = self.applied_index.max(index);
-        let reply = InstallSnapshotReply {
-            term: self.term,
-            request_term: self.term,
-            last_included_index: index,
-            next_offset: 0,
-            installed: true,
-        };
-        self.send(leader, RaftMessage::InstallSnapshotReply(reply));
-        if discarded {
-            Restored::DiscardedLog
-        } else {
-            Restored::KeptLog
-        }
-    }
-
     // ---------------------------------------------------------------- output
 
     /// Whether `ready()` would return anything.
@@ -854,31 +763,13 @@ impl Raft {
     }
 
     #[cfg(test)]
-    fn broken(&self, rule: impl Fn(BrokenRuleKind) -> bool) -> bool {
+    fn broken(&self, rule: impl Fn(BrokenRule) -> bool) -> bool {
         self.config.broken_rule.is_some_and(rule)
     }
 
     #[cfg(not(test))]
     #[inline(always)]
-    fn broken(&self, _rule: impl Fn(BrokenRuleKind) -> bool) -> bool {
+    fn broken(&self, _rule: impl Fn(BrokenRule) -> bool) -> bool {
         false
     }
-}
-
-#[cfg(test)]
-type BrokenRuleKind = BrokenRule;
-
-/// Outside tests no rule can be broken; this uninhabited stand-in keeps the
-/// call sites identical in both builds.
-#[cfg(not(test))]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BrokenRuleKind {
-    CommitOlderTermByCounting,
-    VoteWithoutLogCheck,
-    VoteTwiceInATerm,
-    ReadWithoutQuorum,
-    ReadRoundsFromOlderTerms,
-    ProgressFromOlderTerms,
-    VotesFromOlderElections,
-    VoteBeforeDurable,
 }

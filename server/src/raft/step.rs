@@ -7,7 +7,7 @@ use poncho_protocol::{
     AppendEntriesReply, InstallSnapshotReply, NodeId, RaftMessage, RequestVote, RequestVoteReply,
 };
 
-use super::{BrokenRuleKind, Outbound, Raft, RoleState};
+use super::{BrokenRule, Outbound, Raft, RoleState};
 
 impl Raft {
     /// Hands the core a message from peer `from`.
@@ -113,9 +113,9 @@ impl Raft {
         let can_vote = self.vote == Some(m.candidate_id)
             || (self.vote.is_none() && self.leader_id.is_none())
             || (m.pre_vote && m.term > self.term)
-            || self.broken(|r| r == BrokenRuleKind::VoteTwiceInATerm);
+            || self.broken(|r| r == BrokenRule::VoteTwiceInATerm);
         let log_ok = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
-            || self.broken(|r| r == BrokenRuleKind::VoteWithoutLogCheck);
+            || self.broken(|r| r == BrokenRule::VoteWithoutLogCheck);
         let granted = can_vote && log_ok && from == m.candidate_id;
         if granted && !m.pre_vote {
             self.vote = Some(m.candidate_id);
@@ -131,7 +131,7 @@ impl Raft {
             vote_granted: granted,
             pre_vote: m.pre_vote,
         });
-        if self.broken(|r| r == BrokenRuleKind::VoteBeforeDurable) {
+        if self.broken(|r| r == BrokenRule::VoteBeforeDurable) {
             self.outbox.push(Outbound {
                 to: from,
                 message: reply,
