@@ -24,5 +24,5 @@ pub use cluster::ClusterClient;
 pub use conn::{ConnError, Connection, Reply, MAX_REPLY_BYTES};
 pub use error::ClientError;
 pub use leader::{find_leader, retry_for, Retry, Route, Targets};
-pub use session::{register, registered_id, Session};
+pub use session::{in_session, register, registered_id, Session};
 pub use status::status_of;

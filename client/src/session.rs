@@ -46,6 +46,19 @@ impl Session {
     }
 }
 
+/// `request` with `fields` as its session fields, if it is a write (SET,
+/// DELETE, CAS); any other request as it is.
+pub fn in_session(request: &ClientRequest, fields: SessionFields) -> ClientRequest {
+    let mut request = request.clone();
+    match &mut request {
+        ClientRequest::Set(r) => r.session = fields,
+        ClientRequest::Delete(r) => r.session = fields,
+        ClientRequest::Cas(r) => r.session = fields,
+        _ => {}
+    }
+    request
+}
+
 /// The `client_id` of a successful `REGISTER_CLIENT` reply.
 pub fn registered_id(reply: &Reply) -> Result<u64, ClientError> {
     serde_json::from_value::<RegisterClientReply>(reply.envelope.payload.clone())

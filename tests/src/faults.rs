@@ -24,6 +24,11 @@ use serde_json::{json, Value};
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
 use crate::{spawn_server, Client, ServerSpec};
+use poncho_client::{in_session, registered_id, Connection, Reply, Session};
+use poncho_protocol::{
+    encode_request, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply, GetRequest,
+    SessionFields, SetRequest,
+};
 
 /// A client gives up on a reply after this long and records `Unknown`.
 /// Longer than the servers' `--request-timeout-ms` (see [`SERVER_ARGS`]), so
@@ -363,14 +368,17 @@ fn lock(history: &History) -> std::sync::MutexGuard<'_, Vec<Operation>> {
 }
 
 /// One client: one operation at a time, each recorded with its outcome.
-/// It follows the leader (by id: `leader_addr` in errors is a proxy
-/// address here) and never retries an operation: a retry is a new one.
+/// It speaks through poncho-client's [`Connection`] and [`Session`], but
+/// does not use its [`poncho_client::ClusterClient`]: that one retries, and
+/// here a retry is a new operation of the history. So it follows the leader
+/// itself, by id (`leader_addr` in errors is a proxy address here), and
+/// moves to a random node after other errors, to spread its operations.
 /// Writes go in a session it registers first, each with the next `seq`.
 struct Worker {
     id: u64,
     addrs: Vec<SocketAddr>,
     target: usize,
-    conn: Option<(usize, Client)>,
+    conn: Option<(usize, Connection)>,
     rng: StdRng,
     /// The latest value this client saw per key: CAS expects it, so CAS
     /// often succeeds.
@@ -378,8 +386,7 @@ struct Worker {
     next_value: u64,
     next_req: u64,
     /// The session writes carry, once registered, and its last seq.
-    session: Option<u64>,
-    seq: u64,
+    session: Session,
     history: History,
     epoch: Instant,
 }
@@ -396,8 +403,7 @@ impl Worker {
             seen: HashMap::new(),
             next_value: 0,
             next_req: 0,
-            session: None,
-            seq: 0,
+            session: Session::default(),
             history,
             epoch,
         }
@@ -431,24 +437,33 @@ impl Worker {
 
     /// Runs `op`, records it, and returns its outcome.
     fn invoke(&mut self, key: &str, op: Op) -> Outcome {
-        let mut request = match &op {
-            Op::Read => json!({"msg_type": "GET", "payload": {"key": key}}),
-            Op::Write(v) => json!({"msg_type": "SET", "payload": {"key": key, "value": v}}),
-            Op::Cas { expected, new } => {
-                json!({"msg_type": "CAS", "payload": {"key": key, "expected": expected, "value": new}})
-            }
+        let owned = key.to_string();
+        let request = match &op {
+            Op::Read => ClientRequest::Get(GetRequest {
+                key: owned,
+                stale: false,
+            }),
+            Op::Write(v) => ClientRequest::Set(SetRequest {
+                key: owned,
+                value: v.clone(),
+                session: SessionFields::default(),
+            }),
+            Op::Cas { expected, new } => ClientRequest::Cas(CasRequest {
+                key: owned,
+                expected: expected.clone(),
+                value: new.clone(),
+                session: SessionFields::default(),
+            }),
         };
         let start_us = self.now_us();
         let outcome = match op {
-            Op::Read => self.call(request),
+            Op::Read => self.call(&request),
             // A write that could not get a session was never sent.
             _ if !self.ensure_session() => Outcome::Failed,
-            _ => {
-                self.seq += 1;
-                request["payload"]["client_id"] = json!(self.session);
-                request["payload"]["seq"] = json!(self.seq);
-                self.call(request)
-            }
+            _ => match self.session.next_fields() {
+                Some(fields) => self.call(&in_session(&request, fields)),
+                None => Outcome::Failed,
+            },
         };
         let end_us = self.now_us();
         match (&op, &outcome) {
@@ -477,15 +492,16 @@ impl Worker {
     /// Opens a session if there is none; whether there is one now. A
     /// registration that fails is not an operation of the history.
     fn ensure_session(&mut self) -> bool {
-        if self.session.is_some() {
+        if self.session.client_id().is_some() {
             return true;
         }
-        let request = json!({"msg_type": "REGISTER_CLIENT"});
+        let request = ClientRequest::RegisterClient;
         match self.send(&request) {
-            Ok(reply) if reply["msg_type"] == "REGISTER_CLIENT" => {
-                self.session = reply["payload"]["client_id"].as_u64();
-                self.seq = 0;
-                assert!(self.session.is_some(), "REGISTER_CLIENT reply: {reply}");
+            Ok(reply) if reply.envelope.msg_type == "REGISTER_CLIENT" => {
+                match registered_id(&reply) {
+                    Ok(id) => self.session.open(id),
+                    Err(e) => panic!("REGISTER_CLIENT reply: {e}"),
+                }
                 true
             }
             Ok(reply) => {
@@ -498,10 +514,11 @@ impl Worker {
 
     /// Sends `request` to the target node: its reply, or the outcome when
     /// there is none.
-    fn send(&mut self, request: &Value) -> Result<Value, Outcome> {
+    fn send(&mut self, request: &ClientRequest) -> Result<Reply, Outcome> {
         let node = self.target;
         if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
-            match Client::connect_timeout(self.addrs[node], CLIENT_TIMEOUT) {
+            let addr = self.addrs[node].to_string();
+            match Connection::open(&addr, Instant::now() + CLIENT_TIMEOUT) {
                 Ok(c) => self.conn = Some((node, c)),
                 Err(_) => {
                     // Never sent: definitely not applied. The node is down;
@@ -514,10 +531,16 @@ impl Worker {
             }
         }
         self.next_req += 1;
-        let mut request = request.clone();
-        request["req_id"] = json!(self.next_req);
-        let (_, client) = self.conn.as_mut().expect("connected");
-        let reply = match client.request(&request) {
+        let mut line = Vec::new();
+        encode_request(&mut line, Some(self.next_req), request);
+        let (_, conn) = self.conn.as_mut().expect("connected");
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        // The next reply, whatever its req_id: one to another request would
+        // be a bug the assert below catches.
+        let reply = match conn
+            .send(&line, deadline)
+            .and_then(|()| conn.read_reply(deadline, None))
+        {
             Ok(r) => r,
             Err(_) => {
                 // Timed out or dropped: it may have been applied. The
@@ -529,18 +552,22 @@ impl Worker {
             }
         };
         assert_eq!(
-            reply["req_id"], self.next_req,
-            "reply to {request}: {reply}"
+            reply.envelope.req_id,
+            Some(self.next_req),
+            "reply to {request:?}: {}",
+            reply.line
         );
         Ok(reply)
     }
 
     /// What an ERROR reply says of the request, after following the leader.
-    fn on_error(&mut self, request: &Value, reply: &Value) -> Outcome {
-        let p = &reply["payload"];
-        match p["code"].as_str().unwrap_or_default() {
-            "NOT_LEADER" => {
-                match p["leader_id"].as_u64() {
+    fn on_error(&mut self, request: &ClientRequest, reply: &Reply) -> Outcome {
+        let Some(error) = reply.envelope.error() else {
+            panic!("unexpected error to {request:?}: {}", reply.line)
+        };
+        match error.code {
+            ErrorCode::NotLeader => {
+                match error.leader_id {
                     Some(id) if (1..=self.addrs.len() as u64).contains(&id) => {
                         self.target = (id - 1) as usize
                     }
@@ -548,56 +575,53 @@ impl Worker {
                 }
                 Outcome::Failed
             }
-            "NO_LEADER" | "OVERLOADED" => {
+            ErrorCode::NoLeader | ErrorCode::Overloaded => {
                 self.other_node();
                 sleep(Duration::from_millis(20)); // an election is under way
                 Outcome::Failed
             }
-            "BAD_REQUEST" | "STALE_SEQUENCE" => Outcome::Failed,
+            ErrorCode::BadRequest | ErrorCode::StaleSequence => Outcome::Failed,
             // Not applied, and since this client sends each seq once, no
             // other attempt of it exists: Failed, which the checker holds
             // the cluster to (the write must never be seen). The next write
             // opens a new session.
-            "SESSION_EXPIRED" => {
-                self.session = None;
+            ErrorCode::SessionExpired => {
+                self.session.forget();
                 Outcome::Failed
             }
-            "TIMEOUT" | "LEADERSHIP_LOST" => {
+            ErrorCode::Timeout | ErrorCode::LeadershipLost => {
                 self.other_node();
                 Outcome::Unknown
             }
-            _ => panic!("unexpected error to {request}: {reply}"),
+            _ => panic!("unexpected error to {request:?}: {}", reply.line),
         }
     }
 
-    fn call(&mut self, request: Value) -> Outcome {
-        let kind = request["msg_type"].as_str().unwrap_or_default().to_string();
-        let reply = match self.send(&request) {
+    fn call(&mut self, request: &ClientRequest) -> Outcome {
+        let reply = match self.send(request) {
             Ok(reply) => reply,
             Err(outcome) => return outcome,
         };
-        let p = &reply["payload"];
-        if reply["msg_type"] == "ERROR" {
-            return self.on_error(&request, &reply);
+        if reply.envelope.msg_type == "ERROR" {
+            return self.on_error(request, &reply);
         }
         assert_eq!(
-            reply["msg_type"],
-            kind.as_str(),
-            "reply to {request}: {reply}"
+            reply.envelope.msg_type,
+            request.msg_type().name(),
+            "reply to {request:?}: {}",
+            reply.line
         );
-        let string = |v: &Value| v.as_str().map(str::to_string);
-        match kind.as_str() {
-            "GET" => Outcome::Read(string(&p["value"])),
-            "SET" => Outcome::Written,
-            _ => {
-                let swapped = p["swapped"].as_bool().expect("CAS reply has swapped");
-                if !swapped {
+        match request {
+            ClientRequest::Get(_) => Outcome::Read(payload::<GetReply>(request, reply).value),
+            ClientRequest::Cas(_) => {
+                let r: CasReply = payload(request, reply);
+                if !r.swapped {
                     // What the CAS compared against: worth expecting next.
-                    let key = p["key"].as_str().unwrap_or_default().to_string();
-                    self.seen.insert(key, string(&p["current"]));
+                    self.seen.insert(r.key, r.current);
                 }
-                Outcome::Cas(swapped)
+                Outcome::Cas(r.swapped)
             }
+            _ => Outcome::Written,
         }
     }
 
@@ -613,6 +637,12 @@ impl Worker {
             sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A success reply's payload as `T`; anything else is a bug of the server.
+fn payload<T: serde::de::DeserializeOwned>(request: &ClientRequest, reply: Reply) -> T {
+    serde_json::from_value(reply.envelope.payload)
+        .unwrap_or_else(|e| panic!("reply to {request:?}: {e}: {}", reply.line))
 }
 
 // ---------------------------------------------------------------------------

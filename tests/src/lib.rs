@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use poncho_client::{in_session, ClusterClient, Route};
+use poncho_protocol::{decode_request, ClientRequest, GetRequest, Request};
 use serde_json::{json, Value};
 
 pub mod faults;
@@ -363,76 +365,47 @@ impl Client {
     }
 }
 
-/// Sends a write to the cluster like a careful client: opens a session
-/// (REGISTER_CLIENT), sends the write in it, follows NOT_LEADER, retries
-/// NO_LEADER, timeouts and dropped connections with the same client_id/seq
-/// until `timeout`. Returns the success reply's payload. If the session is
-/// gone (SESSION_EXPIRED) before any attempt could have been applied, the
-/// write is sent again in a new session; after an attempt whose outcome is
-/// unknown, the test fails: the write may or may not have been applied.
+/// Sends a write to the cluster like a careful client (poncho-client's
+/// [`ClusterClient::write`], node 1 first): opens a session (REGISTER_CLIENT),
+/// sends the write in it, follows NOT_LEADER, retries NO_LEADER, timeouts and
+/// dropped connections with the same client_id/seq until `timeout`. Returns
+/// the success reply's payload. If the session is gone (SESSION_EXPIRED)
+/// before any attempt could have been applied, the write is sent again in a
+/// new session; after an attempt whose outcome is unknown, the test fails:
+/// the write may or may not have been applied.
 pub fn write_with_retry(cluster: &Cluster, request: &Value, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    let mut target = 1u64;
-    loop {
-        let register = json!({"msg_type": "REGISTER_CLIENT"});
-        let registered = match send_with_retry(cluster, &register, deadline, &mut target) {
-            Ok(payload) => payload,
-            Err(_) => panic!("REGISTER_CLIENT answered SESSION_EXPIRED"),
-        };
-        let client_id = registered["client_id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("REGISTER_CLIENT reply without a client_id: {registered}"));
-        let mut request = request.clone();
-        request["payload"]["client_id"] = json!(client_id);
-        request["payload"]["seq"] = json!(1);
-        match send_with_retry(cluster, &request, deadline, &mut target) {
-            Ok(payload) => return payload,
-            Err(false) => continue, // never applied: again, in a new session
-            Err(true) => panic!(
-                "write {request}: outcome unknown: its session expired after an attempt that \
-                 got no answer"
-            ),
-        }
+    let write = client_request(request);
+    match cluster_client(cluster, timeout).write(|fields| in_session(&write, fields)) {
+        Ok(reply) => reply.envelope.payload,
+        Err(e) => panic!("write {request}: {e}"),
     }
 }
 
-/// One request, retried as [`write_with_retry`] says until it gets a success
-/// reply (its payload) or SESSION_EXPIRED: then `Err(whether an earlier
-/// attempt may have been applied)`. `target` is the node to try first, and
-/// on return the node that answered.
-fn send_with_retry(
-    cluster: &Cluster,
-    request: &Value,
-    deadline: Instant,
-    target: &mut u64,
-) -> Result<Value, bool> {
-    let mut uncertain = false;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "{request} not acknowledged in time"
-        );
-        match Client::connect(cluster.addr(*target)).map(|mut c| c.request(request)) {
-            Ok(Ok(r)) if r["msg_type"] != "ERROR" => return Ok(r["payload"].clone()),
-            Ok(Ok(r)) => match r["payload"]["code"].as_str().unwrap_or_default() {
-                "SESSION_EXPIRED" => return Err(uncertain),
-                "NOT_LEADER" => {
-                    let addr = r["payload"]["leader_addr"].as_str().unwrap_or_default();
-                    *target = cluster
-                        .nodes
-                        .iter()
-                        .find(|n| n.addr.to_string() == addr)
-                        .map_or(*target, |n| n.id);
-                    continue;
-                }
-                "TIMEOUT" | "LEADERSHIP_LOST" => uncertain = true,
-                _ => {}
-            },
-            // Sent, and no answer: it may have been applied.
-            Ok(Err(_)) => uncertain = true,
-            Err(_) => {}
-        }
-        *target = *target % cluster.nodes.len() as u64 + 1;
-        sleep(Duration::from_millis(50));
+/// A linearizable GET of `key` at whichever node leads, following redirects
+/// and retrying like [`write_with_retry`] until `timeout`: the reply's
+/// payload.
+pub fn read_with_retry(cluster: &Cluster, key: &str, timeout: Duration) -> Value {
+    let get = ClientRequest::Get(GetRequest {
+        key: key.to_string(),
+        stale: false,
+    });
+    match cluster_client(cluster, timeout).request(&get, Route::Leader) {
+        Ok(reply) => reply.envelope.payload,
+        Err(e) => panic!("GET {key} not served in time: {e}"),
+    }
+}
+
+/// A client of every node of `cluster`, node 1 first.
+fn cluster_client(cluster: &Cluster, timeout: Duration) -> ClusterClient {
+    let addrs = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    ClusterClient::new(addrs, timeout, false)
+}
+
+/// A request written as JSON, decoded as the server would.
+fn client_request(request: &Value) -> ClientRequest {
+    let line = serde_json::to_vec(request).expect("json");
+    match decode_request(&line) {
+        Ok(Request::Client { request, .. }) => request,
+        other => panic!("{request} is not a client request: {other:?}"),
     }
 }

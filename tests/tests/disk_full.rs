@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use poncho_tests::{write_with_retry, Client, Cluster};
+use poncho_tests::{write_with_retry, Cluster};
 use serde_json::{json, Value};
 
 const ELECTION: Duration = Duration::from_secs(10);
@@ -153,24 +153,7 @@ fn restart_all_and_check(cluster: &mut Cluster, acked: &[(String, String)]) {
 
 /// A linearizable GET of `key`, at whichever node leads, within `WRITE`.
 fn read_with_retry(cluster: &Cluster, key: &str) -> Value {
-    let deadline = Instant::now() + WRITE;
-    let mut target = 1;
-    loop {
-        assert!(Instant::now() < deadline, "GET {key} not served in time");
-        let reply = Client::connect(cluster.addr(target)).and_then(|mut c| c.get(key));
-        match reply {
-            Ok(r) if r["msg_type"] == "GET" => return r["payload"].clone(),
-            Ok(r) if r["payload"]["code"] == "NOT_LEADER" => {
-                if let Some(leader) = r["payload"]["leader_id"].as_u64() {
-                    target = leader;
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        target = target % cluster.nodes.len() as u64 + 1;
-        sleep(Duration::from_millis(50));
-    }
+    poncho_tests::read_with_retry(cluster, key, WRITE)
 }
 
 /// The cluster writes `count` keys from `from` through its leader, each of
