@@ -48,9 +48,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-// The tests (`use super::*`) name vote replies through this module.
-#[cfg(test)]
-use poncho_protocol::RequestVoteReply;
 use poncho_protocol::{Entry, EntryKind, InstallSnapshot, NodeId, RaftMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
