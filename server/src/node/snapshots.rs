@@ -9,6 +9,8 @@
 //! the loop keeps applying. Only when the file is durable does the loop
 //! compact the Raft log and delete covered WAL segments.
 
+use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use poncho_protocol::{InstallSnapshot, NodeId};
 use super::{Fatal, Node};
 use crate::kv::KvStore;
 use crate::raft::{Ready, Restored};
-use crate::snapshot::{self, SnapshotMeta, SnapshotReceiver, SnapshotWriter};
+use crate::snapshot::{self, SnapshotError, SnapshotMeta, SnapshotReceiver, SnapshotWriter};
 
 /// Largest chunk streamed to a follower. With JSON escaping a chunk line
 /// stays well under the 1 MiB line limit.
@@ -29,12 +31,63 @@ const KEEP_SNAPSHOTS: usize = 2;
 /// After writing a snapshot failed, the next attempt waits this long.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 
+/// What went wrong with a snapshot; the callers log it (or, at start,
+/// refuse to start with it).
+#[derive(Debug)]
+pub enum Error {
+    /// The snapshots in `dir` could not be listed.
+    List {
+        dir: PathBuf,
+        error: SnapshotError,
+    },
+    Open {
+        path: PathBuf,
+        error: SnapshotError,
+    },
+    /// The file is sound but its lines are not a state machine.
+    Load {
+        path: PathBuf,
+        error: String,
+    },
+    /// Writing, streaming or receiving a snapshot file failed.
+    File(SnapshotError),
+    /// The state machine could not be encoded for the file.
+    Encode(io::Error),
+    Panicked,
+    NoSnapshot,
+    /// A received snapshot failed its checks when complete.
+    BadReceived(SnapshotError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::List { dir, error } => {
+                write!(f, "cannot read snapshots in {}: {error}", dir.display())
+            }
+            Error::Open { path, error } => {
+                write!(f, "cannot open snapshot {}: {error}", path.display())
+            }
+            Error::Load { path, error } => {
+                write!(f, "cannot load snapshot {}: {error}", path.display())
+            }
+            Error::File(e) => write!(f, "{e}"),
+            Error::Encode(e) => write!(f, "{e}"),
+            Error::Panicked => write!(f, "the snapshot thread panicked"),
+            Error::NoSnapshot => write!(f, "no snapshot to send"),
+            Error::BadReceived(e) => write!(f, "the received snapshot is bad: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
 pub struct Snapshots {
     dir: PathBuf,
     fsync: bool,
     /// The newest durable snapshot.
     pub latest: Option<(SnapshotMeta, PathBuf)>,
-    building: Option<JoinHandle<Result<(SnapshotMeta, PathBuf), String>>>,
+    building: Option<JoinHandle<Result<(SnapshotMeta, PathBuf), Error>>>,
     receiving: Option<(NodeId, SnapshotReceiver, Transfer)>,
     /// No new snapshot is started before this (one failed to be written).
     retry_at: Option<Instant>,
@@ -66,9 +119,11 @@ impl Snapshots {
     pub fn recover(
         dir: &Path,
         fsync: bool,
-    ) -> Result<(Snapshots, Option<KvStore>, Vec<String>), String> {
-        let (latest, warnings) = snapshot::latest_valid(dir)
-            .map_err(|e| format!("cannot read snapshots in {}: {e}", dir.display()))?;
+    ) -> Result<(Snapshots, Option<KvStore>, Vec<String>), Error> {
+        let (latest, warnings) = snapshot::latest_valid(dir).map_err(|error| Error::List {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
         let kv = match &latest {
             Some((_, path)) => Some(load(path)?),
             None => None,
@@ -98,34 +153,31 @@ impl Snapshots {
         let state = kv.snapshot();
         let (dir, fsync) = (self.dir.clone(), self.fsync);
         self.building = Some(std::thread::spawn(move || {
-            let mut writer =
-                SnapshotWriter::create(&dir, &meta, fsync).map_err(|e| e.to_string())?;
+            let mut writer = SnapshotWriter::create(&dir, &meta, fsync).map_err(Error::File)?;
             let mut failure = None;
             let written = state.write_lines(|line| {
                 writer.write_line(line).map_err(|e| {
-                    let message = e.to_string();
-                    failure = Some(message.clone());
-                    std::io::Error::other(message)
+                    let error = io::Error::other(e.to_string());
+                    failure = Some(e);
+                    error
                 })
             });
             if let Err(e) = written {
-                return Err(failure.unwrap_or_else(|| e.to_string()));
+                return Err(failure.map_or(Error::Encode(e), Error::File));
             }
-            let path = writer.finish().map_err(|e| e.to_string())?;
+            let path = writer.finish().map_err(Error::File)?;
             Ok((meta, path))
         }));
     }
 
     /// The snapshot being written, once it is durable (None while it is not
     /// finished). Prunes old files.
-    pub fn poll_built(&mut self) -> Option<Result<SnapshotMeta, String>> {
+    pub fn poll_built(&mut self) -> Option<Result<SnapshotMeta, Error>> {
         if !self.building.as_ref().is_some_and(JoinHandle::is_finished) {
             return None;
         }
         let handle = self.building.take()?;
-        let result = handle
-            .join()
-            .unwrap_or_else(|_| Err("the snapshot thread panicked".into()));
+        let result = handle.join().unwrap_or(Err(Error::Panicked));
         Some(result.map(|(meta, path)| {
             let out = meta.clone();
             self.set_latest(meta, path);
@@ -142,16 +194,15 @@ impl Snapshots {
     }
 
     /// A chunk of the latest snapshot from `offset`: (index, term, data, done).
-    pub fn chunk(&self, offset: u64) -> Result<(u64, u64, String, bool), String> {
-        let (meta, path) = self.latest.as_ref().ok_or("no snapshot to send")?;
-        let (data, done) =
-            snapshot::read_chunk(path, offset, CHUNK_BYTES).map_err(|e| e.to_string())?;
+    pub fn chunk(&self, offset: u64) -> Result<(u64, u64, String, bool), Error> {
+        let (meta, path) = self.latest.as_ref().ok_or(Error::NoSnapshot)?;
+        let (data, done) = snapshot::read_chunk(path, offset, CHUNK_BYTES).map_err(Error::File)?;
         Ok((meta.index, meta.term, data, done))
     }
 
     /// Takes a chunk from the leader. Chunks must arrive in order; anything
     /// else is answered with the offset wanted, and offset 0 starts over.
-    pub fn receive(&mut self, leader: NodeId, m: &InstallSnapshot) -> Result<Received, String> {
+    pub fn receive(&mut self, leader: NodeId, m: &InstallSnapshot) -> Result<Received, Error> {
         if m.offset == 0 {
             let receiver = SnapshotReceiver::create(
                 &self.dir,
@@ -159,7 +210,7 @@ impl Snapshots {
                 m.last_included_term,
                 self.fsync,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::File)?;
             self.receiving = Some((leader, receiver, Transfer::default()));
         }
         let Some((from, receiver, transfer)) = self.receiving.as_mut() else {
@@ -179,26 +230,29 @@ impl Snapshots {
         }
         let received = receiver
             .write_chunk(m.offset, &m.data)
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::File)?;
         transfer.chunks += 1;
         transfer.bytes = received;
         if !m.done {
             return Ok(Received::Ack(received));
         }
         let (_, receiver, transfer) = self.receiving.take().expect("checked above");
-        let (meta, path) = receiver
-            .finish()
-            .map_err(|e| format!("the received snapshot is bad: {e}"))?;
+        let (meta, path) = receiver.finish().map_err(Error::BadReceived)?;
         let kv = load(&path)?;
         self.set_latest(meta.clone(), path);
         Ok(Received::Complete(meta, Box::new(kv), transfer))
     }
 }
 
-fn load(path: &Path) -> Result<KvStore, String> {
-    let (_, lines) = snapshot::open(path)
-        .map_err(|e| format!("cannot open snapshot {}: {e}", path.display()))?;
-    KvStore::restore(lines).map_err(|e| format!("cannot load snapshot {}: {e}", path.display()))
+fn load(path: &Path) -> Result<KvStore, Error> {
+    let (_, lines) = snapshot::open(path).map_err(|error| Error::Open {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    KvStore::restore(lines).map_err(|error| Error::Load {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 impl Node {

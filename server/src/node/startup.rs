@@ -15,7 +15,7 @@ use super::admission::{self, Admission};
 use super::clients::Clients;
 use super::conn::Conns;
 use super::peers::Peers;
-use super::snapshots::Snapshots;
+use super::snapshots::{self, Snapshots};
 use super::{Node, NodeConfig, LISTENER, SIGNALS};
 use crate::datadir::{self, DirLock, LockError};
 use crate::kv::KvStore;
@@ -30,8 +30,8 @@ pub enum StartError {
         error: io::Error,
     },
     Lock(LockError),
-    /// No snapshot could be read or loaded (the message says which).
-    Snapshots(String),
+    /// The snapshots could not be read, or the newest valid one loaded.
+    Snapshots(snapshots::Error),
     OpenStorage {
         dir: PathBuf,
         error: StorageError,
@@ -66,7 +66,8 @@ impl fmt::Display for StartError {
                 write!(f, "cannot create data directory {}: {error}", dir.display())
             }
             StartError::Lock(e) => write!(f, "{e}"),
-            StartError::Snapshots(e) | StartError::Raft(e) => write!(f, "{e}"),
+            StartError::Snapshots(e) => write!(f, "{e}"),
+            StartError::Raft(e) => write!(f, "{e}"),
             StartError::OpenStorage { dir, error } => {
                 write!(f, "cannot open data directory {}: {error}", dir.display())
             }
