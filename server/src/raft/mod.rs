@@ -344,6 +344,9 @@ pub struct Raft {
     /// Index the driver has applied (reported through `advance_applied`).
     applied_index: u64,
 
+    // Outputs waiting for `ready()`, not role state: they outlive a role
+    // change (a confirmed read stays valid after its leader steps down; a
+    // snapshot start is checked again by `send_snapshot_chunk`).
     /// Confirmed reads waiting for the state machine to reach their index.
     reads_confirmed: VecDeque<ReadState>,
     failed_reads: Vec<u64>,
