@@ -8,9 +8,11 @@
 //!
 //! See `docs/shell.md`.
 
+mod assist;
 mod client;
-mod command;
+mod commands;
 mod exec;
+mod line;
 mod repl;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -21,8 +23,9 @@ use clap::Parser;
 use serde_json::{Map, Value};
 
 use crate::client::ClusterClient;
-use crate::command::{Command, Token};
-use crate::exec::{execute, Done, Failure};
+use crate::commands::Command;
+use crate::exec::{Done, Failure};
+use crate::line::Token;
 
 /// The one-command local cluster's addresses.
 const DEFAULT_CLUSTER: &str =
@@ -93,7 +96,7 @@ fn parse_cluster(spec: &str) -> Result<Vec<String>, String> {
     if addrs.is_empty() {
         return Err("the cluster lists no address".into());
     }
-    if let Some(bad) = addrs.iter().find(|a| !command::looks_like_host_port(a)) {
+    if let Some(bad) = addrs.iter().find(|a| !commands::looks_like_host_port(a)) {
         return Err(format!("{bad:?} is not HOST:PORT"));
     }
     Ok(addrs)
@@ -188,8 +191,8 @@ fn print_done(output: Output, line: Option<usize>, command: &Command, done: Done
 /// `poncho-shell get foo`: the words as the calling shell split them.
 fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
     let tokens: Vec<Token> = words.iter().map(Token::plain).collect();
-    let command = match command::parse(&tokens) {
-        Ok(Command::Exit) => return 0,
+    let command = match commands::parse(&tokens) {
+        Ok(c) if c.is_exit() => return 0,
         Ok(c) => c,
         Err(e) => {
             let word = words.first().map(|w| w.to_ascii_lowercase());
@@ -197,13 +200,13 @@ fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
                 output,
                 Mode::OneShot,
                 word.as_deref(),
-                &Failure::Usage(e.0),
+                &Failure::Usage(e.to_string()),
                 "",
             );
             return 2;
         }
     };
-    match execute(client, &command) {
+    match command.run(client) {
         Ok(done) => {
             print_done(output, None, &command, done);
             0
@@ -238,13 +241,13 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
         }
         let mode = Mode::Script(number);
         let parsed = match std::str::from_utf8(&bytes) {
-            Ok(line) => command::parse_line(line).map_err(|e| e.0),
+            Ok(line) => commands::parse_line(line).map_err(|e| e.to_string()),
             Err(_) => Err("the line is not valid UTF-8".to_string()),
         };
         let result = match parsed {
             Ok(None) => continue,
-            Ok(Some(Command::Exit)) => break,
-            Ok(Some(command)) => match execute(client, &command) {
+            Ok(Some(command)) if command.is_exit() => break,
+            Ok(Some(command)) => match command.run(client) {
                 Ok(done) => {
                     print_done(output, Some(number), &command, done);
                     Ok(())

@@ -16,9 +16,11 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
+use crate::assist;
 use crate::client::{ClusterClient, Route};
-use crate::command::{self, Command};
-use crate::exec::{execute, Failure};
+use crate::commands::{self, Command};
+use crate::exec::Failure;
+use crate::line::quote;
 use crate::{print_failure, print_json_done, Mode, Output};
 use poncho_protocol::{ClientRequest, KeysReply, KeysRequest};
 
@@ -48,20 +50,18 @@ impl Completer for ShellHelper {
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<String>)> {
         let line = &line[..pos];
-        let (start, candidates) = command::complete(line, &self.addrs);
+        let (start, candidates) = assist::complete(line, &self.addrs);
         if !candidates.is_empty() {
             return Ok((start, candidates));
         }
-        let (Some(node), Some((start, prefix))) = (&self.node, command::key_being_typed(line))
+        let (Some(node), Some((start, prefix))) = (&self.node, assist::key_being_typed(line))
         else {
             return Ok((start, candidates));
         };
         let keys = keys_with_prefix(node, &prefix);
         Ok((
             start,
-            keys.iter()
-                .map(|k| format!("{} ", command::quote(k)))
-                .collect(),
+            keys.iter().map(|k| format!("{} ", quote(k))).collect(),
         ))
     }
 }
@@ -109,7 +109,7 @@ impl Hinter for ShellHelper {
         if pos < line.len() {
             return None;
         }
-        command::hint(line).map(ArgHint)
+        assist::hint(line).map(ArgHint)
     }
 }
 
@@ -143,15 +143,9 @@ fn elapsed(d: Duration) -> String {
     }
 }
 
-/// Runs the REPL until `exit` or Ctrl-D. Returns the exit status: 0.
-pub fn run(mut client: ClusterClient, output: Output) -> u8 {
-    // Ctrl-C while a command waits for the cluster cancels that command.
-    // While a line is being edited the terminal is raw and rustyline reads
-    // Ctrl-C as a key, which cancels the line.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    if signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupt)).is_ok() {
-        client.set_interrupt(Arc::clone(&interrupt));
-    }
+type ShellEditor = Editor<ShellHelper, DefaultHistory>;
+
+fn new_editor() -> rustyline::Result<ShellEditor> {
     let config = Config::builder()
         .completion_type(CompletionType::List)
         .auto_add_history(false)
@@ -161,19 +155,48 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
         .and_then(|c| c.max_history_size(10_000))
         .map(|c| c.build())
         .unwrap_or_default();
-    let mut editor: Editor<ShellHelper, DefaultHistory> = match Editor::with_config(config) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("poncho-shell: cannot start the line editor: {e}");
-            return 1;
+    Editor::with_config(config)
+}
+
+/// The history file and whether saving to it has failed.
+struct History {
+    path: Option<PathBuf>,
+    /// Said once: a read-only home is no reason to complain at every line.
+    failed: bool,
+}
+
+impl History {
+    fn load(editor: &mut ShellEditor) -> History {
+        let path = history_path();
+        if let Some(path) = &path {
+            // A missing file is the first run; a bad one is no reason to stop.
+            let _ = editor.load_history(path);
         }
-    };
-    let history = history_path();
-    if let Some(path) = &history {
-        // A missing file is the first run; a bad one is no reason to stop.
-        let _ = editor.load_history(path);
+        History {
+            path,
+            failed: false,
+        }
     }
 
+    fn add(&mut self, editor: &mut ShellEditor, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let _ = editor.add_history_entry(line);
+        if let Some(path) = self.path.as_ref().filter(|_| !self.failed) {
+            // Saved at once, so a killed shell keeps its history.
+            if let Err(e) = editor.append_history(path) {
+                self.failed = true;
+                eprintln!(
+                    "poncho-shell: cannot save history to {}: {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+fn greet(client: &mut ClusterClient) {
     client.connect_quietly();
     let cluster = client.addrs().join(",");
     match client.connected() {
@@ -188,9 +211,26 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
         ),
     }
     println!("Type help for the commands, exit or Ctrl-D to leave.");
-    // Said once: a read-only home is no reason to complain at every line.
-    let mut history_failed = false;
+}
 
+/// Runs the REPL until `exit` or Ctrl-D. Returns the exit status: 0.
+pub fn run(mut client: ClusterClient, output: Output) -> u8 {
+    // Ctrl-C while a command waits for the cluster cancels that command.
+    // While a line is being edited the terminal is raw and rustyline reads
+    // Ctrl-C as a key, which cancels the line.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    if signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupt)).is_ok() {
+        client.set_interrupt(Arc::clone(&interrupt));
+    }
+    let mut editor = match new_editor() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("poncho-shell: cannot start the line editor: {e}");
+            return 1;
+        }
+    };
+    let mut history = History::load(&mut editor);
+    greet(&mut client);
     loop {
         let prompt = prompt(&mut client);
         editor.set_helper(Some(ShellHelper {
@@ -206,47 +246,41 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
                 break;
             }
         };
-        if !line.trim().is_empty() {
-            let _ = editor.add_history_entry(line.as_str());
-            if let Some(path) = history.as_ref().filter(|_| !history_failed) {
-                // Saved at once, so a killed shell keeps its history.
-                if let Err(e) = editor.append_history(path) {
-                    history_failed = true;
-                    eprintln!(
-                        "poncho-shell: cannot save history to {}: {e}",
-                        path.display()
-                    );
-                }
-            }
-        }
-        let command = match command::parse_line(&line) {
+        history.add(&mut editor, &line);
+        let command = match commands::parse_line(&line) {
             Ok(None) => continue,
-            Ok(Some(Command::Exit)) => break,
+            Ok(Some(c)) if c.is_exit() => break,
             Ok(Some(c)) => c,
             Err(e) => {
                 let word = line.split_whitespace().next().map(str::to_ascii_lowercase);
-                let f = Failure::Usage(e.0);
+                let f = Failure::Usage(e.to_string());
                 print_failure(output, Mode::Interactive, word.as_deref(), &f, "");
                 continue;
             }
         };
         interrupt.store(false, Ordering::SeqCst);
-        let started = Instant::now();
-        let result = execute(&mut client, &command);
-        let took = if command.is_local() {
-            String::new()
-        } else {
-            elapsed(started.elapsed())
-        };
-        match result {
-            Ok(done) if output == Output::Json => print_json_done(None, command.name(), done),
-            Ok(done) if took.is_empty() => println!("{}", done.pretty),
-            Ok(done) if done.pretty.contains('\n') => println!("{}\n{took}", done.pretty),
-            Ok(done) => println!("{}  {took}", done.pretty),
-            Err(f) => print_failure(output, Mode::Interactive, Some(command.name()), &f, &took),
-        }
+        run_command(&mut client, output, &command);
     }
     0
+}
+
+/// Runs one command and prints its result, with its timing if it asked the
+/// cluster.
+fn run_command(client: &mut ClusterClient, output: Output, command: &Command) {
+    let started = Instant::now();
+    let result = command.run(client);
+    let took = if command.is_local() {
+        String::new()
+    } else {
+        elapsed(started.elapsed())
+    };
+    match result {
+        Ok(done) if output == Output::Json => print_json_done(None, command.name(), done),
+        Ok(done) if took.is_empty() => println!("{}", done.pretty),
+        Ok(done) if done.pretty.contains('\n') => println!("{}\n{took}", done.pretty),
+        Ok(done) => println!("{}  {took}", done.pretty),
+        Err(f) => print_failure(output, Mode::Interactive, Some(command.name()), &f, &took),
+    }
 }
 
 #[cfg(test)]
@@ -287,7 +321,7 @@ mod tests {
             assert_eq!(request["payload"]["prefix"], "user/");
         }
         // A key with a space is offered quoted, as the shell reads it back.
-        assert_eq!(command::quote(&got[1]), "\"user/two words\"");
+        assert_eq!(quote(&got[1]), "\"user/two words\"");
     }
 
     #[test]

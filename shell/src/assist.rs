@@ -1,0 +1,167 @@
+//! What the prompt offers while a line is typed: completion of command
+//! names and first arguments, and hints of the arguments left to type. Both
+//! read the command table. No I/O here.
+
+use crate::commands::{find, FirstArg, COMMANDS};
+use crate::line::scan;
+
+/// Completions for the word being typed at the end of `line`: the start of
+/// that word and the candidates (each with a trailing space when it ends the
+/// word). `addrs` are offered after `connect`.
+pub fn complete(line: &str, addrs: &[String]) -> (usize, Vec<String>) {
+    let scan = scan(line);
+    let typing = if scan.open_word {
+        scan.tokens.last().map(|t| t.text.as_str()).unwrap_or("")
+    } else {
+        ""
+    };
+    let start = line.len() - if scan.open_word { word_len(line) } else { 0 };
+    let position = if scan.open_word {
+        scan.tokens.len().saturating_sub(1)
+    } else {
+        scan.tokens.len()
+    };
+    let command = scan.tokens.first().and_then(|t| find(&t.text));
+    let names = || COMMANDS.iter().map(|s| s.name.to_string());
+    let options: Vec<String> = match (position, command.map(|s| s.first_arg)) {
+        // Both ways to leave are offered: `exit` and its alias `quit`.
+        (0, _) => names().chain(leave_aliases().map(str::to_string)).collect(),
+        (1, Some(FirstArg::Command)) => names().collect(),
+        (1, Some(FirstArg::Words(words))) => words.iter().map(|w| w.to_string()).collect(),
+        (1, Some(FirstArg::Addr)) => addrs.to_vec(),
+        _ => Vec::new(),
+    };
+    let typed_lower = typing.to_ascii_lowercase();
+    let mut candidates: Vec<String> = options
+        .into_iter()
+        .filter(|o| o.starts_with(&typed_lower) || o.starts_with(typing))
+        .map(|o| format!("{o} "))
+        .collect();
+    candidates.dedup();
+    (start, candidates)
+}
+
+fn leave_aliases() -> impl Iterator<Item = &'static str> {
+    COMMANDS
+        .iter()
+        .filter(|s| s.is_exit())
+        .flat_map(|s| s.aliases.iter().copied())
+}
+
+/// When the word at the end of `line` is a key (a first argument that is
+/// [`FirstArg::Key`], as in get and set): where that word starts and
+/// what was typed of it. `None` for anything else, and for a word with
+/// quotes or escapes in it, whose start the completer cannot replace safely.
+pub fn key_being_typed(line: &str) -> Option<(usize, String)> {
+    let scan = scan(line);
+    if scan.error.is_some() {
+        return None;
+    }
+    let command = find(&scan.tokens.first()?.text)?;
+    if command.first_arg != FirstArg::Key {
+        return None;
+    }
+    if scan.open_word {
+        let word = scan.tokens.last()?;
+        let typed = &line[line.len() - word_len(line)..];
+        if scan.tokens.len() != 2 || word.quoted || typed != word.text {
+            return None;
+        }
+        Some((line.len() - typed.len(), word.text.clone()))
+    } else if scan.tokens.len() == 1 && line.ends_with(char::is_whitespace) {
+        Some((line.len(), String::new()))
+    } else {
+        None
+    }
+}
+
+/// Length in bytes of the last whitespace-free run at the end of `line`.
+fn word_len(line: &str) -> usize {
+    line.len()
+        - line
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8())
+}
+
+/// The arguments still to type after what is on the line, e.g. `KEY VALUE`
+/// after `set`. `None` when there is nothing useful to show.
+pub fn hint(line: &str) -> Option<String> {
+    let scan = scan(line);
+    let first = scan.tokens.first()?;
+    if scan.tokens.len() == 1 && scan.open_word {
+        // Still typing the command name: hint only once it is a whole name.
+        let spec = find(&first.text)?;
+        if spec.args.is_empty() {
+            return None;
+        }
+        return Some(format!(" {}", spec.args));
+    }
+    let spec = find(&first.text)?;
+    let names = spec.arg_names();
+    let done = scan.tokens.len() - 1;
+    let rest = names.get(done..)?;
+    if rest.is_empty() {
+        return None;
+    }
+    let lead = if scan.open_word { " " } else { "" };
+    Some(format!("{lead}{}", rest.join(" ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_when_a_key_is_being_typed() {
+        assert_eq!(key_being_typed("get "), Some((4, String::new())));
+        assert_eq!(key_being_typed("get us"), Some((4, "us".to_string())));
+        assert_eq!(
+            key_being_typed("  SET user/1"),
+            Some((6, "user/1".to_string()))
+        );
+        assert_eq!(key_being_typed("cas lo"), Some((4, "lo".to_string())));
+        assert_eq!(key_being_typed("keys "), Some((5, String::new())));
+        // Not a key: the command name, a value, other commands, quoted words.
+        assert_eq!(key_being_typed("ge"), None);
+        assert_eq!(key_being_typed("get"), None);
+        assert_eq!(key_being_typed("set k v"), None);
+        assert_eq!(key_being_typed("set k "), None);
+        assert_eq!(key_being_typed("connect 127"), None);
+        assert_eq!(key_being_typed("get \"a b"), None);
+        assert_eq!(key_being_typed("get a\\b"), None);
+    }
+
+    #[test]
+    fn completes_command_names_and_some_arguments() {
+        assert_eq!(complete("se", &[]), (0, vec!["set ".to_string()]));
+        assert_eq!(
+            complete("s", &[]),
+            (0, vec!["set ".to_string(), "status ".to_string()])
+        );
+        assert_eq!(complete("help de", &[]), (5, vec!["delete ".to_string()]));
+        assert_eq!(complete("q", &[]), (0, vec!["quit ".to_string()]));
+        assert_eq!(complete(".verbose o", &[]).1, ["on ", "off "]);
+        let addrs = vec!["127.0.0.1:8001".to_string()];
+        assert_eq!(
+            complete("connect ", &addrs),
+            (8, vec!["127.0.0.1:8001 ".into()])
+        );
+        assert!(complete("set k", &[]).1.is_empty());
+    }
+
+    #[test]
+    fn hints_show_the_arguments_left_to_type() {
+        assert_eq!(hint("set").as_deref(), Some(" KEY VALUE"));
+        assert_eq!(hint("set ").as_deref(), Some("KEY VALUE"));
+        assert_eq!(hint("set foo").as_deref(), Some(" VALUE"));
+        assert_eq!(hint("set foo ").as_deref(), Some("VALUE"));
+        assert_eq!(hint("set foo bar"), None);
+        assert_eq!(hint("cas k ").as_deref(), Some("EXPECTED NEW"));
+        assert_eq!(hint("keys").as_deref(), Some(" [PREFIX]"));
+        assert_eq!(hint("se"), None);
+        assert_eq!(hint("status"), None);
+        assert_eq!(hint(""), None);
+    }
+}
