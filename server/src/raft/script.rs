@@ -1166,6 +1166,7 @@ scripts!(
     fast_backup,
     figure_7,
     figure_8,
+    leadership,
     older_terms,
     reads,
     votes

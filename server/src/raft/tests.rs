@@ -1,7 +1,8 @@
 //! Tests of the Raft core: named scenarios run in the simulator, and many
 //! random seeds. The vote, commit and log rules of the paper (sections
-//! 5.2-5.4, Figures 7 and 8), ReadIndex, and replies to older terms are
-//! golden scripts in `testdata/`, run by `script`.
+//! 5.2-5.4, Figures 7 and 8), ReadIndex, leader transfer, PreVote, status
+//! and replies to older terms are golden scripts in `testdata/`, run by
+//! `script`.
 //!
 //! Scenario names follow the paper's sections and the classic Raft lab suites.
 
@@ -495,75 +496,6 @@ fn section_7_partitions_and_crashes_in_the_middle_of_snapshot_transfers() {
         sim.random_run(300).unwrap();
         assert!(sim.stats.snapshots_taken > 0, "seed {seed}");
     }
-}
-
-// ---------------------------------------------------------- leader transfer
-
-#[test]
-fn thesis_3_10_leader_transfer_hands_off_within_a_few_ticks() {
-    let mut sim = Sim::new(5, 14, NetConfig::reliable());
-    sim.commit("x", ELECTION_BOUND_TICKS).unwrap();
-    let old = sim.leader().unwrap();
-    let target = if old == 5 { 4 } else { 5 };
-    let term = sim.raft(old).unwrap().term();
-    sim.raft_mut(old)
-        .unwrap()
-        .transfer_leadership(target)
-        .unwrap();
-    assert_eq!(
-        sim.raft_mut(old).unwrap().propose("during"),
-        Err(ProposeError::TransferInProgress)
-    );
-    sim.run_until(5, "the transfer", |s| s.leader() == Some(target))
-        .unwrap();
-    assert_eq!(sim.raft(target).unwrap().term(), term + 1);
-    sim.commit("after", 20).unwrap();
-}
-
-#[test]
-fn thesis_9_6_a_rejoining_node_does_not_disrupt_a_healthy_leader() {
-    let mut sim = Sim::new(3, 15, NetConfig::reliable());
-    let leader = sim.wait_for_leader(ELECTION_BOUND_TICKS).unwrap();
-    let term = sim.raft(leader).unwrap().term();
-    let follower = if leader == 1 { 2 } else { 1 };
-    sim.isolate(follower);
-    sim.run_ticks(200).unwrap();
-    sim.heal();
-    sim.run_ticks(50).unwrap();
-    assert_eq!(sim.leader(), Some(leader));
-    assert_eq!(
-        sim.raft(leader).unwrap().term(),
-        term,
-        "PreVote kept the term"
-    );
-    assert_eq!(sim.raft(follower).unwrap().term(), term);
-}
-
-#[test]
-fn status_reports_roles_indexes_and_follower_progress() {
-    let mut sim = Sim::new(3, 16, NetConfig::reliable());
-    sim.commit("x", ELECTION_BOUND_TICKS).unwrap();
-    sim.run_ticks(5).unwrap();
-    let leader = sim.leader().unwrap();
-    let s = sim.raft(leader).unwrap().status();
-    assert_eq!((s.role, s.leader_id), (Role::Leader, Some(leader)));
-    assert_eq!(s.commit_index, 2);
-    assert_eq!(s.last_log_index, 2);
-    assert_eq!(s.applied_index, 2);
-    assert_eq!(s.followers.len(), 2);
-    for f in &s.followers {
-        assert_eq!(
-            (f.match_index, f.next_index, f.state),
-            (2, 3, ProgressState::Replicate)
-        );
-    }
-    let follower = sim.ids().into_iter().find(|&i| i != leader).unwrap();
-    let fs = sim.raft(follower).unwrap().status();
-    assert_eq!(
-        (fs.role, fs.leader_id, fs.commit_index),
-        (Role::Follower, Some(leader), 2)
-    );
-    assert!(fs.followers.is_empty());
 }
 
 // ------------------------------------------------------------ random seeds
