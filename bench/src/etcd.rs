@@ -129,6 +129,42 @@ fn parse_response(
     };
     let head = std::str::from_utf8(&pending[..head_len])
         .map_err(|_| "a reply header that is not UTF-8".to_string())?;
+    let Head {
+        status,
+        content_length,
+        chunked,
+    } = parse_head(head)?;
+    let body_start = head_len + 4;
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(Some((body_start, status, Body::Buffered(0..0))));
+    }
+    if chunked {
+        return Ok(join_chunks(pending, body_start, joined)?.map(|end| (end, status, Body::Joined)));
+    }
+    let Some(len) = content_length else {
+        return Err(format!(
+            "a reply (HTTP {status}) with neither Content-Length nor chunked encoding"
+        ));
+    };
+    if pending.len() < body_start + len {
+        return Ok(None);
+    }
+    Ok(Some((
+        body_start + len,
+        status,
+        Body::Buffered(body_start..body_start + len),
+    )))
+}
+
+/// What a response's head says about its body.
+struct Head {
+    status: u16,
+    content_length: Option<usize>,
+    chunked: bool,
+}
+
+/// Parses the status line and headers (the head without its final CRLF CRLF).
+fn parse_head(head: &str) -> Result<Head, String> {
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status: u16 = match status_line.split_once(' ') {
@@ -155,57 +191,51 @@ fn parse_response(
             chunked = value.to_ascii_lowercase().contains("chunked");
         }
     }
-    let body_start = head_len + 4;
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        return Ok(Some((body_start, status, Body::Buffered(0..0))));
-    }
-    if chunked {
-        joined.clear();
-        let mut at = body_start;
-        loop {
-            let Some(line_len) = find(&pending[at..], b"\r\n") else {
-                return Ok(None);
-            };
-            let line = std::str::from_utf8(&pending[at..at + line_len]).unwrap_or("?");
-            let hex = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(hex, 16)
-                .map_err(|_| format!("bad chunk size line {line:?}"))?;
-            at += line_len + 2;
-            if size == 0 {
-                // Trailers, if any, then the empty line that ends the body.
-                loop {
-                    let Some(len) = find(&pending[at..], b"\r\n") else {
-                        return Ok(None);
-                    };
-                    at += len + 2;
-                    if len == 0 {
-                        return Ok(Some((at, status, Body::Joined)));
-                    }
+    Ok(Head {
+        status,
+        content_length,
+        chunked,
+    })
+}
+
+/// Joins a chunked body starting at `at` into `joined`: `Ok(None)` if it
+/// is not complete yet, else where the response ends.
+fn join_chunks(
+    pending: &[u8],
+    mut at: usize,
+    joined: &mut Vec<u8>,
+) -> Result<Option<usize>, String> {
+    joined.clear();
+    loop {
+        let Some(line_len) = find(&pending[at..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&pending[at..at + line_len]).unwrap_or("?");
+        let hex = line.split(';').next().unwrap_or_default().trim();
+        let size =
+            usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size line {line:?}"))?;
+        at += line_len + 2;
+        if size == 0 {
+            // Trailers, if any, then the empty line that ends the body.
+            loop {
+                let Some(len) = find(&pending[at..], b"\r\n") else {
+                    return Ok(None);
+                };
+                at += len + 2;
+                if len == 0 {
+                    return Ok(Some(at));
                 }
             }
-            if pending.len() < at + size + 2 {
-                return Ok(None);
-            }
-            if &pending[at + size..at + size + 2] != b"\r\n" {
-                return Err("a chunk not followed by CRLF".into());
-            }
-            joined.extend_from_slice(&pending[at..at + size]);
-            at += size + 2;
         }
+        if pending.len() < at + size + 2 {
+            return Ok(None);
+        }
+        if &pending[at + size..at + size + 2] != b"\r\n" {
+            return Err("a chunk not followed by CRLF".into());
+        }
+        joined.extend_from_slice(&pending[at..at + size]);
+        at += size + 2;
     }
-    let Some(len) = content_length else {
-        return Err(format!(
-            "a reply (HTTP {status}) with neither Content-Length nor chunked encoding"
-        ));
-    };
-    if pending.len() < body_start + len {
-        return Ok(None);
-    }
-    Ok(Some((
-        body_start + len,
-        status,
-        Body::Buffered(body_start..body_start + len),
-    )))
 }
 
 /// What the generator reads from a gateway reply: every successful one has

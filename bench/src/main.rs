@@ -272,6 +272,26 @@ struct Generator {
 }
 
 impl Generator {
+    fn new(args: &Args, leader: SocketAddr, mix: Vec<(Op, u32)>) -> Generator {
+        let value = "v".repeat(args.value_size);
+        let mut value_base64 = String::new();
+        etcd::base64(value.as_bytes(), &mut value_base64);
+        Generator {
+            target: args.target,
+            host: leader.to_string(),
+            rng: SmallRng::seed_from_u64(0x9e37_79b9),
+            total_weight: mix.iter().map(|m| m.1).sum(),
+            mix,
+            keys: args.keys.max(1),
+            value,
+            value_base64,
+            stale: args.stale,
+            sequential: None,
+            key_base64: String::new(),
+            body: String::new(),
+        }
+    }
+
     fn pick(&mut self) -> (Op, u64) {
         if let Some(next) = self.sequential.as_mut() {
             *next += 1;
@@ -364,23 +384,32 @@ fn run(args: &Args) -> Result<Outcome, String> {
         Target::Poncho => find_leader(&args.cluster)?,
         Target::Etcd => etcd::find_leader(&args.cluster)?,
     };
-    let value = "v".repeat(args.value_size);
-    let mut value_base64 = String::new();
-    etcd::base64(value.as_bytes(), &mut value_base64);
-    let mut generator = Generator {
-        target: args.target,
-        host: leader.to_string(),
-        rng: SmallRng::seed_from_u64(0x9e37_79b9),
-        total_weight: mix.iter().map(|m| m.1).sum(),
-        mix,
-        keys: args.keys.max(1),
-        value,
-        value_base64,
-        stale: args.stale,
-        sequential: None,
-        key_base64: String::new(),
-        body: String::new(),
-    };
+    let mut generator = Generator::new(args, leader, mix);
+    let held = hold_idle(args, leader)?;
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut conns = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        conns.push(Conn::open(args.target, leader, &poll, Token(i))?);
+    }
+    if args.preload {
+        preload(args, &mut poll, &mut conns, &mut generator)?;
+    }
+    let limit = args.requests.unwrap_or(u64::MAX);
+    let duration = Duration::from_secs_f64(args.duration);
+    let (stats, elapsed, cpu) =
+        drive(args, &mut poll, &mut conns, &mut generator, limit, duration)?;
+    Ok(Outcome {
+        stats,
+        elapsed,
+        cpu,
+        server: leader,
+        idle: (held.count(), held.stalled, held.state()),
+    })
+}
+
+/// Opens the --idle connections (the first --stalled of them stopped
+/// mid-line), held until the run ends.
+fn hold_idle(args: &Args, leader: SocketAddr) -> Result<idle::Idle, String> {
     if args.stalled > args.idle {
         return Err("--stalled counts among --idle connections: at most --idle".into());
     }
@@ -394,12 +423,47 @@ fn run(args: &Args) -> Result<Outcome, String> {
             opening.elapsed().as_secs_f64()
         );
     }
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut conns = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    Ok(held)
+}
+
+/// --preload: writes each key once, in order, unmeasured.
+fn preload(
+    args: &Args,
+    poll: &mut Poll,
+    conns: &mut [Conn],
+    generator: &mut Generator,
+) -> Result<(), String> {
+    generator.sequential = Some(0);
+    let limit = generator.keys;
+    let (stats, elapsed, _) = drive(
+        args,
+        poll,
+        conns,
+        generator,
+        limit,
+        Duration::from_secs(600),
+    )?;
+    if stats.total() < limit {
+        return Err(format!(
+            "preloading {limit} keys: {} written, {} errors; first error: {}",
+            stats.total(),
+            stats.errors,
+            stats.error_sample.as_deref().unwrap_or("none")
+        ));
+    }
+    if !args.quiet {
+        eprintln!("preloaded {limit} keys in {:.1} s", elapsed.as_secs_f64());
+    }
+    generator.sequential = None;
+    Ok(())
+}
+
+impl Conn {
+    /// Connects to `leader` (a poncho connection in a session of its own)
+    /// and registers the stream with `poll` under `token`.
+    fn open(target: Target, leader: SocketAddr, poll: &Poll, token: Token) -> Result<Conn, String> {
         let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
-        // Every poncho connection writes in a session of its own.
-        let (std, session) = match args.target {
+        let (std, session) = match target {
             Target::Poncho => register(std, leader).map(|(s, id)| (s, Some(id)))?,
             Target::Etcd => (std, None),
         };
@@ -407,60 +471,180 @@ fn run(args: &Args) -> Result<Outcome, String> {
         std.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut stream = TcpStream::from_std(std);
         poll.registry()
-            .register(
-                &mut stream,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .map_err(|e| e.to_string())?;
-        conns.push(Conn {
+        Ok(Conn {
             stream,
             out: Vec::new(),
             written: 0,
-            input: match args.target {
+            input: match target {
                 Target::Poncho => Input::Lines(LineBuffer::new(1 << 24)),
                 Target::Etcd => Input::Http(HttpResponses::new(1 << 24)),
             },
             inflight: VecDeque::new(),
             session,
             seq: 0,
-        });
+        })
     }
-    if args.preload {
-        generator.sequential = Some(0);
-        let limit = generator.keys;
-        let (stats, elapsed, _) = drive(
-            args,
-            &mut poll,
-            &mut conns,
-            &mut generator,
-            limit,
-            Duration::from_secs(600),
-        )?;
-        if stats.total() < limit {
+
+    /// Writes what the socket takes of the pending requests.
+    fn flush(&mut self) -> Result<(), String> {
+        while self.written < self.out.len() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads what a readiness event announced into the reply framing.
+    fn read_available(&mut self, chunk: &mut [u8], read_closed: bool) -> Result<(), String> {
+        // A short read emptied the socket; on Linux the next arrival is a
+        // new event (see the server's `Conn::read_some`). A close is
+        // read to the end so it is not missed.
+        let short_read_drains = cfg!(target_os = "linux") && !read_closed;
+        loop {
+            match self.stream.read(chunk) {
+                Ok(0) => return Err("the server closed a connection".into()),
+                Ok(n) => {
+                    match &mut self.input {
+                        Input::Lines(lines) => lines.extend(&chunk[..n]),
+                        Input::Http(responses) => responses.extend(&chunk[..n]),
+                    }
+                    if short_read_drains && n < chunk.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Matches every complete buffered reply with its request and records
+    /// it at `now`.
+    fn take_replies(&mut self, stats: &mut Stats, now: Instant) -> Result<(), String> {
+        loop {
+            let outcome = match &mut self.input {
+                Input::Lines(lines) => match lines.next_line() {
+                    None => return Ok(()),
+                    Some(line) => {
+                        let line = line.map_err(|_| "reply too long".to_string())?;
+                        let reply: ReplyEnvelope =
+                            serde_json::from_slice(line).map_err(|e| format!("bad reply: {e}"))?;
+                        if self.took_session(&reply)? {
+                            continue;
+                        }
+                        self.judge(&reply, now)
+                    }
+                },
+                Input::Http(responses) => match responses.next_response()? {
+                    None => return Ok(()),
+                    Some(response) => etcd::check_reply(&response),
+                },
+            };
+            // (A REGISTER_CLIENT's reply was taken above.)
+            let Some((sent, Some(op))) = self.inflight.pop_front() else {
+                return Err("a reply nobody asked for".into());
+            };
+            stats.record(op, now - sent, outcome);
+        }
+    }
+
+    /// Takes `reply` as the new session if the oldest request is a
+    /// REGISTER_CLIENT: true if it was.
+    fn took_session(&mut self, reply: &ReplyEnvelope) -> Result<bool, String> {
+        if !matches!(self.inflight.front(), Some((_, None))) {
+            return Ok(false);
+        }
+        if reply.msg_type != "REGISTER_CLIENT" {
             return Err(format!(
-                "preloading {limit} keys: {} written, {} errors; first error: {}",
-                stats.total(),
-                stats.errors,
-                stats.error_sample.as_deref().unwrap_or("none")
+                "cannot open a new client session: {}",
+                reply.payload
             ));
         }
-        if !args.quiet {
-            eprintln!("preloaded {limit} keys in {:.1} s", elapsed.as_secs_f64());
-        }
-        generator.sequential = None;
+        self.session = Some(client_id_of(reply)?);
+        self.seq = 0;
+        self.inflight.pop_front();
+        Ok(true)
     }
-    let limit = args.requests.unwrap_or(u64::MAX);
-    let duration = Duration::from_secs_f64(args.duration);
-    let (stats, elapsed, cpu) =
-        drive(args, &mut poll, &mut conns, &mut generator, limit, duration)?;
-    Ok(Outcome {
-        stats,
-        elapsed,
-        cpu,
-        server: leader,
-        idle: (held.count(), held.stalled, held.state()),
-    })
+
+    /// A poncho reply's outcome; on SESSION_EXPIRED, queues a
+    /// REGISTER_CLIENT for a new session.
+    fn judge(&mut self, reply: &ReplyEnvelope, now: Instant) -> Result<(), String> {
+        match reply.error() {
+            Some(e) if e.code == ErrorCode::SessionExpired => {
+                // Counted as an error; later writes go in a new session (the
+                // ones already sent in this one get SESSION_EXPIRED too).
+                if self.session.take().is_some() {
+                    self.out.extend_from_slice(REGISTER_LINE);
+                    self.inflight.push_back((now, None));
+                }
+                Err(reply.payload.to_string())
+            }
+            _ if reply.msg_type == "ERROR" => Err(reply.payload.to_string()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How many requests a run may issue, until when, and how many it has.
+struct Budget {
+    pipeline: usize,
+    limit: u64,
+    deadline: Instant,
+    issued: u64,
+}
+
+impl Budget {
+    /// Tops `c` up to --pipeline outstanding requests while the budget
+    /// lasts.
+    fn fill(&mut self, c: &mut Conn, generator: &mut Generator, now: Instant) {
+        // A poncho connection waits for its new session (etcd has none).
+        if c.session.is_none() && generator.target == Target::Poncho {
+            return;
+        }
+        while c.inflight.len() < self.pipeline && self.issued < self.limit && now < self.deadline {
+            let op = generator.next(&mut c.out, c.session.unwrap_or(0), &mut c.seq);
+            c.inflight.push_back((now, Some(op)));
+            self.issued += 1;
+        }
+    }
+
+    fn spent(&self, now: Instant) -> bool {
+        now >= self.deadline || self.issued >= self.limit
+    }
+}
+
+/// The progress line, redrawn once a second.
+struct Progress {
+    started: Instant,
+    next: Instant,
+    last_total: u64,
+}
+
+impl Progress {
+    fn tick(&mut self, now: Instant, stats: &Stats) {
+        if now < self.next {
+            return;
+        }
+        let total = stats.total();
+        eprint!(
+            "\r{:>5.1}s  {:>9} ops/s  {:>10} total  {} errors   ",
+            (now - self.started).as_secs_f64(),
+            total - self.last_total,
+            total,
+            stats.errors
+        );
+        self.last_total = total;
+        self.next += Duration::from_secs(1);
+    }
 }
 
 /// Runs the closed loop until `limit` operations were issued or `duration`
@@ -476,133 +660,43 @@ fn drive(
     let mut stats = Stats::new();
     let cpu_start = cpu_seconds();
     let started = Instant::now();
-    let deadline = started + duration;
-    let mut issued = 0u64;
-    let mut next_progress = started + Duration::from_secs(1);
-    let mut last_total = 0;
+    let mut budget = Budget {
+        pipeline: args.pipeline,
+        limit,
+        deadline: started + duration,
+        issued: 0,
+    };
+    let mut progress = Progress {
+        started,
+        next: started + Duration::from_secs(1),
+        last_total: 0,
+    };
     let mut events = Events::with_capacity(1024);
     let mut chunk = vec![0u8; 64 << 10];
-
-    let fill = |c: &mut Conn, issued: &mut u64, generator: &mut Generator, now: Instant| {
-        // A poncho connection waits for its new session (etcd has none).
-        if c.session.is_none() && generator.target == Target::Poncho {
-            return;
-        }
-        while c.inflight.len() < args.pipeline && *issued < limit && now < deadline {
-            let op = generator.next(&mut c.out, c.session.unwrap_or(0), &mut c.seq);
-            c.inflight.push_back((now, Some(op)));
-            *issued += 1;
-        }
-    };
     let now = Instant::now();
     for c in conns.iter_mut() {
-        fill(c, &mut issued, generator, now);
+        budget.fill(c, generator, now);
     }
     loop {
         let now = Instant::now();
-        let done =
-            (now >= deadline || issued >= limit) && conns.iter().all(|c| c.inflight.is_empty());
-        if done || now > deadline + Duration::from_secs(10) {
+        let done = budget.spent(now) && conns.iter().all(|c| c.inflight.is_empty());
+        if done || now > budget.deadline + Duration::from_secs(10) {
             break;
         }
-        if !args.quiet && now >= next_progress {
-            let total = stats.total();
-            eprint!(
-                "\r{:>5.1}s  {:>9} ops/s  {:>10} total  {} errors   ",
-                (now - started).as_secs_f64(),
-                total - last_total,
-                total,
-                stats.errors
-            );
-            last_total = total;
-            next_progress += Duration::from_secs(1);
+        if !args.quiet {
+            progress.tick(now, &stats);
         }
         for c in conns.iter_mut() {
-            while c.written < c.out.len() {
-                match c.stream.write(&c.out[c.written..]) {
-                    Ok(n) => c.written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(format!("write: {e}")),
-                }
-            }
-            if c.written == c.out.len() {
-                c.out.clear();
-                c.written = 0;
-            }
+            c.flush()?;
         }
         poll.poll(&mut events, Some(Duration::from_millis(100)))
             .map_err(|e| e.to_string())?;
         for event in events.iter() {
             let c = &mut conns[event.token().0];
-            // A short read emptied the socket; on Linux the next arrival is a
-            // new event (see the server's `Conn::read_some`). A close is
-            // read to the end so it is not missed.
-            let short_read_drains = cfg!(target_os = "linux") && !event.is_read_closed();
-            loop {
-                match c.stream.read(&mut chunk) {
-                    Ok(0) => return Err("the server closed a connection".into()),
-                    Ok(n) => {
-                        match &mut c.input {
-                            Input::Lines(lines) => lines.extend(&chunk[..n]),
-                            Input::Http(responses) => responses.extend(&chunk[..n]),
-                        }
-                        if short_read_drains && n < chunk.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(format!("read: {e}")),
-                }
-            }
+            c.read_available(&mut chunk, event.is_read_closed())?;
             let now = Instant::now();
-            loop {
-                let outcome = match &mut c.input {
-                    Input::Lines(lines) => match lines.next_line() {
-                        None => break,
-                        Some(line) => {
-                            let line = line.map_err(|_| "reply too long".to_string())?;
-                            let reply: ReplyEnvelope = serde_json::from_slice(line)
-                                .map_err(|e| format!("bad reply: {e}"))?;
-                            if matches!(c.inflight.front(), Some((_, None))) {
-                                if reply.msg_type != "REGISTER_CLIENT" {
-                                    return Err(format!(
-                                        "cannot open a new client session: {}",
-                                        reply.payload
-                                    ));
-                                }
-                                c.session = Some(client_id_of(&reply)?);
-                                c.seq = 0;
-                                c.inflight.pop_front();
-                                continue;
-                            }
-                            match reply.error() {
-                                Some(e) if e.code == ErrorCode::SessionExpired => {
-                                    // Counted as an error; later writes go in a
-                                    // new session (the ones already sent in this
-                                    // one get SESSION_EXPIRED too).
-                                    if c.session.take().is_some() {
-                                        c.out.extend_from_slice(REGISTER_LINE);
-                                        c.inflight.push_back((now, None));
-                                    }
-                                    Err(reply.payload.to_string())
-                                }
-                                _ if reply.msg_type == "ERROR" => Err(reply.payload.to_string()),
-                                _ => Ok(()),
-                            }
-                        }
-                    },
-                    Input::Http(responses) => match responses.next_response()? {
-                        None => break,
-                        Some(response) => etcd::check_reply(&response),
-                    },
-                };
-                // (A REGISTER_CLIENT's reply was taken above.)
-                let Some((sent, Some(op))) = c.inflight.pop_front() else {
-                    return Err("a reply nobody asked for".into());
-                };
-                stats.record(op, now - sent, outcome);
-            }
-            fill(c, &mut issued, generator, now);
+            c.take_replies(&mut stats, now)?;
+            budget.fill(c, generator, now);
         }
     }
     let elapsed = started.elapsed();
@@ -615,100 +709,118 @@ fn drive(
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let Outcome {
-        stats,
-        elapsed,
-        cpu,
-        server,
-        idle: (idle, stalled, idle_end),
-    } = match run(&args) {
+    let outcome = match run(&args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poncho-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let secs = elapsed.as_secs_f64();
-    let total = stats.total();
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let by_op: Vec<(Op, &Histogram<u64>)> = OPS
-        .iter()
-        .map(|&o| (o, &stats.histograms[o as usize]))
-        .filter(|(_, h)| !h.is_empty())
-        .collect();
     if args.json {
-        let ops: serde_json::Map<String, serde_json::Value> = by_op
-            .iter()
-            .map(|(o, h)| {
-                (
-                    o.name().to_string(),
-                    json!({
-                        "count": h.len(), "per_sec": h.len() as f64 / secs,
-                        "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99),
-                        "p999_ms": ms(h, 0.999), "max_ms": h.max() as f64 / 1000.0,
-                    }),
-                )
-            })
-            .collect();
-        let summary = json!({
-            "target": args.target.name(), "server": server.to_string(),
-            "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
-            "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
-            "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
-            "idle": idle, "stalled": stalled, "idle_open_at_end": idle_end.open,
-        });
-        println!("{summary}");
+        print_json(&args, &outcome);
     } else {
-        let target = match args.target {
-            Target::Poncho => String::new(),
-            Target::Etcd => format!(" (etcd at {server})"),
-        };
-        println!(
-            "poncho-bench{target}: {} clients, pipeline {}, {} keys, {}-byte values, mix {}{}, {:.1} s",
-            args.clients,
-            args.pipeline,
-            args.keys,
-            args.value_size,
-            args.mix,
-            if args.stale { " (stale reads)" } else { "" },
-            secs
-        );
-        println!(
-            "  total: {total} ops, {:.0} ops/s, {} errors",
-            total as f64 / secs,
-            stats.errors
-        );
-        println!(
-            "  {:<4} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "op", "count", "ops/s", "p50 ms", "p90", "p99", "p99.9", "max"
-        );
-        for (o, h) in &by_op {
-            println!(
-                "  {:<4} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-                o.name(),
-                h.len(),
-                h.len() as f64 / secs,
-                ms(h, 0.5),
-                ms(h, 0.9),
-                ms(h, 0.99),
-                ms(h, 0.999),
-                h.max() as f64 / 1000.0
-            );
-        }
-        println!(
-            "  load generator CPU: {:.0}% of one core",
-            100.0 * cpu / secs
-        );
-        if idle > 0 {
-            println!(
-                "  idle connections: {idle} held ({stalled} stalled mid-line); at the end {} open, \
-                 {} closed by the server",
-                idle_end.open, idle_end.closed
-            );
-        }
+        print_text(&args, &outcome);
     }
-    if let Some(sample) = &stats.error_sample {
+    if let Some(sample) = &outcome.stats.error_sample {
         eprintln!("poncho-bench: first error: {sample}");
     }
     ExitCode::SUCCESS
+}
+
+/// A histogram's value at quantile `q`, in milliseconds.
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+impl Stats {
+    /// The histograms of the operations that ran, in `OPS` order.
+    fn by_op(&self) -> Vec<(Op, &Histogram<u64>)> {
+        OPS.iter()
+            .map(|&o| (o, &self.histograms[o as usize]))
+            .filter(|(_, h)| !h.is_empty())
+            .collect()
+    }
+}
+
+/// --json: the summary as one JSON object.
+fn print_json(args: &Args, outcome: &Outcome) {
+    let (stats, cpu, (idle, stalled, idle_end)) = (&outcome.stats, outcome.cpu, &outcome.idle);
+    let (secs, total) = (outcome.elapsed.as_secs_f64(), stats.total());
+    let ops: serde_json::Map<String, serde_json::Value> = stats
+        .by_op()
+        .iter()
+        .map(|(o, h)| {
+            (
+                o.name().to_string(),
+                json!({
+                    "count": h.len(), "per_sec": h.len() as f64 / secs,
+                    "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99),
+                    "p999_ms": ms(h, 0.999), "max_ms": h.max() as f64 / 1000.0,
+                }),
+            )
+        })
+        .collect();
+    let summary = json!({
+        "target": args.target.name(), "server": outcome.server.to_string(),
+        "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
+        "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
+        "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
+        "idle": idle, "stalled": stalled, "idle_open_at_end": idle_end.open,
+    });
+    println!("{summary}");
+}
+
+/// The summary as a table.
+fn print_text(args: &Args, outcome: &Outcome) {
+    let stats = &outcome.stats;
+    let secs = outcome.elapsed.as_secs_f64();
+    let total = stats.total();
+    let target = match args.target {
+        Target::Poncho => String::new(),
+        Target::Etcd => format!(" (etcd at {})", outcome.server),
+    };
+    println!(
+        "poncho-bench{target}: {} clients, pipeline {}, {} keys, {}-byte values, mix {}{}, {:.1} s",
+        args.clients,
+        args.pipeline,
+        args.keys,
+        args.value_size,
+        args.mix,
+        if args.stale { " (stale reads)" } else { "" },
+        secs
+    );
+    println!(
+        "  total: {total} ops, {:.0} ops/s, {} errors",
+        total as f64 / secs,
+        stats.errors
+    );
+    println!(
+        "  {:<4} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "op", "count", "ops/s", "p50 ms", "p90", "p99", "p99.9", "max"
+    );
+    for (o, h) in &stats.by_op() {
+        println!(
+            "  {:<4} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            o.name(),
+            h.len(),
+            h.len() as f64 / secs,
+            ms(h, 0.5),
+            ms(h, 0.9),
+            ms(h, 0.99),
+            ms(h, 0.999),
+            h.max() as f64 / 1000.0
+        );
+    }
+    println!(
+        "  load generator CPU: {:.0}% of one core",
+        100.0 * outcome.cpu / secs
+    );
+    let (idle, stalled, idle_end) = &outcome.idle;
+    if *idle > 0 {
+        println!(
+            "  idle connections: {idle} held ({stalled} stalled mid-line); at the end {} open, \
+             {} closed by the server",
+            idle_end.open, idle_end.closed
+        );
+    }
 }
