@@ -251,6 +251,44 @@ impl RaftMessage {
             RaftMessage::InstallSnapshotReply(m) => m.term,
         }
     }
+
+    /// The reply that refuses this request, sent by a node at `term`: not a
+    /// success, not a vote, nothing installed; it names the request's term,
+    /// so a sender that has since moved on does not take it as an answer.
+    /// None for replies and TimeoutNow, which are never answered.
+    pub fn refusal(&self, term: u64) -> Option<RaftMessage> {
+        let request_term = self.term();
+        Some(match self {
+            RaftMessage::AppendEntries(m) => RaftMessage::AppendEntriesReply(AppendEntriesReply {
+                term,
+                request_term,
+                success: false,
+                index: m.prev_log_index,
+                conflict_term: 0,
+                conflict_index: 0,
+                read_round: m.read_round,
+            }),
+            RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
+                term,
+                request_term,
+                vote_granted: false,
+                pre_vote: m.pre_vote,
+            }),
+            RaftMessage::InstallSnapshot(m) => {
+                RaftMessage::InstallSnapshotReply(InstallSnapshotReply {
+                    term,
+                    request_term,
+                    last_included_index: m.last_included_index,
+                    next_offset: 0,
+                    installed: false,
+                })
+            }
+            RaftMessage::RequestVoteReply(_)
+            | RaftMessage::AppendEntriesReply(_)
+            | RaftMessage::InstallSnapshotReply(_)
+            | RaftMessage::TimeoutNow(_) => return None,
+        })
+    }
 }
 
 #[cfg(test)]

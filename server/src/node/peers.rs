@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::Interest;
-use poncho_protocol::{
-    encode_peer, AppendEntriesReply, ErrorReply, NodeId, RaftMessage, RequestVoteReply,
-};
+use poncho_protocol::{encode_peer, ErrorReply, NodeId, RaftMessage};
 
 use super::conn::ConnRole;
 use super::{Node, NodeConfig};
@@ -221,29 +219,16 @@ impl Node {
     /// member): answered with our term, rejected. The core never sees it,
     /// so it changes nothing.
     fn answer_probe(&mut self, key: usize, message: RaftMessage) {
-        let term = self.raft.term();
         let reply = match message {
-            RaftMessage::AppendEntries(m) => RaftMessage::AppendEntriesReply(AppendEntriesReply {
-                term,
-                request_term: m.term,
-                success: false,
-                index: m.prev_log_index,
-                conflict_term: 0,
-                conflict_index: 0,
-                read_round: m.read_round,
-            }),
-            RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
-                term,
-                request_term: m.term,
-                vote_granted: false,
-                pre_vote: m.pre_vote,
-            }),
-            _ => {
-                let error = ErrorReply::bad_request(
-                    "only APPEND_ENTRY and REQUEST_VOTE may be sent as probes",
-                );
-                return self.reply_error_now(key, None, &error);
+            RaftMessage::AppendEntries(_) | RaftMessage::RequestVote(_) => {
+                message.refusal(self.raft.term())
             }
+            _ => None,
+        };
+        let Some(reply) = reply else {
+            let error =
+                ErrorReply::bad_request("only APPEND_ENTRY and REQUEST_VOTE may be sent as probes");
+            return self.reply_error_now(key, None, &error);
         };
         self.conns
             .reply_now(key, |out| encode_peer(out, None, None, &reply));

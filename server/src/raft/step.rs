@@ -3,9 +3,7 @@
 //! node's role (`step_follower`, `step_candidate`, `step_leader`), as
 //! etcd-io/raft's `Step` does.
 
-use poncho_protocol::{
-    AppendEntriesReply, InstallSnapshotReply, NodeId, RaftMessage, RequestVote, RequestVoteReply,
-};
+use poncho_protocol::{NodeId, RaftMessage, RequestVote, RequestVoteReply};
 
 use super::{BrokenRule, Outbound, Raft, RoleState};
 
@@ -72,38 +70,9 @@ impl Raft {
     /// sender lead again by the time it arrives, it is not mistaken for an
     /// answer in the new term. Replies of an earlier term are dropped.
     fn reject_stale(&mut self, from: NodeId, message: RaftMessage) {
-        let request_term = message.term();
-        let reply = match message {
-            RaftMessage::AppendEntries(m) => RaftMessage::AppendEntriesReply(AppendEntriesReply {
-                term: self.term,
-                request_term,
-                success: false,
-                index: m.prev_log_index,
-                conflict_term: 0,
-                conflict_index: 0,
-                read_round: m.read_round,
-            }),
-            RaftMessage::RequestVote(m) => RaftMessage::RequestVoteReply(RequestVoteReply {
-                term: self.term,
-                request_term,
-                vote_granted: false,
-                pre_vote: m.pre_vote,
-            }),
-            RaftMessage::InstallSnapshot(m) => {
-                RaftMessage::InstallSnapshotReply(InstallSnapshotReply {
-                    term: self.term,
-                    request_term,
-                    last_included_index: m.last_included_index,
-                    next_offset: 0,
-                    installed: false,
-                })
-            }
-            RaftMessage::RequestVoteReply(_)
-            | RaftMessage::AppendEntriesReply(_)
-            | RaftMessage::InstallSnapshotReply(_)
-            | RaftMessage::TimeoutNow(_) => return,
-        };
-        self.send(from, reply);
+        if let Some(reply) = message.refusal(self.term) {
+            self.send(from, reply);
+        }
     }
 
     /// A vote request of this node's term (or a pre-vote for the next), in
