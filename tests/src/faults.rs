@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep, JoinHandle};
@@ -19,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
-use crate::{spawn_server, Client, ServerSpec};
+use crate::{launch_all, Client, NodeProc};
 use poncho_client::{in_session, registered_id, Connection, Reply, Session};
 use poncho_protocol::{
     encode_request, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply, GetRequest,
@@ -43,15 +42,9 @@ pub const SERVER_ARGS: [&str; 2] = ["--request-timeout-ms", "1000"];
 // The cluster
 // ---------------------------------------------------------------------------
 
-pub struct Node {
-    pub id: u64,
-    /// The real address: clients connect here, never through a proxy.
-    pub addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub log_path: PathBuf,
-    child: Option<Child>,
-    paused: bool,
-}
+/// A node of a [`FaultCluster`]: the shared launcher. Its `addr` is the
+/// real address: clients connect there, never through a proxy.
+pub type Node = NodeProc;
 
 /// N nodes, each on its own loopback IP (127.0.0.10+id: connections to a
 /// node come from 127.0.0.1, so a dead node's port can never be taken as a
@@ -60,7 +53,6 @@ pub struct Node {
 pub struct FaultCluster {
     pub nodes: Vec<Node>,
     proxies: BTreeMap<(u64, u64), Proxy>,
-    args: Vec<String>,
     dir: Option<tempfile::TempDir>,
     /// Faults injected so far (kills, pauses, partitions, latency changes).
     pub faults: usize,
@@ -69,47 +61,52 @@ pub struct FaultCluster {
 impl FaultCluster {
     pub fn start(n: usize, args: &[&str]) -> FaultCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let nodes: Vec<Node> = (1..=n as u64)
-            .map(|id| {
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let addrs: Vec<SocketAddr> = ids
+            .iter()
+            .map(|&id| {
                 let ip = [127, 0, 0, 10 + id as u8];
                 // A port free on this IP now; only this node binds this IP.
                 let port = TcpListener::bind(SocketAddr::from((ip, 0)))
                     .and_then(|l| l.local_addr())
                     .expect("a free port")
                     .port();
-                Node {
-                    id,
-                    addr: SocketAddr::from((ip, port)),
-                    data_dir: dir.path().join(format!("node-{id}")),
-                    log_path: dir.path().join(format!("node-{id}.log")),
-                    child: None,
-                    paused: false,
-                }
+                SocketAddr::from((ip, port))
             })
             .collect();
         let mut proxies = BTreeMap::new();
-        for from in &nodes {
-            for to in &nodes {
-                if from.id != to.id {
-                    let proxy = Proxy::start(to.addr).expect("start proxy");
-                    proxies.insert((from.id, to.id), proxy);
+        for &from in &ids {
+            for (&to, &to_addr) in ids.iter().zip(&addrs) {
+                if from != to {
+                    let proxy = Proxy::start(to_addr).expect("start proxy");
+                    proxies.insert((from, to), proxy);
                 }
             }
         }
-        let mut cluster = FaultCluster {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // Node `id` reaches every peer j through proxy (id->j).
+        let mut nodes: Vec<Node> = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(&id, &addr)| {
+                let peers = ids
+                    .iter()
+                    .zip(&addrs)
+                    .map(|(&j, a)| match proxies.get(&(id, j)) {
+                        Some(p) => format!("{j}={}", p.addr()),
+                        None => format!("{j}={a}"),
+                    })
+                    .collect();
+                Node::new(id, addr, dir.path(), peers, &args)
+            })
+            .collect();
+        launch_all(&mut nodes);
+        FaultCluster {
             nodes,
             proxies,
-            args: args.iter().map(|s| s.to_string()).collect(),
             dir: Some(dir),
             faults: 0,
-        };
-        for id in cluster.ids() {
-            cluster.launch(id, id == 1);
         }
-        for id in cluster.ids() {
-            cluster.wait_listening(id);
-        }
-        cluster
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -124,86 +121,42 @@ impl FaultCluster {
         &mut self.nodes[(id - 1) as usize]
     }
 
-    /// Node `id` reaches every peer j through proxy (id->j).
-    fn launch(&mut self, id: u64, bootstrap_hint: bool) {
-        let peers: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| match self.proxies.get(&(id, n.id)) {
-                Some(p) => format!("{}={}", n.id, p.addr()),
-                None => format!("{}={}", n.id, n.addr),
-            })
-            .collect();
-        let args = self.args.clone();
-        let node = self.node(id);
-        let spec = ServerSpec {
-            id,
-            addr: node.addr,
-            peers: &peers,
-            data_dir: &node.data_dir,
-            args: &args,
-        };
-        node.child = Some(spawn_server(&spec, &node.log_path, bootstrap_hint));
-        node.paused = false;
-    }
-
-    fn wait_listening(&mut self, id: u64) {
-        let node = self.node(id);
-        crate::wait_listening(id, node.addr, &mut node.child, &node.log_path);
-    }
-
     pub fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(&self.nodes[(id - 1) as usize].log_path).unwrap_or_default()
+        self.nodes[(id - 1) as usize].log()
     }
 
     /// Running and not paused: worth asking for STATUS.
     pub fn is_up(&self, id: u64) -> bool {
-        let n = &self.nodes[(id - 1) as usize];
-        n.child.is_some() && !n.paused
+        self.nodes[(id - 1) as usize].is_up()
     }
 
     // --- process faults ---
 
     /// `kill -9`. Counts as a fault.
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.node(id).child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.node(id).kill() {
             self.faults += 1;
         }
-        self.node(id).paused = false;
     }
 
     /// Starts a killed node again (its data directory is kept).
     pub fn restart(&mut self, id: u64) {
-        if self.node(id).child.is_none() {
-            self.launch(id, false);
-            self.wait_listening(id);
+        if self.node(id).pid().is_none() {
+            self.node(id).restart(false);
         }
     }
 
     /// SIGSTOP: the process keeps its sockets (the kernel still accepts
     /// connections) but answers nothing until [`resume`](Self::resume).
     pub fn pause(&mut self, id: u64) {
-        if self.signal(id, libc::SIGSTOP) {
-            self.node(id).paused = true;
+        if self.node(id).pause() {
             self.faults += 1;
         }
     }
 
     /// SIGCONT.
     pub fn resume(&mut self, id: u64) {
-        if self.node(id).paused && self.signal(id, libc::SIGCONT) {
-            self.node(id).paused = false;
-        }
-    }
-
-    fn signal(&mut self, id: u64, signal: libc::c_int) -> bool {
-        match self.node(id).child.as_ref() {
-            // SAFETY: kill(2) on our own child's pid; no memory involved.
-            Some(c) => unsafe { libc::kill(c.id() as libc::pid_t, signal) == 0 },
-            None => false,
-        }
+        self.node(id).resume();
     }
 
     // --- network faults ---
@@ -262,10 +215,8 @@ impl FaultCluster {
         for id in self.ids() {
             self.resume(id);
             let log = self.log(id);
-            if let Some(child) = self.node(id).child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("node {id} exited on its own ({status}):\n{log}");
-                }
+            if let Some(status) = self.node(id).exited() {
+                panic!("node {id} exited on its own ({status}):\n{log}");
             }
             self.restart(id);
         }
@@ -279,9 +230,7 @@ impl FaultCluster {
             return None;
         }
         let addr = self.nodes[(id - 1) as usize].addr;
-        let mut c = Client::connect_timeout(addr, Duration::from_millis(300)).ok()?;
-        let reply = c.request(&json!({"msg_type": "STATUS"})).ok()?;
-        (reply["msg_type"] == "STATUS").then(|| reply["payload"].clone())
+        Node::status_over(Client::connect_timeout(addr, Duration::from_millis(300)))
     }
 
     /// The node claiming leadership in the highest term, and that term (a
@@ -348,10 +297,7 @@ impl FaultCluster {
 impl Drop for FaultCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill(); // SIGKILL ends a stopped process too
-                let _ = child.wait();
-            }
+            node.kill(); // SIGKILL ends a stopped process too
         }
         self.proxies.clear(); // joins every proxy thread
     }

@@ -105,15 +105,128 @@ pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool
     cmd.spawn().expect("spawn poncho-server")
 }
 
+/// One `poncho-server` process of a test cluster, and what it is started
+/// with: the one launcher [`Cluster`] and [`faults::FaultCluster`] share
+/// (spawn with its flags, track the PID, kill -9, restart with the same
+/// flags, SIGSTOP/SIGCONT, STATUS). The process is killed when this drops.
 pub struct NodeProc {
     pub id: u64,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// `--peers`: `ID=IP:PORT` for every member, as this node reaches it.
+    peers: Vec<String>,
+    /// Further flags, the same at every launch.
+    args: Vec<String>,
     child: Option<Child>,
+    /// Stopped by SIGSTOP, not yet resumed.
+    paused: bool,
 }
 
 impl NodeProc {
+    /// A node not yet started, its data directory and log in `dir`.
+    pub fn new(id: u64, addr: SocketAddr, dir: &Path, peers: Vec<String>, args: &[String]) -> Self {
+        NodeProc {
+            id,
+            addr,
+            data_dir: dir.join(format!("node-{id}")),
+            log_path: dir.join(format!("node-{id}.log")),
+            peers,
+            args: args.to_vec(),
+            child: None,
+            paused: false,
+        }
+    }
+
+    /// Spawns the process (whatever ran before is forgotten: kill it first).
+    pub fn launch(&mut self, bootstrap_hint: bool) {
+        let spec = ServerSpec {
+            id: self.id,
+            addr: self.addr,
+            peers: &self.peers,
+            data_dir: &self.data_dir,
+            args: &self.args,
+        };
+        self.child = Some(spawn_server(&spec, &self.log_path, bootstrap_hint));
+        self.paused = false;
+    }
+
+    /// Waits until the node accepts connections.
+    pub fn wait_listening(&mut self) {
+        wait_listening(self.id, self.addr, &mut self.child, &self.log_path);
+    }
+
+    /// `kill -9`: no chance to flush or sync anything. True if it ran.
+    pub fn kill(&mut self) -> bool {
+        self.paused = false;
+        match self.child.take() {
+            Some(mut child) => {
+                let _ = child.kill(); // SIGKILL ends a stopped process too
+                let _ = child.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process if it runs, starts it again with the same flags
+    /// (the data directory is kept) and waits until it listens.
+    pub fn restart(&mut self, bootstrap_hint: bool) {
+        self.kill();
+        self.launch(bootstrap_hint);
+        self.wait_listening();
+    }
+
+    /// Sends `signal` to the process; false if there is none.
+    pub fn signal(&self, signal: libc::c_int) -> bool {
+        match self.child.as_ref() {
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            Some(c) => unsafe { libc::kill(c.id() as libc::pid_t, signal) == 0 },
+            None => false,
+        }
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing until
+    /// [`resume`](Self::resume). True if it was sent.
+    pub fn pause(&mut self) -> bool {
+        let sent = self.signal(libc::SIGSTOP);
+        self.paused |= sent;
+        sent
+    }
+
+    /// SIGCONT, if paused.
+    pub fn resume(&mut self) {
+        if self.paused && self.signal(libc::SIGCONT) {
+            self.paused = false;
+        }
+    }
+
+    /// Started (not killed) and not paused: worth asking for STATUS.
+    pub fn is_up(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -121,14 +234,47 @@ impl NodeProc {
         }
     }
 
+    /// The exit status, if the process was started and has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// STATUS, if the node answers over `client`.
+    pub fn status_over(client: std::io::Result<Client>) -> Option<Value> {
+        let reply = client.ok()?.request(&json!({"msg_type": "STATUS"})).ok()?;
+        (reply["msg_type"] == "STATUS").then(|| reply["payload"].clone())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Launches every node (node 1 with the `is_leader` hint), then waits until
+/// each listens.
+pub fn launch_all(nodes: &mut [NodeProc]) {
+    for node in nodes.iter_mut() {
+        node.launch(node.id == 1);
+    }
+    for node in nodes.iter_mut() {
+        node.wait_listening();
     }
 }
 
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
-    extra_args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -150,30 +296,23 @@ impl Cluster {
     fn launch_all(n: usize, extra_args: &[&str], distinct_ips: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(n);
-        let nodes = (1..=n as u64)
-            .map(|id| NodeProc {
-                id,
-                addr: SocketAddr::from((
-                    [127, 0, 0, if distinct_ips { id as u8 } else { 1 }],
-                    ports[(id - 1) as usize],
-                )),
-                data_dir: dir.path().join(format!("node-{id}")),
-                log_path: dir.path().join(format!("node-{id}.log")),
-                child: None,
+        let addrs: Vec<SocketAddr> = (1..=n as u64)
+            .map(|id| {
+                let ip = [127, 0, 0, if distinct_ips { id as u8 } else { 1 }];
+                SocketAddr::from((ip, ports[(id - 1) as usize]))
             })
             .collect();
-        let mut cluster = Cluster {
-            nodes,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            _dir: dir,
-        };
-        for id in 1..=n as u64 {
-            cluster.launch(id);
-        }
-        for id in 1..=n as u64 {
-            cluster.wait_listening(id);
-        }
-        cluster
+        let peers: Vec<String> = (1..)
+            .zip(&addrs)
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect();
+        let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut nodes: Vec<NodeProc> = (1..)
+            .zip(&addrs)
+            .map(|(id, &addr)| NodeProc::new(id, addr, dir.path(), peers.clone(), &args))
+            .collect();
+        launch_all(&mut nodes);
+        Cluster { nodes, _dir: dir }
     }
 
     fn node(&mut self, id: u64) -> &mut NodeProc {
@@ -184,63 +323,23 @@ impl Cluster {
         self.nodes[(id - 1) as usize].addr
     }
 
-    fn launch(&mut self, id: u64) {
-        let peers: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.addr))
-            .collect();
-        let extra = self.extra_args.clone();
-        let node = self.node(id);
-        let spec = ServerSpec {
-            id,
-            addr: node.addr,
-            peers: &peers,
-            data_dir: &node.data_dir,
-            args: &extra,
-        };
-        node.child = Some(spawn_server(&spec, &node.log_path, id == 1));
-    }
-
     /// Waits until the node accepts connections.
     pub fn wait_listening(&mut self, id: u64) {
-        let node = self.node(id);
-        wait_listening(id, node.addr, &mut node.child, &node.log_path);
+        self.node(id).wait_listening();
     }
 
     /// `kill -9`: no chance to flush or sync anything.
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.node(id).child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node(id).kill();
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self, id: u64) -> Option<i32> {
-        let mut child = self.node(id).child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
+        self.node(id).stop()
     }
 
     pub fn restart(&mut self, id: u64) {
-        self.kill(id);
-        self.launch(id);
-        self.wait_listening(id);
+        self.node(id).restart(id == 1);
     }
 
     pub fn is_running(&mut self, id: u64) -> bool {
@@ -248,14 +347,12 @@ impl Cluster {
     }
 
     pub fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(&self.nodes[(id - 1) as usize].log_path).unwrap_or_default()
+        self.nodes[(id - 1) as usize].log()
     }
 
     /// STATUS of a node, if it answers.
     pub fn status(&self, id: u64) -> Option<Value> {
-        let mut c = Client::connect(self.addr(id)).ok()?;
-        let reply = c.request(&json!({"msg_type": "STATUS"})).ok()?;
-        (reply["msg_type"] == "STATUS").then(|| reply["payload"].clone())
+        NodeProc::status_over(Client::connect(self.addr(id)))
     }
 
     /// The leader that a majority of running nodes agree on, within `timeout`.
@@ -286,7 +383,7 @@ impl Cluster {
     pub fn all_logs(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("--- node {} ---\n{}", n.id, self.log(n.id)))
+            .map(|n| format!("--- node {} ---\n{}", n.id, n.log()))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -297,12 +394,7 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.all_logs());
         }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        // Each NodeProc kills its process as it drops, before the directory.
     }
 }
 
