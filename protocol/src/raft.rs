@@ -41,8 +41,9 @@ impl Entry {
 
     /// Whether `data` goes on the wire as the JSON object it holds. Only a
     /// command's data that looks like an object does: the node's commands are
-    /// JSON objects by construction (and, received from a peer, were parsed as
-    /// one). Anything else is sent as a string, as before.
+    /// JSON objects by construction, and one received from a peer was parsed
+    /// as one (`data_from_wire` checks it, in either form). Anything else is
+    /// sent as a string, as before.
     fn data_is_object(&self) -> bool {
         self.kind == EntryKind::Command && self.data.starts_with('{') && self.data.ends_with('}')
     }
@@ -57,7 +58,21 @@ fn data_from_wire<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D:
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'{') => Ok(Arc::from(text)),
-        Some(b'"') => serde_json::from_str::<Arc<str>>(text).map_err(D::Error::custom),
+        Some(b'"') => {
+            let data = serde_json::from_str::<Arc<str>>(text).map_err(D::Error::custom)?;
+            // What looks like an object is sent on as one (`data_is_object`),
+            // so it must be one: else this node, once leader, would send
+            // lines no follower can read, and replication would stop there.
+            let looks_like_object = data.starts_with('{') && data.ends_with('}');
+            if looks_like_object
+                && serde_json::from_str::<&serde_json::value::RawValue>(&data).is_err()
+            {
+                return Err(D::Error::custom(
+                    "an entry's data string in braces must hold a valid JSON object",
+                ));
+            }
+            Ok(data)
+        }
         _ => Err(D::Error::custom(
             "an entry's data must be a string or a JSON object",
         )),
@@ -423,7 +438,8 @@ mod tests {
             data_of(received(&line(r#"{"a": 1}"#)).unwrap()),
             r#"{"a": 1}"#
         );
-        for bad in ["17", "[1]", "null", r#"{"a":}"#] {
+        // A string in braces would be sent on as an object: it must be one.
+        for bad in ["17", "[1]", "null", r#"{"a":}"#, r#""{not json}""#] {
             let error = received(&line(bad)).unwrap_err();
             // A broken object already fails the envelope; the rest the payload.
             assert!(
