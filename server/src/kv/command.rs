@@ -1,9 +1,11 @@
-//! The log's form of a write: what a log entry's `data` holds, how it is
-//! written (compact JSON) and read back (in one pass), and how a client
-//! request becomes one.
+//! The log's envelope of a write: what a log entry's `data` holds (the
+//! [`Op`] of `ops.rs` with its session and the leader's clock), how it is
+//! written (compact JSON) and read back (in one pass).
 
 use poncho_protocol::{ClientRequest, SessionFields};
 use serde::{Deserialize, Serialize};
+
+use super::ops::{Op, OpWire};
 
 /// A write as stored in a log entry's `data` (JSON text). The leader builds it
 /// from a client request.
@@ -21,32 +23,6 @@ pub struct Command {
     pub ts_ms: u64,
 }
 
-/// Written as an internally tagged object (`{"type":"SET","key":..}`); read
-/// through [`OpWire`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Op {
-    Set {
-        key: String,
-        value: String,
-    },
-    Delete {
-        key: String,
-    },
-    /// `expected: None`: the key must be absent. `value: None`: delete it.
-    Cas {
-        key: String,
-        expected: Option<String>,
-        value: Option<String>,
-    },
-    /// Opens a session whose id is this entry's index.
-    RegisterClient,
-}
-
-// Every node decodes every entry, so decoding is on the apply path of each
-// write. An internally tagged enum makes serde buffer the object before
-// reading it (about half of the decoding time); these flat twins read the
-// same JSON in one pass.
 #[derive(Deserialize)]
 struct CommandWire {
     op: OpWire,
@@ -57,50 +33,12 @@ struct CommandWire {
     ts_ms: u64,
 }
 
-#[derive(Deserialize)]
-struct OpWire {
-    #[serde(rename = "type")]
-    kind: OpKind,
-    key: Option<String>,
-    value: Option<String>,
-    expected: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum OpKind {
-    Set,
-    Delete,
-    Cas,
-    RegisterClient,
-}
-
 impl TryFrom<CommandWire> for Command {
     type Error = String;
 
     fn try_from(w: CommandWire) -> Result<Command, String> {
-        let OpWire {
-            kind,
-            key,
-            value,
-            expected,
-        } = w.op;
-        let key = key.ok_or("missing field `key` in op");
-        let op = match kind {
-            OpKind::Set => Op::Set {
-                key: key?,
-                value: value.ok_or("missing field `value` in a SET op")?,
-            },
-            OpKind::Delete => Op::Delete { key: key? },
-            OpKind::Cas => Op::Cas {
-                key: key?,
-                expected,
-                value,
-            },
-            OpKind::RegisterClient => Op::RegisterClient,
-        };
         Ok(Command {
-            op,
+            op: Op::try_from(w.op)?,
             client_id: w.client_id,
             seq: w.seq,
             ts_ms: w.ts_ms,
@@ -123,35 +61,11 @@ impl Command {
     }
 
     /// Builds a command from a client write request or a REGISTER_CLIENT;
-    /// `None` for reads, HEALTHCHECK, STATUS and KEYS, which never enter the
-    /// log.
-    pub fn from_request(request: &ClientRequest, ts_ms: u64) -> Option<Command> {
-        let no_session = SessionFields::default();
-        let (op, session) = match request {
-            ClientRequest::Set(r) => (
-                Op::Set {
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                },
-                &r.session,
-            ),
-            ClientRequest::Delete(r) => (Op::Delete { key: r.key.clone() }, &r.session),
-            ClientRequest::Cas(r) => (
-                Op::Cas {
-                    key: r.key.clone(),
-                    expected: r.expected.clone(),
-                    value: r.value.clone(),
-                },
-                &r.session,
-            ),
-            ClientRequest::RegisterClient => (Op::RegisterClient, &no_session),
-            ClientRequest::Healthcheck
-            | ClientRequest::Status
-            | ClientRequest::Get(_)
-            | ClientRequest::Keys(_) => return None,
-        };
-        let SessionFields { client_id, seq } = session.clone();
-        Some(Command {
+    /// the request back (`Err`) for reads, HEALTHCHECK, STATUS and KEYS,
+    /// which never enter the log.
+    pub fn from_request(request: ClientRequest, ts_ms: u64) -> Result<Command, ClientRequest> {
+        let (op, SessionFields { client_id, seq }) = Op::from_request(request)?;
+        Ok(Command {
             op,
             client_id,
             seq,

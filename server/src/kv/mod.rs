@@ -8,24 +8,28 @@
 //!
 //! One room per concern:
 //!
-//! - `store.rs`: the [`KvStore`] and what each command does to it
-//!   ([`ApplyResult`] is the reply): `apply` routes an entry, `Data::apply`
-//!   decides what SET, DELETE and CAS do.
+//! - `ops.rs`: every write, in one place: its log form ([`Op`]), how a
+//!   client request becomes it, what applying it does, and its reply
+//!   ([`ApplyResult`]). A new write command is added here.
+//! - `store.rs`: the [`KvStore`]: `apply` routes a committed entry, and the
+//!   map's primitives.
 //! - `session.rs`: exactly-once client sessions (registration, the cached
 //!   reply, deterministic expiry and eviction) and their limits.
-//! - `command.rs`: the log's form of a write ([`Command`], [`Op`]): its JSON,
-//!   its one-pass decode, and how a client request becomes one.
+//! - `command.rs`: the log's envelope of a write ([`Command`]: the op, its
+//!   session and the leader's clock): its JSON and its one-pass decode.
 //! - `snapshot.rs`: [`KvSnapshot`], the JSON Lines snapshot format, and
 //!   [`KvStore::restore`].
 
 mod command;
+mod ops;
 mod session;
 mod snapshot;
 mod store;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, Op};
+pub use command::Command;
+pub use ops::{ApplyResult, Op};
 pub use session::{MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
 pub use snapshot::{KvSnapshot, SNAPSHOT_FORMAT};
-pub use store::{ApplyResult, KvStore};
+pub use store::KvStore;

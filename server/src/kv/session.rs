@@ -46,8 +46,8 @@ use std::sync::Arc;
 
 use poncho_protocol::{ErrorCode, ErrorReply, RegisterClientReply, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
-use super::command::Op;
-use super::store::{ApplyResult, KvStore};
+use super::ops::{ApplyResult, Op};
+use super::store::KvStore;
 
 /// How long a client session survives without use, in log time (the maximum
 /// `ts_ms` applied so far). Ten minutes is far longer than any client keeps

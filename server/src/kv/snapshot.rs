@@ -35,8 +35,9 @@ use poncho_protocol::RegisterClientReply;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
+use super::ops::ApplyResult;
 use super::session::Session;
-use super::store::{ApplyResult, Data, KvStore};
+use super::store::{Data, KvStore};
 
 /// The version in a snapshot's store line. Raise it whenever the line format
 /// or the meaning of a field changes; [`KvStore::restore`] refuses any other.

@@ -1,56 +1,22 @@
-//! The store and what each command does to it.
+//! The store, and how a committed entry reaches it.
 //!
 //! [`KvStore::apply`] routes a committed entry: a no-op only advances
 //! `last_applied`; a command is decoded, the log clock advanced and idle
 //! sessions expired (`session.rs`), and then it is a registration, a write
-//! in a session (applied at most once), or a plain write. [`Data::apply`] is
-//! the one place that decides what SET, DELETE and CAS do.
+//! in a session (applied at most once), or a plain write. What each write
+//! does is `Data::apply`, in `ops.rs`; [`Data`] here is the map and its
+//! primitives.
 
 use std::ops::Bound;
 use std::sync::Arc;
 
 use imbl::OrdMap;
-use poncho_protocol::{
-    CasReply, DeleteReply, Entry, EntryKind, ErrorReply, RegisterClientReply, ReplyPayload,
-    SetReply,
-};
-use serde::{Deserialize, Serialize};
+use poncho_protocol::{Entry, EntryKind, ErrorReply};
 use smol_str::SmolStr;
 
-use super::command::{Command, Op};
+use super::command::Command;
+use super::ops::{ApplyResult, Op};
 use super::session::{Session, MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
-
-/// The result of applying one entry, as the reply a client gets.
-///
-/// A session caches it, and a snapshot writes it in the shape of its wire
-/// reply plus its `type` (`{"type":"SET","key":"a","index":7}`), which is
-/// what the serde attributes give.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ApplyResult {
-    Set(SetReply),
-    Delete(DeleteReply),
-    Cas(CasReply),
-    #[serde(rename = "REGISTER_CLIENT")]
-    Register(RegisterClientReply),
-    /// A stale sequence number, a session the store does not hold, or an
-    /// entry whose data is not a valid command.
-    Error(ErrorReply),
-}
-
-impl ApplyResult {
-    /// The reply's wire `msg_type`.
-    pub fn msg_type(&self) -> &'static str {
-        match self {
-            ApplyResult::Set(_) => SetReply::MSG_TYPE,
-            ApplyResult::Delete(_) => DeleteReply::MSG_TYPE,
-            ApplyResult::Cas(_) => CasReply::MSG_TYPE,
-            ApplyResult::Register(_) => RegisterClientReply::MSG_TYPE,
-            ApplyResult::Error(_) => ErrorReply::MSG_TYPE,
-        }
-        .name()
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvStore {
@@ -207,58 +173,9 @@ pub(super) struct Data {
 }
 
 impl Data {
-    /// What SET, DELETE and CAS do, and the reply each gives; `index` is the
-    /// entry's. `KvStore::apply_command` takes registrations before this.
-    pub(super) fn apply(&mut self, index: u64, op: Op) -> ApplyResult {
-        match op {
-            Op::Set { key, value } => {
-                self.put(&key, Arc::from(value));
-                ApplyResult::Set(SetReply { key, index })
-            }
-            Op::Delete { key } => {
-                let deleted = self.take(&key);
-                ApplyResult::Delete(DeleteReply {
-                    key,
-                    deleted,
-                    index,
-                })
-            }
-            Op::Cas {
-                key,
-                expected,
-                value,
-            } => {
-                let swapped = self.get(&key) == expected.as_deref();
-                let current = if swapped {
-                    match value {
-                        Some(v) => {
-                            self.put(&key, Arc::from(v.as_str()));
-                            Some(v)
-                        }
-                        None => {
-                            self.take(&key);
-                            None
-                        }
-                    }
-                } else {
-                    self.get(&key).map(str::to_owned)
-                };
-                ApplyResult::Cas(CasReply {
-                    key,
-                    swapped,
-                    current,
-                    index,
-                })
-            }
-            Op::RegisterClient => ApplyResult::Error(ErrorReply::bad_request(
-                "REGISTER_CLIENT is not a key/value operation",
-            )),
-        }
-    }
-
     /// Sets `key` to `value`, keeping `bytes`. An existing key keeps its
     /// shared string.
-    fn put(&mut self, key: &str, value: Arc<str>) {
+    pub(super) fn put(&mut self, key: &str, value: Arc<str>) {
         match self.map.get_mut(key) {
             Some(slot) => {
                 self.bytes = self.bytes - slot.len() + value.len();
@@ -275,7 +192,7 @@ impl Data {
     }
 
     /// Removes `key`, keeping `bytes`; whether it was there.
-    fn take(&mut self, key: &str) -> bool {
+    pub(super) fn take(&mut self, key: &str) -> bool {
         match self.map.remove(key) {
             Some(value) => {
                 self.bytes -= key.len() + value.len();

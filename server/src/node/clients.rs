@@ -159,8 +159,14 @@ impl Node {
         }
     }
 
+    /// A write is proposed to the log and answered once applied; the rest
+    /// are answered here (`Command::from_request` tells them apart).
     fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
-        match request {
+        let read = match Command::from_request(request, now_ms()) {
+            Ok(write) => return self.propose_write(key, req_id, write),
+            Err(read) => read,
+        };
+        match read {
             ClientRequest::Healthcheck => self
                 .conns
                 .reply_now(key, |out| encode_reply(out, req_id, &HealthcheckReply)),
@@ -179,24 +185,24 @@ impl Node {
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
             ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
-            // A registration goes through the log like a write: the session
-            // exists once it is applied, on every node at the same index.
-            write @ (ClientRequest::Set(_)
-            | ClientRequest::Delete(_)
-            | ClientRequest::Cas(_)
-            | ClientRequest::RegisterClient) => self.propose_write(key, req_id, &write),
+            // `from_request` took every write; a request it sends back that
+            // is not listed above is a read this match has not learnt yet.
+            other => {
+                let error = ErrorReply::bad_request(format!(
+                    "{} is not served by this node",
+                    other.msg_type().name()
+                ));
+                self.reply_error_now(key, req_id, &error);
+            }
         }
     }
 
     /// Proposes a write to the log; it is answered once applied.
-    fn propose_write(&mut self, key: usize, req_id: Option<u64>, write: &ClientRequest) {
+    fn propose_write(&mut self, key: usize, req_id: Option<u64>, command: Command) {
         if self.unpersisted.is_some() && self.raft.role() == Role::Leader {
             let error = self.no_space_error();
             return self.reply_error_now(key, req_id, &error);
         }
-        let Some(command) = Command::from_request(write, now_ms()) else {
-            return self.reply_error_now(key, req_id, &ErrorReply::bad_request("not a write"));
-        };
         match self.raft.propose(command.encode()) {
             Ok((index, term)) => {
                 let Some(to) = self.conns.reserve(key, req_id) else {
@@ -259,11 +265,7 @@ impl Node {
             return self.complete_error(pending.to, &error);
         }
         self.conns.complete(pending.to, |out| match &result {
-            Some(ApplyResult::Set(r)) => encode_reply(out, req_id, r),
-            Some(ApplyResult::Delete(r)) => encode_reply(out, req_id, r),
-            Some(ApplyResult::Cas(r)) => encode_reply(out, req_id, r),
-            Some(ApplyResult::Register(r)) => encode_reply(out, req_id, r),
-            Some(ApplyResult::Error(e)) => encode_error(out, req_id, e),
+            Some(result) => result.encode(out, req_id),
             None => encode_error(
                 out,
                 req_id,
