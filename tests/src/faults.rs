@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
-use crate::{launch_all, Client, NodeProc};
+use crate::{launch_all, leader_of, wait_for_leader, Client, NodeProc};
 use poncho_client::{in_session, registered_id, Connection, Reply, Session};
 use poncho_protocol::{
     encode_request, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply, GetRequest,
@@ -241,22 +241,11 @@ impl FaultCluster {
     }
 
     fn leader_among(&self, ids: &[u64]) -> Option<(u64, u64)> {
-        ids.iter()
-            .filter_map(|&id| Some((id, self.status(id)?)))
-            .filter(|(_, s)| s["role"] == "leader")
-            .filter_map(|(id, s)| Some((id, s["term"].as_u64()?)))
-            .max_by_key(|&(_, term)| term)
+        leader_of(ids.iter().filter_map(|&id| Some((id, self.status(id)?))))
     }
 
     pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((id, _)) = self.leader() {
-                return id;
-            }
-            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
-            sleep(Duration::from_millis(20));
-        }
+        wait_for_leader(timeout, || self.leader(), String::new)
     }
 
     /// Waits until one of `among` leads in a term after `term`, so a

@@ -262,6 +262,38 @@ impl Drop for NodeProc {
     }
 }
 
+/// Among `(id, STATUS payload)` pairs, the node claiming leadership in the
+/// highest term, and that term: a deposed leader cut off by a partition may
+/// still claim an older one.
+pub fn leader_of(statuses: impl IntoIterator<Item = (u64, Value)>) -> Option<(u64, u64)> {
+    statuses
+        .into_iter()
+        .filter(|(_, s)| s["role"] == "leader")
+        .filter_map(|(id, s)| Some((id, s["term"].as_u64()?)))
+        .max_by_key(|&(_, term)| term)
+}
+
+/// Polls `leader` every 20 ms until it names one and returns its id; panics
+/// after `timeout`, with `context()` in the message.
+pub fn wait_for_leader(
+    timeout: Duration,
+    mut leader: impl FnMut() -> Option<(u64, u64)>,
+    context: impl Fn() -> String,
+) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((id, _)) = leader() {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader within {timeout:?}\n{}",
+            context()
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
 /// Launches every node (node 1 with the `is_leader` hint), then waits until
 /// each listens.
 pub fn launch_all(nodes: &mut [NodeProc]) {
@@ -355,25 +387,19 @@ impl Cluster {
         NodeProc::status_over(Client::connect(self.addr(id)))
     }
 
-    /// The leader that a majority of running nodes agree on, within `timeout`.
+    /// The node claiming leadership in the highest term, and that term.
+    pub fn leader(&self) -> Option<(u64, u64)> {
+        leader_of(
+            self.nodes
+                .iter()
+                .filter_map(|n| Some((n.id, self.status(n.id)?))),
+        )
+    }
+
+    /// The leader (see [`Cluster::leader`]) once there is one, within
+    /// `timeout`; the nodes' logs are in the panic if there is none.
     pub fn wait_for_leader(&mut self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
-            for &id in &ids {
-                if let Some(s) = self.status(id) {
-                    if s["role"] == "leader" {
-                        return id;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {timeout:?}\n{}",
-                self.all_logs()
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_for_leader(timeout, || self.leader(), || self.all_logs())
     }
 
     pub fn client(&self, id: u64) -> Client {
