@@ -21,7 +21,7 @@ use poncho_protocol::{
     RequestVote, RequestVoteReply, TimeoutNow,
 };
 
-use super::{BrokenRule, Config, HardState, Raft, Ready, Restored};
+use super::{BrokenRule, Config, HardState, Raft, Ready, Restored, Role};
 
 // ------------------------------------------------------------ the file format
 
@@ -635,6 +635,9 @@ struct Cluster {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// A rule every node breaks, to show the scripts catch it.
     broken: Option<BrokenRule>,
+    /// The leader each term had, from the Readies: a second one for a term
+    /// fails the script (election safety).
+    leaders: BTreeMap<u64, NodeId>,
 }
 
 type Output = Vec<String>;
@@ -679,10 +682,17 @@ impl Cluster {
                 let id = args.id()?;
                 let data = args.positional.pop_front().ok_or("propose ID DATA")?;
                 let data = data.trim_matches('"').to_string();
-                out.push(match self.raft(id)?.propose(data) {
-                    Ok((index, term)) => format!("index={index} term={term}"),
-                    Err(e) => format!("error: {e}"),
-                });
+                let count: u64 = args.or("count", 1)?;
+                self.propose(id, &data, count, &mut out)?;
+            }
+            "run" => {
+                let ticks = args
+                    .positional
+                    .pop_front()
+                    .ok_or("run TICKS")?
+                    .parse()
+                    .map_err(|_| "bad TICKS")?;
+                self.run_ticks(ticks, &mut out)?;
             }
             "read-index" => {
                 let id = args.id()?;
@@ -865,6 +875,14 @@ impl Cluster {
 
     fn process_ready(&mut self, id: NodeId, persist: bool, out: &mut Output) -> Result<(), String> {
         let rd = self.raft(id)?.ready();
+        if let Some(ss) = rd.soft_state.filter(|ss| ss.role == Role::Leader) {
+            match self.leaders.insert(ss.term, id) {
+                Some(other) if other != id => {
+                    return Err(format!("nodes {other} and {id} both lead term {}", ss.term))
+                }
+                _ => {}
+            }
+        }
         if !rd.is_empty() {
             out.push(format!("> {id} ready"));
             let mut lines = Vec::new();
@@ -957,6 +975,81 @@ impl Cluster {
             self.raft(e.to)?.step(e.from, e.message);
         }
         out.extend(merge_repeats(lines));
+        Ok(())
+    }
+
+    /// Proposes `count` copies of `data` (`count > 1`: numbered `data0`,
+    /// `data1`, ... unless `data` is empty) and prints the indexes they got,
+    /// a run as `index=A..B`, or the first error.
+    fn propose(
+        &mut self,
+        id: NodeId,
+        data: &str,
+        count: u64,
+        out: &mut Output,
+    ) -> Result<(), String> {
+        let mut got: Option<(u64, u64, u64)> = None;
+        for i in 0..count {
+            let data = if count == 1 || data.is_empty() {
+                data.to_string()
+            } else {
+                format!("{data}{i}")
+            };
+            match self.raft(id)?.propose(data) {
+                Ok((index, term)) => {
+                    let first = got.map_or(index, |(first, _, _)| first);
+                    got = Some((first, index, term));
+                }
+                Err(e) => {
+                    out.push(format!("error: {e}"));
+                    break;
+                }
+            }
+        }
+        match got {
+            Some((first, last, term)) if first == last => {
+                out.insert(0, format!("index={first} term={term}"))
+            }
+            Some((first, last, term)) => {
+                out.insert(0, format!("index={first}..{last} term={term}"))
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// `ticks` rounds of: every node that is up ticks once, then readies and
+    /// messages are processed until the cluster is quiet (messages take no
+    /// time). Prints only each change of a node's role, term or leader that
+    /// is still there at the end of a round, with the round it happened in.
+    fn run_ticks(&mut self, ticks: u64, out: &mut Output) -> Result<(), String> {
+        let observe = |c: &Cluster| -> BTreeMap<NodeId, (Role, u64, Option<NodeId>)> {
+            c.nodes
+                .iter()
+                .filter_map(|(&id, n)| {
+                    let r = n.raft.as_ref()?;
+                    Some((id, (r.role(), r.term(), r.leader_id())))
+                })
+                .collect()
+        };
+        let mut seen = observe(self);
+        for tick in 1..=ticks {
+            let up: Vec<NodeId> = seen.keys().copied().collect();
+            for id in up {
+                self.raft(id)?.tick();
+            }
+            self.stabilize(&mut Vec::new())?;
+            let now = observe(self);
+            for (&id, &(role, term, leader)) in &now {
+                if seen.get(&id) != Some(&(role, term, leader)) {
+                    out.push(format!(
+                        "tick {tick}: {id} {role} term={term} leader={}",
+                        opt(leader)
+                    ));
+                }
+            }
+            seen = now;
+        }
         Ok(())
     }
 
@@ -1163,11 +1256,13 @@ macro_rules! scripts {
 
 scripts!(
     commit,
+    election,
     fast_backup,
     figure_7,
     figure_8,
     leadership,
     older_terms,
+    partitions,
     reads,
     votes
 );
@@ -1225,4 +1320,27 @@ fn messages_read_back_as_printed() {
         let (from, to, m) = parse_envelope(line).unwrap();
         assert_eq!(fmt_envelope(from, to, &m), line);
     }
+}
+
+/// The scripts check election safety at every Ready: with nodes that grant
+/// every vote of a term, two nodes of `election.txt` lead term 1 at once.
+#[test]
+#[should_panic(expected = "both lead term 1")]
+fn the_scripts_catch_two_leaders_in_one_term() {
+    if std::env::var_os("REWRITE").is_some() {
+        panic!("both lead term 1 (not run while rewriting)");
+    }
+    run_script("election.txt", Some(BrokenRule::VoteTwiceInATerm));
+}
+
+/// With votes granted without the up-to-date check (5.4.1), a node whose log
+/// lacks committed entries wins an election in `partitions.txt` and asks the
+/// others to overwrite them.
+#[test]
+#[should_panic(expected = "overwrite committed entry")]
+fn the_partition_script_catches_votes_without_the_log_check() {
+    if std::env::var_os("REWRITE").is_some() {
+        panic!("overwrite committed entry (not run while rewriting)");
+    }
+    run_script("partitions.txt", Some(BrokenRule::VoteWithoutLogCheck));
 }

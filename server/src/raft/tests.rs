@@ -2,7 +2,11 @@
 //! random seeds. The vote, commit and log rules of the paper (sections
 //! 5.2-5.4, Figures 7 and 8), ReadIndex, leader transfer, PreVote, status
 //! and replies to older terms are golden scripts in `testdata/`, run by
-//! `script`.
+//! `script`. The five named scenarios below (initial election, re-election,
+//! no commit without a majority, a partitioned leader rejoining, backup) are
+//! also golden scripts there (`election.txt`, `partitions.txt`), which show
+//! each step; these simulator versions stay because they run more sizes
+//! and check every invariant after every simulated step.
 //!
 //! Scenario names follow the paper's sections and the classic Raft lab suites.
 
