@@ -46,15 +46,12 @@ impl Session {
     }
 }
 
-/// `request` with `fields` as its session fields, if it is a write (SET,
-/// DELETE, CAS); any other request as it is.
+/// `request` with `fields` as its session fields, if it is a write applied
+/// in a session ([`ClientRequest::session_mut`]); any other request as it is.
 pub fn in_session(request: &ClientRequest, fields: SessionFields) -> ClientRequest {
     let mut request = request.clone();
-    match &mut request {
-        ClientRequest::Set(r) => r.session = fields,
-        ClientRequest::Delete(r) => r.session = fields,
-        ClientRequest::Cas(r) => r.session = fields,
-        _ => {}
+    if let Some(session) = request.session_mut() {
+        *session = fields;
     }
     request
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::raft::NodeId;
-use crate::table::MsgType;
+use crate::table::{ClientRequest, MsgType};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -91,6 +91,24 @@ impl SessionFields {
             (Some(_), Some(0)) => Err(InvalidRequest::SeqZero),
             (Some(_), Some(_)) | (None, None) => Ok(()),
             _ => Err(InvalidRequest::SessionHalf),
+        }
+    }
+}
+
+impl ClientRequest {
+    /// A write's session fields, which a client fills in before sending it
+    /// (and again, the same, on a retry); `None` for a request that is not
+    /// applied in a session.
+    pub fn session_mut(&mut self) -> Option<&mut SessionFields> {
+        match self {
+            ClientRequest::Set(r) => Some(&mut r.session),
+            ClientRequest::Delete(r) => Some(&mut r.session),
+            ClientRequest::Cas(r) => Some(&mut r.session),
+            ClientRequest::Healthcheck
+            | ClientRequest::Status
+            | ClientRequest::Get(_)
+            | ClientRequest::Keys(_)
+            | ClientRequest::RegisterClient => None,
         }
     }
 }
