@@ -154,6 +154,18 @@ impl ApplyResult {
         .name()
     }
 
+    /// The length of the strings the reply holds: what a session caching it
+    /// counts against `MAX_SESSION_BYTES`, besides a fixed overhead.
+    pub(super) fn string_bytes(&self) -> usize {
+        match self {
+            ApplyResult::Set(r) => r.key.len(),
+            ApplyResult::Delete(r) => r.key.len(),
+            ApplyResult::Cas(r) => r.key.len() + r.current.as_ref().map_or(0, String::len),
+            ApplyResult::Register(_) => 0,
+            ApplyResult::Error(e) => e.message.len(),
+        }
+    }
+
     /// Appends the reply line (answering `req_id`) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>, req_id: Option<u64>) {
         match self {

@@ -117,14 +117,7 @@ impl Session {
 /// What a session counts against `MAX_SESSION_BYTES`: its reply's strings
 /// plus a fixed overhead.
 pub(super) fn session_bytes(result: &ApplyResult) -> usize {
-    let reply_bytes = match result {
-        ApplyResult::Set(r) => r.key.len(),
-        ApplyResult::Delete(r) => r.key.len(),
-        ApplyResult::Cas(r) => r.key.len() + r.current.as_ref().map_or(0, String::len),
-        ApplyResult::Register(_) => 0,
-        ApplyResult::Error(e) => e.message.len(),
-    };
-    SESSION_OVERHEAD_BYTES + reply_bytes
+    SESSION_OVERHEAD_BYTES + result.string_bytes()
 }
 
 impl KvStore {
