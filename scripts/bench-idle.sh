@@ -14,13 +14,15 @@ STALLED=$((IDLE / 3))
 BIN=target/release
 cargo build --release -q -p poncho-server -p poncho-bench
 DIR=$(mktemp -d /tmp/poncho-idle.XXXXXX)
+# The peers authenticate with a cluster secret, as a real cluster does.
+(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$DIR/secret")
 PEERS="1=127.0.0.1:9301,2=127.0.0.1:9302,3=127.0.0.1:9303"
 CLUSTER=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303
 PIDS=()
 for i in 1 2 3; do
   extra=""
   [ "$i" = 1 ] && extra=is_leader
-  "$BIN/poncho-server" --id "$i" --port "930$i" --peers "$PEERS" --data-dir "$DIR/n$i" $extra >>"$DIR/n$i.log" 2>&1 &
+  "$BIN/poncho-server" --id "$i" --port "930$i" --peers "$PEERS" --cluster-secret-file "$DIR/secret" --data-dir "$DIR/n$i" $extra >>"$DIR/n$i.log" 2>&1 &
   PIDS[$i]=$!
 done
 stop_all() { for i in 1 2 3; do kill "${PIDS[$i]}" 2>/dev/null || true; wait "${PIDS[$i]}" 2>/dev/null || true; done; }

@@ -247,9 +247,21 @@ if [ "$BUILD" = 1 ]; then
 fi
 
 mkdir -p "$DATA"
-if [ -n "$(ls -A "$DATA" 2>/dev/null | grep -v cluster.pids)" ]; then
+if [ -n "$(ls -A "$DATA" 2>/dev/null | grep -v -e cluster.pids -e cluster-secret -e cluster-token)" ]; then
   echo "reusing the data in $DATA (scripts/cluster.sh clean to start fresh)"
 fi
+# The cluster's secret (peers prove they know it) and its token (its
+# cluster id derives from it), made once per data directory: a cluster
+# started from another data directory is another cluster, and its nodes and
+# these refuse each other.
+SECRET="$(cd "$DATA" && pwd)/cluster-secret"
+if [ ! -s "$SECRET" ]; then
+  (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$SECRET"; echo >> "$SECRET")
+fi
+if [ ! -s "$DATA/cluster-token" ]; then
+  echo "local-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')" > "$DATA/cluster-token"
+fi
+TOKEN=$(cat "$DATA/cluster-token")
 : > "$PIDFILE"
 # Not under `set -e`: a hung-up terminal fails every echo, and the nodes
 # must be stopped all the same.
@@ -263,7 +275,8 @@ for k in $(seq "$NODES"); do
   a=$(addr "$k")
   # What `restart K` starts the node with again (one argument per line).
   printf '%s\n' --id "$k" --host "${a%:*}" --port "${a#*:}" --peers "$PEERS" \
-    --data-dir "$DATA/node-$k" ${SERVER_FLAGS[@]+"${SERVER_FLAGS[@]}"} > "$DATA/node-$k.args"
+    --data-dir "$DATA/node-$k" --cluster-secret-file "$SECRET" \
+    --initial-cluster-token "$TOKEN" ${SERVER_FLAGS[@]+"${SERVER_FLAGS[@]}"} > "$DATA/node-$k.args"
   hint=()
   [ "$k" = 1 ] && hint=(is_leader)
   launch "$k" ${hint[@]+"${hint[@]}"}

@@ -45,6 +45,8 @@ others=$( (pgrep -x poncho-server; pgrep -x etcd) | wc -l || true)
 [ "$others" = 0 ] || echo "warning: $others poncho-server or etcd processes not started by this script are running; they share the machine"
 
 DIR=$(mktemp -d /tmp/compare-etcd.XXXXXX)
+# The peers authenticate with a cluster secret, as a real cluster does.
+(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$DIR/secret")
 PIDS=()
 perf_pid=""
 bench_pid=""
@@ -129,7 +131,7 @@ PONCHO_CLUSTER=127.0.0.1:9311,127.0.0.1:9312,127.0.0.1:9313
 for i in 1 2 3; do
   extra=""
   [ "$i" = 1 ] && extra=is_leader
-  "$BIN/poncho-server" --id "$i" --port "931$i" --peers "$PONCHO_PEERS" --data-dir "$DIR/poncho$i" $extra \
+  "$BIN/poncho-server" --id "$i" --port "931$i" --peers "$PONCHO_PEERS" --cluster-secret-file "$DIR/secret" --data-dir "$DIR/poncho$i" $extra \
     >>"$DIR/poncho$i.log" 2>&1 &
   PIDS+=($!)
 done

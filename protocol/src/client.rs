@@ -408,6 +408,13 @@ pub enum ErrorCode {
     /// Not applied; the leader's disk is full, so it cannot make the write
     /// durable. It hands leadership to a node that can: retry shortly.
     NoSpace,
+    /// Not applied: the connection has not proven who it is (a peer
+    /// handshake that failed, or, with auth enabled, a client that has not
+    /// logged in).
+    Unauthenticated,
+    /// A peer handshake between nodes of different clusters (their cluster
+    /// ids differ); the connection is closed.
+    ClusterMismatch,
 }
 
 impl ErrorCode {
@@ -423,6 +430,8 @@ impl ErrorCode {
                 | ErrorCode::StaleSequence
                 | ErrorCode::SessionExpired
                 | ErrorCode::NoSpace
+                | ErrorCode::Unauthenticated
+                | ErrorCode::ClusterMismatch
         )
     }
 }

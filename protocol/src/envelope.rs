@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::client::{ErrorReply, ReplyPayload, RequestPayload};
 use crate::raft::NodeId;
-use crate::table::{ClientRequest, MsgType, RaftMessage};
+use crate::table::{ClientRequest, Handshake, MsgType, RaftMessage};
 
 /// A decoded line.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,8 @@ pub enum Request {
         src_id: Option<NodeId>,
         message: RaftMessage,
     },
+    /// A line of the peer handshake ([`crate::peer`]).
+    Handshake(Handshake),
 }
 
 /// A line that could not be decoded: the error to answer with, and the
@@ -80,11 +82,14 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
         let request = request.map_err(fail)?;
         return Ok(Request::Client { req_id, request });
     }
-    match RaftMessage::decode(msg_type, payload) {
-        Some(message) => Ok(Request::Peer {
+    if let Some(message) = RaftMessage::decode(msg_type, payload) {
+        return Ok(Request::Peer {
             src_id: envelope.src_id,
             message: message.map_err(fail)?,
-        }),
+        });
+    }
+    match Handshake::decode(msg_type, payload) {
+        Some(handshake) => Ok(Request::Handshake(handshake.map_err(fail)?)),
         // A reply type (`ERROR`) is no request.
         None => Err(unknown()),
     }
@@ -185,6 +190,13 @@ pub fn encode_peer(
     message: &RaftMessage,
 ) {
     write_line(out, message.msg_type(), req_id, src_id, |out| {
+        message.write_payload(out)
+    });
+}
+
+/// Appends a peer handshake line.
+pub fn encode_handshake(out: &mut Vec<u8>, message: &Handshake) {
+    write_line(out, message.msg_type(), None, None, |out| {
         message.write_payload(out)
     });
 }

@@ -5,23 +5,26 @@
 //!   or Raft message each carries, each request's reply).
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
+//! - [`peer`]: the handshake that proves a connection between nodes.
 //! - [`envelope`]: whole lines, decoded and encoded.
 //! - [`framing`]: splitting a byte stream into lines.
 
 pub mod client;
 pub mod envelope;
 pub mod framing;
+pub mod peer;
 pub mod raft;
 pub mod table;
 
 pub use client::*;
 pub use envelope::{
-    decode_request, encode_error, encode_peer, encode_reply, encode_request, DecodeError,
-    ReplyEnvelope, ReplyError, Request,
+    decode_request, encode_error, encode_handshake, encode_peer, encode_reply, encode_request,
+    DecodeError, ReplyEnvelope, ReplyError, Request,
 };
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
+pub use peer::{PeerChallenge, PeerHello, PeerProof};
 pub use raft::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
     NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
 };
-pub use table::{ClientRequest, MsgType};
+pub use table::{ClientRequest, Handshake, MsgType};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::*;
 use crate::envelope::{parse_payload, parse_request, write_payload, PAYLOAD_KEY};
+use crate::peer::*;
 use crate::raft::*;
 
 macro_rules! message_table {
@@ -22,6 +23,9 @@ macro_rules! message_table {
         peer {
             $( $(#[$pmeta:meta])* $pvar:ident = $pname:literal ($ppay:ty) $(written by $pwrite:path)?, )*
         }
+        handshake {
+            $( $(#[$hmeta:meta])* $hvar:ident = $hname:literal ($hpay:ty), )*
+        }
         error { $evar:ident = $ename:literal => $erep:ty, }
     ) => {
         /// Every `msg_type` on the wire.
@@ -29,19 +33,21 @@ macro_rules! message_table {
         pub enum MsgType {
             $($cvar,)*
             $($pvar,)*
+            $($hvar,)*
             $evar,
         }
 
         impl MsgType {
             /// Every message type, in the table's order.
             pub const ALL: &'static [MsgType] =
-                &[$(MsgType::$cvar,)* $(MsgType::$pvar,)* MsgType::$evar];
+                &[$(MsgType::$cvar,)* $(MsgType::$pvar,)* $(MsgType::$hvar,)* MsgType::$evar];
 
             /// The name on the wire.
             pub fn name(self) -> &'static str {
                 match self {
                     $(MsgType::$cvar => $cname,)*
                     $(MsgType::$pvar => $pname,)*
+                    $(MsgType::$hvar => $hname,)*
                     MsgType::$evar => $ename,
                 }
             }
@@ -51,6 +57,7 @@ macro_rules! message_table {
                 match name {
                     $($cname => Some(MsgType::$cvar),)*
                     $($pname => Some(MsgType::$pvar),)*
+                    $($hname => Some(MsgType::$hvar),)*
                     $ename => Some(MsgType::$evar),
                     _ => None,
                 }
@@ -127,6 +134,43 @@ macro_rules! message_table {
             }
         }
 
+        /// The peer handshake (see [`crate::peer`]): the only lines a
+        /// connection between nodes carries before it has proven itself.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Handshake {
+            $( $(#[$hmeta])* $hvar($hpay), )*
+        }
+
+        impl Handshake {
+            pub fn msg_type(&self) -> MsgType {
+                match self {
+                    $(Handshake::$hvar(_) => MsgType::$hvar,)*
+                }
+            }
+
+            /// The handshake message a line of type `msg_type` carries, held
+            /// to its limits, or None if that is not a handshake type.
+            pub(crate) fn decode(
+                msg_type: MsgType,
+                payload: Option<&str>,
+            ) -> Option<Result<Handshake, String>> {
+                match msg_type {
+                    $(MsgType::$hvar => Some(parse_payload::<$hpay>(msg_type, payload).and_then(|m| {
+                        m.check().map_err(|e| format!("bad {msg_type} payload: {e}"))?;
+                        Ok(Handshake::$hvar(m))
+                    })),)*
+                    _ => None,
+                }
+            }
+
+            /// Appends `,"payload":...`.
+            pub(crate) fn write_payload(&self, out: &mut Vec<u8>) {
+                match self {
+                    $(Handshake::$hvar(m) => write_payload(out, m),)*
+                }
+            }
+        }
+
         $(impl ReplyPayload for $crep {
             const MSG_TYPE: MsgType = MsgType::$cvar;
         })*
@@ -183,6 +227,11 @@ message_table! {
         TimeoutNow = "TIMEOUT_NOW" (TimeoutNow),
         InstallSnapshot = "INSTALL_SNAPSHOT" (InstallSnapshot),
         InstallSnapshotReply = "INSTALL_SNAPSHOT_REPLY" (InstallSnapshotReply),
+    }
+    handshake {
+        PeerHello = "PEER_HELLO" (PeerHello),
+        PeerChallenge = "PEER_CHALLENGE" (PeerChallenge),
+        PeerProof = "PEER_PROOF" (PeerProof),
     }
     error {
         Error = "ERROR" => ErrorReply,

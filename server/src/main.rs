@@ -13,6 +13,7 @@ use clap::Parser;
 use poncho_protocol::{NodeId, MAX_LINE_BYTES};
 use poncho_server::log::Level;
 use poncho_server::node::{Node, NodeConfig};
+use poncho_server::peer_auth::ClusterSecret;
 use poncho_server::{error, info};
 
 #[derive(Parser, Debug)]
@@ -97,6 +98,26 @@ struct Args {
     /// throwaway experiments only.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// A file holding the cluster's shared secret (at least 16 bytes; make
+    /// one with `openssl rand -hex 32`). A connection from another node is
+    /// taken as a member's only once it has proven it knows the secret (a
+    /// challenge-response handshake; the secret is never sent). Every member
+    /// needs the same secret.
+    #[arg(long, value_name = "PATH")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Run a cluster with no peer authentication: any program that can
+    /// reach a node's port can then speak for a member and rewrite the
+    /// cluster's data. A node with peers refuses to start without a cluster
+    /// secret unless given this.
+    #[arg(long)]
+    insecure: bool,
+    /// Names the cluster a brand-new data directory joins: the cluster id
+    /// derives from it, the member ids and the secret, and is recorded in
+    /// the data directory on first start. Give each cluster its own (as
+    /// with etcd's flag); nodes of clusters with different ids refuse each
+    /// other.
+    #[arg(long, value_name = "TOKEN", default_value = poncho_server::peer_auth::DEFAULT_CLUSTER_TOKEN)]
+    initial_cluster_token: String,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -153,19 +174,53 @@ fn main() -> ExitCode {
         args.log_level
     };
     poncho_server::log::init(level, args.id);
-    let own = SocketAddr::new(args.host, args.port);
-    let peers = match parse_peers(args.id, own, &args.peers) {
-        Ok(p) => p,
+    let config = match node_config(args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("poncho-server: {e}");
             return ExitCode::from(2);
         }
     };
-    if args.id == 0 || args.tick_ms == 0 || args.max_sessions == 0 {
-        eprintln!("poncho-server: --id, --tick-ms and --max-sessions must be at least 1");
-        return ExitCode::from(2);
+    if !config.fsync {
+        eprintln!(
+            "poncho-server: WARNING: --unsafe-no-fsync: acknowledged writes can be lost on a crash"
+        );
     }
-    let config = NodeConfig {
+    let mut node = match Node::start(config) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match node.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("fatal: {e}");
+            info!("stopping: a node that cannot write durably must not keep acknowledging");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The node's configuration from the command line, or what is wrong with it.
+fn node_config(args: Args) -> Result<NodeConfig, String> {
+    let own = SocketAddr::new(args.host, args.port);
+    let peers = parse_peers(args.id, own, &args.peers)?;
+    if args.id == 0 || args.tick_ms == 0 || args.max_sessions == 0 {
+        return Err("--id, --tick-ms and --max-sessions must be at least 1".into());
+    }
+    let cluster_secret = match &args.cluster_secret_file {
+        None => None,
+        Some(path) => {
+            let (secret, warning) = ClusterSecret::load(path).map_err(|e| e.to_string())?;
+            if let Some(w) = warning {
+                eprintln!("poncho-server: WARNING: {w}");
+            }
+            Some(secret)
+        }
+    };
+    Ok(NodeConfig {
         id: args.id,
         host: args.host,
         port: args.port,
@@ -192,27 +247,10 @@ fn main() -> ExitCode {
         partial_request_timeout: Duration::from_millis(args.partial_request_timeout_ms.max(1)),
         idle_timeout: (args.idle_timeout_ms > 0)
             .then(|| Duration::from_millis(args.idle_timeout_ms)),
-    };
-    if !config.fsync {
-        eprintln!(
-            "poncho-server: WARNING: --unsafe-no-fsync: acknowledged writes can be lost on a crash"
-        );
-    }
-    let mut node = match Node::start(config) {
-        Ok(n) => n,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match node.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("fatal: {e}");
-            info!("stopping: a node that cannot write durably must not keep acknowledging");
-            ExitCode::FAILURE
-        }
-    }
+        cluster_secret,
+        insecure: args.insecure,
+        cluster_token: args.initial_cluster_token,
+    })
 }
 
 #[cfg(test)]

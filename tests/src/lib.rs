@@ -81,7 +81,26 @@ pub fn wait_listening(id: u64, addr: SocketAddr, child: &mut Option<Child>, log_
     }
 }
 
+/// The cluster secret file of the test cluster whose nodes keep their data
+/// under `dir`: written once (owner-only), then shared by every node there.
+pub fn cluster_secret_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("cluster-secret");
+    if !path.exists() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let secret = format!("test-{:x}-{nanos:x}\n", std::process::id());
+        std::fs::write(&path, secret).expect("write the cluster secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the cluster secret");
+    }
+    path
+}
+
 /// Starts a `poncho-server`, its stdout and stderr appended to `log_path`.
+/// A node with peers gets its cluster's secret file (see
+/// [`cluster_secret_file`]) unless its flags settle peer authentication.
 pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -96,6 +115,7 @@ pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool
         .arg("--data-dir")
         .arg(spec.data_dir)
         .args(spec.args)
+        .args(peer_auth_args(spec))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
         .stderr(log);
@@ -103,6 +123,20 @@ pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool
         cmd.arg("is_leader");
     }
     cmd.spawn().expect("spawn poncho-server")
+}
+
+fn peer_auth_args(spec: &ServerSpec<'_>) -> Vec<String> {
+    let settled = spec
+        .args
+        .iter()
+        .any(|a| a == "--insecure" || a.starts_with("--cluster-secret-file"));
+    match spec.data_dir.parent() {
+        Some(dir) if spec.peers.len() > 1 && !settled => vec![
+            "--cluster-secret-file".to_string(),
+            cluster_secret_file(dir).display().to_string(),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// One `poncho-server` process of a test cluster, and what it is started
@@ -136,6 +170,11 @@ impl NodeProc {
             child: None,
             paused: false,
         }
+    }
+
+    /// Replaces the further flags the node is started with from now on.
+    pub fn set_args(&mut self, args: &[String]) {
+        self.args = args.to_vec();
     }
 
     /// Spawns the process (whatever ran before is forgotten: kill it first).
@@ -374,6 +413,29 @@ impl Cluster {
         self.node(id).restart(id == 1);
     }
 
+    /// Kills node `id` if it runs and starts it again with `extra_args` in
+    /// place of the flags it had (peer authentication included: without a
+    /// `--cluster-secret-file` or `--insecure` there, it gets the cluster's
+    /// secret).
+    pub fn restart_with(&mut self, id: u64, extra_args: &[&str]) {
+        let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let node = self.node(id);
+        node.kill();
+        node.set_args(&args);
+        node.launch(false);
+        node.wait_listening();
+    }
+
+    /// Where node `id` keeps its data.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.nodes[(id - 1) as usize].data_dir.clone()
+    }
+
+    /// The directory that holds every node's data directory and log.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub fn is_running(&mut self, id: u64) -> bool {
         self.node(id).is_running()
     }
@@ -452,6 +514,12 @@ impl Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         })
+    }
+
+    /// How long a read waits for a reply from now on.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        // The reader and the writer share one socket, and its timeout.
+        let _ = self.writer.set_read_timeout(Some(timeout));
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {

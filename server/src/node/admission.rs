@@ -3,12 +3,13 @@
 //! partial-request deadline and the idle timeout.
 //!
 //! A peer's connection cannot be told from a client's when it is accepted:
-//! it shows itself with its first message (a Raft message whose `src_id` is
-//! a member). So every accepted connection counts as a client until then;
-//! once `--max-clients` are counted, a few more (`peer_room`) are accepted on
-//! probation: a peer's becomes a peer's with its first message, a client
+//! it shows itself with its first line, a `PEER_HELLO` (`handshake.rs`). So
+//! every accepted connection counts as a client until then; once
+//! `--max-clients` are counted, a few more (`peer_room`) are accepted on
+//! probation: a peer's starts its handshake with its first line, a client
 //! request on one is refused unless a client's place came free, and one that
-//! says nothing is closed after `PROBATION`. Clients can therefore never
+//! says nothing is closed after `PROBATION`. Handshakes under way are
+//! bounded by `peer_room` too. Clients can therefore never
 //! take the last place a peer needs to connect. Our own connections to peers
 //! are never limited.
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
-use poncho_protocol::{encode_error, ErrorCode, ErrorReply, NodeId};
+use poncho_protocol::{encode_error, ErrorCode, ErrorReply};
 
 use super::conn::ConnRole;
 use super::{fds, Node, NodeConfig};
@@ -59,6 +60,10 @@ pub struct Admission {
     peer_room: usize,
     clients: usize,
     on_probation: usize,
+    /// Inbound peer handshakes under way (`ConnRole::Proving`), at most
+    /// `peer_room`: a connection that says it is a peer's stops counting as
+    /// a client, so these must be bounded on their own.
+    proving: usize,
     partial_request_timeout: Duration,
     idle_timeout: Option<Duration>,
     /// Held open so that, out of descriptors, one can be freed to accept a
@@ -144,6 +149,7 @@ impl Admission {
             peer_room,
             clients: 0,
             on_probation: 0,
+            proving: 0,
             partial_request_timeout: config.partial_request_timeout,
             idle_timeout: config.idle_timeout,
             spare: File::open("/dev/null").ok(),
@@ -172,13 +178,19 @@ impl Admission {
         let count = match role {
             ConnRole::Client => &mut self.clients,
             ConnRole::Probation { .. } => &mut self.on_probation,
-            ConnRole::Peer(_) | ConnRole::Outbound(_) => return,
+            ConnRole::Proving(_) => &mut self.proving,
+            ConnRole::Peer(_) | ConnRole::Outbound(..) => return,
         };
         if added {
             *count += 1;
         } else {
             *count = count.saturating_sub(1);
         }
+    }
+
+    /// Whether another inbound peer handshake may begin.
+    pub fn may_start_handshake(&self) -> bool {
+        self.proving < self.peer_room
     }
 
     fn too_many(&self) -> ErrorReply {
@@ -287,30 +299,23 @@ impl Node {
         self.admission.tally(role, true);
     }
 
-    /// Settles what an accepted connection is from a line it sent: a
-    /// member's message (`from`) makes it a peer's; a client's line on one
-    /// on probation is served if a client's place is free, else refused.
-    /// Returns whether to handle the line.
-    pub(super) fn identify(&mut self, key: usize, from: Option<NodeId>) -> bool {
+    /// Settles what an accepted connection on probation is, from a line it
+    /// sent that is not a peer's hello: a client's, served if a client's
+    /// place is free, else refused. Returns whether to handle the line.
+    pub(super) fn identify(&mut self, key: usize) -> bool {
         let Some(conn) = self.conns.get(key) else {
             return false;
         };
-        match (conn.role, from) {
-            (ConnRole::Client | ConnRole::Probation { .. }, Some(id)) => {
-                self.set_role(key, ConnRole::Peer(id));
-                true
-            }
-            (ConnRole::Probation { .. }, None) => {
-                if self.admission.clients < self.admission.max_clients {
-                    self.set_role(key, ConnRole::Client);
-                    return true;
-                }
-                let error = self.admission.too_many();
-                self.cut(key, &error, "max number of clients reached");
-                false
-            }
-            _ => true,
+        if !matches!(conn.role, ConnRole::Probation { .. }) {
+            return true;
         }
+        if self.admission.clients < self.admission.max_clients {
+            self.set_role(key, ConnRole::Client);
+            return true;
+        }
+        let error = self.admission.too_many();
+        self.cut(key, &error, "max number of clients reached");
+        false
     }
 
     /// Replies `error` and closes the connection once it is written.
@@ -334,6 +339,7 @@ impl Node {
         let partial = self.admission.partial_request_timeout;
         let idle = self.admission.idle_timeout;
         let mut cuts = Vec::new();
+        self.expire_handshakes(now);
         for (key, conn) in self.conns.iter() {
             if conn.close_after_flush || !conn.is_inbound() {
                 continue;

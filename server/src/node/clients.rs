@@ -9,10 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use poncho_protocol::{
     decode_request, encode_error, encode_reply, ClientRequest, Entry, ErrorCode, ErrorReply,
-    FollowerProgress, GetReply, HealthcheckReply, KeysReply, MemberStatus, Request, StatusReply,
+    FollowerProgress, GetReply, Handshake, HealthcheckReply, KeysReply, MemberStatus, Request,
+    StatusReply,
 };
 
-use super::conn::ReplyTo;
+use super::conn::{ConnRole, ReplyTo};
 use super::Node;
 use crate::kv::{ApplyResult, Command};
 use crate::raft::{ProgressState, ProposeError, ReadState, Role};
@@ -140,22 +141,48 @@ impl Node {
         if line.iter().all(u8::is_ascii_whitespace) {
             return; // blank lines (a human at nc pressing enter) are ignored
         }
-        let request = decode_request(line);
-        let from = match &request {
-            Ok(Request::Peer {
-                src_id: Some(id), ..
-            }) if self.peers.contains(*id) => Some(*id),
-            _ => None,
+        let Some(role) = self.conns.get(key).map(|c| c.role) else {
+            return;
         };
-        if !self.identify(key, from) {
+        match role {
+            ConnRole::Outbound(peer, link) => {
+                return self.handle_outbound_line(key, peer, link, line)
+            }
+            ConnRole::Proving(proving) => return self.check_proof(key, proving, line),
+            ConnRole::Client | ConnRole::Probation { .. } | ConnRole::Peer(_) => {}
+        }
+        let request = decode_request(line);
+        if let Ok(Request::Handshake(handshake)) = request {
+            return match (role, handshake) {
+                (ConnRole::Client | ConnRole::Probation { .. }, Handshake::PeerHello(hello)) => {
+                    self.answer_hello(key, hello)
+                }
+                (_, other) => {
+                    let error = ErrorReply::bad_request(format!(
+                        "{} is not expected here: a peer handshake begins with PEER_HELLO, on a \
+                         connection that has sent nothing else",
+                        other.msg_type()
+                    ));
+                    self.reply_error_now(key, None, &error)
+                }
+            };
+        }
+        if !self.identify(key) {
             return;
         }
+        let proven = match role {
+            ConnRole::Peer(id) => Some(id),
+            _ => None,
+        };
         match request {
             Err(e) => self.reply_error_now(key, e.req_id, &e.error),
-            Ok(Request::Peer { src_id, message }) => self.handle_peer_message(key, src_id, message),
+            Ok(Request::Peer { src_id, message }) => {
+                self.handle_peer_message(key, proven, src_id, message)
+            }
             Ok(Request::Client { req_id, request }) => {
                 self.handle_client_request(key, req_id, request)
             }
+            Ok(Request::Handshake(_)) => {} // answered above
         }
     }
 

@@ -9,6 +9,8 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use poncho_protocol::{LineBuffer, NodeId};
+
+use crate::peer_auth::Nonce;
 use slab::Slab;
 
 /// Stop reading a client's requests while this much output waits for it: a
@@ -31,10 +33,34 @@ pub enum ConnRole {
     /// request on it is refused with OVERLOADED, unless a client's place
     /// has come free meanwhile.
     Probation { until: Instant },
-    /// Accepted, and a member has sent its messages on it.
+    /// Accepted; a member's `PEER_HELLO` came on it and was answered with
+    /// our challenge. Its proof must come next, by `until`.
+    Proving(Proving),
+    /// Accepted, and proven to be this member's (see `handshake.rs`): the
+    /// Raft messages read on it go to the core as the member's.
     Peer(NodeId),
-    /// Ours, to a peer: carries our messages to it. Nothing is read from it.
-    Outbound(NodeId),
+    /// Ours, to a peer: carries our messages to it once the handshake has
+    /// proven both ends. Only the handshake (or a refusal) is read from it.
+    Outbound(NodeId, Link),
+}
+
+/// An inbound handshake half done: who claims to be opening it, both nonces,
+/// and the deadline for the opener's proof.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proving {
+    pub peer: NodeId,
+    pub opener_nonce: Nonce,
+    pub our_nonce: Nonce,
+    pub until: Instant,
+}
+
+/// How far the handshake on one of our connections to a peer has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// `PEER_HELLO` sent with `nonce`; the challenge must come by `until`.
+    Hello { nonce: Nonce, until: Instant },
+    /// Both ends proven: our Raft messages go out on it.
+    Proven,
 }
 
 /// Poll tokens of connections start here (the listener and the signals
@@ -248,7 +274,7 @@ impl Conn {
 
     /// Whether this is an accepted connection (not one of ours to a peer).
     pub fn is_inbound(&self) -> bool {
-        !matches!(self.role, ConnRole::Outbound(_))
+        !matches!(self.role, ConnRole::Outbound(..))
     }
 
     /// After the lines read at `now` were taken: starts the partial-request

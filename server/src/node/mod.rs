@@ -19,17 +19,22 @@
 //!
 //! - `clients`: client requests and their replies (`Clients`);
 //! - `peers`: links to the other members and reconnects (`Peers`);
+//! - `handshake`: the peer handshake, which a connection must pass before
+//!   its Raft messages reach the core (`PeerTrust`);
 //! - `ready`: the Ready driver (persist, send, apply) and what it holds
 //!   while the disk is full (`Unpersisted`);
 //! - `snapshots`: taking, streaming and installing snapshots;
 //! - `startup`: recovery, start-up and the start banner;
 //! - `admission`: which connections are taken, and for how long;
-//! - `conn`: one connection, and the table of them (`Conns`).
+//! - `conn`: one connection, and the table of them (`Conns`);
+//! - `log_limiter`: log lines a remote can cause, limited.
 
 mod admission;
 mod clients;
 mod conn;
 mod fds;
+mod handshake;
+mod log_limiter;
 mod peers;
 mod ready;
 mod snapshots;
@@ -49,11 +54,14 @@ use poncho_protocol::NodeId;
 use self::admission::Admission;
 use self::clients::Clients;
 use self::conn::{ConnRole, Conns, FIRST_CONN, OUTPUT_DROP_BYTES};
+use self::handshake::PeerTrust;
 use self::peers::Peers;
+use self::ready::AlertLog;
 use self::ready::Unpersisted;
 use self::snapshots::Snapshots;
 use crate::datadir::DirLock;
 use crate::kv::KvStore;
+use crate::peer_auth::ClusterSecret;
 use crate::raft::Raft;
 use crate::storage::{Storage, StorageError};
 
@@ -104,6 +112,14 @@ pub struct NodeConfig {
     /// A client connection with nothing asked or pending this long is
     /// closed; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// What peers prove membership with (`handshake.rs`); `None` with
+    /// `insecure`, or for a node without peers.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Peers without a secret: allowed only when the operator says so.
+    pub insecure: bool,
+    /// `--initial-cluster-token`: what a new data directory's cluster id is
+    /// derived from (with the members and the secret).
+    pub cluster_token: String,
 }
 
 impl NodeConfig {
@@ -160,6 +176,9 @@ pub struct Node {
     storage: Storage,
     kv: KvStore,
     snapshots: Snapshots,
+    trust: PeerTrust,
+    /// The core's alerts (a peer asked what breaks Raft), logged limited.
+    alerts: AlertLog,
     next_tick: Instant,
     /// Set while the disk is full: what waits to be made durable.
     unpersisted: Option<Unpersisted>,
@@ -295,7 +314,7 @@ impl Node {
             return;
         };
         self.admission.tally(conn.role, false);
-        if let ConnRole::Outbound(peer) = conn.role {
+        if let ConnRole::Outbound(peer, _) = conn.role {
             self.peers.link_closed(peer, key, why);
         } else {
             debug!("connection {key} closed: {why}");
@@ -320,9 +339,6 @@ impl Node {
             }
             conn.connecting = false;
             let _ = conn.stream.set_nodelay(true);
-            if let ConnRole::Outbound(peer) = conn.role {
-                self.peers.link_connected(peer);
-            }
         }
         self.flush_and_resume(key);
     }
@@ -345,17 +361,6 @@ impl Node {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if let ConnRole::Outbound(_) = conn.role {
-                // Peers never write to our outbound connections; a read
-                // event here means the peer closed it.
-                let mut probe = [0u8; 1];
-                match io::Read::read(&mut conn.stream, &mut probe) {
-                    Ok(0) => return self.close(key, "closed by peer"),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) => return self.close(key, &e.to_string()),
-                    Ok(_) => continue,
-                }
-            }
             if !conn.wants_input() {
                 conn.read_paused = true;
                 return;
@@ -371,6 +376,9 @@ impl Node {
                 return;
             };
             conn.note_input(Instant::now(), completed || resumed);
+            if conn.peer_eof && !conn.is_inbound() {
+                return self.close(key, "closed by peer");
+            }
             if conn.peer_eof {
                 // Answer what was asked before the client hung up; reads and
                 // writes in flight are answered into a closed connection.

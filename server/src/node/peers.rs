@@ -12,7 +12,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 use poncho_protocol::{encode_peer, ErrorReply, NodeId, RaftMessage};
 
-use super::conn::ConnRole;
+use super::conn::{ConnRole, Link};
 use super::{Node, NodeConfig};
 
 /// A slow peer's unsent messages beyond this are dropped (Raft resends).
@@ -163,11 +163,16 @@ impl Node {
             .collect();
         for (id, addr) in due {
             let result = connect_from(self.config.host, addr).map(|stream| {
-                self.add_conn(
+                let key = self.add_conn(
                     stream,
-                    ConnRole::Outbound(id),
+                    ConnRole::Outbound(id, Link::Proven),
                     Interest::READABLE | Interest::WRITABLE,
-                )
+                );
+                if let Some(key) = key {
+                    // Replaces the placeholder role before anything is sent.
+                    self.send_hello(key, id);
+                }
+                key
             });
             let Some(link) = self.peers.links.get_mut(&id) else {
                 continue;
@@ -191,6 +196,9 @@ impl Node {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn.role != ConnRole::Outbound(to, Link::Proven) {
+            return; // the handshake is not done: lost, as if not connected
+        }
         if conn.output_bytes() > PEER_OUTPUT_LIMIT {
             return;
         }
@@ -201,17 +209,23 @@ impl Node {
         self.flush_conn(key);
     }
 
-    /// A Raft message read on connection `key`: a member's goes to the
-    /// core; anything else is a probe.
+    /// A Raft message read on connection `key`: on one proven to be a
+    /// member's (`proven`) it goes to the core as that member's; on any other
+    /// it is a probe, whatever `src_id` it claims.
     pub(super) fn handle_peer_message(
         &mut self,
         key: usize,
+        proven: Option<NodeId>,
         src_id: Option<NodeId>,
         message: RaftMessage,
     ) {
-        match src_id {
-            Some(id) if self.peers.contains(id) => self.raft.step(id, message),
-            _ => self.answer_probe(key, message),
+        match proven {
+            Some(id) if src_id.is_none_or(|s| s == id) => self.raft.step(id, message),
+            Some(id) => debug!(
+                "dropped a {} claiming to be from node {src_id:?} on node {id}'s connection",
+                message.msg_type()
+            ),
+            None => self.answer_probe(key, message),
         }
     }
 
@@ -243,11 +257,11 @@ impl Node {
         let connected = self
             .peers
             .links
-            .values()
-            .filter(|p| {
+            .iter()
+            .filter(|(&id, p)| {
                 p.conn
                     .and_then(|k| self.conns.get(k))
-                    .is_some_and(|c| !c.connecting)
+                    .is_some_and(|c| c.role == ConnRole::Outbound(id, Link::Proven))
             })
             .count();
         if connected + 1 >= self.raft.quorum() {

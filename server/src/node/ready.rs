@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use poncho_protocol::{Entry, NodeId};
 
+use super::log_limiter::LogLimiter;
 use super::{Fatal, Node};
-use crate::raft::{HardState, Outbound, Ready, Role};
+use crate::raft::{Alert, HardState, Outbound, Ready, Role};
 use crate::storage::{Health, StorageError};
 
 /// After a write found the disk full, the first retry waits this long; each
@@ -100,12 +101,28 @@ impl Unpersisted {
     }
 }
 
+/// The core's alerts, each leader's logged at ERROR once per window.
+#[derive(Default)]
+pub struct AlertLog(LogLimiter);
+
+impl AlertLog {
+    fn report(&mut self, alert: &Alert) {
+        let kind = match alert {
+            Alert::OverwriteCommitted { leader, .. } => format!("overwrite {leader}"),
+        };
+        self.0.error(&kind, &alert.to_string());
+    }
+}
+
 impl Node {
     /// Carries out every Ready the core has, in the order the core requires.
     pub(super) fn drive_raft(&mut self) -> Result<(), Fatal> {
         while self.raft.has_ready() {
             let mut rd = self.raft.ready();
             log_role_change(&rd);
+            for alert in &rd.alerts {
+                self.alerts.report(alert);
+            }
             // 1. Messages that may leave now, leaving now: followers persist
             //    while we do.
             for out in &rd.messages {

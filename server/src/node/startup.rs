@@ -2,6 +2,7 @@
 //! hard state and make them agree, build the core and the state machine,
 //! bind the listener and the signals, and print the start banner.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -14,11 +15,13 @@ use poncho_protocol::{Entry, NodeId};
 use super::admission::{self, Admission};
 use super::clients::Clients;
 use super::conn::Conns;
+use super::handshake::PeerTrust;
 use super::peers::Peers;
 use super::snapshots::{self, Snapshots};
 use super::{Node, NodeConfig, LISTENER, SIGNALS};
 use crate::datadir::{self, DirLock, LockError};
 use crate::kv::KvStore;
+use crate::peer_auth::{initial_cluster_id, recorded_cluster_id, ClusterIdError};
 use crate::raft::{Config, HardState, Raft};
 use crate::storage::{Storage, StorageError, StorageOptions};
 
@@ -52,6 +55,10 @@ pub enum StartError {
     ResetLog(StorageError),
     /// The core refused its configuration.
     Raft(String),
+    /// Peers, and neither a cluster secret nor `--insecure`.
+    NoPeerAuth,
+    /// The cluster id could not be read or recorded.
+    ClusterId(ClusterIdError),
     /// Setting up the poll, the listener or the signals failed (`what`).
     Socket {
         what: String,
@@ -95,6 +102,14 @@ impl fmt::Display for StartError {
                  healthy member"
             ),
             StartError::ResetLog(e) => write!(f, "cannot reset the log: {e}"),
+            StartError::NoPeerAuth => write!(
+                f,
+                "this node has peers and no way to tell them from impostors: any program that \
+                 can reach its port could speak for a member and rewrite the cluster's data. \
+                 Give every member the same --cluster-secret-file (make one with `openssl rand \
+                 -hex 32 > FILE; chmod 600 FILE`), or accept the risk with --insecure"
+            ),
+            StartError::ClusterId(e) => write!(f, "{e}"),
             StartError::Socket { what, error } => write!(f, "{what}: {error}"),
         }
     }
@@ -114,6 +129,7 @@ struct Recovered {
     snapshot: (u64, u64),
     /// The log after the snapshot.
     entries: Vec<Entry>,
+    cluster_id: String,
 }
 
 /// The sockets the loop polls.
@@ -126,6 +142,9 @@ struct Bound {
 impl Node {
     /// Opens storage, recovers, binds the listener. Prints the startup banner.
     pub fn start(config: NodeConfig) -> Result<Node, StartError> {
+        if !config.peers.is_empty() && config.cluster_secret.is_none() && !config.insecure {
+            return Err(StartError::NoPeerAuth);
+        }
         let recovered = recover(&config)?;
         let raft = Raft::with_snapshot(
             raft_config(&config),
@@ -150,6 +169,8 @@ impl Node {
         let mut config = config;
         config.port = local.port();
         Ok(Node {
+            trust: PeerTrust::new(recovered.cluster_id, config.cluster_secret.clone()),
+            alerts: Default::default(),
             next_tick: now + config.tick,
             conns: Conns::new(config.max_line_bytes),
             peers: Peers::new(&config, now),
@@ -181,6 +202,7 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
         error,
     })?;
     let lock = DirLock::acquire(dir).map_err(StartError::Lock)?;
+    let cluster_id = cluster_id(config)?;
     let (snapshots, kv, warnings) =
         Snapshots::recover(dir, config.fsync).map_err(StartError::Snapshots)?;
     for w in &warnings {
@@ -238,7 +260,30 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
         hard_state,
         snapshot: (index, term),
         entries,
+        cluster_id,
     })
+}
+
+/// The cluster id recorded in the data directory, recorded first if this is
+/// a new one (derived from the token, the members and the secret).
+fn cluster_id(config: &NodeConfig) -> Result<String, StartError> {
+    let members: BTreeSet<NodeId> = config.peers.keys().copied().chain([config.id]).collect();
+    let initial = initial_cluster_id(
+        &config.cluster_token,
+        &members,
+        config.cluster_secret.as_ref(),
+    );
+    let (id, new) = recorded_cluster_id(&config.data_dir, &initial, config.fsync)
+        .map_err(StartError::ClusterId)?;
+    if new {
+        info!("cluster id {id}, recorded in {}", config.data_dir.display());
+    } else if id != initial {
+        info!(
+            "this data directory belongs to cluster {id}; the token, members and secret given \
+                 would name a new cluster {initial}, and only name a new data directory's"
+        );
+    }
+    Ok(id)
 }
 
 /// Makes the recovered log continue the snapshot through (`index`, `term`):
@@ -398,7 +443,22 @@ mod tests {
             max_clients: 100,
             partial_request_timeout: Duration::from_secs(30),
             idle_timeout: None,
+            cluster_secret: None,
+            insecure: false,
+            cluster_token: crate::peer_auth::DEFAULT_CLUSTER_TOKEN.into(),
         }
+    }
+
+    #[test]
+    fn a_node_with_peers_and_no_secret_refuses_to_start_unless_insecure() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut c = config(dir.path().join("n"));
+        c.peers.insert(2, "127.0.0.1:1".parse().unwrap());
+        let err = Node::start(c.clone()).err().expect("refused");
+        assert!(matches!(err, StartError::NoPeerAuth), "{err}");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        c.insecure = true;
+        assert!(Node::start(c).is_ok());
     }
 
     #[test]

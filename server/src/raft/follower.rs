@@ -6,7 +6,7 @@ use poncho_protocol::{
 };
 
 use super::candidate::Campaign;
-use super::{AppendOutcome, Raft};
+use super::{Alert, AppendOutcome, Raft};
 
 impl Raft {
     /// A follower's message of its own term (vote requests are answered
@@ -36,6 +36,7 @@ impl Raft {
 
     fn handle_append_entries(&mut self, from: NodeId, m: AppendEntries) {
         self.follow(from);
+        let first_entry = m.entries.first().map(|e| e.term);
         let reply = match self
             .log
             .try_append(m.prev_log_index, m.prev_log_term, &m.entries)
@@ -51,6 +52,18 @@ impl Raft {
                     conflict_index: 0,
                     read_round: m.read_round,
                 }
+            }
+            // Not answered: a leader that asks this is broken, and a reply
+            // could only lead it further. The driver reports it.
+            AppendOutcome::WouldOverwriteCommitted { index, term } => {
+                self.alerts.push(Alert::OverwriteCommitted {
+                    leader: from,
+                    leader_term: m.term,
+                    index,
+                    term,
+                    their_term: first_entry.unwrap_or(0),
+                });
+                return;
             }
             AppendOutcome::Conflict {
                 conflict_term,

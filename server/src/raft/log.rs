@@ -36,6 +36,10 @@ pub enum AppendOutcome {
         conflict_term: u64,
         conflict_index: u64,
     },
+    /// The entries conflict with a committed one at `index` (of `term` here):
+    /// a leader that asks this breaks Raft's guarantees, so nothing was
+    /// changed. The log is as it was.
+    WouldOverwriteCommitted { index: u64, term: u64 },
 }
 
 impl RaftLog {
@@ -235,14 +239,14 @@ impl RaftLog {
             debug_assert_eq!(e.index, prev_index + 1 + i as u64);
             match self.term(e.index) {
                 Some(t) if t == e.term => continue,
-                Some(_) => {
-                    assert!(
-                        e.index > self.committed,
-                        "leader asked to overwrite committed entry {}",
-                        e.index
-                    );
-                    self.truncate_from(e.index);
+                // Nothing was changed yet: only matching entries came before.
+                Some(term) if e.index <= self.committed => {
+                    return AppendOutcome::WouldOverwriteCommitted {
+                        index: e.index,
+                        term,
+                    }
                 }
+                Some(_) => self.truncate_from(e.index),
                 None => {}
             }
             self.entries.extend_from_slice(&entries[i..]);

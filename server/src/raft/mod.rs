@@ -238,6 +238,44 @@ pub struct Ready {
     /// write, acknowledge (`snapshot_chunk_received`) and, once complete and
     /// verified, install (`restore_snapshot`).
     pub snapshot_chunks: Vec<(NodeId, InstallSnapshot)>,
+    /// What a peer asked that breaks Raft's guarantees, refused: for the
+    /// driver to report loudly. The core never stops for what a remote sent.
+    pub alerts: Vec<Alert>,
+}
+
+/// A request from a peer that would break Raft's guarantees, refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Alert {
+    /// `leader`, in `leader_term`, sent entries that conflict with the
+    /// committed entry at `index` (of `term` here; theirs start in
+    /// `their_term`). The log was not changed and the message not answered.
+    OverwriteCommitted {
+        leader: NodeId,
+        leader_term: u64,
+        index: u64,
+        term: u64,
+        their_term: u64,
+    },
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Alert::OverwriteCommitted {
+                leader,
+                leader_term,
+                index,
+                term,
+                their_term,
+            } => write!(
+                f,
+                "leader {leader} (term {leader_term}) asked to overwrite committed entry \
+                 {index} (term {term}) with one of term {their_term}; refused. Two leaders \
+                 disagree on committed history: a node may have lost its data directory and \
+                 voted twice"
+            ),
+        }
+    }
 }
 
 impl Ready {
@@ -262,6 +300,7 @@ impl Ready {
             && self.snapshots_to_send.is_empty()
             && self.snapshot_acks.is_empty()
             && self.snapshot_chunks.is_empty()
+            && self.alerts.is_empty()
     }
 }
 
@@ -354,6 +393,7 @@ pub struct Raft {
     snapshots_to_send: Vec<NodeId>,
     snapshot_acks: Vec<SnapshotAck>,
     snapshot_chunks: Vec<(NodeId, InstallSnapshot)>,
+    alerts: Vec<Alert>,
 
     outbox: Vec<Outbound>,
     outbox_after_persist: Vec<Outbound>,
@@ -415,6 +455,7 @@ impl Raft {
             snapshots_to_send: Vec::new(),
             snapshot_acks: Vec::new(),
             snapshot_chunks: Vec::new(),
+            alerts: Vec::new(),
             outbox: Vec::new(),
             outbox_after_persist: Vec::new(),
             reported_hard_state: hard_state,
@@ -629,6 +670,7 @@ impl Raft {
             || !self.snapshots_to_send.is_empty()
             || !self.snapshot_acks.is_empty()
             || !self.snapshot_chunks.is_empty()
+            || !self.alerts.is_empty()
             || self
                 .reads_confirmed
                 .front()
@@ -672,6 +714,7 @@ impl Raft {
             snapshots_to_send: std::mem::take(&mut self.snapshots_to_send),
             snapshot_acks: std::mem::take(&mut self.snapshot_acks),
             snapshot_chunks: std::mem::take(&mut self.snapshot_chunks),
+            alerts: std::mem::take(&mut self.alerts),
         };
         self.reported_hard_state = hard_state;
         self.reported_soft_state = Some(soft_state);
