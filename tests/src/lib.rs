@@ -16,6 +16,7 @@ use poncho_client::{in_session, ClusterClient, Route};
 use poncho_protocol::{decode_request, ClientRequest, GetRequest, Request};
 use serde_json::{json, Value};
 
+pub mod certs;
 pub mod faults;
 pub mod linearizability;
 pub mod proxy;
