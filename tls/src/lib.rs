@@ -15,6 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod stream;
+
 pub use rustls;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -22,6 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 pub use rustls_pki_types::ServerName;
+pub use stream::{MaybeTls, TLS_BUFFER_LIMIT};
 
 /// A PEM file larger than this is refused: certificates and keys are a few
 /// KiB, and a node must not read a huge file into memory by mistake.
@@ -270,7 +273,8 @@ pub fn explain(error: &rustls::Error) -> String {
         Error::InvalidCertificate(CertificateError::NotValidYet) => {
             " (the certificate is not valid yet: check the clocks)"
         }
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        | Error::InvalidCertificate(CertificateError::BadSignature) => {
             " (it is not signed by a trusted CA: check the CA file)"
         }
         Error::InvalidCertificate(CertificateError::NotValidForName)
@@ -286,12 +290,110 @@ pub fn explain(error: &rustls::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
         fs::write(&path, text).unwrap();
         path
+    }
+
+    /// A CA, and a leaf it signs for 127.0.0.1, as files in `dir`.
+    fn pki(dir: &Path, name: &str) -> TlsFiles {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let key = write(dir, &format!("{name}.key"), &leaf_key.serialize_pem());
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        TlsFiles {
+            cert: Some(write(dir, &format!("{name}.pem"), &leaf.pem())),
+            key: Some(key),
+            trusted_ca: Some(write(dir, &format!("{name}-ca.pem"), &ca.pem())),
+        }
+    }
+
+    /// A TLS server on a loopback port answering one line with "pong", or
+    /// reporting the error its read got.
+    fn serve_once(
+        config: Arc<ServerConfig>,
+    ) -> (
+        std::net::SocketAddr,
+        std::thread::JoinHandle<io::Result<String>>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (sock, _) = listener.accept()?;
+            let session = rustls::ServerConnection::new(config).unwrap();
+            let mut tls = MaybeTls::tls(session, sock);
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while !line.ends_with(b"\n") {
+                if tls.read(&mut byte)? == 0 {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            tls.write_all(b"pong\n")?;
+            tls.flush()?;
+            Ok(String::from_utf8_lossy(&line).into_owned())
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn lines_cross_a_tls_stream_and_plaintext_or_an_unknown_ca_fail_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pki(dir.path(), "node");
+        let (server, _) = server_config(&files, false, "clients").unwrap();
+        let (client, _) = client_config(&files, "test").unwrap();
+
+        let (addr, handle) = serve_once(server.clone());
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        let session =
+            rustls::ClientConnection::new(client, server_name("127.0.0.1").unwrap()).unwrap();
+        let mut tls = MaybeTls::tls(session, sock);
+        tls.write_all(b"ping\n").unwrap();
+        tls.flush().unwrap();
+        let mut reply = [0u8; 5];
+        tls.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"pong\n");
+        assert_eq!(handle.join().unwrap().unwrap(), "ping\n");
+
+        // A plaintext client: the server's read fails, saying why.
+        let (addr, handle) = serve_once(server.clone());
+        let mut plain = std::net::TcpStream::connect(addr).unwrap();
+        plain
+            .write_all(b"{\"msg_type\":\"HEALTHCHECK\"}\n")
+            .unwrap();
+        let e = handle.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("does not speak TLS"), "{e}");
+
+        // A client that trusts another CA refuses the server's certificate.
+        let other = pki(dir.path(), "other");
+        let (stranger, _) = client_config(&other, "test").unwrap();
+        let (addr, _handle) = serve_once(server);
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        let session =
+            rustls::ClientConnection::new(stranger, server_name("127.0.0.1").unwrap()).unwrap();
+        let mut tls = MaybeTls::tls(session, sock);
+        tls.write_all(b"ping\n").unwrap();
+        tls.flush().unwrap();
+        let e = tls.read(&mut reply).unwrap_err();
+        assert!(e.to_string().contains("not signed by a trusted CA"), "{e}");
+        assert!(tls.tls_error().is_some());
     }
 
     #[test]

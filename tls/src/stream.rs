@@ -1,0 +1,199 @@
+//! A byte stream that is plain TCP or TLS over it, for blocking and
+//! nonblocking sockets alike: [`MaybeTls`] reads and writes plaintext, and
+//! drives the TLS records (handshake included) underneath.
+//!
+//! With a nonblocking socket, `read` and `write` return `WouldBlock` as the
+//! socket does; a `write` takes plaintext into rustls's buffer (bounded by
+//! [`TLS_BUFFER_LIMIT`]) and sends what the socket takes, so after a
+//! writable event the owner calls [`MaybeTls::flush_records`] to send what
+//! rustls still holds. A TLS failure (a bad certificate, a plaintext peer)
+//! is an `io::Error` of kind `InvalidData` whose text is
+//! [`crate::explain`]'s; [`MaybeTls::tls_error`] keeps it typed.
+
+use std::io::{self, Read, Write};
+
+use rustls::Connection;
+
+/// Plaintext rustls buffers, sent or unsent, per connection, before `write`
+/// takes no more (it then returns what it took, or `WouldBlock`).
+pub const TLS_BUFFER_LIMIT: usize = 1 << 20;
+
+pub enum MaybeTls<S> {
+    Plain(S),
+    Tls {
+        conn: Box<Connection>,
+        sock: S,
+        /// The first TLS failure, kept: the connection is done after it.
+        failed: Option<rustls::Error>,
+    },
+}
+
+impl<S: Read + Write> MaybeTls<S> {
+    /// `sock` carrying TLS for `conn` (a fresh client or server session).
+    pub fn tls(conn: impl Into<Connection>, sock: S) -> MaybeTls<S> {
+        let mut conn: Connection = conn.into();
+        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        MaybeTls::Tls {
+            conn: Box::new(conn),
+            sock,
+            failed: None,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        match self {
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls { sock, .. } => sock,
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        match self {
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls { sock, .. } => sock,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTls::Tls { .. })
+    }
+
+    /// Whether the TLS handshake is still under way (never, for plain TCP).
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            MaybeTls::Plain(_) => false,
+            MaybeTls::Tls { conn, .. } => conn.is_handshaking(),
+        }
+    }
+
+    /// The TLS failure that ended this connection, if one did.
+    pub fn tls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            MaybeTls::Tls { failed, .. } => failed.as_ref(),
+            MaybeTls::Plain(_) => None,
+        }
+    }
+
+    /// The other end's certificate chain, once the handshake is done (TLS
+    /// with client certificates only).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        match self {
+            MaybeTls::Tls { conn, .. } => conn.peer_certificates(),
+            MaybeTls::Plain(_) => None,
+        }
+    }
+
+    /// Whether rustls holds records not yet written to the socket.
+    pub fn has_records_to_send(&self) -> bool {
+        match self {
+            MaybeTls::Plain(_) => false,
+            MaybeTls::Tls { conn, .. } => conn.wants_write(),
+        }
+    }
+
+    /// Writes the records rustls holds until done or the socket would block
+    /// (`Ok` either way; `WouldBlock` is not an error here).
+    pub fn flush_records(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(_) => Ok(()),
+            MaybeTls::Tls { conn, sock, .. } => write_records(conn, sock),
+        }
+    }
+
+    /// Sends a TLS close_notify (nothing for plain TCP); the records go out
+    /// with the next flush.
+    pub fn send_close_notify(&mut self) {
+        if let MaybeTls::Tls { conn, .. } = self {
+            conn.send_close_notify();
+        }
+    }
+}
+
+fn tls_failure(error: &rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, crate::explain(error))
+}
+
+impl<S: Read + Write> Read for MaybeTls<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            MaybeTls::Plain(s) => s.read(buf),
+            MaybeTls::Tls { conn, sock, failed } => read_plaintext(conn, sock, failed, buf),
+        }
+    }
+}
+
+/// Decrypted bytes into `buf`, reading and processing records as needed.
+fn read_plaintext<S: Read + Write>(
+    conn: &mut Connection,
+    sock: &mut S,
+    failed: &mut Option<rustls::Error>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    if let Some(e) = failed {
+        return Err(tls_failure(e));
+    }
+    loop {
+        // Plaintext already decrypted comes first.
+        match conn.reader().read(buf) {
+            Ok(n) => return Ok(n), // 0: the other end sent close_notify
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The socket closed without close_notify: report it as EOF,
+            // which is what the owner acts on.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if conn.read_tls(sock)? == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // Tell the other end why (an alert), as far as the socket
+            // takes it, then fail from now on.
+            let _ = conn.write_tls(sock);
+            let error = tls_failure(&e);
+            *failed = Some(e);
+            return Err(error);
+        }
+        // Handshake replies (or key updates) go out at once.
+        write_records(conn, sock)?;
+    }
+}
+
+/// Writes the records `conn` holds until done or the socket would block.
+fn write_records<S: Write>(conn: &mut Connection, sock: &mut S) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl<S: Read + Write> Write for MaybeTls<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (conn, sock) = match self {
+            MaybeTls::Plain(s) => return s.write(buf),
+            MaybeTls::Tls {
+                failed: Some(e), ..
+            } => return Err(tls_failure(e)),
+            MaybeTls::Tls { conn, sock, .. } => (conn, sock),
+        };
+        let taken = conn.writer().write(buf)?;
+        write_records(conn, sock)?;
+        if taken == 0 && !buf.is_empty() {
+            // rustls's buffer is full and the socket takes nothing now.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.flush(),
+            MaybeTls::Tls { .. } => self.flush_records(),
+        }
+    }
+}
