@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use poncho_protocol::{NodeId, MAX_LINE_BYTES};
 use poncho_server::log::Level;
-use poncho_server::node::{Node, NodeConfig};
+use poncho_server::node::{Node, NodeConfig, TlsSettings};
 use poncho_server::peer_auth::ClusterSecret;
 use poncho_server::{error, info};
 
@@ -118,6 +118,22 @@ struct Args {
     /// other.
     #[arg(long, value_name = "TOKEN", default_value = poncho_server::peer_auth::DEFAULT_CLUSTER_TOKEN)]
     initial_cluster_token: String,
+    /// This node's TLS certificate (PEM, with its chain): with --key-file,
+    /// the node's port speaks TLS only, to clients and peers alike, and the
+    /// node's connections to its peers speak TLS (etcd's flag names).
+    #[arg(long, value_name = "PATH")]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// The CA that signed the members' certificates (peers are checked
+    /// against it) and, with --client-cert-auth, the clients'.
+    #[arg(long, value_name = "PATH")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Every connection must present a certificate signed by
+    /// --trusted-ca-file.
+    #[arg(long)]
+    client_cert_auth: bool,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -250,6 +266,12 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
         cluster_secret,
         insecure: args.insecure,
         cluster_token: args.initial_cluster_token,
+        tls: TlsSettings {
+            cert_file: args.cert_file,
+            key_file: args.key_file,
+            trusted_ca_file: args.trusted_ca_file,
+            client_cert_auth: args.client_cert_auth,
+        },
     })
 }
 

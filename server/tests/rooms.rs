@@ -108,6 +108,10 @@ fn protocol_client_and_shell_depend_only_on_the_rooms_below_them() {
         internal_dependencies("shell"),
         ["poncho-protocol", "poncho-client"]
     );
-    // The server may use the protocol, never a client's crates.
-    assert_eq!(internal_dependencies("server"), ["poncho-protocol"]);
+    // The server may use the protocol and TLS, never a client's crates.
+    assert_eq!(
+        internal_dependencies("server"),
+        ["poncho-protocol", "poncho-tls"]
+    );
+    assert_eq!(internal_dependencies("tls"), Vec::<String>::new());
 }

@@ -9,11 +9,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use poncho_client::{in_session, ClusterClient, Route};
 use poncho_protocol::{decode_request, ClientRequest, GetRequest, Request};
+use poncho_tls::rustls::{ClientConfig, ClientConnection};
+use poncho_tls::MaybeTls;
 use serde_json::{json, Value};
 
 pub mod certs;
@@ -348,6 +351,8 @@ pub fn launch_all(nodes: &mut [NodeProc]) {
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     _dir: tempfile::TempDir,
+    /// What the harness's own connections speak: TLS with this, or plain.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl Cluster {
@@ -384,7 +389,11 @@ impl Cluster {
             .map(|(id, &addr)| NodeProc::new(id, addr, dir.path(), peers.clone(), &args))
             .collect();
         launch_all(&mut nodes);
-        Cluster { nodes, _dir: dir }
+        Cluster {
+            nodes,
+            _dir: dir,
+            tls: None,
+        }
     }
 
     fn node(&mut self, id: u64) -> &mut NodeProc {
@@ -447,7 +456,20 @@ impl Cluster {
 
     /// STATUS of a node, if it answers.
     pub fn status(&self, id: u64) -> Option<Value> {
-        NodeProc::status_over(Client::connect(self.addr(id)))
+        NodeProc::status_over(self.try_client(id))
+    }
+
+    /// From now on the harness's connections to the nodes (STATUS, clients)
+    /// speak TLS with `tls`: for a cluster started with `--cert-file`.
+    pub fn use_tls(&mut self, tls: Arc<ClientConfig>) {
+        self.tls = Some(tls);
+    }
+
+    fn try_client(&self, id: u64) -> std::io::Result<Client> {
+        match &self.tls {
+            None => Client::connect(self.addr(id)),
+            Some(tls) => Client::connect_tls(self.addr(id), tls.clone()),
+        }
     }
 
     /// The node claiming leadership in the highest term, and that term.
@@ -466,7 +488,7 @@ impl Cluster {
     }
 
     pub fn client(&self, id: u64) -> Client {
-        Client::connect(self.addr(id)).expect("connect to node")
+        self.try_client(id).expect("connect to node")
     }
 
     pub fn all_logs(&self) -> String {
@@ -487,49 +509,74 @@ impl Drop for Cluster {
     }
 }
 
-/// A blocking JSON Lines client with a read timeout.
+/// A blocking JSON Lines client with a read timeout, over plain TCP or TLS.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: BufReader<MaybeTls<TcpStream>>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_nodelay(true)?;
-        Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
+        Client::connect_with(addr, Duration::from_secs(2), Duration::from_secs(10), None)
     }
 
     /// Like [`connect`](Self::connect), with `timeout` for the connect and
     /// for each reply.
     pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> std::io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+        Client::connect_with(addr, timeout, timeout, None)
+    }
+
+    /// A connection speaking TLS with `tls` (server name: `addr`'s IP).
+    pub fn connect_tls(addr: SocketAddr, tls: Arc<ClientConfig>) -> std::io::Result<Client> {
+        Client::connect_with(
+            addr,
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+            Some(tls),
+        )
+    }
+
+    fn connect_with(
+        addr: SocketAddr,
+        connect: Duration,
+        reply: Duration,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, connect)?;
+        stream.set_read_timeout(Some(reply))?;
+        stream.set_write_timeout(Some(reply))?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => MaybeTls::Plain(stream),
+            Some(config) => {
+                let name = poncho_tls::ServerName::IpAddress(addr.ip().into());
+                let session = ClientConnection::new(config, name)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                MaybeTls::tls(session, stream)
+            }
+        };
         Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            stream: BufReader::new(stream),
         })
     }
 
     /// How long a read waits for a reply from now on.
     pub fn set_read_timeout(&mut self, timeout: Duration) {
-        // The reader and the writer share one socket, and its timeout.
-        let _ = self.writer.set_read_timeout(Some(timeout));
+        let _ = self
+            .stream
+            .get_ref()
+            .get_ref()
+            .set_read_timeout(Some(timeout));
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.writer.write_all(bytes)
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
     }
 
     pub fn read_reply(&mut self) -> std::io::Result<Value> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        if self.stream.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         serde_json::from_str(&line)

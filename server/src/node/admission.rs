@@ -23,6 +23,7 @@ use mio::Interest;
 use poncho_protocol::{encode_error, ErrorCode, ErrorReply};
 
 use super::conn::ConnRole;
+use super::tls::TLS_HANDSHAKE_TIMEOUT;
 use super::{fds, Node, NodeConfig};
 
 /// File descriptors kept for everything but connections: stdio, the poll,
@@ -82,6 +83,8 @@ enum Cut {
     NotAPeer,
     /// A line was begun and not finished in time.
     Partial,
+    /// A TLS handshake not done within `TLS_HANDSHAKE_TIMEOUT`.
+    TlsHandshake,
     /// A client sent nothing and had nothing pending for the idle timeout.
     Idle,
 }
@@ -258,6 +261,10 @@ impl Node {
             return self.refuse(stream, addr, &why);
         };
         let _ = stream.set_nodelay(true);
+        let stream = match self.tls.accepted(stream) {
+            Ok(s) => s,
+            Err(e) => return warn!("cannot start TLS with {addr}: {e}"),
+        };
         if let Some(key) = self.add_conn(stream, role, Interest::READABLE | Interest::WRITABLE) {
             debug!("connection {key} from {addr} ({role:?})");
         }
@@ -318,6 +325,22 @@ impl Node {
         false
     }
 
+    /// Closes an accepted connection whose TLS handshake took too long, and
+    /// says so (limited: a remote can cause it).
+    fn close_tls_laggard(&mut self, key: usize) {
+        let from = self
+            .conns
+            .get(key)
+            .and_then(|c| c.stream.get_ref().peer_addr().ok())
+            .map_or("?".into(), |a| a.ip().to_string());
+        let secs = TLS_HANDSHAKE_TIMEOUT.as_secs();
+        self.tls.log.warn(
+            &format!("{from} slow handshake"),
+            &format!("closed a connection from {from}: its TLS handshake took over {secs} s"),
+        );
+        self.close(key, "TLS handshake timed out");
+    }
+
     /// Replies `error` and closes the connection once it is written.
     fn cut(&mut self, key: usize, error: &ErrorReply, why: &str) {
         debug!("closing connection {key}: {why}");
@@ -342,6 +365,12 @@ impl Node {
         self.expire_handshakes(now);
         for (key, conn) in self.conns.iter() {
             if conn.close_after_flush || !conn.is_inbound() {
+                continue;
+            }
+            if conn.stream.is_handshaking()
+                && now.duration_since(conn.opened) >= TLS_HANDSHAKE_TIMEOUT
+            {
+                cuts.push((key, Cut::TlsHandshake));
                 continue;
             }
             if matches!(conn.role, ConnRole::Probation { until } if until <= now) {
@@ -378,6 +407,7 @@ impl Node {
                 // Nothing was asked: no answer is owed, and an unasked line
                 // could be taken for the reply to a request crossing it.
                 Cut::Idle => self.close(key, "idle timeout"),
+                Cut::TlsHandshake => self.close_tls_laggard(key),
             }
         }
     }

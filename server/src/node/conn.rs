@@ -10,6 +10,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use poncho_protocol::{LineBuffer, NodeId};
 
+use poncho_tls::MaybeTls;
+
 use crate::peer_auth::Nonce;
 use slab::Slab;
 
@@ -119,13 +121,13 @@ impl Conns {
     pub fn add(
         &mut self,
         registry: &Registry,
-        mut stream: TcpStream,
+        mut stream: MaybeTls<TcpStream>,
         role: ConnRole,
         interest: Interest,
     ) -> io::Result<usize> {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        registry.register(&mut stream, Token(key + FIRST_CONN), interest)?;
+        registry.register(stream.get_mut(), Token(key + FIRST_CONN), interest)?;
         self.next_generation += 1;
         entry.insert(Conn::new(
             stream,
@@ -140,7 +142,7 @@ impl Conns {
     /// Forgets a connection and takes it from the poll.
     pub fn remove(&mut self, registry: &Registry, key: usize) -> Option<Conn> {
         let mut conn = self.slab.try_remove(key)?;
-        let _ = registry.deregister(&mut conn.stream);
+        let _ = registry.deregister(conn.stream.get_mut());
         Some(conn)
     }
 
@@ -216,7 +218,10 @@ impl Conns {
 }
 
 pub struct Conn {
-    pub stream: TcpStream,
+    /// The socket, plain or carrying TLS (the node's `--cert-file`).
+    pub stream: MaybeTls<TcpStream>,
+    /// When the connection was accepted or opened.
+    pub opened: Instant,
     pub role: ConnRole,
     /// Distinguishes this connection from a later one reusing its slab key.
     pub generation: u64,
@@ -247,7 +252,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(
-        stream: TcpStream,
+        stream: MaybeTls<TcpStream>,
         role: ConnRole,
         generation: u64,
         max_line_bytes: usize,
@@ -255,6 +260,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             stream,
+            opened: now,
             role,
             generation,
             input: LineBuffer::new(max_line_bytes),
@@ -330,6 +336,11 @@ impl Conn {
         self.output.len() - self.written
     }
 
+    /// Whether anything is still to go out: our output, or TLS records.
+    pub fn has_unsent(&self) -> bool {
+        self.output_bytes() > 0 || self.stream.has_records_to_send()
+    }
+
     pub fn pending_replies(&self) -> usize {
         self.slots.len()
     }
@@ -355,6 +366,8 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        // TLS: records rustls still holds (the socket was full).
+        self.stream.flush_records()?;
         if self.written == self.output.len() {
             self.output.clear();
             self.written = 0;
@@ -391,7 +404,9 @@ impl Conn {
                 Ok(n) => {
                     self.input.extend(&chunk[..n]);
                     total += n;
-                    if short_read_drains && n < chunk.len() {
+                    // Under TLS a short read says only that one record was
+                    // decrypted: read on until the socket would block.
+                    if short_read_drains && !self.stream.is_tls() && n < chunk.len() {
                         return Ok(false);
                     }
                 }
@@ -414,7 +429,7 @@ mod tests {
         let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         stream.set_nonblocking(true).unwrap();
         let mut conn = Conn::new(
-            TcpStream::from_std(stream),
+            MaybeTls::Plain(TcpStream::from_std(stream)),
             ConnRole::Client,
             1,
             1024,

@@ -176,7 +176,7 @@ impl Node {
         let addr = self
             .conns
             .get(key)
-            .and_then(|c| c.stream.peer_addr().ok())
+            .and_then(|c| c.stream.get_ref().peer_addr().ok())
             .map_or("?".into(), |a| a.to_string());
         let (id, peer) = (self.config.id, hello.from);
         let named = self.peers.contains(peer).then_some(peer);

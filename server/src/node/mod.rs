@@ -27,6 +27,7 @@
 //! - `startup`: recovery, start-up and the start banner;
 //! - `admission`: which connections are taken, and for how long;
 //! - `conn`: one connection, and the table of them (`Conns`);
+//! - `tls`: TLS on the node's port and to peers (`Tls`);
 //! - `log_limiter`: log lines a remote can cause, limited.
 
 mod admission;
@@ -39,6 +40,7 @@ mod peers;
 mod ready;
 mod snapshots;
 mod startup;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +52,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use poncho_protocol::NodeId;
+use poncho_tls::MaybeTls;
 
 use self::admission::Admission;
 use self::clients::Clients;
@@ -59,6 +62,8 @@ use self::peers::Peers;
 use self::ready::AlertLog;
 use self::ready::Unpersisted;
 use self::snapshots::Snapshots;
+use self::tls::Tls;
+pub use self::tls::TlsSettings;
 use crate::datadir::DirLock;
 use crate::kv::KvStore;
 use crate::peer_auth::ClusterSecret;
@@ -120,6 +125,8 @@ pub struct NodeConfig {
     /// `--initial-cluster-token`: what a new data directory's cluster id is
     /// derived from (with the members and the secret).
     pub cluster_token: String,
+    /// TLS on the node's port (clients and peers), and to peers.
+    pub tls: TlsSettings,
 }
 
 impl NodeConfig {
@@ -177,6 +184,7 @@ pub struct Node {
     kv: KvStore,
     snapshots: Snapshots,
     trust: PeerTrust,
+    tls: Tls,
     /// The core's alerts (a peer asked what breaks Raft), logged limited.
     alerts: AlertLog,
     next_tick: Instant,
@@ -296,7 +304,12 @@ impl Node {
 
     // ------------------------------------------------------------ sockets
 
-    fn add_conn(&mut self, stream: TcpStream, role: ConnRole, interest: Interest) -> Option<usize> {
+    fn add_conn(
+        &mut self,
+        stream: MaybeTls<TcpStream>,
+        role: ConnRole,
+        interest: Interest,
+    ) -> Option<usize> {
         match self.conns.add(self.poll.registry(), stream, role, interest) {
             Ok(key) => {
                 self.admission.tally(role, true);
@@ -316,6 +329,14 @@ impl Node {
         self.admission.tally(conn.role, false);
         if let ConnRole::Outbound(peer, _) = conn.role {
             self.peers.link_closed(peer, key, why);
+        } else if conn.stream.tls_error().is_some() {
+            let from = conn
+                .stream
+                .get_ref()
+                .peer_addr()
+                .map_or("?".into(), |a| a.ip().to_string());
+            let line = format!("refused a TLS connection from {from}: {why}");
+            self.tls.log.warn(&format!("{from} {why}"), &line);
         } else {
             debug!("connection {key} closed: {why}");
         }
@@ -327,18 +348,18 @@ impl Node {
         };
         if conn.connecting {
             // A nonblocking connect finished, one way or the other.
-            match conn.stream.take_error() {
+            match conn.stream.get_ref().take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => return self.close(key, &e.to_string()),
             }
-            if let Err(e) = conn.stream.peer_addr() {
+            if let Err(e) = conn.stream.get_ref().peer_addr() {
                 if e.kind() == io::ErrorKind::NotConnected {
                     return; // spurious wake-up: still connecting
                 }
                 return self.close(key, &e.to_string());
             }
             conn.connecting = false;
-            let _ = conn.stream.set_nodelay(true);
+            let _ = conn.stream.get_ref().set_nodelay(true);
         }
         self.flush_and_resume(key);
     }
@@ -382,7 +403,7 @@ impl Node {
             if conn.peer_eof {
                 // Answer what was asked before the client hung up; reads and
                 // writes in flight are answered into a closed connection.
-                if conn.output_bytes() == 0 && conn.pending_replies() == 0 {
+                if !conn.has_unsent() && conn.pending_replies() == 0 {
                     return self.close(key, "closed by client");
                 }
                 self.conns.mark_dirty(key);
@@ -404,7 +425,7 @@ impl Node {
         if let Err(e) = conn.flush() {
             return self.close(key, &e.to_string());
         }
-        let drained = conn.output_bytes() == 0;
+        let drained = !conn.has_unsent();
         // Replies to requests before the oversized line still go out first.
         if drained && (conn.close_after_flush || conn.peer_eof) && conn.pending_replies() == 0 {
             return self.close(key, "done");

@@ -162,7 +162,10 @@ impl Node {
             .map(|(&id, p)| (id, p.addr))
             .collect();
         for (id, addr) in due {
-            let result = connect_from(self.config.host, addr).map(|stream| {
+            let stream = connect_from(self.config.host, addr)
+                .map_err(|e| e.to_string())
+                .and_then(|stream| self.tls.to_peer(stream, addr));
+            let result = stream.map(|stream| {
                 let key = self.add_conn(
                     stream,
                     ConnRole::Outbound(id, Link::Proven),

@@ -18,7 +18,10 @@ use super::conn::Conns;
 use super::handshake::PeerTrust;
 use super::peers::Peers;
 use super::snapshots::{self, Snapshots};
+use super::tls::Tls;
 use super::{Node, NodeConfig, LISTENER, SIGNALS};
+use poncho_tls::TlsError;
+
 use crate::datadir::{self, DirLock, LockError};
 use crate::kv::KvStore;
 use crate::peer_auth::{initial_cluster_id, recorded_cluster_id, ClusterIdError};
@@ -59,6 +62,8 @@ pub enum StartError {
     NoPeerAuth,
     /// The cluster id could not be read or recorded.
     ClusterId(ClusterIdError),
+    /// A TLS flag's file could not be used.
+    Tls(TlsError),
     /// Setting up the poll, the listener or the signals failed (`what`).
     Socket {
         what: String,
@@ -110,6 +115,7 @@ impl fmt::Display for StartError {
                  -hex 32 > FILE; chmod 600 FILE`), or accept the risk with --insecure"
             ),
             StartError::ClusterId(e) => write!(f, "{e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
             StartError::Socket { what, error } => write!(f, "{what}: {error}"),
         }
     }
@@ -145,6 +151,11 @@ impl Node {
         if !config.peers.is_empty() && config.cluster_secret.is_none() && !config.insecure {
             return Err(StartError::NoPeerAuth);
         }
+        let (tls, warnings) =
+            Tls::new(&config.tls, !config.peers.is_empty()).map_err(StartError::Tls)?;
+        for w in warnings {
+            warn!("{w}");
+        }
         let recovered = recover(&config)?;
         let raft = Raft::with_snapshot(
             raft_config(&config),
@@ -170,6 +181,7 @@ impl Node {
         config.port = local.port();
         Ok(Node {
             trust: PeerTrust::new(recovered.cluster_id, config.cluster_secret.clone()),
+            tls,
             alerts: Default::default(),
             next_tick: now + config.tick,
             conns: Conns::new(config.max_line_bytes),
@@ -416,6 +428,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::node::TlsSettings;
     use crate::snapshot::SnapshotMeta;
 
     fn config(data_dir: PathBuf) -> NodeConfig {
@@ -446,6 +459,7 @@ mod tests {
             cluster_secret: None,
             insecure: false,
             cluster_token: crate::peer_auth::DEFAULT_CLUSTER_TOKEN.into(),
+            tls: TlsSettings::default(),
         }
     }
 

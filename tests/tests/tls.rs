@@ -1,0 +1,234 @@
+//! TLS on the node's port (issue 12): a cluster whose nodes speak TLS to
+//! clients and to each other replicates; a plaintext client, a client that
+//! trusts another CA, an expired or wrong-name certificate, a missing client
+//! certificate under `--client-cert-auth`, and a stalled handshake are each
+//! refused, never left hanging, with a line in the node's log.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use poncho_tests::certs::{Leaf, TestCa};
+use poncho_tests::{Client, Cluster};
+use poncho_tls::rustls::ClientConfig;
+use poncho_tls::TlsFiles;
+use serde_json::{json, Value};
+
+const ELECTION: Duration = Duration::from_secs(10);
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: TestCa,
+    node: Leaf,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "cluster-ca");
+    let node = ca.leaf("node", &["127.0.0.1"]);
+    Pki {
+        _dir: dir,
+        ca,
+        node,
+    }
+}
+
+fn tls_flags(pki: &Pki, client_cert_auth: bool) -> Vec<String> {
+    let mut flags = vec![
+        "--cert-file".to_string(),
+        pki.node.cert.display().to_string(),
+        "--key-file".to_string(),
+        pki.node.key.display().to_string(),
+        "--trusted-ca-file".to_string(),
+        pki.ca.cert_file.display().to_string(),
+    ];
+    if client_cert_auth {
+        flags.push("--client-cert-auth".to_string());
+    }
+    flags
+}
+
+fn client_config(ca: &TestCa, identity: Option<&Leaf>) -> Arc<ClientConfig> {
+    let files = TlsFiles {
+        cert: identity.map(|l| l.cert.clone()),
+        key: identity.map(|l| l.key.clone()),
+        trusted_ca: Some(ca.cert_file.clone()),
+    };
+    poncho_tls::client_config(&files, "test").unwrap().0
+}
+
+fn start(pki: &Pki, client_cert_auth: bool, identity: Option<&Leaf>) -> (Cluster, u64) {
+    let flags = tls_flags(pki, client_cert_auth);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_with(3, &flags);
+    cluster.use_tls(client_config(&pki.ca, identity));
+    let leader = cluster.wait_for_leader(ELECTION);
+    (cluster, leader)
+}
+
+fn request(c: &mut Client, line: Value) -> Value {
+    c.request(&line).expect("a reply")
+}
+
+#[test]
+fn a_tls_cluster_replicates_and_a_plaintext_client_is_refused_with_a_log_line() {
+    let pki = pki();
+    let (cluster, leader) = start(&pki, false, None);
+    let mut c = cluster.client(leader);
+    let reply = request(
+        &mut c,
+        json!({"msg_type": "SET", "payload": {"key": "k", "value": "over tls"}}),
+    );
+    assert_eq!(reply["msg_type"], "SET", "{reply}");
+    // The peers replicated it over TLS: every node applies it.
+    for id in 1..=3 {
+        wait_until("the write on every node", ELECTION, || {
+            let mut c = cluster.client(id);
+            request(
+                &mut c,
+                json!({"msg_type": "GET", "payload": {"key": "k", "stale": true}}),
+            )["payload"]["value"]
+                == "over tls"
+        });
+    }
+
+    // A plaintext client gets no JSON, only TLS bytes or a close, at once.
+    let started = Instant::now();
+    let mut plain = TcpStream::connect(cluster.addr(leader)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"{\"msg_type\":\"HEALTHCHECK\"}\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(started.elapsed() < Duration::from_secs(4), "it hung");
+    assert!(
+        got.first().is_none_or(|&b| b == 0x15),
+        "a TLS alert or nothing, not a reply: {got:?}"
+    );
+    wait_until("the node logging the refusal", ELECTION, || {
+        cluster
+            .log(leader)
+            .contains("refused a TLS connection from 127.0.0.1")
+    });
+}
+
+/// What a client connection with `config` gets on `addr`: the error of its
+/// first exchange, if it fails.
+fn exchange_error(cluster: &Cluster, id: u64, config: Arc<ClientConfig>) -> Option<String> {
+    let started = Instant::now();
+    let result = Client::connect_tls(cluster.addr(id), config)
+        .and_then(|mut c| c.request(&json!({"msg_type": "HEALTHCHECK"})));
+    assert!(started.elapsed() < Duration::from_secs(5), "it hung");
+    result.err().map(|e| e.to_string())
+}
+
+#[test]
+fn unknown_ca_expired_and_wrong_name_certificates_and_missing_client_certs_are_refused() {
+    let pki = pki();
+    let (cluster, leader) = start(&pki, true, Some(&pki.node));
+    let good = pki.ca.leaf("alice", &["alice.example"]);
+    assert_eq!(
+        exchange_error(&cluster, leader, client_config(&pki.ca, Some(&good))),
+        None,
+        "control: a client with a certificate of the cluster's CA is served"
+    );
+
+    // The client trusts another CA: it refuses the node's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other = TestCa::new(dir.path(), "other-ca");
+    let e = exchange_error(&cluster, leader, client_config(&other, Some(&good))).unwrap();
+    assert!(e.contains("not signed by a trusted CA"), "{e}");
+
+    // No client certificate under --client-cert-auth: the node refuses.
+    let e = exchange_error(&cluster, leader, client_config(&pki.ca, None)).unwrap();
+    assert!(!e.is_empty());
+    // A client certificate from another CA: refused too.
+    let stranger = other.leaf("mallory", &["mallory.example"]);
+    assert!(exchange_error(&cluster, leader, client_config(&pki.ca, Some(&stranger))).is_some());
+    // An expired client certificate: refused.
+    let expired = pki.ca.expired_leaf("old", &["old.example"]);
+    assert!(exchange_error(&cluster, leader, client_config(&pki.ca, Some(&expired))).is_some());
+    wait_until("the node logging certificate refusals", ELECTION, || {
+        let log = cluster.log(leader);
+        log.contains("refused a TLS connection from 127.0.0.1")
+    });
+}
+
+#[test]
+fn a_node_with_an_expired_or_wrong_name_certificate_is_refused_by_clients() {
+    let pki = pki();
+    for (leaf, why) in [
+        (
+            pki.ca.expired_leaf("expired-node", &["127.0.0.1"]),
+            "expired",
+        ),
+        (pki.ca.leaf("elsewhere", &["127.0.0.9"]), "another name"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("n1");
+        let mut child = std::process::Command::new(poncho_tests::workspace_bin("poncho-server"))
+            .args(["--port", "0", "--data-dir"])
+            .arg(&data)
+            .arg("--cert-file")
+            .arg(&leaf.cert)
+            .arg("--key-file")
+            .arg(&leaf.key)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        std::io::BufRead::read_line(&mut out, &mut banner).unwrap();
+        let port: u16 = banner
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {banner:?}"));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let result = Client::connect_tls(addr, client_config(&pki.ca, None))
+            .and_then(|mut c| c.request(&json!({"msg_type": "HEALTHCHECK"})));
+        let _ = child.kill();
+        let _ = child.wait();
+        let e = result.expect_err(why).to_string();
+        assert!(e.contains(why), "{why}: {e}");
+    }
+}
+
+#[test]
+fn a_stalled_tls_handshake_is_closed_by_its_deadline() {
+    let pki = pki();
+    let (cluster, leader) = start(&pki, false, None);
+    let mut idle = TcpStream::connect(cluster.addr(leader)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected the node to close the connection: {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&waited),
+        "closed after {waited:?}"
+    );
+    assert!(cluster
+        .log(leader)
+        .contains("its TLS handshake took over 10 s"));
+}
