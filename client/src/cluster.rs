@@ -8,6 +8,12 @@
 //! was not applied this time; if no earlier attempt of it can have been
 //! applied either, it is sent again in a new session, and otherwise its
 //! outcome is unknown ([`ClientError::OutcomeUnknown`]).
+//!
+//! Over TLS ([`ClusterClient::with_tls`]), a node that TLS refuses (its
+//! certificate, or a port that does not speak what the client speaks) is
+//! not retried within the request: the others are tried, and if TLS refused
+//! every node, or the leader a redirect names, the request fails at once
+//! with [`ClientError::Tls`].
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -26,6 +32,7 @@ use crate::conn::{ConnError, Connection, Reply, SLICE};
 use crate::error::ClientError;
 use crate::leader::{retry_for, Retry, Route, Targets};
 use crate::session::{registered_id, Session};
+use crate::tls::Tls;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -38,6 +45,36 @@ pub struct ClusterClient {
     session: Session,
     req_id: u64,
     interrupt: Option<Arc<AtomicBool>>,
+    tls: Option<Tls>,
+}
+
+/// The nodes TLS refused during one request, with why: not tried again in it.
+#[derive(Default)]
+struct Refused(Vec<(String, String)>);
+
+impl Refused {
+    fn contains(&self, addr: &str) -> bool {
+        self.0.iter().any(|(a, _)| a == addr)
+    }
+
+    fn add(&mut self, addr: &str, why: String) {
+        if !self.contains(addr) {
+            self.0.push((addr.to_string(), why));
+        }
+    }
+
+    fn why(&self, addr: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, m)| m.as_str())
+    }
+
+    /// Every reason, one after another.
+    fn text(&self) -> String {
+        let reasons: Vec<&str> = self.0.iter().map(|(_, m)| m.as_str()).collect();
+        reasons.join("; ")
+    }
 }
 
 /// The state of one request's retries.
@@ -50,6 +87,7 @@ struct Attempts {
     /// Whether an attempt may have been applied: sent and never answered,
     /// or answered with an outcome-unknown error.
     uncertain: bool,
+    refused: Refused,
 }
 
 impl ClusterClient {
@@ -62,7 +100,19 @@ impl ClusterClient {
             session: Session::default(),
             req_id: 0,
             interrupt: None,
+            tls: None,
         }
+    }
+
+    /// The same client, connecting over TLS as `tls` says (`None`: plain TCP).
+    pub fn with_tls(mut self, tls: Option<Tls>) -> ClusterClient {
+        self.tls = tls;
+        self
+    }
+
+    /// How this client connects: its TLS, if any.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// Ctrl-C sets this flag; a request in progress then gives up.
@@ -170,23 +220,36 @@ impl ClusterClient {
                 self.conn = Some(conn);
                 Ok(())
             }
+            Err(ConnError::Tls(m)) => Err(ClientError::Tls(m)),
             Err(e) => Err(ClientError::Unreachable(format!("{addr}: {e}"))),
         }
     }
 
-    fn open(&self, addr: &str, deadline: Instant) -> io::Result<Connection> {
-        self.note(format!("connecting to {addr}"));
-        Connection::open(addr, deadline)
+    fn open(&self, addr: &str, deadline: Instant) -> Result<Connection, ConnError> {
+        match &self.tls {
+            Some(_) => self.note(format!("connecting to {addr} (TLS)")),
+            None => self.note(format!("connecting to {addr}")),
+        }
+        Connection::connect(addr, deadline, self.tls.as_ref())
     }
 
     /// Makes sure there is a connection: the preferred node, else each known
-    /// address once, in turn. Fails only if none accepted.
-    fn ensure_connected(&mut self, deadline: Instant) -> Result<(), String> {
+    /// address once, in turn, but none TLS refused (which this adds to
+    /// `refused`). Fails only if none accepted: with [`ClientError::Tls`]
+    /// if TLS refused every known node, else [`ClientError::Unreachable`].
+    fn ensure_connected(
+        &mut self,
+        deadline: Instant,
+        refused: &mut Refused,
+    ) -> Result<(), ClientError> {
         if self.conn.is_some() {
             return Ok(());
         }
         let mut errors = Vec::new();
         for addr in self.targets.order() {
+            if refused.contains(&addr) {
+                continue;
+            }
             if Instant::now() >= deadline {
                 break;
             }
@@ -195,16 +258,32 @@ impl ClusterClient {
                     self.conn = Some(conn);
                     return Ok(());
                 }
+                Err(ConnError::Tls(m)) => {
+                    self.note(&m);
+                    refused.add(&addr, m);
+                }
                 Err(e) => {
                     self.note(format!("{addr}: {e}"));
                     errors.push(format!("{addr}: {e}"));
                 }
             }
         }
+        if self.all_refused(refused) {
+            return Err(ClientError::Tls(refused.text()));
+        }
+        errors.extend(refused.0.iter().map(|(_, m)| m.clone()));
         if errors.is_empty() {
             errors.push("no address to try".into());
         }
-        Err(format!("no node answered ({})", errors.join("; ")))
+        Err(ClientError::Unreachable(format!(
+            "no node answered ({})",
+            errors.join("; ")
+        )))
+    }
+
+    /// Whether TLS refused every node this client knows.
+    fn all_refused(&self, refused: &Refused) -> bool {
+        !refused.0.is_empty() && self.targets.addrs().iter().all(|a| refused.contains(a))
     }
 
     /// Drops the connection and starts the next attempt at the next address.
@@ -266,6 +345,7 @@ impl ClusterClient {
             last: None,
             redirects: 0,
             uncertain: false,
+            refused: Refused::default(),
         };
         loop {
             if self.interrupted() {
@@ -274,8 +354,11 @@ impl ClusterClient {
             if Instant::now() >= a.deadline {
                 return Err(self.give_up(a.last));
             }
-            if let Err(e) = self.ensure_connected(a.deadline) {
-                a.last = Some(ClientError::Unreachable(e));
+            if let Err(e) = self.ensure_connected(a.deadline, &mut a.refused) {
+                if matches!(e, ClientError::Tls(_)) {
+                    return Err(e);
+                }
+                a.last = Some(e);
                 self.note(format!("retrying in {:?}", a.backoff));
                 self.back_off(&mut a)?;
                 continue;
@@ -312,6 +395,17 @@ impl ClusterClient {
             ConnError::Protocol(m) => {
                 self.disconnect();
                 Err(ClientError::Protocol(format!("{addr}: {m}")))
+            }
+            ConnError::Tls(m) => {
+                // Refused before the request was read: not applied.
+                self.note(&m);
+                a.refused.add(addr, m.clone());
+                self.rotate();
+                if self.all_refused(&a.refused) {
+                    return Err(ClientError::Tls(a.refused.text()));
+                }
+                a.last = Some(ClientError::Tls(m));
+                Ok(())
             }
             ConnError::Io { error, sent } => {
                 let what = if sent {
@@ -351,6 +445,12 @@ impl ClusterClient {
             )));
         }
         match retry_for(&error, route, addr) {
+            Retry::Redirect(leader) if a.refused.contains(&leader) => {
+                let why = a.refused.why(&leader).unwrap_or_default();
+                return Err(ClientError::Tls(format!(
+                    "{addr} says the leader is {leader}, and {why}"
+                )));
+            }
             Retry::Redirect(leader) => {
                 self.note(format!("NOT_LEADER: following the redirect to {leader}"));
                 self.disconnect();
@@ -450,7 +550,10 @@ impl ClusterClient {
     pub fn connect_quietly(&mut self) {
         let verbose = std::mem::replace(&mut self.verbose, false);
         let deadline = Instant::now() + self.timeout.min(Duration::from_secs(2));
-        if self.ensure_connected(deadline).is_ok() {
+        if self
+            .ensure_connected(deadline, &mut Refused::default())
+            .is_ok()
+        {
             if let Some(status) = self.quiet_status() {
                 if let Some(leader) = status.leader_addr.filter(|l| *l != status.addr) {
                     if let Ok(conn) = self.open(&leader, deadline) {

@@ -1,6 +1,8 @@
-//! One blocking TCP connection to one node: a request line out, its reply
-//! line back, with reads bounded in size ([`MAX_REPLY_BYTES`]) and in time (a
-//! deadline, checked every [`SLICE`], and an optional Ctrl-C flag).
+//! One blocking TCP connection to one node, plain or TLS: a request line
+//! out, its reply line back, with reads bounded in size ([`MAX_REPLY_BYTES`])
+//! and in time (a deadline, checked every [`SLICE`], and an optional Ctrl-C
+//! flag). A TLS handshake is bounded by the connect deadline too, and at
+//! most [`HANDSHAKE_TIMEOUT`] per address.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -9,12 +11,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use poncho_protocol::{LineBuffer, ReplyEnvelope};
+use poncho_tls::MaybeTls;
+
+use crate::tls::{self, Tls};
 
 /// Replies can be long (10,000 keys of 1 KiB, escaped); anything past this
 /// is not a reply from a poncho node.
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
 /// How long one blocking read or sleep may last before we look at Ctrl-C.
 pub const SLICE: Duration = Duration::from_millis(50);
+/// The longest a TLS handshake with one address may take (within the
+/// caller's deadline): a node that accepts but does not answer a
+/// ClientHello (a plaintext port) must not hold a client until its deadline.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What one connection attempt to one address may take at most (and at
+/// least, so that a deadline about to pass still gets a real try).
+const CONNECT_MIN: Duration = Duration::from_millis(10);
+const CONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// A reply and the node that sent it.
 #[derive(Debug)]
@@ -35,6 +48,10 @@ pub enum ConnError {
     Protocol(String),
     /// The interrupt flag was set while waiting.
     Interrupted,
+    /// TLS refused this connection (a certificate the client does not
+    /// trust, or one it lacks; a plaintext node on a TLS connection or the
+    /// reverse): trying this address again will not help.
+    Tls(String),
 }
 
 impl fmt::Display for ConnError {
@@ -43,6 +60,7 @@ impl fmt::Display for ConnError {
             ConnError::Io { error, .. } => write!(f, "{error}"),
             ConnError::Protocol(m) => f.write_str(m),
             ConnError::Interrupted => f.write_str("interrupted"),
+            ConnError::Tls(m) => f.write_str(m),
         }
     }
 }
@@ -55,39 +73,115 @@ fn after_send(error: io::Error) -> ConnError {
     ConnError::Io { error, sent: true }
 }
 
-#[derive(Debug)]
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: MaybeTls<TcpStream>,
     buf: LineBuffer,
+    /// Whether any byte came from the node yet (the first ones tell a TLS
+    /// port from a poncho one).
+    heard: bool,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.addr)
+            .field("tls", &self.stream.is_tls())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TCP connection to `addr` (each of its socket addresses in turn, each
+/// given what is left until `deadline`, between 10 ms and 1 s).
+fn connect_tcp(addr: &str, deadline: Instant) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for sock in addr.to_socket_addrs()? {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(CONNECT_MIN, CONNECT_MAX);
+        match TcpStream::connect_timeout(&sock, left) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl Connection {
-    /// Connects to `addr` (each of its socket addresses in turn, each given
-    /// what is left until `deadline`, between 10 ms and 1 s).
+    /// A plaintext connection to `addr`, as [`Connection::connect`] without
+    /// TLS.
     pub fn open(addr: &str, deadline: Instant) -> io::Result<Connection> {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for sock in addr.to_socket_addrs()? {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(10), Duration::from_secs(1));
-            match TcpStream::connect_timeout(&sock, left) {
-                Ok(stream) => return Connection::from_stream(stream, addr),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        Connection::from_stream(connect_tcp(addr, deadline)?, addr)
+    }
+
+    /// Connects to `addr`, over TLS if `tls` is given: the handshake is done
+    /// before this returns, by `deadline` and within [`HANDSHAKE_TIMEOUT`].
+    /// A certificate or protocol failure is [`ConnError::Tls`].
+    pub fn connect(
+        addr: &str,
+        deadline: Instant,
+        tls: Option<&Tls>,
+    ) -> Result<Connection, ConnError> {
+        let stream = connect_tcp(addr, deadline).map_err(unsent)?;
+        let Some(tls) = tls else {
+            return Connection::from_stream(stream, addr).map_err(unsent);
+        };
+        let session = tls.session(addr).map_err(ConnError::Tls)?;
+        let mut conn = Connection::over(MaybeTls::tls(session, stream), addr).map_err(unsent)?;
+        conn.handshake(deadline.min(Instant::now() + HANDSHAKE_TIMEOUT))?;
+        Ok(conn)
     }
 
     /// A connection on a stream the caller opened (to `addr`).
     pub fn from_stream(stream: TcpStream, addr: &str) -> io::Result<Connection> {
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(SLICE))?;
+        Connection::over(MaybeTls::Plain(stream), addr)
+    }
+
+    fn over(stream: MaybeTls<TcpStream>, addr: &str) -> io::Result<Connection> {
+        stream.get_ref().set_nodelay(true)?;
+        stream.get_ref().set_read_timeout(Some(SLICE))?;
         Ok(Connection {
             addr: addr.to_string(),
             stream,
             buf: LineBuffer::new(MAX_REPLY_BYTES),
+            heard: false,
         })
+    }
+
+    /// Drives the TLS handshake until it is done or `until` passes.
+    fn handshake(&mut self, until: Instant) -> Result<(), ConnError> {
+        loop {
+            match self.stream.handshake_step() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if is_wait(&e) => {}
+                Err(e) => return Err(self.io_failure(e, false)),
+            }
+            if Instant::now() >= until {
+                return Err(unsent(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no TLS handshake from {} within {:?}: is it a TLS port (or is the \
+                         node too busy)?",
+                        self.addr,
+                        HANDSHAKE_TIMEOUT.min(until.saturating_duration_since(Instant::now()))
+                    ),
+                )));
+            }
+        }
+    }
+
+    /// `error` from the stream, as a TLS refusal if TLS failed.
+    fn io_failure(&self, error: io::Error, sent: bool) -> ConnError {
+        match self.stream.tls_error() {
+            Some(e) => ConnError::Tls(tls::failure(&self.addr, e)),
+            None => ConnError::Io { error, sent },
+        }
+    }
+
+    /// Whether this connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// The address this connection was opened to, as given.
@@ -97,7 +191,20 @@ impl Connection {
 
     /// The socket, for a caller that drives it on its own from now on (the
     /// bench, nonblocking). Fails if bytes of a reply are still buffered.
+    /// A TLS connection fails: see [`Connection::into_inner`].
     pub fn into_stream(self) -> Result<TcpStream, ConnError> {
+        match self.into_inner()? {
+            MaybeTls::Plain(stream) => Ok(stream),
+            MaybeTls::Tls { .. } => Err(ConnError::Protocol(
+                "a TLS connection is not a plain socket".into(),
+            )),
+        }
+    }
+
+    /// The stream, plain or TLS (its session kept), for a caller that
+    /// drives it on its own from now on. Fails if bytes of a reply are
+    /// still buffered.
+    pub fn into_inner(self) -> Result<MaybeTls<TcpStream>, ConnError> {
         match self.buf.pending_bytes() {
             0 => Ok(self.stream),
             n => Err(ConnError::Protocol(format!(
@@ -111,9 +218,22 @@ impl Connection {
     pub fn send(&mut self, line: &[u8], deadline: Instant) -> Result<(), ConnError> {
         let left = deadline
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(10));
-        self.stream.set_write_timeout(Some(left)).map_err(unsent)?;
-        self.stream.write_all(line).map_err(unsent)
+            .max(CONNECT_MIN);
+        let sock = self.stream.get_ref();
+        sock.set_write_timeout(Some(left)).map_err(unsent)?;
+        if let Err(e) = self.stream.write_all(line) {
+            return Err(self.io_failure(e, false));
+        }
+        // TLS: records rustls still holds when the socket timed out.
+        while self.stream.has_records_to_send() {
+            if Instant::now() >= deadline {
+                return Err(unsent(io::ErrorKind::TimedOut.into()));
+            }
+            if let Err(e) = self.stream.flush_records() {
+                return Err(self.io_failure(e, false));
+            }
+        }
+        Ok(())
     }
 
     /// One line out, the reply with the same `req_id` back (replies to
@@ -196,16 +316,24 @@ impl Connection {
                         "the node closed the connection",
                     )))
                 }
-                Ok(n) => self.buf.extend(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(after_send(e)),
+                Ok(n) => {
+                    if !self.heard && !self.stream.is_tls() && tls::looks_like_tls(&chunk[..n]) {
+                        return Err(ConnError::Tls(tls::speaks_tls(&self.addr)));
+                    }
+                    self.heard = true;
+                    self.buf.extend(&chunk[..n]);
+                }
+                Err(e) if is_wait(&e) => {}
+                Err(e) => return Err(self.io_failure(e, true)),
             }
         }
     }
+}
+
+/// A read or write that found nothing to do before its timeout.
+fn is_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }

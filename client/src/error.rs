@@ -20,6 +20,10 @@ pub enum ClientError {
     OutcomeUnknown(String),
     /// A reply that is not the protocol.
     Protocol(String),
+    /// TLS refused the connection to every node that could be reached (an
+    /// untrusted, expired or wrong-name certificate; a TLS port reached in
+    /// plaintext, or the reverse). Final: retrying will not help.
+    Tls(String),
     /// Ctrl-C while waiting.
     Interrupted,
 }
@@ -33,6 +37,7 @@ impl ClientError {
             ClientError::NoReply(_) => "TIMEOUT".into(),
             ClientError::OutcomeUnknown(_) => "OUTCOME_UNKNOWN".into(),
             ClientError::Protocol(_) => "PROTOCOL".into(),
+            ClientError::Tls(_) => "TLS".into(),
             ClientError::Interrupted => "INTERRUPTED".into(),
         }
     }
@@ -43,7 +48,8 @@ impl ClientError {
             ClientError::Unreachable(m)
             | ClientError::NoReply(m)
             | ClientError::OutcomeUnknown(m)
-            | ClientError::Protocol(m) => m.clone(),
+            | ClientError::Protocol(m)
+            | ClientError::Tls(m) => m.clone(),
             ClientError::Interrupted => "cancelled (Ctrl-C)".into(),
         }
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use poncho_protocol::{ErrorCode, ErrorReply};
 
-use crate::status::status_of;
+use crate::status::status_with;
+use crate::tls::Tls;
 
 /// Where a request may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +123,13 @@ impl Targets {
 /// first node that answers and either leads (its address as given) or
 /// names a leader. `None` if none does.
 pub fn find_leader(addrs: &[String], timeout: Duration) -> Option<String> {
+    find_leader_with(addrs, timeout, None)
+}
+
+/// [`find_leader`], over TLS if `tls` is given.
+pub fn find_leader_with(addrs: &[String], timeout: Duration, tls: Option<&Tls>) -> Option<String> {
     addrs.iter().find_map(|addr| {
-        let status = status_of(addr, timeout).0.ok()?;
+        let status = status_with(addr, timeout, tls).0.ok()?;
         if status.role == "leader" {
             Some(addr.clone())
         } else {

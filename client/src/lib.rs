@@ -2,7 +2,9 @@
 //! shell, the bench and the end-to-end tests so that leader following
 //! exists once.
 //!
-//! - [`conn`]: one TCP connection, line framing, bounded reads.
+//! - [`conn`]: one TCP connection, plain or TLS, line framing, bounded reads.
+//! - [`tls`]: [`Tls`], what a client trusts and presents (etcdctl's
+//!   `--cacert`, `--cert`, `--key`), and the client's TLS error texts.
 //! - [`leader`]: which node to try, and what an `ERROR` reply asks of a retry.
 //! - [`session`]: `REGISTER_CLIENT` and the `client_id`/`seq` of writes.
 //! - [`cluster`]: [`ClusterClient`], which puts them together: redirects,
@@ -11,7 +13,8 @@
 //!   outcome.
 //! - [`status`]: STATUS of one node on a connection of its own.
 //!
-//! It speaks only the protocol (`poncho-protocol`).
+//! It speaks only the protocol (`poncho-protocol`), over TCP or TLS
+//! (`poncho-tls`).
 
 pub mod cluster;
 pub mod conn;
@@ -19,10 +22,13 @@ pub mod error;
 pub mod leader;
 pub mod session;
 pub mod status;
+pub mod tls;
 
 pub use cluster::ClusterClient;
-pub use conn::{ConnError, Connection, Reply, MAX_REPLY_BYTES};
+pub use conn::{ConnError, Connection, Reply, HANDSHAKE_TIMEOUT, MAX_REPLY_BYTES};
 pub use error::ClientError;
-pub use leader::{find_leader, retry_for, Retry, Route, Targets};
+pub use leader::{find_leader, find_leader_with, retry_for, Retry, Route, Targets};
+pub use poncho_tls::{MaybeTls, TlsError, TlsFiles};
 pub use session::{in_session, register, registered_id, Session};
-pub use status::status_of;
+pub use status::{status_of, status_with};
+pub use tls::Tls;

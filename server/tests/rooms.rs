@@ -103,7 +103,10 @@ fn internal_dependencies(krate: &str) -> Vec<String> {
 #[test]
 fn protocol_client_and_shell_depend_only_on_the_rooms_below_them() {
     assert_eq!(internal_dependencies("protocol"), Vec::<String>::new());
-    assert_eq!(internal_dependencies("client"), ["poncho-protocol"]);
+    assert_eq!(
+        internal_dependencies("client"),
+        ["poncho-protocol", "poncho-tls"]
+    );
     assert_eq!(
         internal_dependencies("shell"),
         ["poncho-protocol", "poncho-client"]

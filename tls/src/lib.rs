@@ -269,8 +269,12 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 pub fn explain(error: &rustls::Error) -> String {
     use rustls::{CertificateError, Error};
     let hint = match error {
-        Error::InvalidCertificate(CertificateError::Expired) => " (the certificate has expired)",
-        Error::InvalidCertificate(CertificateError::NotValidYet) => {
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            " (the certificate has expired)"
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet)
+        | Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
             " (the certificate is not valid yet: check the clocks)"
         }
         Error::InvalidCertificate(CertificateError::UnknownIssuer)

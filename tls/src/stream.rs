@@ -100,6 +100,47 @@ impl<S: Read + Write> MaybeTls<S> {
         }
     }
 
+    /// One step of the TLS handshake on a blocking socket (with a read
+    /// timeout) or a nonblocking one: sends what rustls holds, then reads
+    /// and processes what the socket has. `Ok(true)` once the handshake is
+    /// done (at once for plain TCP); an error of kind `WouldBlock` or
+    /// `TimedOut` when the socket had nothing (the caller checks its
+    /// deadline and steps again); `UnexpectedEof` if the other end closed;
+    /// a TLS failure as `read` reports it (kept in [`MaybeTls::tls_error`]).
+    pub fn handshake_step(&mut self) -> io::Result<bool> {
+        let MaybeTls::Tls { conn, sock, failed } = self else {
+            return Ok(true);
+        };
+        if let Some(e) = failed {
+            return Err(tls_failure(e));
+        }
+        write_records(conn, sock)?;
+        if !conn.is_handshaking() {
+            return Ok(true);
+        }
+        if conn.read_tls(sock)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the other end closed the connection during the TLS handshake",
+            ));
+        }
+        process_records(conn, sock, failed)?;
+        Ok(!conn.is_handshaking())
+    }
+
+    /// The same stream over another type of socket (a blocking std socket
+    /// handed to a poll loop as a nonblocking one, say), TLS state kept.
+    pub fn map_socket<T>(self, f: impl FnOnce(S) -> T) -> MaybeTls<T> {
+        match self {
+            MaybeTls::Plain(s) => MaybeTls::Plain(f(s)),
+            MaybeTls::Tls { conn, sock, failed } => MaybeTls::Tls {
+                conn,
+                sock: f(sock),
+                failed,
+            },
+        }
+    }
+
     /// Sends a TLS close_notify (nothing for plain TCP); the records go out
     /// with the next flush.
     pub fn send_close_notify(&mut self) {
@@ -145,17 +186,26 @@ fn read_plaintext<S: Read + Write>(
         if conn.read_tls(sock)? == 0 {
             return Ok(0);
         }
-        if let Err(e) = conn.process_new_packets() {
-            // Tell the other end why (an alert), as far as the socket
-            // takes it, then fail from now on.
-            let _ = conn.write_tls(sock);
-            let error = tls_failure(&e);
-            *failed = Some(e);
-            return Err(error);
-        }
-        // Handshake replies (or key updates) go out at once.
-        write_records(conn, sock)?;
+        process_records(conn, sock, failed)?;
     }
+}
+
+/// Processes the records read; a failure is kept in `failed`. Replies
+/// (handshake messages, key updates) go out at once.
+fn process_records<S: Read + Write>(
+    conn: &mut Connection,
+    sock: &mut S,
+    failed: &mut Option<rustls::Error>,
+) -> io::Result<()> {
+    if let Err(e) = conn.process_new_packets() {
+        // Tell the other end why (an alert), as far as the socket takes
+        // it, then fail from now on.
+        let _ = conn.write_tls(sock);
+        let error = tls_failure(&e);
+        *failed = Some(e);
+        return Err(error);
+    }
+    write_records(conn, sock)
 }
 
 /// Writes the records `conn` holds until done or the socket would block.
