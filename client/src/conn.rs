@@ -128,7 +128,10 @@ impl Connection {
         };
         let session = tls.session(addr).map_err(ConnError::Tls)?;
         let mut conn = Connection::over(MaybeTls::tls(session, stream), addr).map_err(unsent)?;
-        conn.handshake(deadline.min(Instant::now() + HANDSHAKE_TIMEOUT))?;
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .min(HANDSHAKE_TIMEOUT);
+        conn.handshake(budget)?;
         Ok(conn)
     }
 
@@ -148,8 +151,9 @@ impl Connection {
         })
     }
 
-    /// Drives the TLS handshake until it is done or `until` passes.
-    fn handshake(&mut self, until: Instant) -> Result<(), ConnError> {
+    /// Drives the TLS handshake until it is done or `budget` has passed.
+    fn handshake(&mut self, budget: Duration) -> Result<(), ConnError> {
+        let until = Instant::now() + budget;
         loop {
             match self.stream.handshake_step() {
                 Ok(true) => return Ok(()),
@@ -161,10 +165,10 @@ impl Connection {
                 return Err(unsent(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "no TLS handshake from {} within {:?}: is it a TLS port (or is the \
-                         node too busy)?",
+                        "no TLS handshake from {} within {:.1} s: is it a TLS port (or is \
+                         the node too busy)?",
                         self.addr,
-                        HANDSHAKE_TIMEOUT.min(until.saturating_duration_since(Instant::now()))
+                        budget.as_secs_f64()
                     ),
                 )));
             }

@@ -4,103 +4,18 @@
 
 #[path = "../../tests/src/certs.rs"]
 mod certs;
+#[path = "support/tls_node.rs"]
+mod tls_node;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use certs::{Leaf, TestCa};
 use poncho_client::tls::Tls;
-use poncho_client::{ClientError, ClusterClient, ConnError, Connection, MaybeTls, Route, TlsFiles};
+use poncho_client::{ClientError, ClusterClient, ConnError, Connection, Route, TlsFiles};
 use poncho_protocol::ClientRequest;
-use poncho_tls::rustls::{ServerConfig, ServerConnection};
-
-/// A node on a loopback port: how many connections it accepted.
-struct Node {
-    addr: String,
-    accepted: Arc<AtomicUsize>,
-}
-
-/// How a test node treats each connection.
-#[derive(Clone)]
-enum Speaks {
-    /// TLS with this configuration, then JSON lines.
-    Tls(Arc<ServerConfig>),
-    /// Plaintext: BAD_REQUEST to whatever comes.
-    Plain,
-    /// Accepts and never says a thing.
-    Nothing,
-}
-
-/// Serves connections on a thread each until the test process ends.
-fn node(speaks: Speaks) -> Node {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        for sock in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let speaks = speaks.clone();
-            std::thread::spawn(move || serve(speaks, sock));
-        }
-    });
-    Node { addr, accepted }
-}
-
-fn serve(speaks: Speaks, sock: TcpStream) {
-    match speaks {
-        Speaks::Tls(config) => {
-            let session = ServerConnection::new(config).unwrap();
-            answer_lines(MaybeTls::tls(session, sock));
-        }
-        Speaks::Plain => answer_plainly(sock),
-        Speaks::Nothing => {
-            let mut sock = sock;
-            let _ = sock.read_to_end(&mut Vec::new());
-        }
-    }
-}
-
-/// Answers each line: HEALTHCHECK as a node would, anything else with
-/// BAD_REQUEST.
-fn answer_lines(stream: MaybeTls<TcpStream>) {
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-        let request: Option<serde_json::Value> = serde_json::from_slice(&line).ok();
-        line.clear();
-        let reply = match request {
-            Some(r) if r["msg_type"] == "HEALTHCHECK" => serde_json::json!({
-                "msg_type": "HEALTHCHECK", "req_id": r["req_id"], "payload": {"status": "ok"}
-            })
-            .to_string(),
-            _ => BAD_REQUEST.to_string(),
-        };
-        let out = reader.get_mut();
-        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
-            return;
-        }
-    }
-}
-
-const BAD_REQUEST: &str =
-    r#"{"msg_type":"ERROR","payload":{"code":"BAD_REQUEST","message":"not a JSON object"}}"#;
-
-/// A plaintext poncho node answers a line it cannot parse with
-/// BAD_REQUEST; this one answers whatever bytes it gets at once (a
-/// ClientHello holds a newline only by chance).
-fn answer_plainly(mut sock: TcpStream) {
-    let mut chunk = [0u8; 4096];
-    while matches!(sock.read(&mut chunk), Ok(n) if n > 0) {
-        if writeln!(sock, "{BAD_REQUEST}").is_err() {
-            return;
-        }
-    }
-}
+use tls_node::{node, Node, Speaks};
 
 /// A CA and its files in a temporary directory.
 struct Pki {
@@ -115,13 +30,7 @@ fn pki(name: &str) -> Pki {
 }
 
 fn server(leaf: &Leaf, client_ca: Option<&Path>) -> Speaks {
-    let files = TlsFiles {
-        cert: Some(leaf.cert.clone()),
-        key: Some(leaf.key.clone()),
-        trusted_ca: client_ca.map(Path::to_path_buf),
-    };
-    let (config, _) = poncho_tls::server_config(&files, client_ca.is_some(), "test").unwrap();
-    Speaks::Tls(config)
+    tls_node::tls_server(&leaf.cert, &leaf.key, client_ca)
 }
 
 fn client_tls(ca: &Path, leaf: Option<&Leaf>) -> Tls {
@@ -164,7 +73,7 @@ fn requests_cross_tls_with_and_without_a_client_certificate() {
     let n = node(server(&leaf, None));
     let tls = client_tls(&p.ca.cert_file, None);
     let reply = healthcheck(&[&n.addr], Some(tls.clone()), TIMEOUT).unwrap();
-    assert_eq!(reply.envelope.payload["status"], "ok");
+    assert_eq!(reply.envelope.payload, "ok");
     assert_eq!(reply.addr, n.addr);
     let (status, _) = poncho_client::status_with(&n.addr, TIMEOUT, Some(&tls));
     // STATUS crossed TLS too: this node answers it with BAD_REQUEST.
@@ -176,7 +85,7 @@ fn requests_cross_tls_with_and_without_a_client_certificate() {
     let me = p.ca.leaf("me", &[]);
     let tls = client_tls(&p.ca.cert_file, Some(&me));
     let reply = healthcheck(&[&n.addr], Some(tls), TIMEOUT).unwrap();
-    assert_eq!(reply.envelope.payload["status"], "ok");
+    assert_eq!(reply.envelope.payload, "ok");
     let n = node(server(&leaf, Some(&p.ca.cert_file)));
     let t = Instant::now();
     let anonymous = client_tls(&p.ca.cert_file, None);
@@ -218,7 +127,9 @@ fn a_tls_client_on_a_silent_port_gives_up_at_its_deadline() {
         panic!("{err}");
     };
     assert!(
-        error.to_string().contains("no TLS handshake from"),
+        error
+            .to_string()
+            .contains(&format!("no TLS handshake from {} within 0.4 s", n.addr)),
         "{error}"
     );
     // The whole request gives up at its deadline too.
