@@ -16,13 +16,14 @@ mod line;
 mod repl;
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{Map, Value};
 
-use crate::client::ClusterClient;
+use crate::client::{ClusterClient, Tls, TlsFiles};
 use crate::commands::Command;
 use crate::exec::{Done, Failure};
 use crate::line::Token;
@@ -46,6 +47,18 @@ struct Args {
     /// before it fails: e.g. 5s, 500ms, 2.5 (seconds).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Speak TLS, trusting the nodes' certificates this CA signed (PEM)
+    /// [env: PONCHO_CACERT]
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// With --key: the client certificate (PEM) for nodes that check client
+    /// certificates [env: PONCHO_CERT]
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; keep it `chmod 600`)
+    /// [env: PONCHO_KEY]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Print the JSON sent (->) and received (<-) on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -278,16 +291,38 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
     status
 }
 
+/// An environment variable's value, unless unset or blank.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.trim().is_empty())
+}
+
+/// The TLS the flags (else `$PONCHO_CACERT`, `$PONCHO_CERT`, `$PONCHO_KEY`)
+/// ask for: `None` for plain TCP. A key file others may read is warned
+/// about on stderr; the error names the file and what is wrong with it.
+fn tls_from(args: &Args, env: impl Fn(&str) -> Option<String>) -> Result<Option<Tls>, String> {
+    let path =
+        |flag: &Option<PathBuf>, var: &str| flag.clone().or_else(|| env(var).map(PathBuf::from));
+    let files = TlsFiles {
+        trusted_ca: path(&args.cacert, "PONCHO_CACERT"),
+        cert: path(&args.cert, "PONCHO_CERT"),
+        key: path(&args.key, "PONCHO_KEY"),
+    };
+    if files == TlsFiles::default() {
+        return Ok(None);
+    }
+    let (tls, warning) = Tls::from_files(&files).map_err(|e| e.to_string())?;
+    if let Some(w) = warning {
+        eprintln!("poncho-shell: warning: {w}");
+    }
+    Ok(Some(tls))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let spec = args
         .cluster
         .clone()
-        .or_else(|| {
-            std::env::var("PONCHO_CLUSTER")
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-        })
+        .or_else(|| env("PONCHO_CLUSTER"))
         .unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
     let addrs = match parse_cluster(&spec) {
         Ok(a) => a,
@@ -301,7 +336,14 @@ fn main() -> ExitCode {
     } else {
         Output::Text
     };
-    let mut client = ClusterClient::new(addrs, args.timeout, args.verbose);
+    let tls = match tls_from(&args, env) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("poncho-shell: TLS: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client = ClusterClient::new(addrs, args.timeout, args.verbose).with_tls(tls);
     let code = if !args.command.is_empty() {
         run_one(&mut client, &args.command, output)
     } else if std::io::stdin().is_terminal() {
@@ -342,5 +384,27 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(1));
         let a = Args::try_parse_from(["poncho-shell", "--json", "--stop-on-error"]).unwrap();
         assert!(a.json && a.stop_on_error && a.command.is_empty());
+    }
+
+    #[test]
+    fn tls_files_come_from_the_flags_else_the_environment() {
+        let none = |_: &str| None;
+        let plain = Args::try_parse_from(["poncho-shell", "health"]).unwrap();
+        assert!(tls_from(&plain, none).unwrap().is_none());
+        let flag =
+            Args::try_parse_from(["poncho-shell", "--cacert", "/nonexistent/ca.pem"]).unwrap();
+        let e = tls_from(&flag, none).unwrap_err();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let from_env =
+            |v: &str| (v == "PONCHO_CACERT").then(|| "/nonexistent/env-ca.pem".to_string());
+        let e = tls_from(&plain, from_env).unwrap_err();
+        assert!(e.contains("/nonexistent/env-ca.pem"), "{e}");
+        // The flag wins over the environment.
+        let e = tls_from(&flag, from_env).unwrap_err();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let no_ca =
+            Args::try_parse_from(["poncho-shell", "--cert", "c.pem", "--key", "k.pem"]).unwrap();
+        let e = tls_from(&no_ca, none).unwrap_err();
+        assert!(e.contains("--cacert"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
 use crate::assist;
-use crate::client::{ClusterClient, Route};
+use crate::client::{ClusterClient, Route, Tls};
 use crate::commands::{self, Command};
 use crate::exec::Failure;
 use crate::line::quote;
@@ -38,6 +38,8 @@ struct ShellHelper {
     addrs: Vec<String>,
     /// The node the shell talks to: asked for key names on Tab.
     node: Option<String>,
+    /// How the shell connects (TLS or not), for those questions too.
+    tls: Option<Tls>,
 }
 
 impl Completer for ShellHelper {
@@ -58,7 +60,7 @@ impl Completer for ShellHelper {
         else {
             return Ok((start, candidates));
         };
-        let keys = keys_with_prefix(node, &prefix);
+        let keys = keys_with_prefix(node, &prefix, self.tls.as_ref());
         Ok((
             start,
             keys.iter().map(|k| format!("{} ", quote(k))).collect(),
@@ -75,8 +77,9 @@ const KEY_COMPLETION_LIMIT: usize = 200;
 /// the leader it names), through a client of its own so that a slow or dead
 /// node costs Tab at most a moment and never disturbs the shell's connection.
 /// Any failure is no candidates: completion is a convenience.
-fn keys_with_prefix(node: &str, prefix: &str) -> Vec<String> {
-    let mut client = ClusterClient::new(vec![node.to_string()], KEY_COMPLETION_TIMEOUT, false);
+fn keys_with_prefix(node: &str, prefix: &str, tls: Option<&Tls>) -> Vec<String> {
+    let mut client = ClusterClient::new(vec![node.to_string()], KEY_COMPLETION_TIMEOUT, false)
+        .with_tls(tls.cloned());
     let request = ClientRequest::Keys(KeysRequest {
         prefix: prefix.to_string(),
     });
@@ -236,6 +239,7 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
         editor.set_helper(Some(ShellHelper {
             addrs: client.addrs().to_vec(),
             node: client.connected().map(str::to_owned),
+            tls: client.tls().cloned(),
         }));
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
@@ -313,7 +317,7 @@ mod tests {
             r#"{{"msg_type":"ERROR","payload":{{"code":"NOT_LEADER","message":"m","leader_id":2,"leader_addr":"{leader}"}}}}"#
         );
         let (follower, follower_node) = fake_node(redirect);
-        let got = keys_with_prefix(&follower, "user/");
+        let got = keys_with_prefix(&follower, "user/", None);
         assert_eq!(got, ["user/1", "user/two words"]);
         for node in [follower_node, leader_node] {
             let request: serde_json::Value = serde_json::from_str(&node.join().unwrap()).unwrap();
@@ -329,11 +333,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let gone = listener.local_addr().unwrap().to_string();
         drop(listener);
-        assert!(keys_with_prefix(&gone, "").is_empty());
+        assert!(keys_with_prefix(&gone, "", None).is_empty());
         let (addr, node) = fake_node(
             r#"{"msg_type":"ERROR","payload":{"code":"NO_LEADER","message":"m"}}"#.to_string(),
         );
-        assert!(keys_with_prefix(&addr, "").is_empty());
+        assert!(keys_with_prefix(&addr, "", None).is_empty());
         node.join().unwrap();
     }
 }

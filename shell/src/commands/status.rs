@@ -6,7 +6,7 @@ use poncho_protocol::{ClientRequest, StatusReply};
 use serde_json::{json, Value};
 
 use super::{no_args, Action, FirstArg, Kind, Spec};
-use crate::client::{status_of, ClusterClient, Route};
+use crate::client::{status_with, ClusterClient, Route, Tls};
 use crate::exec::{payload, Done, Outcome};
 
 pub const SPEC: Spec = Spec {
@@ -31,7 +31,7 @@ impl Action for Status {
         let here: StatusReply = payload(client.request(&ClientRequest::Status, Route::Here)?)?;
         let left = client.timeout.saturating_sub(started.elapsed());
         let per_node = left.clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let rows = ask_all(&here, per_node);
+        let rows = ask_all(&here, per_node, client.tls());
         if client.verbose {
             for (_, wire) in &rows {
                 for line in wire {
@@ -54,7 +54,7 @@ struct Row {
 /// Every member `here` knows (and `here`), with the wire lines of the
 /// queries for `--verbose`. The others are asked in parallel, so a node
 /// that hangs costs one `per_node` timeout.
-fn ask_all(here: &StatusReply, per_node: Duration) -> Vec<(Row, Vec<String>)> {
+fn ask_all(here: &StatusReply, per_node: Duration, tls: Option<&Tls>) -> Vec<(Row, Vec<String>)> {
     let mut members: Vec<(u64, String)> = here
         .members
         .iter()
@@ -77,7 +77,7 @@ fn ask_all(here: &StatusReply, per_node: Duration) -> Vec<(Row, Vec<String>)> {
                 s.spawn(move || match here {
                     Some(h) => (row(*id, addr, Ok(h)), Vec::new()),
                     None => {
-                        let (status, wire) = status_of(addr, per_node);
+                        let (status, wire) = status_with(addr, per_node, tls);
                         (row(*id, addr, status), wire)
                     }
                 })
