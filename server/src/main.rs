@@ -134,6 +134,25 @@ struct Args {
     /// --trusted-ca-file.
     #[arg(long)]
     client_cert_auth: bool,
+    /// A port of its own for peers (as etcd's 2380), so that client and
+    /// peer traffic can be firewalled apart; every member then lists it in
+    /// --peers as ID=CLIENT_IP:PORT/PEER_IP:PORT. Clients are refused there.
+    #[arg(long, value_name = "IP:PORT")]
+    peer_addr: Option<SocketAddr>,
+    /// TLS on the peer port and to the peers' ports: this node's
+    /// certificate as a peer (needs --peer-addr).
+    #[arg(long, value_name = "PATH")]
+    peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file.
+    #[arg(long, value_name = "PATH")]
+    peer_key_file: Option<PathBuf>,
+    /// The CA of the members' peer certificates.
+    #[arg(long, value_name = "PATH")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Peers must present a certificate of --peer-trusted-ca-file: then a
+    /// certificate proves membership, and no cluster secret is needed.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -146,24 +165,40 @@ struct Args {
     is_leader: Option<String>,
 }
 
+/// The other members from `--peers`: their client addresses, and their peer
+/// ports where they have one.
+#[derive(Debug, Default)]
+struct Members {
+    clients: BTreeMap<NodeId, SocketAddr>,
+    peer_ports: BTreeMap<NodeId, SocketAddr>,
+}
+
+/// Reads `--peers` (`ID=IP:PORT` or `ID=IP:PORT/PEER_IP:PORT`), skipping this
+/// node's entry after checking it against `own` and `own_peer`.
 fn parse_peers(
     id: NodeId,
     own: SocketAddr,
+    own_peer: Option<SocketAddr>,
     specs: &[String],
-) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
-    let mut peers = BTreeMap::new();
+) -> Result<Members, String> {
+    let mut members = Members::default();
     for spec in specs.iter().filter(|s| !s.trim().is_empty()) {
-        let (peer_id, addr) = spec
+        let (peer_id, addrs) = spec
             .split_once('=')
             .ok_or_else(|| format!("--peers entry {spec:?} is not ID=IP:PORT"))?;
         let peer_id: NodeId = peer_id
             .trim()
             .parse()
             .map_err(|_| format!("--peers entry {spec:?}: {peer_id:?} is not a node id"))?;
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("--peers entry {spec:?}: {addr:?} is not IP:PORT"))?;
+        let parse = |addr: &str| -> Result<SocketAddr, String> {
+            addr.trim()
+                .parse()
+                .map_err(|_| format!("--peers entry {spec:?}: {addr:?} is not IP:PORT"))
+        };
+        let (addr, peer_port) = match addrs.split_once('/') {
+            Some((client, peer)) => (parse(client)?, Some(parse(peer)?)),
+            None => (parse(addrs)?, None),
+        };
         if peer_id == 0 {
             return Err("node ids start at 1".into());
         }
@@ -173,13 +208,23 @@ fn parse_peers(
                     "--peers lists this node ({id}) at {addr}, but it listens on {own}"
                 ));
             }
+            if peer_port.is_some() && peer_port != own_peer {
+                return Err(format!(
+                    "--peers gives this node ({id}) the peer port {}, but its --peer-addr is \
+                     {own_peer:?}",
+                    peer_port.map_or(String::new(), |p| p.to_string())
+                ));
+            }
             continue;
         }
-        if peers.insert(peer_id, addr).is_some() {
+        if members.clients.insert(peer_id, addr).is_some() {
             return Err(format!("--peers lists node {peer_id} twice"));
         }
+        if let Some(p) = peer_port {
+            members.peer_ports.insert(peer_id, p);
+        }
     }
-    Ok(peers)
+    Ok(members)
 }
 
 fn main() -> ExitCode {
@@ -222,7 +267,7 @@ fn main() -> ExitCode {
 /// The node's configuration from the command line, or what is wrong with it.
 fn node_config(args: Args) -> Result<NodeConfig, String> {
     let own = SocketAddr::new(args.host, args.port);
-    let peers = parse_peers(args.id, own, &args.peers)?;
+    let members = parse_peers(args.id, own, args.peer_addr, &args.peers)?;
     if args.id == 0 || args.tick_ms == 0 || args.max_sessions == 0 {
         return Err("--id, --tick-ms and --max-sessions must be at least 1".into());
     }
@@ -240,7 +285,7 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
         id: args.id,
         host: args.host,
         port: args.port,
-        peers,
+        peers: members.clients,
         data_dir: args
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("poncho-data/node-{}", args.id))),
@@ -272,6 +317,14 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
             trusted_ca_file: args.trusted_ca_file,
             client_cert_auth: args.client_cert_auth,
         },
+        peer_addr: args.peer_addr,
+        peer_ports: members.peer_ports,
+        peer_tls: TlsSettings {
+            cert_file: args.peer_cert_file,
+            key_file: args.peer_key_file,
+            trusted_ca_file: args.peer_trusted_ca_file,
+            client_cert_auth: args.peer_client_cert_auth,
+        },
     })
 }
 
@@ -286,9 +339,30 @@ mod tests {
             "1=127.0.0.1:8001".to_string(),
             "2=127.0.0.2:8002".to_string(),
         ];
-        let peers = parse_peers(1, own, &specs).unwrap();
+        let peers = parse_peers(1, own, None, &specs).unwrap().clients;
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[&2], "127.0.0.2:8002".parse().unwrap());
+    }
+
+    #[test]
+    fn peer_ports_parse_and_this_nodes_must_be_its_peer_addr() {
+        let own: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let own_peer: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let specs = vec![
+            "1=127.0.0.1:8001/127.0.0.1:9001".to_string(),
+            "2=127.0.0.2:8002/127.0.0.2:9002".to_string(),
+            "3=127.0.0.3:8003".to_string(),
+        ];
+        let m = parse_peers(1, own, Some(own_peer), &specs).unwrap();
+        assert_eq!(m.clients.len(), 2);
+        assert_eq!(m.peer_ports[&2], "127.0.0.2:9002".parse().unwrap());
+        assert!(!m.peer_ports.contains_key(&3));
+        let err = parse_peers(1, own, None, &specs).unwrap_err();
+        assert!(err.contains("--peer-addr"), "{err}");
+        let bad = ["2=127.0.0.2:8002/nowhere".to_string()];
+        assert!(parse_peers(1, own, None, &bad)
+            .unwrap_err()
+            .contains("not IP:PORT"));
     }
 
     #[test]
@@ -301,10 +375,12 @@ mod tests {
             ("1=127.0.0.1:9999", "listens on"),
             ("0=127.0.0.1:1", "start at 1"),
         ] {
-            let err = parse_peers(1, own, &[spec.to_string()]).unwrap_err();
+            let err = parse_peers(1, own, None, &[spec.to_string()]).unwrap_err();
             assert!(err.contains(reason), "{spec}: {err}");
         }
         let twice = ["2=127.0.0.1:1".to_string(), "2=127.0.0.1:2".to_string()];
-        assert!(parse_peers(1, own, &twice).unwrap_err().contains("twice"));
+        assert!(parse_peers(1, own, None, &twice)
+            .unwrap_err()
+            .contains("twice"));
     }
 }

@@ -23,11 +23,12 @@ use serde_json::Value;
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
 use crate::{launch_all, leader_of, wait_for_leader, Client, NodeProc};
-use poncho_client::{in_session, registered_id, Connection, Reply, Session};
+use poncho_client::{in_session, registered_id, Connection, Reply, Session, Tls};
 use poncho_protocol::{
     encode_request, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply, GetRequest,
     SessionFields, SetRequest,
 };
+use poncho_tls::rustls::ClientConfig;
 
 /// A client gives up on a reply after this long and records `Unknown`.
 /// Longer than the servers' `--request-timeout-ms` (see [`SERVER_ARGS`]), so
@@ -56,6 +57,8 @@ pub struct FaultCluster {
     dir: Option<tempfile::TempDir>,
     /// Faults injected so far (kills, pauses, partitions, latency changes).
     pub faults: usize,
+    /// What the harness's connections speak: TLS with this, or plain.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl FaultCluster {
@@ -106,6 +109,7 @@ impl FaultCluster {
             proxies,
             dir: Some(dir),
             faults: 0,
+            tls: None,
         }
     }
 
@@ -230,7 +234,11 @@ impl FaultCluster {
             return None;
         }
         let addr = self.nodes[(id - 1) as usize].addr;
-        Node::status_over(Client::connect_timeout(addr, Duration::from_millis(300)))
+        let timeout = Duration::from_millis(300);
+        Node::status_over(match &self.tls {
+            None => Client::connect_timeout(addr, timeout),
+            Some(tls) => Client::connect_tls_timeout(addr, tls.clone(), timeout),
+        })
     }
 
     /// The node claiming leadership in the highest term, and that term (a
@@ -322,15 +330,18 @@ struct Worker {
     next_req: u64,
     /// The session writes carry, once registered, and its last seq.
     session: Session,
+    tls: Option<Tls>,
     history: History,
     epoch: Instant,
 }
 
 impl Worker {
-    fn new(id: u64, addrs: Vec<SocketAddr>, history: History, epoch: Instant, seed: u64) -> Worker {
+    fn new(id: u64, cluster: &FaultCluster, history: History, epoch: Instant, seed: u64) -> Worker {
+        let addrs = cluster.addrs();
         let mut rng = StdRng::seed_from_u64(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         Worker {
             id,
+            tls: cluster.tls.clone().map(Tls::from_config),
             target: rng.gen_range(0..addrs.len()),
             addrs,
             conn: None,
@@ -453,7 +464,7 @@ impl Worker {
         let node = self.target;
         if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
             let addr = self.addrs[node].to_string();
-            match Connection::open(&addr, Instant::now() + CLIENT_TIMEOUT) {
+            match Connection::connect(&addr, Instant::now() + CLIENT_TIMEOUT, self.tls.as_ref()) {
                 Ok(c) => self.conn = Some((node, c)),
                 Err(_) => {
                     // Never sent: definitely not applied. The node is down;
@@ -588,6 +599,8 @@ pub struct Config {
     pub nodes: usize,
     /// Extra server flags (besides [`SERVER_ARGS`]).
     pub server_args: Vec<String>,
+    /// The clients' and the harness's TLS, for nodes started with TLS flags.
+    pub tls: Option<Arc<ClientConfig>>,
     pub clients: usize,
     pub keys: usize,
     /// Each client pauses up to this long between operations: clients
@@ -600,6 +613,7 @@ impl Config {
         Config {
             nodes: n,
             server_args: Vec::new(),
+            tls: None,
             clients: 5,
             keys: 3,
             think: Duration::from_millis(4),
@@ -647,7 +661,8 @@ impl Run {
     pub fn start(name: &str, config: Config) -> Run {
         let mut args: Vec<&str> = SERVER_ARGS.to_vec();
         args.extend(config.server_args.iter().map(String::as_str));
-        let cluster = FaultCluster::start(config.nodes, &args);
+        let mut cluster = FaultCluster::start(config.nodes, &args);
+        cluster.tls = config.tls.clone();
         let seed = std::env::var("FAULT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -670,7 +685,7 @@ impl Run {
         run.cluster.wait_for_leader(Duration::from_secs(10));
         run.start_term = run.cluster.max_term();
         for id in 1..=config.clients as u64 {
-            let mut w = Worker::new(id, run.cluster.addrs(), run.history.clone(), epoch, seed);
+            let mut w = Worker::new(id, &run.cluster, run.history.clone(), epoch, seed);
             let (stop, keys, think) = (run.stop.clone(), run.keys.clone(), config.think);
             run.workers.push(thread::spawn(move || {
                 while !stop.load(SeqCst) {
@@ -719,7 +734,7 @@ impl Run {
         for id in 1..=self.clients {
             let mut w = Worker::new(
                 id,
-                self.cluster.addrs(),
+                &self.cluster,
                 self.history.clone(),
                 self.epoch,
                 self.seed,

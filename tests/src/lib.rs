@@ -130,10 +130,11 @@ pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool
 }
 
 fn peer_auth_args(spec: &ServerSpec<'_>) -> Vec<String> {
-    let settled = spec
-        .args
-        .iter()
-        .any(|a| a == "--insecure" || a.starts_with("--cluster-secret-file"));
+    let settled = spec.args.iter().any(|a| {
+        a == "--insecure"
+            || a == "--peer-client-cert-auth"
+            || a.starts_with("--cluster-secret-file")
+    });
     match spec.data_dir.parent() {
         Some(dir) if spec.peers.len() > 1 && !settled => vec![
             "--cluster-secret-file".to_string(),
@@ -370,6 +371,35 @@ impl Cluster {
         Cluster::launch_all(n, extra_args, true)
     }
 
+    /// Each node with a peer port of its own (`--peer-addr`, listed in
+    /// `--peers` as `ID=CLIENT/PEER`) besides `extra_args`.
+    pub fn start_with_peer_ports(n: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(2 * n);
+        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let peers: Vec<String> = (0..n)
+            .map(|i| format!("{}={}/{}", i + 1, addr(i), addr(n + i)))
+            .collect();
+        let nodes: Vec<NodeProc> = (0..n)
+            .map(|i| {
+                let mut args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+                args.extend(["--peer-addr".to_string(), addr(n + i).to_string()]);
+                NodeProc::new(i as u64 + 1, addr(i), dir.path(), peers.clone(), &args)
+            })
+            .collect();
+        Cluster::launched(nodes, dir)
+    }
+
+    /// Starts `nodes` (their data under `dir`) and waits until they listen.
+    fn launched(mut nodes: Vec<NodeProc>, dir: tempfile::TempDir) -> Cluster {
+        launch_all(&mut nodes);
+        Cluster {
+            nodes,
+            _dir: dir,
+            tls: None,
+        }
+    }
+
     fn launch_all(n: usize, extra_args: &[&str], distinct_ips: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(n);
@@ -384,16 +414,11 @@ impl Cluster {
             .map(|(id, a)| format!("{id}={a}"))
             .collect();
         let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let mut nodes: Vec<NodeProc> = (1..)
+        let nodes: Vec<NodeProc> = (1..)
             .zip(&addrs)
             .map(|(id, &addr)| NodeProc::new(id, addr, dir.path(), peers.clone(), &args))
             .collect();
-        launch_all(&mut nodes);
-        Cluster {
-            nodes,
-            _dir: dir,
-            tls: None,
-        }
+        Cluster::launched(nodes, dir)
     }
 
     fn node(&mut self, id: u64) -> &mut NodeProc {
@@ -434,6 +459,13 @@ impl Cluster {
         node.set_args(&args);
         node.launch(false);
         node.wait_listening();
+    }
+
+    /// Node `id`'s `--peer-addr`, if it has one.
+    pub fn peer_addr(&self, id: u64) -> Option<SocketAddr> {
+        let args = &self.nodes[(id - 1) as usize].args;
+        let i = args.iter().position(|a| a == "--peer-addr")?;
+        args.get(i + 1)?.parse().ok()
     }
 
     /// Where node `id` keeps its data.
@@ -523,6 +555,16 @@ impl Client {
     /// for each reply.
     pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> std::io::Result<Client> {
         Client::connect_with(addr, timeout, timeout, None)
+    }
+
+    /// Like [`connect_tls`](Self::connect_tls), with `timeout` for the
+    /// connect and for each reply.
+    pub fn connect_tls_timeout(
+        addr: SocketAddr,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> std::io::Result<Client> {
+        Client::connect_with(addr, timeout, timeout, Some(tls))
     }
 
     /// A connection speaking TLS with `tls` (server name: `addr`'s IP).
@@ -633,6 +675,7 @@ pub fn read_with_retry(cluster: &Cluster, key: &str, timeout: Duration) -> Value
 fn cluster_client(cluster: &Cluster, timeout: Duration) -> ClusterClient {
     let addrs = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
     ClusterClient::new(addrs, timeout, false)
+        .with_tls(cluster.tls.clone().map(poncho_client::Tls::from_config))
 }
 
 /// A request written as JSON, decoded as the server would.

@@ -11,8 +11,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use poncho_tests::certs::TestCa;
 use poncho_tests::faults::{Config, Expect, FaultCluster, Run};
 use poncho_tests::Client;
+use poncho_tls::TlsFiles;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -70,6 +72,59 @@ fn leader_kill_loop() {
         min_faults: 4,
         min_elections: 3,
         min_ok: 300,
+    });
+}
+
+/// The fault run over TLS: clients and peers (through the proxies) speak
+/// TLS, leaders are killed and partitioned off, and the history must still
+/// check as linearizable.
+#[test]
+fn leader_kill_and_partition_over_tls() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "fault-ca");
+    // The nodes listen on 127.0.0.11.. and the proxies on 127.0.0.1.
+    let node = ca.leaf(
+        "node",
+        &["127.0.0.1", "127.0.0.11", "127.0.0.12", "127.0.0.13"],
+    );
+    let mut config = Config::nodes(3);
+    config.server_args = [
+        "--cert-file",
+        &node.cert.display().to_string(),
+        "--key-file",
+        &node.key.display().to_string(),
+        "--trusted-ca-file",
+        &ca.cert_file.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let files = TlsFiles {
+        cert: None,
+        key: None,
+        trusted_ca: Some(ca.cert_file.clone()),
+    };
+    config.tls = Some(poncho_tls::client_config(&files, "test").unwrap().0);
+    let mut run = Run::start("leader_kill_and_partition_over_tls", config);
+    run.nemesis(NEMESIS, |c, rng| {
+        let Some((l, _)) = leader(c) else { return };
+        if rng.gen_bool(0.5) {
+            c.kill(l);
+            sleep(ms(500));
+            c.restart(l);
+        } else {
+            let rest = others(c, l);
+            c.partition(&[vec![l], rest]);
+            sleep(ms(700));
+            c.heal();
+        }
+        sleep(ms(400));
+    });
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 3,
+        min_ok: 200,
     });
 }
 

@@ -80,6 +80,17 @@ fn request(c: &mut Client, line: Value) -> Value {
     c.request(&line).expect("a reply")
 }
 
+/// Waits until every node of the 3 serves `key` = `value` from its own state.
+fn wait_on_every_node(cluster: &Cluster, key: &str, value: &str) {
+    for id in 1..=3 {
+        wait_until("the write on every node", ELECTION, || {
+            let mut c = cluster.client(id);
+            let get = json!({"msg_type": "GET", "payload": {"key": key, "stale": true}});
+            request(&mut c, get)["payload"]["value"] == value
+        });
+    }
+}
+
 #[test]
 fn a_tls_cluster_replicates_and_a_plaintext_client_is_refused_with_a_log_line() {
     let pki = pki();
@@ -91,16 +102,7 @@ fn a_tls_cluster_replicates_and_a_plaintext_client_is_refused_with_a_log_line() 
     );
     assert_eq!(reply["msg_type"], "SET", "{reply}");
     // The peers replicated it over TLS: every node applies it.
-    for id in 1..=3 {
-        wait_until("the write on every node", ELECTION, || {
-            let mut c = cluster.client(id);
-            request(
-                &mut c,
-                json!({"msg_type": "GET", "payload": {"key": "k", "stale": true}}),
-            )["payload"]["value"]
-                == "over tls"
-        });
-    }
+    wait_on_every_node(&cluster, "k", "over tls");
 
     // A plaintext client gets no JSON, only TLS bytes or a close, at once.
     let started = Instant::now();
@@ -231,4 +233,67 @@ fn a_stalled_tls_handshake_is_closed_by_its_deadline() {
     assert!(cluster
         .log(leader)
         .contains("its TLS handshake took over 10 s"));
+}
+
+/// Peers on a port of their own, proving membership with certificates of
+/// the peer CA (etcd's 2380 with --peer-client-cert-auth): no cluster secret
+/// is needed, the cluster replicates, and that port serves no clients, takes
+/// no certificate of another CA, and a hello on the client port is refused.
+#[test]
+fn peers_on_their_own_port_prove_membership_with_certificates_and_serve_no_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_ca = TestCa::new(dir.path(), "peer-ca");
+    let peer = peer_ca.leaf("peer", &["127.0.0.1"]);
+    let flags = [
+        "--peer-cert-file".to_string(),
+        peer.cert.display().to_string(),
+        "--peer-key-file".to_string(),
+        peer.key.display().to_string(),
+        "--peer-trusted-ca-file".to_string(),
+        peer_ca.cert_file.display().to_string(),
+        "--peer-client-cert-auth".to_string(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_with_peer_ports(3, &flags);
+    let leader = cluster.wait_for_leader(ELECTION);
+    let reply = poncho_tests::write_with_retry(
+        &cluster,
+        &json!({"msg_type": "SET", "payload": {"key": "p", "value": "2380"}}),
+        ELECTION,
+    );
+    assert!(reply["index"].is_u64(), "{reply}");
+    wait_on_every_node(&cluster, "p", "2380");
+    assert!(
+        !cluster.log(1).contains("cluster-secret"),
+        "no secret was given"
+    );
+    // A client request on a peer port (with a good peer certificate) is refused.
+    let peer_port = cluster.peer_addr(leader).expect("a peer port");
+    let mut c = Client::connect_tls(peer_port, client_config(&peer_ca, Some(&peer))).unwrap();
+    let reply = request(&mut c, json!({"msg_type": "HEALTHCHECK"}));
+    assert_refused(&reply, "BAD_REQUEST", "peer port");
+    // A certificate of another CA is refused by TLS on the peer port.
+    let other_ca = TestCa::new(dir.path(), "other-ca");
+    let other = other_ca.leaf("other", &["127.0.0.1"]);
+    let refused = Client::connect_tls(peer_port, client_config(&peer_ca, Some(&other)))
+        .and_then(|mut c| c.request(&json!({"msg_type": "HEALTHCHECK"})));
+    assert!(refused.is_err(), "{refused:?}");
+    // A hello on the client port is refused: peers use their port.
+    let cid = std::fs::read_to_string(cluster.data_dir(leader).join("cluster-id")).unwrap();
+    let other_id = if leader == 1 { 2 } else { 1 };
+    let mut c = cluster.client(leader);
+    let reply = request(
+        &mut c,
+        json!({"msg_type": "PEER_HELLO", "payload": {"cluster_id": cid.trim(), "from": other_id,
+            "to": leader, "nonce": "ab".repeat(32)}}),
+    );
+    assert_refused(&reply, "UNAUTHENTICATED", "peer port");
+}
+
+/// `reply` is an ERROR with `code` whose message mentions `says`.
+fn assert_refused(reply: &Value, code: &str, says: &str) {
+    let error = &reply["payload"];
+    assert_eq!(error["code"], code, "{reply}");
+    let message = error["message"].as_str().unwrap_or("");
+    assert!(message.contains(says), "{reply}");
 }

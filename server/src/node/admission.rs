@@ -207,13 +207,34 @@ impl Admission {
     }
 }
 
+/// Which of the node's listeners a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The node's address (`--port`): clients, and peers unless the node
+    /// has a peer port.
+    Client,
+    /// `--peer-addr`: peers only.
+    Peer,
+}
+
 impl Node {
-    /// Accepts every pending connection, or refuses it with an error line.
-    pub(super) fn accept(&mut self) {
+    fn listener(&self, port: Port) -> Option<&TcpListener> {
+        match port {
+            Port::Client => Some(&self.listener),
+            Port::Peer => self.peer_listener.as_ref(),
+        }
+    }
+
+    /// Accepts every pending connection on `port`'s listener, or refuses it
+    /// with an error line.
+    pub(super) fn accept(&mut self, port: Port) {
         self.admission.accept_retry = None;
         loop {
-            match self.listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr),
+            let Some(listener) = self.listener(port) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr, port),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if e.kind() == io::ErrorKind::Interrupted
@@ -225,7 +246,7 @@ impl Node {
                     let accepted = match self.admission.spare.take() {
                         Some(spare) => {
                             drop(spare);
-                            self.listener.accept().ok()
+                            self.listener(port).and_then(|l| l.accept().ok())
                         }
                         None => None,
                     };
@@ -252,7 +273,7 @@ impl Node {
         self.admission.accept_retry = Some(now + ACCEPT_RETRY);
     }
 
-    fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, addr: SocketAddr, port: Port) {
         let Some(role) = self.admission.admit(Instant::now()) else {
             let why = format!(
                 "{} clients and {} connections on probation",
@@ -261,12 +282,15 @@ impl Node {
             return self.refuse(stream, addr, &why);
         };
         let _ = stream.set_nodelay(true);
-        let stream = match self.tls.accepted(stream) {
+        let stream = match self.tls.accepted(stream, port) {
             Ok(s) => s,
             Err(e) => return warn!("cannot start TLS with {addr}: {e}"),
         };
         if let Some(key) = self.add_conn(stream, role, Interest::READABLE | Interest::WRITABLE) {
-            debug!("connection {key} from {addr} ({role:?})");
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.port = port;
+            }
+            debug!("connection {key} from {addr} on the {port:?} port ({role:?})");
         }
     }
 

@@ -13,6 +13,7 @@ use poncho_protocol::{
     StatusReply,
 };
 
+use super::admission::Port;
 use super::conn::{ConnRole, ReplyTo};
 use super::Node;
 use crate::kv::{ApplyResult, Command};
@@ -169,6 +170,16 @@ impl Node {
         }
         if !self.identify(key) {
             return;
+        }
+        if let Some(c) = self.conns.get(key).filter(|c| c.port == Port::Peer) {
+            if !matches!(c.role, ConnRole::Peer(_)) {
+                let error = ErrorReply::bad_request(format!(
+                    "this is node {}'s peer port, for its peers only; clients use {}",
+                    self.config.id,
+                    self.config.addr()
+                ));
+                return self.reply_error_now(key, None, &error);
+            }
         }
         let proven = match role {
             ConnRole::Peer(id) => Some(id),

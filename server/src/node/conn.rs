@@ -12,6 +12,7 @@ use poncho_protocol::{LineBuffer, NodeId};
 
 use poncho_tls::MaybeTls;
 
+use super::admission::Port;
 use crate::peer_auth::Nonce;
 use slab::Slab;
 
@@ -65,9 +66,9 @@ pub enum Link {
     Proven,
 }
 
-/// Poll tokens of connections start here (the listener and the signals
-/// come first).
-pub const FIRST_CONN: usize = 2;
+/// Poll tokens of connections start here (the listener, the signals and
+/// the peer listener come first).
+pub const FIRST_CONN: usize = 3;
 
 /// Where a reply must go: connection, its generation, and the reply slot.
 #[derive(Clone, Copy)]
@@ -222,6 +223,8 @@ pub struct Conn {
     pub stream: MaybeTls<TcpStream>,
     /// When the connection was accepted or opened.
     pub opened: Instant,
+    /// The listener it came in on (ours to peers: `Port::Client`, unused).
+    pub port: Port,
     pub role: ConnRole,
     /// Distinguishes this connection from a later one reusing its slab key.
     pub generation: u64,
@@ -261,6 +264,7 @@ impl Conn {
         Conn {
             stream,
             opened: now,
+            port: Port::Client,
             role,
             generation,
             input: LineBuffer::new(max_line_bytes),

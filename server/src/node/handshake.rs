@@ -20,6 +20,7 @@ use poncho_protocol::{
     PeerHello, PeerProof, ReplyEnvelope, Request,
 };
 
+use super::admission::Port;
 use super::conn::{ConnRole, Link, Proving};
 use super::log_limiter::LogLimiter;
 use super::Node;
@@ -31,9 +32,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PeerTrust {
     /// This node's cluster, recorded in its data directory.
     pub cluster_id: String,
-    /// `None`: the node runs `--insecure` (ids and the cluster id are still
-    /// checked, nothing is proven).
+    /// `None`: peers prove nothing in the handshake: the node runs
+    /// `--insecure`, or its peer port's client certificates prove them (ids
+    /// and the cluster id are still checked).
     pub secret: Option<ClusterSecret>,
+    /// Whether peers have a port of their own (`--peer-addr`): a hello on
+    /// the client port is then refused.
+    peer_port: bool,
     /// Refusals, each (peer, what) logged once per window: a misconfigured
     /// peer retrying, or a remote flooding hellos, must not fill the log,
     /// while distinct refusals (both directions of one bad link, or a
@@ -42,10 +47,11 @@ pub struct PeerTrust {
 }
 
 impl PeerTrust {
-    pub fn new(cluster_id: String, secret: Option<ClusterSecret>) -> PeerTrust {
+    pub fn new(cluster_id: String, secret: Option<ClusterSecret>, peer_port: bool) -> PeerTrust {
         PeerTrust {
             cluster_id,
             secret,
+            peer_port,
             refusals: LogLimiter::new(),
         }
     }
@@ -187,7 +193,12 @@ impl Node {
             message,
         };
         let opener_nonce = from_hex(&hello.nonce);
-        let checked = if hello.cluster_id != self.trust.cluster_id {
+        let on_peer_port = self.conns.get(key).is_some_and(|c| c.port == Port::Peer);
+        let checked = if self.trust.peer_port && !on_peer_port {
+            Err(refuse(format!(
+                "peers connect to node {id}'s peer port, not its client port"
+            )))
+        } else if hello.cluster_id != self.trust.cluster_id {
             Err(cluster_mismatch(
                 peer,
                 &addr,

@@ -54,7 +54,7 @@ use mio::{Events, Interest, Poll, Token};
 use poncho_protocol::NodeId;
 use poncho_tls::MaybeTls;
 
-use self::admission::Admission;
+use self::admission::{Admission, Port};
 use self::clients::Clients;
 use self::conn::{ConnRole, Conns, FIRST_CONN, OUTPUT_DROP_BYTES};
 use self::handshake::PeerTrust;
@@ -74,6 +74,7 @@ pub use self::clients::MAX_KEYS_PER_REPLY;
 pub use self::startup::StartError;
 
 const LISTENER: Token = Token(0);
+const PEER_LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(1);
 
 /// Bytes read from one connection per event before serving others.
@@ -127,6 +128,14 @@ pub struct NodeConfig {
     pub cluster_token: String,
     /// TLS on the node's port (clients and peers), and to peers.
     pub tls: TlsSettings,
+    /// `--peer-addr`: a port of its own for peers (else peers use `port`).
+    pub peer_addr: Option<SocketAddr>,
+    /// The members' peer ports, for those that have one (`--peers
+    /// ID=CLIENT/PEER`); the others take peers on their client address.
+    pub peer_ports: BTreeMap<NodeId, SocketAddr>,
+    /// TLS on the peer port and to the peers' ports (`--peer-*` flags);
+    /// only with `peer_addr`.
+    pub peer_tls: TlsSettings,
 }
 
 impl NodeConfig {
@@ -174,6 +183,8 @@ pub struct Node {
     config: NodeConfig,
     poll: Poll,
     listener: TcpListener,
+    /// `--peer-addr`'s listener, if the node has one.
+    peer_listener: Option<TcpListener>,
     signals: signal_hook_mio::v1_0::Signals,
     conns: Conns,
     admission: Admission,
@@ -213,7 +224,8 @@ impl Node {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(Port::Client),
+                    PEER_LISTENER => self.accept(Port::Peer),
                     SIGNALS => {
                         for signal in self.signals.pending() {
                             info!("received signal {signal}; shutting down");
@@ -294,7 +306,8 @@ impl Node {
         }
         self.connect_peers(now);
         if self.admission.accept_retry.is_some_and(|t| t <= now) {
-            self.accept();
+            self.accept(Port::Client);
+            self.accept(Port::Peer);
         }
         self.scan_connections(now);
         self.expire_requests(now);

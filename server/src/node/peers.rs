@@ -29,7 +29,10 @@ pub struct Peers {
 }
 
 struct PeerLink {
+    /// The member's address for clients (what redirects name).
     addr: SocketAddr,
+    /// Where we connect to it: its peer port, or `addr`.
+    peer_addr: SocketAddr,
     /// Slab key of the outbound connection, when there is one.
     conn: Option<usize>,
     next_attempt: Instant,
@@ -59,6 +62,7 @@ impl Peers {
             .map(|(&id, &addr)| {
                 let link = PeerLink {
                     addr,
+                    peer_addr: config.peer_ports.get(&id).copied().unwrap_or(addr),
                     conn: None,
                     next_attempt: now,
                     backoff: RECONNECT_MIN,
@@ -121,7 +125,7 @@ impl Peers {
         link.back_off(Instant::now());
         if !link.reported_down {
             link.reported_down = true;
-            info!("peer {peer} at {} unreachable: {why}", link.addr);
+            info!("peer {peer} at {} unreachable: {why}", link.peer_addr);
         }
     }
 
@@ -143,7 +147,7 @@ impl Peers {
                 link.backoff = RECONNECT_MIN;
                 if link.reported_down {
                     link.reported_down = false;
-                    info!("peer {peer} at {} reachable again", link.addr);
+                    info!("peer {peer} at {} reachable again", link.peer_addr);
                 }
             }
         }
@@ -159,7 +163,7 @@ impl Node {
             .links
             .iter()
             .filter(|(_, p)| p.conn.is_none() && p.next_attempt <= now)
-            .map(|(&id, p)| (id, p.addr))
+            .map(|(&id, p)| (id, p.peer_addr))
             .collect();
         for (id, addr) in due {
             let stream = connect_from(self.config.host, addr)

@@ -19,7 +19,7 @@ use super::handshake::PeerTrust;
 use super::peers::Peers;
 use super::snapshots::{self, Snapshots};
 use super::tls::Tls;
-use super::{Node, NodeConfig, LISTENER, SIGNALS};
+use super::{Node, NodeConfig, LISTENER, PEER_LISTENER, SIGNALS};
 use poncho_tls::TlsError;
 
 use crate::datadir::{self, DirLock, LockError};
@@ -112,7 +112,10 @@ impl fmt::Display for StartError {
                 "this node has peers and no way to tell them from impostors: any program that \
                  can reach its port could speak for a member and rewrite the cluster's data. \
                  Give every member the same --cluster-secret-file (make one with `openssl rand \
-                 -hex 32 > FILE; chmod 600 FILE`), or accept the risk with --insecure"
+                 -hex 32 > FILE; chmod 600 FILE`), or a peer port with client certificates \
+                 of the cluster's peer CA (--peer-addr, --peer-cert-file, --peer-key-file, \
+                 --peer-trusted-ca-file, --peer-client-cert-auth), or accept the risk with \
+                 --insecure"
             ),
             StartError::ClusterId(e) => write!(f, "{e}"),
             StartError::Tls(e) => write!(f, "{e}"),
@@ -142,17 +145,24 @@ struct Recovered {
 struct Bound {
     poll: Poll,
     listener: TcpListener,
+    peer_listener: Option<TcpListener>,
     signals: signal_hook_mio::v1_0::Signals,
 }
 
 impl Node {
     /// Opens storage, recovers, binds the listener. Prints the startup banner.
     pub fn start(config: NodeConfig) -> Result<Node, StartError> {
-        if !config.peers.is_empty() && config.cluster_secret.is_none() && !config.insecure {
+        let (tls, warnings) = Tls::new(
+            &config.tls,
+            &config.peer_tls,
+            !config.peers.is_empty(),
+            config.peer_addr.is_some(),
+        )
+        .map_err(StartError::Tls)?;
+        let proven = config.cluster_secret.is_some() || tls.peer_mtls;
+        if !config.peers.is_empty() && !proven && !config.insecure {
             return Err(StartError::NoPeerAuth);
         }
-        let (tls, warnings) =
-            Tls::new(&config.tls, !config.peers.is_empty()).map_err(StartError::Tls)?;
         for w in warnings {
             warn!("{w}");
         }
@@ -180,7 +190,11 @@ impl Node {
         let mut config = config;
         config.port = local.port();
         Ok(Node {
-            trust: PeerTrust::new(recovered.cluster_id, config.cluster_secret.clone()),
+            trust: PeerTrust::new(
+                recovered.cluster_id,
+                config.cluster_secret.clone(),
+                config.peer_addr.is_some(),
+            ),
             tls,
             alerts: Default::default(),
             next_tick: now + config.tick,
@@ -190,6 +204,7 @@ impl Node {
             config,
             poll: bound.poll,
             listener: bound.listener,
+            peer_listener: bound.peer_listener,
             signals: bound.signals,
             admission,
             raft,
@@ -383,6 +398,17 @@ fn bind(config: &NodeConfig) -> Result<Bound, StartError> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(socket("cannot register listener".into()))?;
+    let peer_listener = match config.peer_addr {
+        None => None,
+        Some(addr) => {
+            let mut l =
+                admission::listen(addr).map_err(socket(format!("cannot listen on {addr}")))?;
+            poll.registry()
+                .register(&mut l, PEER_LISTENER, Interest::READABLE)
+                .map_err(socket("cannot register the peer listener".into()))?;
+            Some(l)
+        }
+    };
     let mut signals = signal_hook_mio::v1_0::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -394,6 +420,7 @@ fn bind(config: &NodeConfig) -> Result<Bound, StartError> {
     Ok(Bound {
         poll,
         listener,
+        peer_listener,
         signals,
     })
 }
@@ -460,6 +487,9 @@ mod tests {
             insecure: false,
             cluster_token: crate::peer_auth::DEFAULT_CLUSTER_TOKEN.into(),
             tls: TlsSettings::default(),
+            peer_addr: None,
+            peer_ports: BTreeMap::new(),
+            peer_tls: TlsSettings::default(),
         }
     }
 

@@ -1,14 +1,20 @@
 //! TLS on the node's port: what accepted connections are wrapped in, what
 //! our connections to peers are, and the deadline a TLS handshake has.
 //!
-//! One port serves clients and peers. With `--cert-file`/`--key-file` it
-//! speaks TLS only; with `--client-cert-auth` every connection must present
-//! a certificate signed by `--trusted-ca-file`. Our connections to peers then
-//! speak TLS too: they check the peer's certificate against
-//! `--trusted-ca-file` for the peer's IP address, and present this node's
-//! certificate. TLS here protects the traffic; it does not by itself make a
-//! connection a member's (clients may hold certificates from the same CA):
-//! the peer handshake on top still proves membership.
+//! Without `--peer-addr`, one port serves clients and peers. With
+//! `--cert-file`/`--key-file` it speaks TLS only; with `--client-cert-auth`
+//! every connection must present a certificate signed by
+//! `--trusted-ca-file`. Our connections to peers then speak TLS too: they
+//! check the peer's certificate against `--trusted-ca-file` for the peer's
+//! IP address, and present this node's certificate. TLS there protects the
+//! traffic; it does not make a connection a member's (clients may hold
+//! certificates from the same CA): the peer handshake's secret decides.
+//!
+//! With `--peer-addr`, peers have a port of their own, with TLS of its own
+//! (the `--peer-` flags, as etcd's 2380): our connections to peers go to
+//! their peer ports. With `--peer-client-cert-auth` a connection on the peer
+//! port has proven, by a certificate of the peer CA, that it is a member's:
+//! that is enough for the peer handshake without a secret.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +25,7 @@ use mio::net::TcpStream;
 use poncho_tls::rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 use poncho_tls::{MaybeTls, TlsError, TlsFiles};
 
+use super::admission::Port;
 use super::log_limiter::LogLimiter;
 
 /// A TLS handshake on an accepted connection must be done this long after
@@ -51,58 +58,89 @@ impl TlsSettings {
 
 /// The configurations built from the flags; none when TLS is off.
 pub struct Tls {
+    /// The node's port.
     server: Option<Arc<ServerConfig>>,
+    /// The peer port, when the node has one (`--peer-*` flags).
+    peer_server: Option<Arc<ServerConfig>>,
+    /// Our connections to peers.
     peers: Option<Arc<ClientConfig>>,
+    /// Whether the peer port checks client certificates against the peer
+    /// CA: then a connection there has proven, by TLS, that it is a
+    /// member's (`--peer-client-cert-auth`).
+    pub peer_mtls: bool,
     /// Failed TLS connections (a remote can cause them), logged limited.
     pub log: LogLimiter,
+}
+
+fn flag_error(error: &str) -> TlsError {
+    TlsError::Config {
+        what: "TLS".into(),
+        error: error.into(),
+    }
 }
 
 impl Tls {
     /// Builds the configurations, and returns the warnings to log (a key
     /// file others may read). `has_peers`: whether our own connections to
-    /// peers need a client configuration.
-    pub fn new(settings: &TlsSettings, has_peers: bool) -> Result<(Tls, Vec<String>), TlsError> {
-        if !settings.enabled() {
-            if settings.client_cert_auth || settings.trusted_ca_file.is_some() {
-                return Err(TlsError::Config {
-                    what: "TLS".into(),
-                    error: "--client-cert-auth and --trusted-ca-file need --cert-file and \
-                            --key-file"
-                        .into(),
-                });
+    /// peers need a client configuration; `peer_port`: whether the node
+    /// has a port of its own for peers (`--peer-addr`).
+    pub fn new(
+        clients: &TlsSettings,
+        peers: &TlsSettings,
+        has_peers: bool,
+        peer_port: bool,
+    ) -> Result<(Tls, Vec<String>), TlsError> {
+        let mut warnings = Vec::new();
+        let mut build = |settings: &TlsSettings, what: &str| -> Result<_, TlsError> {
+            if !settings.enabled() {
+                if settings.client_cert_auth || settings.trusted_ca_file.is_some() {
+                    return Err(flag_error(&format!(
+                        "{what}: client certificate checks and a trusted CA need a certificate                          and a key file"
+                    )));
+                }
+                return Ok(None);
             }
-            return Ok((
-                Tls {
-                    server: None,
-                    peers: None,
-                    log: LogLimiter::new(),
-                },
-                Vec::new(),
+            let (config, warning) =
+                poncho_tls::server_config(&settings.files(), settings.client_cert_auth, what)?;
+            warnings.extend(warning);
+            Ok(Some(config))
+        };
+        let server = build(clients, "TLS for clients")?;
+        if !peer_port && (peers.enabled() || peers.trusted_ca_file.is_some()) {
+            return Err(flag_error(
+                "the --peer-* TLS flags need --peer-addr: peers then get a port of their own,                  with TLS of its own",
             ));
         }
-        let files = settings.files();
-        let (server, warning) =
-            poncho_tls::server_config(&files, settings.client_cert_auth, "TLS for clients")?;
-        let peers = if has_peers {
-            let (config, _) =
-                poncho_tls::client_config(&files, "TLS to peers (--trusted-ca-file)")?;
-            Some(config)
-        } else {
-            None
+        let peer_server = build(peers, "TLS for peers")?;
+        // Our connections to peers speak what the peers' ports speak.
+        let to_peers = if peer_port { peers } else { clients };
+        let peers_client = match (has_peers, to_peers.enabled()) {
+            (true, true) => {
+                let (config, _) =
+                    poncho_tls::client_config(&to_peers.files(), "TLS to peers (trusted CA)")?;
+                Some(config)
+            }
+            _ => None,
         };
         Ok((
             Tls {
-                server: Some(server),
-                peers,
+                server,
+                peer_mtls: peer_port && peers.enabled() && peers.client_cert_auth,
+                peer_server,
+                peers: peers_client,
                 log: LogLimiter::new(),
             },
-            warning.into_iter().collect(),
+            warnings,
         ))
     }
 
-    /// An accepted connection, wrapped as the port speaks.
-    pub fn accepted(&self, stream: TcpStream) -> Result<MaybeTls<TcpStream>, String> {
-        match &self.server {
+    /// A connection accepted on `port`, wrapped as that port speaks.
+    pub fn accepted(&self, stream: TcpStream, port: Port) -> Result<MaybeTls<TcpStream>, String> {
+        let config = match port {
+            Port::Client => &self.server,
+            Port::Peer => &self.peer_server,
+        };
+        match config {
             None => Ok(MaybeTls::Plain(stream)),
             Some(config) => ServerConnection::new(config.clone())
                 .map(|session| MaybeTls::tls(session, stream))
