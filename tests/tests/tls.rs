@@ -297,3 +297,74 @@ fn assert_refused(reply: &Value, code: &str, says: &str) {
     let message = error["message"].as_str().unwrap_or("");
     assert!(message.contains(says), "{reply}");
 }
+
+/// The shell against a real TLS cluster with client certificates: `set` and
+/// `get` work with --cacert/--cert/--key, and without --cacert it says the
+/// node speaks TLS. No node log, nor the shell's --verbose output, holds a
+/// key or the cluster secret.
+#[test]
+fn the_shell_speaks_tls_to_a_cluster_and_nothing_prints_keys_or_secrets() {
+    let pki = pki();
+    let (cluster, _) = start(&pki, true, Some(&pki.node));
+    let user = pki.ca.leaf("shell-user", &["shell.example"]);
+    let nodes: Vec<String> = (1..=3).map(|id| cluster.addr(id).to_string()).collect();
+    let shell = |args: &[&str], stdin: &str| {
+        let mut child = std::process::Command::new(poncho_tests::workspace_bin("poncho-shell"))
+            .arg("--cluster")
+            .arg(nodes.join(","))
+            .args(args)
+            .env_remove("PONCHO_CACERT")
+            .env_remove("PONCHO_CERT")
+            .env_remove("PONCHO_KEY")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = pki.ca.cert_file.display().to_string();
+    let (cert, key) = (
+        user.cert.display().to_string(),
+        user.key.display().to_string(),
+    );
+    let tls = ["--cacert", &ca, "--cert", &cert, "--key", &key, "--verbose"];
+    let (out, err) = shell(&tls, "set greeting hello\nget greeting\n");
+    assert!(out.contains("OK") && out.contains("hello"), "{out}\n{err}");
+    let (out, err) = shell(&["--timeout", "2s"], "get greeting\n");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("speaks TLS") && all.contains("--cacert"),
+        "{all}"
+    );
+
+    let key_text = std::fs::read_to_string(&user.key).unwrap();
+    let node_key = std::fs::read_to_string(&pki.node.key).unwrap();
+    let secret = std::fs::read_to_string(cluster.dir().join("cluster-secret")).unwrap();
+    let key_line = key_text.lines().nth(1).unwrap().to_string();
+    let node_key_line = node_key.lines().nth(1).unwrap().to_string();
+    let (out, err) = shell(&tls, "status\n");
+    for (what, text) in [
+        ("the shell's --verbose output", format!("{out}{err}")),
+        ("the node logs", cluster.all_logs()),
+    ] {
+        for (name, needle) in [
+            ("a client key", key_line.as_str()),
+            ("a node key", node_key_line.as_str()),
+            ("the cluster secret", secret.trim()),
+            ("a PEM key header", "PRIVATE KEY"),
+        ] {
+            assert!(!text.contains(needle), "{what} hold {name}:\n{text}");
+        }
+    }
+}
