@@ -8,6 +8,11 @@
 //! the moment it is written until its reply is read. Replies come back in
 //! request order per connection (poncho's protocol guarantees it, and so does
 //! HTTP/1.1), so they are matched first-in, first-out.
+//!
+//! With `--cacert` (and `--cert`/`--key`), poncho connections speak TLS:
+//! each is opened, its handshake done and its session registered blocking,
+//! then driven nonblocking through [`MaybeTls`]; a plaintext run keeps plain
+//! sockets (`MaybeTls::Plain`).
 
 mod etcd;
 mod idle;
@@ -16,6 +21,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -23,7 +29,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use poncho_client::{ClientError, Connection};
+use poncho_client::{ClientError, Connection, MaybeTls, Tls, TlsFiles};
 use poncho_protocol::{ErrorCode, LineBuffer, ReplyEnvelope};
 use rand::rngs::StdRng as SmallRng;
 use rand::{Rng, SeedableRng};
@@ -102,6 +108,15 @@ struct Args {
     /// stop there.
     #[arg(long, default_value_t = 0)]
     stalled: usize,
+    /// poncho over TLS: trust node certificates this CA signed (PEM).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// With --key: a client certificate (PEM), for nodes that check them.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -158,7 +173,7 @@ enum Input {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: MaybeTls<TcpStream>,
     out: Vec<u8>,
     written: usize,
     input: Input,
@@ -218,29 +233,77 @@ fn client_id_of(reply: &ReplyEnvelope) -> Result<u64, String> {
     })
 }
 
-/// Opens a session on a new (blocking) connection to `leader`, which the
-/// bench then drives on its own: the stream and the session's client_id.
-fn register(std: StdTcpStream, leader: SocketAddr) -> Result<(StdTcpStream, u64), String> {
+/// How long opening one connection (TLS handshake and session included)
+/// may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a session on a new (blocking) connection to `leader`, over TLS if
+/// `tls` says so, which the bench then drives on its own: the stream and
+/// the session's client_id.
+fn register(
+    std: StdTcpStream,
+    leader: SocketAddr,
+    tls: Option<&Tls>,
+) -> Result<(MaybeTls<StdTcpStream>, u64), String> {
     let failed = |e: String| format!("cannot open a client session: {e}");
-    let mut conn =
-        Connection::from_stream(std, &leader.to_string()).map_err(|e| failed(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let mut conn = Connection::on_stream(std, &leader.to_string(), deadline, tls)
+        .map_err(|e| format!("connect {leader}: {e}"))?;
     let client_id = poncho_client::register(&mut conn, deadline).map_err(|e| match e {
         // The error reply as the server sent it.
         ClientError::Server(e) => failed(serde_json::to_string(&e).unwrap_or_default()),
         e => failed(e.message()),
     })?;
-    let std = conn.into_stream().map_err(|e| failed(e.to_string()))?;
-    Ok((std, client_id))
+    let stream = conn.into_inner().map_err(|e| failed(e.to_string()))?;
+    Ok((stream, client_id))
+}
+
+/// The TLS --cacert, --cert and --key ask for (`None`: plaintext); a key
+/// file others may read is warned about.
+fn tls_from(args: &Args) -> Result<Option<Tls>, String> {
+    let files = TlsFiles {
+        trusted_ca: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    if files == TlsFiles::default() {
+        return Ok(None);
+    }
+    if args.target != Target::Poncho {
+        return Err("--cacert, --cert and --key are for --target poncho".into());
+    }
+    if args.idle > 0 {
+        return Err("--idle connections are plaintext: not with --cacert".into());
+    }
+    let (tls, warning) = Tls::from_files(&files).map_err(|e| format!("TLS: {e}"))?;
+    if let Some(w) = warning {
+        eprintln!("poncho-bench: warning: {w}");
+    }
+    Ok(Some(tls))
 }
 
 /// Finds the leader through STATUS on any reachable member.
-fn find_leader(cluster: &[SocketAddr]) -> Result<SocketAddr, String> {
+fn find_leader(cluster: &[SocketAddr], tls: Option<&Tls>) -> Result<SocketAddr, String> {
     let addrs: Vec<String> = cluster.iter().map(SocketAddr::to_string).collect();
-    poncho_client::find_leader(&addrs, Duration::from_secs(2))
+    poncho_client::find_leader_with(&addrs, LEADER_TIMEOUT, tls)
         .and_then(|leader| leader.parse().ok())
-        .ok_or_else(|| format!("no leader found among {cluster:?}"))
+        .ok_or_else(|| {
+            // Why, node by node (a TLS refusal, say), asked once more.
+            let why: Vec<String> = addrs
+                .iter()
+                .map(
+                    |a| match poncho_client::status_with(a, LEADER_TIMEOUT, tls).0 {
+                        Ok(status) => format!("{a}: a {} that knows no leader", status.role),
+                        Err(e) => format!("{a}: {e}"),
+                    },
+                )
+                .collect();
+            format!("no leader found among {cluster:?} ({})", why.join("; "))
+        })
 }
+
+/// How long finding the leader may ask each node.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn cpu_seconds() -> f64 {
     // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks.
@@ -380,8 +443,9 @@ struct Outcome {
 
 fn run(args: &Args) -> Result<Outcome, String> {
     let mix = parse_mix(&args.mix)?;
+    let tls = tls_from(args)?;
     let leader = match args.target {
-        Target::Poncho => find_leader(&args.cluster)?,
+        Target::Poncho => find_leader(&args.cluster, tls.as_ref())?,
         Target::Etcd => etcd::find_leader(&args.cluster)?,
     };
     let mut generator = Generator::new(args, leader, mix);
@@ -389,7 +453,13 @@ fn run(args: &Args) -> Result<Outcome, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        conns.push(Conn::open(args.target, leader, &poll, Token(i))?);
+        conns.push(Conn::open(
+            args.target,
+            leader,
+            tls.as_ref(),
+            &poll,
+            Token(i),
+        )?);
     }
     if args.preload {
         preload(args, &mut poll, &mut conns, &mut generator)?;
@@ -459,19 +529,31 @@ fn preload(
 }
 
 impl Conn {
-    /// Connects to `leader` (a poncho connection in a session of its own)
-    /// and registers the stream with `poll` under `token`.
-    fn open(target: Target, leader: SocketAddr, poll: &Poll, token: Token) -> Result<Conn, String> {
+    /// Connects to `leader` (a poncho connection in a session of its own,
+    /// over TLS if `tls` is given) and registers the stream with `poll`
+    /// under `token`.
+    fn open(
+        target: Target,
+        leader: SocketAddr,
+        tls: Option<&Tls>,
+        poll: &Poll,
+        token: Token,
+    ) -> Result<Conn, String> {
         let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
         let (std, session) = match target {
-            Target::Poncho => register(std, leader).map(|(s, id)| (s, Some(id)))?,
-            Target::Etcd => (std, None),
+            Target::Poncho => register(std, leader, tls).map(|(s, id)| (s, Some(id)))?,
+            Target::Etcd => (MaybeTls::Plain(std), None),
         };
-        std.set_nonblocking(true).map_err(|e| e.to_string())?;
-        std.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut stream = TcpStream::from_std(std);
+        let sock = std.get_ref();
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        sock.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut stream = std.map_socket(TcpStream::from_std);
         poll.registry()
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .register(
+                stream.get_mut(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .map_err(|e| e.to_string())?;
         Ok(Conn {
             stream,
@@ -487,8 +569,12 @@ impl Conn {
         })
     }
 
-    /// Writes what the socket takes of the pending requests.
+    /// Writes what the socket takes of the pending requests (under TLS,
+    /// the records rustls holds first).
     fn flush(&mut self) -> Result<(), String> {
+        self.stream
+            .flush_records()
+            .map_err(|e| format!("write: {e}"))?;
         while self.written < self.out.len() {
             match self.stream.write(&self.out[self.written..]) {
                 Ok(n) => self.written += n,
@@ -508,7 +594,9 @@ impl Conn {
         // A short read emptied the socket; on Linux the next arrival is a
         // new event (see the server's `Conn::read_some`). A close is
         // read to the end so it is not missed.
-        let short_read_drains = cfg!(target_os = "linux") && !read_closed;
+        // Not under TLS: a short read of plaintext says nothing of the
+        // records still in the socket.
+        let short_read_drains = cfg!(target_os = "linux") && !read_closed && !self.stream.is_tls();
         loop {
             match self.stream.read(chunk) {
                 Ok(0) => return Err("the server closed a connection".into()),

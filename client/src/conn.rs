@@ -123,6 +123,17 @@ impl Connection {
         tls: Option<&Tls>,
     ) -> Result<Connection, ConnError> {
         let stream = connect_tcp(addr, deadline).map_err(unsent)?;
+        Connection::on_stream(stream, addr, deadline, tls)
+    }
+
+    /// A connection on a stream the caller opened (to `addr`), over TLS if
+    /// `tls` is given, as [`Connection::connect`] makes it.
+    pub fn on_stream(
+        stream: TcpStream,
+        addr: &str,
+        deadline: Instant,
+        tls: Option<&Tls>,
+    ) -> Result<Connection, ConnError> {
         let Some(tls) = tls else {
             return Connection::from_stream(stream, addr).map_err(unsent);
         };

@@ -76,9 +76,12 @@ fn requests_cross_tls_with_and_without_a_client_certificate() {
     assert_eq!(reply.envelope.payload, "ok");
     assert_eq!(reply.addr, n.addr);
     let (status, _) = poncho_client::status_with(&n.addr, TIMEOUT, Some(&tls));
-    // STATUS crossed TLS too: this node answers it with BAD_REQUEST.
-    let status = status.unwrap_err();
-    assert!(status.contains("BAD_REQUEST"), "{status}");
+    // STATUS crossed TLS too, and so does finding the leader.
+    assert_eq!(status.unwrap().role, "leader");
+    let addrs = [n.addr.clone()];
+    let leader = poncho_client::find_leader_with(&addrs, TIMEOUT, Some(&tls));
+    assert_eq!(leader.as_ref(), Some(&n.addr));
+    assert_eq!(poncho_client::find_leader(&addrs, TIMEOUT), None);
 
     // A node that checks client certificates: one signed by the CA passes.
     let n = node(server(&leaf, Some(&p.ca.cert_file)));

@@ -11,8 +11,7 @@ mod tls_node;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use certs::TestCa;
-use tls_node::{node, tls_server};
+use tls_node::{arg, client_flags, node, pki, text, tls_server};
 
 fn shell(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_poncho-shell"));
@@ -23,17 +22,11 @@ fn shell(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.envs(env.iter().copied()).output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[test]
 fn the_shell_speaks_tls_given_a_ca_and_says_so_when_it_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let leaf = ca.leaf("node", &["127.0.0.1"]);
-    let n = node(tls_server(&leaf.cert, &leaf.key, None));
-    let ca_file = ca.cert_file.to_str().unwrap();
+    let p = pki();
+    let n = node(tls_server(&p.node.cert, &p.node.key, None));
+    let ca_file = arg(&p.ca.cert_file);
     let out = shell(&["--cluster", &n.addr, "--cacert", ca_file, "health"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "ok");
@@ -52,30 +45,12 @@ fn the_shell_speaks_tls_given_a_ca_and_says_so_when_it_is_missing() {
 
 #[test]
 fn a_readable_key_is_warned_about_and_verbose_output_holds_no_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let leaf = ca.leaf("node", &["127.0.0.1"]);
-    let n = node(tls_server(&leaf.cert, &leaf.key, Some(&ca.cert_file)));
-    let me = ca.leaf("me", &[]);
-    std::fs::set_permissions(&me.key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (ca_file, cert, key) = (
-        ca.cert_file.to_str().unwrap(),
-        me.cert.to_str().unwrap(),
-        me.key.to_str().unwrap(),
-    );
+    let p = pki();
+    let n = node(tls_server(&p.node.cert, &p.node.key, Some(&p.ca.cert_file)));
+    std::fs::set_permissions(&p.client.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ca_file = arg(&p.ca.cert_file);
     let out = shell(
-        &[
-            "--cluster",
-            &n.addr,
-            "--cacert",
-            ca_file,
-            "--cert",
-            cert,
-            "--key",
-            key,
-            "--verbose",
-            "health",
-        ],
+        &[&client_flags(&p, &n.addr)[..], &["--verbose", "health"]].concat(),
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -85,7 +60,7 @@ fn a_readable_key_is_warned_about_and_verbose_output_holds_no_key() {
         "{stderr}"
     );
     assert!(stderr.contains("-> {"), "verbose prints the wire: {stderr}");
-    let pem = std::fs::read_to_string(&me.key).unwrap();
+    let pem = std::fs::read_to_string(&p.client.key).unwrap();
     for line in pem.lines().filter(|l| l.len() > 16) {
         assert!(!stderr.contains(line) && !text(&out.stdout).contains(line));
     }
@@ -100,6 +75,7 @@ fn a_readable_key_is_warned_about_and_verbose_output_holds_no_key() {
         text(&out.stderr)
     );
     // A key without its certificate is a usage error.
+    let key = arg(&p.client.key);
     let out = shell(&["--cacert", ca_file, "--key", key, "health"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -1,6 +1,7 @@
 //! A node on a loopback port for TLS tests, speaking TLS (a rustls server
-//! answering JSON lines), plaintext, or nothing at all. Included by path
-//! by the client's and the shell's tests.
+//! answering JSON lines), plaintext, or nothing at all, and certificates for
+//! it. Included by path by the client's, the shell's and the bench's tests,
+//! next to tests/src/certs.rs as `crate::certs`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,6 +12,54 @@ use std::sync::Arc;
 
 use poncho_client::{MaybeTls, TlsFiles};
 use poncho_tls::rustls::{ServerConfig, ServerConnection};
+
+use crate::certs::{Leaf, TestCa};
+
+/// A CA, a certificate it signed for a node on 127.0.0.1 and one for a
+/// client, in a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub node: Leaf,
+    pub client: Leaf,
+}
+
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let node = ca.leaf("node", &["127.0.0.1"]);
+    let client = ca.leaf("me", &[]);
+    Pki {
+        dir,
+        ca,
+        node,
+        client,
+    }
+}
+
+/// A path as a command-line argument.
+pub fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `--cluster addr` and the CA, certificate and key flags of `p`'s client.
+pub fn client_flags<'a>(p: &'a Pki, addr: &'a str) -> [&'a str; 8] {
+    [
+        "--cluster",
+        addr,
+        "--cacert",
+        arg(&p.ca.cert_file),
+        "--cert",
+        arg(&p.client.cert),
+        "--key",
+        arg(&p.client.key),
+    ]
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// A node on a loopback port: how many connections it accepted.
 pub struct Node {
@@ -38,6 +87,7 @@ pub fn node(speaks: Speaks) -> Node {
     std::thread::spawn(move || {
         for sock in listener.incoming().flatten() {
             counter.fetch_add(1, Ordering::SeqCst);
+            let _ = sock.set_nodelay(true);
             let speaks = speaks.clone();
             std::thread::spawn(move || serve(speaks, sock));
         }
@@ -59,28 +109,42 @@ fn serve(speaks: Speaks, sock: TcpStream) {
     }
 }
 
-/// Answers each line: HEALTHCHECK as a node would, anything else with
-/// BAD_REQUEST.
+/// Answers each line as a leader would, in short: HEALTHCHECK, STATUS,
+/// REGISTER_CLIENT, SET, GET and CAS; anything else with BAD_REQUEST.
 fn answer_lines(stream: MaybeTls<TcpStream>) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-        let request: Option<serde_json::Value> = serde_json::from_slice(&line).ok();
+        let request: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
         line.clear();
-        let reply = match request {
-            Some(r) if r["msg_type"] == "HEALTHCHECK" => serde_json::json!({
-                "msg_type": "HEALTHCHECK", "req_id": r["req_id"], "payload": "ok"
+        let payload = match request["msg_type"].as_str().unwrap_or("") {
+            "HEALTHCHECK" => serde_json::json!("ok"),
+            "STATUS" => serde_json::from_str(STATUS).unwrap(),
+            "REGISTER_CLIENT" => serde_json::json!({"client_id": 7}),
+            "SET" | "GET" | "CAS" => serde_json::json!({"key": request["payload"]["key"]}),
+            _ => serde_json::Value::Null,
+        };
+        let reply = match payload {
+            serde_json::Value::Null => BAD_REQUEST.to_string(),
+            payload => serde_json::json!({
+                "msg_type": request["msg_type"], "req_id": request["req_id"], "payload": payload
             })
             .to_string(),
-            _ => BAD_REQUEST.to_string(),
         };
+        // One write per reply, as a node sends it (two small TLS records
+        // would wait on Nagle and a delayed ACK).
         let out = reader.get_mut();
-        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
+        if out
+            .write_all(format!("{reply}\n").as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return;
         }
     }
 }
 
+const STATUS: &str = r#"{"id":1,"addr":"leader","role":"leader","term":3,"leader_id":1,"commit_index":0,"last_applied":0,"last_log_index":0,"members":[]}"#;
 const BAD_REQUEST: &str =
     r#"{"msg_type":"ERROR","payload":{"code":"BAD_REQUEST","message":"not a JSON object"}}"#;
 
