@@ -19,7 +19,10 @@
 //!   session and the leader's clock): its JSON and its one-pass decode.
 //! - `snapshot.rs`: [`KvSnapshot`], the JSON Lines snapshot format, and
 //!   [`KvStore::restore`].
+//! - `auth.rs`: users, roles and their permission checks (the model only:
+//!   not yet applied through the log nor checked on requests).
 
+pub mod auth;
 mod command;
 mod ops;
 mod session;

@@ -1,0 +1,483 @@
+//! Users and roles (issue 12, part 5), as the state machine will hold them:
+//! who exists, what each role may read or write, and whether auth is on.
+//!
+//! Modelled on etcd's RBAC: a user has a password (stored only as a salted
+//! hash, computed by the leader before it proposes) and roles; a role grants
+//! read, write or readwrite on one key or on every key with a prefix; the
+//! `root` role may do anything, and auth can only be enabled while a `root`
+//! user holds it, so the cluster can never lock its operator out.
+//!
+//! This is the model and its checks only: applying these changes through the
+//! log, snapshots, the wire requests, the per-connection login and the
+//! shell's commands are the rest of part 5 (see the issue's closing note).
+//! Every limit is a named constant and every refusal an [`AuthError`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The role that may do anything (etcd's).
+pub const ROOT: &str = "root";
+/// The most users and roles a cluster holds.
+pub const MAX_USERS: usize = 10_000;
+pub const MAX_ROLES: usize = 1_000;
+/// The most permissions one role holds.
+pub const MAX_PERMISSIONS_PER_ROLE: usize = 1_000;
+/// The most roles one user holds.
+pub const MAX_ROLES_PER_USER: usize = 64;
+/// The longest user or role name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    fn allows(self, write: bool) -> bool {
+        matches!(
+            (self, write),
+            (Access::ReadWrite, _) | (Access::Read, false) | (Access::Write, true)
+        )
+    }
+}
+
+/// What a permission covers: one key, or every key that starts with a
+/// prefix (the empty prefix: every key).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyRange {
+    Key(String),
+    Prefix(String),
+}
+
+impl KeyRange {
+    fn covers(&self, key: &str) -> bool {
+        match self {
+            KeyRange::Key(k) => k == key,
+            KeyRange::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+
+    /// Whether every key with `prefix` is covered.
+    fn covers_prefix(&self, prefix: &str) -> bool {
+        matches!(self, KeyRange::Prefix(p) if prefix.starts_with(p.as_str()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Permission {
+    pub range: KeyRange,
+    pub access: Access,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Role {
+    pub permissions: BTreeSet<Permission>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// A PHC string (`$argon2id$...`): salted, never the password.
+    pub password_hash: String,
+    pub roles: BTreeSet<String>,
+}
+
+impl fmt::Debug for User {
+    // Not even the hash goes into logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User").field("roles", &self.roles).finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    NameInvalid(String),
+    UserExists(String),
+    UserNotFound(String),
+    RoleExists(String),
+    RoleNotFound(String),
+    TooMany(&'static str, usize),
+    /// `auth enable` without a `root` user that holds the `root` role.
+    NoRootUser,
+    /// The change would leave auth enabled with no `root` user.
+    WouldLockOut,
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::NameInvalid(why) => write!(f, "{why}"),
+            AuthError::UserExists(u) => write!(f, "user {u:?} exists already"),
+            AuthError::UserNotFound(u) => write!(f, "no user {u:?}"),
+            AuthError::RoleExists(r) => write!(f, "role {r:?} exists already"),
+            AuthError::RoleNotFound(r) => write!(f, "no role {r:?}"),
+            AuthError::TooMany(what, max) => write!(f, "at most {max} {what}"),
+            AuthError::NoRootUser => write!(
+                f,
+                "auth enable needs a user named root with the root role first: `user add root`, \
+                 `user grant-role root root`"
+            ),
+            AuthError::WouldLockOut => write!(
+                f,
+                "auth is enabled: the root user and its root role cannot be removed (disable \
+                 auth first)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+fn check_name(kind: &str, name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::NameInvalid(format!(
+            "a {kind} name is 1 to {MAX_NAME_BYTES} letters, digits, '-', '_', '.' or '@'"
+        )))
+    }
+}
+
+/// Every user and role, and whether auth is enabled. Ordered maps: a
+/// snapshot of it must not depend on hash order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthStore {
+    pub enabled: bool,
+    users: BTreeMap<String, User>,
+    roles: BTreeMap<String, Role>,
+}
+
+impl AuthStore {
+    pub fn user_add(&mut self, name: &str, password_hash: String) -> Result<(), AuthError> {
+        check_name("user", name)?;
+        if self.users.contains_key(name) {
+            return Err(AuthError::UserExists(name.into()));
+        }
+        if self.users.len() >= MAX_USERS {
+            return Err(AuthError::TooMany("users", MAX_USERS));
+        }
+        let user = User {
+            password_hash,
+            roles: BTreeSet::new(),
+        };
+        self.users.insert(name.to_string(), user);
+        Ok(())
+    }
+
+    pub fn user_delete(&mut self, name: &str) -> Result<(), AuthError> {
+        if self.enabled && name == ROOT {
+            return Err(AuthError::WouldLockOut);
+        }
+        self.users
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| AuthError::UserNotFound(name.into()))
+    }
+
+    pub fn user_grant_role(&mut self, user: &str, role: &str) -> Result<(), AuthError> {
+        if role != ROOT && !self.roles.contains_key(role) {
+            return Err(AuthError::RoleNotFound(role.into()));
+        }
+        let u = self
+            .users
+            .get_mut(user)
+            .ok_or_else(|| AuthError::UserNotFound(user.into()))?;
+        if u.roles.len() >= MAX_ROLES_PER_USER && !u.roles.contains(role) {
+            return Err(AuthError::TooMany("roles per user", MAX_ROLES_PER_USER));
+        }
+        u.roles.insert(role.to_string());
+        Ok(())
+    }
+
+    pub fn user_revoke_role(&mut self, user: &str, role: &str) -> Result<(), AuthError> {
+        if self.enabled && user == ROOT && role == ROOT {
+            return Err(AuthError::WouldLockOut);
+        }
+        let u = self
+            .users
+            .get_mut(user)
+            .ok_or_else(|| AuthError::UserNotFound(user.into()))?;
+        if !u.roles.remove(role) {
+            return Err(AuthError::RoleNotFound(role.into()));
+        }
+        Ok(())
+    }
+
+    /// The stored hash to check a login against.
+    pub fn password_hash(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(|u| u.password_hash.as_str())
+    }
+
+    pub fn role_add(&mut self, name: &str) -> Result<(), AuthError> {
+        check_name("role", name)?;
+        if name == ROOT || self.roles.contains_key(name) {
+            return Err(AuthError::RoleExists(name.into()));
+        }
+        if self.roles.len() >= MAX_ROLES {
+            return Err(AuthError::TooMany("roles", MAX_ROLES));
+        }
+        self.roles.insert(name.to_string(), Role::default());
+        Ok(())
+    }
+
+    /// Deletes a role, and takes it from every user that held it.
+    pub fn role_delete(&mut self, name: &str) -> Result<(), AuthError> {
+        if self.roles.remove(name).is_none() {
+            return Err(AuthError::RoleNotFound(name.into()));
+        }
+        for user in self.users.values_mut() {
+            user.roles.remove(name);
+        }
+        Ok(())
+    }
+
+    pub fn role_grant(&mut self, role: &str, permission: Permission) -> Result<(), AuthError> {
+        let r = self
+            .roles
+            .get_mut(role)
+            .ok_or_else(|| AuthError::RoleNotFound(role.into()))?;
+        // One entry per range: a new grant replaces the old access. A
+        // refused grant changes nothing.
+        let replacing = r.permissions.iter().any(|p| p.range == permission.range);
+        if !replacing && r.permissions.len() >= MAX_PERMISSIONS_PER_ROLE {
+            return Err(AuthError::TooMany(
+                "permissions per role",
+                MAX_PERMISSIONS_PER_ROLE,
+            ));
+        }
+        r.permissions.retain(|p| p.range != permission.range);
+        r.permissions.insert(permission);
+        Ok(())
+    }
+
+    pub fn role_revoke(&mut self, role: &str, range: &KeyRange) -> Result<bool, AuthError> {
+        let r = self
+            .roles
+            .get_mut(role)
+            .ok_or_else(|| AuthError::RoleNotFound(role.into()))?;
+        let before = r.permissions.len();
+        r.permissions.retain(|p| &p.range != range);
+        Ok(r.permissions.len() < before)
+    }
+
+    /// Turns auth on: only with a `root` user that holds the `root` role.
+    pub fn enable(&mut self) -> Result<(), AuthError> {
+        let has_root = self.users.get(ROOT).is_some_and(|u| u.roles.contains(ROOT));
+        if !has_root {
+            return Err(AuthError::NoRootUser);
+        }
+        self.enabled = true;
+        Ok(())
+    }
+
+    pub fn disable(&mut self) {
+        self.enabled = false;
+    }
+
+    fn roles_of<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a str> + 'a {
+        self.users
+            .get(user)
+            .into_iter()
+            .flat_map(|u| u.roles.iter().map(String::as_str))
+    }
+
+    pub fn is_root(&self, user: &str) -> bool {
+        self.roles_of(user).any(|r| r == ROOT)
+    }
+
+    /// Whether `user` may read (`write: false`) or write `key`.
+    pub fn may(&self, user: &str, key: &str, write: bool) -> bool {
+        self.is_root(user)
+            || self
+                .roles_of(user)
+                .filter_map(|r| self.roles.get(r))
+                .flat_map(|r| &r.permissions)
+                .any(|p| p.access.allows(write) && p.range.covers(key))
+    }
+
+    /// Whether `user` may read every key with `prefix` (a KEYS of that
+    /// prefix can then be answered whole, without filtering key by key).
+    pub fn may_read_prefix(&self, user: &str, prefix: &str) -> bool {
+        self.is_root(user)
+            || self
+                .roles_of(user)
+                .filter_map(|r| self.roles.get(r))
+                .flat_map(|r| &r.permissions)
+                .any(|p| p.access.allows(false) && p.range.covers_prefix(prefix))
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn role_count(&self) -> usize {
+        self.roles.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(store: &mut AuthStore, role: &str, range: KeyRange, access: Access) {
+        store
+            .role_grant(role, Permission { range, access })
+            .unwrap();
+    }
+
+    fn store() -> AuthStore {
+        let mut s = AuthStore::default();
+        for user in ["root", "alice", "bob", "carol"] {
+            s.user_add(user, format!("$argon2id$hash-of-{user}"))
+                .unwrap();
+        }
+        s.user_grant_role("root", ROOT).unwrap();
+        s.role_add("app-rw").unwrap();
+        grant(
+            &mut s,
+            "app-rw",
+            KeyRange::Prefix("app/".into()),
+            Access::ReadWrite,
+        );
+        s.role_add("config-r").unwrap();
+        grant(
+            &mut s,
+            "config-r",
+            KeyRange::Key("config".into()),
+            Access::Read,
+        );
+        s.role_add("logs-w").unwrap();
+        grant(
+            &mut s,
+            "logs-w",
+            KeyRange::Prefix("logs/".into()),
+            Access::Write,
+        );
+        s.user_grant_role("alice", "app-rw").unwrap();
+        s.user_grant_role("alice", "config-r").unwrap();
+        s.user_grant_role("bob", "logs-w").unwrap();
+        s
+    }
+
+    /// The table of users x operations x keys.
+    #[test]
+    fn permissions_allow_exactly_what_roles_grant() {
+        let s = store();
+        let table: &[(&str, &str, bool, bool)] = &[
+            // user, key, write, allowed
+            ("root", "anything", true, true),
+            ("root", "config", false, true),
+            ("alice", "app/x", true, true),
+            ("alice", "app/x", false, true),
+            ("alice", "app", false, false),
+            ("alice", "apps/x", false, false),
+            ("alice", "config", false, true),
+            ("alice", "config", true, false),
+            ("alice", "config2", false, false),
+            ("bob", "logs/1", true, true),
+            ("bob", "logs/1", false, false),
+            ("bob", "app/x", false, false),
+            ("carol", "app/x", false, false),
+            ("nobody", "app/x", false, false),
+        ];
+        for &(user, key, write, allowed) in table {
+            assert_eq!(
+                s.may(user, key, write),
+                allowed,
+                "{user} {key} write={write}"
+            );
+        }
+        assert!(s.may_read_prefix("alice", "app/"));
+        assert!(s.may_read_prefix("alice", "app/sub/"));
+        assert!(!s.may_read_prefix("alice", "ap"));
+        assert!(!s.may_read_prefix("bob", "logs/"), "write-only");
+        assert!(s.may_read_prefix("root", ""));
+    }
+
+    #[test]
+    fn auth_needs_a_root_user_and_then_cannot_lose_it() {
+        let mut s = AuthStore::default();
+        assert_eq!(s.enable(), Err(AuthError::NoRootUser));
+        s.user_add("root", "$h".into()).unwrap();
+        assert_eq!(
+            s.enable(),
+            Err(AuthError::NoRootUser),
+            "root needs the root role"
+        );
+        s.user_grant_role("root", ROOT).unwrap();
+        s.enable().unwrap();
+        assert_eq!(s.user_delete("root"), Err(AuthError::WouldLockOut));
+        assert_eq!(
+            s.user_revoke_role("root", ROOT),
+            Err(AuthError::WouldLockOut)
+        );
+        s.disable();
+        s.user_revoke_role("root", ROOT).unwrap();
+        s.user_delete("root").unwrap();
+    }
+
+    #[test]
+    fn changes_take_effect_and_bad_names_and_limits_are_refused() {
+        let mut s = store();
+        assert!(s.may("alice", "app/x", true));
+        // A grant replaces the access for its range; a revoke removes it.
+        grant(
+            &mut s,
+            "app-rw",
+            KeyRange::Prefix("app/".into()),
+            Access::Read,
+        );
+        assert!(!s.may("alice", "app/x", true));
+        assert!(s.may("alice", "app/x", false));
+        assert_eq!(
+            s.role_revoke("app-rw", &KeyRange::Prefix("app/".into())),
+            Ok(true)
+        );
+        assert!(!s.may("alice", "app/x", false));
+        // Deleting a role takes it from its users.
+        s.role_delete("config-r").unwrap();
+        assert!(!s.may("alice", "config", false));
+        assert_eq!(
+            s.user_grant_role("alice", "config-r"),
+            Err(AuthError::RoleNotFound("config-r".into()))
+        );
+        for bad in ["", "has space", &"x".repeat(MAX_NAME_BYTES + 1)] {
+            assert!(matches!(
+                s.user_add(bad, "$h".into()),
+                Err(AuthError::NameInvalid(_))
+            ));
+            assert!(matches!(s.role_add(bad), Err(AuthError::NameInvalid(_))));
+        }
+        assert_eq!(s.role_add(ROOT), Err(AuthError::RoleExists(ROOT.into())));
+        assert_eq!(
+            s.user_add("bob", "$h".into()),
+            Err(AuthError::UserExists("bob".into()))
+        );
+        s.role_add("many").unwrap();
+        for i in 0..MAX_PERMISSIONS_PER_ROLE {
+            grant(&mut s, "many", KeyRange::Key(format!("k{i}")), Access::Read);
+        }
+        let extra = Permission {
+            range: KeyRange::Key("one-more".into()),
+            access: Access::Read,
+        };
+        assert!(matches!(
+            s.role_grant("many", extra),
+            Err(AuthError::TooMany(..))
+        ));
+        // At the limit, a grant for a range it has replaces the access.
+        grant(&mut s, "many", KeyRange::Key("k0".into()), Access::Write);
+        s.user_grant_role("carol", "many").unwrap();
+        assert!(s.may("carol", "k0", true) && !s.may("carol", "k0", false));
+        assert!(
+            !format!("{:?}", s).contains("argon2"),
+            "no hash in Debug output"
+        );
+    }
+}
