@@ -22,7 +22,7 @@ pub use envelope::{
     DecodeError, ReplyEnvelope, ReplyError, Request,
 };
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
-pub use peer::{PeerChallenge, PeerHello, PeerProof};
+pub use peer::{PeerAccept, PeerChallenge, PeerHello, PeerProof};
 pub use raft::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
     NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,

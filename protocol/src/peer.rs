@@ -5,14 +5,17 @@
 //! 1. The opener sends [`PeerHello`]: the cluster id it belongs to, its id,
 //!    the id it expects to reach, and a fresh nonce.
 //! 2. The answerer checks the cluster id and both ids and sends
-//!    [`PeerChallenge`]: its own fresh nonce and, when the cluster has a
-//!    secret, its proof (an HMAC over both ids, the cluster id and both
-//!    nonces, keyed by the secret).
-//! 3. The opener checks that proof and sends [`PeerProof`], its own HMAC
-//!    over the same transcript (with another label). From then on, and only
-//!    then, the answerer hands the Raft messages read on that connection to
-//!    its core, as coming from the opener.
+//!    [`PeerChallenge`]: its own fresh nonce.
+//! 3. The opener sends [`PeerProof`]: when the cluster has a secret, an HMAC
+//!    over both ids, the cluster id and both nonces, keyed by the secret.
+//! 4. The answerer checks it and sends [`PeerAccept`], its own proof over
+//!    the same transcript (with another label). From then on, and only then,
+//!    it hands the Raft messages read on that connection to its core, as
+//!    coming from the opener; the opener sends Raft messages only once the
+//!    answerer's proof checks out.
 //!
+//! The opener proves first, so a program that merely reaches a node's port
+//! never gets a proof to guess the secret from offline.
 //! The secret itself never crosses the wire, both nonces are fresh per
 //! connection (so a recorded proof is worth nothing on another), and each
 //! proof names both ids and the cluster (so it cannot be reflected or
@@ -48,15 +51,20 @@ pub struct PeerChallenge {
     /// The answerer's id.
     pub from: NodeId,
     pub nonce: String,
-    /// The answerer's proof; absent when the cluster runs `--insecure`.
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerProof {
+    /// The opener's proof; absent when the cluster has no secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerProof {
-    /// The opener's proof; absent when the cluster runs `--insecure`.
+pub struct PeerAccept {
+    /// The answerer's proof; absent when the cluster has no secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
 }
@@ -84,7 +92,12 @@ impl PeerHello {
 impl PeerChallenge {
     pub(crate) fn check(&self) -> Result<(), String> {
         check_cluster_id(&self.cluster_id)?;
-        check_hex("nonce", Some(&self.nonce))?;
+        check_hex("nonce", Some(&self.nonce))
+    }
+}
+
+impl PeerAccept {
+    pub(crate) fn check(&self) -> Result<(), String> {
         check_hex("proof", self.proof.as_deref())
     }
 }

@@ -232,6 +232,7 @@ message_table! {
         PeerHello = "PEER_HELLO" (PeerHello),
         PeerChallenge = "PEER_CHALLENGE" (PeerChallenge),
         PeerProof = "PEER_PROOF" (PeerProof),
+        PeerAccept = "PEER_ACCEPT" (PeerAccept),
     }
     error {
         Error = "ERROR" => ErrorReply,

@@ -98,7 +98,7 @@ struct Args {
     /// throwaway experiments only.
     #[arg(long)]
     unsafe_no_fsync: bool,
-    /// A file holding the cluster's shared secret (at least 16 bytes; make
+    /// A file holding the cluster's shared secret (at least 32 bytes; make
     /// one with `openssl rand -hex 32`). A connection from another node is
     /// taken as a member's only once it has proven it knows the secret (a
     /// challenge-response handshake; the secret is never sent). Every member
@@ -112,7 +112,7 @@ struct Args {
     #[arg(long)]
     insecure: bool,
     /// Names the cluster a brand-new data directory joins: the cluster id
-    /// derives from it, the member ids and the secret, and is recorded in
+    /// derives from it and the member ids, and is recorded in
     /// the data directory on first start. Give each cluster its own (as
     /// with etcd's flag); nodes of clusters with different ids refuse each
     /// other.

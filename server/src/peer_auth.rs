@@ -24,8 +24,9 @@ use sha2::{Digest, Sha256};
 use crate::durable;
 
 /// A secret shorter than this (after trimming whitespace) is refused: it
-/// could be guessed. `openssl rand -hex 32` gives 64 characters.
-pub const MIN_SECRET_BYTES: usize = 16;
+/// could be guessed (32 hex digits are 128 bits). `openssl rand -hex 32`
+/// gives 64 characters.
+pub const MIN_SECRET_BYTES: usize = 32;
 /// A secret file larger than this is refused: it is not a secret file.
 pub const MAX_SECRET_BYTES: usize = 4096;
 /// The file in a data directory that holds the node's cluster id.
@@ -210,26 +211,18 @@ pub fn from_hex(s: &str) -> Option<Nonce> {
 }
 
 /// The id a brand-new cluster gets, the same on every member that starts
-/// with the same flags: derived from `token` (`--initial-cluster-token`), the
-/// member ids and, when there is one, the secret (so clusters with different
-/// secrets never share an id). Like etcd's, it tells clusters apart only as
-/// well as their tokens do: give each cluster its own.
-pub fn initial_cluster_id(
-    token: &str,
-    members: &BTreeSet<NodeId>,
-    secret: Option<&ClusterSecret>,
-) -> String {
+/// with the same flags: derived from `token` (`--initial-cluster-token`) and
+/// the member ids. Not from the secret: the id is told to peers before they
+/// prove anything, and must give nothing to guess the secret from. Like
+/// etcd's, it tells clusters apart only as well as their tokens do: give
+/// each cluster its own.
+pub fn initial_cluster_id(token: &str, members: &BTreeSet<NodeId>) -> String {
     let mut hash = Sha256::new();
     hash.update(b"poncho cluster id v1\0");
     hash.update((token.len() as u64).to_be_bytes());
     hash.update(token.as_bytes());
     for id in members {
         hash.update(id.to_be_bytes());
-    }
-    if let Some(secret) = secret {
-        let mut mac = secret.mac();
-        mac.update(b"poncho cluster id v1\0");
-        hash.update(mac.finalize().into_bytes());
     }
     to_hex(&hash.finalize()[..8])
 }
@@ -314,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_proof_verifies_only_for_its_secret_side_ids_cluster_and_nonces() {
-        let k = secret("0123456789abcdef0123");
+        let k = secret("0123456789abcdef0123456789abcdef");
         let (n1, n2) = (fresh_nonce(), fresh_nonce());
         assert_ne!(n1, n2, "nonces are fresh");
         let t = transcript(&n1, &n2);
@@ -322,7 +315,11 @@ mod tests {
         assert!(t.verify(&k, Side::Opener, &proof));
         // Another secret, the other side's label, other ids, another
         // cluster, other nonces: each refused.
-        assert!(!t.verify(&secret("0123456789abcdef0124"), Side::Opener, &proof));
+        assert!(!t.verify(
+            &secret("0123456789abcdef0123456789abcdeg"),
+            Side::Opener,
+            &proof
+        ));
         assert!(!t.verify(&k, Side::Answerer, &proof));
         let swapped = Transcript {
             opener: 2,
@@ -355,15 +352,15 @@ mod tests {
     #[test]
     fn a_secret_is_trimmed_must_be_long_enough_and_never_shown() {
         assert!(ClusterSecret::from_bytes(b"  short \n").is_err());
-        let s = ClusterSecret::from_bytes(b"  0123456789abcdef \n").unwrap();
-        assert_eq!(s.0, b"0123456789abcdef");
+        let s = ClusterSecret::from_bytes(b"  0123456789abcdef0123456789abcdef \n").unwrap();
+        assert_eq!(s.0, b"0123456789abcdef0123456789abcdef");
         assert_eq!(format!("{s:?}"), "ClusterSecret(..)");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         fs::write(&path, "tiny").unwrap();
         let err = ClusterSecret::load(&path).unwrap_err().to_string();
         assert!(err.contains("4 bytes") && !err.contains("tiny"), "{err}");
-        fs::write(&path, "a-secret-long-enough-to-use").unwrap();
+        fs::write(&path, "a-secret-long-enough-to-use-0123456789").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let (_, warning) = ClusterSecret::load(&path).unwrap();
         assert!(warning.unwrap().contains("chmod 600"));
@@ -372,17 +369,13 @@ mod tests {
     }
 
     #[test]
-    fn cluster_ids_differ_by_token_members_and_secret_and_are_recorded_once() {
+    fn cluster_ids_differ_by_token_and_members_and_are_recorded_once() {
         let members: BTreeSet<NodeId> = [1, 2, 3].into();
-        let k = secret("0123456789abcdef0123");
-        let id = initial_cluster_id("t", &members, Some(&k));
+        let id = initial_cluster_id("t", &members);
         assert!(poncho_protocol::peer::is_cluster_id(&id));
-        assert_eq!(id, initial_cluster_id("t", &members, Some(&k)));
-        assert_ne!(id, initial_cluster_id("u", &members, Some(&k)));
-        assert_ne!(id, initial_cluster_id("t", &[1, 2].into(), Some(&k)));
-        assert_ne!(id, initial_cluster_id("t", &members, None));
-        let other = secret("0123456789abcdef0124");
-        assert_ne!(id, initial_cluster_id("t", &members, Some(&other)));
+        assert_eq!(id, initial_cluster_id("t", &members));
+        assert_ne!(id, initial_cluster_id("u", &members));
+        assert_ne!(id, initial_cluster_id("t", &[1, 2].into()));
 
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(

@@ -94,7 +94,7 @@ pub fn cluster_secret_file(dir: &Path) -> PathBuf {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let secret = format!("test-{:x}-{nanos:x}\n", std::process::id());
+        let secret = format!("test-secret-{:08x}-{nanos:032x}\n", std::process::id());
         std::fs::write(&path, secret).expect("write the cluster secret");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .expect("chmod the cluster secret");

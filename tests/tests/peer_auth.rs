@@ -290,11 +290,9 @@ fn a_real_proof_admits_a_connection_and_replayed_or_misbound_ones_are_refused() 
     );
     let their_nonce = unhex(p["nonce"].as_str().unwrap());
     assert_ne!(their_nonce, opener_nonce, "the answerer's nonce is its own");
-    let answerer = proof(&key, "answerer", &cid, 2, 1, &opener_nonce, &their_nonce);
-    assert_eq!(
-        p["proof"],
-        json!(answerer),
-        "the node's proof follows the reference"
+    assert!(
+        p.get("proof").is_none(),
+        "the answerer proves nothing first: {p}"
     );
     let ours = proof(&key, "opener", &cid, 2, 1, &opener_nonce, &their_nonce);
     let proof_line = json!({"msg_type": "PEER_PROOF", "payload": {"proof": ours}});
@@ -303,6 +301,15 @@ fn a_real_proof_admits_a_connection_and_replayed_or_misbound_ones_are_refused() 
     bytes.extend(serde_json::to_vec(&vote).unwrap());
     bytes.push(b'\n');
     c.send_raw(&bytes).unwrap();
+    // Then it proves itself, over the same transcript.
+    let accept = c.read_reply().unwrap();
+    assert_eq!(accept["msg_type"], "PEER_ACCEPT", "{accept}");
+    let answerer = proof(&key, "answerer", &cid, 2, 1, &opener_nonce, &their_nonce);
+    assert_eq!(
+        accept["payload"]["proof"],
+        json!(answerer),
+        "the node's proof follows the reference"
+    );
     // Proven: the vote goes to the core (which answers node 2 on its own
     // connection), so nothing comes back here; unproven, it is a probe and
     // is answered on the connection it came on (the control).
@@ -337,15 +344,24 @@ fn a_real_proof_admits_a_connection_and_replayed_or_misbound_ones_are_refused() 
     )
     .unwrap();
     assert_eq!(reply["payload"]["code"], "UNAUTHENTICATED", "{reply}");
-    // The answerer's own proof sent back as the opener's.
+    // The answerer's proof (from the real handshake above) sent back as an
+    // opener's, on a new connection.
     let mut c = cluster.client(1);
     let challenge = send(&mut c, &hello(&opener_nonce)).unwrap();
-    let reflected = challenge["payload"]["proof"].clone();
+    assert_eq!(challenge["msg_type"], "PEER_CHALLENGE");
     let reply = send(
         &mut c,
-        &json!({"msg_type": "PEER_PROOF", "payload": {"proof": reflected}}),
+        &json!({"msg_type": "PEER_PROOF", "payload": {"proof": answerer}}),
     )
     .unwrap();
+    assert_eq!(reply["payload"]["code"], "UNAUTHENTICATED", "{reply}");
+    // A hello after another line on the same connection is refused.
+    let mut c = cluster.client(1);
+    assert_eq!(
+        send(&mut c, &json!({"msg_type": "HEALTHCHECK"})).unwrap()["msg_type"],
+        "HEALTHCHECK"
+    );
+    let reply = send(&mut c, &hello(&opener_nonce)).unwrap();
     assert_eq!(reply["payload"]["code"], "UNAUTHENTICATED", "{reply}");
 }
 
@@ -426,7 +442,7 @@ fn a_node_with_peers_needs_a_secret_or_insecure_and_warns_of_a_readable_secret()
     assert!(stdout.contains("TCP Listener"), "started: {stdout}");
 
     let path = dir.path().join("secret");
-    std::fs::write(&path, "readable-secret-0123456789\n").unwrap();
+    std::fs::write(&path, "readable-secret-0123456789-0123456789\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let file = path.display().to_string();
     let out = run_server(&dir.path().join("c"), &["--cluster-secret-file", &file]);
@@ -444,7 +460,7 @@ fn a_node_with_peers_needs_a_secret_or_insecure_and_warns_of_a_readable_secret()
     let out = run_server(&dir.path().join("d"), &["--cluster-secret-file", &file]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && stderr.contains("at least 16"),
+        !out.status.success() && stderr.contains("at least 32"),
         "{stderr}"
     );
     assert!(
@@ -463,4 +479,41 @@ fn an_insecure_cluster_still_replicates() {
         TIMEOUT,
     );
     assert_eq!(read_with_retry(&cluster, "x", TIMEOUT)["value"], "y");
+}
+
+/// A remote's refusal text reaches the log shortened and on one line: a
+/// connection cannot forge log lines or fill the disk through it.
+#[test]
+fn a_remote_cannot_forge_or_flood_log_lines_through_a_refusal() {
+    let cluster = Cluster::start(3);
+    let cid = cluster_id(&cluster, 1);
+    for i in 0..20 {
+        let mut c = cluster.client(1);
+        let challenge = send(
+            &mut c,
+            &json!({"msg_type": "PEER_HELLO", "payload": {"cluster_id": cid, "from": 2,
+                "to": 1, "nonce": "0c".repeat(32)}}),
+        )
+        .unwrap();
+        assert_eq!(challenge["msg_type"], "PEER_CHALLENGE");
+        let forged = format!(
+            "x\n12.345 INFO  node 1: FORGED line {i}\n{}",
+            "y".repeat(100_000)
+        );
+        let refusal = json!({"msg_type": "ERROR", "payload": {"code": "BAD_REQUEST",
+            "message": forged}});
+        let _ = send(&mut c, &refusal);
+    }
+    sleep(Duration::from_millis(300));
+    let log = cluster.log(1);
+    assert!(log.contains("refused our challenge"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.trim_start().starts_with("12.345")),
+        "a forged line:\n{log}"
+    );
+    assert!(log.len() < 100_000, "the log grew by {} bytes", log.len());
+    assert!(
+        log.matches("refused our challenge").count() == 1,
+        "one line per kind per window:\n{log}"
+    );
 }

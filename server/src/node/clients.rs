@@ -142,9 +142,11 @@ impl Node {
         if line.iter().all(u8::is_ascii_whitespace) {
             return; // blank lines (a human at nc pressing enter) are ignored
         }
-        let Some(role) = self.conns.get(key).map(|c| c.role) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let role = conn.role;
+        conn.lines_handled += 1;
         match role {
             ConnRole::Outbound(peer, link) => {
                 return self.handle_outbound_line(key, peer, link, line)

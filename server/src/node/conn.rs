@@ -62,6 +62,13 @@ pub struct Proving {
 pub enum Link {
     /// `PEER_HELLO` sent with `nonce`; the challenge must come by `until`.
     Hello { nonce: Nonce, until: Instant },
+    /// Our proof sent for the peer's `their` nonce; its `PEER_ACCEPT` (with
+    /// its proof) must come by `until`.
+    Proving {
+        nonce: Nonce,
+        their: Nonce,
+        until: Instant,
+    },
     /// Both ends proven: our Raft messages go out on it.
     Proven,
 }
@@ -225,6 +232,8 @@ pub struct Conn {
     pub opened: Instant,
     /// The listener it came in on (ours to peers: `Port::Client`, unused).
     pub port: Port,
+    /// Lines handled so far (a peer's hello must be the first).
+    pub lines_handled: u64,
     pub role: ConnRole,
     /// Distinguishes this connection from a later one reusing its slab key.
     pub generation: u64,
@@ -265,6 +274,7 @@ impl Conn {
             stream,
             opened: now,
             port: Port::Client,
+            lines_handled: 0,
             role,
             generation,
             input: LineBuffer::new(max_line_bytes),

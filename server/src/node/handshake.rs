@@ -16,18 +16,23 @@
 use std::time::{Duration, Instant};
 
 use poncho_protocol::{
-    encode_error, encode_handshake, ErrorCode, ErrorReply, Handshake, NodeId, PeerChallenge,
-    PeerHello, PeerProof, ReplyEnvelope, Request,
+    encode_error, encode_handshake, ErrorCode, ErrorReply, Handshake, NodeId, PeerAccept,
+    PeerChallenge, PeerHello, PeerProof, ReplyEnvelope, Request,
 };
 
 use super::admission::Port;
 use super::conn::{ConnRole, Link, Proving};
 use super::log_limiter::LogLimiter;
 use super::Node;
-use crate::peer_auth::{fresh_nonce, from_hex, to_hex, ClusterSecret, Side, Transcript};
+use crate::peer_auth::{fresh_nonce, from_hex, to_hex, ClusterSecret, Nonce, Side, Transcript};
 
 /// A handshake must be complete this long after it began, on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const SECRET_MISMATCH: &str =
+    "its proof does not match: it does not share this node's cluster secret";
+const NO_PROOF: &str = "it proved nothing: it runs without a cluster secret (--insecure) and this \
+                        node has one";
+
 /// What this node proves itself with and checks others by.
 pub struct PeerTrust {
     /// This node's cluster, recorded in its data directory.
@@ -62,6 +67,8 @@ impl PeerTrust {
 struct Refusal {
     /// The member it concerns, if one is named (for the log's rate limit).
     peer: Option<NodeId>,
+    /// What kind of refusal, for the log's rate limit.
+    kind: &'static str,
     code: ErrorCode,
     message: String,
     log: String,
@@ -104,149 +111,153 @@ impl Node {
         ) {
             return;
         }
-        let challenge = match (link, poncho_protocol::decode_request(line)) {
+        let until = Instant::now() + HANDSHAKE_TIMEOUT;
+        let next = match (link, poncho_protocol::decode_request(line)) {
             (Link::Hello { nonce, .. }, Ok(Request::Handshake(Handshake::PeerChallenge(c)))) => {
-                (nonce, c)
+                self.check_challenge(peer, &addr, &c).map(|their| {
+                    let proof = self.transcript_proof(peer, &nonce, &their, Side::Opener);
+                    let reply = Handshake::PeerProof(PeerProof { proof });
+                    (
+                        Link::Proving {
+                            nonce,
+                            their,
+                            until,
+                        },
+                        Some(reply),
+                    )
+                })
             }
+            (
+                Link::Proving { nonce, their, .. },
+                Ok(Request::Handshake(Handshake::PeerAccept(a))),
+            ) => self
+                .check_accept(peer, &addr, &nonce, &their, a.proof.as_deref())
+                .map(|()| (Link::Proven, None)),
             _ => return self.close(key, "peer sent a line outside the handshake"),
         };
-        match self.check_challenge(peer, &addr, challenge.0, &challenge.1) {
-            Ok(proof) => {
-                let line = Handshake::PeerProof(PeerProof { proof });
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.role = ConnRole::Outbound(peer, Link::Proven);
-                    conn.push_output(|out| encode_handshake(out, &line));
-                }
-                self.conns.mark_dirty(key);
-                self.peers.link_connected(peer);
+        let (link, reply) = match next {
+            Ok(next) => next,
+            Err(refusal) => return self.refuse_handshake(key, refusal),
+        };
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.role = ConnRole::Outbound(peer, link);
+            if let Some(reply) = &reply {
+                conn.push_output(|out| encode_handshake(out, reply));
             }
-            Err(refusal) => self.refuse_handshake(key, refusal),
+        }
+        self.conns.mark_dirty(key);
+        if link == Link::Proven {
+            self.peers.link_connected(peer);
         }
     }
 
-    /// Checks `peer`'s challenge to our hello (`nonce`); our proof if it holds.
+    /// The proof `side` makes for the handshake between us and `peer`:
+    /// `ours` is our nonce, `theirs` the peer's. `None` without a secret.
+    fn transcript_proof(
+        &self,
+        peer: NodeId,
+        ours: &Nonce,
+        theirs: &Nonce,
+        side: Side,
+    ) -> Option<String> {
+        let secret = self.trust.secret.as_ref()?;
+        Some(
+            self.transcript(peer, ours, theirs, side)
+                .proof(secret, side),
+        )
+    }
+
+    /// The transcript of the handshake between us and `peer`, who is the
+    /// opener if we are the answerer (`side` is the side we prove as).
+    fn transcript<'a>(
+        &'a self,
+        peer: NodeId,
+        ours: &'a Nonce,
+        theirs: &'a Nonce,
+        side: Side,
+    ) -> Transcript<'a> {
+        let (opener, answerer, opener_nonce, answerer_nonce) = match side {
+            Side::Opener => (self.config.id, peer, ours, theirs),
+            Side::Answerer => (peer, self.config.id, theirs, ours),
+        };
+        Transcript {
+            cluster_id: &self.trust.cluster_id,
+            opener,
+            answerer,
+            opener_nonce,
+            answerer_nonce,
+        }
+    }
+
+    /// Checks `peer`'s challenge to our hello: its nonce if it holds.
     fn check_challenge(
         &self,
         peer: NodeId,
         addr: &str,
-        nonce: [u8; 32],
         c: &PeerChallenge,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<Nonce, Refusal> {
         let ours = &self.trust.cluster_id;
         if c.cluster_id != *ours {
             return Err(cluster_mismatch(peer, addr, &c.cluster_id, ours));
         }
-        let refuse = |message: String| Refusal {
+        let refuse = |kind, message: String| Refusal {
             peer: Some(peer),
+            kind,
             code: ErrorCode::Unauthenticated,
             log: format!("refused peer {peer} at {addr}: {message}"),
             message,
         };
         if c.from != peer {
-            return Err(refuse(format!(
-                "we connected to node {peer}, and node {} answered",
-                c.from
-            )));
+            let m = format!("we connected to node {peer}, and node {} answered", c.from);
+            return Err(refuse("wrong node", m));
         }
-        let Some(their_nonce) = from_hex(&c.nonce) else {
-            return Err(refuse("the challenge's nonce is malformed".into()));
-        };
-        let transcript = Transcript {
-            cluster_id: ours,
-            opener: self.config.id,
-            answerer: peer,
-            opener_nonce: &nonce,
-            answerer_nonce: &their_nonce,
-        };
+        from_hex(&c.nonce)
+            .ok_or_else(|| refuse("malformed", "the challenge's nonce is malformed".into()))
+    }
+
+    /// Checks the peer's proof in its `PEER_ACCEPT`, the last step of our
+    /// handshake with it.
+    fn check_accept(
+        &self,
+        peer: NodeId,
+        addr: &str,
+        ours: &Nonce,
+        theirs: &Nonce,
+        proof: Option<&str>,
+    ) -> Result<(), Refusal> {
         let Some(secret) = &self.trust.secret else {
-            return Ok(None);
+            return Ok(());
         };
-        match &c.proof {
-            Some(proof) if transcript.verify(secret, Side::Answerer, proof) => {
-                Ok(Some(transcript.proof(secret, Side::Opener)))
-            }
-            Some(_) => Err(refuse(
-                "its proof does not match: it does not share this node's cluster secret".into(),
-            )),
-            None => Err(refuse(
-                "it proved nothing: it runs without a cluster secret (--insecure) and this \
-                 node has one"
-                    .into(),
-            )),
-        }
+        let transcript = self.transcript(peer, ours, theirs, Side::Opener);
+        let (kind, message) = match proof {
+            Some(p) if transcript.verify(secret, Side::Answerer, p) => return Ok(()),
+            Some(_) => ("secret", SECRET_MISMATCH),
+            None => ("no proof", NO_PROOF),
+        };
+        Err(Refusal {
+            peer: Some(peer),
+            kind,
+            code: ErrorCode::Unauthenticated,
+            log: format!("refused peer {peer} at {addr}: {message}"),
+            message: message.to_string(),
+        })
     }
 
     /// A `PEER_HELLO` on accepted connection `key`: answered with our
     /// challenge if it is a member's of our cluster, addressed to us.
     pub(super) fn answer_hello(&mut self, key: usize, hello: PeerHello) {
-        let addr = self
-            .conns
-            .get(key)
-            .and_then(|c| c.stream.get_ref().peer_addr().ok())
-            .map_or("?".into(), |a| a.to_string());
-        let (id, peer) = (self.config.id, hello.from);
-        let named = self.peers.contains(peer).then_some(peer);
-        let refuse = |message: String| Refusal {
-            peer: named,
-            code: ErrorCode::Unauthenticated,
-            log: format!("refused a peer connection from {addr}: {message}"),
-            message,
-        };
-        let opener_nonce = from_hex(&hello.nonce);
-        let on_peer_port = self.conns.get(key).is_some_and(|c| c.port == Port::Peer);
-        let checked = if self.trust.peer_port && !on_peer_port {
-            Err(refuse(format!(
-                "peers connect to node {id}'s peer port, not its client port"
-            )))
-        } else if hello.cluster_id != self.trust.cluster_id {
-            Err(cluster_mismatch(
-                peer,
-                &addr,
-                &hello.cluster_id,
-                &self.trust.cluster_id,
-            ))
-        } else if hello.to != id {
-            Err(refuse(format!(
-                "it is for node {}, and this is node {id}",
-                hello.to
-            )))
-        } else if !self.peers.contains(peer) {
-            Err(refuse(format!(
-                "node {peer} is not a member of this cluster"
-            )))
-        } else if !self.admission.may_start_handshake() {
-            Err(Refusal {
-                peer: named,
-                code: ErrorCode::Overloaded,
-                message: "too many peer handshakes in progress; retry".into(),
-                log: format!("refused a peer handshake from {addr}: too many in progress"),
-            })
-        } else {
-            opener_nonce.ok_or_else(|| refuse("the hello's nonce is malformed".into()))
-        };
-        let opener_nonce = match checked {
+        let opener_nonce = match self.check_hello(key, &hello) {
             Ok(nonce) => nonce,
             Err(refusal) => return self.refuse_handshake(key, refusal),
         };
         let our_nonce = fresh_nonce();
-        let proof = self.trust.secret.as_ref().map(|secret| {
-            Transcript {
-                cluster_id: &self.trust.cluster_id,
-                opener: peer,
-                answerer: id,
-                opener_nonce: &opener_nonce,
-                answerer_nonce: &our_nonce,
-            }
-            .proof(secret, Side::Answerer)
-        });
         let challenge = Handshake::PeerChallenge(PeerChallenge {
             cluster_id: self.trust.cluster_id.clone(),
-            from: id,
+            from: self.config.id,
             nonce: to_hex(&our_nonce),
-            proof,
         });
         let proving = Proving {
-            peer,
+            peer: hello.from,
             opener_nonce,
             our_nonce,
             until: Instant::now() + HANDSHAKE_TIMEOUT,
@@ -258,12 +269,73 @@ impl Node {
         self.conns.mark_dirty(key);
     }
 
+    /// Whether a hello may go on: the opener's nonce if it may.
+    fn check_hello(&self, key: usize, hello: &PeerHello) -> Result<Nonce, Refusal> {
+        let conn = self.conns.get(key);
+        let addr = conn
+            .and_then(|c| c.stream.get_ref().peer_addr().ok())
+            .map_or("?".into(), |a| a.to_string());
+        let (id, peer) = (self.config.id, hello.from);
+        // Only a member's id is a kind of its own in the log's rate limit.
+        let named = self.peers.contains(peer).then_some(peer);
+        let refuse = |kind, code, message: String| Refusal {
+            peer: named,
+            kind,
+            code,
+            log: format!("refused a peer connection from {addr}: {message}"),
+            message,
+        };
+        let unauthenticated =
+            |kind, message| Err(refuse(kind, ErrorCode::Unauthenticated, message));
+        // The hello itself is the one line handled so far.
+        if conn.is_some_and(|c| c.lines_handled > 1) {
+            return unauthenticated(
+                "late hello",
+                "a peer handshake begins a connection: this one sent other lines first".into(),
+            );
+        }
+        if self.trust.peer_port && !conn.is_some_and(|c| c.port == Port::Peer) {
+            return unauthenticated(
+                "client port",
+                format!("peers connect to node {id}'s peer port, not its client port"),
+            );
+        }
+        if hello.cluster_id != self.trust.cluster_id {
+            return Err(cluster_mismatch(
+                peer,
+                &addr,
+                &hello.cluster_id,
+                &self.trust.cluster_id,
+            ));
+        }
+        if hello.to != id || !self.peers.contains(peer) {
+            let m = format!(
+                "a hello from node {peer} for node {}: this is node {id}, and its peers are \
+                 its cluster's members",
+                hello.to
+            );
+            return unauthenticated("not a member", m);
+        }
+        if !self.admission.may_start_handshake() {
+            let m = "too many peer handshakes in progress; retry".to_string();
+            return Err(refuse("busy", ErrorCode::Overloaded, m));
+        }
+        from_hex(&hello.nonce).ok_or_else(|| {
+            refuse(
+                "malformed",
+                ErrorCode::Unauthenticated,
+                "the hello's nonce is malformed".into(),
+            )
+        })
+    }
+
     /// The line after our challenge on accepted connection `key`: the
-    /// opener's proof, or the connection is refused.
+    /// opener's proof, answered with ours, or the connection is refused.
     pub(super) fn check_proof(&mut self, key: usize, proving: Proving, line: &[u8]) {
         let peer = proving.peer;
-        let refuse = |message: &str| Refusal {
+        let refuse = |kind, message: &str| Refusal {
             peer: Some(peer),
+            kind,
             code: ErrorCode::Unauthenticated,
             message: message.to_string(),
             log: format!("refused peer {peer}'s connection: {message}"),
@@ -279,37 +351,31 @@ impl Node {
         let proof = match poncho_protocol::decode_request(line) {
             Ok(Request::Handshake(Handshake::PeerProof(p))) => p.proof,
             _ => {
-                return self.refuse_handshake(key, refuse("only PEER_PROOF may follow PEER_HELLO"))
+                let refusal = refuse("sequence", "only PEER_PROOF may follow PEER_CHALLENGE");
+                return self.refuse_handshake(key, refusal);
             }
         };
-        let proven = match (&self.trust.secret, proof) {
-            (None, _) => true,
-            (Some(secret), Some(proof)) => Transcript {
-                cluster_id: &self.trust.cluster_id,
-                opener: peer,
-                answerer: self.config.id,
-                opener_nonce: &proving.opener_nonce,
-                answerer_nonce: &proving.our_nonce,
+        let (ours, theirs) = (&proving.our_nonce, &proving.opener_nonce);
+        if let Some(secret) = &self.trust.secret {
+            let transcript = self.transcript(peer, ours, theirs, Side::Answerer);
+            let refusal = match proof {
+                Some(p) if transcript.verify(secret, Side::Opener, &p) => None,
+                Some(_) => Some(refuse("secret", SECRET_MISMATCH)),
+                None => Some(refuse("no proof", NO_PROOF)),
+            };
+            if let Some(refusal) = refusal {
+                return self.refuse_handshake(key, refusal);
             }
-            .verify(secret, Side::Opener, &proof),
-            (Some(_), None) => {
-                return self.refuse_handshake(
-                    key,
-                    refuse(
-                        "it proved nothing: it runs without a cluster secret (--insecure) and \
-                         this node has one",
-                    ),
-                )
-            }
-        };
-        if !proven {
-            return self.refuse_handshake(
-                key,
-                refuse("its proof does not match: it does not share this node's cluster secret"),
-            );
         }
+        let accept = Handshake::PeerAccept(PeerAccept {
+            proof: self.transcript_proof(peer, ours, theirs, Side::Answerer),
+        });
         debug!("connection {key} proven to be peer {peer}'s");
         self.set_role(key, ConnRole::Peer(peer));
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.push_output(|out| encode_handshake(out, &accept));
+        }
+        self.conns.mark_dirty(key);
     }
 
     /// If `line` is the other end's refusal (an `ERROR` line), logs it after
@@ -321,8 +387,11 @@ impl Node {
         else {
             return false;
         };
-        let log = format!("{what}: {} ({})", error.message, error.code);
-        let kind = format!("{peer} {}", error.message);
+        // The remote's words are theirs: shortened, on one line, and never
+        // part of the rate limit's kind (a remote must not choose how many
+        // lines it gets, nor forge one).
+        let log = format!("{what}: {} ({})", printable(&error.message), error.code);
+        let kind = format!("{peer} refused us: {}", error.code);
         self.trust.refusals.warn(&kind, &log);
         self.close(key, "refused by peer");
         true
@@ -331,39 +400,38 @@ impl Node {
     /// Refuses the handshake on `key`: tells the other end, logs, and closes
     /// the connection once the refusal is written.
     fn refuse_handshake(&mut self, key: usize, refusal: Refusal) {
-        let kind = format!("{:?} {}", refusal.peer, refusal.message);
+        // One kind per member named (or one for all anonymous refusals) and
+        // reason: a remote cannot widen the log's budget by varying ids.
+        let kind = format!("{:?} {}", refusal.peer, refusal.kind);
         self.trust.refusals.warn(&kind, &refusal.log);
         let error = ErrorReply::new(refusal.code, refusal.message);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        // The refusal goes out as far as the socket takes it now, and the
+        // connection is closed at once: a refused connection must not keep
+        // a handshake's place while its output waits to drain.
         conn.push_output(|out| encode_error(out, None, &error));
-        if conn.is_inbound() {
-            conn.close_after_flush = true;
-            self.conns.mark_dirty(key);
-        } else {
-            // Ours: the refusal goes out now and the link is closed, to be
-            // tried again after its backoff.
-            let _ = conn.flush();
-            self.close(key, "we refused the peer's handshake");
-        }
+        let _ = conn.flush();
+        self.close(key, "handshake refused");
     }
 
     /// Closes handshakes past their deadline, inbound and outbound.
     pub(super) fn expire_handshakes(&mut self, now: Instant) {
-        let late: Vec<(usize, Option<NodeId>)> = self
-            .conns
-            .iter()
-            .filter_map(|(key, c)| match c.role {
-                ConnRole::Proving(p) if p.until <= now && !c.close_after_flush => {
-                    Some((key, Some(p.peer)))
-                }
-                ConnRole::Outbound(_, Link::Hello { until, .. }) if until <= now => {
-                    Some((key, None))
-                }
-                _ => None,
-            })
-            .collect();
+        let late: Vec<(usize, Option<NodeId>)> =
+            self.conns
+                .iter()
+                .filter_map(|(key, c)| match c.role {
+                    ConnRole::Proving(p) if p.until <= now && !c.close_after_flush => {
+                        Some((key, Some(p.peer)))
+                    }
+                    ConnRole::Outbound(
+                        _,
+                        Link::Hello { until, .. } | Link::Proving { until, .. },
+                    ) if until <= now => Some((key, None)),
+                    _ => None,
+                })
+                .collect();
         for (key, inbound) in late {
             if let Some(peer) = inbound {
                 let message = format!(
@@ -374,6 +442,7 @@ impl Node {
                     key,
                     Refusal {
                         peer: Some(peer),
+                        kind: "timeout",
                         code: ErrorCode::Unauthenticated,
                         log: format!("closed a connection claiming to be node {peer}'s: {message}"),
                         message,
@@ -389,13 +458,27 @@ impl Node {
 fn cluster_mismatch(peer: NodeId, addr: &str, theirs: &str, ours: &str) -> Refusal {
     Refusal {
         peer: Some(peer),
+        kind: "cluster",
         code: ErrorCode::ClusterMismatch,
-        message: format!(
-            "this node belongs to cluster {ours}, and node {peer} to cluster {theirs}"
-        ),
+        // Our id is not told to whoever asks; the log has both.
+        message: format!("node {peer}'s cluster id {theirs} is not this node's"),
         log: format!(
             "refused node {peer} at {addr}: it belongs to cluster {theirs}, this node to \
              cluster {ours} (another cluster, or a data directory from one)"
         ),
     }
+}
+
+/// A remote's text as it may appear in our log: at most 200 characters, with
+/// control characters (newlines included) shown escaped.
+fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > 200 {
+        out.push_str("...");
+    }
+    out
 }

@@ -292,22 +292,18 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
 }
 
 /// The cluster id recorded in the data directory, recorded first if this is
-/// a new one (derived from the token, the members and the secret).
+/// a new one (derived from the token and the members).
 fn cluster_id(config: &NodeConfig) -> Result<String, StartError> {
     let members: BTreeSet<NodeId> = config.peers.keys().copied().chain([config.id]).collect();
-    let initial = initial_cluster_id(
-        &config.cluster_token,
-        &members,
-        config.cluster_secret.as_ref(),
-    );
+    let initial = initial_cluster_id(&config.cluster_token, &members);
     let (id, new) = recorded_cluster_id(&config.data_dir, &initial, config.fsync)
         .map_err(StartError::ClusterId)?;
     if new {
         info!("cluster id {id}, recorded in {}", config.data_dir.display());
     } else if id != initial {
         info!(
-            "this data directory belongs to cluster {id}; the token, members and secret given \
-                 would name a new cluster {initial}, and only name a new data directory's"
+            "this data directory belongs to cluster {id}; the token and members given would \
+                 name a new cluster {initial}, and only name a new data directory's"
         );
     }
     Ok(id)
