@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -93,13 +93,19 @@ impl ClusterSecret {
             path: path.to_path_buf(),
             error,
         };
-        let meta = fs::metadata(path).map_err(read_err)?;
-        if meta.len() > MAX_SECRET_BYTES as u64 {
+        let file = fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        // Bounded by what is read, not by what metadata says (a device
+        // reports 0 bytes and has no end).
+        let mut bytes = Vec::new();
+        io::Read::take(&file, MAX_SECRET_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() > MAX_SECRET_BYTES {
             return Err(SecretError::TooLong {
                 path: path.to_path_buf(),
             });
         }
-        let bytes = fs::read(path).map_err(read_err)?;
         let secret = ClusterSecret::from_bytes(&bytes).map_err(|bytes| SecretError::TooShort {
             path: path.to_path_buf(),
             bytes,
@@ -366,6 +372,9 @@ mod tests {
         assert!(warning.unwrap().contains("chmod 600"));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(ClusterSecret::load(&path).unwrap().1.is_none());
+        // A device with no end is refused, not read for ever.
+        let e = ClusterSecret::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, SecretError::TooLong { .. }), "{e}");
     }
 
     #[test]

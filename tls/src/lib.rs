@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,13 +103,19 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         error,
     };
-    let meta = fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_PEM_BYTES {
+    // Bounded by what is read, not by what metadata says (a device reports
+    // 0 bytes and has no end).
+    let file = fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    io::Read::take(&file, MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
         return Err(TlsError::TooLarge {
             path: path.to_path_buf(),
         });
     }
-    fs::read(path).map_err(read_err)
+    Ok(bytes)
 }
 
 /// Every certificate in a PEM file, in order (a leaf, then its chain).
@@ -414,6 +420,8 @@ mod tests {
             e.contains("junk.pem") && e.contains("no PEM private key"),
             "{e}"
         );
+        let e = load_certs(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, TlsError::TooLarge { .. }), "{e}");
         let missing = dir.path().join("missing.pem");
         assert!(load_certs(&missing)
             .unwrap_err()

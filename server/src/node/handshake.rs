@@ -102,7 +102,10 @@ impl Node {
         link: Link,
         line: &[u8],
     ) {
-        let addr = self.peers.addr(peer).map_or("?".into(), |a| a.to_string());
+        let addr = self
+            .peers
+            .peer_addr(peer)
+            .map_or("?".into(), |a| a.to_string());
         if self.took_refusal(
             key,
             peer,

@@ -90,6 +90,11 @@ impl Peers {
         self.links.get(&id).map(|p| p.addr)
     }
 
+    /// Where we connect to member `id`: its peer port, or its address.
+    pub fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.links.get(&id).map(|p| p.peer_addr)
+    }
+
     /// Every peer with its address, by id.
     pub fn addrs(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
         self.links.iter().map(|(&id, p)| (id, p.addr))
@@ -170,13 +175,18 @@ impl Node {
                 .map_err(|e| e.to_string())
                 .and_then(|stream| self.tls.to_peer(stream, addr));
             let result = stream.map(|stream| {
+                // Replaced by `send_hello` before anything is sent; never
+                // a proven placeholder.
+                let placeholder = Link::Hello {
+                    nonce: [0; 32],
+                    until: now,
+                };
                 let key = self.add_conn(
                     stream,
-                    ConnRole::Outbound(id, Link::Proven),
+                    ConnRole::Outbound(id, placeholder),
                     Interest::READABLE | Interest::WRITABLE,
                 );
                 if let Some(key) = key {
-                    // Replaces the placeholder role before anything is sent.
                     self.send_hello(key, id);
                 }
                 key

@@ -138,7 +138,6 @@ struct Recovered {
     snapshot: (u64, u64),
     /// The log after the snapshot.
     entries: Vec<Entry>,
-    cluster_id: String,
 }
 
 /// The sockets the loop polls.
@@ -178,6 +177,9 @@ impl Node {
         let kv = state_machine(recovered.kv, &config);
         let admission = Admission::new(&config, Instant::now());
         let bound = bind(&config)?;
+        // Only once the node can start for sure: a first start that fails
+        // (a mistyped address, say) must not fix the cluster id for good.
+        let cluster_id = cluster_id(&config)?;
         let local = bound
             .listener
             .local_addr()
@@ -191,7 +193,7 @@ impl Node {
         config.port = local.port();
         Ok(Node {
             trust: PeerTrust::new(
-                recovered.cluster_id,
+                cluster_id,
                 config.cluster_secret.clone(),
                 config.peer_addr.is_some(),
             ),
@@ -229,7 +231,6 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
         error,
     })?;
     let lock = DirLock::acquire(dir).map_err(StartError::Lock)?;
-    let cluster_id = cluster_id(config)?;
     let (snapshots, kv, warnings) =
         Snapshots::recover(dir, config.fsync).map_err(StartError::Snapshots)?;
     for w in &warnings {
@@ -287,7 +288,6 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
         hard_state,
         snapshot: (index, term),
         entries,
-        cluster_id,
     })
 }
 
@@ -487,6 +487,22 @@ mod tests {
             peer_ports: BTreeMap::new(),
             peer_tls: TlsSettings::default(),
         }
+    }
+
+    #[test]
+    fn a_first_start_that_cannot_bind_records_no_cluster_id() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = config(dir.path().join("n"));
+        c.port = taken.local_addr().unwrap().port();
+        let err = Node::start(c.clone()).err().expect("the port is taken");
+        assert!(matches!(err, StartError::Socket { .. }), "{err}");
+        let id_file = c.data_dir.join(crate::peer_auth::CLUSTER_ID_FILE);
+        assert!(!id_file.exists(), "a failed first start fixed the cluster id");
+        drop(taken);
+        c.port = 0;
+        assert!(Node::start(c).is_ok());
+        assert!(id_file.exists());
     }
 
     #[test]
