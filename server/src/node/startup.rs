@@ -498,7 +498,10 @@ mod tests {
         let err = Node::start(c.clone()).err().expect("the port is taken");
         assert!(matches!(err, StartError::Socket { .. }), "{err}");
         let id_file = c.data_dir.join(crate::peer_auth::CLUSTER_ID_FILE);
-        assert!(!id_file.exists(), "a failed first start fixed the cluster id");
+        assert!(
+            !id_file.exists(),
+            "a failed first start fixed the cluster id"
+        );
         drop(taken);
         c.port = 0;
         assert!(Node::start(c).is_ok());
