@@ -432,20 +432,7 @@ mod tests {
     #[test]
     fn a_server_and_client_config_build_from_generated_files_and_a_readable_key_warns() {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
-        let files = TlsFiles {
-            cert: Some(write(dir.path(), "leaf.pem", &leaf.pem())),
-            key: Some(write(dir.path(), "leaf.key", &leaf_key.serialize_pem())),
-            trusted_ca: Some(write(dir.path(), "ca.pem", &ca.pem())),
-        };
+        let files = pki(dir.path(), "leaf");
         let key = files.key.clone().unwrap();
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let (_, warning) = server_config(&files, true, "clients").unwrap();

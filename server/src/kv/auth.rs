@@ -291,13 +291,18 @@ impl AuthStore {
         self.roles_of(user).any(|r| r == ROOT)
     }
 
+    /// Every permission `user`'s roles grant.
+    fn permissions_of<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a Permission> + 'a {
+        self.roles_of(user)
+            .filter_map(|r| self.roles.get(r))
+            .flat_map(|r| &r.permissions)
+    }
+
     /// Whether `user` may read (`write: false`) or write `key`.
     pub fn may(&self, user: &str, key: &str, write: bool) -> bool {
         self.is_root(user)
             || self
-                .roles_of(user)
-                .filter_map(|r| self.roles.get(r))
-                .flat_map(|r| &r.permissions)
+                .permissions_of(user)
                 .any(|p| p.access.allows(write) && p.range.covers(key))
     }
 
@@ -306,9 +311,7 @@ impl AuthStore {
     pub fn may_read_prefix(&self, user: &str, prefix: &str) -> bool {
         self.is_root(user)
             || self
-                .roles_of(user)
-                .filter_map(|r| self.roles.get(r))
-                .flat_map(|r| &r.permissions)
+                .permissions_of(user)
                 .any(|p| p.access.allows(false) && p.range.covers_prefix(prefix))
     }
 

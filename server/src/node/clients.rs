@@ -145,7 +145,7 @@ impl Node {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let role = conn.role;
+        let (role, port) = (conn.role, conn.port);
         conn.lines_handled += 1;
         match role {
             ConnRole::Outbound(peer, link) => {
@@ -170,23 +170,21 @@ impl Node {
                 }
             };
         }
-        if !self.identify(key) {
-            return;
-        }
-        if let Some(c) = self.conns.get(key).filter(|c| c.port == Port::Peer) {
-            if !matches!(c.role, ConnRole::Peer(_)) {
-                let error = ErrorReply::bad_request(format!(
-                    "this is node {}'s peer port, for its peers only; clients use {}",
-                    self.config.id,
-                    self.config.addr()
-                ));
-                return self.reply_error_now(key, None, &error);
-            }
-        }
         let proven = match role {
             ConnRole::Peer(id) => Some(id),
             _ => None,
         };
+        if port == Port::Peer && proven.is_none() {
+            let error = ErrorReply::bad_request(format!(
+                "this is node {}'s peer port, for its peers only; clients use {}",
+                self.config.id,
+                self.config.addr()
+            ));
+            return self.reply_error_now(key, None, &error);
+        }
+        if !self.identify(key) {
+            return;
+        }
         match request {
             Err(e) => self.reply_error_now(key, e.req_id, &e.error),
             Ok(Request::Peer { src_id, message }) => {

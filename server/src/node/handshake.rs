@@ -3,15 +3,17 @@
 //! cluster (`protocol/src/peer.rs` describes the exchange, `peer_auth.rs`
 //! the proofs).
 //!
-//! Inbound, an accepted connection is a client's until it sends
+//! Inbound, an accepted connection is a client's unless its first line is
 //! `PEER_HELLO`; the hello is checked (addressed to us, from a member, of our
-//! cluster), answered with our challenge, and the connection must then send
-//! its proof within [`HANDSHAKE_TIMEOUT`]. Outbound, our connection to a peer
-//! sends `PEER_HELLO` as soon as it is open and carries nothing else until
-//! the peer's challenge has proven the peer; then it sends our proof, and our
-//! Raft messages after it. Any refusal is an `ERROR` line, a log line on the
-//! side that refused (rate-limited: a remote must not be able to flood the
-//! log), and a closed connection; the side refused logs the error it got.
+//! cluster) and answered with our challenge; the opener's proof must follow
+//! within [`HANDSHAKE_TIMEOUT`], and once it checks out we answer with our
+//! own proof (`PEER_ACCEPT`) and take the connection's Raft messages as the
+//! member's. Outbound, our connection to a peer sends `PEER_HELLO` as soon
+//! as it is open, our proof for the peer's challenge, and our Raft messages
+//! only once the peer's `PEER_ACCEPT` has proven the peer. Any refusal is an
+//! `ERROR` line, a log line on the side that refused (rate-limited: a remote
+//! must not be able to flood the log), and a closed connection; the side
+//! refused logs the error it got.
 
 use std::time::{Duration, Instant};
 
@@ -114,9 +116,9 @@ impl Node {
         ) {
             return;
         }
-        let until = Instant::now() + HANDSHAKE_TIMEOUT;
         let next = match (link, poncho_protocol::decode_request(line)) {
-            (Link::Hello { nonce, .. }, Ok(Request::Handshake(Handshake::PeerChallenge(c)))) => {
+            // The whole handshake keeps the deadline the hello set.
+            (Link::Hello { nonce, until }, Ok(Request::Handshake(Handshake::PeerChallenge(c)))) => {
                 self.check_challenge(peer, &addr, &c).map(|their| {
                     let proof = self.transcript_proof(peer, &nonce, &their, Side::Opener);
                     let reply = Handshake::PeerProof(PeerProof { proof });
@@ -228,14 +230,9 @@ impl Node {
         theirs: &Nonce,
         proof: Option<&str>,
     ) -> Result<(), Refusal> {
-        let Some(secret) = &self.trust.secret else {
-            return Ok(());
-        };
         let transcript = self.transcript(peer, ours, theirs, Side::Opener);
-        let (kind, message) = match proof {
-            Some(p) if transcript.verify(secret, Side::Answerer, p) => return Ok(()),
-            Some(_) => ("secret", SECRET_MISMATCH),
-            None => ("no proof", NO_PROOF),
+        let Some((kind, message)) = self.proof_problem(&transcript, Side::Answerer, proof) else {
+            return Ok(());
         };
         Err(Refusal {
             peer: Some(peer),
@@ -244,6 +241,23 @@ impl Node {
             log: format!("refused peer {peer} at {addr}: {message}"),
             message: message.to_string(),
         })
+    }
+
+    /// What is wrong with `prover`'s `proof` of `transcript` (a kind for
+    /// the log and a message), or `None` if it holds or this node has no
+    /// secret to check it with.
+    fn proof_problem(
+        &self,
+        transcript: &Transcript<'_>,
+        prover: Side,
+        proof: Option<&str>,
+    ) -> Option<(&'static str, &'static str)> {
+        let secret = self.trust.secret.as_ref()?;
+        match proof {
+            Some(p) if transcript.verify(secret, prover, p) => None,
+            Some(_) => Some(("secret", SECRET_MISMATCH)),
+            None => Some(("no proof", NO_PROOF)),
+        }
     }
 
     /// A `PEER_HELLO` on accepted connection `key`: answered with our
@@ -304,12 +318,10 @@ impl Node {
             );
         }
         if hello.cluster_id != self.trust.cluster_id {
-            return Err(cluster_mismatch(
-                peer,
-                &addr,
-                &hello.cluster_id,
-                &self.trust.cluster_id,
-            ));
+            let mut refusal =
+                cluster_mismatch(peer, &addr, &hello.cluster_id, &self.trust.cluster_id);
+            refusal.peer = named;
+            return Err(refusal);
         }
         if hello.to != id || !self.peers.contains(peer) {
             let m = format!(
@@ -359,16 +371,11 @@ impl Node {
             }
         };
         let (ours, theirs) = (&proving.our_nonce, &proving.opener_nonce);
-        if let Some(secret) = &self.trust.secret {
-            let transcript = self.transcript(peer, ours, theirs, Side::Answerer);
-            let refusal = match proof {
-                Some(p) if transcript.verify(secret, Side::Opener, &p) => None,
-                Some(_) => Some(refuse("secret", SECRET_MISMATCH)),
-                None => Some(refuse("no proof", NO_PROOF)),
-            };
-            if let Some(refusal) = refusal {
-                return self.refuse_handshake(key, refusal);
-            }
+        let transcript = self.transcript(peer, ours, theirs, Side::Answerer);
+        if let Some((kind, message)) =
+            self.proof_problem(&transcript, Side::Opener, proof.as_deref())
+        {
+            return self.refuse_handshake(key, refuse(kind, message));
         }
         let accept = Handshake::PeerAccept(PeerAccept {
             proof: self.transcript_proof(peer, ours, theirs, Side::Answerer),
@@ -400,8 +407,8 @@ impl Node {
         true
     }
 
-    /// Refuses the handshake on `key`: tells the other end, logs, and closes
-    /// the connection once the refusal is written.
+    /// Refuses the handshake on `key`: tells the other end (as far as the
+    /// socket takes it now), logs, and closes the connection at once.
     fn refuse_handshake(&mut self, key: usize, refusal: Refusal) {
         // One kind per member named (or one for all anonymous refusals) and
         // reason: a remote cannot widen the log's budget by varying ids.
