@@ -42,6 +42,15 @@ pub enum InvalidRequest {
     SeqZero,
     /// One of `client_id` and `seq` without the other.
     SessionHalf,
+    NameTooLong {
+        bytes: usize,
+    },
+    PasswordEmpty,
+    PasswordTooLong {
+        bytes: usize,
+    },
+    /// A permission names neither or both of `key` and `prefix`.
+    KeyOrPrefix,
 }
 
 impl fmt::Display for InvalidRequest {
@@ -55,6 +64,20 @@ impl fmt::Display for InvalidRequest {
             }
             InvalidRequest::SeqZero => f.write_str("seq starts at 1"),
             InvalidRequest::SessionHalf => f.write_str("client_id and seq go together"),
+            InvalidRequest::NameTooLong { bytes } => write!(
+                f,
+                "name is {bytes} bytes; the limit is {}",
+                crate::auth::MAX_NAME_BYTES
+            ),
+            InvalidRequest::PasswordEmpty => f.write_str("the password is empty"),
+            InvalidRequest::PasswordTooLong { bytes } => write!(
+                f,
+                "password is {bytes} bytes; the limit is {}",
+                crate::auth::MAX_PASSWORD_BYTES
+            ),
+            InvalidRequest::KeyOrPrefix => {
+                f.write_str("a permission names either `key` or `prefix`, not both or neither")
+            }
         }
     }
 }
@@ -108,7 +131,11 @@ impl ClientRequest {
             | ClientRequest::Status
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
-            | ClientRequest::RegisterClient => None,
+            | ClientRequest::RegisterClient
+            | ClientRequest::Authenticate(_)
+            | ClientRequest::Auth(_)
+            | ClientRequest::User(_)
+            | ClientRequest::Role(_) => None,
         }
     }
 }
@@ -415,6 +442,8 @@ pub enum ErrorCode {
     /// A peer handshake between nodes of different clusters (their cluster
     /// ids differ); the connection is closed.
     ClusterMismatch,
+    /// Not applied: the connection's user has no role that allows it.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -432,6 +461,7 @@ impl ErrorCode {
                 | ErrorCode::NoSpace
                 | ErrorCode::Unauthenticated
                 | ErrorCode::ClusterMismatch
+                | ErrorCode::PermissionDenied
         )
     }
 }

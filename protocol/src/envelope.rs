@@ -273,6 +273,7 @@ impl std::error::Error for ReplyError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::*;
     use crate::client::*;
     use crate::raft::{InstallSnapshot, RequestVote, TimeoutNow};
 
@@ -324,6 +325,24 @@ mod tests {
             }),
             ClientRequest::Keys(KeysRequest {
                 prefix: "a/".into(),
+            }),
+            ClientRequest::Authenticate(AuthenticateRequest {
+                user: "alice".into(),
+                password: Password("pw \"q\"".into()),
+            }),
+            ClientRequest::Auth(AuthRequest::Enable),
+            ClientRequest::User(UserRequest::GrantRole {
+                name: "alice".into(),
+                role: "app".into(),
+            }),
+            ClientRequest::User(UserRequest::List),
+            ClientRequest::Role(RoleRequest::GrantPermission {
+                name: "app".into(),
+                keys: KeySpec {
+                    key: None,
+                    prefix: Some("app/".into()),
+                },
+                access: Access::Read,
             }),
         ]
     }
@@ -389,6 +408,10 @@ mod tests {
                 ClientRequest::Delete(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Cas(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Keys(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Authenticate(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Auth(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::User(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Role(r) => serde_line(t, Some(3), None, Some(r)),
             };
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }

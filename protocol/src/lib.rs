@@ -3,12 +3,14 @@
 //!
 //! - [`table`]: the one list of message types (`msg_type` names, the request
 //!   or Raft message each carries, each request's reply).
+//! - [`auth`]: logging in, users and roles.
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
 //! - [`peer`]: the handshake that proves a connection between nodes.
 //! - [`envelope`]: whole lines, decoded and encoded.
 //! - [`framing`]: splitting a byte stream into lines.
 
+pub mod auth;
 pub mod client;
 pub mod envelope;
 pub mod framing;
@@ -16,6 +18,7 @@ pub mod peer;
 pub mod raft;
 pub mod table;
 
+pub use auth::*;
 pub use client::*;
 pub use envelope::{
     decode_request, encode_error, encode_handshake, encode_peer, encode_reply, encode_request,

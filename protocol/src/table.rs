@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::*;
 use crate::client::*;
 use crate::envelope::{parse_payload, parse_request, write_payload, PAYLOAD_KEY};
 use crate::peer::*;
@@ -217,6 +218,11 @@ message_table! {
         /// Opens a client session: the reply's `client_id` is what the client's
         /// writes carry from then on.
         RegisterClient = "REGISTER_CLIENT" => RegisterClientReply,
+        /// Logs the connection in (see [`crate::auth`]).
+        Authenticate = "AUTHENTICATE" (AuthenticateRequest) => AuthenticateReply,
+        Auth = "AUTH" (AuthRequest) => AuthReply,
+        User = "USER" (UserRequest) => UserReply,
+        Role = "ROLE" (RoleRequest) => RoleReply,
     }
     peer {
         // Written by hand, to embed commands (see `AppendEntries::write_payload`).

@@ -69,7 +69,11 @@ impl Op {
             read @ (ClientRequest::Healthcheck
             | ClientRequest::Status
             | ClientRequest::Get(_)
-            | ClientRequest::Keys(_)) => return Err(read),
+            | ClientRequest::Keys(_)
+            | ClientRequest::Authenticate(_)
+            | ClientRequest::Auth(_)
+            | ClientRequest::User(_)
+            | ClientRequest::Role(_)) => return Err(read),
         })
     }
 }
