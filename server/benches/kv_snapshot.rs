@@ -56,6 +56,7 @@ fn set_data(key: String, value: String, session: Option<(u64, u64)>, ts_ms: u64)
             op: Op::Set { key, value },
             client_id,
             seq,
+            user: None,
             ts_ms,
         }
         .encode(),
@@ -127,6 +128,7 @@ fn workload(shape: &Shape, rng: &mut Rng, ts0: u64) -> (Vec<Arc<str>>, Overwrite
                 op: Op::RegisterClient,
                 client_id: None,
                 seq: None,
+                user: None,
                 ts_ms: ts0,
             };
             Arc::from(register.encode())

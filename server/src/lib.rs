@@ -7,6 +7,7 @@ pub mod kv;
 #[macro_use]
 pub mod log;
 pub mod node;
+pub mod passwords;
 pub mod peer_auth;
 pub mod raft;
 pub mod snapshot;

@@ -7,13 +7,20 @@
 //! `root` role may do anything, and auth can only be enabled while a `root`
 //! user holds it, so the cluster can never lock its operator out.
 //!
-//! This is the model and its checks only: applying these changes through the
-//! log, snapshots, the wire requests, the per-connection login and the
-//! shell's commands are the rest of part 5 (see the issue's closing note).
-//! Every limit is a named constant and every refusal an [`AuthError`].
+//! The store holds one [`AuthStore`]; its changes are log entries (`ops.rs`,
+//! `AuthOp`), applied in log order on every node, and snapshots carry it
+//! (`snapshot.rs`). [`AuthStore::check`] is the one permission check: the
+//! node asks it when a request arrives, and the store again when a write is
+//! applied, so a role revoked at index 100 stops every write after it. Every
+//! limit is a named constant and every refused change an [`AuthError`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+pub use poncho_protocol::Access;
+use poncho_protocol::{
+    ErrorCode, ErrorReply, KeySpec, PermissionInfo, RoleInfo, UserInfo, MAX_NAME_BYTES,
+};
 
 /// The role that may do anything (etcd's).
 pub const ROOT: &str = "root";
@@ -24,23 +31,13 @@ pub const MAX_ROLES: usize = 1_000;
 pub const MAX_PERMISSIONS_PER_ROLE: usize = 1_000;
 /// The most roles one user holds.
 pub const MAX_ROLES_PER_USER: usize = 64;
-/// The longest user or role name, in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
-    Read,
-    Write,
-    ReadWrite,
-}
-
-impl Access {
-    fn allows(self, write: bool) -> bool {
-        matches!(
-            (self, write),
-            (Access::ReadWrite, _) | (Access::Read, false) | (Access::Write, true)
-        )
-    }
+/// Whether `access` lets a user read (`write: false`) or write.
+fn allows(access: Access, write: bool) -> bool {
+    matches!(
+        (access, write),
+        (Access::Readwrite, _) | (Access::Read, false) | (Access::Write, true)
+    )
 }
 
 /// What a permission covers: one key, or every key that starts with a
@@ -49,6 +46,41 @@ impl Access {
 pub enum KeyRange {
     Key(String),
     Prefix(String),
+}
+
+impl From<KeySpec> for KeyRange {
+    /// The request's checks made sure exactly one of the two is there; a
+    /// `key` wins if both are.
+    fn from(spec: KeySpec) -> KeyRange {
+        match (spec.key, spec.prefix) {
+            (Some(key), _) => KeyRange::Key(key),
+            (None, prefix) => KeyRange::Prefix(prefix.unwrap_or_default()),
+        }
+    }
+}
+
+impl From<&KeyRange> for KeySpec {
+    fn from(range: &KeyRange) -> KeySpec {
+        match range {
+            KeyRange::Key(k) => KeySpec {
+                key: Some(k.clone()),
+                prefix: None,
+            },
+            KeyRange::Prefix(p) => KeySpec {
+                key: None,
+                prefix: Some(p.clone()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for KeyRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRange::Key(k) => write!(f, "key {k:?}"),
+            KeyRange::Prefix(p) => write!(f, "prefix {p:?}"),
+        }
+    }
 }
 
 impl KeyRange {
@@ -102,6 +134,8 @@ pub enum AuthError {
     NoRootUser,
     /// The change would leave auth enabled with no `root` user.
     WouldLockOut,
+    /// A revoke of a permission or role that was not granted.
+    NotGranted(String),
 }
 
 impl fmt::Display for AuthError {
@@ -118,6 +152,7 @@ impl fmt::Display for AuthError {
                 "auth enable needs a user named root with the root role first: `user add root`, \
                  `user grant-role root root`"
             ),
+            AuthError::NotGranted(what) => write!(f, "{what} was not granted"),
             AuthError::WouldLockOut => write!(
                 f,
                 "auth is enabled: the root user and its root role cannot be removed (disable \
@@ -128,6 +163,13 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
+
+impl From<AuthError> for ErrorReply {
+    /// A refused change is the request's fault: BAD_REQUEST, not applied.
+    fn from(e: AuthError) -> ErrorReply {
+        ErrorReply::bad_request(e.to_string())
+    }
+}
 
 fn check_name(kind: &str, name: &str) -> Result<(), AuthError> {
     let ok = !name.is_empty()
@@ -204,7 +246,9 @@ impl AuthStore {
             .get_mut(user)
             .ok_or_else(|| AuthError::UserNotFound(user.into()))?;
         if !u.roles.remove(role) {
-            return Err(AuthError::RoleNotFound(role.into()));
+            return Err(AuthError::NotGranted(format!(
+                "role {role:?} of user {user:?}"
+            )));
         }
         Ok(())
     }
@@ -256,14 +300,29 @@ impl AuthStore {
         Ok(())
     }
 
-    pub fn role_revoke(&mut self, role: &str, range: &KeyRange) -> Result<bool, AuthError> {
+    pub fn role_revoke(&mut self, role: &str, range: &KeyRange) -> Result<(), AuthError> {
         let r = self
             .roles
             .get_mut(role)
             .ok_or_else(|| AuthError::RoleNotFound(role.into()))?;
         let before = r.permissions.len();
         r.permissions.retain(|p| &p.range != range);
-        Ok(r.permissions.len() < before)
+        if r.permissions.len() == before {
+            return Err(AuthError::NotGranted(format!(
+                "a permission on {range} for role {role:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sets `user`'s password hash.
+    pub fn user_passwd(&mut self, user: &str, password_hash: String) -> Result<(), AuthError> {
+        let u = self
+            .users
+            .get_mut(user)
+            .ok_or_else(|| AuthError::UserNotFound(user.into()))?;
+        u.password_hash = password_hash;
+        Ok(())
     }
 
     /// Turns auth on: only with a `root` user that holds the `root` role.
@@ -303,7 +362,7 @@ impl AuthStore {
         self.is_root(user)
             || self
                 .permissions_of(user)
-                .any(|p| p.access.allows(write) && p.range.covers(key))
+                .any(|p| allows(p.access, write) && p.range.covers(key))
     }
 
     /// Whether `user` may read every key with `prefix` (a KEYS of that
@@ -312,7 +371,127 @@ impl AuthStore {
         self.is_root(user)
             || self
                 .permissions_of(user)
-                .any(|p| p.access.allows(false) && p.range.covers_prefix(prefix))
+                .any(|p| allows(p.access, false) && p.range.covers_prefix(prefix))
+    }
+
+    /// Whether `user` may do what `need` says; always, while auth is off.
+    /// The refusal is the reply the client gets: UNAUTHENTICATED for a
+    /// connection that has not logged in (or whose user is gone),
+    /// PERMISSION_DENIED for a user whose roles do not allow it.
+    pub fn check(&self, user: Option<&str>, need: Need<'_>) -> Result<(), ErrorReply> {
+        if !self.enabled || matches!(need, Need::Nothing) {
+            return Ok(());
+        }
+        let Some(user) = user else {
+            return Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "auth is enabled and this connection has not logged in: send AUTHENTICATE                  first (shell: --user NAME, or `login NAME`)",
+            ));
+        };
+        if !self.users.contains_key(user) {
+            return Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                format!("user {user:?} does not exist (any more); log in as another user"),
+            ));
+        }
+        let allowed = match need {
+            Need::Nothing | Need::LoggedIn => true,
+            Need::Read(key) => self.may(user, key, false),
+            Need::Write(key) => self.may(user, key, true),
+            Need::ReadWrite(key) => self.may(user, key, false) && self.may(user, key, true),
+            Need::Root => self.is_root(user),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let what = match need {
+            Need::Read(key) => format!("read key {key:?}"),
+            Need::Write(key) => format!("write key {key:?}"),
+            Need::ReadWrite(key) => format!("read and write key {key:?}"),
+            _ => "change users, roles or auth (that needs the root role)".to_string(),
+        };
+        let roles: Vec<&str> = self.roles_of(user).collect();
+        Err(ErrorReply::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "user {user:?} may not {what}: none of its roles ({}) grants it",
+                if roles.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    roles.join(", ")
+                }
+            ),
+        ))
+    }
+
+    /// What a KEYS of `prefix` by `user` may list: everything, or only the
+    /// keys in these ranges (each within `prefix`, at most one per
+    /// permission, so a listing reads only what it may return).
+    pub fn readable(&self, user: Option<&str>, prefix: &str) -> Readable {
+        let Some(user) = user.filter(|_| self.enabled) else {
+            return if self.enabled {
+                Readable::Ranges(Vec::new())
+            } else {
+                Readable::All
+            };
+        };
+        if self.may_read_prefix(user, prefix) {
+            return Readable::All;
+        }
+        let ranges = self
+            .permissions_of(user)
+            .filter(|p| allows(p.access, false))
+            .filter_map(|p| match &p.range {
+                KeyRange::Key(k) if k.starts_with(prefix) => Some(p.range.clone()),
+                KeyRange::Prefix(q) if q.starts_with(prefix) => Some(p.range.clone()),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>();
+        Readable::Ranges(ranges.into_iter().collect())
+    }
+
+    pub fn user_info(&self, name: &str) -> Result<UserInfo, AuthError> {
+        let u = self
+            .users
+            .get(name)
+            .ok_or_else(|| AuthError::UserNotFound(name.into()))?;
+        Ok(UserInfo {
+            name: name.to_string(),
+            roles: u.roles.iter().cloned().collect(),
+        })
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Vec<UserInfo> {
+        self.users
+            .iter()
+            .map(|(name, u)| UserInfo {
+                name: name.clone(),
+                roles: u.roles.iter().cloned().collect(),
+            })
+            .collect()
+    }
+
+    pub fn role_info(&self, name: &str) -> Result<RoleInfo, AuthError> {
+        let r = self
+            .roles
+            .get(name)
+            .ok_or_else(|| AuthError::RoleNotFound(name.into()))?;
+        Ok(role_info(name, r))
+    }
+
+    /// Every role, by name.
+    pub fn roles(&self) -> Vec<RoleInfo> {
+        self.roles
+            .iter()
+            .map(|(name, r)| role_info(name, r))
+            .collect()
+    }
+
+    /// Every user with its hash and every role, in name order: what a
+    /// snapshot writes.
+    pub(super) fn entries(&self) -> (&BTreeMap<String, User>, &BTreeMap<String, Role>) {
+        (&self.users, &self.roles)
     }
 
     pub fn user_count(&self) -> usize {
@@ -322,6 +501,41 @@ impl AuthStore {
     pub fn role_count(&self) -> usize {
         self.roles.len()
     }
+}
+
+fn role_info(name: &str, role: &Role) -> RoleInfo {
+    RoleInfo {
+        name: name.to_string(),
+        permissions: role
+            .permissions
+            .iter()
+            .map(|p| PermissionInfo {
+                keys: KeySpec::from(&p.range),
+                access: p.access,
+            })
+            .collect(),
+    }
+}
+
+/// What a request needs of its connection's user (see [`AuthStore::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// HEALTHCHECK and AUTHENTICATE: anyone.
+    Nothing,
+    /// Any user that has logged in.
+    LoggedIn,
+    Read(&'a str),
+    Write(&'a str),
+    ReadWrite(&'a str),
+    /// Changes to users, roles and auth itself.
+    Root,
+}
+
+/// What a listing may show (see [`AuthStore::readable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readable {
+    All,
+    Ranges(Vec<KeyRange>),
 }
 
 #[cfg(test)]
@@ -346,7 +560,7 @@ mod tests {
             &mut s,
             "app-rw",
             KeyRange::Prefix("app/".into()),
-            Access::ReadWrite,
+            Access::Readwrite,
         );
         s.role_add("config-r").unwrap();
         grant(
@@ -440,8 +654,12 @@ mod tests {
         assert!(s.may("alice", "app/x", false));
         assert_eq!(
             s.role_revoke("app-rw", &KeyRange::Prefix("app/".into())),
-            Ok(true)
+            Ok(())
         );
+        assert!(matches!(
+            s.role_revoke("app-rw", &KeyRange::Prefix("app/".into())),
+            Err(AuthError::NotGranted(_))
+        ));
         assert!(!s.may("alice", "app/x", false));
         // Deleting a role takes it from its users.
         s.role_delete("config-r").unwrap();

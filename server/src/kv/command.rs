@@ -17,6 +17,10 @@ pub struct Command {
     pub client_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The user the proposing connection logged in as: what the write is
+    /// checked against when it is applied (while auth is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Leader's wall clock in ms when proposed; the only notion of time the
     /// state machine has (used for session expiry), so expiry is deterministic
     /// because it is in the log.
@@ -30,6 +34,8 @@ struct CommandWire {
     client_id: Option<u64>,
     #[serde(default)]
     seq: Option<u64>,
+    #[serde(default)]
+    user: Option<String>,
     ts_ms: u64,
 }
 
@@ -41,6 +47,7 @@ impl TryFrom<CommandWire> for Command {
             op: Op::try_from(w.op)?,
             client_id: w.client_id,
             seq: w.seq,
+            user: w.user,
             ts_ms: w.ts_ms,
         })
     }
@@ -69,6 +76,7 @@ impl Command {
             op,
             client_id,
             seq,
+            user: None,
             ts_ms,
         })
     }

@@ -19,8 +19,9 @@
 //!   session and the leader's clock): its JSON and its one-pass decode.
 //! - `snapshot.rs`: [`KvSnapshot`], the JSON Lines snapshot format, and
 //!   [`KvStore::restore`].
-//! - `auth.rs`: users, roles and their permission checks (the model only:
-//!   not yet applied through the log nor checked on requests).
+//! - `auth.rs`: users, roles and the one permission check
+//!   ([`auth::AuthStore::check`]), asked when a request arrives and again
+//!   when its write is applied; their changes are ops like any write.
 
 pub mod auth;
 mod command;
@@ -32,7 +33,7 @@ mod store;
 mod tests;
 
 pub use command::Command;
-pub use ops::{ApplyResult, Op};
+pub use ops::{ApplyResult, AuthOp, Op};
 pub use session::{MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
 pub use snapshot::{KvSnapshot, SNAPSHOT_FORMAT};
 pub use store::KvStore;

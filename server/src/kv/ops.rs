@@ -12,11 +12,13 @@
 use std::sync::Arc;
 
 use poncho_protocol::{
-    encode_error, encode_reply, CasReply, ClientRequest, DeleteReply, ErrorReply,
-    RegisterClientReply, ReplyPayload, SessionFields, SetReply,
+    encode_error, encode_reply, Access, AuthReply, AuthRequest, CasReply, ClientRequest,
+    DeleteReply, ErrorReply, KeySpec, RegisterClientReply, ReplyPayload, RoleReply, RoleRequest,
+    SessionFields, SetReply, UserReply, UserRequest,
 };
 use serde::{Deserialize, Serialize};
 
+use super::auth::{AuthError, AuthStore, Need};
 use super::store::Data;
 
 /// A write as the log holds it. Written as an internally tagged object
@@ -39,6 +41,82 @@ pub enum Op {
     },
     /// Opens a session whose id is this entry's index.
     RegisterClient,
+    /// A change to users, roles or auth itself (root only, while auth is on).
+    Auth {
+        auth: AuthOp,
+    },
+}
+
+/// A change to the users and roles, as the log holds it: like the request,
+/// but a password is already its salted hash (the leader hashes it before it
+/// proposes; the password never enters the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum AuthOp {
+    Enable,
+    Disable,
+    UserAdd {
+        name: String,
+        password_hash: String,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserPasswd {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        name: String,
+        role: String,
+    },
+    UserRevokeRole {
+        name: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    RoleGrant {
+        name: String,
+        keys: KeySpec,
+        access: Access,
+    },
+    RoleRevoke {
+        name: String,
+        keys: KeySpec,
+    },
+}
+
+impl AuthOp {
+    /// The change a request asks for; the request back (`Err`) for the ones
+    /// that are reads, or that carry a password the node must hash first.
+    fn from_request(request: ClientRequest) -> Result<AuthOp, ClientRequest> {
+        use {AuthRequest as A, RoleRequest as R, UserRequest as U};
+        Ok(match request {
+            ClientRequest::Auth(A::Enable) => AuthOp::Enable,
+            ClientRequest::Auth(A::Disable) => AuthOp::Disable,
+            ClientRequest::User(U::Delete { name }) => AuthOp::UserDelete { name },
+            ClientRequest::User(U::GrantRole { name, role }) => {
+                AuthOp::UserGrantRole { name, role }
+            }
+            ClientRequest::User(U::RevokeRole { name, role }) => {
+                AuthOp::UserRevokeRole { name, role }
+            }
+            ClientRequest::Role(R::Add { name }) => AuthOp::RoleAdd { name },
+            ClientRequest::Role(R::Delete { name }) => AuthOp::RoleDelete { name },
+            ClientRequest::Role(R::GrantPermission { name, keys, access }) => {
+                AuthOp::RoleGrant { name, keys, access }
+            }
+            ClientRequest::Role(R::RevokePermission { name, keys }) => {
+                AuthOp::RoleRevoke { name, keys }
+            }
+            other => return Err(other),
+        })
+    }
 }
 
 impl Op {
@@ -66,15 +144,30 @@ impl Op {
             // A registration goes through the log like a write: the session
             // exists once it is applied, on every node at the same index.
             ClientRequest::RegisterClient => (Op::RegisterClient, SessionFields::default()),
+            // Changes to auth are not applied in a session: each is
+            // idempotent or refused when repeated.
+            change @ (ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_)) => {
+                let auth = AuthOp::from_request(change)?;
+                (Op::Auth { auth }, SessionFields::default())
+            }
             read @ (ClientRequest::Healthcheck
             | ClientRequest::Status
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
-            | ClientRequest::Authenticate(_)
-            | ClientRequest::Auth(_)
-            | ClientRequest::User(_)
-            | ClientRequest::Role(_)) => return Err(read),
+            | ClientRequest::Authenticate(_)) => return Err(read),
         })
+    }
+
+    /// What the proposer's user needs to be allowed this write, checked
+    /// when it is proposed and again when it is applied.
+    pub fn needs(&self) -> Need<'_> {
+        match self {
+            Op::Set { key, .. } | Op::Delete { key } => Need::Write(key),
+            // A CAS reads the key (and tells its value) as well as writing it.
+            Op::Cas { key, .. } => Need::ReadWrite(key),
+            Op::RegisterClient => Need::LoggedIn,
+            Op::Auth { .. } => Need::Root,
+        }
     }
 }
 
@@ -89,6 +182,7 @@ pub(super) struct OpWire {
     key: Option<String>,
     value: Option<String>,
     expected: Option<String>,
+    auth: Option<AuthOp>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +192,7 @@ enum OpKind {
     Delete,
     Cas,
     RegisterClient,
+    Auth,
 }
 
 impl TryFrom<OpWire> for Op {
@@ -109,6 +204,7 @@ impl TryFrom<OpWire> for Op {
             key,
             value,
             expected,
+            auth,
         } = w;
         let key = key.ok_or("missing field `key` in op");
         Ok(match kind {
@@ -123,6 +219,9 @@ impl TryFrom<OpWire> for Op {
                 value,
             },
             OpKind::RegisterClient => Op::RegisterClient,
+            OpKind::Auth => Op::Auth {
+                auth: auth.ok_or("missing field `auth` in an AUTH op")?,
+            },
         })
     }
 }
@@ -140,6 +239,9 @@ pub enum ApplyResult {
     Cas(CasReply),
     #[serde(rename = "REGISTER_CLIENT")]
     Register(RegisterClientReply),
+    Auth(AuthReply),
+    User(UserReply),
+    Role(RoleReply),
     /// A stale sequence number, a session the store does not hold, or an
     /// entry whose data is not a valid command.
     Error(ErrorReply),
@@ -153,6 +255,9 @@ impl ApplyResult {
             ApplyResult::Delete(_) => DeleteReply::MSG_TYPE,
             ApplyResult::Cas(_) => CasReply::MSG_TYPE,
             ApplyResult::Register(_) => RegisterClientReply::MSG_TYPE,
+            ApplyResult::Auth(_) => AuthReply::MSG_TYPE,
+            ApplyResult::User(_) => UserReply::MSG_TYPE,
+            ApplyResult::Role(_) => RoleReply::MSG_TYPE,
             ApplyResult::Error(_) => ErrorReply::MSG_TYPE,
         }
         .name()
@@ -165,7 +270,11 @@ impl ApplyResult {
             ApplyResult::Set(r) => r.key.len(),
             ApplyResult::Delete(r) => r.key.len(),
             ApplyResult::Cas(r) => r.key.len() + r.current.as_ref().map_or(0, String::len),
-            ApplyResult::Register(_) => 0,
+            // Not applied in sessions; an index only.
+            ApplyResult::Register(_)
+            | ApplyResult::Auth(_)
+            | ApplyResult::User(_)
+            | ApplyResult::Role(_) => 0,
             ApplyResult::Error(e) => e.message.len(),
         }
     }
@@ -177,6 +286,9 @@ impl ApplyResult {
             ApplyResult::Delete(r) => encode_reply(out, req_id, r),
             ApplyResult::Cas(r) => encode_reply(out, req_id, r),
             ApplyResult::Register(r) => encode_reply(out, req_id, r),
+            ApplyResult::Auth(r) => encode_reply(out, req_id, r),
+            ApplyResult::User(r) => encode_reply(out, req_id, r),
+            ApplyResult::Role(r) => encode_reply(out, req_id, r),
             ApplyResult::Error(e) => encode_error(out, req_id, e),
         }
     }
@@ -226,9 +338,68 @@ impl Data {
                     index,
                 })
             }
-            Op::RegisterClient => ApplyResult::Error(ErrorReply::bad_request(
-                "REGISTER_CLIENT is not a key/value operation",
+            Op::RegisterClient | Op::Auth { .. } => ApplyResult::Error(ErrorReply::bad_request(
+                "REGISTER_CLIENT and AUTH are not key/value operations",
             )),
         }
+    }
+}
+
+impl AuthStore {
+    /// What each change to users and roles does, and its reply; `index` is
+    /// the entry's. A refused change changes nothing.
+    pub(super) fn apply(&mut self, index: u64, op: AuthOp) -> ApplyResult {
+        let user = |r: Result<(), AuthError>| match r {
+            Ok(()) => ApplyResult::User(UserReply {
+                index: Some(index),
+                users: None,
+            }),
+            Err(e) => ApplyResult::Error(e.into()),
+        };
+        let role = |r: Result<(), AuthError>| match r {
+            Ok(()) => ApplyResult::Role(RoleReply {
+                index: Some(index),
+                roles: None,
+            }),
+            Err(e) => ApplyResult::Error(e.into()),
+        };
+        match op {
+            AuthOp::Enable => match self.enable() {
+                Ok(()) => self.auth_reply(index),
+                Err(e) => ApplyResult::Error(e.into()),
+            },
+            AuthOp::Disable => {
+                self.disable();
+                self.auth_reply(index)
+            }
+            AuthOp::UserAdd {
+                name,
+                password_hash,
+            } => user(self.user_add(&name, password_hash)),
+            AuthOp::UserDelete { name } => user(self.user_delete(&name)),
+            AuthOp::UserPasswd {
+                name,
+                password_hash,
+            } => user(self.user_passwd(&name, password_hash)),
+            AuthOp::UserGrantRole { name, role } => user(self.user_grant_role(&name, &role)),
+            AuthOp::UserRevokeRole { name, role } => user(self.user_revoke_role(&name, &role)),
+            AuthOp::RoleAdd { name } => role(self.role_add(&name)),
+            AuthOp::RoleDelete { name } => role(self.role_delete(&name)),
+            AuthOp::RoleGrant { name, keys, access } => {
+                let permission = super::auth::Permission {
+                    range: keys.into(),
+                    access,
+                };
+                role(self.role_grant(&name, permission))
+            }
+            AuthOp::RoleRevoke { name, keys } => role(self.role_revoke(&name, &keys.into())),
+        }
+    }
+
+    fn auth_reply(&self, index: u64) -> ApplyResult {
+        ApplyResult::Auth(AuthReply {
+            enabled: self.enabled,
+            index: Some(index),
+        })
     }
 }

@@ -98,18 +98,28 @@ pub(super) struct Session {
     pub(super) last_used_ts_ms: u64,
     /// What this session counts against `MAX_SESSION_BYTES`.
     pub(super) bytes: usize,
+    /// The user that registered it, who alone may write in it while auth
+    /// is on (its cached replies are that user's).
+    pub(super) user: Option<Arc<str>>,
 }
 
 impl Session {
     /// A session that holds `result` as its reply to `last_seq`, used by the
     /// entry at `index` at log time `ts_ms`.
-    pub(super) fn new(last_seq: u64, result: ApplyResult, index: u64, ts_ms: u64) -> Session {
+    pub(super) fn new(
+        last_seq: u64,
+        result: ApplyResult,
+        index: u64,
+        ts_ms: u64,
+        user: Option<Arc<str>>,
+    ) -> Session {
         Session {
             last_seq,
-            bytes: session_bytes(&result),
+            bytes: session_bytes(&result) + user.as_ref().map_or(0, |u| u.len()),
             result: Arc::new(result),
             last_used_index: index,
             last_used_ts_ms: ts_ms,
+            user,
         }
     }
 }
@@ -123,9 +133,13 @@ pub(super) fn session_bytes(result: &ApplyResult) -> usize {
 impl KvStore {
     /// Opens the session `index`: nothing written yet, so `last_seq` 0, with
     /// the registration's reply as its cached result.
-    pub(super) fn register(&mut self, index: u64) -> ApplyResult {
+    pub(super) fn register(&mut self, index: u64, user: Option<String>) -> ApplyResult {
+        if let Err(denied) = self.auth.check(user.as_deref(), Op::RegisterClient.needs()) {
+            return ApplyResult::Error(denied);
+        }
         let result = ApplyResult::Register(RegisterClientReply { client_id: index });
-        let session = Session::new(0, result.clone(), index, self.clock_ms);
+        let user = user.map(Arc::from);
+        let session = Session::new(0, result.clone(), index, self.clock_ms, user);
         self.insert_session(index, session);
         self.evict_over_limits();
         result
@@ -140,10 +154,19 @@ impl KvStore {
         client_id: u64,
         seq: u64,
         op: Op,
+        user: Option<String>,
     ) -> ApplyResult {
         let Some(session) = self.sessions.get_mut(&client_id) else {
             return ApplyResult::Error(self.not_open(client_id));
         };
+        if self.auth.enabled && session.user.as_deref() != user.as_deref() {
+            return ApplyResult::Error(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "client session {client_id} belongs to another user; the command was not                      applied (open a session of your own with REGISTER_CLIENT)"
+                ),
+            ));
+        }
         if seq < session.last_seq {
             return ApplyResult::Error(ErrorReply::new(
                 ErrorCode::StaleSequence,
@@ -159,12 +182,17 @@ impl KvStore {
         let previous_use = std::mem::replace(&mut session.last_used_index, index);
         session.last_used_ts_ms = self.clock_ms;
         let retry = seq == session.last_seq;
+        if !retry {
+            if let Err(denied) = self.auth.check(user.as_deref(), op.needs()) {
+                return ApplyResult::Error(denied);
+            }
+        }
         let result = if retry {
             // A retry: answer as the first time.
             ApplyResult::clone(&session.result)
         } else {
             let result = self.data.apply(index, op);
-            let bytes = session_bytes(&result);
+            let bytes = session_bytes(&result) + session.user.as_ref().map_or(0, |u| u.len());
             let old_bytes = std::mem::replace(&mut session.bytes, bytes);
             session.last_seq = seq;
             session.result = Arc::new(result.clone());

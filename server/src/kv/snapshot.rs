@@ -21,7 +21,17 @@
 //!    shape of its wire reply plus its `type` (a session that has not written
 //!    yet has `last_seq` 0 and its registration's reply):
 //!    `{"client_id":3,"last_seq":4,"reply":{"type":"SET","key":"a","index":7},`
-//!    `"last_used_index":9,"last_used_ts_ms":1700000000000}`
+//!    `"last_used_index":9,"last_used_ts_ms":1700000000000}`; a session
+//!    registered by a logged-in user also has `"user":"alice"`.
+//! 4. One line per role, in name order (format 3):
+//!    `{"role":"app","permissions":[{"prefix":"app/","access":"readwrite"}]}`
+//! 5. One line per user, in name order (format 3), with its password's salted
+//!    hash (never the password): `{"user":"alice","password_hash":"$argon2id$..",`
+//!    `"roles":["app"]}`
+//!
+//! Format 3's store line adds `auth_enabled`, `roles` and `users` (the
+//! counts of lines 4 and 5). A format 2 snapshot (before users and roles)
+//! is still read: it has none.
 //!
 //! The same entries always give byte-identical snapshot lines.
 
@@ -31,10 +41,11 @@ use std::io;
 use std::sync::Arc;
 
 use imbl::OrdMap;
-use poncho_protocol::RegisterClientReply;
+use poncho_protocol::{PermissionInfo, RegisterClientReply};
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
+use super::auth::{AuthStore, Permission};
 use super::ops::ApplyResult;
 use super::session::Session;
 use super::store::{Data, KvStore};
@@ -43,7 +54,10 @@ use super::store::{Data, KvStore};
 /// or the meaning of a field changes; [`KvStore::restore`] refuses any other.
 /// Format 2: sessions are keyed by the numeric id `REGISTER_CLIENT` gave
 /// (format 1 had client-chosen string ids, which this build cannot honour).
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Format 3: users, roles and whether auth is on; a session's user.
+pub const SNAPSHOT_FORMAT: u32 = 3;
+/// The oldest format [`KvStore::restore`] still reads.
+const OLDEST_READABLE_FORMAT: u32 = 2;
 
 /// A point-in-time copy of a [`KvStore`] from [`KvStore::snapshot`]. It owns
 /// (shares, copy-on-write) the store's maps, so it can move to another thread
@@ -52,6 +66,7 @@ pub const SNAPSHOT_FORMAT: u32 = 2;
 pub struct KvSnapshot {
     data: Data,
     sessions: OrdMap<u64, Session>,
+    auth: Arc<AuthStore>,
     /// The store line, counts included.
     store: StoreLine,
 }
@@ -107,6 +122,30 @@ impl KvSnapshot {
                 reply: Cow::Borrowed(&*session.result),
                 last_used_index: session.last_used_index,
                 last_used_ts_ms: session.last_used_ts_ms,
+                user: session.user.as_deref().map(Cow::Borrowed),
+            };
+            emit_line(&mut buffer, &line, &mut f)?;
+        }
+        let (users, roles) = self.auth.entries();
+        for (name, role) in roles {
+            let line = RoleLine {
+                role: Cow::Borrowed(name),
+                permissions: role
+                    .permissions
+                    .iter()
+                    .map(|p| PermissionInfo {
+                        keys: (&p.range).into(),
+                        access: p.access,
+                    })
+                    .collect(),
+            };
+            emit_line(&mut buffer, &line, &mut f)?;
+        }
+        for (name, user) in users {
+            let line = UserLine {
+                user: Cow::Borrowed(name),
+                password_hash: Cow::Borrowed(&user.password_hash),
+                roles: user.roles.iter().cloned().collect(),
             };
             emit_line(&mut buffer, &line, &mut f)?;
         }
@@ -135,6 +174,7 @@ impl KvStore {
         KvSnapshot {
             data: self.data.clone(),
             sessions: self.sessions.clone(),
+            auth: self.auth.clone(),
             store: StoreLine {
                 format: SNAPSHOT_FORMAT,
                 last_applied: self.last_applied,
@@ -144,6 +184,9 @@ impl KvStore {
                 max_session_bytes: self.max_session_bytes as u64,
                 keys: self.data.len() as u64,
                 sessions: self.sessions.len() as u64,
+                auth_enabled: self.auth.enabled,
+                roles: self.auth.role_count() as u64,
+                users: self.auth.user_count() as u64,
             },
         }
     }
@@ -167,6 +210,7 @@ impl KvStore {
         let mut kv = KvStore::from_store_line(&store)?;
         kv.restore_keys(&mut lines, &store)?;
         let uses = kv.restore_sessions(&mut lines, &store)?;
+        kv.auth = Arc::new(restore_auth(&mut lines, &store)?);
         lines.expect_end(&store)?;
         check_use_order(uses)?;
         kv.check_session_limits()?;
@@ -255,6 +299,7 @@ impl KvStore {
                 s.reply.into_owned(),
                 s.last_used_index,
                 s.last_used_ts_ms,
+                s.user.map(|u| Arc::from(u.as_ref())),
             );
             self.insert_session(id, session);
             previous = Some(id);
@@ -289,14 +334,80 @@ where
     };
     let store: StoreLine = serde_json::from_str(&line)
         .map_err(|e| format!("snapshot line 1: not a store line: {e}"))?;
-    if store.format != SNAPSHOT_FORMAT {
+    if !(OLDEST_READABLE_FORMAT..=SNAPSHOT_FORMAT).contains(&store.format) {
         return Err(format!(
-            "snapshot line 1: format {} is not supported (this build reads format \
-             {SNAPSHOT_FORMAT})",
+            "snapshot line 1: format {} is not supported (this build reads formats \
+             {OLDEST_READABLE_FORMAT} to {SNAPSHOT_FORMAT})",
+            store.format
+        ));
+    }
+    if store.format < 3 && (store.auth_enabled || store.roles > 0 || store.users > 0) {
+        return Err(format!(
+            "snapshot line 1: format {} has no users or roles, but the line announces some",
             store.format
         ));
     }
     Ok(store)
+}
+
+/// Reads the role and user lines the store line announces, each in name
+/// order, through the same checks as the changes that made them (names,
+/// limits, roles that exist), and turns auth on if the snapshot had it on
+/// (which needs a root user, as `auth enable` does).
+fn restore_auth<I, E>(lines: &mut NumberedLines<I>, store: &StoreLine) -> Result<AuthStore, String>
+where
+    I: Iterator<Item = Result<String, E>>,
+    E: fmt::Display,
+{
+    let mut auth = AuthStore::default();
+    let mut previous: Option<String> = None;
+    for _ in 0..store.roles {
+        let line = lines.next_announced(store)?;
+        let n = lines.number;
+        let r: RoleLine = serde_json::from_str(&line)
+            .map_err(|e| format!("snapshot line {n}: not a role line: {e}"))?;
+        in_order(n, "role", &mut previous, &r.role)?;
+        let bad = |e: super::auth::AuthError| format!("snapshot line {n}: {e}");
+        auth.role_add(&r.role).map_err(bad)?;
+        for p in r.permissions {
+            let permission = Permission {
+                range: p.keys.into(),
+                access: p.access,
+            };
+            auth.role_grant(&r.role, permission).map_err(bad)?;
+        }
+    }
+    previous = None;
+    for _ in 0..store.users {
+        let line = lines.next_announced(store)?;
+        let n = lines.number;
+        let u: UserLine = serde_json::from_str(&line)
+            .map_err(|e| format!("snapshot line {n}: not a user line: {e}"))?;
+        in_order(n, "user", &mut previous, &u.user)?;
+        let bad = |e: super::auth::AuthError| format!("snapshot line {n}: {e}");
+        auth.user_add(&u.user, u.password_hash.into_owned())
+            .map_err(bad)?;
+        for role in &u.roles {
+            auth.user_grant_role(&u.user, role).map_err(bad)?;
+        }
+    }
+    if store.auth_enabled {
+        auth.enable()
+            .map_err(|e| format!("snapshot line 1: auth is enabled, but {e}"))?;
+    }
+    Ok(auth)
+}
+
+/// Names on consecutive lines are sorted and unique.
+fn in_order(n: u64, what: &str, previous: &mut Option<String>, name: &str) -> Result<(), String> {
+    if previous.as_deref().is_some_and(|p| p >= name) {
+        return Err(format!(
+            "snapshot line {n}: {what} {name:?} is out of order ({what}s must be sorted and \
+             unique)"
+        ));
+    }
+    *previous = Some(name.to_string());
+    Ok(())
 }
 
 /// A restored session's last use, and the line it came from.
@@ -357,11 +468,10 @@ where
     fn next_announced(&mut self, store: &StoreLine) -> Result<String, String> {
         self.next()?.ok_or_else(|| {
             format!(
-                "snapshot line {}: missing: the store line announces {} keys and {} \
-                 sessions (a truncated snapshot?)",
+                "snapshot line {}: missing: the store line announces {} (a truncated \
+                 snapshot?)",
                 self.number + 1,
-                store.keys,
-                store.sessions
+                store.announced()
             )
         })
     }
@@ -370,9 +480,9 @@ where
     fn expect_end(&mut self, store: &StoreLine) -> Result<(), String> {
         if self.next()?.is_some() {
             return Err(format!(
-                "snapshot line {}: unexpected: the store line announces {} keys and {} sessions, \
-                 all read already",
-                self.number, store.keys, store.sessions
+                "snapshot line {}: unexpected: the store line announces {}, all read already",
+                self.number,
+                store.announced()
             ));
         }
         Ok(())
@@ -390,9 +500,44 @@ struct StoreLine {
     session_timeout_ms: u64,
     max_sessions: u64,
     max_session_bytes: u64,
-    /// How many key lines follow, then how many session lines.
+    /// How many key lines follow, then how many session lines, role lines
+    /// and user lines.
     keys: u64,
     sessions: u64,
+    #[serde(default)]
+    auth_enabled: bool,
+    #[serde(default)]
+    roles: u64,
+    #[serde(default)]
+    users: u64,
+}
+
+impl StoreLine {
+    /// The lines it says follow, for errors.
+    fn announced(&self) -> String {
+        format!(
+            "{} keys, {} sessions, {} roles and {} users",
+            self.keys, self.sessions, self.roles, self.users
+        )
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleLine<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    permissions: Vec<PermissionInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserLine<'a> {
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    password_hash: Cow<'a, str>,
+    roles: Vec<String>,
 }
 
 /// One key; borrowed from the line when it has no escapes.
@@ -414,6 +559,8 @@ pub(super) struct SessionLine<'a> {
     reply: Cow<'a, ApplyResult>,
     last_used_index: u64,
     last_used_ts_ms: u64,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    user: Option<Cow<'a, str>>,
 }
 
 impl SessionLine<'_> {

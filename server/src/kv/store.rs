@@ -14,6 +14,7 @@ use imbl::OrdMap;
 use poncho_protocol::{Entry, EntryKind, ErrorReply};
 use smol_str::SmolStr;
 
+use super::auth::{AuthStore, KeyRange, Readable};
 use super::command::Command;
 use super::ops::{ApplyResult, Op};
 use super::session::{Session, MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
@@ -32,6 +33,9 @@ pub struct KvStore {
     /// and the first to expire, and expiry and eviction only ever pop it.
     pub(super) sessions_by_use: OrdMap<u64, u64>,
     pub(super) session_bytes: usize,
+    /// Users, roles and whether auth is on. Shared with snapshots, copied
+    /// on a change (rare).
+    pub(super) auth: Arc<AuthStore>,
     pub(super) last_applied: u64,
     /// The largest `ts_ms` applied so far: the log clock.
     pub(super) clock_ms: u64,
@@ -63,6 +67,7 @@ impl KvStore {
             sessions: OrdMap::new(),
             sessions_by_use: OrdMap::new(),
             session_bytes: 0,
+            auth: Arc::default(),
             last_applied: 0,
             clock_ms: 0,
             session_timeout_ms,
@@ -105,16 +110,29 @@ impl KvStore {
         // Before the command: a session idle for the timeout at this point of
         // the log is gone for it, whatever came in between.
         self.expire_sessions();
+        let user = command.user;
         match (command.client_id, command.seq, command.op) {
-            (None, None, Op::RegisterClient) => self.register(index),
-            (_, _, Op::RegisterClient) => ApplyResult::Error(ErrorReply::bad_request(
-                "REGISTER_CLIENT carries no client_id or seq; no session was opened",
-            )),
-            (None, None, op) => self.data.apply(index, op),
+            (None, None, Op::RegisterClient) => self.register(index, user),
+            (None, None, op) => {
+                if let Err(denied) = self.auth.check(user.as_deref(), op.needs()) {
+                    return ApplyResult::Error(denied);
+                }
+                match op {
+                    Op::Auth { auth } => Arc::make_mut(&mut self.auth).apply(index, auth),
+                    op => self.data.apply(index, op),
+                }
+            }
+            (_, _, Op::RegisterClient | Op::Auth { .. }) => {
+                ApplyResult::Error(ErrorReply::bad_request(
+                    "REGISTER_CLIENT and AUTH carry no client_id or seq; not applied",
+                ))
+            }
             (Some(_), Some(0), _) => ApplyResult::Error(ErrorReply::bad_request(
                 "seq starts at 1; the command was not applied",
             )),
-            (Some(client_id), Some(seq), op) => self.apply_in_session(index, client_id, seq, op),
+            (Some(client_id), Some(seq), op) => {
+                self.apply_in_session(index, client_id, seq, op, user)
+            }
             _ => ApplyResult::Error(ErrorReply::bad_request(
                 "client_id and seq go together; the command was not applied",
             )),
@@ -128,6 +146,32 @@ impl KvStore {
     /// Sorted keys with this prefix, at most `limit` of them.
     pub fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
         self.data.keys(prefix, limit)
+    }
+
+    /// Like [`KvStore::keys`], but only the keys `user` may read (all of
+    /// them while auth is off). It reads only the ranges the user's roles
+    /// grant, so its cost is that of what it may list.
+    pub fn readable_keys(&self, user: Option<&str>, prefix: &str, limit: usize) -> Vec<String> {
+        let ranges = match self.auth.readable(user, prefix) {
+            Readable::All => return self.keys(prefix, limit),
+            Readable::Ranges(ranges) => ranges,
+        };
+        let mut keys = std::collections::BTreeSet::new();
+        for range in &ranges {
+            match range {
+                KeyRange::Key(k) if self.data.get(k).is_some() => {
+                    keys.insert(k.clone());
+                }
+                KeyRange::Key(_) => {}
+                KeyRange::Prefix(p) => keys.extend(self.data.keys(p, limit)),
+            }
+        }
+        keys.into_iter().take(limit).collect()
+    }
+
+    /// Users, roles and whether auth is on, as applied so far.
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
     }
 
     pub fn len(&self) -> usize {

@@ -8,6 +8,7 @@ fn commands_round_trip_through_compact_json() {
         op: cas("k", None, Some("v")),
         client_id: Some(12),
         seq: Some(3),
+        user: None,
         ts_ms: 1_700_000_000_000,
     };
     let text = command.encode();
@@ -20,6 +21,7 @@ fn commands_round_trip_through_compact_json() {
         op: Op::RegisterClient,
         client_id: None,
         seq: None,
+        user: None,
         ts_ms: 5,
     };
     assert_eq!(
@@ -32,6 +34,7 @@ fn commands_round_trip_through_compact_json() {
         op: delete("k"),
         client_id: None,
         seq: None,
+        user: None,
         ts_ms: 5,
     };
     assert_eq!(
@@ -66,6 +69,7 @@ fn from_request_builds_commands_for_writes_only() {
             op: set("k", "v"),
             client_id: Some(1),
             seq: Some(2),
+            user: None,
             ts_ms: 9
         })
     );
@@ -82,6 +86,7 @@ fn from_request_builds_commands_for_writes_only() {
             op: delete("k"),
             client_id: None,
             seq: None,
+            user: None,
             ts_ms: 9
         })
     );
@@ -113,6 +118,7 @@ fn from_request_builds_commands_for_writes_only() {
             op: Op::RegisterClient,
             client_id: None,
             seq: None,
+            user: None,
             ts_ms: 9
         })
     );

@@ -1,5 +1,5 @@
 //! The state machine's tests, a file per room (`store`, `session`,
-//! `command`, `snapshot`), driven through `KvStore::apply` as the node drives
+//! `command`, `snapshot`, `auth`), driven through `KvStore::apply` as the node drives
 //! it; the helpers they share are here.
 
 use std::io;
@@ -15,6 +15,7 @@ use super::session::{session_bytes, Session, SESSION_OVERHEAD_BYTES};
 use super::snapshot::{KeyLine, SessionLine};
 use super::*;
 
+mod auth;
 mod command;
 mod session;
 mod snapshot;
@@ -85,6 +86,7 @@ impl Feed {
             op,
             client_id: None,
             seq: None,
+            user: None,
             ts_ms,
         })
     }
@@ -116,6 +118,7 @@ impl Feed {
             op,
             client_id: Some(client_id),
             seq: Some(seq),
+            user: None,
             ts_ms,
         })
     }
@@ -203,6 +206,7 @@ fn mixed_log(len: u64) -> Vec<Entry> {
                         op,
                         client_id,
                         seq,
+                        user: None,
                         ts_ms,
                     },
                 ),

@@ -80,6 +80,7 @@ fn client_id_without_seq_is_refused_without_applying() {
             op: op.clone(),
             client_id,
             seq,
+            user: None,
             ts_ms: 0,
         });
         assert_eq!(

@@ -81,12 +81,14 @@ fn a_restored_store_retries_expires_and_evicts_like_the_original() {
         op,
         client_id: Some(client_id),
         seq: Some(seq),
+        user: None,
         ts_ms,
     };
     let plain_at = |ts_ms: u64, op: Op| Command {
         op,
         client_id: None,
         seq: None,
+        user: None,
         ts_ms,
     };
     let d = 12;
@@ -255,7 +257,7 @@ fn the_snapshot_line_format() {
     assert_eq!(
         snapshot_lines(&f.store),
         [
-            r#"{"format":2,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3}"#,
+            r#"{"format":3,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3,"auth_enabled":false,"roles":0,"users":0}"#,
             r#"{"k":"a","v":"1"}"#,
             "{\"k\":\"b\",\"v\":\"2\\n\\\"x\u{e9}\"}",
             r#"{"client_id":1,"last_seq":4,"reply":{"type":"SET","key":"a","index":2},"last_used_index":2,"last_used_ts_ms":1700000000000}"#,
@@ -276,6 +278,7 @@ fn the_snapshot_line_format() {
             result: Arc::new(error),
             last_used_index: 6,
             last_used_ts_ms: ts + 5,
+            user: None,
         },
     );
     let deleted = ApplyResult::Delete(DeleteReply {
@@ -291,6 +294,7 @@ fn the_snapshot_line_format() {
             result: Arc::new(deleted),
             last_used_index: 2,
             last_used_ts_ms: ts,
+            user: None,
         },
     );
     let lines = snapshot_lines(&store);
@@ -408,13 +412,13 @@ fn restore_rejects_malformed_snapshots_naming_the_line() {
         ),
         (
             "another format",
-            with(0, &store_line.replace(r#""format":2"#, r#""format":3"#)),
-            "line 1: format 3",
+            with(0, &store_line.replace(r#""format":3"#, r#""format":4"#)),
+            "line 1: format 4",
         ),
         (
             "format 1, from before sessions were registered",
-            with(0, &store_line.replace(r#""format":2"#, r#""format":1"#)),
-            "line 1: format 1 is not supported (this build reads format 2)",
+            with(0, &store_line.replace(r#""format":3"#, r#""format":1"#)),
+            "line 1: format 1 is not supported (this build reads formats 2 to 3)",
         ),
         (
             "missing store field",

@@ -172,6 +172,7 @@ fn an_index_already_applied_is_ignored() {
             op: set("k", "1"),
             client_id: None,
             seq: None,
+            user: None,
             ts_ms: 0,
         },
     );
