@@ -263,6 +263,14 @@ pub fn client_config(
 
 /// The name a connection to `host` checks the server's certificate for: an
 /// IP address (an IP SAN) or a DNS name.
+/// The subject's common name (CN) of a DER certificate, if it has one that
+/// is UTF-8; `None` for a certificate that does not parse.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_string()).map_err(|e| TlsError::Config {
         what: format!("server name {host:?}"),
@@ -404,6 +412,24 @@ mod tests {
         let e = tls.read(&mut reply).unwrap_err();
         assert!(e.to_string().contains("not signed by a trusted CA"), "{e}");
         assert!(tls.tls_error().is_some());
+    }
+
+    #[test]
+    fn a_certificates_common_name_is_read_and_junk_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pki(dir.path(), "node");
+        let ca = load_certs(files.trusted_ca.as_ref().unwrap()).unwrap();
+        assert_eq!(common_name(&ca[0]).as_deref(), Some("node CA"));
+        let leaf = load_certs(files.cert.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            common_name(&leaf[0]).as_deref(),
+            Some("rcgen self signed cert"),
+            "rcgen's default"
+        );
+        assert_eq!(
+            common_name(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])),
+            None
+        );
     }
 
     #[test]

@@ -385,7 +385,8 @@ impl AuthStore {
         let Some(user) = user else {
             return Err(ErrorReply::new(
                 ErrorCode::Unauthenticated,
-                "auth is enabled and this connection has not logged in: send AUTHENTICATE                  first (shell: --user NAME, or `login NAME`)",
+                "auth is enabled and this connection has not logged in: send AUTHENTICATE \
+                 first (shell: --user NAME, or `login NAME`)",
             ));
         };
         if !self.users.contains_key(user) {

@@ -5,7 +5,7 @@
 use poncho_protocol::{ClientRequest, SessionFields};
 use serde::{Deserialize, Serialize};
 
-use super::ops::{Op, OpWire};
+use super::ops::{AuthOp, Op, OpWire};
 
 /// A write as stored in a log entry's `data` (JSON text). The leader builds it
 /// from a client request.
@@ -65,6 +65,18 @@ impl Command {
     /// the store puts in the `ERROR` reply that entry gets.
     pub fn decode(data: &str) -> Result<Command, String> {
         serde_json::from_str(data).map_err(|e| e.to_string())
+    }
+
+    /// A change to users and roles, in no session (the proposer's `user` is
+    /// the caller's to set).
+    pub fn auth(auth: AuthOp, ts_ms: u64) -> Command {
+        Command {
+            op: Op::Auth { auth },
+            client_id: None,
+            seq: None,
+            user: None,
+            ts_ms,
+        }
     }
 
     /// Builds a command from a client write request or a REGISTER_CLIENT;

@@ -163,7 +163,8 @@ impl KvStore {
             return ApplyResult::Error(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 format!(
-                    "client session {client_id} belongs to another user; the command was not                      applied (open a session of your own with REGISTER_CLIENT)"
+                    "client session {client_id} belongs to another user; the command was not \
+                     applied (open a session of your own with REGISTER_CLIENT)"
                 ),
             ));
         }

@@ -7,15 +7,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use poncho_protocol::{
-    decode_request, encode_error, encode_reply, ClientRequest, Entry, ErrorCode, ErrorReply,
-    FollowerProgress, GetReply, Handshake, HealthcheckReply, KeysReply, MemberStatus, Request,
-    StatusReply,
+    decode_request, encode_error, encode_reply, AuthReply, AuthRequest, ClientRequest, Entry,
+    ErrorCode, ErrorReply, FollowerProgress, GetReply, Handshake, HealthcheckReply, KeysReply,
+    MemberStatus, Request, RoleReply, RoleRequest, StatusReply, UserReply, UserRequest,
 };
 
 use super::admission::Port;
 use super::conn::{ConnRole, ReplyTo};
+use super::logins::PasswordChange;
 use super::Node;
+use crate::kv::auth::{AuthStore, Need};
 use crate::kv::{ApplyResult, Command};
 use crate::raft::{ProgressState, ProposeError, ReadState, Role};
 use crate::storage::Health;
@@ -46,11 +50,16 @@ struct PendingWrite {
 enum ReadKind {
     Get(String),
     Keys(String),
+    /// AUTH status, USER get/list, ROLE get/list.
+    Auth(ClientRequest),
 }
 
 struct PendingRead {
     to: ReplyTo,
     kind: ReadKind,
+    /// Who asked: the read is checked (and a listing filtered) as this
+    /// user when it is served, against what is applied by then.
+    user: Option<Arc<str>>,
     deadline: Instant,
     /// Serve only once this index is applied (read-your-writes on a connection).
     min_index: u64,
@@ -98,27 +107,25 @@ fn take_where<T>(map: &mut HashMap<u64, T>, due: impl Fn(&T) -> bool) -> Vec<T> 
 
 impl Node {
     /// Handles the complete lines buffered; returns whether there were any.
+    /// Stops early at a line that refuses the connection, or that starts a
+    /// login (the lines after it wait in the buffer until it is answered).
     pub(super) fn process_lines(&mut self, key: usize) -> bool {
-        let mut lines = Vec::new();
-        {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return false;
-            };
-            while let Some(line) = conn.input.next_line() {
-                match line {
-                    Ok(bytes) => lines.push(Ok(bytes.to_vec())),
-                    Err(too_long) => {
-                        lines.push(Err(too_long.limit));
-                        break;
-                    }
+        let mut completed = false;
+        loop {
+            let line = {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return completed;
+                };
+                if conn.close_after_flush || conn.logging_in {
+                    break; // refused: what followed is not answered
                 }
-            }
-        }
-        let completed = !lines.is_empty();
-        for line in lines {
-            if self.conns.get(key).is_none_or(|c| c.close_after_flush) {
-                break; // refused: what followed is not answered
-            }
+                match conn.input.next_line() {
+                    None => break,
+                    Some(Ok(bytes)) => Ok(bytes.to_vec()),
+                    Some(Err(too_long)) => Err(too_long.limit),
+                }
+            };
+            completed = true;
             match line {
                 Ok(bytes) => self.handle_line(key, &bytes),
                 Err(limit) => {
@@ -147,6 +154,16 @@ impl Node {
         };
         let (role, port) = (conn.role, conn.port);
         conn.lines_handled += 1;
+        if conn.lines_handled == 1 && port == Port::Client && self.tls.client_cert_users {
+            // --client-cert-auth: the certificate's common name is the user
+            // (the handshake, done before any line, checked the chain).
+            conn.user = conn
+                .stream
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(poncho_tls::common_name)
+                .map(Arc::from);
+        }
         match role {
             ConnRole::Outbound(peer, link) => {
                 return self.handle_outbound_line(key, peer, link, line)
@@ -198,12 +215,24 @@ impl Node {
     }
 
     /// A write is proposed to the log and answered once applied; the rest
-    /// are answered here (`Command::from_request` tells them apart).
+    /// are answered here (`Command::from_request` tells them apart). Each is
+    /// first checked against the connection's user (a write again when it
+    /// is applied).
     fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
+        let user = self.conns.get(key).and_then(|c| c.user.clone());
         let read = match Command::from_request(request, now_ms()) {
-            Ok(write) => return self.propose_write(key, req_id, write),
+            Ok(mut write) => {
+                if let Err(denied) = self.kv.auth().check(user.as_deref(), write.op.needs()) {
+                    return self.reply_error_now(key, req_id, &denied);
+                }
+                write.user = user.map(|u| u.to_string());
+                return self.propose_write(key, req_id, write);
+            }
             Err(read) => read,
         };
+        if let Err(denied) = self.kv.auth().check(user.as_deref(), needs(&read)) {
+            return self.reply_error_now(key, req_id, &denied);
+        }
         match read {
             ClientRequest::Healthcheck => self
                 .conns
@@ -223,6 +252,16 @@ impl Node {
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
             ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
+            ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
+            ClientRequest::User(UserRequest::Add { name, password }) => {
+                self.start_password_change(key, req_id, PasswordChange::Add { name }, password)
+            }
+            ClientRequest::User(UserRequest::Passwd { name, password }) => {
+                self.start_password_change(key, req_id, PasswordChange::Passwd { name }, password)
+            }
+            query @ (ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_)) => {
+                self.start_read(key, req_id, ReadKind::Auth(query))
+            }
             // `from_request` took every write; a request it sends back that
             // is not listed above is a read this match has not learnt yet.
             other => {
@@ -237,16 +276,20 @@ impl Node {
 
     /// Proposes a write to the log; it is answered once applied.
     fn propose_write(&mut self, key: usize, req_id: Option<u64>, command: Command) {
+        if let Some(to) = self.conns.reserve(key, req_id) {
+            self.propose_into(to, command);
+        }
+    }
+
+    /// Proposes a write whose reply goes to `to`, once applied.
+    pub(super) fn propose_into(&mut self, to: ReplyTo, command: Command) {
         if self.unpersisted.is_some() && self.raft.role() == Role::Leader {
             let error = self.no_space_error();
-            return self.reply_error_now(key, req_id, &error);
+            return self.complete_error(to, &error);
         }
         match self.raft.propose(command.encode()) {
             Ok((index, term)) => {
-                let Some(to) = self.conns.reserve(key, req_id) else {
-                    return;
-                };
-                if let Some(conn) = self.conns.get_mut(key) {
+                if let Some(conn) = self.conns.current(&to) {
                     conn.last_write_index = index;
                 }
                 let deadline = Instant::now() + self.config.request_timeout;
@@ -256,7 +299,7 @@ impl Node {
             }
             Err(e) => {
                 let error = self.propose_error(&e);
-                self.reply_error_now(key, req_id, &error);
+                self.complete_error(to, &error);
             }
         }
     }
@@ -270,12 +313,15 @@ impl Node {
                     return;
                 };
                 let deadline = Instant::now() + self.config.request_timeout;
-                let min_index = self.conns.get(key).map_or(0, |c| c.last_write_index);
+                let conn = self.conns.get(key);
+                let min_index = conn.map_or(0, |c| c.last_write_index);
+                let user = conn.and_then(|c| c.user.clone());
                 self.clients.reads.insert(
                     id,
                     PendingRead {
                         to,
                         kind,
+                        user,
                         deadline,
                         min_index,
                     },
@@ -340,8 +386,12 @@ impl Node {
 
     fn serve_read(&mut self, pending: PendingRead) {
         let req_id = pending.to.req_id;
+        let user = pending.user.as_deref();
         match pending.kind {
             ReadKind::Get(key) => {
+                if let Err(denied) = self.kv.auth().check(user, Need::Read(&key)) {
+                    return self.complete_error(pending.to, &denied);
+                }
                 let value = self.kv.get(&key).map(str::to_owned);
                 let reply = GetReply { key, value };
                 self.conns
@@ -349,10 +399,22 @@ impl Node {
             }
             ReadKind::Keys(prefix) => {
                 let reply = KeysReply {
-                    keys: self.kv.keys(&prefix, MAX_KEYS_PER_REPLY),
+                    keys: self.kv.readable_keys(user, &prefix, MAX_KEYS_PER_REPLY),
                 };
                 self.conns
                     .complete(pending.to, |out| encode_reply(out, req_id, &reply));
+            }
+            ReadKind::Auth(query) => {
+                let auth = self.kv.auth();
+                let result = auth
+                    .check(user, needs(&query))
+                    .and_then(|()| auth_query(auth, query));
+                match result {
+                    Ok(reply) => self
+                        .conns
+                        .complete(pending.to, |out| reply.encode(out, req_id)),
+                    Err(error) => self.complete_error(pending.to, &error),
+                }
             }
         }
     }
@@ -385,7 +447,7 @@ impl Node {
             .reply_now(key, |out| encode_error(out, req_id, error));
     }
 
-    fn complete_error(&mut self, to: ReplyTo, error: &ErrorReply) {
+    pub(super) fn complete_error(&mut self, to: ReplyTo, error: &ErrorReply) {
         self.conns
             .complete(to, |out| encode_error(out, to.req_id, error));
     }
@@ -406,7 +468,7 @@ impl Node {
         )
     }
 
-    fn propose_error(&self, e: &ProposeError) -> ErrorReply {
+    pub(super) fn propose_error(&self, e: &ProposeError) -> ErrorReply {
         match e {
             ProposeError::NotLeader {
                 leader_id: Some(id),
@@ -498,7 +560,58 @@ impl Node {
     }
 }
 
-fn now_ms() -> u64 {
+/// What a request that is not a write needs of its connection's user (a
+/// write's is `Op::needs`).
+fn needs(request: &ClientRequest) -> Need<'_> {
+    match request {
+        ClientRequest::Healthcheck | ClientRequest::Authenticate(_) => Need::Nothing,
+        ClientRequest::Status | ClientRequest::RegisterClient | ClientRequest::Keys(_) => {
+            Need::LoggedIn
+        }
+        ClientRequest::Get(get) => Need::Read(&get.key),
+        ClientRequest::Auth(AuthRequest::Status) => Need::LoggedIn,
+        ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_) => Need::Root,
+        // Writes: checked by `Op::needs`; listed so that a new request
+        // type must be placed here.
+        ClientRequest::Set(r) => Need::Write(&r.key),
+        ClientRequest::Delete(r) => Need::Write(&r.key),
+        ClientRequest::Cas(r) => Need::ReadWrite(&r.key),
+    }
+}
+
+/// The answer to an auth read, from the applied state.
+fn auth_query(auth: &AuthStore, query: ClientRequest) -> Result<ApplyResult, ErrorReply> {
+    let users = |users| {
+        ApplyResult::User(UserReply {
+            index: None,
+            users: Some(users),
+        })
+    };
+    let roles = |roles| {
+        ApplyResult::Role(RoleReply {
+            index: None,
+            roles: Some(roles),
+        })
+    };
+    Ok(match query {
+        ClientRequest::Auth(_) => ApplyResult::Auth(AuthReply {
+            enabled: auth.enabled,
+            index: None,
+        }),
+        ClientRequest::User(UserRequest::Get { name }) => users(vec![auth.user_info(&name)?]),
+        ClientRequest::User(_) => users(auth.users()),
+        ClientRequest::Role(RoleRequest::Get { name }) => roles(vec![auth.role_info(&name)?]),
+        ClientRequest::Role(_) => roles(auth.roles()),
+        other => {
+            return Err(ErrorReply::bad_request(format!(
+                "{} is not an auth query",
+                other.msg_type()
+            )))
+        }
+    })
+}
+
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

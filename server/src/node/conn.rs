@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -73,9 +74,9 @@ pub enum Link {
     Proven,
 }
 
-/// Poll tokens of connections start here (the listener, the signals and
-/// the peer listener come first).
-pub const FIRST_CONN: usize = 3;
+/// Poll tokens of connections start here (the listener, the signals, the
+/// peer listener and the password worker come first).
+pub const FIRST_CONN: usize = 4;
 
 /// Where a reply must go: connection, its generation, and the reply slot.
 #[derive(Clone, Copy)]
@@ -213,6 +214,13 @@ impl Conns {
         }
     }
 
+    /// The connection a reply goes to, if it is still the one that asked.
+    pub fn current(&mut self, to: &ReplyTo) -> Option<&mut Conn> {
+        self.slab
+            .get_mut(to.conn)
+            .filter(|c| c.generation == to.generation)
+    }
+
     /// Sends what `encode` writes to a reserved slot, if its connection is
     /// still the one that asked.
     pub fn complete(&mut self, to: ReplyTo, encode: impl FnOnce(&mut Vec<u8>)) {
@@ -260,6 +268,14 @@ pub struct Conn {
     pub partial_since: Option<Instant>,
     /// The last time bytes came in or went out: the idle timeout runs from it.
     pub last_active: Instant,
+    /// Who the connection logged in as (AUTHENTICATE, or its client
+    /// certificate): what its requests are checked against.
+    pub user: Option<Arc<str>>,
+    /// An AUTHENTICATE is being checked: nothing more is read until it is
+    /// answered (see `logins.rs`).
+    pub logging_in: bool,
+    /// Failed logins so far: each answer waits longer.
+    pub failed_logins: u32,
 }
 
 impl Conn {
@@ -289,6 +305,9 @@ impl Conn {
             last_write_index: 0,
             partial_since: None,
             last_active: now,
+            user: None,
+            logging_in: false,
+            failed_logins: 0,
         }
     }
 
@@ -362,6 +381,7 @@ impl Conn {
     /// Whether a client should be read from now (backpressure).
     pub fn wants_input(&self) -> bool {
         !self.close_after_flush
+            && !self.logging_in
             && self.output_bytes() < OUTPUT_PAUSE_BYTES
             && self.slots.len() < MAX_PENDING_REPLIES
     }

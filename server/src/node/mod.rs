@@ -28,7 +28,9 @@
 //! - `admission`: which connections are taken, and for how long;
 //! - `conn`: one connection, and the table of them (`Conns`);
 //! - `tls`: TLS on the node's port and to peers (`Tls`);
-//! - `log_limiter`: log lines a remote can cause, limited.
+//! - `log_limiter`: log lines a remote can cause, limited;
+//! - `logins`: AUTHENTICATE and the passwords the leader hashes, on a
+//!   worker thread (`Logins`).
 
 mod admission;
 mod clients;
@@ -36,6 +38,7 @@ mod conn;
 mod fds;
 mod handshake;
 mod log_limiter;
+mod logins;
 mod peers;
 mod ready;
 mod snapshots;
@@ -58,6 +61,7 @@ use self::admission::{Admission, Port};
 use self::clients::Clients;
 use self::conn::{ConnRole, Conns, FIRST_CONN, OUTPUT_DROP_BYTES};
 use self::handshake::PeerTrust;
+use self::logins::Logins;
 use self::peers::Peers;
 use self::ready::AlertLog;
 use self::ready::Unpersisted;
@@ -76,6 +80,8 @@ pub use self::startup::StartError;
 const LISTENER: Token = Token(0);
 const PEER_LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(1);
+/// The password worker's wake-ups (`logins.rs`).
+const PASSWORDS: Token = Token(3);
 
 /// Bytes read from one connection per event before serving others.
 const READ_BUDGET: usize = 1 << 20;
@@ -196,6 +202,7 @@ pub struct Node {
     snapshots: Snapshots,
     trust: PeerTrust,
     tls: Tls,
+    logins: Logins,
     /// The core's alerts (a peer asked what breaks Raft), logged limited.
     alerts: AlertLog,
     next_tick: Instant,
@@ -226,6 +233,7 @@ impl Node {
                 match event.token() {
                     LISTENER => self.accept(Port::Client),
                     PEER_LISTENER => self.accept(Port::Peer),
+                    PASSWORDS => self.on_passwords_done(Instant::now()),
                     SIGNALS => {
                         for signal in self.signals.pending() {
                             info!("received signal {signal}; shutting down");
@@ -288,6 +296,9 @@ impl Node {
         if let Some(attempt) = self.peers.next_attempt() {
             deadline = deadline.min(attempt);
         }
+        if let Some(due) = self.logins.next_due() {
+            deadline = deadline.min(due);
+        }
         deadline
     }
 
@@ -311,6 +322,7 @@ impl Node {
         }
         self.scan_connections(now);
         self.expire_requests(now);
+        self.finish_logins(now);
         self.snapshot_housekeeping();
         self.maybe_bootstrap();
     }

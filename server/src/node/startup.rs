@@ -191,7 +191,15 @@ impl Node {
         let now = Instant::now();
         let mut config = config;
         config.port = local.port();
+        let logins =
+            super::Logins::start(bound.poll.registry(), super::PASSWORDS).map_err(|error| {
+                StartError::Socket {
+                    what: "password worker".into(),
+                    error,
+                }
+            })?;
         Ok(Node {
+            logins,
             trust: PeerTrust::new(
                 cluster_id,
                 config.cluster_secret.clone(),

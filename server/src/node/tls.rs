@@ -68,6 +68,9 @@ pub struct Tls {
     /// CA: then a connection there has proven, by TLS, that it is a
     /// member's (`--peer-client-cert-auth`).
     pub peer_mtls: bool,
+    /// `--client-cert-auth`: a client connection is logged in as its
+    /// certificate's common name.
+    pub client_cert_users: bool,
     /// Failed TLS connections (a remote can cause them), logged limited.
     pub log: LogLimiter,
 }
@@ -95,7 +98,8 @@ impl Tls {
             if !settings.enabled() {
                 if settings.client_cert_auth || settings.trusted_ca_file.is_some() {
                     return Err(flag_error(&format!(
-                        "{what}: client certificate checks and a trusted CA need a certificate                          and a key file"
+                        "{what}: client certificate checks and a trusted CA need a certificate \
+                         and a key file"
                     )));
                 }
                 return Ok(None);
@@ -108,7 +112,8 @@ impl Tls {
         let server = build(clients, "TLS for clients")?;
         if !peer_port && (peers.enabled() || peers.trusted_ca_file.is_some()) {
             return Err(flag_error(
-                "the --peer-* TLS flags need --peer-addr: peers then get a port of their own,                  with TLS of its own",
+                "the --peer-* TLS flags need --peer-addr: peers then get a port of their own, \
+                 with TLS of its own",
             ));
         }
         let peer_server = build(peers, "TLS for peers")?;
@@ -126,6 +131,7 @@ impl Tls {
             Tls {
                 server,
                 peer_mtls: peer_port && peers.enabled() && peers.client_cert_auth,
+                client_cert_users: clients.enabled() && clients.client_cert_auth,
                 peer_server,
                 peers: peers_client,
                 log: LogLimiter::new(),
