@@ -160,11 +160,15 @@ impl KvStore {
             return ApplyResult::Error(self.not_open(client_id));
         };
         if self.auth.enabled && session.user.as_deref() != user.as_deref() {
+            // Not this user's session (another user's, or one opened before
+            // auth was on): for this user it is not open. Its cached reply
+            // is not theirs to see, and a client re-registers on this code.
             return ApplyResult::Error(ErrorReply::new(
-                ErrorCode::PermissionDenied,
+                ErrorCode::SessionExpired,
                 format!(
-                    "client session {client_id} belongs to another user; the command was not \
-                     applied (open a session of your own with REGISTER_CLIENT)"
+                    "client session {client_id} is not open for this user: it was opened by \
+                     another user, or before auth was enabled; the command was not applied. \
+                     Open a session of your own with REGISTER_CLIENT"
                 ),
             ));
         }
