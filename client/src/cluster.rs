@@ -14,6 +14,13 @@
 //! not retried within the request: the others are tried, and if TLS refused
 //! every node, or the leader a redirect names, the request fails at once
 //! with [`ClientError::Tls`].
+//!
+//! With credentials ([`ClusterClient::with_credentials`]), every connection
+//! it opens (the first, after a redirect, after a lost node, `connect_to`)
+//! sends `AUTHENTICATE` first, before `REGISTER_CLIENT` or any request. A
+//! node that refuses the login ends the request at once with
+//! [`ClientError::Login`]; `UNAUTHENTICATED` and `PERMISSION_DENIED` are
+//! final answers too.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -28,6 +35,7 @@ use poncho_protocol::{
     StatusReply,
 };
 
+use crate::auth::{authenticate, Credentials, OpenError};
 use crate::conn::{ConnError, Connection, Reply, SLICE};
 use crate::error::ClientError;
 use crate::leader::{retry_for, Retry, Route, Targets};
@@ -46,6 +54,7 @@ pub struct ClusterClient {
     req_id: u64,
     interrupt: Option<Arc<AtomicBool>>,
     tls: Option<Tls>,
+    credentials: Option<Credentials>,
 }
 
 /// The nodes TLS refused during one request, with why: not tried again in it.
@@ -101,6 +110,7 @@ impl ClusterClient {
             req_id: 0,
             interrupt: None,
             tls: None,
+            credentials: None,
         }
     }
 
@@ -113,6 +123,42 @@ impl ClusterClient {
     /// How this client connects: its TLS, if any.
     pub fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
+    }
+
+    /// The same client, logging every connection it opens in with
+    /// `credentials` (`None`: it does not log in).
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> ClusterClient {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Who this client logs in as, if anyone.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// Logs in as `credentials` from now on (the shell's `login`): on a new
+    /// connection, to the node talked to now if there is one, which must
+    /// accept the login before this returns. The session is left behind
+    /// (sessions belong to the user who opened them): the next write opens
+    /// one. On failure the client keeps the credentials it had.
+    pub fn login(&mut self, credentials: Credentials) -> Result<(), ClientError> {
+        let previous = self.credentials.replace(credentials);
+        if let Some(addr) = self.connected().map(str::to_string) {
+            self.targets.redirect(&addr);
+        }
+        self.disconnect();
+        let deadline = Instant::now() + self.timeout;
+        match self.ensure_connected(deadline, &mut Refused::default()) {
+            Ok(()) => {
+                self.session.forget();
+                Ok(())
+            }
+            Err(e) => {
+                self.credentials = previous;
+                Err(e)
+            }
+        }
     }
 
     /// Ctrl-C sets this flag; a request in progress then gives up.
@@ -220,23 +266,36 @@ impl ClusterClient {
                 self.conn = Some(conn);
                 Ok(())
             }
-            Err(ConnError::Tls(m)) => Err(ClientError::Tls(m)),
-            Err(e) => Err(ClientError::Unreachable(format!("{addr}: {e}"))),
+            Err(OpenError::Refused(e)) => Err(e),
+            Err(OpenError::Conn(ConnError::Tls(m))) => Err(ClientError::Tls(m)),
+            Err(OpenError::Conn(ConnError::Interrupted)) => Err(ClientError::Interrupted),
+            Err(OpenError::Conn(e)) => Err(ClientError::Unreachable(format!("{addr}: {e}"))),
         }
     }
 
-    fn open(&self, addr: &str, deadline: Instant) -> Result<Connection, ConnError> {
+    /// A new connection to `addr`, logged in first if the client has
+    /// credentials.
+    fn open(&self, addr: &str, deadline: Instant) -> Result<Connection, OpenError> {
         match &self.tls {
             Some(_) => self.note(format!("connecting to {addr} (TLS)")),
             None => self.note(format!("connecting to {addr}")),
         }
-        Connection::connect(addr, deadline, self.tls.as_ref())
+        let mut conn =
+            Connection::connect(addr, deadline, self.tls.as_ref()).map_err(OpenError::Conn)?;
+        if let Some(credentials) = &self.credentials {
+            self.note(format!("logging in as {:?}", credentials.user()));
+            let interrupt = self.interrupt.as_deref();
+            authenticate(&mut conn, credentials, deadline, interrupt, self.verbose)?;
+        }
+        Ok(conn)
     }
 
     /// Makes sure there is a connection: the preferred node, else each known
     /// address once, in turn, but none TLS refused (which this adds to
     /// `refused`). Fails only if none accepted: with [`ClientError::Tls`]
-    /// if TLS refused every known node, else [`ClientError::Unreachable`].
+    /// if TLS refused every known node, else [`ClientError::Unreachable`];
+    /// or at once if a node refused the login ([`ClientError::Login`]) or
+    /// Ctrl-C came.
     fn ensure_connected(
         &mut self,
         deadline: Instant,
@@ -258,11 +317,15 @@ impl ClusterClient {
                     self.conn = Some(conn);
                     return Ok(());
                 }
-                Err(ConnError::Tls(m)) => {
+                Err(OpenError::Refused(e)) => return Err(e),
+                Err(OpenError::Conn(ConnError::Interrupted)) => {
+                    return Err(ClientError::Interrupted)
+                }
+                Err(OpenError::Conn(ConnError::Tls(m))) => {
                     self.note(&m);
                     refused.add(&addr, m);
                 }
-                Err(e) => {
+                Err(OpenError::Conn(e)) => {
                     self.note(format!("{addr}: {e}"));
                     errors.push(format!("{addr}: {e}"));
                 }
@@ -355,7 +418,10 @@ impl ClusterClient {
                 return Err(self.give_up(a.last));
             }
             if let Err(e) = self.ensure_connected(a.deadline, &mut a.refused) {
-                if matches!(e, ClientError::Tls(_)) {
+                if matches!(
+                    e,
+                    ClientError::Tls(_) | ClientError::Login(_) | ClientError::Interrupted
+                ) {
                     return Err(e);
                 }
                 a.last = Some(e);
@@ -546,14 +612,14 @@ impl ClusterClient {
     }
 
     /// At start-up: connect to any node, quietly, one try each, and move to
-    /// the leader if that node knows one.
-    pub fn connect_quietly(&mut self) {
+    /// the leader if that node knows one. Fails as
+    /// [`ClusterClient::request`] would when no connection could be made
+    /// (a refused login, say).
+    pub fn connect_quietly(&mut self) -> Result<(), ClientError> {
         let verbose = std::mem::replace(&mut self.verbose, false);
         let deadline = Instant::now() + self.timeout.min(Duration::from_secs(2));
-        if self
-            .ensure_connected(deadline, &mut Refused::default())
-            .is_ok()
-        {
+        let connected = self.ensure_connected(deadline, &mut Refused::default());
+        if connected.is_ok() {
             if let Some(status) = self.quiet_status() {
                 if let Some(leader) = status.leader_addr.filter(|l| *l != status.addr) {
                     if let Ok(conn) = self.open(&leader, deadline) {
@@ -564,6 +630,7 @@ impl ClusterClient {
             }
         }
         self.verbose = verbose;
+        connected
     }
 }
 

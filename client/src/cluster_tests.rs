@@ -9,26 +9,45 @@ use std::net::TcpListener;
 fn fake_node(replies: Vec<&'static str>) -> (String, std::thread::JoinHandle<Vec<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || serve(&listener, replies));
+    (addr, handle)
+}
+
+/// A fake node that takes one connection per script, one after another,
+/// each answered as [`fake_node`] answers its one; the lines of each.
+fn fake_node_conns(
+    scripts: Vec<Vec<&'static str>>,
+) -> (String, std::thread::JoinHandle<Vec<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
     let handle = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut writer = stream;
-        for reply in replies {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let req_id = v["req_id"].as_u64().unwrap_or(0);
-            seen.push(line.trim_end().to_string());
-            let out = reply.replace("{req_id}", &req_id.to_string());
-            writer.write_all(out.as_bytes()).unwrap();
-            writer.write_all(b"\n").unwrap();
-        }
-        seen
+        scripts
+            .into_iter()
+            .map(|replies| serve(&listener, replies))
+            .collect()
     });
     (addr, handle)
+}
+
+/// Accepts one connection and answers it with `replies`, then closes it.
+fn serve(listener: &TcpListener, replies: Vec<&'static str>) -> Vec<String> {
+    let mut seen = Vec::new();
+    let (stream, _) = listener.accept().unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    for reply in replies {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let req_id = v["req_id"].as_u64().unwrap_or(0);
+        seen.push(line.trim_end().to_string());
+        let out = reply.replace("{req_id}", &req_id.to_string());
+        writer.write_all(out.as_bytes()).unwrap();
+        writer.write_all(b"\n").unwrap();
+    }
+    seen
 }
 
 fn set(session: SessionFields) -> ClientRequest {
@@ -224,4 +243,200 @@ fn find_leader_takes_the_leader_a_follower_names_or_the_leader_itself() {
     let found = crate::find_leader(std::slice::from_ref(&leader), Duration::from_secs(2));
     assert_eq!(found, Some(leader));
     node.join().unwrap();
+}
+
+const LOGGED_IN: &str =
+    r#"{"msg_type":"AUTHENTICATE","req_id":{req_id},"payload":{"user":"alice"}}"#;
+const WRONG_PASSWORD: &str = r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"UNAUTHENTICATED","message":"wrong user name or password"}}"#;
+
+fn alice() -> Option<Credentials> {
+    Some(Credentials::new("alice", "pw-secret"))
+}
+
+/// A NOT_LEADER reply that names `leader`.
+fn redirect_to(leader: &str) -> &'static str {
+    Box::leak(
+        format!(
+            r#"{{"msg_type":"ERROR","req_id":{{req_id}},"payload":{{"code":"NOT_LEADER","message":"m","leader_id":2,"leader_addr":"{leader}"}}}}"#
+        )
+        .into_boxed_str(),
+    )
+}
+
+fn assert_msg_type(line: &str, msg_type: &str) {
+    assert!(
+        line.contains(&format!(r#""msg_type":"{msg_type}""#)),
+        "{msg_type} expected: {line}"
+    );
+}
+
+/// The line logs in as alice, with the password on the wire.
+fn assert_login(line: &str) {
+    assert_msg_type(line, "AUTHENTICATE");
+    assert!(
+        line.contains(r#""user":"alice","password":"pw-secret""#),
+        "{line}"
+    );
+}
+
+/// The line is the first write in session `client_id`.
+fn assert_first_write(line: &str, client_id: u64) {
+    let fields = format!(r#""client_id":{client_id},"seq":1"#);
+    assert!(line.contains(&fields), "{line}");
+}
+
+#[test]
+fn every_new_connection_logs_in_first_even_after_a_redirect() {
+    let (leader, leader_node) = fake_node(vec![LOGGED_IN, REGISTERED_41, SET_OK]);
+    let (follower, follower_node) = fake_node(vec![LOGGED_IN, redirect_to(&leader)]);
+    let mut client =
+        ClusterClient::new(vec![follower], Duration::from_secs(5), false).with_credentials(alice());
+    client.write(set).unwrap();
+    assert_eq!(client.connected(), Some(leader.as_str()));
+    let seen = follower_node.join().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_login(&seen[0]);
+    assert_msg_type(&seen[1], "REGISTER_CLIENT");
+    let seen = leader_node.join().unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_login(&seen[0]);
+    assert_msg_type(&seen[1], "REGISTER_CLIENT");
+    assert_first_write(&seen[2], 41);
+}
+
+#[test]
+fn a_connection_opened_again_after_a_loss_logs_in_first() {
+    // The first connection closes after the session opens: the write is
+    // sent again on a new connection, which logs in before it.
+    let (addr, node) = fake_node_conns(vec![
+        vec![LOGGED_IN, REGISTERED_41],
+        vec![LOGGED_IN, SET_OK],
+    ]);
+    let mut client =
+        ClusterClient::new(vec![addr], Duration::from_secs(5), false).with_credentials(alice());
+    client.write(set).unwrap();
+    let conns = node.join().unwrap();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_login(&conns[0][0]);
+    assert_msg_type(&conns[0][1], "REGISTER_CLIENT");
+    assert_eq!(conns[1].len(), 2, "{conns:?}");
+    assert_login(&conns[1][0]);
+    assert_first_write(&conns[1][1], 41);
+}
+
+#[test]
+fn connect_to_logs_the_new_connection_in() {
+    let (addr, node) = fake_node(vec![
+        LOGGED_IN,
+        r#"{"msg_type":"GET","req_id":{req_id},"payload":{"key":"k","value":"v"}}"#,
+    ]);
+    let mut client = ClusterClient::new(vec!["127.0.0.1:1".into()], Duration::from_secs(5), false)
+        .with_credentials(alice());
+    client.connect_to(&addr).unwrap();
+    let get = ClientRequest::Get(poncho_protocol::GetRequest {
+        key: "k".into(),
+        stale: false,
+    });
+    let reply = client.request(&get, Route::Here).unwrap();
+    assert_eq!(reply.envelope.msg_type, "GET", "{}", reply.line);
+    let seen = node.join().unwrap();
+    assert_login(&seen[0]);
+    assert_msg_type(&seen[1], "GET");
+}
+
+#[test]
+fn a_refused_login_is_final_and_says_why() {
+    let (addr, node) = fake_node(vec![WRONG_PASSWORD]);
+    // A second node that must not be asked.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    let mut client = ClusterClient::new(vec![addr, other_addr], Duration::from_secs(5), false)
+        .with_credentials(alice());
+    let started = Instant::now();
+    let err = client.write(set).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "retried");
+    assert!(matches!(err, ClientError::Login(_)), "{err:?}");
+    assert_eq!(err.code(), "UNAUTHENTICATED");
+    assert!(
+        err.message().contains("wrong user name or password") && err.message().contains("alice"),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains("pw-secret"), "{}", err.message());
+    assert_eq!(node.join().unwrap().len(), 1, "nothing after the login");
+    other.set_nonblocking(true).unwrap();
+    assert!(other.accept().is_err(), "the other node was tried too");
+}
+
+#[test]
+fn permission_denied_and_unauthenticated_are_final() {
+    let (addr, node) = fake_node(vec![
+        r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"PERMISSION_DENIED","message":"user alice may not write k"}}"#,
+        r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"UNAUTHENTICATED","message":"log in first"}}"#,
+    ]);
+    let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+    let get = ClientRequest::Get(poncho_protocol::GetRequest {
+        key: "k".into(),
+        stale: false,
+    });
+    let started = Instant::now();
+    let err = client.request(&get, Route::Leader).unwrap_err();
+    assert_eq!(err.code(), "PERMISSION_DENIED");
+    assert_eq!(err.message(), "user alice may not write k");
+    let err = client.request(&get, Route::Leader).unwrap_err();
+    assert_eq!(err.code(), "UNAUTHENTICATED");
+    assert!(started.elapsed() < Duration::from_secs(2), "retried");
+    assert_eq!(node.join().unwrap().len(), 2);
+}
+
+#[test]
+fn login_opens_a_logged_in_connection_and_a_new_session() {
+    let (addr, node) = fake_node_conns(vec![
+        vec![REGISTERED_41, SET_OK],
+        vec![WRONG_PASSWORD],
+        vec![LOGGED_IN, REGISTERED_57, SET_OK],
+    ]);
+    let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+    client.write(set).unwrap();
+    assert_eq!(client.client_id(), Some(41));
+    // A wrong password: refused, and the client stays as it was.
+    let err = client
+        .login(Credentials::new("alice", "wrong-secret"))
+        .unwrap_err();
+    assert_eq!(err.code(), "UNAUTHENTICATED");
+    assert!(client.credentials().is_none());
+    assert_eq!(client.client_id(), Some(41));
+    client
+        .login(Credentials::new("alice", "pw-secret"))
+        .unwrap();
+    assert_eq!(client.credentials().map(Credentials::user), Some("alice"));
+    assert_eq!(client.client_id(), None, "the session was another user's");
+    client.write(set).unwrap();
+    assert_eq!(client.client_id(), Some(57));
+    let conns = node.join().unwrap();
+    assert_eq!(conns[1].len(), 1);
+    assert_login(&conns[2][0]);
+    assert_msg_type(&conns[2][1], "REGISTER_CLIENT");
+    assert_first_write(&conns[2][2], 57);
+}
+
+#[test]
+fn status_and_find_leader_log_in_when_given_credentials() {
+    let leader_status = r#"{"msg_type":"STATUS","req_id":{req_id},"payload":{"id":1,"addr":"a","role":"leader","term":3,"leader_id":1,"leader_addr":"a","commit_index":0,"last_applied":0,"last_log_index":0,"members":[]}}"#;
+    let (addr, node) = fake_node_conns(vec![vec![LOGGED_IN, leader_status], vec![WRONG_PASSWORD]]);
+    let creds = alice();
+    let found = crate::find_leader_as(
+        std::slice::from_ref(&addr),
+        Duration::from_secs(2),
+        None,
+        creds.as_ref(),
+    );
+    assert_eq!(found.as_deref(), Some(addr.as_str()));
+    let (status, wire) = crate::status_as(&addr, Duration::from_secs(2), None, creds.as_ref());
+    let e = status.unwrap_err();
+    assert!(e.contains("wrong user name or password"), "{e}");
+    assert!(wire.is_empty(), "{wire:?}");
+    let conns = node.join().unwrap();
+    assert_login(&conns[0][0]);
+    assert_msg_type(&conns[0][1], "STATUS");
 }

@@ -253,7 +253,7 @@ impl Connection {
 
     /// One line out, the reply with the same `req_id` back (replies to
     /// earlier requests we gave up on are skipped). `verbose` prints both
-    /// lines to stderr.
+    /// lines to stderr, passwords redacted ([`crate::auth::redact`]).
     pub fn exchange(
         &mut self,
         line: &[u8],
@@ -263,7 +263,7 @@ impl Connection {
         verbose: bool,
     ) -> Result<Reply, ConnError> {
         if verbose {
-            eprintln!("-> {}", String::from_utf8_lossy(line).trim_end());
+            eprintln!("-> {}", crate::auth::redact(line));
         }
         self.send(line, deadline)?;
         loop {

@@ -24,6 +24,9 @@ pub enum ClientError {
     /// untrusted, expired or wrong-name certificate; a TLS port reached in
     /// plaintext, or the reverse). Final: retrying will not help.
     Tls(String),
+    /// A node would not log the client in (a wrong user name or password):
+    /// final, the same credentials are not tried again.
+    Login(String),
     /// Ctrl-C while waiting.
     Interrupted,
 }
@@ -38,6 +41,7 @@ impl ClientError {
             ClientError::OutcomeUnknown(_) => "OUTCOME_UNKNOWN".into(),
             ClientError::Protocol(_) => "PROTOCOL".into(),
             ClientError::Tls(_) => "TLS".into(),
+            ClientError::Login(_) => "UNAUTHENTICATED".into(),
             ClientError::Interrupted => "INTERRUPTED".into(),
         }
     }
@@ -49,7 +53,8 @@ impl ClientError {
             | ClientError::NoReply(m)
             | ClientError::OutcomeUnknown(m)
             | ClientError::Protocol(m)
-            | ClientError::Tls(m) => m.clone(),
+            | ClientError::Tls(m)
+            | ClientError::Login(m) => m.clone(),
             ClientError::Interrupted => "cancelled (Ctrl-C)".into(),
         }
     }

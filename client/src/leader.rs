@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use poncho_protocol::{ErrorCode, ErrorReply};
 
-use crate::status::status_with;
+use crate::auth::Credentials;
+use crate::status::status_as;
 use crate::tls::Tls;
 
 /// Where a request may be served.
@@ -128,8 +129,19 @@ pub fn find_leader(addrs: &[String], timeout: Duration) -> Option<String> {
 
 /// [`find_leader`], over TLS if `tls` is given.
 pub fn find_leader_with(addrs: &[String], timeout: Duration, tls: Option<&Tls>) -> Option<String> {
+    find_leader_as(addrs, timeout, tls, None)
+}
+
+/// [`find_leader_with`], each connection logged in with `credentials`
+/// first if they are given (with auth enabled, STATUS needs a login).
+pub fn find_leader_as(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<&Tls>,
+    credentials: Option<&Credentials>,
+) -> Option<String> {
     addrs.iter().find_map(|addr| {
-        let status = status_with(addr, timeout, tls).0.ok()?;
+        let status = status_as(addr, timeout, tls, credentials).0.ok()?;
         if status.role == "leader" {
             Some(addr.clone())
         } else {

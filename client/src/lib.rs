@@ -12,10 +12,13 @@
 //!   `SESSION_EXPIRED` after an uncertain attempt reported as an unknown
 //!   outcome.
 //! - [`status`]: STATUS of one node on a connection of its own.
+//! - [`auth`]: [`Credentials`], `AUTHENTICATE` as the first line of every
+//!   connection, and passwords kept out of `--verbose` output.
 //!
 //! It speaks only the protocol (`poncho-protocol`), over TCP or TLS
 //! (`poncho-tls`).
 
+pub mod auth;
 pub mod cluster;
 pub mod conn;
 pub mod error;
@@ -24,11 +27,12 @@ pub mod session;
 pub mod status;
 pub mod tls;
 
+pub use auth::{authenticate, redact, Credentials, OpenError};
 pub use cluster::ClusterClient;
 pub use conn::{ConnError, Connection, Reply, HANDSHAKE_TIMEOUT, MAX_REPLY_BYTES};
 pub use error::ClientError;
-pub use leader::{find_leader, find_leader_with, retry_for, Retry, Route, Targets};
+pub use leader::{find_leader, find_leader_as, find_leader_with, retry_for, Retry, Route, Targets};
 pub use poncho_tls::{MaybeTls, TlsError, TlsFiles};
 pub use session::{in_session, register, registered_id, Session};
-pub use status::{status_of, status_with};
+pub use status::{status_as, status_of, status_with};
 pub use tls::Tls;

@@ -128,7 +128,7 @@ impl Helper for ShellHelper {}
 fn prompt(client: &mut ClusterClient) -> String {
     if client.connected().is_none() {
         // The node died or a command was cancelled: find one again.
-        client.connect_quietly();
+        let _ = client.connect_quietly();
     }
     let role = client.quiet_status().map(|s| s.role);
     match (client.connected(), role) {
@@ -200,7 +200,7 @@ impl History {
 }
 
 fn greet(client: &mut ClusterClient) {
-    client.connect_quietly();
+    let _ = client.connect_quietly();
     let cluster = client.addrs().join(",");
     match client.connected() {
         Some(addr) => println!(
