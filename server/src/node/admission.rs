@@ -9,18 +9,21 @@
 //! probation: a peer's starts its handshake with its first line, a client
 //! request on one is refused unless a client's place came free, and one that
 //! says nothing is closed after `PROBATION`. Handshakes under way are
-//! bounded by `peer_room` too. Clients can therefore never
+//! bounded per member they claim and, tighter, per source address, so a
+//! flood of hellos from one address leaves each member room for its own
+//! (`MAX_HANDSHAKES_PER_*`). Clients can therefore never
 //! take the last place a peer needs to connect. Our own connections to peers
 //! are never limited.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
-use poncho_protocol::{encode_error, ErrorCode, ErrorReply};
+use poncho_protocol::{encode_error, ErrorCode, ErrorReply, NodeId};
 
 use super::conn::ConnRole;
 use super::tls::TLS_HANDSHAKE_TIMEOUT;
@@ -36,6 +39,16 @@ pub const RESERVED_FDS: usize = 64;
 /// seen to close), and a few more.
 const PEER_ROOM_PER_PEER: usize = 2;
 const PEER_ROOM_EXTRA: usize = 8;
+/// Inbound peer handshakes in progress that claim to be one member's: a
+/// member opens one connection to us at a time (two while it reconnects),
+/// so this leaves room for it beside a flood under its name.
+pub const MAX_HANDSHAKES_PER_MEMBER: usize = 6;
+/// Inbound peer handshakes in progress from one source address: fewer than
+/// a member's places, so that one address (one attacker, or one
+/// misbehaving host) can never take every place of a member, nor any other
+/// member's; members sharing a host (a test cluster) open theirs at once.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
+const _: () = assert!(MAX_HANDSHAKES_PER_SOURCE < MAX_HANDSHAKES_PER_MEMBER);
 /// How long a connection accepted past `--max-clients` has to show that it
 /// is a peer's. A peer that has nothing to say that soon (one follower to
 /// another) is closed and reconnects: it is only so while clients fill
@@ -61,10 +74,13 @@ pub struct Admission {
     peer_room: usize,
     clients: usize,
     on_probation: usize,
-    /// Inbound peer handshakes under way (`ConnRole::Proving`), at most
-    /// `peer_room`: a connection that says it is a peer's stops counting as
-    /// a client, so these must be bounded on their own.
-    proving: usize,
+    /// Inbound peer handshakes under way (`ConnRole::Proving`), by the
+    /// member they claim and by their source address (each at most
+    /// `MAX_HANDSHAKES_PER_*`): a connection that says it is a peer's stops
+    /// counting as a client, so these must be bounded on their own, and so
+    /// that no one source nor one claimed id takes every place.
+    handshakes_by_member: HashMap<NodeId, usize>,
+    handshakes_by_source: HashMap<IpAddr, usize>,
     partial_request_timeout: Duration,
     idle_timeout: Option<Duration>,
     /// Held open so that, out of descriptors, one can be freed to accept a
@@ -109,8 +125,9 @@ impl Admission {
     pub fn new(config: &NodeConfig, now: Instant) -> Admission {
         let peers = config.peers.len();
         let peer_room = PEER_ROOM_PER_PEER * peers + PEER_ROOM_EXTRA;
-        // Connections in (clients and peers' room), ours out, and the rest.
-        let overhead = peer_room + peers + RESERVED_FDS;
+        // Connections in (clients, peers' room and handshakes), ours out,
+        // and the rest.
+        let overhead = peer_room + peers * (1 + MAX_HANDSHAKES_PER_MEMBER) + RESERVED_FDS;
         let wanted = config.max_clients.saturating_add(overhead);
         let max_clients = match fds::raise_to(wanted as u64) {
             Ok(limit) => {
@@ -152,7 +169,8 @@ impl Admission {
             peer_room,
             clients: 0,
             on_probation: 0,
-            proving: 0,
+            handshakes_by_member: HashMap::new(),
+            handshakes_by_source: HashMap::new(),
             partial_request_timeout: config.partial_request_timeout,
             idle_timeout: config.idle_timeout,
             spare: File::open("/dev/null").ok(),
@@ -181,7 +199,10 @@ impl Admission {
         let count = match role {
             ConnRole::Client => &mut self.clients,
             ConnRole::Probation { .. } => &mut self.on_probation,
-            ConnRole::Proving(_) => &mut self.proving,
+            ConnRole::Proving(p) => {
+                count_in(&mut self.handshakes_by_member, p.peer, added);
+                return count_in(&mut self.handshakes_by_source, p.source, added);
+            }
             ConnRole::Peer(_) | ConnRole::Outbound(..) => return,
         };
         if added {
@@ -191,9 +212,24 @@ impl Admission {
         }
     }
 
-    /// Whether another inbound peer handshake may begin.
-    pub fn may_start_handshake(&self) -> bool {
-        self.proving < self.peer_room
+    /// Whether another inbound peer handshake may begin, from `source`
+    /// claiming to be `member`'s; why not, if not.
+    pub fn may_start_handshake(&self, source: IpAddr, member: NodeId) -> Result<(), String> {
+        let from_source = self.handshakes_by_source.get(&source).copied();
+        if from_source.unwrap_or(0) >= MAX_HANDSHAKES_PER_SOURCE {
+            return Err(format!(
+                "{MAX_HANDSHAKES_PER_SOURCE} peer handshakes from {source} are already in \
+                 progress; retry"
+            ));
+        }
+        if self.handshakes_by_member.get(&member).copied().unwrap_or(0) >= MAX_HANDSHAKES_PER_MEMBER
+        {
+            return Err(format!(
+                "{MAX_HANDSHAKES_PER_MEMBER} peer handshakes claiming to be node {member}'s are \
+                 already in progress; retry"
+            ));
+        }
+        Ok(())
     }
 
     fn too_many(&self) -> ErrorReply {
@@ -204,6 +240,19 @@ impl Admission {
                 self.max_clients
             ),
         )
+    }
+}
+
+/// Counts one in or out under `key`; a count that reaches 0 is forgotten,
+/// so the map holds only what is in progress.
+fn count_in<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, added: bool) {
+    if added {
+        *map.entry(key).or_insert(0) += 1;
+    } else if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(key) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
     }
 }
 

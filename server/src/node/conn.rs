@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,6 +54,8 @@ pub enum ConnRole {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proving {
     pub peer: NodeId,
+    /// The address it comes from (handshakes per source are bounded).
+    pub source: IpAddr,
     pub opener_nonce: Nonce,
     pub our_nonce: Nonce,
     pub until: Instant,

@@ -5,8 +5,9 @@
 //!
 //! Inbound, an accepted connection is a client's unless its first line is
 //! `PEER_HELLO`; the hello is checked (addressed to us, from a member, of our
-//! cluster) and answered with our challenge; the opener's proof must follow
-//! within [`HANDSHAKE_TIMEOUT`], and once it checks out we answer with our
+//! cluster), it must find room (`admission.rs` bounds handshakes per member
+//! and per source address), and is answered with our challenge; the
+//! opener's proof must follow within [`PROOF_TIMEOUT`], and once it checks out we answer with our
 //! own proof (`PEER_ACCEPT`) and take the connection's Raft messages as the
 //! member's. Outbound, our connection to a peer sends `PEER_HELLO` as soon
 //! as it is open, our proof for the peer's challenge, and our Raft messages
@@ -15,6 +16,7 @@
 //! must not be able to flood the log), and a closed connection; the side
 //! refused logs the error it got.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use poncho_protocol::{
@@ -28,8 +30,14 @@ use super::log_limiter::LogLimiter;
 use super::Node;
 use crate::peer_auth::{fresh_nonce, from_hex, to_hex, ClusterSecret, Nonce, Side, Transcript};
 
-/// A handshake must be complete this long after it began, on either side.
+/// Our handshake on a connection we open must be complete this long after
+/// our hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An inbound handshake's opener must send its proof this long after our
+/// challenge: a real peer sends it as soon as the challenge arrives (one
+/// round trip), and a connection that only says hello holds a handshake's
+/// place no longer than this.
+pub const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 const SECRET_MISMATCH: &str =
     "its proof does not match: it does not share this node's cluster secret";
 const NO_PROOF: &str = "it proved nothing: it runs without a cluster secret (--insecure) and this \
@@ -263,8 +271,8 @@ impl Node {
     /// A `PEER_HELLO` on accepted connection `key`: answered with our
     /// challenge if it is a member's of our cluster, addressed to us.
     pub(super) fn answer_hello(&mut self, key: usize, hello: PeerHello) {
-        let opener_nonce = match self.check_hello(key, &hello) {
-            Ok(nonce) => nonce,
+        let (opener_nonce, source) = match self.check_hello(key, &hello) {
+            Ok(checked) => checked,
             Err(refusal) => return self.refuse_handshake(key, refusal),
         };
         let our_nonce = fresh_nonce();
@@ -275,9 +283,10 @@ impl Node {
         });
         let proving = Proving {
             peer: hello.from,
+            source,
             opener_nonce,
             our_nonce,
-            until: Instant::now() + HANDSHAKE_TIMEOUT,
+            until: Instant::now() + PROOF_TIMEOUT,
         };
         self.set_role(key, ConnRole::Proving(proving));
         if let Some(conn) = self.conns.get_mut(key) {
@@ -286,12 +295,13 @@ impl Node {
         self.conns.mark_dirty(key);
     }
 
-    /// Whether a hello may go on: the opener's nonce if it may.
-    fn check_hello(&self, key: usize, hello: &PeerHello) -> Result<Nonce, Refusal> {
+    /// Whether a hello may go on: the opener's nonce and address if it may.
+    fn check_hello(&self, key: usize, hello: &PeerHello) -> Result<(Nonce, IpAddr), Refusal> {
         let conn = self.conns.get(key);
-        let addr = conn
-            .and_then(|c| c.stream.get_ref().peer_addr().ok())
-            .map_or("?".into(), |a| a.to_string());
+        let from = conn.and_then(|c| c.stream.get_ref().peer_addr().ok());
+        let addr = from.map_or("?".into(), |a| a.to_string());
+        // A connection without an address is gone; it counts as one source.
+        let source = from.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let (id, peer) = (self.config.id, hello.from);
         // Only a member's id is a kind of its own in the log's rate limit.
         let named = self.peers.contains(peer).then_some(peer);
@@ -331,17 +341,17 @@ impl Node {
             );
             return unauthenticated("not a member", m);
         }
-        if !self.admission.may_start_handshake() {
-            let m = "too many peer handshakes in progress; retry".to_string();
+        if let Err(m) = self.admission.may_start_handshake(source, peer) {
             return Err(refuse("busy", ErrorCode::Overloaded, m));
         }
-        from_hex(&hello.nonce).ok_or_else(|| {
+        let nonce = from_hex(&hello.nonce).ok_or_else(|| {
             refuse(
                 "malformed",
                 ErrorCode::Unauthenticated,
                 "the hello's nonce is malformed".into(),
             )
-        })
+        })?;
+        Ok((nonce, source))
     }
 
     /// The line after our challenge on accepted connection `key`: the
@@ -445,8 +455,9 @@ impl Node {
         for (key, inbound) in late {
             if let Some(peer) = inbound {
                 let message = format!(
-                    "the handshake was not completed within {} s",
-                    HANDSHAKE_TIMEOUT.as_secs()
+                    "the handshake was not completed: no proof came within {} s of the \
+                     challenge",
+                    PROOF_TIMEOUT.as_secs()
                 );
                 self.refuse_handshake(
                     key,
