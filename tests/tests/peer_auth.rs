@@ -28,11 +28,16 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Node `id`'s cluster id, once it has recorded it (it does so just after
+/// it binds its ports, so a test may look before it has).
 fn cluster_id(cluster: &Cluster, id: u64) -> String {
-    std::fs::read_to_string(cluster.data_dir(id).join("cluster-id"))
-        .expect("the node records its cluster id")
-        .trim()
-        .to_string()
+    let path = cluster.data_dir(id).join("cluster-id");
+    let mut recorded = String::new();
+    wait_until("the node recording its cluster id", TIMEOUT, || {
+        recorded = std::fs::read_to_string(&path).unwrap_or_default();
+        recorded.ends_with('\n')
+    });
+    recorded.trim().to_string()
 }
 
 fn secret(cluster: &Cluster) -> Vec<u8> {
