@@ -649,3 +649,53 @@ fn a_hello_flood_from_other_addresses_leaves_room_for_the_members() {
         assert!(line.contains("no proof came"), "{line}");
     }
 }
+
+/// The peer port (`--peer-addr`) counts its connections apart from the
+/// client port's: connections there take no client's place, and clients
+/// filling every place on the client port (`--max-clients` and the room past
+/// it) do not keep a peer out of the peer port. (Both ports shared the
+/// client counters: the peer port's connections were clients until their
+/// hello.)
+#[test]
+fn the_peer_port_counts_its_connections_apart_from_the_clients() {
+    let mut cluster = Cluster::start_with_peer_ports(3, &["--max-clients", "2"]);
+    cluster.wait_for_leader(ELECTION);
+    let cid = cluster_id(&cluster, 1);
+    let peer_port = cluster.peer_addr(1).expect("a peer port");
+    let healthy = |c: &mut Client| {
+        let reply = send(c, &json!({"msg_type": "HEALTHCHECK"}));
+        reply.is_some_and(|r| r["msg_type"] == "HEALTHCHECK")
+    };
+    // Connections to the peer port that have said nothing yet.
+    let quiet: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(peer_port).unwrap())
+        .collect();
+    sleep(Duration::from_millis(200));
+    // Both client places are still free.
+    let mut clients: Vec<Client> = (0..2).map(|_| cluster.client(1)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert!(healthy(c), "client {i} was refused a place");
+    }
+    drop(quiet);
+    // Every place on the client port taken: 2 clients, the room past them
+    // (2 per peer + 8) on probation, and more refused.
+    let crowd: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(cluster.addr(1)).unwrap())
+        .collect();
+    let mut refused = cluster.client(1);
+    assert!(!healthy(&mut refused), "the client port has no place left");
+    // A peer on the peer port is still answered.
+    let mut peer = Client::connect(peer_port).unwrap();
+    let challenge = send(
+        &mut peer,
+        &json!({"msg_type": "PEER_HELLO", "payload": {"cluster_id": cid, "from": 2, "to": 1,
+            "nonce": "0d".repeat(32)}}),
+    );
+    assert!(
+        challenge
+            .as_ref()
+            .is_some_and(|c| c["msg_type"] == "PEER_CHALLENGE"),
+        "the peer was kept out: {challenge:?}"
+    );
+    drop(crowd);
+}

@@ -4,7 +4,8 @@
 //!
 //! A peer's connection cannot be told from a client's when it is accepted:
 //! it shows itself with its first line, a `PEER_HELLO` (`handshake.rs`). So
-//! every accepted connection counts as a client until then; once
+//! every connection accepted on the client port counts as a client until
+//! then; once
 //! `--max-clients` are counted, a few more (`peer_room`) are accepted on
 //! probation: a peer's starts its handshake with its first line, a client
 //! request on one is refused unless a client's place came free, and one that
@@ -12,8 +13,10 @@
 //! bounded per member they claim and, tighter, per source address, so a
 //! flood of hellos from one address leaves each member room for its own
 //! (`MAX_HANDSHAKES_PER_*`). Clients can therefore never
-//! take the last place a peer needs to connect. Our own connections to peers
-//! are never limited.
+//! take the last place a peer needs to connect. On a peer port
+//! (`--peer-addr`) every connection starts on probation, in a room of its
+//! own: it takes no client's place, and clients cannot take its. Our own
+//! connections to peers are never limited.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -74,6 +77,9 @@ pub struct Admission {
     peer_room: usize,
     clients: usize,
     on_probation: usize,
+    /// Connections on the peer port not yet in a handshake: at most
+    /// `peer_room`, apart from the client port's.
+    on_peer_port: usize,
     /// Inbound peer handshakes under way (`ConnRole::Proving`), by the
     /// member they claim and by their source address (each at most
     /// `MAX_HANDSHAKES_PER_*`): a connection that says it is a peer's stops
@@ -95,8 +101,8 @@ pub struct Admission {
 
 /// Why a connection is closed before its client asked for it.
 enum Cut {
-    /// On probation and not a peer's.
-    NotAPeer,
+    /// On probation (on the peer port, or not) and not a peer's.
+    NotAPeer { peer_port: bool },
     /// A line was begun and not finished in time.
     Partial,
     /// A TLS handshake not done within `TLS_HANDSHAKE_TIMEOUT`.
@@ -125,9 +131,10 @@ impl Admission {
     pub fn new(config: &NodeConfig, now: Instant) -> Admission {
         let peers = config.peers.len();
         let peer_room = PEER_ROOM_PER_PEER * peers + PEER_ROOM_EXTRA;
-        // Connections in (clients, peers' room and handshakes), ours out,
-        // and the rest.
-        let overhead = peer_room + peers * (1 + MAX_HANDSHAKES_PER_MEMBER) + RESERVED_FDS;
+        // Connections in (clients, peers' room on each port and
+        // handshakes), ours out, and the rest.
+        let ports = if config.peer_addr.is_some() { 2 } else { 1 };
+        let overhead = ports * peer_room + peers * (1 + MAX_HANDSHAKES_PER_MEMBER) + RESERVED_FDS;
         let wanted = config.max_clients.saturating_add(overhead);
         let max_clients = match fds::raise_to(wanted as u64) {
             Ok(limit) => {
@@ -169,6 +176,7 @@ impl Admission {
             peer_room,
             clients: 0,
             on_probation: 0,
+            on_peer_port: 0,
             handshakes_by_member: HashMap::new(),
             handshakes_by_source: HashMap::new(),
             partial_request_timeout: config.partial_request_timeout,
@@ -181,16 +189,18 @@ impl Admission {
         }
     }
 
-    /// What a newly accepted connection may be, or `None`: refuse it.
-    fn admit(&self, now: Instant) -> Option<ConnRole> {
-        if self.clients < self.max_clients {
-            Some(ConnRole::Client)
-        } else if self.on_probation < self.peer_room {
-            Some(ConnRole::Probation {
-                until: now + PROBATION,
-            })
-        } else {
-            None
+    /// What a newly accepted connection on `port` may be, or `None`:
+    /// refuse it. The peer port's connections are counted apart: they take
+    /// no client's place, and clients cannot take theirs.
+    fn admit(&self, now: Instant, port: Port) -> Option<ConnRole> {
+        let probation = |peer_port| ConnRole::Probation {
+            until: now + PROBATION,
+            peer_port,
+        };
+        match port {
+            Port::Peer => (self.on_peer_port < self.peer_room).then(|| probation(true)),
+            Port::Client if self.clients < self.max_clients => Some(ConnRole::Client),
+            Port::Client => (self.on_probation < self.peer_room).then(|| probation(false)),
         }
     }
 
@@ -198,7 +208,12 @@ impl Admission {
     pub fn tally(&mut self, role: ConnRole, added: bool) {
         let count = match role {
             ConnRole::Client => &mut self.clients,
-            ConnRole::Probation { .. } => &mut self.on_probation,
+            ConnRole::Probation {
+                peer_port: false, ..
+            } => &mut self.on_probation,
+            ConnRole::Probation {
+                peer_port: true, ..
+            } => &mut self.on_peer_port,
             ConnRole::Proving(p) => {
                 count_in(&mut self.handshakes_by_member, p.peer, added);
                 return count_in(&mut self.handshakes_by_source, p.source, added);
@@ -230,6 +245,21 @@ impl Admission {
             ));
         }
         Ok(())
+    }
+
+    /// The refusal of a connection on `port` for want of a place.
+    fn full(&self, port: Port) -> ErrorReply {
+        match port {
+            Port::Client => self.too_many(),
+            Port::Peer => ErrorReply::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "{} connections on the peer port have not begun a peer handshake; closing \
+                     the connection",
+                    self.peer_room
+                ),
+            ),
+        }
     }
 
     fn too_many(&self) -> ErrorReply {
@@ -302,7 +332,7 @@ impl Node {
                     self.admission.spare = File::open("/dev/null").ok();
                     match accepted {
                         Some((stream, addr)) => {
-                            self.refuse(stream, addr, &format!("accept failed: {e}"))
+                            self.refuse(stream, addr, port, &format!("accept failed: {e}"))
                         }
                         None => return self.retry_accept(&e),
                     }
@@ -323,12 +353,18 @@ impl Node {
     }
 
     fn admit(&mut self, stream: TcpStream, addr: SocketAddr, port: Port) {
-        let Some(role) = self.admission.admit(Instant::now()) else {
-            let why = format!(
-                "{} clients and {} connections on probation",
-                self.admission.clients, self.admission.on_probation
-            );
-            return self.refuse(stream, addr, &why);
+        let Some(role) = self.admission.admit(Instant::now(), port) else {
+            let why = match port {
+                Port::Client => format!(
+                    "{} clients and {} connections on probation",
+                    self.admission.clients, self.admission.on_probation
+                ),
+                Port::Peer => format!(
+                    "{} connections on the peer port not yet in a handshake",
+                    self.admission.on_peer_port
+                ),
+            };
+            return self.refuse(stream, addr, port, &why);
         };
         let _ = stream.set_nodelay(true);
         let stream = match self.tls.accepted(stream, port) {
@@ -347,10 +383,10 @@ impl Node {
     /// What the client already sent is read first and the write side shut
     /// down before the close, so that the close does not reset the
     /// connection over the answer.
-    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, why: &str) {
+    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, port: Port, why: &str) {
         let _ = stream.read(self.conns.read_buffer());
         let mut line = Vec::new();
-        encode_error(&mut line, None, &self.admission.too_many());
+        encode_error(&mut line, None, &self.admission.full(port));
         let _ = stream.write(&line);
         let _ = stream.shutdown(Shutdown::Write);
         drop(stream);
@@ -446,8 +482,12 @@ impl Node {
                 cuts.push((key, Cut::TlsHandshake));
                 continue;
             }
-            if matches!(conn.role, ConnRole::Probation { until } if until <= now) {
-                cuts.push((key, Cut::NotAPeer));
+            let expired = match conn.role {
+                ConnRole::Probation { until, peer_port } if until <= now => Some(peer_port),
+                _ => None,
+            };
+            if let Some(peer_port) = expired {
+                cuts.push((key, Cut::NotAPeer { peer_port }));
             } else if conn
                 .partial_since
                 .is_some_and(|since| !conn.read_paused && now.duration_since(since) >= partial)
@@ -465,9 +505,21 @@ impl Node {
         }
         for (key, cut) in cuts {
             match cut {
-                Cut::NotAPeer => {
+                Cut::NotAPeer { peer_port: false } => {
                     let error = self.admission.too_many();
                     self.cut(key, &error, "on probation and not a peer's");
+                }
+                Cut::NotAPeer { peer_port: true } => {
+                    let error = ErrorReply::new(
+                        ErrorCode::Unauthenticated,
+                        format!(
+                            "this is node {}'s peer port: a connection must begin the peer \
+                             handshake within {} s; closing the connection",
+                            self.config.id,
+                            PROBATION.as_secs()
+                        ),
+                    );
+                    self.cut(key, &error, "no hello on the peer port");
                 }
                 Cut::Partial => {
                     let error = ErrorReply::bad_request(format!(

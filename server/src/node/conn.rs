@@ -36,8 +36,9 @@ pub enum ConnRole {
     /// Accepted past `--max-clients`, in the room kept for peers: it must
     /// show it is a peer's (a message from a member) by `until`. A client
     /// request on it is refused with OVERLOADED, unless a client's place
-    /// has come free meanwhile.
-    Probation { until: Instant },
+    /// has come free meanwhile. On the peer port (`peer_port`) every
+    /// connection starts so, in places of its own, and must say hello.
+    Probation { until: Instant, peer_port: bool },
     /// Accepted; a member's `PEER_HELLO` came on it and was answered with
     /// our challenge. Its proof must come next, by `until`.
     Proving(Proving),
