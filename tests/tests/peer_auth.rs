@@ -699,3 +699,43 @@ fn the_peer_port_counts_its_connections_apart_from_the_clients() {
     );
     drop(crowd);
 }
+
+/// A member keeps at most 2 proven connections to a node, even under
+/// `--insecure` where anyone can pass the handshake: each newer one
+/// replaces the oldest, which is told why and closed. (Proven connections
+/// were not counted: one member, or anyone under --insecure, could open
+/// them without bound.)
+#[test]
+fn a_member_keeps_at_most_two_proven_connections_and_a_newer_replaces_the_oldest() {
+    let mut cluster = Cluster::start_with(3, &["--insecure"]);
+    cluster.wait_for_leader(ELECTION);
+    // Node 3 is gone: the connections claiming it are all the test's.
+    cluster.kill(3);
+    let cid = cluster_id(&cluster, 1);
+    let mut proven: Vec<Client> = (0..5)
+        .map(|i| {
+            let mut c = cluster.client(1);
+            let hello = json!({"msg_type": "PEER_HELLO", "payload": {"cluster_id": cid,
+                "from": 3, "to": 1, "nonce": hex(&[i; 32])}});
+            let challenge = send(&mut c, &hello).unwrap();
+            assert_eq!(challenge["msg_type"], "PEER_CHALLENGE", "{challenge}");
+            let accept = send(&mut c, &json!({"msg_type": "PEER_PROOF", "payload": {}})).unwrap();
+            assert_eq!(accept["msg_type"], "PEER_ACCEPT", "{accept}");
+            c
+        })
+        .collect();
+    for (i, c) in proven.iter_mut().enumerate() {
+        c.set_read_timeout(Duration::from_millis(500));
+        let got = c.read_reply();
+        if i < 3 {
+            let error = got.unwrap_or_else(|e| panic!("connection {i} left open: {e}"));
+            assert_eq!(error["payload"]["code"], "OVERLOADED", "{error}");
+            assert!(c.read_reply().is_err(), "connection {i} closed");
+        } else {
+            match got {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                other => panic!("the newest connections stay open: {i}: {other:?}"),
+            }
+        }
+    }
+}

@@ -52,6 +52,10 @@ pub const MAX_HANDSHAKES_PER_MEMBER: usize = 6;
 /// member's; members sharing a host (a test cluster) open theirs at once.
 pub const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
 const _: () = assert!(MAX_HANDSHAKES_PER_SOURCE < MAX_HANDSHAKES_PER_MEMBER);
+/// Proven inbound connections kept per member: it opens one to us (a
+/// reconnect may find its old one not yet seen to close); a newer one
+/// replaces the oldest.
+pub const MAX_PEER_CONNS_PER_MEMBER: usize = 2;
 /// How long a connection accepted past `--max-clients` has to show that it
 /// is a peer's. A peer that has nothing to say that soon (one follower to
 /// another) is closed and reconnects: it is only so while clients fill
@@ -87,6 +91,9 @@ pub struct Admission {
     /// that no one source nor one claimed id takes every place.
     handshakes_by_member: HashMap<NodeId, usize>,
     handshakes_by_source: HashMap<IpAddr, usize>,
+    /// Proven inbound connections (`ConnRole::Peer`) by member, at most
+    /// `MAX_PEER_CONNS_PER_MEMBER` each.
+    proven: HashMap<NodeId, usize>,
     partial_request_timeout: Duration,
     idle_timeout: Option<Duration>,
     /// Held open so that, out of descriptors, one can be freed to accept a
@@ -134,7 +141,8 @@ impl Admission {
         // Connections in (clients, peers' room on each port and
         // handshakes), ours out, and the rest.
         let ports = if config.peer_addr.is_some() { 2 } else { 1 };
-        let overhead = ports * peer_room + peers * (1 + MAX_HANDSHAKES_PER_MEMBER) + RESERVED_FDS;
+        let per_peer = 1 + MAX_HANDSHAKES_PER_MEMBER + MAX_PEER_CONNS_PER_MEMBER;
+        let overhead = ports * peer_room + peers * per_peer + RESERVED_FDS;
         let wanted = config.max_clients.saturating_add(overhead);
         let max_clients = match fds::raise_to(wanted as u64) {
             Ok(limit) => {
@@ -179,6 +187,7 @@ impl Admission {
             on_peer_port: 0,
             handshakes_by_member: HashMap::new(),
             handshakes_by_source: HashMap::new(),
+            proven: HashMap::new(),
             partial_request_timeout: config.partial_request_timeout,
             idle_timeout: config.idle_timeout,
             spare: File::open("/dev/null").ok(),
@@ -218,13 +227,19 @@ impl Admission {
                 count_in(&mut self.handshakes_by_member, p.peer, added);
                 return count_in(&mut self.handshakes_by_source, p.source, added);
             }
-            ConnRole::Peer(_) | ConnRole::Outbound(..) => return,
+            ConnRole::Peer(id) => return count_in(&mut self.proven, id, added),
+            ConnRole::Outbound(..) => return,
         };
         if added {
             *count += 1;
         } else {
             *count = count.saturating_sub(1);
         }
+    }
+
+    /// Whether `member` has as many proven connections to us as it may.
+    pub fn peer_conns_full(&self, member: NodeId) -> bool {
+        self.proven.get(&member).copied().unwrap_or(0) >= MAX_PEER_CONNS_PER_MEMBER
     }
 
     /// Whether another inbound peer handshake may begin, from `source`

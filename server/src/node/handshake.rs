@@ -24,7 +24,7 @@ use poncho_protocol::{
     PeerChallenge, PeerHello, PeerProof, ReplyEnvelope, Request,
 };
 
-use super::admission::Port;
+use super::admission::{Port, MAX_PEER_CONNS_PER_MEMBER};
 use super::conn::{ConnRole, Link, Proving};
 use super::log_limiter::LogLimiter;
 use super::Node;
@@ -391,11 +391,42 @@ impl Node {
             proof: self.transcript_proof(peer, ours, theirs, Side::Answerer),
         });
         debug!("connection {key} proven to be peer {peer}'s");
+        self.make_room_for_peer_conn(peer);
         self.set_role(key, ConnRole::Peer(peer));
         if let Some(conn) = self.conns.get_mut(key) {
             conn.push_output(|out| encode_handshake(out, &accept));
         }
         self.conns.mark_dirty(key);
+    }
+
+    /// Before another connection of `peer`'s is proven: if it has as many
+    /// as it may keep, its oldest is told and closed (a reconnect replaces
+    /// a connection whose close was not seen; nobody, `--insecure` or not,
+    /// keeps more open).
+    fn make_room_for_peer_conn(&mut self, peer: NodeId) {
+        while self.admission.peer_conns_full(peer) {
+            let oldest = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.role == ConnRole::Peer(peer))
+                .min_by_key(|(_, c)| c.opened)
+                .map(|(key, _)| key);
+            let Some(key) = oldest else {
+                return;
+            };
+            let error = ErrorReply::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "replaced by a newer connection of node {peer}'s (at most \
+                     {MAX_PEER_CONNS_PER_MEMBER} are kept)"
+                ),
+            );
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.push_output(|out| encode_error(out, None, &error));
+                let _ = conn.flush();
+            }
+            self.close(key, "replaced by a newer connection of the same peer");
+        }
     }
 
     /// If `line` is the other end's refusal (an `ERROR` line), logs it after
