@@ -19,6 +19,9 @@ use poncho_tls::rustls::{ClientConfig, ClientConnection};
 use poncho_tls::MaybeTls;
 use serde_json::{json, Value};
 
+use auth::{Login, StatusPoller};
+
+pub mod auth;
 pub mod certs;
 pub mod faults;
 pub mod linearizability;
@@ -295,8 +298,7 @@ impl NodeProc {
 
     /// STATUS, if the node answers over `client`.
     pub fn status_over(client: std::io::Result<Client>) -> Option<Value> {
-        let reply = client.ok()?.request(&json!({"msg_type": "STATUS"})).ok()?;
-        (reply["msg_type"] == "STATUS").then(|| reply["payload"].clone())
+        auth::status_on(&mut client.ok()?)
     }
 }
 
@@ -354,6 +356,8 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
     /// What the harness's own connections speak: TLS with this, or plain.
     tls: Option<Arc<ClientConfig>>,
+    /// How the harness asks for STATUS (as which user, once auth is on).
+    poller: StatusPoller,
 }
 
 impl Cluster {
@@ -397,6 +401,7 @@ impl Cluster {
             nodes,
             _dir: dir,
             tls: None,
+            poller: StatusPoller::default(),
         }
     }
 
@@ -488,7 +493,21 @@ impl Cluster {
 
     /// STATUS of a node, if it answers.
     pub fn status(&self, id: u64) -> Option<Value> {
-        NodeProc::status_over(self.try_client(id))
+        self.poller.status(self.addr(id), || self.try_client(id))
+    }
+
+    /// From now on the harness asks for STATUS as `login`: for a cluster
+    /// with auth enabled.
+    pub fn status_as(&mut self, login: Login) {
+        self.poller.log_in_as(login);
+    }
+
+    /// A connection to node `id` logged in as `login`.
+    pub fn client_as(&self, id: u64, login: &Login) -> Client {
+        let mut client = self.client(id);
+        let ok = auth::log_in(&mut client, login).expect("AUTHENTICATE");
+        assert!(ok, "node {id} refused {}'s password", login.user);
+        client
     }
 
     /// From now on the harness's connections to the nodes (STATUS, clients)
@@ -544,7 +563,12 @@ impl Drop for Cluster {
 /// A blocking JSON Lines client with a read timeout, over plain TCP or TLS.
 pub struct Client {
     stream: BufReader<MaybeTls<TcpStream>>,
+    /// Where each reply line read is also kept, if set.
+    transcript: Option<Transcript>,
 }
+
+/// Reply lines that clients read, kept for a test to search afterwards.
+pub type Transcript = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
@@ -598,7 +622,14 @@ impl Client {
         };
         Ok(Client {
             stream: BufReader::new(stream),
+            transcript: None,
         })
+    }
+
+    /// From now on every reply line this client reads is also pushed onto
+    /// `transcript`.
+    pub fn record_into(&mut self, transcript: Transcript) {
+        self.transcript = Some(transcript);
     }
 
     /// How long a read waits for a reply from now on.
@@ -620,6 +651,10 @@ impl Client {
         let mut line = String::new();
         if self.stream.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(transcript) = &self.transcript {
+            let mut lines = transcript.lock().unwrap_or_else(|e| e.into_inner());
+            lines.push(line.clone());
         }
         serde_json::from_str(&line)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
