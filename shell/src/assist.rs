@@ -2,7 +2,7 @@
 //! names and first arguments, and hints of the arguments left to type. Both
 //! read the command table. No I/O here.
 
-use crate::commands::{find, FirstArg, COMMANDS};
+use crate::commands::{find, FirstArg, Sub, COMMANDS};
 use crate::line::scan;
 
 /// Completions for the word being typed at the end of `line`: the start of
@@ -26,6 +26,9 @@ pub fn complete(line: &str, addrs: &[String]) -> (usize, Vec<String>) {
     let options: Vec<String> = match (position, command.map(|s| s.first_arg)) {
         // Both ways to leave are offered: `exit` and its alias `quit`.
         (0, _) => names().chain(leave_aliases().map(str::to_string)).collect(),
+        (1, _) if command.is_some_and(|s| !s.subs.is_empty()) => command
+            .map(|s| s.subs.iter().map(|sub| sub.name.to_string()).collect())
+            .unwrap_or_default(),
         (1, Some(FirstArg::Command)) => names().collect(),
         (1, Some(FirstArg::Words(words))) => words.iter().map(|w| w.to_string()).collect(),
         (1, Some(FirstArg::Addr)) => addrs.to_vec(),
@@ -86,20 +89,28 @@ fn word_len(line: &str) -> usize {
 }
 
 /// The arguments still to type after what is on the line, e.g. `KEY VALUE`
-/// after `set`. `None` when there is nothing useful to show.
+/// after `set`, `NAME[:PASSWORD]` after `user add`. `None` when there is
+/// nothing useful to show.
 pub fn hint(line: &str) -> Option<String> {
     let scan = scan(line);
-    let first = scan.tokens.first()?;
+    let spec = find(&scan.tokens.first()?.text)?;
+    // The placeholders of the words after the command's name.
+    let names: Vec<String> = if spec.subs.is_empty() {
+        spec.arg_names().iter().map(|n| n.to_string()).collect()
+    } else {
+        let sub = scan.tokens.get(1).and_then(|t| spec.sub(&t.text));
+        let args = sub.map_or(Vec::new(), Sub::arg_names);
+        std::iter::once(spec.sub_names())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect()
+    };
     if scan.tokens.len() == 1 && scan.open_word {
         // Still typing the command name: hint only once it is a whole name.
-        let spec = find(&first.text)?;
-        if spec.args.is_empty() {
+        if names.is_empty() {
             return None;
         }
-        return Some(format!(" {}", spec.args));
+        return Some(format!(" {}", names.join(" ")));
     }
-    let spec = find(&first.text)?;
-    let names = spec.arg_names();
     let done = scan.tokens.len() - 1;
     let rest = names.get(done..)?;
     if rest.is_empty() {
@@ -149,6 +160,23 @@ mod tests {
             (8, vec!["127.0.0.1:8001 ".into()])
         );
         assert!(complete("set k", &[]).1.is_empty());
+        // Subcommands.
+        assert_eq!(
+            complete("user ", &[]).1,
+            [
+                "add ",
+                "delete ",
+                "get ",
+                "list ",
+                "passwd ",
+                "grant-role ",
+                "revoke-role "
+            ]
+        );
+        assert_eq!(complete("role g", &[]).1, ["get ", "grant-permission "]);
+        assert_eq!(complete("auth ", &[]).1, ["enable ", "disable ", "status "]);
+        assert_eq!(complete("lo", &[]), (0, vec!["login ".to_string()]));
+        assert!(complete("user add ", &[]).1.is_empty());
     }
 
     #[test]
@@ -163,5 +191,15 @@ mod tests {
         assert_eq!(hint("se"), None);
         assert_eq!(hint("status"), None);
         assert_eq!(hint(""), None);
+        // Subcommands: their names, then the chosen one's arguments.
+        assert_eq!(hint("auth").as_deref(), Some(" enable|disable|status"));
+        assert_eq!(hint("user add").as_deref(), Some(" NAME[:PASSWORD]"));
+        assert_eq!(hint("user ad"), None);
+        assert_eq!(
+            hint("role grant-permission app ").as_deref(),
+            Some("read|write|readwrite KEY [--prefix]")
+        );
+        assert_eq!(hint("role list"), None);
+        assert_eq!(hint("login").as_deref(), Some(" USER"));
     }
 }

@@ -1,4 +1,6 @@
 //! The cluster client lives in the `poncho-client` crate; the shell uses
 //! it as `crate::client`.
 
-pub use poncho_client::{status_with, ClientError, ClusterClient, Reply, Route, Tls, TlsFiles};
+pub use poncho_client::{
+    status_as, ClientError, ClusterClient, Credentials, Reply, Route, Tls, TlsFiles,
+};

@@ -3,12 +3,12 @@
 //! fields for `--json`) or a [`Failure`]; and the helpers the commands in
 //! `commands/` share to read replies and render values.
 
-use poncho_protocol::RaftMessage;
+use poncho_protocol::{ErrorCode, RaftMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::client::{ClientError, ClusterClient, Reply};
-use crate::line::quote_always;
+use crate::line::{quote, quote_always};
 
 /// A command that worked.
 #[derive(Debug, Default)]
@@ -19,6 +19,10 @@ pub struct Done {
     pub plain: String,
     /// For people at the prompt.
     pub pretty: String,
+    /// What to do next, if anything (`login root` after `auth enable`):
+    /// after `pretty` at the prompt, on stderr for scripts, `hint` in
+    /// `--json`.
+    pub hint: Option<String>,
 }
 
 impl Done {
@@ -30,7 +34,28 @@ impl Done {
             },
             plain: plain.into(),
             pretty: pretty.into(),
+            hint: None,
         }
+    }
+
+    /// A change that worked: `OK` for scripts, `pretty` for people, and
+    /// the log index it was applied at, if the reply says.
+    pub fn changed(pretty: impl Into<String>, index: Option<u64>, mut json: Value) -> Done {
+        if let (Some(i), Value::Object(m)) = (index, &mut json) {
+            m.insert("index".into(), Value::from(i));
+        }
+        Done::new("OK", pretty, json)
+    }
+
+    /// Names (`user list`, `role list`): on one line for scripts, numbered
+    /// for people.
+    pub fn names(names: &[String], json: Value) -> Done {
+        Done::new(plain_words(names), numbered(names), json)
+    }
+
+    pub fn with_hint(mut self, hint: Option<String>) -> Done {
+        self.hint = hint;
+        self
     }
 }
 
@@ -65,10 +90,19 @@ impl Failure {
         }
     }
 
-    /// One line for people: `usage: ...` or `CODE: message`.
+    /// One line for people: `usage: ...` or `CODE: message`, and what to
+    /// do next for a connection that has not logged in.
     pub fn text(&self) -> String {
         match self {
             Failure::Usage(m) => m.clone(),
+            Failure::Call(ClientError::Server(e))
+                if e.code == ErrorCode::Unauthenticated && !e.message.contains("login") =>
+            {
+                format!(
+                    "{}: {}: log in with --user NAME or `login NAME`",
+                    e.code, e.message
+                )
+            }
             Failure::Call(e) => format!("{}: {}", e.code(), e.message()),
         }
     }
@@ -101,6 +135,26 @@ pub fn plain_value(v: &str) -> String {
     }
 }
 
+/// Names or keys on one line, each quoted if it must be, for scripts.
+pub fn plain_words(words: &[String]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| quote(w)).collect();
+    quoted.join(" ")
+}
+
+/// A numbered list, one item a line, for people; `(empty)` for none.
+pub fn numbered(items: &[String]) -> String {
+    if items.is_empty() {
+        return "(empty)".to_string();
+    }
+    let width = items.len().to_string().len();
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{:>width$}) {}", i + 1, quote_always(k)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn pretty_value(v: &Option<String>) -> String {
     match v {
         Some(v) => quote_always(v),
@@ -130,6 +184,7 @@ pub fn probe(client: &mut ClusterClient, message: &RaftMessage) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use poncho_protocol::ErrorReply;
 
     #[test]
     fn plain_values_stay_on_one_line() {
@@ -148,5 +203,32 @@ mod tests {
         let c = Failure::Call(ClientError::Unreachable("no node answered".into()));
         assert_eq!(c.exit_code(), 1);
         assert_eq!(c.text(), "UNREACHABLE: no node answered");
+    }
+
+    #[test]
+    fn a_connection_that_has_not_logged_in_is_told_how_to() {
+        let server = |code, m: &str| Failure::Call(ClientError::Server(ErrorReply::new(code, m)));
+        let f = server(ErrorCode::Unauthenticated, "auth is enabled");
+        assert_eq!(
+            f.text(),
+            "UNAUTHENTICATED: auth is enabled: log in with --user NAME or `login NAME`"
+        );
+        // The server's own advice is not repeated.
+        let f = server(
+            ErrorCode::Unauthenticated,
+            "use --user NAME or `login NAME`",
+        );
+        assert_eq!(f.text(), "UNAUTHENTICATED: use --user NAME or `login NAME`");
+        let f = server(
+            ErrorCode::PermissionDenied,
+            "user \"a\" may not write key \"x\"",
+        );
+        assert_eq!(
+            f.text(),
+            "PERMISSION_DENIED: user \"a\" may not write key \"x\""
+        );
+        // A refused login says what is wrong, not to log in.
+        let f = Failure::Call(ClientError::Login("wrong user name or password".into()));
+        assert_eq!(f.text(), "UNAUTHENTICATED: wrong user name or password");
     }
 }

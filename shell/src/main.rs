@@ -14,6 +14,7 @@ mod commands;
 mod exec;
 mod line;
 mod repl;
+mod secret;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{Map, Value};
 
-use crate::client::{ClusterClient, Tls, TlsFiles};
+use crate::client::{ClusterClient, Credentials, Tls, TlsFiles};
 use crate::commands::Command;
 use crate::exec::{Done, Failure};
 use crate::line::Token;
@@ -59,6 +60,10 @@ struct Args {
     /// [env: PONCHO_KEY]
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Log in as this user: the password is asked for without echo on a
+    /// terminal, else read from $PONCHO_PASSWORD [env: PONCHO_USER]
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
     /// Print the JSON sent (->) and received (<-) on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -140,6 +145,9 @@ pub fn print_json_done(line: Option<usize>, command: &str, done: Done) {
         object.insert("line".into(), Value::from(n));
     }
     object.extend(done.json);
+    if let Some(hint) = done.hint {
+        object.insert("hint".into(), Value::from(hint));
+    }
     out(&Value::Object(object).to_string());
 }
 
@@ -194,10 +202,17 @@ pub fn print_failure(
     }
 }
 
+/// A result for scripts and one-shot use: the plain text on stdout, a
+/// hint on stderr.
 fn print_done(output: Output, line: Option<usize>, command: &Command, done: Done) {
     match output {
-        Output::Json => print_json_done(line, command.name(), done),
-        Output::Text => out(&done.plain),
+        Output::Json => print_json_done(line, &command.name(), done),
+        Output::Text => {
+            out(&done.plain);
+            if let Some(hint) = &done.hint {
+                eprintln!("hint: {hint}");
+            }
+        }
     }
 }
 
@@ -225,7 +240,7 @@ fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
             0
         }
         Err(f) => {
-            print_failure(output, Mode::OneShot, Some(command.name()), &f, "");
+            print_failure(output, Mode::OneShot, Some(&command.name()), &f, "");
             f.exit_code()
         }
     }
@@ -266,7 +281,7 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
                     Ok(())
                 }
                 Err(f) => {
-                    print_failure(output, mode, Some(command.name()), &f, "");
+                    print_failure(output, mode, Some(&command.name()), &f, "");
                     Err(f.exit_code())
                 }
             },
@@ -317,6 +332,24 @@ fn tls_from(args: &Args, env: impl Fn(&str) -> Option<String>) -> Result<Option<
     Ok(Some(tls))
 }
 
+/// The credentials `--user` (else `$PONCHO_USER`) asks for, the password
+/// from `passwords`; `None` to not log in.
+fn credentials_from(
+    args: &Args,
+    env: impl Fn(&str) -> Option<String>,
+    passwords: &secret::Source<'_>,
+) -> Result<Option<Credentials>, String> {
+    let Some(user) = args.user.clone().or_else(|| env("PONCHO_USER")) else {
+        return Ok(None);
+    };
+    let user = user.trim().to_string();
+    if user.is_empty() {
+        return Err("the user name is empty".into());
+    }
+    let password = passwords.login(&user)?;
+    Ok(Some(Credentials::new(user, password.0)))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let spec = args
@@ -343,7 +376,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut client = ClusterClient::new(addrs, args.timeout, args.verbose).with_tls(tls);
+    let credentials = match credentials_from(&args, env, &secret::source()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("poncho-shell: --user: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client = ClusterClient::new(addrs, args.timeout, args.verbose)
+        .with_tls(tls)
+        .with_credentials(credentials);
     let code = if !args.command.is_empty() {
         run_one(&mut client, &args.command, output)
     } else if std::io::stdin().is_terminal() {
@@ -384,6 +426,39 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(1));
         let a = Args::try_parse_from(["poncho-shell", "--json", "--stop-on-error"]).unwrap();
         assert!(a.json && a.stop_on_error && a.command.is_empty());
+    }
+
+    #[test]
+    fn the_user_comes_from_the_flag_else_the_environment_and_needs_a_password() {
+        let none = |_: &str| None;
+        let pw = |v: &str| (v == secret::PASSWORD_ENV).then(|| "pw-secret".to_string());
+        let with_pw = secret::Source {
+            ask: None,
+            env: &pw,
+        };
+        let plain = Args::try_parse_from(["poncho-shell", "health"]).unwrap();
+        assert_eq!(credentials_from(&plain, none, &with_pw), Ok(None));
+        let flag = Args::try_parse_from(["poncho-shell", "--user", "alice"]).unwrap();
+        let c = credentials_from(&flag, none, &with_pw).unwrap().unwrap();
+        assert_eq!(c, Credentials::new("alice", "pw-secret"));
+        let from_env = |v: &str| (v == "PONCHO_USER").then(|| "bob".to_string());
+        let c = credentials_from(&plain, from_env, &with_pw)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.user(), "bob");
+        // The flag wins over the environment.
+        let c = credentials_from(&flag, from_env, &with_pw)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.user(), "alice");
+        let no_pw = secret::Source {
+            ask: None,
+            env: &none,
+        };
+        let e = credentials_from(&flag, none, &no_pw).unwrap_err();
+        assert!(e.contains("PONCHO_PASSWORD"), "{e}");
+        let blank = Args::try_parse_from(["poncho-shell", "--user", " "]).unwrap();
+        assert!(credentials_from(&blank, none, &with_pw).is_err());
     }
 
     #[test]

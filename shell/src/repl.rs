@@ -17,7 +17,7 @@ use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
 use crate::assist;
-use crate::client::{ClusterClient, Route, Tls};
+use crate::client::{ClientError, ClusterClient, Credentials, Route, Tls};
 use crate::commands::{self, Command};
 use crate::exec::Failure;
 use crate::line::quote;
@@ -40,6 +40,8 @@ struct ShellHelper {
     node: Option<String>,
     /// How the shell connects (TLS or not), for those questions too.
     tls: Option<Tls>,
+    /// Who the shell logs in as, for those questions too.
+    credentials: Option<Credentials>,
 }
 
 impl Completer for ShellHelper {
@@ -60,7 +62,7 @@ impl Completer for ShellHelper {
         else {
             return Ok((start, candidates));
         };
-        let keys = keys_with_prefix(node, &prefix, self.tls.as_ref());
+        let keys = keys_with_prefix(node, &prefix, self.tls.as_ref(), self.credentials.as_ref());
         Ok((
             start,
             keys.iter().map(|k| format!("{} ", quote(k))).collect(),
@@ -75,11 +77,18 @@ const KEY_COMPLETION_LIMIT: usize = 200;
 
 /// Key names starting with `prefix`, from a KEYS request to `node` (or to
 /// the leader it names), through a client of its own so that a slow or dead
-/// node costs Tab at most a moment and never disturbs the shell's connection.
-/// Any failure is no candidates: completion is a convenience.
-fn keys_with_prefix(node: &str, prefix: &str, tls: Option<&Tls>) -> Vec<String> {
+/// node costs Tab at most a moment and never disturbs the shell's connection
+/// (logged in as the shell is). Any failure is no candidates: completion is
+/// a convenience.
+fn keys_with_prefix(
+    node: &str,
+    prefix: &str,
+    tls: Option<&Tls>,
+    credentials: Option<&Credentials>,
+) -> Vec<String> {
     let mut client = ClusterClient::new(vec![node.to_string()], KEY_COMPLETION_TIMEOUT, false)
-        .with_tls(tls.cloned());
+        .with_tls(tls.cloned())
+        .with_credentials(credentials.cloned());
     let request = ClientRequest::Keys(KeysRequest {
         prefix: prefix.to_string(),
     });
@@ -181,8 +190,10 @@ impl History {
         }
     }
 
+    /// Adds `line`, unless it is blank or may hold a password
+    /// ([`commands::holds_secret`]).
     fn add(&mut self, editor: &mut ShellEditor, line: &str) {
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || commands::holds_secret(line) {
             return;
         }
         let _ = editor.add_history_entry(line);
@@ -200,14 +211,22 @@ impl History {
 }
 
 fn greet(client: &mut ClusterClient) {
-    let _ = client.connect_quietly();
+    let connected = client.connect_quietly();
     let cluster = client.addrs().join(",");
-    match client.connected() {
-        Some(addr) => println!(
-            "poncho-shell {}: connected to {addr}",
+    let who = client
+        .credentials()
+        .map(|c| format!(" as {}", c.user()))
+        .unwrap_or_default();
+    match (client.connected(), connected) {
+        (Some(addr), _) => println!(
+            "poncho-shell {}: connected to {addr}{who}",
             env!("CARGO_PKG_VERSION")
         ),
-        None => println!(
+        (None, Err(e @ ClientError::Login(_))) => println!(
+            "poncho-shell {}: {e}; `login NAME` to try again",
+            env!("CARGO_PKG_VERSION")
+        ),
+        (None, _) => println!(
             "poncho-shell {}: no node of {cluster} answers yet; commands will keep trying for {:?}",
             env!("CARGO_PKG_VERSION"),
             client.timeout
@@ -240,6 +259,7 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
             addrs: client.addrs().to_vec(),
             node: client.connected().map(str::to_owned),
             tls: client.tls().cloned(),
+            credentials: client.credentials().cloned(),
         }));
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
@@ -278,12 +298,22 @@ fn run_command(client: &mut ClusterClient, output: Output, command: &Command) {
     } else {
         elapsed(started.elapsed())
     };
+    let name = command.name();
     match result {
-        Ok(done) if output == Output::Json => print_json_done(None, command.name(), done),
-        Ok(done) if took.is_empty() => println!("{}", done.pretty),
-        Ok(done) if done.pretty.contains('\n') => println!("{}\n{took}", done.pretty),
-        Ok(done) => println!("{}  {took}", done.pretty),
-        Err(f) => print_failure(output, Mode::Interactive, Some(command.name()), &f, &took),
+        Ok(done) if output == Output::Json => print_json_done(None, &name, done),
+        Ok(done) => {
+            if took.is_empty() {
+                println!("{}", done.pretty);
+            } else if done.pretty.contains('\n') {
+                println!("{}\n{took}", done.pretty);
+            } else {
+                println!("{}  {took}", done.pretty);
+            }
+            if let Some(hint) = done.hint {
+                println!("(hint) {hint}");
+            }
+        }
+        Err(f) => print_failure(output, Mode::Interactive, Some(&name), &f, &took),
     }
 }
 
@@ -317,7 +347,7 @@ mod tests {
             r#"{{"msg_type":"ERROR","payload":{{"code":"NOT_LEADER","message":"m","leader_id":2,"leader_addr":"{leader}"}}}}"#
         );
         let (follower, follower_node) = fake_node(redirect);
-        let got = keys_with_prefix(&follower, "user/", None);
+        let got = keys_with_prefix(&follower, "user/", None, None);
         assert_eq!(got, ["user/1", "user/two words"]);
         for node in [follower_node, leader_node] {
             let request: serde_json::Value = serde_json::from_str(&node.join().unwrap()).unwrap();
@@ -333,11 +363,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let gone = listener.local_addr().unwrap().to_string();
         drop(listener);
-        assert!(keys_with_prefix(&gone, "", None).is_empty());
+        assert!(keys_with_prefix(&gone, "", None, None).is_empty());
         let (addr, node) = fake_node(
             r#"{"msg_type":"ERROR","payload":{"code":"NO_LEADER","message":"m"}}"#.to_string(),
         );
-        assert!(keys_with_prefix(&addr, "", None).is_empty());
+        assert!(keys_with_prefix(&addr, "", None, None).is_empty());
         node.join().unwrap();
     }
 }

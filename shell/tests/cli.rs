@@ -17,6 +17,8 @@ fn help_names_the_modes_and_options() {
         "--verbose",
         "--json",
         "--stop-on-error",
+        "--user",
+        "PONCHO_PASSWORD",
     ] {
         assert!(text.contains(flag), "help lacks {flag}:\n{text}");
     }

@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
               and changes nothing (the prototype's `client append`).",
     kind: Kind::Cluster,
     first_arg: FirstArg::Free,
+    subs: &[],
     parse: no_args::<Append>,
 };
 

@@ -17,6 +17,7 @@ pub const SPEC: Spec = Spec {
               \"nil\" in quotes is the three-letter string.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
+    subs: &[],
     parse,
 };
 

@@ -14,6 +14,7 @@ pub const SPEC: Spec = Spec {
     details: "Reads and writes still follow the leader: a follower redirects them.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Addr,
+    subs: &[],
     parse,
 };
 

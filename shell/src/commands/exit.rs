@@ -12,6 +12,7 @@ pub const SPEC: Spec = Spec {
     details: "",
     kind: Kind::Exit,
     first_arg: FirstArg::Free,
+    subs: &[],
     parse: no_args::<Exit>,
 };
 

@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
     details: "A linearizable read, served by the leader.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
+    subs: &[],
     parse,
 };
 

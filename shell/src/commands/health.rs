@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
     details: "",
     kind: Kind::Cluster,
     first_arg: FirstArg::Free,
+    subs: &[],
     parse: no_args::<Health>,
 };
 

@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
     details: "",
     kind: Kind::Local,
     first_arg: FirstArg::Command,
+    subs: &[],
     parse,
 };
 
@@ -72,6 +73,16 @@ fn command_help(spec: &Spec) -> String {
         out.push_str("\n  ");
         out.push_str(line.trim_start());
     }
+    let width = spec
+        .subs
+        .iter()
+        .map(|sub| spec.sub_usage(sub).len())
+        .max()
+        .unwrap_or(0);
+    for sub in spec.subs {
+        let usage = spec.sub_usage(sub);
+        out.push_str(&format!("\n  {usage:width$}  {}", sub.summary));
+    }
     out
 }
 
@@ -84,7 +95,16 @@ mod tests {
         let all = help_text(None);
         for spec in COMMANDS {
             assert!(all.contains(&spec.usage()), "{}", spec.name);
-            assert!(help_text(Some(spec.name)).starts_with(&format!("usage: {}", spec.usage())));
+            let own = help_text(Some(spec.name));
+            assert!(own.starts_with(&format!("usage: {}", spec.usage())));
+            for sub in spec.subs {
+                assert!(own.contains(&spec.sub_usage(sub)), "{own}");
+                assert!(own.contains(sub.summary), "{own}");
+            }
         }
+        for name in ["login", "auth", "user", "role"] {
+            assert!(all.contains(&format!("\n  {name} ")), "{name}: {all}");
+        }
+        assert!(help_text(Some("user")).contains("user add NAME[:PASSWORD]"));
     }
 }

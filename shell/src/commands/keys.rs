@@ -5,8 +5,7 @@ use serde_json::json;
 
 use super::{Action, Args, FirstArg, Kind, Spec, UsageError};
 use crate::client::{ClusterClient, Route};
-use crate::exec::{payload, Done, Outcome};
-use crate::line::{quote, quote_always};
+use crate::exec::{numbered, payload, plain_words, Done, Outcome};
 
 pub const SPEC: Spec = Spec {
     name: "keys",
@@ -16,6 +15,7 @@ pub const SPEC: Spec = Spec {
     details: "At most 10,000 keys are returned.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
+    subs: &[],
     parse,
 };
 
@@ -36,25 +36,10 @@ impl Action for Keys {
             prefix: self.prefix.clone(),
         });
         let r: KeysReply = payload(client.request(&request, Route::Leader)?)?;
-        let plain = r
-            .keys
-            .iter()
-            .map(|k| quote(k))
-            .collect::<Vec<_>>()
-            .join(" ");
-        Ok(Done::new(plain, pretty(&r.keys), json!({"keys": r.keys})))
+        Ok(Done::new(
+            plain_words(&r.keys),
+            numbered(&r.keys),
+            json!({"keys": r.keys}),
+        ))
     }
-}
-
-/// A numbered list, one key a line, for people.
-fn pretty(keys: &[String]) -> String {
-    if keys.is_empty() {
-        return "(empty)".to_string();
-    }
-    let width = keys.len().to_string().len();
-    keys.iter()
-        .enumerate()
-        .map(|(i, k)| format!("{:>width$}) {}", i + 1, quote_always(k)))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -17,6 +17,7 @@ pub const SPEC: Spec = Spec {
     details: "",
     kind: Kind::Cluster,
     first_arg: FirstArg::Free,
+    subs: &[],
     parse: no_args::<Leader>,
 };
 

@@ -4,7 +4,9 @@
 //! read.
 //!
 //! Adding a command is a new file here (a `SPEC` and a type that is an
-//! [`Action`]) and one row in [`COMMANDS`].
+//! [`Action`]) and one row in [`COMMANDS`]. A command with subcommands
+//! (`user add`, `role list`) lists them in [`Spec::subs`]: each has its own
+//! arguments, help and completion, and its parse sees [`Args::sub`].
 
 use std::any::Any;
 use std::fmt;
@@ -14,6 +16,7 @@ use crate::exec::Outcome;
 use crate::line::{quote, tokenize, Token};
 
 mod append;
+mod auth;
 mod cas;
 mod connect;
 mod delete;
@@ -23,8 +26,11 @@ mod health;
 mod help;
 mod keys;
 mod leader;
+mod login;
+mod role;
 mod set;
 mod status;
+mod user;
 mod verbose;
 mod vote;
 
@@ -39,6 +45,10 @@ pub const COMMANDS: &[&Spec] = &[
     &status::SPEC,
     &leader::SPEC,
     &connect::SPEC,
+    &login::SPEC,
+    &auth::SPEC,
+    &user::SPEC,
+    &role::SPEC,
     &append::SPEC,
     &vote::SPEC,
     &help::SPEC,
@@ -59,8 +69,38 @@ pub struct Spec {
     pub kind: Kind,
     /// What Tab offers for the first argument.
     pub first_arg: FirstArg,
-    /// Called with as many arguments as [`Spec::args`] allows.
+    /// Its subcommands, if it has any: the first argument names one, and
+    /// the rest are that subcommand's [`Sub::args`].
+    pub subs: &'static [Sub],
+    /// Called with as many arguments as [`Spec::args`] (or the
+    /// subcommand's) allows.
     pub parse: fn(&Args<'_>) -> Result<Box<dyn Action>, UsageError>,
+}
+
+/// A subcommand, such as `add` of `user add NAME[:PASSWORD]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sub {
+    pub name: &'static str,
+    /// Its arguments, as [`Spec::args`].
+    pub args: &'static str,
+    pub summary: &'static str,
+    /// Whether its line may carry a password: such lines never go into the
+    /// history file.
+    pub secret: bool,
+}
+
+impl Sub {
+    pub fn arg_names(&self) -> Vec<&'static str> {
+        self.args.split_whitespace().collect()
+    }
+}
+
+/// How many arguments `args` (as [`Spec::args`] spells them) needs, and
+/// how many it allows.
+fn arity(args: &str) -> (usize, usize) {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let required = words.iter().filter(|w| !w.starts_with('[')).count();
+    (required, words.len())
 }
 
 /// Where a command runs.
@@ -98,15 +138,29 @@ impl Spec {
         }
     }
 
-    fn arity(&self) -> (usize, usize) {
-        let words: Vec<&str> = self.args.split_whitespace().collect();
-        let required = words.iter().filter(|w| !w.starts_with('[')).count();
-        (required, words.len())
-    }
-
-    /// The names of the arguments, brackets removed.
+    /// The names of the arguments, as [`Spec::args`] spells them.
     pub fn arg_names(&self) -> Vec<&'static str> {
         self.args.split_whitespace().collect()
+    }
+
+    /// The subcommand called `name`, case-insensitively.
+    pub fn sub(&self, name: &str) -> Option<&'static Sub> {
+        self.subs.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The subcommands' names, as one placeholder: `add|delete|list`.
+    pub fn sub_names(&self) -> String {
+        let names: Vec<&str> = self.subs.iter().map(|s| s.name).collect();
+        names.join("|")
+    }
+
+    /// `user add NAME[:PASSWORD]`.
+    pub fn sub_usage(&self, sub: &Sub) -> String {
+        if sub.args.is_empty() {
+            format!("{} {}", self.name, sub.name)
+        } else {
+            format!("{} {} {}", self.name, sub.name, sub.args)
+        }
     }
 
     pub fn is_exit(&self) -> bool {
@@ -126,10 +180,23 @@ impl Eq for Spec {}
 /// The arguments of one command, their number already checked.
 pub struct Args<'a> {
     spec: &'static Spec,
+    /// The subcommand, for a command that has them (its name is not in
+    /// `tokens`).
+    sub: Option<&'static Sub>,
     tokens: &'a [Token],
 }
 
 impl Args<'_> {
+    /// The subcommand's name (empty for a command without subcommands).
+    pub fn sub(&self) -> &'static str {
+        self.sub.map_or("", |s| s.name)
+    }
+
+    /// The arguments, as typed.
+    pub fn tokens(&self) -> &[Token] {
+        self.tokens
+    }
+
     /// Argument `i` as typed (empty if it was not given).
     pub fn text(&self, i: usize) -> String {
         self.tokens
@@ -150,7 +217,15 @@ impl Args<'_> {
 
     /// "Not the arguments this command takes": its usage line.
     pub fn usage(&self) -> UsageError {
-        UsageError::Arguments(self.spec)
+        match self.sub {
+            Some(sub) => UsageError::SubArguments(self.spec, sub),
+            None => UsageError::Arguments(self.spec),
+        }
+    }
+
+    /// A usage error that says what is wrong, then the usage line.
+    pub fn wrong(&self, what: impl Into<String>) -> UsageError {
+        UsageError::Wrong(what.into(), Box::new(self.usage()))
     }
 }
 
@@ -168,13 +243,18 @@ pub trait Action: fmt::Debug + Any {
 #[derive(Debug)]
 pub struct Command {
     pub spec: &'static Spec,
+    pub sub: Option<&'static Sub>,
     action: Box<dyn Action>,
 }
 
 impl Command {
-    /// The name a result is reported under (`--json`'s `command`).
-    pub fn name(&self) -> &'static str {
-        self.spec.name
+    /// The name a result is reported under (`--json`'s `command`):
+    /// `get`, or with its subcommand, `user add`.
+    pub fn name(&self) -> String {
+        match self.sub {
+            Some(sub) => format!("{} {}", self.spec.name, sub.name),
+            None => self.spec.name.to_string(),
+        }
     }
 
     /// Whether the command runs in the shell alone (no timing shown).
@@ -208,8 +288,13 @@ pub enum UsageError {
     Empty,
     /// The first word names no command.
     Unknown(String),
-    /// Not the arguments this command takes.
+    /// Not the arguments this command takes (for a command with
+    /// subcommands: no subcommand, or an unknown one).
     Arguments(&'static Spec),
+    /// Not the arguments this subcommand takes.
+    SubArguments(&'static Spec, &'static Sub),
+    /// What is wrong (`read|write|readwrite, not x`), then the usage.
+    Wrong(String, Box<UsageError>),
     /// `help X` where X names no command.
     NoTopic(String),
 }
@@ -222,7 +307,16 @@ impl fmt::Display for UsageError {
             UsageError::Unknown(w) => {
                 write!(f, "unknown command {}: type help for the list", quote(w))
             }
+            UsageError::Arguments(spec) if !spec.subs.is_empty() => write!(
+                f,
+                "usage: {} {} ... (help {} tells more)",
+                spec.name,
+                spec.sub_names(),
+                spec.name
+            ),
             UsageError::Arguments(spec) => write!(f, "usage: {}", spec.usage()),
+            UsageError::SubArguments(spec, sub) => write!(f, "usage: {}", spec.sub_usage(sub)),
+            UsageError::Wrong(what, usage) => write!(f, "{what}; {usage}"),
             UsageError::NoTopic(w) => write!(f, "no command {}: type help for the list", quote(w)),
         }
     }
@@ -244,12 +338,40 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, UsageError> {
 pub fn parse(tokens: &[Token]) -> Result<Command, UsageError> {
     let (first, args) = tokens.split_first().ok_or(UsageError::Empty)?;
     let spec = find(&first.text).ok_or_else(|| UsageError::Unknown(first.text.clone()))?;
-    let (min, max) = spec.arity();
-    if args.len() < min || args.len() > max {
-        return Err(UsageError::Arguments(spec));
+    let (sub, args) = match args.split_first() {
+        _ if spec.subs.is_empty() => (None, args),
+        Some((name, rest)) => match spec.sub(&name.text) {
+            Some(sub) => (Some(sub), rest),
+            None => return Err(UsageError::Arguments(spec)),
+        },
+        None => return Err(UsageError::Arguments(spec)),
+    };
+    let args = Args {
+        spec,
+        sub,
+        tokens: args,
+    };
+    let (min, max) = arity(sub.map_or(spec.args, |s| s.args));
+    if args.tokens.len() < min || args.tokens.len() > max {
+        return Err(args.usage());
     }
-    let action = (spec.parse)(&Args { spec, tokens: args })?;
-    Ok(Command { spec, action })
+    let action = (spec.parse)(&args)?;
+    Ok(Command { spec, sub, action })
+}
+
+/// Whether `line` may hold a password, and so must stay out of the history:
+/// a subcommand marked [`Sub::secret`] (`user add NAME:PASSWORD`), or a
+/// command that has one with a subcommand it does not know (a typo may
+/// still carry one). Reads as much of the line as it can.
+pub fn holds_secret(line: &str) -> bool {
+    let tokens = crate::line::scan(line).tokens;
+    let Some(spec) = tokens.first().and_then(|t| find(&t.text)) else {
+        return false;
+    };
+    match tokens.get(1).and_then(|t| spec.sub(&t.text)) {
+        Some(sub) => sub.secret,
+        None => spec.subs.iter().any(|s| s.secret),
+    }
 }
 
 /// `HOST:PORT` with a numeric port (`[::1]:8002` too).
@@ -344,6 +466,183 @@ mod tests {
         for line in ["quit", "exit"] {
             assert_eq!(parsed::<exit::Exit>(line), exit::Exit);
             assert!(parse_line(line).unwrap().unwrap().is_exit());
+        }
+    }
+
+    #[test]
+    fn parses_the_auth_user_role_and_login_commands() {
+        use poncho_protocol::{
+            Access, AuthRequest as A, KeySpec, Password, RoleRequest as R, UserRequest as U,
+        };
+        let pw = |p: &str| Some(Password(p.into()));
+        assert_eq!(parsed::<auth::Auth>("auth enable"), auth::Auth(A::Enable));
+        assert_eq!(parsed::<auth::Auth>("AUTH Disable"), auth::Auth(A::Disable));
+        assert_eq!(parsed::<auth::Auth>("auth status"), auth::Auth(A::Status));
+        assert_eq!(
+            parsed::<login::Login>("login root"),
+            login::Login {
+                user: "root".into()
+            }
+        );
+        let set_password = |passwd, name: &str, password| user::User::SetPassword {
+            passwd,
+            name: name.into(),
+            password,
+        };
+        assert_eq!(
+            parsed::<user::User>("user add alice:pw:with:colons"),
+            set_password(false, "alice", pw("pw:with:colons"))
+        );
+        assert_eq!(
+            parsed::<user::User>("user add alice"),
+            set_password(false, "alice", None)
+        );
+        assert_eq!(
+            parsed::<user::User>("user passwd bob:\"new pw\""),
+            set_password(true, "bob", pw("new pw"))
+        );
+        let other = |r| user::User::Other(r);
+        for (line, request) in [
+            ("user delete bob", U::Delete { name: "bob".into() }),
+            ("user get bob", U::Get { name: "bob".into() }),
+            ("user list", U::List),
+            (
+                "user grant-role bob app",
+                U::GrantRole {
+                    name: "bob".into(),
+                    role: "app".into(),
+                },
+            ),
+            (
+                "user revoke-role bob app",
+                U::RevokeRole {
+                    name: "bob".into(),
+                    role: "app".into(),
+                },
+            ),
+        ] {
+            assert_eq!(parsed::<user::User>(line), other(request), "{line}");
+        }
+        let key = |k: &str| KeySpec {
+            key: Some(k.into()),
+            prefix: None,
+        };
+        let prefix = |p: &str| KeySpec {
+            key: None,
+            prefix: Some(p.into()),
+        };
+        let grant = |keys, access| R::GrantPermission {
+            name: "app".into(),
+            keys,
+            access,
+        };
+        let revoke = |keys| R::RevokePermission {
+            name: "app".into(),
+            keys,
+        };
+        for (line, request) in [
+            ("role add app", R::Add { name: "app".into() }),
+            ("role delete app", R::Delete { name: "app".into() }),
+            ("role get app", R::Get { name: "app".into() }),
+            ("role list", R::List),
+            (
+                "role grant-permission app readwrite app/ --prefix",
+                grant(prefix("app/"), Access::Readwrite),
+            ),
+            (
+                "role grant-permission --prefix app read \"\"",
+                grant(prefix(""), Access::Read),
+            ),
+            (
+                "role grant-permission app WRITE config",
+                grant(key("config"), Access::Write),
+            ),
+            // A quoted --prefix is a key.
+            (
+                "role grant-permission app read \"--prefix\"",
+                grant(key("--prefix"), Access::Read),
+            ),
+            ("role revoke-permission app config", revoke(key("config"))),
+            (
+                "role revoke-permission app app/ --prefix",
+                revoke(prefix("app/")),
+            ),
+        ] {
+            assert_eq!(parsed::<role::Role>(line), role::Role(request), "{line}");
+        }
+        let command = parse_line("user add alice:pw").unwrap().unwrap();
+        assert_eq!(command.name(), "user add");
+        assert!(!format!("{command:?}").contains("pw\""), "{command:?}");
+    }
+
+    #[test]
+    fn the_auth_user_role_and_login_commands_say_their_usage() {
+        let e = |l: &str| parse_line(l).unwrap_err().to_string();
+        assert_eq!(
+            e("user"),
+            "usage: user add|delete|get|list|passwd|grant-role|revoke-role ... \
+             (help user tells more)"
+        );
+        assert!(e("user frob x").starts_with("usage: user add|delete"));
+        assert_eq!(e("user add"), "usage: user add NAME[:PASSWORD]");
+        assert_eq!(e("user add a b"), "usage: user add NAME[:PASSWORD]");
+        assert_eq!(
+            e("user add alice:"),
+            "the password is empty; usage: user add NAME[:PASSWORD]"
+        );
+        assert_eq!(
+            e("user add :pw"),
+            "the user name is empty; usage: user add NAME[:PASSWORD]"
+        );
+        assert_eq!(e("user list all"), "usage: user list");
+        assert_eq!(e("user grant-role bob"), "usage: user grant-role NAME ROLE");
+        assert_eq!(
+            e("auth on"),
+            "usage: auth enable|disable|status ... (help auth tells more)"
+        );
+        assert_eq!(e("auth enable now"), "usage: auth enable");
+        assert_eq!(e("login"), "usage: login USER");
+        let grant = "usage: role grant-permission NAME read|write|readwrite KEY [--prefix]";
+        assert_eq!(e("role grant-permission app read"), grant);
+        assert_eq!(e("role grant-permission app read k extra"), grant);
+        assert_eq!(
+            e("role grant-permission app all k"),
+            format!("all is not read, write or readwrite; {grant}")
+        );
+        assert_eq!(
+            e("role add app --prefix"),
+            "usage: role add NAME",
+            "--prefix is for permissions"
+        );
+        assert_eq!(e("role add --prefix"), "usage: role add NAME");
+        assert_eq!(
+            e("role revoke-permission app"),
+            "usage: role revoke-permission NAME KEY [--prefix]"
+        );
+    }
+
+    #[test]
+    fn lines_that_may_hold_a_password_are_known() {
+        for line in [
+            "user add alice:pw",
+            "USER passwd alice:pw",
+            "user add alice",
+            "user ad alice:pw",
+            "user",
+            "user add \"alice:pw",
+        ] {
+            assert!(holds_secret(line), "{line}");
+        }
+        for line in [
+            "user list",
+            "user grant-role alice app",
+            "role add app",
+            "login root",
+            "set k v",
+            "frob x:y",
+            "",
+        ] {
+            assert!(!holds_secret(line), "{line}");
         }
     }
 

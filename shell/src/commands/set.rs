@@ -16,6 +16,7 @@ pub const SPEC: Spec = Spec {
               Prints OK once a majority of the cluster has the write.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
+    subs: &[],
     parse,
 };
 

@@ -6,7 +6,7 @@ use poncho_protocol::{ClientRequest, StatusReply};
 use serde_json::{json, Value};
 
 use super::{no_args, Action, FirstArg, Kind, Spec};
-use crate::client::{status_with, ClusterClient, Route, Tls};
+use crate::client::{status_as, ClusterClient, Credentials, Route, Tls};
 use crate::exec::{payload, Done, Outcome};
 
 pub const SPEC: Spec = Spec {
@@ -19,6 +19,7 @@ pub const SPEC: Spec = Spec {
               a node whose disk is full shows (NO_SPACE) after its role.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Free,
+    subs: &[],
     parse: no_args::<Status>,
 };
 
@@ -31,7 +32,7 @@ impl Action for Status {
         let here: StatusReply = payload(client.request(&ClientRequest::Status, Route::Here)?)?;
         let left = client.timeout.saturating_sub(started.elapsed());
         let per_node = left.clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let rows = ask_all(&here, per_node, client.tls());
+        let rows = ask_all(&here, per_node, client.tls(), client.credentials());
         if client.verbose {
             for (_, wire) in &rows {
                 for line in wire {
@@ -53,8 +54,14 @@ struct Row {
 
 /// Every member `here` knows (and `here`), with the wire lines of the
 /// queries for `--verbose`. The others are asked in parallel, so a node
-/// that hangs costs one `per_node` timeout.
-fn ask_all(here: &StatusReply, per_node: Duration, tls: Option<&Tls>) -> Vec<(Row, Vec<String>)> {
+/// that hangs costs one `per_node` timeout; each connection logs in with
+/// `credentials` first, if there are any.
+fn ask_all(
+    here: &StatusReply,
+    per_node: Duration,
+    tls: Option<&Tls>,
+    credentials: Option<&Credentials>,
+) -> Vec<(Row, Vec<String>)> {
     let mut members: Vec<(u64, String)> = here
         .members
         .iter()
@@ -77,7 +84,7 @@ fn ask_all(here: &StatusReply, per_node: Duration, tls: Option<&Tls>) -> Vec<(Ro
                 s.spawn(move || match here {
                     Some(h) => (row(*id, addr, Ok(h)), Vec::new()),
                     None => {
-                        let (status, wire) = status_with(addr, per_node, tls);
+                        let (status, wire) = status_as(addr, per_node, tls, credentials);
                         (row(*id, addr, status), wire)
                     }
                 })

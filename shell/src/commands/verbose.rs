@@ -14,6 +14,7 @@ pub const SPEC: Spec = Spec {
     details: "Without an argument it toggles. --verbose starts the shell with it on.",
     kind: Kind::Local,
     first_arg: FirstArg::Words(&["on", "off"]),
+    subs: &[],
     parse,
 };
 

@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
               vote and changes nothing (the prototype's `client request`).",
     kind: Kind::Cluster,
     first_arg: FirstArg::Free,
+    subs: &[],
     parse: no_args::<Vote>,
 };
 
