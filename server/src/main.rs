@@ -153,6 +153,10 @@ struct Args {
     /// certificate proves membership, and no cluster secret is needed.
     #[arg(long)]
     peer_client_cert_auth: bool,
+    /// With --peer-client-cert-auth: a peer's certificate must also have
+    /// this common name (etcd's flag).
+    #[arg(long, value_name = "CN")]
+    peer_cert_allowed_cn: Option<String>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -316,6 +320,7 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
             key_file: args.key_file,
             trusted_ca_file: args.trusted_ca_file,
             client_cert_auth: args.client_cert_auth,
+            allowed_cn: None,
         },
         peer_addr: args.peer_addr,
         peer_ports: members.peer_ports,
@@ -324,6 +329,7 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
             key_file: args.peer_key_file,
             trusted_ca_file: args.peer_trusted_ca_file,
             client_cert_auth: args.peer_client_cert_auth,
+            allowed_cn: args.peer_cert_allowed_cn,
         },
     })
 }

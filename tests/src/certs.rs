@@ -47,15 +47,21 @@ impl TestCa {
     /// A leaf named `name` (its common name) for `sans` (IP addresses or DNS
     /// names), valid now.
     pub fn leaf(&self, name: &str, sans: &[&str]) -> Leaf {
-        self.leaf_with(name, sans, false)
+        self.make_leaf(name, name, sans, false)
+    }
+
+    /// A leaf like [`TestCa::leaf`], its files named `file` (several leaves
+    /// may then share a common name).
+    pub fn leaf_as(&self, file: &str, name: &str, sans: &[&str]) -> Leaf {
+        self.make_leaf(file, name, sans, false)
     }
 
     /// A leaf like [`TestCa::leaf`] that expired in 2001.
     pub fn expired_leaf(&self, name: &str, sans: &[&str]) -> Leaf {
-        self.leaf_with(name, sans, true)
+        self.make_leaf(name, name, sans, true)
     }
 
-    fn leaf_with(&self, name: &str, sans: &[&str], expired: bool) -> Leaf {
+    fn make_leaf(&self, file: &str, name: &str, sans: &[&str], expired: bool) -> Leaf {
         let key = KeyPair::generate().expect("a leaf key");
         let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(sans).expect("leaf params");
@@ -70,8 +76,8 @@ impl TestCa {
             .signed_by(&key, &self.cert, &self.key)
             .expect("a leaf certificate");
         let leaf = Leaf {
-            cert: self.dir.join(format!("{name}.pem")),
-            key: self.dir.join(format!("{name}.key")),
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}.key")),
         };
         std::fs::write(&leaf.cert, cert.pem()).expect("write the leaf");
         std::fs::write(&leaf.key, key.serialize_pem()).expect("write the key");

@@ -241,41 +241,23 @@ fn a_stalled_tls_handshake_is_closed_by_its_deadline() {
 /// no certificate of another CA, and a hello on the client port is refused.
 #[test]
 fn peers_on_their_own_port_prove_membership_with_certificates_and_serve_no_clients() {
-    let dir = tempfile::tempdir().unwrap();
-    let peer_ca = TestCa::new(dir.path(), "peer-ca");
-    let peer = peer_ca.leaf("peer", &["127.0.0.1"]);
-    let flags = [
-        "--peer-cert-file".to_string(),
-        peer.cert.display().to_string(),
-        "--peer-key-file".to_string(),
-        peer.key.display().to_string(),
-        "--peer-trusted-ca-file".to_string(),
-        peer_ca.cert_file.display().to_string(),
-        "--peer-client-cert-auth".to_string(),
-    ];
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start_with_peer_ports(3, &flags);
-    let leader = cluster.wait_for_leader(ELECTION);
-    let reply = poncho_tests::write_with_retry(
-        &cluster,
-        &json!({"msg_type": "SET", "payload": {"key": "p", "value": "2380"}}),
-        ELECTION,
-    );
-    assert!(reply["index"].is_u64(), "{reply}");
-    wait_on_every_node(&cluster, "p", "2380");
+    let pki = peer_pki("peer");
+    let (peer_ca, peer) = (&pki.ca, &pki.member);
+    let (cluster, leader) = start_peer_mtls(&pki, &[]);
+    replicates(&cluster, "p", "2380");
     assert!(
         !cluster.log(1).contains("cluster-secret"),
         "no secret was given"
     );
     // A client request on a peer port (with a good peer certificate) is refused.
     let peer_port = cluster.peer_addr(leader).expect("a peer port");
-    let mut c = Client::connect_tls(peer_port, client_config(&peer_ca, Some(&peer))).unwrap();
+    let mut c = Client::connect_tls(peer_port, client_config(peer_ca, Some(peer))).unwrap();
     let reply = request(&mut c, json!({"msg_type": "HEALTHCHECK"}));
     assert_refused(&reply, "BAD_REQUEST", "peer port");
     // A certificate of another CA is refused by TLS on the peer port.
-    let other_ca = TestCa::new(dir.path(), "other-ca");
+    let other_ca = TestCa::new(pki.dir.path(), "other-ca");
     let other = other_ca.leaf("other", &["127.0.0.1"]);
-    let refused = Client::connect_tls(peer_port, client_config(&peer_ca, Some(&other)))
+    let refused = Client::connect_tls(peer_port, client_config(peer_ca, Some(&other)))
         .and_then(|mut c| c.request(&json!({"msg_type": "HEALTHCHECK"})));
     assert!(refused.is_err(), "{refused:?}");
     // A hello on the client port is refused: peers use their port.
@@ -288,6 +270,105 @@ fn peers_on_their_own_port_prove_membership_with_certificates_and_serve_no_clien
             "to": leader, "nonce": "ab".repeat(32)}}),
     );
     assert_refused(&reply, "UNAUTHENTICATED", "peer port");
+}
+
+/// A peer CA and the certificate every member presents (common name
+/// `cn`, for 127.0.0.1), their files in `dir`.
+struct PeerPki {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    member: Leaf,
+}
+
+fn peer_pki(cn: &str) -> PeerPki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "peer-ca");
+    let member = ca.leaf(cn, &["127.0.0.1"]);
+    PeerPki { dir, ca, member }
+}
+
+/// A cluster whose peers prove membership with `pki`'s certificates, on
+/// ports of their own, started with `extra` flags too; and its leader.
+fn start_peer_mtls(pki: &PeerPki, extra: &[&str]) -> (Cluster, u64) {
+    let mut flags = vec![
+        "--peer-cert-file".to_string(),
+        pki.member.cert.display().to_string(),
+        "--peer-key-file".to_string(),
+        pki.member.key.display().to_string(),
+        "--peer-trusted-ca-file".to_string(),
+        pki.ca.cert_file.display().to_string(),
+        "--peer-client-cert-auth".to_string(),
+    ];
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_with_peer_ports(3, &flags);
+    let leader = cluster.wait_for_leader(ELECTION);
+    (cluster, leader)
+}
+
+/// A write of `key` is acknowledged and reaches every node.
+fn replicates(cluster: &Cluster, key: &str, value: &str) {
+    let reply = poncho_tests::write_with_retry(
+        cluster,
+        &json!({"msg_type": "SET", "payload": {"key": key, "value": value}}),
+        ELECTION,
+    );
+    assert!(reply["index"].is_u64(), "{reply}");
+    wait_on_every_node(cluster, key, value);
+}
+
+/// What node 1's peer port answers a hello claiming node 2 on a connection
+/// presenting `identity`.
+fn hello_as_node_2(cluster: &Cluster, ca: &TestCa, identity: &Leaf) -> (Client, Value) {
+    let cid = std::fs::read_to_string(cluster.data_dir(1).join("cluster-id")).unwrap();
+    let peer_port = cluster.peer_addr(1).expect("a peer port");
+    let mut c = Client::connect_tls(peer_port, client_config(ca, Some(identity))).unwrap();
+    let reply = request(
+        &mut c,
+        json!({"msg_type": "PEER_HELLO", "payload": {"cluster_id": cid.trim(), "from": 2,
+            "to": 1, "nonce": "ab".repeat(32)}}),
+    );
+    (c, reply)
+}
+
+/// A peer certificate proves only the members whose address it names: one
+/// of the peer CA for another address is refused when it claims node 2,
+/// while the members' own certificate passes the handshake. (Any
+/// certificate of the CA could claim any member id.)
+#[test]
+fn a_peer_certificate_proves_only_the_members_whose_address_it_names() {
+    let pki = peer_pki("peer");
+    let (cluster, _) = start_peer_mtls(&pki, &[]);
+    let elsewhere = pki.ca.leaf_as("elsewhere", "peer", &["127.0.0.9"]);
+    let (_, reply) = hello_as_node_2(&cluster, &pki.ca, &elsewhere);
+    assert_refused(
+        &reply,
+        "UNAUTHENTICATED",
+        "does not name the member's address",
+    );
+    // The members' certificate names 127.0.0.1: node 2's handshake passes.
+    let (mut c, challenge) = hello_as_node_2(&cluster, &pki.ca, &pki.member);
+    assert_eq!(challenge["msg_type"], "PEER_CHALLENGE", "{challenge}");
+    let accept = request(&mut c, json!({"msg_type": "PEER_PROOF", "payload": {}}));
+    assert_eq!(accept["msg_type"], "PEER_ACCEPT", "{accept}");
+    wait_until("node 1 logging the refusal", ELECTION, || {
+        cluster
+            .log(1)
+            .contains("does not name the member's address 127.0.0.1")
+    });
+}
+
+/// etcd's `--peer-cert-allowed-cn`: a cluster whose members' certificates
+/// have that common name replicates, and a certificate of the same CA, for
+/// the right address, with another common name is refused.
+#[test]
+fn peer_cert_allowed_cn_admits_only_certificates_with_that_common_name() {
+    let pki = peer_pki("member");
+    let (cluster, _) = start_peer_mtls(&pki, &["--peer-cert-allowed-cn", "member"]);
+    replicates(&cluster, "cn", "member");
+    let mallory = pki.ca.leaf("mallory", &["127.0.0.1"]);
+    let (_, reply) = hello_as_node_2(&cluster, &pki.ca, &mallory);
+    assert_refused(&reply, "UNAUTHENTICATED", "common name is \"mallory\"");
 }
 
 /// `reply` is an ERROR with `code` whose message mentions `says`.

@@ -25,7 +25,7 @@ use poncho_protocol::{
 };
 
 use super::admission::{Port, MAX_PEER_CONNS_PER_MEMBER};
-use super::conn::{ConnRole, Link, Proving};
+use super::conn::{Conn, ConnRole, Link, Proving};
 use super::log_limiter::LogLimiter;
 use super::Node;
 use crate::peer_auth::{fresh_nonce, from_hex, to_hex, ClusterSecret, Nonce, Side, Transcript};
@@ -341,6 +341,9 @@ impl Node {
             );
             return unauthenticated("not a member", m);
         }
+        if let Some(m) = self.peer_cert_problem(conn, peer) {
+            return unauthenticated("certificate", m);
+        }
         if let Err(m) = self.admission.may_start_handshake(source, peer) {
             return Err(refuse("busy", ErrorCode::Overloaded, m));
         }
@@ -352,6 +355,15 @@ impl Node {
             )
         })?;
         Ok((nonce, source))
+    }
+
+    /// Why `conn`'s peer certificate does not prove it is member `peer`'s,
+    /// if it does not (see `Tls::peer_cert_problem`).
+    fn peer_cert_problem(&self, conn: Option<&Conn>, peer: NodeId) -> Option<String> {
+        let member = self.peers.peer_addr(peer)?.ip();
+        let certs = conn.and_then(|c| c.stream.peer_certificates());
+        let problem = self.tls.peer_cert_problem(certs, member)?;
+        Some(format!("a hello from node {peer}: {problem}"))
     }
 
     /// The line after our challenge on accepted connection `key`: the

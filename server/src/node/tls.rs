@@ -14,16 +14,23 @@
 //! (the `--peer-` flags, as etcd's 2380): our connections to peers go to
 //! their peer ports. With `--peer-client-cert-auth` a connection on the peer
 //! port has proven, by a certificate of the peer CA, that it is a member's:
-//! that is enough for the peer handshake without a secret.
+//! that is enough for the peer handshake without a secret. The certificate
+//! ties the connection to the members it names: a hello claiming a member is
+//! refused unless the certificate names that member's peer IP address (the
+//! name our connections to the member check), and, with etcd's
+//! `--peer-cert-allowed-cn`, has that common name.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::TcpStream;
+use poncho_tls::rustls::client::verify_server_name;
+use poncho_tls::rustls::pki_types::CertificateDer;
+use poncho_tls::rustls::server::ParsedCertificate;
 use poncho_tls::rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
-use poncho_tls::{MaybeTls, TlsError, TlsFiles};
+use poncho_tls::{MaybeTls, ServerName, TlsError, TlsFiles};
 
 use super::admission::Port;
 use super::log_limiter::LogLimiter;
@@ -31,6 +38,9 @@ use super::log_limiter::LogLimiter;
 /// A TLS handshake on an accepted connection must be done this long after
 /// the connection was accepted, or the connection is closed.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused peer certificate's common name is shown up to this many
+/// characters.
+const MAX_CN_SHOWN: usize = 64;
 
 /// The TLS flags, as given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +50,9 @@ pub struct TlsSettings {
     pub trusted_ca_file: Option<PathBuf>,
     /// Require a client certificate signed by `trusted_ca_file`.
     pub client_cert_auth: bool,
+    /// `--peer-cert-allowed-cn` (etcd's flag; peers only): a peer's client
+    /// certificate must have this common name.
+    pub allowed_cn: Option<String>,
 }
 
 impl TlsSettings {
@@ -68,6 +81,9 @@ pub struct Tls {
     /// CA: then a connection there has proven, by TLS, that it is a
     /// member's (`--peer-client-cert-auth`).
     pub peer_mtls: bool,
+    /// `--peer-cert-allowed-cn`: the common name a peer's certificate must
+    /// have (only with `peer_mtls`).
+    peer_allowed_cn: Option<String>,
     /// `--client-cert-auth`: a client connection is logged in as its
     /// certificate's common name.
     pub client_cert_users: bool,
@@ -117,6 +133,14 @@ impl Tls {
             ));
         }
         let peer_server = build(peers, "TLS for peers")?;
+        let peer_mtls = peer_port && peers.enabled() && peers.client_cert_auth;
+        if peers.allowed_cn.is_some() && !peer_mtls {
+            return Err(flag_error(
+                "--peer-cert-allowed-cn needs the peers' certificates checked: --peer-addr, \
+                 --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and \
+                 --peer-client-cert-auth",
+            ));
+        }
         // Our connections to peers speak what the peers' ports speak.
         let to_peers = if peer_port { peers } else { clients };
         let peers_client = match (has_peers, to_peers.enabled()) {
@@ -130,7 +154,8 @@ impl Tls {
         Ok((
             Tls {
                 server,
-                peer_mtls: peer_port && peers.enabled() && peers.client_cert_auth,
+                peer_mtls,
+                peer_allowed_cn: peers.allowed_cn.clone(),
                 client_cert_users: clients.enabled() && clients.client_cert_auth,
                 peer_server,
                 peers: peers_client,
@@ -138,6 +163,41 @@ impl Tls {
             },
             warnings,
         ))
+    }
+
+    /// What keeps `certs`, the certificates a connection on the peer port
+    /// presented, from proving that it is the member whose peer address is
+    /// `member`: the certificate must name that IP address (as our own
+    /// connections to the member check the certificate it serves) and, with
+    /// `--peer-cert-allowed-cn`, have that common name. `None` if nothing
+    /// does, or if certificates prove nothing here (no peer mTLS).
+    pub fn peer_cert_problem(
+        &self,
+        certs: Option<&[CertificateDer<'static>]>,
+        member: IpAddr,
+    ) -> Option<String> {
+        if !self.peer_mtls {
+            return None;
+        }
+        let Some(cert) = certs.and_then(<[_]>::first) else {
+            return Some("it presented no certificate".into());
+        };
+        if let Some(allowed) = &self.peer_allowed_cn {
+            let cn = poncho_tls::common_name(cert);
+            if cn.as_deref() != Some(allowed.as_str()) {
+                let cn = cn.map_or("none".to_string(), |cn| {
+                    format!("{:?}", cn.chars().take(MAX_CN_SHOWN).collect::<String>())
+                });
+                return Some(format!(
+                    "its certificate's common name is {cn}, not {allowed:?} \
+                     (--peer-cert-allowed-cn)"
+                ));
+            }
+        }
+        let name = ServerName::IpAddress(member.into());
+        let named = ParsedCertificate::try_from(cert)
+            .is_ok_and(|parsed| verify_server_name(&parsed, &name).is_ok());
+        (!named).then(|| format!("its certificate does not name the member's address {member}"))
     }
 
     /// A connection accepted on `port`, wrapped as that port speaks.
