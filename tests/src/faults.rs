@@ -20,13 +20,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use crate::auth::{add_role, add_user, enable_auth, Login, StatusPoller};
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
 use crate::{launch_all, leader_of, wait_for_leader, Client, NodeProc};
 use poncho_client::{in_session, registered_id, Connection, Reply, Session, Tls};
 use poncho_protocol::{
-    encode_request, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply, GetRequest,
-    SessionFields, SetRequest,
+    encode_request, AuthenticateRequest, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply,
+    GetRequest, Password, SessionFields, SetRequest,
 };
 use poncho_tls::rustls::ClientConfig;
 
@@ -59,6 +60,10 @@ pub struct FaultCluster {
     pub faults: usize,
     /// What the harness's connections speak: TLS with this, or plain.
     tls: Option<Arc<ClientConfig>>,
+    /// How the harness asks for STATUS (as root, once auth is on).
+    poller: StatusPoller,
+    /// Whom the clients log in as, once auth is on.
+    login: Option<Login>,
 }
 
 impl FaultCluster {
@@ -110,6 +115,8 @@ impl FaultCluster {
             dir: Some(dir),
             faults: 0,
             tls: None,
+            poller: StatusPoller::default(),
+            login: None,
         }
     }
 
@@ -235,10 +242,33 @@ impl FaultCluster {
         }
         let addr = self.nodes[(id - 1) as usize].addr;
         let timeout = Duration::from_millis(300);
-        Node::status_over(match &self.tls {
+        self.poller.status(addr, || self.client(id, timeout))
+    }
+
+    /// A harness connection to node `id` (TLS if the nodes speak it), not
+    /// logged in; `timeout` for the connect and each reply.
+    pub fn client(&self, id: u64, timeout: Duration) -> std::io::Result<Client> {
+        let addr = self.nodes[(id - 1) as usize].addr;
+        match &self.tls {
             None => Client::connect_timeout(addr, timeout),
             Some(tls) => Client::connect_tls_timeout(addr, tls.clone(), timeout),
-        })
+        }
+    }
+
+    /// Enables auth (at the leader, before the clients start): `root`, whom
+    /// the harness asks STATUS as, and the clients' user `worker`, with
+    /// readwrite on every key that starts with `k` (the workload's).
+    fn set_up_auth(&mut self, leader: u64) {
+        let mut admin = self
+            .client(leader, Duration::from_secs(10))
+            .expect("connect to the leader");
+        let root = Login::new("root", "fault-root-pw");
+        enable_auth(&mut admin, &root);
+        add_role(&mut admin, "kv", &[("prefix", "k")], "readwrite");
+        let worker = Login::new("worker", "fault-worker-pw");
+        add_user(&mut admin, &worker, &["kv"]);
+        self.poller.log_in_as(root);
+        self.login = Some(worker);
     }
 
     /// The node claiming leadership in the highest term, and that term (a
@@ -331,6 +361,8 @@ struct Worker {
     /// The session writes carry, once registered, and its last seq.
     session: Session,
     tls: Option<Tls>,
+    /// Sent as AUTHENTICATE first on every new connection, if set.
+    login: Option<Login>,
     history: History,
     epoch: Instant,
 }
@@ -342,6 +374,7 @@ impl Worker {
         Worker {
             id,
             tls: cluster.tls.clone().map(Tls::from_config),
+            login: cluster.login.clone(),
             target: rng.gen_range(0..addrs.len()),
             addrs,
             conn: None,
@@ -462,20 +495,47 @@ impl Worker {
     /// there is none.
     fn send(&mut self, request: &ClientRequest) -> Result<Reply, Outcome> {
         let node = self.target;
-        if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
-            let addr = self.addrs[node].to_string();
-            match Connection::connect(&addr, Instant::now() + CLIENT_TIMEOUT, self.tls.as_ref()) {
-                Ok(c) => self.conn = Some((node, c)),
-                Err(_) => {
-                    // Never sent: definitely not applied. The node is down;
-                    // pause rather than spin while the cluster notices.
-                    self.conn = None;
-                    self.other_node();
-                    sleep(Duration::from_millis(10));
-                    return Err(Outcome::Failed);
-                }
-            }
+        if self.conn.as_ref().map(|(n, _)| *n) != Some(node) && !self.connect(node) {
+            // Never sent: definitely not applied. The node is down (or
+            // has not applied the clients' user yet); pause rather than
+            // spin while the cluster notices.
+            self.conn = None;
+            self.other_node();
+            sleep(Duration::from_millis(10));
+            return Err(Outcome::Failed);
         }
+        self.exchange(request).ok_or_else(|| {
+            // Timed out or dropped: it may have been applied. The
+            // connection is dropped so a late reply cannot be taken for the
+            // next request's.
+            self.conn = None;
+            self.other_node();
+            Outcome::Unknown
+        })
+    }
+
+    /// Connects to `node` and, with auth on, logs in; whether both worked.
+    fn connect(&mut self, node: usize) -> bool {
+        let addr = self.addrs[node].to_string();
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        match Connection::connect(&addr, deadline, self.tls.as_ref()) {
+            Ok(c) => self.conn = Some((node, c)),
+            Err(_) => return false,
+        }
+        let Some(login) = &self.login else {
+            return true;
+        };
+        let request = ClientRequest::Authenticate(AuthenticateRequest {
+            user: login.user.clone(),
+            password: Password(login.password.clone()),
+        });
+        self.exchange(&request)
+            .is_some_and(|reply| reply.envelope.msg_type == "AUTHENTICATE")
+    }
+
+    /// Sends `request` on the open connection and reads its reply; None if
+    /// it timed out or the connection dropped.
+    fn exchange(&mut self, request: &ClientRequest) -> Option<Reply> {
         self.next_req += 1;
         let mut line = Vec::new();
         encode_request(&mut line, Some(self.next_req), request);
@@ -483,27 +543,17 @@ impl Worker {
         let deadline = Instant::now() + CLIENT_TIMEOUT;
         // The next reply, whatever its req_id: one to another request would
         // be a bug the assert below catches.
-        let reply = match conn
+        let reply = conn
             .send(&line, deadline)
             .and_then(|()| conn.read_reply(deadline, None))
-        {
-            Ok(r) => r,
-            Err(_) => {
-                // Timed out or dropped: it may have been applied. The
-                // connection is dropped so a late reply cannot be taken for
-                // the next request's.
-                self.conn = None;
-                self.other_node();
-                return Err(Outcome::Unknown);
-            }
-        };
+            .ok()?;
         assert_eq!(
             reply.envelope.req_id,
             Some(self.next_req),
             "reply to {request:?}: {}",
             reply.line
         );
-        Ok(reply)
+        Some(reply)
     }
 
     /// What an ERROR reply says of the request, after following the leader.
@@ -601,6 +651,9 @@ pub struct Config {
     pub server_args: Vec<String>,
     /// The clients' and the harness's TLS, for nodes started with TLS flags.
     pub tls: Option<Arc<ClientConfig>>,
+    /// Auth on before the clients start, each client logging in on every
+    /// new connection (see [`FaultCluster::set_up_auth`]).
+    pub auth: bool,
     pub clients: usize,
     pub keys: usize,
     /// Each client pauses up to this long between operations: clients
@@ -614,6 +667,7 @@ impl Config {
             nodes: n,
             server_args: Vec::new(),
             tls: None,
+            auth: false,
             clients: 5,
             keys: 3,
             think: Duration::from_millis(4),
@@ -682,7 +736,10 @@ impl Run {
             start_term: 0,
             cluster,
         };
-        run.cluster.wait_for_leader(Duration::from_secs(10));
+        let leader = run.cluster.wait_for_leader(Duration::from_secs(10));
+        if config.auth {
+            run.cluster.set_up_auth(leader);
+        }
         run.start_term = run.cluster.max_term();
         for id in 1..=config.clients as u64 {
             let mut w = Worker::new(id, &run.cluster, run.history.clone(), epoch, seed);

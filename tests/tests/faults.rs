@@ -7,6 +7,7 @@
 //! A failing scenario keeps its directory (node logs, data, history.jsonl)
 //! and prints its path. Scenarios run one at a time (see `serial`).
 
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -75,14 +76,10 @@ fn leader_kill_loop() {
     });
 }
 
-/// The fault run over TLS: clients and peers (through the proxies) speak
-/// TLS, leaders are killed and partitioned off, and the history must still
-/// check as linearizable.
-#[test]
-fn leader_kill_and_partition_over_tls() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "fault-ca");
+/// Nodes that speak TLS to clients and peers (peers through the proxies),
+/// their certificates in `dir`; the clients trust their CA.
+fn over_tls(dir: &Path) -> Config {
+    let ca = TestCa::new(dir, "fault-ca");
     // The nodes listen on 127.0.0.11.. and the proxies on 127.0.0.1.
     let node = ca.leaf(
         "node",
@@ -106,26 +103,64 @@ fn leader_kill_and_partition_over_tls() {
         trusted_ca: Some(ca.cert_file.clone()),
     };
     config.tls = Some(poncho_tls::client_config(&files, "test").unwrap().0);
-    let mut run = Run::start("leader_kill_and_partition_over_tls", config);
-    run.nemesis(NEMESIS, |c, rng| {
-        let Some((l, _)) = leader(c) else { return };
-        if rng.gen_bool(0.5) {
-            c.kill(l);
-            sleep(ms(500));
-            c.restart(l);
-        } else {
-            let rest = others(c, l);
-            c.partition(&[vec![l], rest]);
-            sleep(ms(700));
-            c.heal();
-        }
-        sleep(ms(400));
-    });
+    config
+}
+
+/// One nemesis round: the leader is killed and restarted, or partitioned
+/// off and healed.
+fn kill_or_partition_leader(c: &mut FaultCluster, rng: &mut StdRng) {
+    let Some((l, _)) = leader(c) else { return };
+    if rng.gen_bool(0.5) {
+        c.kill(l);
+        sleep(ms(500));
+        c.restart(l);
+    } else {
+        let rest = others(c, l);
+        c.partition(&[vec![l], rest]);
+        sleep(ms(700));
+        c.heal();
+    }
+    sleep(ms(400));
+}
+
+/// The fault run over TLS: clients and peers (through the proxies) speak
+/// TLS, leaders are killed and partitioned off, and the history must still
+/// check as linearizable.
+#[test]
+fn leader_kill_and_partition_over_tls() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let name = "leader_kill_and_partition_over_tls";
+    let mut run = Run::start(name, over_tls(dir.path()));
+    run.nemesis(NEMESIS, kill_or_partition_leader);
     run.finish(Expect {
         min_faults: 4,
         min_elections: 3,
         min_ok: 200,
     });
+}
+
+/// The same with auth on as well: every client logs in (as a user with
+/// readwrite on the workload's keys) on each new connection before its
+/// session and writes, and the harness as root.
+#[test]
+fn leader_kill_and_partition_over_tls_with_auth() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = over_tls(dir.path());
+    config.auth = true;
+    let mut run = Run::start("leader_kill_and_partition_over_tls_with_auth", config);
+    run.nemesis(NEMESIS, kill_or_partition_leader);
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 3,
+        min_ok: 200,
+    });
+    // Auth was on throughout: a connection that has not logged in is refused.
+    let leader = run.cluster.wait_for_leader(Duration::from_secs(10));
+    let mut anon = run.cluster.client(leader, Duration::from_secs(5)).unwrap();
+    let reply = anon.get("k0").unwrap();
+    assert_eq!(reply["payload"]["code"], "UNAUTHENTICATED", "{reply}");
 }
 
 #[test]
