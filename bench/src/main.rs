@@ -13,6 +13,10 @@
 //! each is opened, its handshake done and its session registered blocking,
 //! then driven nonblocking through [`MaybeTls`]; a plaintext run keeps plain
 //! sockets (`MaybeTls::Plain`).
+//!
+//! With `--user NAME` (the password from `$PONCHO_PASSWORD`), every poncho
+//! connection logs in (`AUTHENTICATE`) before it opens its session, and so
+//! does each STATUS that finds the leader.
 
 mod etcd;
 mod idle;
@@ -29,7 +33,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use poncho_client::{ClientError, Connection, MaybeTls, Tls, TlsFiles};
+use poncho_client::{ClientError, Connection, Credentials, MaybeTls, OpenError, Tls, TlsFiles};
 use poncho_protocol::{ErrorCode, LineBuffer, ReplyEnvelope};
 use rand::rngs::StdRng as SmallRng;
 use rand::{Rng, SeedableRng};
@@ -117,6 +121,10 @@ struct Args {
     /// The client certificate's private key (PEM).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// poncho with auth enabled: every connection logs in as this user,
+    /// with the password in $PONCHO_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -238,17 +246,27 @@ fn client_id_of(reply: &ReplyEnvelope) -> Result<u64, String> {
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a session on a new (blocking) connection to `leader`, over TLS if
-/// `tls` says so, which the bench then drives on its own: the stream and
-/// the session's client_id.
+/// `tls` says so and logged in first with `credentials` if there are any,
+/// which the bench then drives on its own: the stream and the session's
+/// client_id.
 fn register(
     std: StdTcpStream,
     leader: SocketAddr,
     tls: Option<&Tls>,
+    credentials: Option<&Credentials>,
 ) -> Result<(MaybeTls<StdTcpStream>, u64), String> {
     let failed = |e: String| format!("cannot open a client session: {e}");
     let deadline = Instant::now() + OPEN_TIMEOUT;
     let mut conn = Connection::on_stream(std, &leader.to_string(), deadline, tls)
         .map_err(|e| format!("connect {leader}: {e}"))?;
+    if let Some(credentials) = credentials {
+        poncho_client::authenticate(&mut conn, credentials, deadline, None, false).map_err(
+            |e| match e {
+                OpenError::Conn(e) => format!("logging in at {leader}: {e}"),
+                OpenError::Refused(e) => e.message(),
+            },
+        )?;
+    }
     let client_id = poncho_client::register(&mut conn, deadline).map_err(|e| match e {
         // The error reply as the server sent it.
         ClientError::Server(e) => failed(serde_json::to_string(&e).unwrap_or_default()),
@@ -282,17 +300,39 @@ fn tls_from(args: &Args) -> Result<Option<Tls>, String> {
     Ok(Some(tls))
 }
 
-/// Finds the leader through STATUS on any reachable member.
-fn find_leader(cluster: &[SocketAddr], tls: Option<&Tls>) -> Result<SocketAddr, String> {
+/// The credentials `--user` asks for, the password from `password` (the
+/// value of $PONCHO_PASSWORD); `None` without `--user`.
+fn credentials_from(args: &Args, password: Option<String>) -> Result<Option<Credentials>, String> {
+    let Some(user) = &args.user else {
+        return Ok(None);
+    };
+    if args.target != Target::Poncho {
+        return Err("--user is for --target poncho".into());
+    }
+    match password.filter(|p| !p.is_empty()) {
+        Some(password) => Ok(Some(Credentials::new(user.clone(), password))),
+        None => Err(format!(
+            "--user {user}: set $PONCHO_PASSWORD to the user's password"
+        )),
+    }
+}
+
+/// Finds the leader through STATUS on any reachable member (logged in
+/// first with `credentials`, if any).
+fn find_leader(
+    cluster: &[SocketAddr],
+    tls: Option<&Tls>,
+    credentials: Option<&Credentials>,
+) -> Result<SocketAddr, String> {
     let addrs: Vec<String> = cluster.iter().map(SocketAddr::to_string).collect();
-    poncho_client::find_leader_with(&addrs, LEADER_TIMEOUT, tls)
+    poncho_client::find_leader_as(&addrs, LEADER_TIMEOUT, tls, credentials)
         .and_then(|leader| leader.parse().ok())
         .ok_or_else(|| {
             // Why, node by node (a TLS refusal, say), asked once more.
             let why: Vec<String> = addrs
                 .iter()
                 .map(
-                    |a| match poncho_client::status_with(a, LEADER_TIMEOUT, tls).0 {
+                    |a| match poncho_client::status_as(a, LEADER_TIMEOUT, tls, credentials).0 {
                         Ok(status) => format!("{a}: a {} that knows no leader", status.role),
                         Err(e) => format!("{a}: {e}"),
                     },
@@ -444,8 +484,9 @@ struct Outcome {
 fn run(args: &Args) -> Result<Outcome, String> {
     let mix = parse_mix(&args.mix)?;
     let tls = tls_from(args)?;
+    let credentials = credentials_from(args, std::env::var("PONCHO_PASSWORD").ok())?;
     let leader = match args.target {
-        Target::Poncho => find_leader(&args.cluster, tls.as_ref())?,
+        Target::Poncho => find_leader(&args.cluster, tls.as_ref(), credentials.as_ref())?,
         Target::Etcd => etcd::find_leader(&args.cluster)?,
     };
     let mut generator = Generator::new(args, leader, mix);
@@ -457,6 +498,7 @@ fn run(args: &Args) -> Result<Outcome, String> {
             args.target,
             leader,
             tls.as_ref(),
+            credentials.as_ref(),
             &poll,
             Token(i),
         )?);
@@ -530,18 +572,21 @@ fn preload(
 
 impl Conn {
     /// Connects to `leader` (a poncho connection in a session of its own,
-    /// over TLS if `tls` is given) and registers the stream with `poll`
-    /// under `token`.
+    /// over TLS if `tls` is given, logged in with `credentials` if given)
+    /// and registers the stream with `poll` under `token`.
     fn open(
         target: Target,
         leader: SocketAddr,
         tls: Option<&Tls>,
+        credentials: Option<&Credentials>,
         poll: &Poll,
         token: Token,
     ) -> Result<Conn, String> {
         let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
         let (std, session) = match target {
-            Target::Poncho => register(std, leader, tls).map(|(s, id)| (s, Some(id)))?,
+            Target::Poncho => {
+                register(std, leader, tls, credentials).map(|(s, id)| (s, Some(id)))?
+            }
             Target::Etcd => (MaybeTls::Plain(std), None),
         };
         let sock = std.get_ref();
@@ -909,6 +954,67 @@ fn print_text(args: &Args, outcome: &Outcome) {
             "  idle connections: {idle} held ({stalled} stalled mid-line); at the end {} open, \
              {} closed by the server",
             idle_end.open, idle_end.closed
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    #[test]
+    fn user_needs_the_password_from_the_environment_and_the_poncho_target() {
+        let args =
+            |extra: &[&str]| Args::try_parse_from(["poncho-bench"].iter().chain(extra)).unwrap();
+        assert_eq!(credentials_from(&args(&[]), None), Ok(None));
+        let alice = args(&["--user", "alice"]);
+        assert_eq!(
+            credentials_from(&alice, Some("pw".into())),
+            Ok(Some(Credentials::new("alice", "pw")))
+        );
+        for missing in [None, Some(String::new())] {
+            let e = credentials_from(&alice, missing).unwrap_err();
+            assert!(e.contains("PONCHO_PASSWORD"), "{e}");
+        }
+        let etcd = args(&["--user", "alice", "--target", "etcd"]);
+        assert!(credentials_from(&etcd, Some("pw".into())).is_err());
+    }
+
+    #[test]
+    fn a_connection_logs_in_before_it_opens_its_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut lines = BufReader::new(stream).lines();
+            let mut seen = Vec::new();
+            for reply in [
+                r#"{"msg_type":"AUTHENTICATE","req_id":0,"payload":{"user":"alice"}}"#,
+                r#"{"msg_type":"REGISTER_CLIENT","payload":{"client_id":12}}"#,
+            ] {
+                seen.push(lines.next().unwrap().unwrap());
+                writer.write_all(format!("{reply}\n").as_bytes()).unwrap();
+            }
+            seen
+        });
+        let credentials = Credentials::new("alice", "pw-secret");
+        let std = StdTcpStream::connect(addr).unwrap();
+        let (_, client_id) = register(std, addr, None, Some(&credentials)).unwrap();
+        assert_eq!(client_id, 12);
+        let seen = node.join().unwrap();
+        assert!(
+            seen[0].contains(r#""msg_type":"AUTHENTICATE""#),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[0].contains(r#""user":"alice""#), "{}", seen[0]);
+        assert!(
+            seen[1].contains(r#""msg_type":"REGISTER_CLIENT""#),
+            "{}",
+            seen[1]
         );
     }
 }
