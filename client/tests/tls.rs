@@ -3,6 +3,7 @@
 //! client certificates, and every refusal as a clear, final error.
 
 #[path = "../../tests/src/certs.rs"]
+#[allow(dead_code)] // leaf_as, for the end-to-end tests
 mod certs;
 #[path = "support/tls_node.rs"]
 mod tls_node;
