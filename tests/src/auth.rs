@@ -97,6 +97,11 @@ impl StatusPoller {
         self.conns_mut().clear();
     }
 
+    /// Whom STATUS is asked as, if anyone.
+    pub fn login(&self) -> Option<&Login> {
+        self.login.as_ref()
+    }
+
     fn conns_mut(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Client>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use poncho_client::{in_session, ClusterClient, Route};
+use poncho_client::{in_session, ClusterClient, Credentials, Route};
 use poncho_protocol::{decode_request, ClientRequest, GetRequest, Request};
 use poncho_tls::rustls::{ClientConfig, ClientConnection};
 use poncho_tls::MaybeTls;
@@ -356,7 +356,8 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
     /// What the harness's own connections speak: TLS with this, or plain.
     tls: Option<Arc<ClientConfig>>,
-    /// How the harness asks for STATUS (as which user, once auth is on).
+    /// How the harness asks for STATUS (as which user, once auth is on);
+    /// its login is also [`cluster_client`]'s.
     poller: StatusPoller,
 }
 
@@ -496,9 +497,10 @@ impl Cluster {
         self.poller.status(self.addr(id), || self.try_client(id))
     }
 
-    /// From now on the harness asks for STATUS as `login`: for a cluster
-    /// with auth enabled.
-    pub fn status_as(&mut self, login: Login) {
+    /// From now on the harness logs in as `login` (STATUS,
+    /// [`write_with_retry`], [`read_with_retry`]): for a cluster with auth
+    /// enabled.
+    pub fn log_in_as(&mut self, login: Login) {
         self.poller.log_in_as(login);
     }
 
@@ -709,8 +711,13 @@ pub fn read_with_retry(cluster: &Cluster, key: &str, timeout: Duration) -> Value
 /// A client of every node of `cluster`, node 1 first.
 fn cluster_client(cluster: &Cluster, timeout: Duration) -> ClusterClient {
     let addrs = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    let credentials = cluster
+        .poller
+        .login()
+        .map(|l| Credentials::new(&l.user, &l.password));
     ClusterClient::new(addrs, timeout, false)
         .with_tls(cluster.tls.clone().map(poncho_client::Tls::from_config))
+        .with_credentials(credentials)
 }
 
 /// A request written as JSON, decoded as the server would.

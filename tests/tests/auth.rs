@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use poncho_tests::auth::{add_role, add_user, authenticate_line, enable_auth, log_in, must, Login};
 use poncho_tests::certs::{Leaf, TestCa};
-use poncho_tests::{Client, Cluster, Transcript};
+use poncho_tests::{read_with_retry, write_with_retry, Client, Cluster, Transcript};
 use poncho_tls::TlsFiles;
 use serde_json::{json, Value};
 
@@ -86,7 +86,7 @@ impl World {
     fn set_up_rbac(&mut self) -> Client {
         let mut admin = self.anon(self.leader);
         enable_auth(&mut admin, &root());
-        self.cluster.status_as(root());
+        self.cluster.log_in_as(root());
         add_role(&mut admin, "app", &[("prefix", "app/")], "readwrite");
         add_role(&mut admin, "cfg", &[("key", "config")], "read");
         add_role(&mut admin, "logs", &[("prefix", "logs/")], "write");
@@ -630,6 +630,14 @@ fn auth_survives_restarts_and_snapshots() {
     assert_eq!(outcome(&reply, "SET"), "ok", "{reply}");
     let reply = request(&mut w.anon(w.leader), "GET", json!({"key": "app/a"}));
     assert_eq!(outcome(&reply, "GET"), "UNAUTHENTICATED", "{reply}");
+    // poncho-client's ClusterClient logs in as root (the harness's login)
+    // wherever it connects, before its session and write.
+    let set = json!({"msg_type": "SET", "payload": {"key": "other", "value": "by root"}});
+    write_with_retry(&w.cluster, &set, ELECTION);
+    assert_eq!(
+        read_with_retry(&w.cluster, "other", ELECTION)["value"],
+        "by root"
+    );
     for id in 1..=3 {
         assert_node_enforces(&w, id);
     }
