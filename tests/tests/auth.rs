@@ -196,19 +196,43 @@ fn keys_of(reply: &Value) -> Vec<String> {
         .collect()
 }
 
+/// One connection per user of the table, and one that never logged in
+/// (`anon`), all to the leader.
+type Conns = BTreeMap<&'static str, Client>;
+
 #[test]
 fn rbac_table_of_users_operations_and_keys() {
     // Debug logging: the secrets check at the end covers the most verbose log.
     let mut w = World::start(3, &["--log-level", "debug"]);
     let mut admin = w.set_up_rbac();
     let l = w.leader;
-    let mut conns: BTreeMap<&str, Client> = BTreeMap::new();
+    let mut conns: Conns = BTreeMap::new();
     conns.insert("alice", w.conn(l, &alice()));
     conns.insert("bob", w.conn(l, &bob()));
     conns.insert("carol", w.conn(l, &carol()));
     conns.insert("anon", w.anon(l));
     conns.insert("root", w.conn(l, &root()));
+    assert_keys_lists(&mut conns);
+    assert_key_table(&mut conns, &mut admin);
+    assert_admin_rows(&mut conns, &mut admin);
+    assert_follower(&w, &mut admin);
+    // Root turns auth off: then anyone may do anything.
+    let reply = request(
+        conns.get_mut("root").unwrap(),
+        "AUTH",
+        json!({"op": "disable"}),
+    );
+    assert_eq!(reply["payload"]["enabled"], false, "{reply}");
+    let reply = request(
+        conns.get_mut("anon").unwrap(),
+        "SET",
+        json!({"key": "other", "value": "anyone"}),
+    );
+    assert_eq!(outcome(&reply, "SET"), "ok", "{reply}");
+    w.assert_no_secrets();
+}
 
+fn assert_keys_lists(conns: &mut Conns) {
     // KEYS lists only what the user may read; never an error once logged in.
     let all: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
     for (user, prefix, want) in [
@@ -228,7 +252,9 @@ fn rbac_table_of_users_operations_and_keys() {
     }
     let reply = request(conns.get_mut("anon").unwrap(), "KEYS", json!({}));
     assert_eq!(outcome(&reply, "KEYS"), "UNAUTHENTICATED", "{reply}");
+}
 
+fn assert_key_table(conns: &mut Conns, admin: &mut Client) {
     // Keys: app/a, config, configx, logs/l, other.
     let others = [
         ("anon", "uuuuu"),
@@ -236,14 +262,14 @@ fn rbac_table_of_users_operations_and_keys() {
         ("bob", "ddddd"),
         ("alice", "ooddd"),
     ];
-    run_key_row(&mut conns, "GET", &others);
-    run_key_row(&mut conns, "GET", &[("root", "ooooo")]);
+    run_key_row(conns, "GET", &others);
+    run_key_row(conns, "GET", &[("root", "ooooo")]);
     let others_set = [others[0], others[1], ("bob", "dddod"), ("alice", "odddd")];
-    run_key_row(&mut conns, "SET", &others_set);
+    run_key_row(conns, "SET", &others_set);
     // Only the allowed writes were applied.
     let v0 = KEYS.map(|k| format!("v0-{k}"));
     assert_values(
-        &mut admin,
+        admin,
         [
             Some("set-by-alice"),
             Some(&v0[1]),
@@ -252,20 +278,20 @@ fn rbac_table_of_users_operations_and_keys() {
             Some(&v0[4]),
         ],
     );
-    run_key_row(&mut conns, "SET", &[("root", "ooooo")]);
+    run_key_row(conns, "SET", &[("root", "ooooo")]);
     // CAS needs read and write: bob (write only) and alice on config (read
     // only) are refused.
     let others_cas = [others[0], others[1], ("bob", "ddddd"), ("alice", "odddd")];
-    run_key_row(&mut conns, "CAS", &others_cas);
+    run_key_row(conns, "CAS", &others_cas);
     let root_set = Some("set-by-root");
     assert_values(
-        &mut admin,
+        admin,
         [Some("cas-by-alice"), root_set, root_set, root_set, root_set],
     );
-    run_key_row(&mut conns, "CAS", &[("root", "ooooo")]);
-    run_key_row(&mut conns, "DELETE", &others_set);
+    run_key_row(conns, "CAS", &[("root", "ooooo")]);
+    run_key_row(conns, "DELETE", &others_set);
     assert_values(
-        &mut admin,
+        admin,
         [
             None,
             Some("cas-by-root"),
@@ -274,8 +300,10 @@ fn rbac_table_of_users_operations_and_keys() {
             Some("cas-by-root"),
         ],
     );
-    run_key_row(&mut conns, "DELETE", &[("root", "ooooo")]);
+    run_key_row(conns, "DELETE", &[("root", "ooooo")]);
+}
 
+fn assert_admin_rows(conns: &mut Conns, admin: &mut Client) {
     // Requests about users, roles and auth: root only; STATUS and AUTH
     // status any user; HEALTHCHECK anyone.
     let rows: [(&str, Value, &str); 6] = [
@@ -312,7 +340,7 @@ fn rbac_table_of_users_operations_and_keys() {
     }
     let reply = request(conns.get_mut("anon").unwrap(), "HEALTHCHECK", Value::Null);
     assert_eq!(outcome(&reply, "HEALTHCHECK"), "ok", "{reply}");
-    let roles = must(&mut admin, "ROLE", json!({"op": "list"}));
+    let roles = must(admin, "ROLE", json!({"op": "list"}));
     let names: Vec<&str> = roles["roles"]
         .as_array()
         .unwrap()
@@ -322,11 +350,14 @@ fn rbac_table_of_users_operations_and_keys() {
     assert_eq!(names, ["app", "cfg", "extra", "logs"], "{roles}");
     // (root is built in, not listed.) A user record shows roles, never the
     // hash.
-    let users = must(&mut admin, "USER", json!({"op": "get", "name": "alice"}));
+    let users = must(admin, "USER", json!({"op": "get", "name": "alice"}));
     assert_eq!(users["users"][0]["roles"], json!(["app", "cfg"]), "{users}");
+}
 
+fn assert_follower(w: &World, admin: &mut Client) {
     // A follower checks, then redirects writes it may take; it serves
     // stale reads it may.
+    let l = w.leader;
     let f = (1..=3).find(|&id| id != l).unwrap();
     let mut fa = w.conn(f, &alice());
     let mut fb = w.conn(f, &bob());
@@ -346,11 +377,11 @@ fn rbac_table_of_users_operations_and_keys() {
     );
     assert_eq!(outcome(&reply, "ROLE"), "NOT_LEADER", "{reply}");
     assert_eq!(
-        must(&mut admin, "GET", json!({"key": "app/f"}))["value"],
+        must(admin, "GET", json!({"key": "app/f"}))["value"],
         Value::Null
     );
-    must(&mut admin, "SET", json!({"key": "app/s", "value": "s"}));
-    must(&mut admin, "SET", json!({"key": "other", "value": "o"}));
+    must(admin, "SET", json!({"key": "app/s", "value": "s"}));
+    must(admin, "SET", json!({"key": "other", "value": "o"}));
     let stale = |c: &mut Client, key: &str| request(c, "GET", json!({"key": key, "stale": true}));
     let deadline = Instant::now() + ELECTION;
     while stale(&mut fa, "app/s")["payload"]["value"] != "s" {
@@ -368,21 +399,6 @@ fn rbac_table_of_users_operations_and_keys() {
         outcome(&stale(&mut w.anon(f), "app/s"), "GET"),
         "UNAUTHENTICATED"
     );
-
-    // Root turns auth off: then anyone may do anything.
-    let reply = request(
-        conns.get_mut("root").unwrap(),
-        "AUTH",
-        json!({"op": "disable"}),
-    );
-    assert_eq!(reply["payload"]["enabled"], false, "{reply}");
-    let reply = request(
-        conns.get_mut("anon").unwrap(),
-        "SET",
-        json!({"key": "other", "value": "anyone"}),
-    );
-    assert_eq!(outcome(&reply, "SET"), "ok", "{reply}");
-    w.assert_no_secrets();
 }
 
 #[test]
