@@ -19,8 +19,9 @@
 //! it opens (the first, after a redirect, after a lost node, `connect_to`)
 //! sends `AUTHENTICATE` first, before `REGISTER_CLIENT` or any request. A
 //! node that refuses the login ends the request at once with
-//! [`ClientError::Login`]; `UNAUTHENTICATED` and `PERMISSION_DENIED` are
-//! final answers too.
+//! [`ClientError::Login`], and every later one without sending those
+//! credentials again (until [`ClusterClient::login`]); `UNAUTHENTICATED`
+//! and `PERMISSION_DENIED` are final answers too.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -55,6 +56,8 @@ pub struct ClusterClient {
     interrupt: Option<Arc<AtomicBool>>,
     tls: Option<Tls>,
     credentials: Option<Credentials>,
+    /// A node refused `credentials`: the answer to every later attempt.
+    refused_login: Option<ClientError>,
 }
 
 /// The nodes TLS refused during one request, with why: not tried again in it.
@@ -111,6 +114,7 @@ impl ClusterClient {
             interrupt: None,
             tls: None,
             credentials: None,
+            refused_login: None,
         }
     }
 
@@ -129,6 +133,7 @@ impl ClusterClient {
     /// `credentials` (`None`: it does not log in).
     pub fn with_credentials(mut self, credentials: Option<Credentials>) -> ClusterClient {
         self.credentials = credentials;
+        self.refused_login = None;
         self
     }
 
@@ -143,7 +148,10 @@ impl ClusterClient {
     /// (sessions belong to the user who opened them): the next write opens
     /// one. On failure the client keeps the credentials it had.
     pub fn login(&mut self, credentials: Credentials) -> Result<(), ClientError> {
-        let previous = self.credentials.replace(credentials);
+        let previous = (
+            self.credentials.replace(credentials),
+            self.refused_login.take(),
+        );
         if let Some(addr) = self.connected().map(str::to_string) {
             self.targets.redirect(&addr);
         }
@@ -155,7 +163,7 @@ impl ClusterClient {
                 Ok(())
             }
             Err(e) => {
-                self.credentials = previous;
+                (self.credentials, self.refused_login) = previous;
                 Err(e)
             }
         }
@@ -274,20 +282,30 @@ impl ClusterClient {
     }
 
     /// A new connection to `addr`, logged in first if the client has
-    /// credentials.
-    fn open(&self, addr: &str, deadline: Instant) -> Result<Connection, OpenError> {
+    /// credentials; none once a node refused them.
+    fn open(&mut self, addr: &str, deadline: Instant) -> Result<Connection, OpenError> {
+        if let Some(e) = &self.refused_login {
+            return Err(OpenError::Refused(e.clone()));
+        }
         match &self.tls {
             Some(_) => self.note(format!("connecting to {addr} (TLS)")),
             None => self.note(format!("connecting to {addr}")),
         }
         let mut conn =
             Connection::connect(addr, deadline, self.tls.as_ref()).map_err(OpenError::Conn)?;
-        if let Some(credentials) = &self.credentials {
-            self.note(format!("logging in as {:?}", credentials.user()));
-            let interrupt = self.interrupt.as_deref();
-            authenticate(&mut conn, credentials, deadline, interrupt, self.verbose)?;
+        let Some(credentials) = &self.credentials else {
+            return Ok(conn);
+        };
+        self.note(format!("logging in as {:?}", credentials.user()));
+        let interrupt = self.interrupt.as_deref();
+        match authenticate(&mut conn, credentials, deadline, interrupt, self.verbose) {
+            Ok(_) => Ok(conn),
+            Err(OpenError::Refused(e @ ClientError::Login(_))) => {
+                self.refused_login = Some(e.clone());
+                Err(OpenError::Refused(e))
+            }
+            Err(e) => Err(e),
         }
-        Ok(conn)
     }
 
     /// Makes sure there is a connection: the preferred node, else each known

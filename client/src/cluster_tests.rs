@@ -364,8 +364,13 @@ fn a_refused_login_is_final_and_says_why() {
     );
     assert!(!err.message().contains("pw-secret"), "{}", err.message());
     assert_eq!(node.join().unwrap().len(), 1, "nothing after the login");
+    // The next request fails the same way, without trying the password again.
+    let again = client
+        .request(&ClientRequest::Status, Route::Here)
+        .unwrap_err();
+    assert_eq!(again, err);
     other.set_nonblocking(true).unwrap();
-    assert!(other.accept().is_err(), "the other node was tried too");
+    assert!(other.accept().is_err(), "another node was tried");
 }
 
 #[test]
@@ -406,6 +411,7 @@ fn login_opens_a_logged_in_connection_and_a_new_session() {
     assert_eq!(err.code(), "UNAUTHENTICATED");
     assert!(client.credentials().is_none());
     assert_eq!(client.client_id(), Some(41));
+    // A refused login is not remembered against the credentials kept.
     client
         .login(Credentials::new("alice", "pw-secret"))
         .unwrap();
