@@ -211,6 +211,31 @@ fn a_node_with_an_expired_or_wrong_name_certificate_is_refused_by_clients() {
     }
 }
 
+/// Past every place on a TLS port, a connection is refused with a TLS alert,
+/// which a TLS client reports as a refusal. (The OVERLOADED line went out in
+/// plaintext, which the client took for a corrupt record from a server
+/// that does not speak TLS.)
+#[test]
+fn a_connection_refused_for_want_of_places_on_a_tls_port_gets_a_tls_alert() {
+    let pki = pki();
+    let mut flags = tls_flags(&pki, false);
+    flags.extend(["--max-clients".to_string(), "1".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_with(3, &flags);
+    cluster.use_tls(client_config(&pki.ca, None));
+    cluster.wait_for_leader(ELECTION);
+    // Every place taken: one client, and the room past it (2 per peer + 8).
+    let _held: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(cluster.addr(1)).unwrap())
+        .collect();
+    sleep(Duration::from_millis(200));
+    let e = exchange_error(&cluster, 1, client_config(&pki.ca, None)).expect("a refusal");
+    assert!(
+        e.contains("alert") && !e.contains("does not speak TLS"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_stalled_tls_handshake_is_closed_by_its_deadline() {
     let pki = pki();

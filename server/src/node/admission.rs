@@ -29,7 +29,7 @@ use mio::Interest;
 use poncho_protocol::{encode_error, ErrorCode, ErrorReply, NodeId};
 
 use super::conn::ConnRole;
-use super::tls::TLS_HANDSHAKE_TIMEOUT;
+use super::tls::{REFUSAL_ALERT, TLS_HANDSHAKE_TIMEOUT};
 use super::{fds, Node, NodeConfig};
 
 /// File descriptors kept for everything but connections: stdio, the poll,
@@ -394,14 +394,19 @@ impl Node {
         }
     }
 
-    /// Answers a connection it cannot keep with OVERLOADED and closes it.
+    /// Answers a connection it cannot keep with OVERLOADED (on a TLS port,
+    /// a TLS alert: the client reads no plaintext there) and closes it.
     /// What the client already sent is read first and the write side shut
     /// down before the close, so that the close does not reset the
     /// connection over the answer.
     fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, port: Port, why: &str) {
         let _ = stream.read(self.conns.read_buffer());
         let mut line = Vec::new();
-        encode_error(&mut line, None, &self.admission.full(port));
+        if self.tls.speaks_tls(port) {
+            line.extend_from_slice(&REFUSAL_ALERT);
+        } else {
+            encode_error(&mut line, None, &self.admission.full(port));
+        }
         let _ = stream.write(&line);
         let _ = stream.shutdown(Shutdown::Write);
         drop(stream);

@@ -38,6 +38,11 @@ use super::log_limiter::LogLimiter;
 /// A TLS handshake on an accepted connection must be done this long after
 /// the connection was accepted, or the connection is closed.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a connection refused as it is accepted on a TLS port gets, in
+/// place of a plaintext `OVERLOADED` line its client could not read: a TLS
+/// record (content type 21, version 3.3, 2 bytes) holding a fatal
+/// `internal_error` alert, which a TLS client reports as a refusal.
+pub const REFUSAL_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
 /// A refused peer certificate's common name is shown up to this many
 /// characters.
 const MAX_CN_SHOWN: usize = 64;
@@ -198,6 +203,14 @@ impl Tls {
         let named = ParsedCertificate::try_from(cert)
             .is_ok_and(|parsed| verify_server_name(&parsed, &name).is_ok());
         (!named).then(|| format!("its certificate does not name the member's address {member}"))
+    }
+
+    /// Whether `port` speaks TLS.
+    pub fn speaks_tls(&self, port: Port) -> bool {
+        match port {
+            Port::Client => self.server.is_some(),
+            Port::Peer => self.peer_server.is_some(),
+        }
     }
 
     /// A connection accepted on `port`, wrapped as that port speaks.
