@@ -653,7 +653,8 @@ fn a_hello_flood_from_other_addresses_leaves_room_for_the_members() {
 /// The peer port (`--peer-addr`) counts its connections apart from the
 /// client port's: connections there take no client's place, and clients
 /// filling every place on the client port (`--max-clients` and the room past
-/// it) do not keep a peer out of the peer port. (Both ports shared the
+/// it) do not keep a peer out of the peer port; one there that says nothing
+/// is closed after 5 s. (Both ports shared the
 /// client counters: the peer port's connections were clients until their
 /// hello.)
 #[test]
@@ -676,7 +677,6 @@ fn the_peer_port_counts_its_connections_apart_from_the_clients() {
     for (i, c) in clients.iter_mut().enumerate() {
         assert!(healthy(c), "client {i} was refused a place");
     }
-    drop(quiet);
     // Every place on the client port taken: 2 clients, the room past them
     // (2 per peer + 8) on probation, and more refused.
     let crowd: Vec<TcpStream> = (0..20)
@@ -698,6 +698,18 @@ fn the_peer_port_counts_its_connections_apart_from_the_clients() {
         "the peer was kept out: {challenge:?}"
     );
     drop(crowd);
+    // A connection on the peer port that never says hello is closed after
+    // 5 s, and told why.
+    let mut silent = BufReader::new(&quiet[0]);
+    quiet[0]
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut line = String::new();
+    let _ = silent.read_line(&mut line);
+    assert!(
+        line.contains("must begin the peer handshake within 5 s"),
+        "{line}"
+    );
 }
 
 /// A member keeps at most 2 proven connections to a node, even under

@@ -288,6 +288,19 @@ impl Admission {
     }
 }
 
+/// The refusal of a connection on node `id`'s peer port that did not begin
+/// its handshake in time.
+fn no_hello(id: NodeId) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unauthenticated,
+        format!(
+            "this is node {id}'s peer port: a connection must begin the peer handshake within \
+             {} s; closing the connection",
+            PROBATION.as_secs()
+        ),
+    )
+}
+
 /// Counts one in or out under `key`; a count that reaches 0 is forgotten,
 /// so the map holds only what is in progress.
 fn count_in<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, added: bool) {
@@ -530,15 +543,7 @@ impl Node {
                     self.cut(key, &error, "on probation and not a peer's");
                 }
                 Cut::NotAPeer { peer_port: true } => {
-                    let error = ErrorReply::new(
-                        ErrorCode::Unauthenticated,
-                        format!(
-                            "this is node {}'s peer port: a connection must begin the peer \
-                             handshake within {} s; closing the connection",
-                            self.config.id,
-                            PROBATION.as_secs()
-                        ),
-                    );
+                    let error = no_hello(self.config.id);
                     self.cut(key, &error, "no hello on the peer port");
                 }
                 Cut::Partial => {
