@@ -182,16 +182,18 @@ impl KvStore {
                 ),
             ));
         }
-        // Either way the entry uses the session: it moves to the back of
-        // `sessions_by_use`.
-        let previous_use = std::mem::replace(&mut session.last_used_index, index);
-        session.last_used_ts_ms = self.clock_ms;
         let retry = seq == session.last_seq;
         if !retry {
+            // Refused before the session is touched, like the refusals
+            // above: a denied write does not use the session.
             if let Err(denied) = self.auth.check(user.as_deref(), op.needs()) {
                 return ApplyResult::Error(denied);
             }
         }
+        // Either way the entry uses the session: it moves to the back of
+        // `sessions_by_use`.
+        let previous_use = std::mem::replace(&mut session.last_used_index, index);
+        session.last_used_ts_ms = self.clock_ms;
         let result = if retry {
             // A retry: answer as the first time.
             ApplyResult::clone(&session.result)
@@ -230,6 +232,23 @@ impl KvStore {
 
     /// Adds `session` as `client_id` (replacing one of that id, which apply
     /// never has: an id is its registration's index), with its bookkeeping.
+    /// What apply keeps true of the session index, checked by the tests
+    /// after every entry: one `sessions_by_use` entry per session, at its
+    /// last use, and the byte count the sum of the sessions'.
+    #[cfg(test)]
+    pub(super) fn check_session_index(&self) {
+        assert_eq!(self.sessions_by_use.len(), self.sessions.len());
+        for (client_id, session) in self.sessions.iter() {
+            assert_eq!(
+                self.sessions_by_use.get(&session.last_used_index),
+                Some(client_id),
+                "session {client_id} is not indexed at its last use"
+            );
+        }
+        let bytes: usize = self.sessions.values().map(|s| s.bytes).sum();
+        assert_eq!(bytes, self.session_bytes);
+    }
+
     pub(super) fn insert_session(&mut self, client_id: u64, session: Session) {
         let (index, bytes) = (session.last_used_index, session.bytes);
         if let Some(old) = self.sessions.insert(client_id, session) {

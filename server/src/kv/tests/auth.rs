@@ -199,6 +199,58 @@ fn a_session_is_its_users_alone() {
     assert_eq!(error_code(&unregistered), ErrorCode::Unauthenticated);
 }
 
+/// A write denied when applied (its permission revoked after it was
+/// proposed) leaves the session as it was: later writes, expiry and
+/// eviction find the session index whole. (It was once moved in the
+/// session and not in the index, and eviction then panicked on every node.)
+#[test]
+fn a_write_denied_in_a_session_leaves_the_session_index_whole() {
+    let mut f = cluster_with_users();
+    f.store.max_sessions = 3;
+    let register = |f: &mut Feed| match as_user(f, Some("alice"), Op::RegisterClient) {
+        ApplyResult::Register(r) => r.client_id,
+        other => panic!("{other:?}"),
+    };
+    let id = register(&mut f);
+    let write = |f: &mut Feed, seq: u64| {
+        f.command(Command {
+            op: set("app/s", "v"),
+            client_id: Some(id),
+            seq: Some(seq),
+            user: Some("alice".into()),
+            ts_ms: 0,
+        })
+    };
+    ok(write(&mut f, 1));
+    ok(auth(
+        &mut f,
+        Some("root"),
+        AuthOp::RoleRevoke {
+            name: "app".into(),
+            keys: prefix("app/"),
+        },
+    ));
+    for seq in 2..5 {
+        assert_eq!(error_code(&write(&mut f, seq)), ErrorCode::PermissionDenied);
+    }
+    ok(auth(
+        &mut f,
+        Some("root"),
+        AuthOp::RoleGrant {
+            name: "app".into(),
+            keys: prefix("app/"),
+            access: Access::Readwrite,
+        },
+    ));
+    ok(write(&mut f, 10));
+    // More sessions than the cap: the oldest are evicted, ours among them.
+    for _ in 0..4 {
+        register(&mut f);
+    }
+    assert_eq!(f.store.session_count(), 3);
+    assert_eq!(error_code(&write(&mut f, 11)), ErrorCode::SessionExpired);
+}
+
 #[test]
 fn listings_show_only_what_the_user_may_read() {
     let mut f = cluster_with_users();

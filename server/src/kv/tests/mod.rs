@@ -72,9 +72,12 @@ impl Feed {
 
     fn command(&mut self, command: Command) -> ApplyResult {
         let index = self.store.last_applied() + 1;
-        self.store
+        let result = self
+            .store
             .apply(&command_entry(index, &command))
-            .expect("a command entry gives a result")
+            .expect("a command entry gives a result");
+        self.store.check_session_index();
+        result
     }
 
     fn plain(&mut self, op: Op) -> ApplyResult {
