@@ -156,17 +156,19 @@ impl KvStore {
             Readable::All => return self.keys(prefix, limit),
             Readable::Ranges(ranges) => ranges,
         };
-        let mut keys = std::collections::BTreeSet::new();
+        // Disjoint and in key order: each range's keys follow the last's.
+        let mut keys = Vec::new();
         for range in &ranges {
+            if keys.len() >= limit {
+                break;
+            }
             match range {
-                KeyRange::Key(k) if self.data.get(k).is_some() => {
-                    keys.insert(k.clone());
-                }
+                KeyRange::Key(k) if self.data.get(k).is_some() => keys.push(k.clone()),
                 KeyRange::Key(_) => {}
-                KeyRange::Prefix(p) => keys.extend(self.data.keys(p, limit)),
+                KeyRange::Prefix(p) => keys.extend(self.data.keys(p, limit - keys.len())),
             }
         }
-        keys.into_iter().take(limit).collect()
+        keys
     }
 
     /// Users, roles and whether auth is on, as applied so far.
