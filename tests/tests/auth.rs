@@ -473,6 +473,11 @@ fn a_role_change_takes_effect_on_open_connections() {
     must(&mut admin, "USER", json!({"op": "delete", "name": "alice"}));
     assert_eq!(set(&mut a), "UNAUTHENTICATED");
     assert_eq!(get(&mut a), "UNAUTHENTICATED");
+    // A new alice (same name, the same role) is not the one who logged in.
+    let readd = json!({"op": "add", "name": "alice", "password": "pw-alice-2nd-9Zx"});
+    must(&mut admin, "USER", readd);
+    must(&mut admin, "USER", role("grant-role"));
+    assert_eq!(set(&mut a), "UNAUTHENTICATED");
     w.assert_no_secrets();
 }
 
@@ -770,7 +775,7 @@ fn refused_changes_new_passwords_and_sessions_owned_by_their_user() {
     assert!(log_in(&mut w.anon(w.leader), &root()).unwrap());
 
     // A new password: the old one stops working, the new one works, and a
-    // connection logged in before stays logged in.
+    // connection logged in with the old one is logged out.
     let mut before = w.conn(w.leader, &alice());
     let passwd = json!({"op": "passwd", "name": "alice", "password": NEW_ALICE_PW});
     must(&mut admin, "USER", passwd);
@@ -783,7 +788,8 @@ fn refused_changes_new_passwords_and_sessions_owned_by_their_user() {
         }
         outcome(&request(c, "SET", payload), "SET")
     };
-    assert_eq!(set(&mut before, "app/b", json!({})), "ok");
+    assert_eq!(set(&mut before, "app/b", json!({})), "UNAUTHENTICATED");
+    assert_eq!(set(&mut after, "app/b", json!({})), "ok");
 
     // A session belongs to the user that opened it: bob may not write in
     // alice's, even to a key he may write; alice may, on another connection.
@@ -798,7 +804,8 @@ fn refused_changes_new_passwords_and_sessions_owned_by_their_user() {
         must(&mut admin, "GET", json!({"key": "logs/s"}))["value"],
         Value::Null
     );
-    assert_eq!(set(&mut before, "app/s", session(2)), "ok");
+    let mut again = w.conn(w.leader, &Login::new("alice", NEW_ALICE_PW));
+    assert_eq!(set(&mut again, "app/s", session(2)), "ok");
     assert_eq!(set(&mut b, "logs/s", json!({})), "ok");
     w.assert_no_secrets();
 }

@@ -113,6 +113,10 @@ pub struct User {
     /// A PHC string (`$argon2id$...`): salted, never the password.
     pub password_hash: String,
     pub roles: BTreeSet<String>,
+    /// The log index that added the user or last set its password: a
+    /// login holds it, and is good only while it is the same (a new
+    /// password, or a user deleted and added again, logs it out).
+    pub since: u64,
 }
 
 impl fmt::Debug for User {
@@ -196,7 +200,12 @@ pub struct AuthStore {
 }
 
 impl AuthStore {
-    pub fn user_add(&mut self, name: &str, password_hash: String) -> Result<(), AuthError> {
+    pub fn user_add(
+        &mut self,
+        name: &str,
+        password_hash: String,
+        since: u64,
+    ) -> Result<(), AuthError> {
         check_name("user", name)?;
         if self.users.contains_key(name) {
             return Err(AuthError::UserExists(name.into()));
@@ -207,6 +216,7 @@ impl AuthStore {
         let user = User {
             password_hash,
             roles: BTreeSet::new(),
+            since,
         };
         self.users.insert(name.to_string(), user);
         Ok(())
@@ -316,13 +326,40 @@ impl AuthStore {
     }
 
     /// Sets `user`'s password hash.
-    pub fn user_passwd(&mut self, user: &str, password_hash: String) -> Result<(), AuthError> {
+    pub fn user_passwd(
+        &mut self,
+        user: &str,
+        password_hash: String,
+        since: u64,
+    ) -> Result<(), AuthError> {
         let u = self
             .users
             .get_mut(user)
             .ok_or_else(|| AuthError::UserNotFound(user.into()))?;
         u.password_hash = password_hash;
+        u.since = since;
         Ok(())
+    }
+
+    /// What a login as `user` holds (see [`User::since`]).
+    pub fn since(&self, user: &str) -> Option<u64> {
+        self.users.get(user).map(|u| u.since)
+    }
+
+    /// Whether a login as `user` that began when its `since` was `since`
+    /// still stands: the user has not been deleted and added again, nor
+    /// had its password changed, since. Always, while auth is off.
+    pub fn login_stands(&self, user: &str, since: u64) -> Result<(), ErrorReply> {
+        match self.since(user) {
+            Some(now) if now != since && self.enabled => Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "user {user:?} has a new password, or was deleted and added again, since \
+                     this connection logged in: log in again"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Turns auth on: only with a `root` user that holds the `root` role.
@@ -588,7 +625,7 @@ mod tests {
     fn store() -> AuthStore {
         let mut s = AuthStore::default();
         for user in ["root", "alice", "bob", "carol"] {
-            s.user_add(user, format!("$argon2id$hash-of-{user}"))
+            s.user_add(user, format!("$argon2id$hash-of-{user}"), 1)
                 .unwrap();
         }
         s.user_grant_role("root", ROOT).unwrap();
@@ -685,7 +722,7 @@ mod tests {
     fn auth_needs_a_root_user_and_then_cannot_lose_it() {
         let mut s = AuthStore::default();
         assert_eq!(s.enable(), Err(AuthError::NoRootUser));
-        s.user_add("root", "$h".into()).unwrap();
+        s.user_add("root", "$h".into(), 1).unwrap();
         assert_eq!(
             s.enable(),
             Err(AuthError::NoRootUser),
@@ -734,14 +771,14 @@ mod tests {
         );
         for bad in ["", "has space", &"x".repeat(MAX_NAME_BYTES + 1)] {
             assert!(matches!(
-                s.user_add(bad, "$h".into()),
+                s.user_add(bad, "$h".into(), 1),
                 Err(AuthError::NameInvalid(_))
             ));
             assert!(matches!(s.role_add(bad), Err(AuthError::NameInvalid(_))));
         }
         assert_eq!(s.role_add(ROOT), Err(AuthError::RoleExists(ROOT.into())));
         assert_eq!(
-            s.user_add("bob", "$h".into()),
+            s.user_add("bob", "$h".into(), 1),
             Err(AuthError::UserExists("bob".into()))
         );
         s.role_add("many").unwrap();

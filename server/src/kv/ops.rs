@@ -375,12 +375,12 @@ impl AuthStore {
             AuthOp::UserAdd {
                 name,
                 password_hash,
-            } => user(self.user_add(&name, password_hash)),
+            } => user(self.user_add(&name, password_hash, index)),
             AuthOp::UserDelete { name } => user(self.user_delete(&name)),
             AuthOp::UserPasswd {
                 name,
                 password_hash,
-            } => user(self.user_passwd(&name, password_hash)),
+            } => user(self.user_passwd(&name, password_hash, index)),
             AuthOp::UserGrantRole { name, role } => user(self.user_grant_role(&name, &role)),
             AuthOp::UserRevokeRole { name, role } => user(self.user_revoke_role(&name, &role)),
             AuthOp::RoleAdd { name } => role(self.role_add(&name)),

@@ -26,8 +26,8 @@
 //! 4. One line per role, in name order (format 3):
 //!    `{"role":"app","permissions":[{"prefix":"app/","access":"readwrite"}]}`
 //! 5. One line per user, in name order (format 3), with its password's salted
-//!    hash (never the password): `{"user":"alice","password_hash":"$argon2id$..",`
-//!    `"roles":["app"]}`
+//!    hash (never the password) and the index that set it:
+//!    `{"user":"alice","password_hash":"$argon2id$..","roles":["app"],"since":6}`
 //!
 //! Format 3's store line adds `auth_enabled`, `roles` and `users` (the
 //! counts of lines 4 and 5). A format 2 snapshot (before users and roles)
@@ -146,6 +146,7 @@ impl KvSnapshot {
                 user: Cow::Borrowed(name),
                 password_hash: Cow::Borrowed(&user.password_hash),
                 roles: user.roles.iter().cloned().collect(),
+                since: user.since,
             };
             emit_line(&mut buffer, &line, &mut f)?;
         }
@@ -385,7 +386,7 @@ where
             .map_err(|e| format!("snapshot line {n}: not a user line: {e}"))?;
         in_order(n, "user", &mut previous, &u.user)?;
         let bad = |e: super::auth::AuthError| format!("snapshot line {n}: {e}");
-        auth.user_add(&u.user, u.password_hash.into_owned())
+        auth.user_add(&u.user, u.password_hash.into_owned(), u.since)
             .map_err(bad)?;
         for role in &u.roles {
             auth.user_grant_role(&u.user, role).map_err(bad)?;
@@ -538,6 +539,8 @@ struct UserLine<'a> {
     #[serde(borrow)]
     password_hash: Cow<'a, str>,
     roles: Vec<String>,
+    /// The index that added the user or last set its password.
+    since: u64,
 }
 
 /// One key; borrowed from the line when it has no escapes.

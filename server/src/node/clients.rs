@@ -219,7 +219,15 @@ impl Node {
     /// first checked against the connection's user (a write again when it
     /// is applied).
     fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
-        let user = self.conns.get(key).and_then(|c| c.user.clone());
+        let (user, since) = self
+            .conns
+            .get(key)
+            .map_or((None, None), |c| (c.user.clone(), c.user_since));
+        if let (Some(user), Some(since)) = (&user, since) {
+            if let Err(stale) = self.kv.auth().login_stands(user, since) {
+                return self.reply_error_now(key, req_id, &stale);
+            }
+        }
         let read = match Command::from_request(request, now_ms()) {
             Ok(mut write) => {
                 if let Err(denied) = self.kv.auth().check(user.as_deref(), write.op.needs()) {
@@ -252,7 +260,13 @@ impl Node {
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
             ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
-            ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
+            ClientRequest::Authenticate(login) => {
+                let since = self.kv.auth().since(&login.user);
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.login_since = since;
+                }
+                self.start_login(key, req_id, login)
+            }
             ClientRequest::User(UserRequest::Add { name, password }) => {
                 self.start_password_change(key, req_id, PasswordChange::Add { name }, password)
             }

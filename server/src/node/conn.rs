@@ -278,6 +278,13 @@ pub struct Conn {
     /// An AUTHENTICATE is being checked: nothing more is read until it is
     /// answered (see `logins.rs`).
     pub logging_in: bool,
+    /// The logged-in user's `since` (`kv::auth::User`) when its password
+    /// was checked: the login stands while it is the user's `since`. `None`
+    /// for a login by certificate, which no password change undoes.
+    pub user_since: Option<u64>,
+    /// The `since` of the user an AUTHENTICATE in progress names, read when
+    /// the password was sent to be checked.
+    pub login_since: Option<u64>,
     /// Failed logins so far: each answer waits longer.
     pub failed_logins: u32,
 }
@@ -311,6 +318,8 @@ impl Conn {
             last_active: now,
             user: None,
             logging_in: false,
+            user_since: None,
+            login_since: None,
             failed_logins: 0,
         }
     }

@@ -296,6 +296,7 @@ impl Node {
             if ok {
                 conn.failed_logins = 0;
                 conn.user = Some(Arc::from(user.as_str()));
+                conn.user_since = conn.login_since;
                 let reply = AuthenticateReply { user };
                 self.conns
                     .complete(to, |out| encode_reply(out, to.req_id, &reply));
