@@ -189,7 +189,8 @@ pub struct KeySpec {
 }
 
 impl KeySpec {
-    fn check(&self) -> Result<(), InvalidRequest> {
+    /// Exactly one of `key` and `prefix`, within `MAX_KEY_BYTES`.
+    pub fn check(&self) -> Result<(), InvalidRequest> {
         match (&self.key, &self.prefix) {
             (Some(k), None) | (None, Some(k)) => check_range_key(k),
             _ => Err(InvalidRequest::KeyOrPrefix),

@@ -446,7 +446,7 @@ impl AuthStore {
             Need::Read(key) => format!("read key {key:?}"),
             Need::Write(key) => format!("write key {key:?}"),
             Need::ReadWrite(key) => format!("read and write key {key:?}"),
-            _ => "change users, roles or auth (that needs the root role)".to_string(),
+            _ => "manage users, roles or auth (only the root role may)".to_string(),
         };
         let roles: Vec<&str> = self.roles_of(user).collect();
         Err(ErrorReply::new(

@@ -371,6 +371,9 @@ where
         let bad = |e: super::auth::AuthError| format!("snapshot line {n}: {e}");
         auth.role_add(&r.role).map_err(bad)?;
         for p in r.permissions {
+            p.keys
+                .check()
+                .map_err(|e| format!("snapshot line {n}: {e}"))?;
             let permission = Permission {
                 range: p.keys.into(),
                 access: p.access,

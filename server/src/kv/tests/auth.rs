@@ -335,6 +335,20 @@ fn snapshots_carry_users_roles_and_session_owners() {
             "no role \"ghost\"",
         ),
         (
+            "a permission with both a key and a prefix",
+            {
+                let app = lines
+                    .iter()
+                    .position(|l| l.starts_with(r#"{"role":"app""#))
+                    .unwrap();
+                with(
+                    app,
+                    &lines[app].replace(r#""prefix""#, r#""key":"k","prefix""#),
+                )
+            },
+            "either `key` or `prefix`",
+        ),
+        (
             "auth on without root",
             {
                 let root = lines
