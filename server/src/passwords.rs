@@ -33,20 +33,32 @@ pub fn verify(hash: &str, password: &str) -> bool {
     }
 }
 
+/// A fixed hash of a random password, made once: what a login for a user
+/// that does not exist is checked against.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let random = SaltString::generate(&mut OsRng);
+        hash(random.as_str()).unwrap_or_default()
+    })
+}
+
+/// Makes the hash unknown users are checked against now (the password
+/// worker does as it starts), so that the first such login costs no more
+/// than any other.
+pub fn prepare() {
+    dummy_hash();
+}
+
 /// Checks a login for a user that may not exist: against `hash` if it does,
 /// else against a fixed hash of a random password, so that an unknown user
 /// costs the same time as a wrong password and the answer's timing does not
 /// tell which user names exist.
 pub fn verify_login(stored: Option<&str>, password: &str) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
     match stored {
         Some(stored) => verify(stored, password),
         None => {
-            let dummy = DUMMY.get_or_init(|| {
-                let random = SaltString::generate(&mut OsRng);
-                hash(random.as_str()).unwrap_or_default()
-            });
-            let _ = verify(dummy, password);
+            let _ = verify(dummy_hash(), password);
             false
         }
     }

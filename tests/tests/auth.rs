@@ -809,3 +809,134 @@ fn refused_changes_new_passwords_and_sessions_owned_by_their_user() {
     assert_eq!(set(&mut b, "logs/s", json!({})), "ok");
     w.assert_no_secrets();
 }
+
+/// A TCP connection to `to` from the loopback address `from` (another
+/// source than 127.0.0.1, as far as the node can tell).
+fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("{to}: not IPv4");
+    };
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, owned by the TcpStream made of it; both
+    // addresses are valid sockaddr_in of `len` bytes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let local = sockaddr(from, 0);
+        let bound = libc::bind(fd, (&raw const local).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(to.ip().octets(), to.port());
+        let connected = libc::connect(fd, (&raw const remote).cast(), len);
+        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// Logs `login` in over `stream` and returns the reply line.
+fn login_over(stream: std::net::TcpStream, login: &Login) -> Value {
+    use std::io::{BufRead, Write};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = authenticate_line(login).to_string();
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+}
+
+#[test]
+fn a_flood_of_abandoned_logins_from_one_address_does_not_block_logins_from_another() {
+    let mut w = World::start(1, &[]);
+    let _admin = w.set_up_rbac();
+    let addr = w.cluster.addr(w.leader);
+    // Connect, ask for a password check, hang up: from 127.0.0.1, by a few
+    // threads, up to 2,000 connections or 5 s, while alice logs in from
+    // 127.0.0.2.
+    let started = Instant::now();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ghost = format!("{}\n", authenticate_line(&Login::new("ghost", "x")));
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let (sent, ghost) = (sent.clone(), ghost.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                use std::sync::atomic::Ordering::Relaxed;
+                while started.elapsed() < Duration::from_secs(5) && sent.load(Relaxed) < 2000 {
+                    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                        let _ = s.write_all(ghost.as_bytes());
+                        sent.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    sleep(Duration::from_millis(300));
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let reply = login_over(connect_from([127, 0, 0, 2], addr), &alice());
+        outcomes.push(outcome(&reply, "AUTHENTICATE"));
+    }
+    let during = sent.load(std::sync::atomic::Ordering::Relaxed);
+    for thread in flood {
+        thread.join().unwrap();
+    }
+    assert!(during > 50, "the flood sent only {during} logins");
+    assert!(
+        outcomes.iter().all(|o| o == "ok"),
+        "alice's logins during a flood of {during}: {outcomes:?}"
+    );
+    // Root's user changes (hashes) get through after it too.
+    let mut admin = w.conn(w.leader, &root());
+    add_user(&mut admin, &Login::new("dave", CAROL_PW), &[]);
+    assert!(!log_in(&mut w.anon(w.leader), &Login::new("ghost", "x")).unwrap());
+    w.assert_no_secrets();
+}
+
+#[test]
+fn wrong_passwords_for_one_user_on_fresh_connections_are_answered_more_slowly() {
+    let mut w = World::start(1, &[]);
+    let _admin = w.set_up_rbac();
+    // Each guess on a connection of its own: the delay grows per user name
+    // (200 ms, doubling), not only per connection. Lower bounds only.
+    for i in 0..4 {
+        let (took, reply) = timed_login(&mut w.anon(w.leader), &Login::new("alice", WRONG_PW));
+        assert_eq!(
+            outcome(&reply, "AUTHENTICATE"),
+            "UNAUTHENTICATED",
+            "{reply}"
+        );
+        let floor = Duration::from_millis(180 << i);
+        assert!(
+            took >= floor,
+            "guess {} answered after {took:?}, before {floor:?}",
+            i + 1
+        );
+    }
+    // The right password is answered at once, and starts the count again.
+    let (took, reply) = timed_login(&mut w.anon(w.leader), &alice());
+    assert_eq!(outcome(&reply, "AUTHENTICATE"), "ok", "{reply}");
+    assert!(
+        took < Duration::from_secs(3),
+        "a right password waited {took:?}"
+    );
+    let (took, _) = timed_login(&mut w.anon(w.leader), &Login::new("alice", WRONG_PW));
+    assert!(
+        took < Duration::from_millis(1400),
+        "after a success, {took:?}"
+    );
+    w.assert_no_secrets();
+}

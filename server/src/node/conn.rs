@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -287,6 +288,17 @@ pub struct Conn {
     pub login_since: Option<u64>,
     /// Failed logins so far: each answer waits longer.
     pub failed_logins: u32,
+    /// The login in progress's flag, set when the connection is dropped so
+    /// the password worker skips a check nobody waits for.
+    pub login_gone: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(gone) = &self.login_gone {
+            gone.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Conn {
@@ -321,6 +333,7 @@ impl Conn {
             user_since: None,
             login_since: None,
             failed_logins: 0,
+            login_gone: None,
         }
     }
 
@@ -389,6 +402,12 @@ impl Conn {
 
     pub fn pending_replies(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Whether its client closed while it was logging in, sending nothing
+    /// after the AUTHENTICATE: nobody is left to answer.
+    pub fn hung_up_logging_in(&self) -> bool {
+        self.logging_in && self.peer_eof && self.input.pending_bytes() == 0
     }
 
     /// Whether a client should be read from now (backpressure).

@@ -3,20 +3,33 @@
 //!
 //! A password check or hash costs tens of milliseconds of argon2 by design
 //! (`passwords.rs`): done on the loop, a few logins a second would stall
-//! heartbeats and start elections. A worker thread does them; the loop hands
-//! it jobs through a queue of [`MAX_PASSWORD_JOBS`] (a full queue is
-//! answered `OVERLOADED` at once) and hears back through a mio `Waker`.
+//! heartbeats and start elections. A worker thread does them and hears back
+//! through a mio `Waker`. Its queue holds at most [`MAX_PASSWORD_JOBS`]
+//! checks and, apart, [`MAX_HASH_JOBS`] hashes (root's, taken first), so
+//! logins cannot crowd out root's user changes; a full queue is answered
+//! `OVERLOADED` at once.
+//!
+//! Nobody has to log in to make the node check a password, so one source
+//! must not take the worker: at most [`MAX_LOGINS_PER_SOURCE`] logins from
+//! one address are on the worker at once; the next ones from it wait in
+//! the loop, in turn (at most [`MAX_WAITING_LOGINS_PER_SOURCE`]; beyond,
+//! `OVERLOADED`), and other addresses go by them. A login whose connection
+//! has closed is skipped: the worker checks no password for nobody.
 //!
 //! A connection logging in reads nothing more until its answer (its later
 //! lines wait in its buffer), so a pipelined request after `AUTHENTICATE` is
 //! checked as the user it logged in as, and a connection has one login at a
 //! time. A failed login is answered only after a delay that doubles with
-//! each failure on the connection ([`FIRST_FAILURE_DELAY`] up to
-//! [`MAX_FAILURE_DELAY`]), so guessing passwords over one connection is slow,
-//! and over many is bounded by the queue.
+//! each failure ([`FIRST_FAILURE_DELAY`] up to [`MAX_FAILURE_DELAY`]),
+//! counted on the connection and, apart, for the user name across
+//! connections (the larger count decides), so guessing one user's password
+//! over fresh connections is slowed too.
 
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,16 +38,29 @@ use poncho_protocol::{
     encode_reply, AuthenticateReply, AuthenticateRequest, ErrorCode, ErrorReply, Password,
 };
 
-use super::conn::ReplyTo;
+use super::conn::{Conn, ReplyTo};
+use super::log_limiter::LogLimiter;
 use super::Node;
 use crate::kv::{AuthOp, Command};
 use crate::passwords;
 use crate::raft::{ProposeError, Role};
 
-/// Password checks and hashes queued or running at once, for the node.
+/// Password checks (logins) queued or running on the worker at once.
 pub const MAX_PASSWORD_JOBS: usize = 64;
-/// The delay before a connection's first failed login is answered; it
-/// doubles with each further failure.
+/// Password hashes (root's `USER add` and `passwd`) queued or running at
+/// once, apart from the checks and taken before them.
+pub const MAX_HASH_JOBS: usize = 8;
+/// Logins from one source address on the worker, or waiting for their
+/// answer's delay, at once; the next ones from it wait their turn.
+pub const MAX_LOGINS_PER_SOURCE: usize = 4;
+/// Logins from one source address waiting their turn; beyond, `OVERLOADED`.
+pub const MAX_WAITING_LOGINS_PER_SOURCE: usize = 256;
+/// User names whose failed logins are counted (the oldest are forgotten).
+pub const MAX_TRACKED_USERS: usize = 10_000;
+/// From this many failures in a row for a user, they are logged (limited).
+const LOGGED_FAILURES: u32 = 5;
+/// The delay before a first failed login is answered; it doubles with each
+/// further failure.
 pub const FIRST_FAILURE_DELAY: Duration = Duration::from_millis(200);
 pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(5);
 
@@ -44,12 +70,21 @@ pub enum PasswordChange {
     Passwd { name: String },
 }
 
+/// A login: who asked, from where, and the password to check.
+struct Login {
+    to: ReplyTo,
+    user: String,
+    source: IpAddr,
+    /// Set when the connection closes (its `Conn` is dropped): the worker
+    /// skips the check.
+    gone: Arc<AtomicBool>,
+    password: Password,
+}
+
 enum Job {
     Verify {
-        to: ReplyTo,
-        user: String,
+        login: Login,
         stored: Option<String>,
-        password: Password,
     },
     Hash {
         to: ReplyTo,
@@ -61,9 +96,12 @@ enum Job {
 
 enum Done {
     Verified {
-        to: ReplyTo,
-        user: String,
+        login: Login,
         ok: bool,
+    },
+    /// A login whose connection had closed: not checked.
+    Skipped {
+        source: IpAddr,
     },
     Hashed {
         to: ReplyTo,
@@ -76,54 +114,155 @@ enum Done {
 /// A login checked, to be answered at `due`.
 struct Finishing {
     due: Instant,
-    to: ReplyTo,
-    user: String,
+    login: Login,
     ok: bool,
 }
 
-/// The worker's queue and what came back from it.
+/// The worker's queues: hashes are taken first.
+#[derive(Default)]
+struct Queues {
+    hashes: VecDeque<Job>,
+    verifies: VecDeque<Job>,
+    stopped: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        // The worker never panics holding it; if it did, the queues are
+        // still whole.
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next job, hashes first; `None` once the node stops.
+    fn next(&self) -> Option<Job> {
+        let mut queues = self.lock();
+        loop {
+            if queues.stopped {
+                return None;
+            }
+            if let Some(job) = queues.hashes.pop_front() {
+                return Some(job);
+            }
+            if let Some(job) = queues.verifies.pop_front() {
+                return Some(job);
+            }
+            queues = self.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// One source address's logins: how many are taken (on the worker or
+/// waiting for their answer), and the ones waiting their turn.
+#[derive(Default)]
+struct Source {
+    taken: usize,
+    waiting: VecDeque<Login>,
+}
+
+/// Failed logins per user name, across connections, for the
+/// [`MAX_TRACKED_USERS`] names that failed last.
+#[derive(Default)]
+struct UserFailures {
+    /// Name -> (failures in a row, sequence number of the latest).
+    counts: HashMap<String, (u32, u64)>,
+    /// Sequence number -> name: the oldest first.
+    order: BTreeMap<u64, String>,
+    next: u64,
+}
+
+impl UserFailures {
+    /// Counts a failure for `user`; returns the failures before it.
+    fn fail(&mut self, user: &str) -> u32 {
+        let (before, seq) = self.counts.remove(user).unwrap_or((0, u64::MAX));
+        self.order.remove(&seq);
+        while self.counts.len() >= MAX_TRACKED_USERS {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.counts.remove(&oldest);
+        }
+        self.next += 1;
+        self.counts
+            .insert(user.to_owned(), (before.saturating_add(1), self.next));
+        self.order.insert(self.next, user.to_owned());
+        before
+    }
+
+    fn succeed(&mut self, user: &str) {
+        if let Some((_, seq)) = self.counts.remove(user) {
+            self.order.remove(&seq);
+        }
+    }
+}
+
+/// The worker's queues and what came back from it.
 pub struct Logins {
-    jobs: SyncSender<Job>,
+    shared: Arc<Shared>,
     done: Receiver<Done>,
     finishing: Vec<Finishing>,
+    /// Checks and hashes queued or running on the worker.
+    verifies: usize,
+    hashes: usize,
+    sources: HashMap<IpAddr, Source>,
+    users: UserFailures,
+    log: LogLimiter,
+}
+
+impl Drop for Logins {
+    fn drop(&mut self) {
+        self.shared.lock().stopped = true;
+        self.shared.ready.notify_all();
+    }
 }
 
 impl Logins {
     /// Starts the worker, which wakes the poll with `token` when a job is done.
     pub fn start(registry: &Registry, token: Token) -> std::io::Result<Logins> {
         let waker = Arc::new(Waker::new(registry, token)?);
-        let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_PASSWORD_JOBS);
+        let shared = Arc::new(Shared::default());
         let (results, done) = mpsc::channel();
+        let queues = Arc::clone(&shared);
         thread::Builder::new()
             .name("passwords".into())
-            .spawn(move || {
-                // Ends when the node drops its sender.
-                for job in queue {
-                    if results.send(run(job)).is_err() {
-                        return;
-                    }
-                    let _ = waker.wake();
-                }
-            })?;
+            .spawn(move || work(&queues, &results, &waker))?;
         Ok(Logins {
-            jobs,
+            shared,
             done,
             finishing: Vec::new(),
+            verifies: 0,
+            hashes: 0,
+            sources: HashMap::new(),
+            users: UserFailures::default(),
+            log: LogLimiter::new(),
         })
     }
 
-    fn submit(&self, job: Job) -> Result<(), ErrorReply> {
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(ErrorReply::new(
+    fn push(&mut self, job: Job) -> Result<(), ErrorReply> {
+        let (count, max, what) = match job {
+            Job::Verify { .. } => (&mut self.verifies, MAX_PASSWORD_JOBS, "password checks"),
+            Job::Hash { .. } => (&mut self.hashes, MAX_HASH_JOBS, "password hashes"),
+        };
+        if *count >= max {
+            return Err(ErrorReply::new(
                 ErrorCode::Overloaded,
-                format!("{MAX_PASSWORD_JOBS} password checks are already waiting; retry shortly"),
-            )),
-            Err(TrySendError::Disconnected(_)) => Err(ErrorReply::new(
-                ErrorCode::Overloaded,
-                "this node cannot check passwords now (its worker stopped)",
-            )),
+                format!("{max} {what} are already waiting; retry shortly"),
+            ));
         }
+        *count += 1;
+        let mut queues = self.shared.lock();
+        match job {
+            Job::Verify { .. } => queues.verifies.push_back(job),
+            Job::Hash { .. } => queues.hashes.push_back(job),
+        }
+        drop(queues);
+        self.shared.ready.notify_one();
+        Ok(())
     }
 
     /// When the next delayed login answer is due.
@@ -132,17 +271,27 @@ impl Logins {
     }
 }
 
+/// The worker: builds the hash unknown users are checked against first (so
+/// that the first such login takes no longer than any other), then runs
+/// jobs until the node stops.
+fn work(shared: &Shared, results: &Sender<Done>, waker: &Waker) {
+    passwords::prepare();
+    while let Some(job) = shared.next() {
+        if results.send(run(job)).is_err() {
+            return;
+        }
+        let _ = waker.wake();
+    }
+}
+
 fn run(job: Job) -> Done {
     match job {
-        Job::Verify {
-            to,
-            user,
-            stored,
-            password,
-        } => Done::Verified {
-            ok: passwords::verify_login(stored.as_deref(), &password.0),
-            to,
-            user,
+        Job::Verify { login, .. } if login.gone.load(Ordering::Relaxed) => Done::Skipped {
+            source: login.source,
+        },
+        Job::Verify { login, stored } => Done::Verified {
+            ok: passwords::verify_login(stored.as_deref(), &login.password.0),
+            login,
         },
         Job::Hash {
             to,
@@ -159,7 +308,7 @@ fn run(job: Job) -> Done {
 }
 
 /// How long the answer to a failed login waits, after `failures` earlier
-/// failures on its connection.
+/// failures (on its connection or for its user, the more).
 fn failure_delay(failures: u32) -> Duration {
     FIRST_FAILURE_DELAY
         .saturating_mul(1 << failures.min(16))
@@ -168,28 +317,36 @@ fn failure_delay(failures: u32) -> Duration {
 
 impl Node {
     /// AUTHENTICATE: checks the password against this node's users, on the
-    /// worker; the connection reads nothing more until it is answered.
+    /// worker (in its source address's turn); the connection reads nothing
+    /// more until it is answered.
     pub(super) fn start_login(
         &mut self,
         key: usize,
         req_id: Option<u64>,
         request: AuthenticateRequest,
     ) {
-        let stored = self
-            .kv
-            .auth()
-            .password_hash(&request.user)
-            .map(str::to_owned);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        // A connection without an address is gone; it counts as one source.
+        let source = conn
+            .stream
+            .get_ref()
+            .peer_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let gone = Arc::new(AtomicBool::new(false));
+        conn.login_gone = Some(Arc::clone(&gone));
         let Some(to) = self.conns.reserve(key, req_id) else {
             return;
         };
-        let job = Job::Verify {
+        let login = Login {
             to,
             user: request.user,
-            stored,
+            source,
+            gone,
             password: request.password,
         };
-        match self.logins.submit(job) {
+        match self.admit_login(login) {
             Ok(()) => {
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.logging_in = true;
@@ -197,6 +354,74 @@ impl Node {
                 }
             }
             Err(error) => self.complete_error(to, &error),
+        }
+    }
+
+    /// Hands `login` to the worker if its source has a place, else has it
+    /// wait its turn.
+    fn admit_login(&mut self, login: Login) -> Result<(), ErrorReply> {
+        let ip = login.source;
+        let source = self.logins.sources.entry(ip).or_default();
+        if source.taken < MAX_LOGINS_PER_SOURCE {
+            let dispatched = self.dispatch_login(login);
+            if dispatched.is_err() {
+                self.logins
+                    .sources
+                    .retain(|_, s| s.taken > 0 || !s.waiting.is_empty());
+            }
+            return dispatched;
+        }
+        source.waiting.retain(|l| !l.gone.load(Ordering::Relaxed));
+        if source.waiting.len() >= MAX_WAITING_LOGINS_PER_SOURCE {
+            return Err(ErrorReply::new(
+                ErrorCode::Overloaded,
+                format!("too many logins from {ip} in progress; retry shortly"),
+            ));
+        }
+        source.waiting.push_back(login);
+        Ok(())
+    }
+
+    /// Queues the check of `login` on the worker, against the user's hash as
+    /// it is now (and the `since` that goes with it).
+    fn dispatch_login(&mut self, login: Login) -> Result<(), ErrorReply> {
+        let source = login.source;
+        let auth = self.kv.auth();
+        let stored = auth.password_hash(&login.user).map(str::to_owned);
+        let since = auth.since(&login.user);
+        if let Some(conn) = self.conns.current(&login.to) {
+            conn.login_since = since;
+        }
+        self.logins.push(Job::Verify { login, stored })?;
+        self.logins.sources.entry(source).or_default().taken += 1;
+        Ok(())
+    }
+
+    /// A login from `ip` is over: the next one waiting from there (whose
+    /// connection is still open) takes its place.
+    fn release_login(&mut self, ip: IpAddr) {
+        let Some(source) = self.logins.sources.get_mut(&ip) else {
+            return;
+        };
+        source.taken = source.taken.saturating_sub(1);
+        while let Some(source) = self.logins.sources.get_mut(&ip) {
+            if source.taken >= MAX_LOGINS_PER_SOURCE {
+                return;
+            }
+            let Some(next) = source.waiting.pop_front() else {
+                if source.taken == 0 {
+                    self.logins.sources.remove(&ip);
+                }
+                return;
+            };
+            if next.gone.load(Ordering::Relaxed) {
+                continue;
+            }
+            let to = next.to;
+            if let Err(error) = self.dispatch_login(next) {
+                self.complete_error(to, &error);
+                self.resume_after_login(to);
+            }
         }
     }
 
@@ -227,7 +452,7 @@ impl Node {
             proposer,
             password,
         };
-        if let Err(error) = self.logins.submit(job) {
+        if let Err(error) = self.logins.push(job) {
             self.complete_error(to, &error);
         }
     }
@@ -237,14 +462,13 @@ impl Node {
     pub(super) fn on_passwords_done(&mut self, now: Instant) {
         while let Ok(done) = self.logins.done.try_recv() {
             match done {
-                Done::Verified { to, user, ok } => {
-                    let failures = self.conns.current(&to).map_or(0, |c| c.failed_logins);
-                    let due = if ok {
-                        now
-                    } else {
-                        now + failure_delay(failures)
-                    };
-                    self.logins.finishing.push(Finishing { due, to, user, ok });
+                Done::Verified { login, ok } => {
+                    self.logins.verifies -= 1;
+                    self.on_verified(now, login, ok);
+                }
+                Done::Skipped { source } => {
+                    self.logins.verifies -= 1;
+                    self.release_login(source);
                 }
                 Done::Hashed {
                     to,
@@ -252,52 +476,95 @@ impl Node {
                     proposer,
                     hash,
                 } => {
-                    let password_hash = match hash {
-                        Ok(hash) => hash,
-                        Err(e) => {
-                            self.complete_error(to, &ErrorReply::bad_request(e));
-                            continue;
-                        }
-                    };
-                    let auth = match change {
-                        PasswordChange::Add { name } => AuthOp::UserAdd {
-                            name,
-                            password_hash,
-                        },
-                        PasswordChange::Passwd { name } => AuthOp::UserPasswd {
-                            name,
-                            password_hash,
-                        },
-                    };
-                    let mut command = Command::auth(auth, super::clients::now_ms());
-                    command.user = proposer;
-                    self.propose_into(to, command);
+                    self.logins.hashes -= 1;
+                    self.propose_password(to, change, proposer, hash);
                 }
             }
         }
         self.finish_logins(now);
     }
 
+    /// A login checked: to be answered now if right, else after the delay
+    /// its connection's or its user's failures call for.
+    fn on_verified(&mut self, now: Instant, login: Login, ok: bool) {
+        let logins = &mut self.logins;
+        if ok {
+            logins.users.succeed(&login.user);
+            return logins.finishing.push(Finishing {
+                due: now,
+                login,
+                ok,
+            });
+        }
+        let on_conn = self.conns.current(&login.to).map_or(0, |c| c.failed_logins);
+        let for_user = logins.users.fail(&login.user);
+        let failures = on_conn.max(for_user);
+        if for_user + 1 >= LOGGED_FAILURES {
+            let name: String = login.user.chars().take(64).collect();
+            let line = format!(
+                "{} failed logins in a row for user {name:?} (the latest from {}); \
+                 answers are delayed",
+                for_user + 1,
+                login.source
+            );
+            logins.log.warn(&format!("login failures {name}"), &line);
+        }
+        logins.finishing.push(Finishing {
+            due: now + failure_delay(failures),
+            login,
+            ok,
+        });
+    }
+
+    /// Proposes a user change with the password hash the worker made.
+    fn propose_password(
+        &mut self,
+        to: ReplyTo,
+        change: PasswordChange,
+        proposer: Option<String>,
+        hash: Result<String, String>,
+    ) {
+        let password_hash = match hash {
+            Ok(hash) => hash,
+            Err(e) => return self.complete_error(to, &ErrorReply::bad_request(e)),
+        };
+        let auth = match change {
+            PasswordChange::Add { name } => AuthOp::UserAdd {
+                name,
+                password_hash,
+            },
+            PasswordChange::Passwd { name } => AuthOp::UserPasswd {
+                name,
+                password_hash,
+            },
+        };
+        let mut command = Command::auth(auth, super::clients::now_ms());
+        command.user = proposer;
+        self.propose_into(to, command);
+    }
+
     /// Answers the logins whose delay has passed, and lets their connections
-    /// read on.
+    /// read on; forgets those whose connection closed.
     pub(super) fn finish_logins(&mut self, now: Instant) {
-        if self.logins.finishing.iter().all(|f| f.due > now) {
+        let over = |f: &Finishing| f.due <= now || f.login.gone.load(Ordering::Relaxed);
+        if !self.logins.finishing.iter().any(over) {
             return;
         }
         let (due, later) = std::mem::take(&mut self.logins.finishing)
             .into_iter()
-            .partition(|f| f.due <= now);
+            .partition(over);
         self.logins.finishing = later;
-        for Finishing { to, user, ok, .. } in due {
+        for Finishing { login, ok, .. } in due {
+            self.release_login(login.source);
+            let to = login.to;
             let Some(conn) = self.conns.current(&to) else {
                 continue;
             };
-            conn.logging_in = false;
             if ok {
                 conn.failed_logins = 0;
-                conn.user = Some(Arc::from(user.as_str()));
+                conn.user = Some(Arc::from(login.user.as_str()));
                 conn.user_since = conn.login_since;
-                let reply = AuthenticateReply { user };
+                let reply = AuthenticateReply { user: login.user };
                 self.conns
                     .complete(to, |out| encode_reply(out, to.req_id, &reply));
             } else {
@@ -306,9 +573,41 @@ impl Node {
                     ErrorReply::new(ErrorCode::Unauthenticated, "wrong user name or password");
                 self.complete_error(to, &error);
             }
-            // The lines that came after the AUTHENTICATE, then the socket.
-            self.process_lines(to.conn);
-            self.on_readable(to.conn, false);
+            self.resume_after_login(to);
+        }
+    }
+
+    /// A login answered: its connection handles the lines that came after
+    /// the AUTHENTICATE, then reads on.
+    fn resume_after_login(&mut self, to: ReplyTo) {
+        let Some(conn) = self.conns.current(&to) else {
+            return;
+        };
+        conn.logging_in = false;
+        conn.login_gone = None;
+        self.process_lines(to.conn);
+        self.on_readable(to.conn, false);
+    }
+
+    /// The client of `key` hung up (or its socket failed): if it is logging
+    /// in and sent nothing after its AUTHENTICATE, nobody is left to answer
+    /// (the check is skipped and the connection closed).
+    pub(super) fn on_hangup(&mut self, key: usize) {
+        if !self.conns.get(key).is_some_and(|c| c.logging_in) {
+            return;
+        }
+        match self.conns.read(key, super::READ_BUDGET, false) {
+            Some(Err(e)) => self.close(key, &e.to_string()),
+            Some(Ok(false)) => self.close_if_hung_up(key),
+            _ => {}
+        }
+    }
+
+    /// Closes `key` if its client left it logging in with nothing more to
+    /// handle.
+    fn close_if_hung_up(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(Conn::hung_up_logging_in) {
+            self.close(key, "closed by client while logging in");
         }
     }
 }

@@ -246,6 +246,7 @@ impl Node {
                             self.on_writable(key);
                         }
                         if event.is_read_closed() || event.is_error() {
+                            self.on_hangup(key);
                             self.on_readable(key, false);
                         } else if event.is_readable() {
                             self.on_readable(key, cfg!(target_os = "linux"));
@@ -424,6 +425,9 @@ impl Node {
             conn.note_input(Instant::now(), completed || resumed);
             if conn.peer_eof && !conn.is_inbound() {
                 return self.close(key, "closed by peer");
+            }
+            if conn.hung_up_logging_in() {
+                return self.close(key, "closed by client while logging in");
             }
             if conn.peer_eof {
                 // Answer what was asked before the client hung up; reads and
