@@ -864,18 +864,22 @@ fn a_flood_of_abandoned_logins_from_one_address_does_not_block_logins_from_anoth
     let _admin = w.set_up_rbac();
     let addr = w.cluster.addr(w.leader);
     // Connect, ask for a password check, hang up: from 127.0.0.1, by a few
-    // threads, up to 2,000 connections or 5 s, while alice logs in from
-    // 127.0.0.2.
+    // threads, until alice has logged in from 127.0.0.2 five times (at most
+    // 5 s or 20,000 connections).
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     let started = Instant::now();
-    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let ghost = format!("{}\n", authenticate_line(&Login::new("ghost", "x")));
     let flood: Vec<_> = (0..4)
         .map(|_| {
-            let (sent, ghost) = (sent.clone(), ghost.clone());
+            let (sent, stop, ghost) = (sent.clone(), stop.clone(), ghost.clone());
             std::thread::spawn(move || {
                 use std::io::Write;
-                use std::sync::atomic::Ordering::Relaxed;
-                while started.elapsed() < Duration::from_secs(5) && sent.load(Relaxed) < 2000 {
+                while !stop.load(Relaxed)
+                    && started.elapsed() < Duration::from_secs(5)
+                    && sent.load(Relaxed) < 20_000
+                {
                     if let Ok(mut s) = std::net::TcpStream::connect(addr) {
                         let _ = s.write_all(ghost.as_bytes());
                         sent.fetch_add(1, Relaxed);
@@ -890,7 +894,8 @@ fn a_flood_of_abandoned_logins_from_one_address_does_not_block_logins_from_anoth
         let reply = login_over(connect_from([127, 0, 0, 2], addr), &alice());
         outcomes.push(outcome(&reply, "AUTHENTICATE"));
     }
-    let during = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let during = sent.load(Relaxed);
+    stop.store(true, Relaxed);
     for thread in flood {
         thread.join().unwrap();
     }
