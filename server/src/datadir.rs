@@ -1,16 +1,27 @@
-//! The data directory itself: creating it durably, and the lock that keeps a
-//! second server out of it.
+//! The data directory itself: creating it durably and private to its user,
+//! and the lock that keeps a second server out of it.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::durable::{self, io_err, PathError};
 
 /// The file in a data directory that the server using it holds locked.
 pub const LOCK_FILE: &str = "LOCK";
+
+/// The mode of every directory the server creates: its user's alone, since
+/// the data directory holds every key and value and, with users, their
+/// password hashes (as etcd does). The umask can only narrow it.
+pub const DIR_MODE: u32 = 0o700;
+
+/// The mode of every file the server creates in a data directory.
+pub const FILE_MODE: u32 = 0o600;
+
+/// The permission bits that give a data directory's group or others access.
+const OTHERS_BITS: u32 = 0o077;
 
 /// An exclusive OS lock (`flock`) on `<dir>/LOCK`, held until dropped, which
 /// for a server is its whole life: the kernel releases it when the process
@@ -77,6 +88,7 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(io_err(&path))?;
         match file.try_lock() {
@@ -105,8 +117,8 @@ impl DirLock {
     }
 }
 
-/// Creates `dir` and any missing parents, like `fs::create_dir_all`, and
-/// with `fsync` makes each new entry durable by fsyncing the directory that
+/// Creates `dir` and any missing parents (each [`DIR_MODE`]), like
+/// `fs::create_dir_all`, and with `fsync` makes each new entry durable by fsyncing the directory that
 /// gained it: without that a power loss can forget a directory the log and
 /// hard state were already made durable in. Does nothing to a directory that
 /// exists.
@@ -131,7 +143,7 @@ pub fn create_dir_durable(dir: &Path, fsync: bool) -> io::Result<()> {
         }
     }
     for new in missing.iter().rev() {
-        match fs::create_dir(new) {
+        match DirBuilder::new().mode(DIR_MODE).create(new) {
             // Created meanwhile by someone else: its entry still needs the sync.
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
@@ -143,6 +155,25 @@ pub fn create_dir_durable(dir: &Path, fsync: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A warning for the operator if `dir`'s group or others have any access to
+/// it: the server never changes the mode of a directory it did not create
+/// (an operator may have meant it; an older version made it so), but says
+/// how to close it. `None` also when its mode cannot be read: opening it
+/// will then say why.
+pub fn access_warning(dir: &Path) -> Option<String> {
+    let mode = fs::metadata(dir).ok()?.permissions().mode();
+    (mode & OTHERS_BITS != 0).then(|| {
+        format!(
+            "group or others can access data directory {} (mode {:o}), which holds every \
+             key and value and users' password hashes; to make it this user's alone run: \
+             chmod -R go-rwx {}",
+            dir.display(),
+            mode & 0o777,
+            dir.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -172,5 +203,50 @@ mod tests {
         fs::write(&path, "999999999\nleftover").unwrap();
         let _lock = DirLock::acquire(dir.path()).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), format!("{pid}\n"));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn directories_and_the_lock_file_are_created_for_their_owner_only() {
+        let top = tempfile::TempDir::new().unwrap();
+        let dir = top.path().join("a/b");
+        create_dir_durable(&dir, false).unwrap();
+        for d in [top.path().join("a"), dir.clone()] {
+            assert_eq!(
+                mode(&d) & OTHERS_BITS,
+                0,
+                "{} is {:o}",
+                d.display(),
+                mode(&d)
+            );
+        }
+        let _lock = DirLock::acquire(&dir).unwrap();
+        let lock = dir.join(LOCK_FILE);
+        assert_eq!(mode(&lock) & OTHERS_BITS, 0, "LOCK is {:o}", mode(&lock));
+        assert_eq!(access_warning(&dir), None);
+    }
+
+    #[test]
+    fn a_directory_others_can_access_is_warned_about_and_left_alone() {
+        let dir = tempfile::TempDir::new().unwrap();
+        for open in [0o755, 0o750, 0o711, 0o702] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(open)).unwrap();
+            create_dir_durable(dir.path(), false).unwrap();
+            let warning = access_warning(dir.path()).expect("a warning");
+            let shown = dir.path().display();
+            assert!(
+                warning.contains(&format!("data directory {shown} (mode {open:o})")),
+                "{warning}"
+            );
+            assert!(
+                warning.contains(&format!("chmod -R go-rwx {shown}")),
+                "{warning}"
+            );
+            assert_eq!(mode(dir.path()), open);
+        }
+        assert_eq!(access_warning(&dir.path().join("missing")), None);
     }
 }

@@ -14,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// An error type that can carry an I/O error at a path: lets the modules
@@ -108,11 +109,16 @@ pub fn sync_dir_step(dir: &Path, hook: &impl Hook) -> Result<(), Failure> {
     step(hook, Op::SyncDir, dir, || sync_dir(dir))
 }
 
-/// Creates `path`, which must not exist, for writing; with `fsync` its name
-/// is durable when this returns.
+/// Creates `path`, which must not exist, for writing, readable by its user
+/// alone ([`crate::datadir::FILE_MODE`]); with `fsync` its name is durable
+/// when this returns.
 pub fn create_new(path: &Path, fsync: bool, hook: &impl Hook) -> Result<File, Failure> {
     let file = step(hook, Op::Create, path, || {
-        OpenOptions::new().write(true).create_new(true).open(path)
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::datadir::FILE_MODE)
+            .open(path)
     })?;
     if fsync {
         sync_dir_step(parent_dir(path), hook)?;

@@ -29,7 +29,7 @@
 //! snapshot's size: every pass over a file streams it.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::iter::FusedIterator;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use poncho_protocol::NodeId;
 use serde::{Deserialize, Serialize};
 
+use crate::datadir;
 use crate::durable::{self, io_err, PathError};
 
 const VERSION: u64 = 1;
@@ -180,10 +181,11 @@ impl TempFile {
             let name = format!("snap-{index:020}-{term:020}.{}-{n}.tmp", process_token());
             let path = dir.join(name);
             // `create_new`: never write into a file some other writer owns.
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            // Its name need not be durable: the rename that installs it is.
+            match durable::create_new(&path, false, &()) {
                 Ok(file) => return Ok((TempFile { path, armed: true }, file)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err(&path)(e)),
+                Err(f) if f.source.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(f) => return Err(f.into_err()),
             }
         }
     }
@@ -216,7 +218,7 @@ struct TempOut {
 
 impl TempOut {
     fn create(dir: &Path, index: u64, term: u64, fsync: bool) -> Result<TempOut, SnapshotError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        datadir::create_dir_durable(dir, fsync).map_err(io_err(dir))?;
         let (tmp, file) = TempFile::create(dir, index, term)?;
         Ok(TempOut {
             out: BufWriter::with_capacity(READ_BUF, file),
@@ -1326,5 +1328,17 @@ mod tests {
         let mut c = Utf8Check::default();
         assert!(c.feed(b"a\xe2") && !c.feed(b"b"));
         assert!(!Utf8Check::default().feed(&[0xff]));
+    }
+
+    #[test]
+    fn a_snapshot_and_the_directory_made_for_it_are_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = TempDir::new().unwrap();
+        let dir = top.path().join("data");
+        let path = write(&dir, 5, 1, &body(3));
+        for p in [&dir, &path] {
+            let mode = fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! End-to-end: a data directory belongs to one running server. Each test
-//! bounds its own time and stops every process it started.
+//! End-to-end: a data directory belongs to one running server, and only to
+//! its user. Each test bounds its own time and stops every process it started.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -13,6 +15,12 @@ const ELECTION: Duration = Duration::from_secs(10);
 const WRITE: Duration = Duration::from_secs(15);
 /// How long a server that must refuse to start may take to exit.
 const REFUSAL: Duration = Duration::from_secs(10);
+/// How long a node may take to write its first snapshot.
+const SNAPSHOT: Duration = Duration::from_secs(20);
+/// Small enough that a few writes make every node snapshot.
+const SNAPSHOT_ARGS: [&str; 4] = ["--snapshot-entries", "10", "--snapshot-keep-tail", "2"];
+/// The start-up warning about a data directory others can read.
+const OPEN_DIR_WARNING: &str = "group or others can access data directory";
 
 /// The exit code of `child` once it exits within `timeout`; kills it and
 /// returns `None` if it is still running then.
@@ -81,4 +89,103 @@ fn a_second_server_on_a_data_directory_in_use_refuses_and_the_first_keeps_servin
         let reply = client.get(key).unwrap();
         assert_eq!(reply["payload"]["value"], want, "{reply}");
     }
+}
+
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Whether `dir` holds a snapshot file.
+fn has_snapshot(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("snap-") && name.ends_with(".snap")
+        })
+}
+
+/// Fails unless `dir` and everything in it is its owner's alone.
+fn assert_private(dir: &Path) {
+    assert_eq!(
+        mode(dir) & 0o077,
+        0,
+        "{} is mode {:o}",
+        dir.display(),
+        mode(dir)
+    );
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let m = mode(&path);
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(
+            m & 0o077,
+            0,
+            "{} is mode {m:o}, want {want:o}",
+            path.display()
+        );
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for kind in ["LOCK", "hardstate", "cluster-id", "wal-", "snap-"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(kind)),
+            "no {kind} file in {}: {names:?}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn a_data_directory_and_every_file_in_it_are_for_its_owner_only() {
+    let mut cluster = Cluster::start_with(3, &SNAPSHOT_ARGS);
+    cluster.wait_for_leader(ELECTION);
+    let deadline = Instant::now() + SNAPSHOT;
+    let mut n = 0;
+    while !(1..=3).all(|id| has_snapshot(&cluster.data_dir(id))) {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot on every node\n{}",
+            cluster.all_logs()
+        );
+        let set = json!({"msg_type": "SET", "payload": {"key": format!("k{n}"), "value": "v"}});
+        write_with_retry(&cluster, &set, WRITE);
+        n += 1;
+    }
+    for id in 1..=3 {
+        assert_private(&cluster.data_dir(id));
+        assert!(
+            !cluster.log(id).contains(OPEN_DIR_WARNING),
+            "{}",
+            cluster.log(id)
+        );
+    }
+
+    // A directory an operator made (or an older version left) readable is
+    // not changed behind their back: one warning, naming it and the fix.
+    let dir = cluster.data_dir(1);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cluster.restart(1);
+    cluster.wait_for_leader(ELECTION);
+    let log = cluster.log(1);
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(OPEN_DIR_WARNING))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WARN"), "{log}");
+    assert!(warnings[0].contains(&dir.display().to_string()), "{log}");
+    assert!(
+        warnings[0].contains(&format!("chmod -R go-rwx {}", dir.display())),
+        "{log}"
+    );
+    assert_eq!(
+        mode(&dir),
+        0o755,
+        "the directory's mode is the operator's to change"
+    );
 }

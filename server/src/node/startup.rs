@@ -238,6 +238,9 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
         dir: dir.clone(),
         error,
     })?;
+    if let Some(w) = datadir::access_warning(dir) {
+        warn!("{w}");
+    }
     let lock = DirLock::acquire(dir).map_err(StartError::Lock)?;
     let (snapshots, kv, warnings) =
         Snapshots::recover(dir, config.fsync).map_err(StartError::Snapshots)?;

@@ -9,14 +9,16 @@
 //! the log's last term: either means the file was lost or replaced, and
 //! starting would forget a vote.
 
-use std::fs::{self, File};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::faults::Step;
 use super::record::{le_u32, le_u64};
 use super::replay::Replay;
 use super::{corrupt, Storage, StorageError};
+use crate::datadir;
 use crate::durable::{self, io_err};
 use crate::raft::HardState;
 
@@ -34,7 +36,13 @@ impl Storage {
         b.extend_from_slice(&hs.vote.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
         let tmp = self.dir.join(HARD_STATE_TMP);
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(datadir::FILE_MODE)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         self.faults
             .check(Step::HardState)
             .and_then(|()| file.write_all(&b))

@@ -380,6 +380,29 @@ mod tests {
     }
 
     #[test]
+    fn the_data_directory_segments_and_hard_state_are_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = TempDir::new().unwrap();
+        let dir = top.path().join("data");
+        let (mut s, _) = open(&dir, opts(200));
+        s.append(&run(1, 50, 1)).unwrap();
+        s.sync().unwrap();
+        s.save_hard_state(HardState {
+            term: 1,
+            vote: Some(1),
+        })
+        .unwrap();
+        drop(s);
+        let mut checked = vec![dir.clone()];
+        checked.extend(fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()));
+        assert!(checked.len() > 3, "{checked:?}");
+        for path in checked {
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+    }
+
+    #[test]
     fn overlapping_append_truncates_across_segments() {
         let dir = TempDir::new().unwrap();
         // With fsync on, so the directory syncs of truncation run too.
