@@ -260,13 +260,7 @@ impl Node {
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
             ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
-            ClientRequest::Authenticate(login) => {
-                let since = self.kv.auth().since(&login.user);
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.login_since = since;
-                }
-                self.start_login(key, req_id, login)
-            }
+            ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
             ClientRequest::User(UserRequest::Add { name, password }) => {
                 self.start_password_change(key, req_id, PasswordChange::Add { name }, password)
             }

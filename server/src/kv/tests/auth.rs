@@ -314,49 +314,31 @@ fn snapshots_carry_users_roles_and_session_owners() {
 
     // Broken auth lines are refused, naming the line.
     let n = lines.len();
-    let with = |i: usize, line: &str| {
+    // The snapshot with the line that starts with `start` edited.
+    let edit = |start: &str, from: &str, to: &str| {
+        let i = lines.iter().position(|l| l.starts_with(start)).unwrap();
         let mut l = lines.clone();
-        l[i] = line.to_string();
+        l[i] = lines[i].replace(from, to);
         l
     };
-    let alice = lines
-        .iter()
-        .position(|l| l.starts_with(r#"{"user":"alice""#))
-        .unwrap();
+    let alice = r#"{"user":"alice""#;
+    let mut out_of_order = lines.clone();
+    out_of_order[n - 1] = lines.iter().find(|l| l.starts_with(alice)).unwrap().clone();
     let cases = [
-        (
-            "users out of order",
-            with(n - 1, &lines[alice].clone()),
-            "is out of order",
-        ),
+        ("users out of order", out_of_order, "is out of order"),
         (
             "a user with a role that does not exist",
-            with(alice, &lines[alice].replace(r#"["app"]"#, r#"["ghost"]"#)),
+            edit(alice, r#"["app"]"#, r#"["ghost"]"#),
             "no role \"ghost\"",
         ),
         (
             "a permission with both a key and a prefix",
-            {
-                let app = lines
-                    .iter()
-                    .position(|l| l.starts_with(r#"{"role":"app""#))
-                    .unwrap();
-                with(
-                    app,
-                    &lines[app].replace(r#""prefix""#, r#""key":"k","prefix""#),
-                )
-            },
+            edit(r#"{"role":"app""#, r#""prefix""#, r#""key":"k","prefix""#),
             "either `key` or `prefix`",
         ),
         (
             "auth on without root",
-            {
-                let root = lines
-                    .iter()
-                    .position(|l| l.starts_with(r#"{"user":"root""#))
-                    .unwrap();
-                with(root, &lines[root].replace(r#"["root"]"#, "[]"))
-            },
+            edit(r#"{"user":"root""#, r#"["root"]"#, "[]"),
             "auth is enabled, but",
         ),
     ];
