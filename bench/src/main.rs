@@ -639,9 +639,8 @@ impl Conn {
         // A short read emptied the socket; on Linux the next arrival is a
         // new event (see the server's `Conn::read_some`). A close is
         // read to the end so it is not missed.
-        // Not under TLS: a short read of plaintext says nothing of the
-        // records still in the socket.
-        let short_read_drains = cfg!(target_os = "linux") && !read_closed && !self.stream.is_tls();
+        // Under TLS, only if the socket's own read was short too.
+        let short_read_drains = cfg!(target_os = "linux") && !read_closed;
         loop {
             match self.stream.read(chunk) {
                 Ok(0) => return Err("the server closed a connection".into()),
@@ -650,7 +649,10 @@ impl Conn {
                         Input::Lines(lines) => lines.extend(&chunk[..n]),
                         Input::Http(responses) => responses.extend(&chunk[..n]),
                     }
-                    if short_read_drains && n < chunk.len() {
+                    if short_read_drains
+                        && n < chunk.len()
+                        && self.stream.short_read_emptied_socket()
+                    {
                         return Ok(());
                     }
                 }

@@ -415,6 +415,61 @@ mod tests {
     }
 
     #[test]
+    fn a_short_read_says_the_socket_is_empty_only_when_the_sockets_own_read_was_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pki(dir.path(), "node");
+        let (server, _) = server_config(&files, false, "clients").unwrap();
+        let (client, _) = client_config(&files, "test").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        const PAYLOAD: usize = 40_000;
+        let handle = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let session = rustls::ServerConnection::new(server).unwrap();
+            let mut tls = MaybeTls::tls(session, sock);
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).unwrap();
+            tls.write_all(&vec![b'x'; PAYLOAD]).unwrap();
+            tls.flush().unwrap();
+            sent_tx.send(()).unwrap();
+            let _ = done_rx.recv(); // hold the connection open
+        });
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        let session =
+            rustls::ClientConnection::new(client, server_name("127.0.0.1").unwrap()).unwrap();
+        let mut tls = MaybeTls::tls(session, sock);
+        tls.write_all(b"!").unwrap();
+        tls.flush().unwrap();
+        let mut first = [0u8; 100];
+        tls.read_exact(&mut first).unwrap();
+        sent_rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The payload waits in the socket: a read that comes back short
+        // (one record's plaintext) must not claim it emptied the socket.
+        let mut chunk = vec![0u8; 1 << 16];
+        let n = tls.read(&mut chunk).unwrap();
+        assert!(n < chunk.len(), "one read takes at most a record: {n}");
+        assert!(
+            !tls.short_read_emptied_socket(),
+            "{} bytes were still in the socket",
+            PAYLOAD - 100 - n
+        );
+        let mut total = 100 + n;
+        while total < PAYLOAD {
+            total += tls.read(&mut chunk).unwrap();
+        }
+        assert_eq!(total, PAYLOAD);
+        assert!(
+            tls.short_read_emptied_socket(),
+            "the last read took the socket's last bytes"
+        );
+        done_tx.send(()).unwrap();
+        handle.join().unwrap();
+    }
+
+    #[test]
     fn a_certificates_common_name_is_read_and_junk_has_none() {
         let dir = tempfile::tempdir().unwrap();
         let files = pki(dir.path(), "node");

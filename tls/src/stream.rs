@@ -25,6 +25,9 @@ pub enum MaybeTls<S> {
         sock: S,
         /// The first TLS failure, kept: the connection is done after it.
         failed: Option<rustls::Error>,
+        /// Whether the latest read from the socket returned less than it
+        /// was offered (see [`MaybeTls::short_read_emptied_socket`]).
+        socket_read_short: bool,
     },
 }
 
@@ -37,6 +40,7 @@ impl<S: Read + Write> MaybeTls<S> {
             conn: Box::new(conn),
             sock,
             failed: None,
+            socket_read_short: false,
         }
     }
 
@@ -83,6 +87,23 @@ impl<S: Read + Write> MaybeTls<S> {
         }
     }
 
+    /// After a `read` that returned fewer bytes than its buffer holds:
+    /// whether the socket itself had nothing more then, as a short read of
+    /// a plain socket says (on Linux, where an arrival after it is a new
+    /// edge-triggered event). Under TLS a short read says only that the
+    /// decrypted bytes ran out; the socket was emptied too only if the
+    /// latest read from it was short as well (rustls processes every
+    /// complete record it has read before it hands out plaintext). This
+    /// spares the read that would only say "would block".
+    pub fn short_read_emptied_socket(&self) -> bool {
+        match self {
+            MaybeTls::Plain(_) => true,
+            MaybeTls::Tls {
+                socket_read_short, ..
+            } => *socket_read_short,
+        }
+    }
+
     /// Whether rustls holds records not yet written to the socket.
     pub fn has_records_to_send(&self) -> bool {
         match self {
@@ -108,7 +129,10 @@ impl<S: Read + Write> MaybeTls<S> {
     /// deadline and steps again); `UnexpectedEof` if the other end closed;
     /// a TLS failure as `read` reports it (kept in [`MaybeTls::tls_error`]).
     pub fn handshake_step(&mut self) -> io::Result<bool> {
-        let MaybeTls::Tls { conn, sock, failed } = self else {
+        let MaybeTls::Tls {
+            conn, sock, failed, ..
+        } = self
+        else {
             return Ok(true);
         };
         if let Some(e) = failed {
@@ -133,10 +157,16 @@ impl<S: Read + Write> MaybeTls<S> {
     pub fn map_socket<T>(self, f: impl FnOnce(S) -> T) -> MaybeTls<T> {
         match self {
             MaybeTls::Plain(s) => MaybeTls::Plain(f(s)),
-            MaybeTls::Tls { conn, sock, failed } => MaybeTls::Tls {
+            MaybeTls::Tls {
+                conn,
+                sock,
+                failed,
+                socket_read_short,
+            } => MaybeTls::Tls {
                 conn,
                 sock: f(sock),
                 failed,
+                socket_read_short,
             },
         }
     }
@@ -158,16 +188,24 @@ impl<S: Read + Write> Read for MaybeTls<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             MaybeTls::Plain(s) => s.read(buf),
-            MaybeTls::Tls { conn, sock, failed } => read_plaintext(conn, sock, failed, buf),
+            MaybeTls::Tls {
+                conn,
+                sock,
+                failed,
+                socket_read_short,
+            } => read_plaintext(conn, sock, failed, socket_read_short, buf),
         }
     }
 }
 
-/// Decrypted bytes into `buf`, reading and processing records as needed.
+/// Decrypted bytes into `buf`, reading and processing records as needed;
+/// `socket_read_short` records whether each read from the socket returned
+/// less than it was offered.
 fn read_plaintext<S: Read + Write>(
     conn: &mut Connection,
     sock: &mut S,
     failed: &mut Option<rustls::Error>,
+    socket_read_short: &mut bool,
     buf: &mut [u8],
 ) -> io::Result<usize> {
     if let Some(e) = failed {
@@ -183,10 +221,31 @@ fn read_plaintext<S: Read + Write>(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
             Err(e) => return Err(e),
         }
-        if conn.read_tls(sock)? == 0 {
+        let mut probe = ShortReadProbe {
+            sock: &mut *sock,
+            short: false,
+        };
+        let read = conn.read_tls(&mut probe);
+        *socket_read_short = probe.short;
+        if read? == 0 {
             return Ok(0);
         }
         process_records(conn, sock, failed)?;
+    }
+}
+
+/// A socket read through, noting whether the read returned less than the
+/// buffer offered.
+struct ShortReadProbe<'a, S> {
+    sock: &'a mut S,
+    short: bool,
+}
+
+impl<S: Read> Read for ShortReadProbe<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
 

@@ -454,6 +454,8 @@ impl Conn {
     /// reports every later arrival as a new event. The caller passes it only
     /// for a readable event that did not also report the peer's close, which
     /// may already be queued behind the data and raise no further event.
+    /// Under TLS it holds only when the socket's own read was short (see
+    /// `MaybeTls::short_read_emptied_socket`).
     pub fn read_some(
         &mut self,
         budget: usize,
@@ -470,9 +472,11 @@ impl Conn {
                 Ok(n) => {
                     self.input.extend(&chunk[..n]);
                     total += n;
-                    // Under TLS a short read says only that one record was
-                    // decrypted: read on until the socket would block.
-                    if short_read_drains && !self.stream.is_tls() && n < chunk.len() {
+                    // Under TLS only if the socket's own read was short.
+                    if short_read_drains
+                        && n < chunk.len()
+                        && self.stream.short_read_emptied_socket()
+                    {
                         return Ok(false);
                     }
                 }
