@@ -135,7 +135,9 @@ impl ClientRequest {
             | ClientRequest::Authenticate(_)
             | ClientRequest::Auth(_)
             | ClientRequest::User(_)
-            | ClientRequest::Role(_) => None,
+            | ClientRequest::Role(_)
+            | ClientRequest::Member(_)
+            | ClientRequest::TransferLeader(_) => None,
         }
     }
 }
@@ -444,6 +446,20 @@ pub enum ErrorCode {
     ClusterMismatch,
     /// Not applied: the connection's user has no role that allows it.
     PermissionDenied,
+    /// Not applied: another membership change is not committed yet, or the
+    /// leader has not committed an entry of its term yet. Retry shortly.
+    ChangeInProgress,
+    /// Not applied: the learner to promote is too far behind the leader.
+    /// Retry once it has caught up (`member list` shows how far it is).
+    LearnerNotReady,
+    /// Not applied: the change would leave fewer healthy voters than a
+    /// quorum of the new configuration needs. Bring members back, or force.
+    UnsafeChange,
+    /// Not applied: the change makes no sense for these members (the id is
+    /// taken, was removed, is not a member or not a learner, ...).
+    MembershipRefused,
+    /// This node was removed from the cluster; it serves nothing.
+    Removed,
 }
 
 impl ErrorCode {
@@ -462,6 +478,11 @@ impl ErrorCode {
                 | ErrorCode::Unauthenticated
                 | ErrorCode::ClusterMismatch
                 | ErrorCode::PermissionDenied
+                | ErrorCode::ChangeInProgress
+                | ErrorCode::LearnerNotReady
+                | ErrorCode::UnsafeChange
+                | ErrorCode::MembershipRefused
+                | ErrorCode::Removed
         )
     }
 }

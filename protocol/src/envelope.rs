@@ -275,6 +275,7 @@ mod tests {
     use super::*;
     use crate::auth::*;
     use crate::client::*;
+    use crate::membership::*;
     use crate::raft::{InstallSnapshot, RequestVote, TimeoutNow};
 
     fn decode(s: &str) -> Result<Request, DecodeError> {
@@ -344,6 +345,16 @@ mod tests {
                 },
                 access: Access::Read,
             }),
+            ClientRequest::Member(MemberRequest::List),
+            ClientRequest::Member(MemberRequest::Add {
+                id: 4,
+                addr: "127.0.0.1:8004".parse().unwrap(),
+                peer_addr: Some("127.0.0.1:9004".parse().unwrap()),
+                learner: true,
+                force: false,
+            }),
+            ClientRequest::Member(MemberRequest::Remove { id: 2, force: true }),
+            ClientRequest::TransferLeader(TransferLeaderRequest { to: 3 }),
         ]
     }
 
@@ -412,6 +423,8 @@ mod tests {
                 ClientRequest::Auth(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::User(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Role(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Member(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::TransferLeader(r) => serde_line(t, Some(3), None, Some(r)),
             };
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }

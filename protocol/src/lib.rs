@@ -4,6 +4,8 @@
 //! - [`table`]: the one list of message types (`msg_type` names, the request
 //!   or Raft message each carries, each request's reply).
 //! - [`auth`]: logging in, users and roles.
+//! - [`membership`]: the configuration the log carries, and `MEMBER` and
+//!   `TRANSFER_LEADER`.
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
 //! - [`peer`]: the handshake that proves a connection between nodes.
@@ -14,6 +16,7 @@ pub mod auth;
 pub mod client;
 pub mod envelope;
 pub mod framing;
+pub mod membership;
 pub mod peer;
 pub mod raft;
 pub mod table;
@@ -25,6 +28,7 @@ pub use envelope::{
     DecodeError, ReplyEnvelope, ReplyError, Request,
 };
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
+pub use membership::*;
 pub use peer::{PeerAccept, PeerChallenge, PeerHello, PeerProof};
 pub use raft::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,

@@ -89,6 +89,10 @@ pub enum EntryKind {
     /// committing it commits everything before it and lets the leader learn its
     /// commit index.
     Noop,
+    /// A configuration (a [`crate::Membership`] as JSON): who votes, who
+    /// learns, and their addresses. It takes effect on every node as soon
+    /// as it is in the node's log, committed or not (Raft thesis 4.1).
+    Config,
 }
 
 /// AppendEntries (Figure 2), also used as the heartbeat.
@@ -140,6 +144,7 @@ impl AppendEntries {
             let kind = match kind {
                 EntryKind::Command => "COMMAND",
                 EntryKind::Noop => "NOOP",
+                EntryKind::Config => "CONFIG",
             };
             let comma = if i == 0 { "" } else { "," };
             let _ = write!(

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::*;
 use crate::client::*;
 use crate::envelope::{parse_payload, parse_request, write_payload, PAYLOAD_KEY};
+use crate::membership::*;
 use crate::peer::*;
 use crate::raft::*;
 
@@ -223,6 +224,8 @@ message_table! {
         Auth = "AUTH" (AuthRequest) => AuthReply,
         User = "USER" (UserRequest) => UserReply,
         Role = "ROLE" (RoleRequest) => RoleReply,
+        Member = "MEMBER" (MemberRequest) => MemberReply,
+        TransferLeader = "TRANSFER_LEADER" (TransferLeaderRequest) => TransferLeaderReply,
     }
     peer {
         // Written by hand, to embed commands (see `AppendEntries::write_payload`).

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use poncho_protocol::{NodeId, RaftMessage};
+use poncho_protocol::{Member, Membership, NodeId, RaftMessage};
 use poncho_server::raft::{Config, HardState, Raft, Role};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -29,13 +29,26 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
-        let members = vec![1, 2, 3];
+        let members = [1, 2, 3];
+        let membership = Membership::bootstrap(members.iter().map(|&id| Member {
+            id,
+            addr: ([127, 0, 0, 1], 8000 + id as u16).into(),
+            peer_addr: None,
+            learner: false,
+        }));
         let nodes = members
             .iter()
             .map(|&id| {
-                let mut config = Config::new(id, members.clone());
+                let mut config = Config::new(id);
                 config.bootstrap_leader = id == 1;
-                Raft::new(config, HardState::default(), Vec::new(), id).expect("valid config")
+                Raft::new(
+                    config,
+                    HardState::default(),
+                    membership.clone(),
+                    Vec::new(),
+                    id,
+                )
+                .expect("valid config")
             })
             .collect();
         Cluster {

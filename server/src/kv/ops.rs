@@ -154,7 +154,9 @@ impl Op {
             | ClientRequest::Status
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
-            | ClientRequest::Authenticate(_)) => return Err(read),
+            | ClientRequest::Authenticate(_)
+            | ClientRequest::Member(_)
+            | ClientRequest::TransferLeader(_)) => return Err(read),
         })
     }
 

@@ -94,7 +94,8 @@ impl KvStore {
         );
         self.last_applied = entry.index;
         match entry.kind {
-            EntryKind::Noop => None,
+            // Configurations are the Raft core's: the node reads them there.
+            EntryKind::Noop | EntryKind::Config => None,
             EntryKind::Command => Some(match Command::decode(&entry.data) {
                 Ok(command) => self.apply_command(entry.index, command),
                 Err(e) => ApplyResult::Error(ErrorReply::bad_request(format!(

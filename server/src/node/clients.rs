@@ -579,6 +579,9 @@ fn needs(request: &ClientRequest) -> Need<'_> {
         ClientRequest::Get(get) => Need::Read(&get.key),
         ClientRequest::Auth(AuthRequest::Status) => Need::LoggedIn,
         ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_) => Need::Root,
+        ClientRequest::Member(poncho_protocol::MemberRequest::List) => Need::LoggedIn,
+        // Membership changes and leadership are root's, as auth is.
+        ClientRequest::Member(_) | ClientRequest::TransferLeader(_) => Need::Root,
         // Writes: checked by `Op::needs`; listed so that a new request
         // type must be placed here.
         ClientRequest::Set(r) => Need::Write(&r.key),

@@ -148,6 +148,27 @@ impl NodeConfig {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
     }
+
+    /// The configuration `--peers` describes: this node and its peers,
+    /// every one a voter, with their addresses.
+    pub fn bootstrap_membership(&self) -> poncho_protocol::Membership {
+        let own = poncho_protocol::Member {
+            id: self.id,
+            addr: self.addr(),
+            peer_addr: self.peer_addr,
+            learner: false,
+        };
+        let peers = self
+            .peers
+            .iter()
+            .map(|(&id, &addr)| poncho_protocol::Member {
+                id,
+                addr,
+                peer_addr: self.peer_ports.get(&id).copied(),
+                learner: false,
+            });
+        poncho_protocol::Membership::bootstrap(peers.chain([own]))
+    }
 }
 
 /// Why a running node stopped: it cannot go on without durable storage.

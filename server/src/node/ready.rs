@@ -109,6 +109,7 @@ impl AlertLog {
     fn report(&mut self, alert: &Alert) {
         let kind = match alert {
             Alert::OverwriteCommitted { leader, .. } => format!("overwrite {leader}"),
+            Alert::BadConfig { leader, .. } => format!("config {leader}"),
         };
         self.0.error(&kind, &alert.to_string());
     }

@@ -392,7 +392,11 @@ impl Node {
         kv: KvStore,
         transfer: Transfer,
     ) -> Result<(), Fatal> {
-        let result = match self.raft.restore_snapshot(leader, meta.index, meta.term) {
+        let membership = self.config.bootstrap_membership();
+        let result = match self
+            .raft
+            .restore_snapshot(leader, meta.index, meta.term, membership)
+        {
             Restored::Stale => {
                 // Loading it would take the state machine back to an index
                 // it has already passed.

@@ -170,6 +170,7 @@ impl Node {
             raft_config(&config),
             recovered.hard_state,
             recovered.snapshot,
+            config.bootstrap_membership(),
             recovered.entries,
             seed(config.id),
         )
@@ -351,9 +352,7 @@ fn reconcile_log(
 
 /// The core's configuration, from the node's.
 fn raft_config(config: &NodeConfig) -> Config {
-    let mut members: Vec<NodeId> = config.peers.keys().copied().collect();
-    members.push(config.id);
-    let mut raft_config = Config::new(config.id, members);
+    let mut raft_config = Config::new(config.id);
     raft_config.election_timeout_ticks = config.election_timeout_ticks;
     raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
     raft_config.max_entries_per_message = config.max_entries_per_message;

@@ -60,6 +60,9 @@ impl CandidateState {
 impl Raft {
     pub(super) fn campaign(&mut self, kind: Campaign) {
         debug_assert!(!self.is_leader(), "a leader does not campaign");
+        if !self.is_voter() {
+            return; // learners, removed nodes and joining ones never campaign
+        }
         if kind != Campaign::PreElection {
             // Thesis 9.6: a pre-vote asks first whether we could win, without
             // changing our term or vote, so a node that cannot win disrupts
@@ -81,6 +84,9 @@ impl Raft {
     /// runs out; meanwhile a candidate resends its requests every heartbeat
     /// interval.
     pub(super) fn tick_election(&mut self) {
+        if !self.is_voter() {
+            return;
+        }
         if self.election_elapsed >= self.randomized_election_timeout {
             self.campaign(if self.config.pre_vote {
                 Campaign::PreElection
@@ -111,11 +117,12 @@ impl Raft {
             pre_vote: c.kind == Campaign::PreElection,
             leader_transfer: c.kind == Campaign::Transfer,
         };
+        let own = self.config.id;
         let unanswered: Vec<NodeId> = self
-            .peers
+            .voters
             .iter()
             .copied()
-            .filter(|p| !c.votes.contains_key(p))
+            .filter(|&p| p != own && !c.votes.contains_key(&p))
             .collect();
         for peer in unanswered {
             self.send(peer, RaftMessage::RequestVote(request.clone()));
@@ -161,7 +168,8 @@ impl Raft {
         } else {
             !m.pre_vote && m.term == term && (m.request_term == term || any_election)
         };
-        if !expected {
+        // Only the voters of this node's configuration decide.
+        if !expected || !self.voters.contains(&from) {
             return;
         }
         c.votes.entry(from).or_insert(m.vote_granted);

@@ -65,6 +65,16 @@ impl Raft {
                 });
                 return;
             }
+            // Not answered either: a leader's configuration every node must
+            // be able to read. The driver reports it.
+            AppendOutcome::BadConfig { index, error } => {
+                self.alerts.push(Alert::BadConfig {
+                    leader: from,
+                    index,
+                    error,
+                });
+                return;
+            }
             AppendOutcome::Conflict {
                 conflict_term,
                 conflict_index,

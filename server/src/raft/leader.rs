@@ -25,6 +25,9 @@ pub(super) struct LeaderState {
     heartbeat_elapsed: u64,
     /// A leadership transfer under way (proposals are refused meanwhile).
     pub(super) transfer: Option<Transfer>,
+    /// Ticks since this node became leader: the clock `Progress::heard_at`
+    /// is read against.
+    pub(super) ticks: u64,
 }
 
 /// A leadership transfer under way (thesis 3.10).
@@ -46,6 +49,7 @@ impl LeaderState {
             reads: ReadRounds::default(),
             heartbeat_elapsed: 0,
             transfer: None,
+            ticks: 0,
         }
     }
 
@@ -56,13 +60,28 @@ impl LeaderState {
         }
     }
 
-    /// What a quorum has reached: the `quorum`-th highest of the leader's
-    /// `own` value and each follower's `value`.
-    fn quorum_reached(&self, quorum: usize, own: u64, value: impl Fn(&Progress) -> u64) -> u64 {
-        let mut values: Vec<u64> = self.progress.values().map(value).collect();
-        values.push(own);
+    /// What a quorum of `voters` has reached: the `quorum`-th highest of
+    /// their values, the leader's being `own` (counted only if the leader
+    /// is one of them: a leader on its way out does not count itself) and
+    /// each follower's `value`. Learners never count.
+    fn quorum_reached(
+        &self,
+        voters: &[NodeId],
+        leader: NodeId,
+        own: u64,
+        value: impl Fn(&Progress) -> u64,
+    ) -> u64 {
+        let mut values: Vec<u64> = voters
+            .iter()
+            .map(|v| match self.progress.get(v) {
+                _ if *v == leader => own,
+                Some(p) => value(p),
+                None => 0,
+            })
+            .collect();
         values.sort_unstable_by(|a, b| b.cmp(a));
-        values[quorum - 1]
+        let quorum = voters.len() / 2 + 1;
+        values.get(quorum - 1).copied().unwrap_or(0)
     }
 
     fn transferring_to(&self, id: NodeId) -> bool {
@@ -108,6 +127,7 @@ impl Raft {
         let Some(leader) = self.leader_mut() else {
             return;
         };
+        leader.ticks += 1;
         if let Some(t) = &mut leader.transfer {
             // A transfer that has not finished within an election timeout
             // has failed; take proposals again.
@@ -137,10 +157,15 @@ impl Raft {
             return true;
         }
         let quorum = self.quorum;
-        let Some(leader) = self.leader_mut() else {
+        let own = self.config.id;
+        let RoleState::Leader(leader) = &mut self.role else {
             return true;
         };
-        let active = 1 + leader.progress.values().filter(|p| p.recent_active).count();
+        let active = self
+            .voters
+            .iter()
+            .filter(|&&v| v == own || leader.progress.get(&v).is_some_and(|p| p.recent_active))
+            .count();
         if active < quorum {
             return false;
         }
@@ -210,10 +235,15 @@ impl Raft {
         if !(current || old_rounds || old_progress) {
             return;
         }
-        let Some(pr) = self.leader_mut().and_then(|l| l.progress.get_mut(&from)) else {
+        let Some(leader) = self.leader_mut() else {
+            return;
+        };
+        let ticks = leader.ticks;
+        let Some(pr) = leader.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
+        pr.heard_at = Some(ticks);
         if m.read_round > pr.read_round && (current || old_rounds) {
             pr.read_round = m.read_round;
             self.confirm_reads();
@@ -272,10 +302,12 @@ impl Raft {
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
+        let ticks = leader.ticks;
         let Some(pr) = leader.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
+        pr.heard_at = Some(ticks);
         if pr.state != ProgressState::Snapshot {
             return;
         }
@@ -370,13 +402,45 @@ impl Raft {
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
-        let candidate = leader.quorum_reached(self.quorum, self.log.persisted(), |p| p.match_index);
+        let candidate =
+            leader.quorum_reached(&self.voters, self.config.id, self.log.persisted(), |p| {
+                p.match_index
+            });
         if self.log.term(candidate) != Some(self.term) && !by_counting {
             return;
         }
         if self.log.commit_to(candidate) && self.log.term(candidate) == Some(self.term) {
             leader.reads.term_committed(self.log.committed());
+            self.step_down_if_removed();
         }
+    }
+
+    /// A leader that the committed configuration no longer counts as a
+    /// voter (thesis 4.2.2: it led the change that removed it) hands over
+    /// to the voter whose log matches its own, if one does, and steps down.
+    fn step_down_if_removed(&mut self) {
+        let (index, latest) = self.log.configs().latest();
+        if index > self.log.committed() || latest.is_voter(self.config.id) {
+            return;
+        }
+        let last = self.log.last_index();
+        let heir = self.leader().and_then(|l| {
+            self.voters
+                .iter()
+                .copied()
+                .find(|v| l.progress.get(v).is_some_and(|p| p.match_index == last))
+        });
+        if let Some(heir) = heir {
+            self.send(
+                heir,
+                RaftMessage::TimeoutNow(TimeoutNow {
+                    term: self.term,
+                    leader_id: self.config.id,
+                }),
+            );
+        }
+        let term = self.term;
+        self.become_follower(term, None);
     }
 
     /// Moves reads whose round a majority has answered to the confirmed queue.
@@ -386,7 +450,8 @@ impl Raft {
             return;
         };
         let own_round = leader.reads.round();
-        let mut confirmed = leader.quorum_reached(self.quorum, own_round, |p| p.read_round);
+        let mut confirmed =
+            leader.quorum_reached(&self.voters, self.config.id, own_round, |p| p.read_round);
         if without_quorum {
             confirmed = leader.reads.round();
         }

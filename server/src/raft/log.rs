@@ -5,7 +5,9 @@
 //! which are committed and which have been handed out to be applied. It never
 //! touches a disk: the driver writes what `take_unstable` returns.
 
-use poncho_protocol::Entry;
+use poncho_protocol::{Entry, EntryKind, Membership};
+
+use super::membership::Configs;
 
 #[derive(Debug)]
 pub struct RaftLog {
@@ -24,6 +26,8 @@ pub struct RaftLog {
     committed: u64,
     /// The highest index handed out to be applied.
     applied: u64,
+    /// The configuration each index belongs to.
+    configs: Configs,
 }
 
 /// What a follower found when checking an AppendEntries' previous entry.
@@ -40,19 +44,41 @@ pub enum AppendOutcome {
     /// a leader that asks this breaks Raft's guarantees, so nothing was
     /// changed. The log is as it was.
     WouldOverwriteCommitted { index: u64, term: u64 },
+    /// The `CONFIG` entry at `index` does not hold a valid configuration:
+    /// nothing was changed.
+    BadConfig { index: u64, error: String },
+}
+
+/// The configuration an entry holds, if it is a `CONFIG` entry.
+fn config_of(e: &Entry) -> Option<Result<Membership, String>> {
+    (e.kind == EntryKind::Config).then(|| Membership::decode(&e.data))
 }
 
 impl RaftLog {
     /// A log recovered from durable storage: a snapshot through
     /// (`snapshot_index`, `snapshot_term`), whose state the driver has
-    /// loaded, and the durable `entries` after it.
-    pub fn new(snapshot_index: u64, snapshot_term: u64, entries: Vec<Entry>) -> RaftLog {
+    /// loaded and whose configuration is `base`, and the durable `entries`
+    /// after it. An error if one of them is a configuration that does not
+    /// decode.
+    pub fn new(
+        snapshot_index: u64,
+        snapshot_term: u64,
+        base: Membership,
+        entries: Vec<Entry>,
+    ) -> Result<RaftLog, String> {
         let first_index = snapshot_index + 1;
+        let mut configs = Configs::new(snapshot_index, base);
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.index, first_index + i as u64, "durable log has a gap");
+            if let Some(config) = config_of(e) {
+                let config = config.map_err(|error| {
+                    format!("log entry {}: bad configuration: {error}", e.index)
+                })?;
+                configs.push(e.index, config);
+            }
         }
         let last = snapshot_index + entries.len() as u64;
-        RaftLog {
+        Ok(RaftLog {
             entries,
             first_index,
             snapshot_term,
@@ -60,7 +86,12 @@ impl RaftLog {
             persisted: last,
             committed: snapshot_index,
             applied: snapshot_index,
-        }
+            configs,
+        })
+    }
+
+    pub(super) fn configs(&self) -> &Configs {
+        &self.configs
     }
 
     /// The last index covered by the snapshot (0 if none).
@@ -87,12 +118,14 @@ impl RaftLog {
             .drain(..(index + 1 - self.first_index) as usize);
         self.first_index = index + 1;
         self.snapshot_term = term;
+        self.configs.compact(index);
     }
 
     /// Installs a snapshot received from the leader (section 7): if the log
     /// holds the snapshot's last entry, the entries after it are kept;
-    /// otherwise the whole log is discarded. Returns whether it was.
-    pub fn restore(&mut self, index: u64, term: u64) -> bool {
+    /// otherwise the whole log is discarded, and `membership`, the
+    /// snapshot's, is the configuration from then on. Returns whether it was.
+    pub fn restore(&mut self, index: u64, term: u64, membership: Membership) -> bool {
         if self.term(index) == Some(term) {
             self.committed = self.committed.max(index);
             self.applied = self.applied.max(index);
@@ -102,6 +135,7 @@ impl RaftLog {
             return false;
         }
         self.entries.clear();
+        self.configs.reset(index, membership);
         self.first_index = index + 1;
         self.snapshot_term = term;
         self.committed = index;
@@ -185,10 +219,19 @@ impl RaftLog {
         }
     }
 
-    /// Appends a new entry at the end (the leader's path).
-    pub fn append(&mut self, entry: Entry) {
+    /// Appends a new entry at the end (the leader's path); a configuration
+    /// comes with `config`, what its data holds.
+    pub fn append(&mut self, entry: Entry, config: Option<Membership>) {
         assert_eq!(entry.index, self.last_index() + 1, "append leaves a gap");
         assert!(entry.term >= self.last_term(), "append goes back in term");
+        assert_eq!(
+            entry.kind == EntryKind::Config,
+            config.is_some(),
+            "a configuration entry comes with its configuration"
+        );
+        if let Some(config) = config {
+            self.configs.push(entry.index, config);
+        }
         self.entries.push(entry);
     }
 
@@ -212,6 +255,20 @@ impl RaftLog {
             }
             let skip = (snapshot_index - prev_index) as usize;
             return self.try_append(snapshot_index, self.snapshot_term, &entries[skip..]);
+        }
+        // Every configuration is checked before anything changes.
+        let mut configs = Vec::new();
+        for e in entries {
+            match config_of(e) {
+                Some(Ok(config)) => configs.push((e.index, config)),
+                Some(Err(error)) => {
+                    return AppendOutcome::BadConfig {
+                        index: e.index,
+                        error,
+                    }
+                }
+                None => {}
+            }
         }
         match self.term(prev_index) {
             Some(t) if t == prev_term => {}
@@ -250,6 +307,11 @@ impl RaftLog {
                 None => {}
             }
             self.entries.extend_from_slice(&entries[i..]);
+            for (index, config) in configs {
+                if index >= e.index {
+                    self.configs.push(index, config);
+                }
+            }
             break;
         }
         AppendOutcome::Matched(prev_index + entries.len() as u64)
@@ -257,6 +319,7 @@ impl RaftLog {
 
     fn truncate_from(&mut self, index: u64) {
         self.entries.truncate((index - self.first_index) as usize);
+        self.configs.truncate_from(index);
         self.unstable_from = self.unstable_from.min(index);
         self.persisted = self.persisted.min(index - 1);
     }
@@ -311,7 +374,18 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use poncho_protocol::EntryKind;
+    use poncho_protocol::Member;
+
+    /// A log recovered from `entries`, in a one-node cluster.
+    fn recovered(entries: Vec<Entry>) -> RaftLog {
+        let one = Membership::bootstrap([Member {
+            id: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            peer_addr: None,
+            learner: false,
+        }]);
+        RaftLog::new(0, 0, one, entries).unwrap()
+    }
 
     pub fn entries(terms: &[u64]) -> Vec<Entry> {
         terms
@@ -328,7 +402,7 @@ mod tests {
 
     #[test]
     fn up_to_date_compares_last_term_then_length_section_5_4_1() {
-        let log = RaftLog::new(0, 0, entries(&[1, 1, 2]));
+        let log = recovered(entries(&[1, 1, 2]));
         assert!(
             log.is_up_to_date(1, 3),
             "higher last term wins even if shorter"
@@ -344,7 +418,7 @@ mod tests {
 
     #[test]
     fn append_rejects_a_missing_previous_entry_with_the_log_end_as_hint() {
-        let mut log = RaftLog::new(0, 0, entries(&[1, 1]));
+        let mut log = recovered(entries(&[1, 1]));
         let out = log.try_append(5, 1, &[]);
         assert_eq!(
             out,
@@ -357,7 +431,7 @@ mod tests {
 
     #[test]
     fn append_rejects_a_mismatched_term_and_points_at_the_first_entry_of_that_term() {
-        let mut log = RaftLog::new(0, 0, entries(&[1, 2, 2, 2, 3]));
+        let mut log = recovered(entries(&[1, 2, 2, 2, 3]));
         let out = log.try_append(4, 4, &[]);
         assert_eq!(
             out,
@@ -370,7 +444,7 @@ mod tests {
 
     #[test]
     fn append_truncates_at_the_first_conflict_only() {
-        let mut log = RaftLog::new(0, 0, entries(&[1, 1, 2, 2]));
+        let mut log = recovered(entries(&[1, 1, 2, 2]));
         let _ = log.take_unstable();
         let new = vec![
             Entry {
@@ -401,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_stale_shorter_append_does_not_truncate_matching_entries() {
-        let mut log = RaftLog::new(0, 0, entries(&[1, 1, 1, 1]));
+        let mut log = recovered(entries(&[1, 1, 1, 1]));
         let old = entries(&[1, 1])[1..].to_vec();
         assert_eq!(log.try_append(1, 1, &old), AppendOutcome::Matched(2));
         assert_eq!(
@@ -413,7 +487,7 @@ mod tests {
 
     #[test]
     fn persisted_report_for_a_truncated_suffix_is_ignored() {
-        let mut log = RaftLog::new(0, 0, Vec::new());
+        let mut log = recovered(Vec::new());
         log.try_append(0, 0, &entries(&[1, 1, 1]));
         let handed = log.take_unstable();
         let last = handed.last().unwrap().clone();
@@ -435,7 +509,7 @@ mod tests {
 
     #[test]
     fn slice_respects_count_and_bytes_but_always_returns_one() {
-        let log = RaftLog::new(0, 0, entries(&[1; 10]));
+        let log = recovered(entries(&[1; 10]));
         assert_eq!(log.slice(3, 4, usize::MAX).len(), 4);
         assert_eq!(log.slice(3, 100, 1).len(), 1);
         assert_eq!(log.slice(9, 100, usize::MAX).len(), 2);
@@ -444,7 +518,7 @@ mod tests {
 
     #[test]
     fn committed_entries_are_handed_out_once_in_order() {
-        let mut log = RaftLog::new(0, 0, entries(&[1, 1, 1]));
+        let mut log = recovered(entries(&[1, 1, 1]));
         assert!(log.commit_to(2));
         let c = log.take_committed();
         assert_eq!(c.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);

@@ -2,12 +2,14 @@
 //!
 //! It implements the Raft paper (Ongaro & Ousterhout, extended version) with
 //! these parts of Ongaro's thesis: PreVote and CheckQuorum (9.6), ReadIndex
-//! reads (6.4), leader transfer (3.10), and the leader writing its log in
-//! parallel with replication (10.2.1).
+//! reads (6.4), leader transfer (3.10), the leader writing its log in
+//! parallel with replication (10.2.1), and membership changes one server at
+//! a time (4.1, with learners; see `membership`).
 //!
 //! # Driving it
 //! Inputs go in through [`Raft::tick`], [`Raft::step`], [`Raft::propose`],
-//! [`Raft::read_index`], [`Raft::transfer_leadership`], and the two notices
+//! [`Raft::propose_change`], [`Raft::read_index`],
+//! [`Raft::transfer_leadership`], and the two notices
 //! [`Raft::on_persisted`] and [`Raft::advance_applied`]. After a batch of
 //! inputs, the driver calls [`Raft::ready`] and carries out the [`Ready`]
 //! strictly in this order:
@@ -32,6 +34,7 @@ mod candidate;
 mod follower;
 mod leader;
 mod log;
+mod membership;
 mod progress;
 mod read;
 mod snapshot;
@@ -48,13 +51,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use poncho_protocol::{Entry, EntryKind, InstallSnapshot, NodeId, RaftMessage};
+use poncho_protocol::{
+    Entry, EntryKind, InstallSnapshot, MemberChange, Membership, NodeId, RaftMessage,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use self::candidate::{Campaign, CandidateState};
 use self::leader::LeaderState;
 pub use self::log::{AppendOutcome, RaftLog};
+pub use self::membership::{ChangeError, MemberProgress, MemberRole};
 pub use self::progress::{Progress, ProgressState};
 pub use self::snapshot::{Restored, SnapshotAck};
 
@@ -62,8 +68,6 @@ pub use self::snapshot::{Restored, SnapshotAck};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, this node included.
-    pub members: Vec<NodeId>,
     /// The minimum election timeout. Each wait is drawn from
     /// `[election_timeout_ticks, 2 * election_timeout_ticks)`.
     pub election_timeout_ticks: u64,
@@ -84,6 +88,10 @@ pub struct Config {
     pub check_quorum: bool,
     /// The `is_leader` hint: campaign at once on start instead of waiting.
     pub bootstrap_leader: bool,
+    /// A learner is promoted only once its log is within this many entries
+    /// of the leader's; so is a voter counted as caught up by the check
+    /// that a change leaves a quorum of healthy voters.
+    pub promote_max_lag_entries: u64,
     /// Deliberately broken rules, so tests can show the simulator finds them.
     #[cfg(test)]
     pub(crate) broken_rule: Option<BrokenRule>,
@@ -112,13 +120,17 @@ pub(crate) enum BrokenRule {
     VotesFromOlderElections,
     /// Send a vote before the vote is durable.
     VoteBeforeDurable,
+    /// Propose a membership change while another is uncommitted.
+    TwoChangesInFlight,
+    /// Propose a membership change before an entry of the leader's term
+    /// has committed (the rule Ongaro added to single-server changes).
+    ChangeBeforeTermCommit,
 }
 
 impl Config {
-    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+    pub fn new(id: NodeId) -> Config {
         Config {
             id,
-            members,
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 1,
             max_entries_per_message: 512,
@@ -129,6 +141,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             bootstrap_leader: false,
+            promote_max_lag_entries: 1000,
             #[cfg(test)]
             broken_rule: None,
         }
@@ -137,21 +150,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("node id 0 is reserved; ids start at 1".into());
-        }
-        if !self.members.contains(&self.id) {
-            return Err(format!(
-                "node {} is not among the members {:?}",
-                self.id, self.members
-            ));
-        }
-        let mut sorted = self.members.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != self.members.len() || sorted.contains(&0) {
-            return Err(format!(
-                "members must be distinct nonzero ids: {:?}",
-                self.members
-            ));
         }
         if self.heartbeat_interval_ticks == 0 || self.election_timeout_ticks == 0 {
             return Err("timeouts must be at least one tick".into());
@@ -166,6 +164,30 @@ impl Config {
             return Err("batch and in-flight limits must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// A configuration of `voters`, for tests (addresses made up from ids).
+#[cfg(test)]
+pub(crate) fn voters_of(voters: &[NodeId]) -> Membership {
+    Membership::bootstrap(voters.iter().map(|&id| poncho_protocol::Member {
+        id,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + id as u16)),
+        peer_addr: None,
+        learner: false,
+    }))
+}
+
+/// A new cluster's first entry: its first configuration, at index 1 of
+/// term 0, written alike by every founding member before it starts (so a
+/// member added later learns it from the log, as it learns every later
+/// one).
+pub fn bootstrap_entry(membership: &Membership) -> Entry {
+    Entry {
+        index: 1,
+        term: 0,
+        kind: EntryKind::Config,
+        data: Arc::from(membership.encode()),
     }
 }
 
@@ -256,6 +278,13 @@ pub enum Alert {
         term: u64,
         their_term: u64,
     },
+    /// `leader` sent a configuration entry at `index` that does not decode
+    /// or is not a valid configuration; the message was not taken.
+    BadConfig {
+        leader: NodeId,
+        index: u64,
+        error: String,
+    },
 }
 
 impl fmt::Display for Alert {
@@ -273,6 +302,14 @@ impl fmt::Display for Alert {
                  {index} (term {term}) with one of term {their_term}; refused. Two leaders \
                  disagree on committed history: a node may have lost its data directory and \
                  voted twice"
+            ),
+            Alert::BadConfig {
+                leader,
+                index,
+                error,
+            } => write!(
+                f,
+                "leader {leader} sent a configuration at index {index} that is not valid                  ({error}); refused"
             ),
         }
     }
@@ -354,6 +391,8 @@ pub struct Status {
     pub persisted_index: u64,
     /// Per-follower replication state; empty unless this node leads.
     pub followers: Vec<FollowerStatus>,
+    /// What this node is in its latest configuration.
+    pub member_role: MemberRole,
 }
 
 /// What a node keeps only while in one role.
@@ -367,9 +406,15 @@ enum RoleState {
 
 pub struct Raft {
     config: Config,
-    /// The other members, in id order (iteration order must be deterministic).
+    /// The other members of the latest configuration, voters and learners,
+    /// in id order (iteration order must be deterministic).
     peers: Vec<NodeId>,
+    /// The latest configuration's voters (this node among them or not).
+    voters: Vec<NodeId>,
+    /// A majority of `voters`.
     quorum: usize,
+    /// The `Configs::version` the three above were computed from.
+    config_version: u64,
     term: u64,
     vote: Option<NodeId>,
     role: RoleState,
@@ -403,44 +448,51 @@ pub struct Raft {
 
 impl Raft {
     /// A node recovered from its durable `hard_state` and log `entries` (empty
-    /// for a new node). `seed` drives every random choice the node makes.
+    /// for a new node), `base` being the configuration before the log's
+    /// first entry (a new cluster's first one; a node that is to join one
+    /// has none of its own: it passes the cluster's, or any configuration
+    /// without itself, and learns the real one from the leader). `seed`
+    /// drives every random choice the node makes.
     pub fn new(
         config: Config,
         hard_state: HardState,
+        base: Membership,
         entries: Vec<Entry>,
         seed: u64,
     ) -> Result<Raft, String> {
-        Raft::with_snapshot(config, hard_state, (0, 0), entries, seed)
+        Raft::with_snapshot(config, hard_state, (0, 0), base, entries, seed)
     }
 
     /// A node recovered from a snapshot through (index, term) = `snapshot`,
-    /// whose state the driver has loaded, and the log `entries` after it.
+    /// whose state and configuration (`base`) the driver has loaded, and
+    /// the log `entries` after it.
     pub fn with_snapshot(
         config: Config,
         hard_state: HardState,
         snapshot: (u64, u64),
+        base: Membership,
         entries: Vec<Entry>,
         seed: u64,
     ) -> Result<Raft, String> {
         config.validate()?;
-        let mut peers: Vec<NodeId> = config
-            .members
-            .iter()
-            .copied()
-            .filter(|&m| m != config.id)
-            .collect();
-        peers.sort_unstable();
-        let quorum = config.members.len() / 2 + 1;
+        // Empty: a node that is to join a cluster, or a new one whose first
+        // configuration is its first entry (`bootstrap_entry`).
+        if !base.members.is_empty() {
+            base.check()
+                .map_err(|e| format!("the configuration to start from: {e}"))?;
+        }
         if entries.first().is_some_and(|e| e.index != snapshot.0 + 1) {
             return Err(format!(
                 "the log does not continue the snapshot at index {}",
                 snapshot.0
             ));
         }
-        let log = RaftLog::new(snapshot.0, snapshot.1, entries);
+        let log = RaftLog::new(snapshot.0, snapshot.1, base, entries)?;
         let mut raft = Raft {
-            peers,
-            quorum,
+            peers: Vec::new(),
+            voters: Vec::new(),
+            quorum: 1,
+            config_version: u64::MAX,
             term: hard_state.term,
             vote: hard_state.vote,
             role: RoleState::Follower,
@@ -462,6 +514,7 @@ impl Raft {
             reported_soft_state: None,
             config,
         };
+        raft.refresh_membership();
         raft.reset_election_timer();
         if raft.config.bootstrap_leader {
             // A fresh cluster gets a predictable first leader; on a restart the
@@ -476,10 +529,10 @@ impl Raft {
     /// on a fresh node, a pre-vote otherwise. A driver uses it to delay the
     /// hint until it can reach a quorum, so the vote requests are not lost.
     pub fn campaign_now(&mut self) {
-        if self.is_leader() {
+        if self.is_leader() || !self.is_voter() {
             return;
         }
-        let fresh = self.term == 0 && self.log.last_index() == 0;
+        let fresh = self.term == 0 && self.log.last_term() == 0;
         self.campaign(if fresh || !self.config.pre_vote {
             Campaign::Election
         } else {
@@ -489,6 +542,70 @@ impl Raft {
 
     pub fn quorum(&self) -> usize {
         self.quorum
+    }
+
+    /// The latest configuration in this node's log: the one it acts on.
+    pub fn membership(&self) -> &Membership {
+        self.log.configs().latest().1
+    }
+
+    /// The index of the entry the latest configuration comes from (the
+    /// snapshot's, or 0, for the one the log started from).
+    pub fn membership_index(&self) -> u64 {
+        self.log.configs().latest().0
+    }
+
+    /// The configuration in effect at `index` (what a snapshot through
+    /// `index` records).
+    pub fn membership_at(&self, index: u64) -> Arc<Membership> {
+        Arc::clone(self.log.configs().at(index))
+    }
+
+    /// What this node is in its latest configuration.
+    pub fn member_role(&self) -> MemberRole {
+        MemberRole::of(self.config.id, self.membership())
+    }
+
+    fn is_voter(&self) -> bool {
+        self.voters.contains(&self.config.id)
+    }
+
+    /// Recomputes who votes and who is replicated to, if the latest
+    /// configuration changed (an entry appended or truncated, a snapshot
+    /// installed). A leader starts tracking new members and forgets
+    /// removed ones; a candidate that is no longer a voter gives up.
+    fn refresh_membership(&mut self) {
+        let version = self.log.configs().version();
+        if version == self.config_version {
+            return;
+        }
+        self.config_version = version;
+        let own = self.config.id;
+        let latest = Arc::clone(self.log.configs().latest().1);
+        self.voters = latest.voters().into_iter().collect();
+        self.peers = latest.ids().into_iter().filter(|&id| id != own).collect();
+        self.quorum = self.voters.len() / 2 + 1;
+        let next_index = self.log.last_index() + 1;
+        let voter = self.is_voter();
+        match &mut self.role {
+            RoleState::Leader(leader) => {
+                leader.progress.retain(|id, _| latest.contains(*id));
+                for &peer in &self.peers {
+                    leader
+                        .progress
+                        .entry(peer)
+                        .or_insert_with(|| Progress::new(next_index));
+                }
+                if leader.transfer.is_some_and(|t| !latest.is_voter(t.to)) {
+                    leader.transfer = None;
+                }
+            }
+            RoleState::Campaigning(_) if !voter => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            RoleState::Campaigning(_) | RoleState::Follower => {}
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -546,6 +663,7 @@ impl Raft {
                     .collect(),
                 None => Vec::new(),
             },
+            member_role: self.member_role(),
         }
     }
 
@@ -585,14 +703,131 @@ impl Raft {
             return Err(ProposeError::Overloaded);
         }
         let index = self.log.last_index() + 1;
-        self.log.append(Entry {
-            index,
-            term: self.term,
-            kind,
-            data,
-        });
+        self.log.append(
+            Entry {
+                index,
+                term: self.term,
+                kind,
+                data,
+            },
+            None,
+        );
         // Sent from `ready()`, so all proposals of one batch share a message.
         Ok((index, self.term))
+    }
+
+    /// Proposes one membership change (see `membership`): it takes effect
+    /// at once, on this node as on each that appends it, and is final once
+    /// committed at the returned index. Refused while another change is
+    /// uncommitted, before this leader has committed an entry of its term,
+    /// for a learner more than `promote_max_lag_entries` behind, and, unless
+    /// `force`, when fewer healthy, caught-up voters than the new
+    /// configuration's quorum would remain.
+    pub fn propose_change(
+        &mut self,
+        change: &MemberChange,
+        force: bool,
+    ) -> Result<u64, ChangeError> {
+        let two_in_flight = self.broken(|r| r == BrokenRule::TwoChangesInFlight);
+        let before_term_commit = self.broken(|r| r == BrokenRule::ChangeBeforeTermCommit);
+        let Some(leader) = self.leader() else {
+            return Err(ChangeError::NotLeader {
+                leader_id: self.leader_id,
+            });
+        };
+        if leader.transfer.is_some() {
+            return Err(ChangeError::TransferInProgress);
+        }
+        let committed = self.log.committed();
+        if self.log.term(committed) != Some(self.term) && !before_term_commit {
+            return Err(ChangeError::TermNotCommitted);
+        }
+        let (latest_index, latest) = self.log.configs().latest();
+        if latest_index > committed && !two_in_flight {
+            return Err(ChangeError::ChangeInProgress {
+                index: latest_index,
+            });
+        }
+        let next = latest.with_change(change).map_err(ChangeError::Invalid)?;
+        let last_index = self.log.last_index();
+        let max_lag = self.config.promote_max_lag_entries;
+        let caught_up = |id: NodeId| {
+            id == self.config.id
+                || leader
+                    .progress
+                    .get(&id)
+                    .is_some_and(|p| p.match_index.saturating_add(max_lag) >= last_index)
+        };
+        if let MemberChange::Promote(id) = change {
+            if !caught_up(*id) {
+                return Err(ChangeError::LearnerBehind {
+                    id: *id,
+                    match_index: leader.progress.get(id).map_or(0, |p| p.match_index),
+                    last_index,
+                    max_lag,
+                });
+            }
+        }
+        if change.changes_voters() && !force {
+            let voters = next.voters();
+            let healthy = voters
+                .iter()
+                .filter(|&&v| caught_up(v) && self.recently_heard(v))
+                .count();
+            if healthy < next.quorum() {
+                return Err(ChangeError::Unsafe {
+                    healthy,
+                    quorum: next.quorum(),
+                    voters: voters.len(),
+                });
+            }
+        }
+        let index = last_index + 1;
+        let entry = Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Config,
+            data: Arc::from(next.encode()),
+        };
+        self.log.append(entry, Some(next));
+        self.refresh_membership();
+        Ok(index)
+    }
+
+    /// Leader: whether `id` (this node always) was heard from within an
+    /// election timeout.
+    fn recently_heard(&self, id: NodeId) -> bool {
+        id == self.config.id
+            || self.leader().is_some_and(|l| {
+                l.progress.get(&id).is_some_and(|p| {
+                    p.heard_at
+                        .is_some_and(|t| l.ticks - t <= self.config.election_timeout_ticks)
+                })
+            })
+    }
+
+    /// Leader: each member's replication, for `member list` (empty on
+    /// other nodes). The leader lists itself, matching its whole log.
+    pub fn member_progress(&self) -> Vec<MemberProgress> {
+        let Some(leader) = self.leader() else {
+            return Vec::new();
+        };
+        let mut out: Vec<MemberProgress> = leader
+            .progress
+            .iter()
+            .map(|(&id, p)| MemberProgress {
+                id,
+                match_index: p.match_index,
+                healthy: self.recently_heard(id),
+            })
+            .collect();
+        out.push(MemberProgress {
+            id: self.config.id,
+            match_index: self.log.last_index(),
+            healthy: true,
+        });
+        out.sort_by_key(|p| p.id);
+        out
     }
 
     /// Asks for a linearizable read (ReadIndex, thesis 6.4). Once leadership is
@@ -619,8 +854,8 @@ impl Raft {
                 leader_id: self.leader_id,
             });
         }
-        if to == self.config.id || !self.peers.contains(&to) {
-            return Ok(()); // nothing to do, or not a member we can hand to
+        if to == self.config.id || !self.voters.contains(&to) {
+            return Ok(()); // nothing to do, or not a voter we can hand to
         }
         if let Some(leader) = self.leader_mut() {
             leader.start_transfer(to);

@@ -34,6 +34,8 @@ pub struct Progress {
     inflight: VecDeque<u64>,
     /// Heard from this follower since the last CheckQuorum round.
     pub recent_active: bool,
+    /// When the leader last heard from it (`LeaderState::ticks`).
+    pub heard_at: Option<u64>,
     /// The highest ReadIndex round this follower has answered in this term.
     pub read_round: u64,
     /// In `Snapshot`: ticks since the transfer last made progress.
@@ -53,6 +55,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            heard_at: None,
             read_round: 0,
             snapshot_stalled_ticks: 0,
             snapshot_index: 0,

@@ -17,8 +17,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use poncho_protocol::{
-    AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshotReply, NodeId, RaftMessage,
-    RequestVote, RequestVoteReply, TimeoutNow,
+    AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshotReply, Membership, NodeId,
+    RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
 };
 
 use super::{BrokenRule, Config, HardState, Raft, Ready, Restored, Role};
@@ -337,6 +337,10 @@ fn fmt_entries(entries: &[Entry]) -> String {
         }
         parts.push(match e.kind {
             EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
+            EntryKind::Config => match Membership::decode(&e.data) {
+                Ok(m) => format!("{}/{} config{:?}", e.index, e.term, m.voters()),
+                Err(_) => format!("{}/{} config?", e.index, e.term),
+            },
             EntryKind::Command if e.data.contains([' ', ',', '"', '[', ']']) => {
                 format!("{}/{} {:?}", e.index, e.term, &*e.data)
             }
@@ -599,6 +603,8 @@ struct PendingWrite {
 
 struct Node {
     config: Config,
+    /// The configuration the log starts from (scripts change none).
+    base: Membership,
     seed: u64,
     /// `None` while crashed.
     raft: Option<Raft>,
@@ -613,6 +619,7 @@ impl Node {
             self.config.clone(),
             d.hard_state,
             d.snapshot,
+            self.base.clone(),
             d.log.clone(),
             self.seed,
         )?);
@@ -851,6 +858,7 @@ impl Cluster {
             .zip(terms)
             .map(|(index, term)| plain(index, term))
             .collect();
+        let base = super::voters_of(&voters);
         let mut template = configured(args, voters)?;
         template.broken_rule = self.broken;
         for id in ids {
@@ -858,6 +866,7 @@ impl Cluster {
             config.id = id;
             let mut node = Node {
                 config,
+                base: base.clone(),
                 seed: id,
                 raft: None,
                 disk: Disk {
@@ -1089,7 +1098,8 @@ impl Cluster {
         let leader = args.take("leader")?.ok_or("leader=")?;
         let index: u64 = args.take("index")?.ok_or("index=")?;
         let term = args.take("term")?.ok_or("term=")?;
-        let restored = self.raft(id)?.restore_snapshot(leader, index, term);
+        let base = self.node(id)?.base.clone();
+        let restored = self.raft(id)?.restore_snapshot(leader, index, term, base);
         let disk = &mut self.node(id)?.disk;
         match restored {
             Restored::Stale => out.push("stale".into()),
@@ -1171,7 +1181,7 @@ fn plain(index: u64, term: u64) -> Entry {
 
 /// The configuration options `add-nodes` takes (id set by the caller).
 fn configured(args: &mut Args, voters: Vec<NodeId>) -> Result<Config, String> {
-    let mut c = Config::new(voters[0], voters);
+    let mut c = Config::new(voters[0]);
     c.pre_vote = args.or("pre-vote", c.pre_vote)?;
     c.check_quorum = args.or("check-quorum", c.check_quorum)?;
     c.election_timeout_ticks = args.or("election", c.election_timeout_ticks)?;

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use poncho_protocol::{Entry, InstallSnapshot, NodeId, RaftMessage};
+use poncho_protocol::{Entry, InstallSnapshot, Membership, NodeId, RaftMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -79,24 +79,31 @@ struct PendingWrite {
     due: u64,
 }
 
-/// A snapshot: the applied prefix of the state machine through `index`.
+/// A snapshot: the applied prefix of the state machine through `index`,
+/// and the configuration then.
 #[derive(Clone)]
 struct SimSnapshot {
     index: u64,
     term: u64,
     applied: Vec<(u64, Arc<str>)>,
+    membership: Membership,
 }
 
 impl SimSnapshot {
-    /// The bytes a leader streams: one "term data" line per entry.
+    /// The bytes a leader streams: the configuration's line, then one
+    /// "term data" line per entry.
     fn encode(&self) -> String {
-        self.applied
-            .iter()
-            .map(|(t, d)| format!("{t} {d}\n"))
-            .collect()
+        let mut out = self.membership.encode();
+        out.push('\n');
+        for (t, d) in &self.applied {
+            out.push_str(&format!("{t} {d}\n"));
+        }
+        out
     }
 
     fn decode(index: u64, term: u64, text: &str) -> Option<SimSnapshot> {
+        let (membership, text) = text.split_once('\n')?;
+        let membership = Membership::decode(membership).ok()?;
         let applied: Option<Vec<(u64, Arc<str>)>> = text
             .lines()
             .map(|l| {
@@ -109,6 +116,7 @@ impl SimSnapshot {
             index,
             term,
             applied,
+            membership,
         })
     }
 }
@@ -212,8 +220,8 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(nodes: usize, seed: u64, net: NetConfig) -> Sim {
-        Sim::with_config(nodes, seed, net, |id, members| {
-            let mut c = Config::new(id, members);
+        Sim::with_config(nodes, seed, net, |id, _members| {
+            let mut c = Config::new(id);
             c.heartbeat_interval_ticks = 2;
             c.election_timeout_ticks = 10;
             c
@@ -298,7 +306,7 @@ impl Sim {
 
     fn start(&mut self, id: NodeId) {
         let members = self.ids();
-        let config = (self.config_for)(id, members);
+        let config = (self.config_for)(id, members.clone());
         let raft_seed = self.rng.gen();
         let discarded = reconcile_durable(self.node(id));
         if let Err(e) = self.checker.check_truncation(&discarded) {
@@ -310,6 +318,10 @@ impl Sim {
             .durable_snapshot
             .as_ref()
             .map_or((0, 0), |s| (s.index, s.term));
+        let base = node
+            .durable_snapshot
+            .as_ref()
+            .map_or_else(|| super::voters_of(&members), |s| s.membership.clone());
         node.applied = node
             .durable_snapshot
             .as_ref()
@@ -324,6 +336,7 @@ impl Sim {
             config,
             node.durable_hard_state,
             (snap_index, snap_term),
+            base,
             entries,
             raft_seed,
         )
@@ -733,10 +746,15 @@ impl Sim {
         let last = node.durable_snapshot.as_ref().map_or(0, |s| s.index);
         if applied >= last + policy.every_entries {
             let term = node.applied.last().map_or(0, |(t, _)| *t);
+            let Some(raft) = node.raft.as_ref() else {
+                return;
+            };
+            let membership = (*raft.membership_at(applied)).clone();
             let snapshot = SimSnapshot {
                 index: applied,
                 term,
                 applied: node.applied.clone(),
+                membership,
             };
             node.snapshot_write = Some((now + delay, snapshot));
         }
@@ -842,7 +860,7 @@ impl Sim {
         let Some(raft) = self.raft_mut(id) else {
             return Ok(());
         };
-        let restored = raft.restore_snapshot(leader, index, term);
+        let restored = raft.restore_snapshot(leader, index, term, snapshot.membership.clone());
         let node = self.node(id);
         match restored {
             Restored::Stale => return Ok(()),

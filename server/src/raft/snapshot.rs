@@ -23,7 +23,7 @@
 //! an acknowledgement of offset 0 of no snapshot yet); they are kept apart
 //! so the driver and the simulator keep their contract.
 
-use poncho_protocol::{InstallSnapshot, InstallSnapshotReply, NodeId, RaftMessage};
+use poncho_protocol::{InstallSnapshot, InstallSnapshotReply, Membership, NodeId, RaftMessage};
 
 use super::{ProgressState, Raft};
 
@@ -96,17 +96,24 @@ impl Raft {
         self.send(leader, RaftMessage::InstallSnapshotReply(reply));
     }
 
-    /// Follower: the driver verified the snapshot through (`index`, `term`)
-    /// and made it durable. Unless it is [`Restored::Stale`], the driver
+    /// Follower: the driver verified the snapshot through (`index`, `term`),
+    /// whose configuration is `membership`, and made it durable. Unless it is [`Restored::Stale`], the driver
     /// loads it into its state machine; the log keeps what follows the
     /// snapshot if it holds the snapshot's last entry, otherwise it is
     /// discarded and the driver must discard its stored log too before the
     /// next `ready()`.
-    pub fn restore_snapshot(&mut self, leader: NodeId, index: u64, term: u64) -> Restored {
+    pub fn restore_snapshot(
+        &mut self,
+        leader: NodeId,
+        index: u64,
+        term: u64,
+        membership: Membership,
+    ) -> Restored {
         if index <= self.log.committed() {
             return Restored::Stale;
         }
-        let discarded = self.log.restore(index, term);
+        let discarded = self.log.restore(index, term, membership);
+        self.refresh_membership();
         self.applied_index = self.applied_index.max(index);
         let reply = InstallSnapshotReply {
             term: self.term,

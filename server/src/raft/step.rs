@@ -10,9 +10,36 @@ use super::{BrokenRule, Outbound, Raft, RoleState};
 impl Raft {
     /// Hands the core a message from peer `from`.
     pub fn step(&mut self, from: NodeId, message: RaftMessage) {
-        if from == self.config.id || !self.peers.contains(&from) {
-            return; // not a member: ignore rather than let it vote or lead
+        if from == self.config.id || !self.accepts(from, &message) {
+            return;
         }
+        self.step_message(from, message);
+        // An appended or truncated configuration, or a snapshot's.
+        self.refresh_membership();
+    }
+
+    /// Whether a message from `from` may be heard at all. A leader's
+    /// entries and snapshots are taken from any proven node: a node whose
+    /// log lags (a new member, or one that was away while members were
+    /// added) may not know its leader yet, and term checks keep a stale one
+    /// out. Everything else comes only from members of this node's latest
+    /// configuration; and a voter ignores vote requests from anyone its
+    /// configuration does not count as a voter, so a removed node (or one
+    /// never added) cannot start elections or raise terms (thesis 4.2.3).
+    /// A learner or a joining node answers any candidate: its answer counts
+    /// only where the candidate's configuration counts it.
+    fn accepts(&self, from: NodeId, message: &RaftMessage) -> bool {
+        match message {
+            RaftMessage::AppendEntries(_) | RaftMessage::InstallSnapshot(_) => true,
+            RaftMessage::RequestVote(_) => !self.is_voter() || self.voters.contains(&from),
+            RaftMessage::TimeoutNow(_)
+            | RaftMessage::AppendEntriesReply(_)
+            | RaftMessage::RequestVoteReply(_)
+            | RaftMessage::InstallSnapshotReply(_) => self.peers.contains(&from),
+        }
+    }
+
+    fn step_message(&mut self, from: NodeId, message: RaftMessage) {
         let term = message.term();
         if term > self.term {
             if !self.enter_message_term(&message) {

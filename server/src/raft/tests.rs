@@ -35,7 +35,8 @@ fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
 
 fn sim_with(nodes: usize, seed: u64, net: NetConfig, tweak: impl Fn(&mut Config) + 'static) -> Sim {
     Sim::with_config(nodes, seed, net, move |id, members| {
-        let mut c = Config::new(id, members);
+        let _ = members;
+        let mut c = Config::new(id);
         c.heartbeat_interval_ticks = 2;
         c.election_timeout_ticks = 10;
         tweak(&mut c);

@@ -75,6 +75,7 @@ pub(super) fn encode_record(buf: &mut Vec<u8>, e: &Entry, batch_start: bool) {
     let kind = match e.kind {
         EntryKind::Command => 0u8,
         EntryKind::Noop => 1,
+        EntryKind::Config => 2,
     } | if batch_start { BATCH_START } else { 0 };
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);

@@ -156,6 +156,7 @@ impl Replay {
         let kind = match rec.kind {
             0 => EntryKind::Command,
             1 => EntryKind::Noop,
+            2 => EntryKind::Config,
             k => return Err(corrupt(path, at, format!("unknown entry kind {k}"))),
         };
         let data =
