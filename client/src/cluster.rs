@@ -15,6 +15,11 @@
 //! every node, or the leader a redirect names, the request fails at once
 //! with [`ClientError::Tls`].
 //!
+//! A membership change or leader transfer ([`Route::Change`]) follows
+//! redirects too, but after an attempt that may have been applied (no
+//! reply, `TIMEOUT`, `LEADERSHIP_LOST`) it is not sent again: it fails with
+//! [`ClientError::OutcomeUnknown`].
+//!
 //! With credentials ([`ClusterClient::with_credentials`]), every connection
 //! it opens (the first, after a redirect, after a lost node, `connect_to`)
 //! sends `AUTHENTICATE` first, before `REGISTER_CLIENT` or any request. A
@@ -432,6 +437,9 @@ impl ClusterClient {
             if self.interrupted() {
                 return Err(ClientError::Interrupted);
             }
+            if route == Route::Change && a.uncertain {
+                return Err(unknown_change(a.last));
+            }
             if Instant::now() >= a.deadline {
                 return Err(self.give_up(a.last));
             }
@@ -650,6 +658,16 @@ impl ClusterClient {
         self.verbose = verbose;
         connected
     }
+}
+
+/// A change ([`Route::Change`]) whose last attempt may have been applied:
+/// it is not sent again, so its outcome is unknown.
+fn unknown_change(last: Option<ClientError>) -> ClientError {
+    let why = last.map_or_else(|| "no answer".to_string(), |e| e.to_string());
+    ClientError::OutcomeUnknown(format!(
+        "the outcome of this change is unknown ({why}); it was not sent again, \
+         since a change is not applied exactly once"
+    ))
 }
 
 /// Doubles `backoff` and adds up to half of it again at random, up to

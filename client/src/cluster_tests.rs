@@ -446,3 +446,104 @@ fn status_and_find_leader_log_in_when_given_credentials() {
     assert_login(&conns[0][0]);
     assert_msg_type(&conns[0][1], "STATUS");
 }
+
+const MEMBER_OK: &str = r#"{"msg_type":"MEMBER","req_id":{req_id},"payload":{"index":12,"members":[{"id":1,"addr":"127.0.0.1:8001","learner":false,"leader":true},{"id":4,"addr":"127.0.0.1:8004","learner":true,"leader":false}]}}"#;
+
+fn error_reply(code: &str) -> &'static str {
+    Box::leak(
+        format!(
+            r#"{{"msg_type":"ERROR","req_id":{{req_id}},"payload":{{"code":"{code}","message":"m"}}}}"#
+        )
+        .into_boxed_str(),
+    )
+}
+
+fn learner_4() -> poncho_protocol::Member {
+    poncho_protocol::Member {
+        id: 4,
+        addr: "127.0.0.1:8004".parse().unwrap(),
+        peer_addr: None,
+        learner: true,
+    }
+}
+
+#[test]
+fn a_member_change_follows_the_redirect_and_waits_out_a_change_in_progress() {
+    let (leader, leader_node) = fake_node(vec![error_reply("CHANGE_IN_PROGRESS"), MEMBER_OK]);
+    let (follower, follower_node) = fake_node(vec![redirect_to(&leader)]);
+    let mut client = ClusterClient::new(vec![follower], Duration::from_secs(5), false);
+    let reply = client.member_add(learner_4(), false).unwrap();
+    assert_eq!(reply.index, Some(12));
+    assert!(reply.members[1].learner && reply.members[0].leader);
+    assert_eq!(client.connected(), Some(leader.as_str()));
+    assert_eq!(follower_node.join().unwrap().len(), 1);
+    let seen = leader_node.join().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], seen[1], "the same request again");
+    assert_msg_type(&seen[0], "MEMBER");
+    assert!(
+        seen[0].contains(r#""op":"add","id":4"#) && seen[0].contains(r#""learner":true"#),
+        "{}",
+        seen[0]
+    );
+}
+
+#[test]
+fn a_change_that_may_have_been_applied_is_not_sent_again() {
+    for code in ["TIMEOUT", "LEADERSHIP_LOST"] {
+        // A second answer that must not be asked for.
+        let (addr, node) = fake_node(vec![error_reply(code), MEMBER_OK]);
+        let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+        let err = client.member_remove(3, false).unwrap_err();
+        assert_eq!(err.code(), "OUTCOME_UNKNOWN", "{code}: {err}");
+        let m = err.message();
+        assert!(
+            m.contains("unknown") && m.contains(code) && m.contains("`member list`"),
+            "{m}"
+        );
+        client.disconnect();
+        assert_eq!(node.join().unwrap().len(), 1, "{code}: sent again");
+    }
+    let (addr, node) = fake_node(vec![error_reply("TIMEOUT")]);
+    let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+    let err = client.transfer_leader(2).unwrap_err();
+    assert_eq!(err.code(), "OUTCOME_UNKNOWN");
+    assert!(err.message().contains("`leader`"), "{}", err.message());
+    node.join().unwrap();
+}
+
+#[test]
+fn member_list_is_a_read_retried_and_a_removed_node_is_passed_over() {
+    let (removed, removed_node) = fake_node(vec![error_reply("REMOVED")]);
+    let (other, other_node) = fake_node(vec![error_reply("TIMEOUT"), MEMBER_OK]);
+    let mut client =
+        ClusterClient::new(vec![removed, other.clone()], Duration::from_secs(5), false);
+    let reply = client.member_list().unwrap();
+    assert_eq!(reply.members.len(), 2);
+    assert_eq!(client.connected(), Some(other.as_str()));
+    assert_eq!(removed_node.join().unwrap().len(), 1);
+    let seen = other_node.join().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].contains(r#""op":"list""#), "{}", seen[0]);
+}
+
+#[test]
+fn refused_changes_keep_their_codes_and_are_not_retried() {
+    for code in ["LEARNER_NOT_READY", "UNSAFE_CHANGE", "MEMBERSHIP_REFUSED"] {
+        let (addr, node) = fake_node(vec![error_reply(code), MEMBER_OK]);
+        let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+        let err = client.member_promote(4, false).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Server(e) if e.code.to_string() == code),
+            "{err:?}"
+        );
+        client.disconnect();
+        assert_eq!(node.join().unwrap().len(), 1, "{code}");
+    }
+    // Not the reply the table promises: a protocol error.
+    let (addr, node) = fake_node(vec![SET_OK]);
+    let mut client = ClusterClient::new(vec![addr], Duration::from_secs(5), false);
+    let err = client.member_list().unwrap_err();
+    assert_eq!(err.code(), "PROTOCOL", "{err}");
+    node.join().unwrap();
+}

@@ -1,6 +1,11 @@
 //! Leader following: which node to try next, and what an `ERROR` reply asks
 //! of a request that is retried (go to the leader it names, ask another node,
 //! ask this one again, or give the answer back).
+//!
+//! A membership change or a leader transfer ([`Route::Change`]) goes to the
+//! leader as a write does, but it has no session to make it exactly-once:
+//! the client never sends one again after an attempt that may have been
+//! applied (see [`crate::membership`]).
 
 use std::time::Duration;
 
@@ -17,6 +22,10 @@ pub enum Route {
     Leader,
     /// HEALTHCHECK, STATUS and probes: whichever node we talk to.
     Here,
+    /// `MEMBER` changes and `TRANSFER_LEADER`: to the leader, like writes;
+    /// `CHANGE_IN_PROGRESS` is waited out, and an attempt whose outcome is
+    /// unknown is not sent again.
+    Change,
 }
 
 /// What an `ERROR` reply asks of a request retried until a deadline.
@@ -38,11 +47,14 @@ pub enum Retry {
 /// by `route`.
 pub fn retry_for(error: &ErrorReply, route: Route, here: &str) -> Retry {
     match error.code {
-        ErrorCode::NotLeader if route == Route::Leader => match &error.leader_addr {
+        ErrorCode::NotLeader if route != Route::Here => match &error.leader_addr {
             Some(leader) if leader != here => Retry::Redirect(leader.clone()),
             _ => Retry::Elsewhere,
         },
         ErrorCode::NoLeader | ErrorCode::NoSpace => Retry::Elsewhere,
+        // A node removed from the cluster serves nothing: the others may.
+        ErrorCode::Removed if route != Route::Here => Retry::Elsewhere,
+        ErrorCode::ChangeInProgress if route == Route::Change => Retry::Again,
         ErrorCode::Overloaded | ErrorCode::Timeout | ErrorCode::LeadershipLost => Retry::Again,
         _ => Retry::Final,
     }

@@ -11,6 +11,8 @@
 //!   retries with the same session fields until a deadline, and
 //!   `SESSION_EXPIRED` after an uncertain attempt reported as an unknown
 //!   outcome.
+//! - [`membership`]: `MEMBER` and `TRANSFER_LEADER` as typed calls; a change
+//!   whose outcome is unknown is reported so, never sent again.
 //! - [`status`]: STATUS of one node on a connection of its own.
 //! - [`auth`]: [`Credentials`], `AUTHENTICATE` as the first line of every
 //!   connection, and passwords kept out of `--verbose` output.
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod leader;
+pub mod membership;
 pub mod session;
 pub mod status;
 pub mod tls;

@@ -32,6 +32,12 @@ pub fn complete(line: &str, addrs: &[String]) -> (usize, Vec<String>) {
         (1, Some(FirstArg::Command)) => names().collect(),
         (1, Some(FirstArg::Words(words))) => words.iter().map(|w| w.to_string()).collect(),
         (1, Some(FirstArg::Addr)) => addrs.to_vec(),
+        (2.., _) if typing.starts_with("--") => {
+            let sub = command
+                .zip(scan.tokens.get(1))
+                .and_then(|(s, t)| s.sub(&t.text));
+            sub.map_or(Vec::new(), flags)
+        }
         _ => Vec::new(),
     };
     let typed_lower = typing.to_ascii_lowercase();
@@ -42,6 +48,17 @@ pub fn complete(line: &str, addrs: &[String]) -> (usize, Vec<String>) {
         .collect();
     candidates.dedup();
     (start, candidates)
+}
+
+/// The flags a subcommand takes, as its arguments spell them
+/// (`[--learner]`, `[--peer-addr ADDR]`).
+fn flags(sub: &Sub) -> Vec<String> {
+    sub.arg_names()
+        .iter()
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']'))
+        .filter(|w| w.starts_with("--"))
+        .map(str::to_string)
+        .collect()
 }
 
 fn leave_aliases() -> impl Iterator<Item = &'static str> {
@@ -177,6 +194,32 @@ mod tests {
         assert_eq!(complete("auth ", &[]).1, ["enable ", "disable ", "status "]);
         assert_eq!(complete("lo", &[]), (0, vec!["login ".to_string()]));
         assert!(complete("user add ", &[]).1.is_empty());
+        // Membership: subcommands, and the flags of the one typed.
+        assert_eq!(
+            complete("member ", &[]).1,
+            ["list ", "add ", "promote ", "remove ", "update "]
+        );
+        assert_eq!(complete("tr", &[]).1, ["transfer-leader "]);
+        assert_eq!(
+            complete("member add 4 127.0.0.1:8004 --", &[]),
+            (
+                28,
+                vec![
+                    "--peer-addr ".to_string(),
+                    "--learner ".to_string(),
+                    "--force ".to_string()
+                ]
+            )
+        );
+        assert_eq!(complete("member add 4 --l", &[]).1, ["--learner "]);
+        assert_eq!(complete("member promote 4 --", &[]).1, ["--force "]);
+        assert_eq!(
+            complete("role revoke-permission r k --", &[]).1,
+            ["--prefix "]
+        );
+        assert!(complete("member list --", &[]).1.is_empty());
+        assert!(complete("member frob --", &[]).1.is_empty());
+        assert!(complete("set k --", &[]).1.is_empty());
     }
 
     #[test]
@@ -201,5 +244,16 @@ mod tests {
         );
         assert_eq!(hint("role list"), None);
         assert_eq!(hint("login").as_deref(), Some(" USER"));
+        assert_eq!(
+            hint("member").as_deref(),
+            Some(" list|add|promote|remove|update")
+        );
+        assert_eq!(
+            hint("member add 4 ").as_deref(),
+            Some("ADDR [--peer-addr ADDR] [--learner] [--force]")
+        );
+        assert_eq!(hint("member promote").as_deref(), Some(" ID [--force]"));
+        assert_eq!(hint("transfer-leader").as_deref(), Some(" ID"));
+        assert_eq!(hint("member list"), None);
     }
 }

@@ -27,9 +27,11 @@ mod help;
 mod keys;
 mod leader;
 mod login;
+mod member;
 mod role;
 mod set;
 mod status;
+mod transfer_leader;
 mod user;
 mod verbose;
 mod vote;
@@ -49,6 +51,8 @@ pub const COMMANDS: &[&Spec] = &[
     &auth::SPEC,
     &user::SPEC,
     &role::SPEC,
+    &member::SPEC,
+    &transfer_leader::SPEC,
     &append::SPEC,
     &vote::SPEC,
     &help::SPEC,
@@ -96,11 +100,19 @@ impl Sub {
 }
 
 /// How many arguments `args` (as [`Spec::args`] spells them) needs, and
-/// how many it allows.
+/// how many it allows. Every word inside `[...]` is optional, so
+/// `[--peer-addr ADDR]` is two words that may be left out.
 fn arity(args: &str) -> (usize, usize) {
-    let words: Vec<&str> = args.split_whitespace().collect();
-    let required = words.iter().filter(|w| !w.starts_with('[')).count();
-    (required, words.len())
+    let (mut required, mut allowed, mut depth) = (0, 0, 0usize);
+    for word in args.split_whitespace() {
+        if depth == 0 && !word.starts_with('[') {
+            required += 1;
+        }
+        allowed += 1;
+        depth += word.matches('[').count();
+        depth = depth.saturating_sub(word.matches(']').count());
+    }
+    (required, allowed)
 }
 
 /// Where a command runs.
@@ -618,6 +630,161 @@ mod tests {
         assert_eq!(
             e("role revoke-permission app"),
             "usage: role revoke-permission NAME KEY [--prefix]"
+        );
+    }
+
+    #[test]
+    fn parses_the_member_and_transfer_leader_commands() {
+        use poncho_protocol::MemberRequest as M;
+        let a = |s: &str| s.parse().unwrap();
+        for (line, request) in [
+            ("member list", M::List),
+            (
+                "member add 4 127.0.0.1:8004 --learner",
+                M::Add {
+                    id: 4,
+                    addr: a("127.0.0.1:8004"),
+                    peer_addr: None,
+                    learner: true,
+                    force: false,
+                },
+            ),
+            (
+                "MEMBER ADD --force 5 [::1]:8005 --peer-addr=[::1]:9005",
+                M::Add {
+                    id: 5,
+                    addr: a("[::1]:8005"),
+                    peer_addr: Some(a("[::1]:9005")),
+                    learner: false,
+                    force: true,
+                },
+            ),
+            (
+                "member add 6 127.0.0.1:8006 --peer-addr 127.0.0.1:9006 --learner --force",
+                M::Add {
+                    id: 6,
+                    addr: a("127.0.0.1:8006"),
+                    peer_addr: Some(a("127.0.0.1:9006")),
+                    learner: true,
+                    force: true,
+                },
+            ),
+            (
+                "member promote 4",
+                M::Promote {
+                    id: 4,
+                    force: false,
+                },
+            ),
+            (
+                "member promote 4 --force",
+                M::Promote { id: 4, force: true },
+            ),
+            ("member remove --force 3", M::Remove { id: 3, force: true }),
+            (
+                "member remove 3",
+                M::Remove {
+                    id: 3,
+                    force: false,
+                },
+            ),
+            (
+                "member update 2 127.0.0.1:7002",
+                M::Update {
+                    id: 2,
+                    addr: a("127.0.0.1:7002"),
+                    peer_addr: None,
+                },
+            ),
+            (
+                "member update 2 127.0.0.1:7002 --peer-addr 127.0.0.1:9002",
+                M::Update {
+                    id: 2,
+                    addr: a("127.0.0.1:7002"),
+                    peer_addr: Some(a("127.0.0.1:9002")),
+                },
+            ),
+        ] {
+            assert_eq!(
+                parsed::<member::Member>(line),
+                member::Member(request),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            parsed::<transfer_leader::TransferLeader>("transfer-leader 2"),
+            transfer_leader::TransferLeader { to: 2 }
+        );
+        assert_eq!(
+            parse_line("member add 4 127.0.0.1:1")
+                .unwrap()
+                .unwrap()
+                .name(),
+            "member add"
+        );
+    }
+
+    #[test]
+    fn the_member_commands_say_what_is_wrong() {
+        let e = |l: &str| parse_line(l).unwrap_err().to_string();
+        let add = "usage: member add ID ADDR [--peer-addr ADDR] [--learner] [--force]";
+        assert_eq!(
+            e("member"),
+            "usage: member list|add|promote|remove|update ... (help member tells more)"
+        );
+        assert_eq!(e("member add 4"), add);
+        assert_eq!(e("member add 4 --learner"), add);
+        assert_eq!(e("member add 4 127.0.0.1:1 x"), add);
+        assert_eq!(
+            e("member add four 127.0.0.1:1"),
+            format!("four is not a member id (a number from 1); {add}")
+        );
+        assert_eq!(
+            e("member add 0 127.0.0.1:1"),
+            format!("0 is not a member id (a number from 1); {add}")
+        );
+        assert_eq!(
+            e("member add 4 localhost"),
+            format!("localhost is not an address IP:PORT (like 127.0.0.1:8004); {add}")
+        );
+        assert_eq!(
+            e("member add 4 127.0.0.1:1 --peer-addr"),
+            format!("--peer-addr needs an address; {add}")
+        );
+        assert_eq!(
+            e("member add 4 127.0.0.1:1 --learner --learner"),
+            format!("--learner is given twice; {add}")
+        );
+        assert_eq!(
+            e("member promote 4 --learner"),
+            "--learner is not a flag of member promote; usage: member promote ID [--force]"
+        );
+        assert_eq!(
+            e("member update 2 127.0.0.1:1 --force"),
+            "--force is not a flag of member update; usage: member update ID ADDR [--peer-addr ADDR]"
+        );
+        assert_eq!(e("member remove"), "usage: member remove ID [--force]");
+        assert_eq!(e("member list all"), "usage: member list");
+        // A quoted flag is a word, not a flag.
+        assert_eq!(
+            e("member remove \"--force\""),
+            "--force is not a member id (a number from 1); usage: member remove ID [--force]"
+        );
+        assert_eq!(e("transfer-leader"), "usage: transfer-leader ID");
+        assert_eq!(
+            e("transfer-leader x"),
+            "x is not a member id (a number from 1); usage: transfer-leader ID"
+        );
+    }
+
+    #[test]
+    fn optional_groups_count_as_optional_words() {
+        assert_eq!(arity("KEY VALUE"), (2, 2));
+        assert_eq!(arity("[PREFIX]"), (0, 1));
+        assert_eq!(arity("NAME[:PASSWORD]"), (1, 1));
+        assert_eq!(
+            arity("ID ADDR [--peer-addr ADDR] [--learner] [--force]"),
+            (2, 6)
         );
     }
 

@@ -153,7 +153,8 @@ fn render(rows: &[Row]) -> Done {
     Done::new(text.clone(), text, json!({"nodes": nodes}))
 }
 
-fn render_table(rows: &[Vec<String>]) -> String {
+/// Columns lined up, two spaces apart, no trailing blanks.
+pub(super) fn render_table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
