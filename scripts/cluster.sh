@@ -18,6 +18,17 @@
 #   scripts/cluster.sh restart K [--data DIR]
 #       stops node K (if running) and starts it again with the flags it was
 #       started with (less the is_leader hint, which is for a fresh cluster)
+#   scripts/cluster.sh add [--data DIR]
+#       starts a new node K (the next number never used in DIR) on port P+K,
+#       with the flags of the others but `--join` (the lowest-numbered running
+#       node) instead of --peers, adds it as a learner (`member add K ADDR
+#       --learner`), waits up to 60 s until `member promote K` succeeds (it is
+#       refused until the learner has caught up), and prints its PID
+#   scripts/cluster.sh remove K [--force] [--data DIR]
+#       runs `member remove K` (--force: even if it leaves fewer healthy
+#       voters than a quorum) and, once the removal is committed, stops node K
+#       (SIGTERM); its number is never used again. With auth enabled, add and
+#       remove log in as $PONCHO_USER with $PONCHO_PASSWORD (root).
 #   scripts/cluster.sh stop [--data DIR]    stops a cluster started elsewhere
 #   scripts/cluster.sh clean [--data DIR]   removes DIR; refuses while any node
 #       holds a data directory in it (its DIR/node-K/LOCK), whoever started it
@@ -37,14 +48,16 @@ OWN_IPS=0
 BUILD=1
 COMMAND=start
 TARGET=""
+FORCE=0
 SERVER_FLAGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    start|stop|clean) COMMAND=$1 ;;
-    restart)
-      COMMAND=restart
-      [ $# -ge 2 ] || { echo "cluster.sh: restart takes a node number" >&2; exit 2; }
+    start|stop|clean|add) COMMAND=$1 ;;
+    restart|remove)
+      COMMAND=$1
+      case "${2:--}" in -*) echo "cluster.sh: $1 takes a node number" >&2; exit 2 ;; esac
       TARGET=$2; shift ;;
+    --force) FORCE=1 ;;
     --nodes) NODES=$2; shift ;;
     --base-port) BASE_PORT=$2; shift ;;
     --data) DATA=$2; shift ;;
@@ -52,7 +65,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --own-ips) OWN_IPS=1 ;;
     --) shift; SERVER_FLAGS=("$@"); break ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "cluster.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -172,6 +185,146 @@ wait_listening() {
 
 port_free() { ! (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 
+# How long `add` waits for the new learner to catch up and be promoted.
+PROMOTE_WAIT=60
+# The most nodes DIR may ever have had (numbers are never used twice).
+MAX_NODE=99
+SHELL_BIN="$BIN/poncho-shell"
+
+# Node K's client address, from its saved arguments.
+saved_addr() { echo "$(saved_arg "$1" --host):$(saved_arg "$1" --port)"; }
+
+# The addresses of the nodes started from DIR that run, for --cluster.
+cluster_addrs() {
+  running_nodes | sort -n | while read -r k _; do saved_addr "$k"; done | paste -sd, -
+}
+
+# The node numbers DIR has ever had (each has a DIR/node-K.args).
+known_nodes() {
+  local f k
+  for f in "$DATA"/node-*.args; do
+    [ -f "$f" ] || continue
+    k=${f##*/node-}; k=${k%.args}
+    case "$k" in ''|*[!0-9]*) ;; *) echo "$k" ;; esac
+  done | sort -n
+}
+
+# Node K's arguments as a member joining through JOIN: those of node FROM,
+# less what is FROM's own (--id, --host, --port, --data-dir, --peers,
+# --join), with K's own and --join JOIN (no is_leader hint).
+joiner_args() {
+  local k=$1 a=$2 join=$3 from=$4 skip=0 arg
+  printf '%s\n' --id "$k" --host "${a%:*}" --port "${a#*:}" --join "$join" --data-dir "$DATA/node-$k"
+  while IFS= read -r arg; do
+    if [ "$skip" = 1 ]; then skip=0; continue; fi
+    case "$arg" in
+      --id|--host|--port|--data-dir|--peers|--join) skip=1 ;;
+      *) printf '%s\n' "$arg" ;;
+    esac
+  done < "$DATA/node-$from.args"
+}
+
+# `poncho-shell --cluster CLUSTER ARGS...`, its output and errors on stdout.
+ask_cluster() { "$SHELL_BIN" --cluster "$CLUSTER" "$@" 2>&1; }
+
+# Retries `member promote K` until it succeeds or PROMOTE_WAIT seconds pass;
+# only LEARNER_NOT_READY and CHANGE_IN_PROGRESS are worth waiting out.
+promote_when_ready() {
+  local k=$1 out deadline=$((SECONDS + PROMOTE_WAIT))
+  while :; do
+    if out=$(ask_cluster --timeout 5s member promote "$k"); then return 0; fi
+    case "$out" in
+      *LEARNER_NOT_READY*|*CHANGE_IN_PROGRESS*) ;;
+      *) echo "cluster.sh: member promote $k failed: $out" >&2; return 1 ;;
+    esac
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "cluster.sh: node $k is still a learner after $PROMOTE_WAIT s: $out" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# `add`: a new node K, started with --join, added as a learner, promoted.
+add_node() {
+  CLUSTER=$(cluster_addrs)
+  if [ -z "$CLUSTER" ]; then
+    echo "cluster.sh: no node started from $DATA runs; start the cluster first" >&2
+    exit 1
+  fi
+  local from k a join out
+  from=$(running_nodes | sort -n | awk 'NR == 1 { print $1 }')
+  join=$(saved_addr "$from")
+  k=$(( $(known_nodes | tail -n1) + 1 ))
+  if [ "$k" -gt "$MAX_NODE" ]; then
+    echo "cluster.sh: $DATA has had $MAX_NODE nodes, the most this script numbers" >&2
+    exit 1
+  fi
+  # Node K on port P+K, P being node 1's port less 1; on 127.0.0.K if the
+  # cluster was started with --own-ips (a node off 127.0.0.1 says so).
+  local base host=127.0.0.1 n
+  base=$(saved_arg 1 --port)
+  case "$base" in ''|*[!0-9]*)
+    echo "cluster.sh: node 1's saved arguments ($DATA/node-1.args) name no --port" >&2
+    exit 1 ;;
+  esac
+  base=$((base - 1))
+  for n in $(known_nodes); do
+    [ "$(saved_arg "$n" --host)" = 127.0.0.1 ] || host=127.0.0.$k
+  done
+  a=$host:$((base + k))
+  if ! port_free "$a"; then
+    echo "cluster.sh: $a, node $k's address, is already in use" >&2
+    exit 1
+  fi
+  joiner_args "$k" "$a" "$join" "$from" > "$DATA/node-$k.args"
+  launch "$k"
+  wait_listening "$k" "$LAUNCHED" "$a" || exit 1
+  echo "node $k started: pid $LAUNCHED on $a, joining through $join"
+  if ! out=$(ask_cluster --timeout 10s member add "$k" "$a" --learner); then
+    echo "cluster.sh: member add $k $a --learner failed: $out" >&2
+    echo "  stopping node $k (pid $LAUNCHED); \`member list\` shows whether it was added" >&2
+    stop_pids "$LAUNCHED"
+    exit 1
+  fi
+  echo "node $k added as a learner; waiting (up to $PROMOTE_WAIT s) to promote it"
+  if ! promote_when_ready "$k"; then
+    echo "  node $k keeps running as a learner (pid $LAUNCHED):" \
+      "\`member promote $k\` once \`member list\` shows it caught up" >&2
+    exit 1
+  fi
+  echo "node $k added: pid $LAUNCHED on $a (a voter)"
+}
+
+# `remove K`: `member remove K`, then, once it is committed, node K stopped.
+remove_node() {
+  local k=$1 out pid
+  if [ -f "$DATA/node-$k.removed" ]; then
+    echo "cluster.sh: node $k was removed already" >&2
+    exit 1
+  fi
+  CLUSTER=$(cluster_addrs)
+  if [ -z "$CLUSTER" ]; then
+    echo "cluster.sh: no node started from $DATA runs; start the cluster first" >&2
+    exit 1
+  fi
+  local force=()
+  [ "$FORCE" = 1 ] && force=(--force)
+  if ! out=$(ask_cluster --timeout 10s member remove "$k" ${force[@]+"${force[@]}"}); then
+    echo "cluster.sh: member remove $k failed; node $k is left as it is: $out" >&2
+    exit 1
+  fi
+  : > "$DATA/node-$k.removed"
+  pid=$(node_pid "$k")
+  if [ -n "$pid" ]; then
+    echo "stopping node $k (pid $pid)"
+    stop_pids "$pid"
+  fi
+  { grep -v "^$k " "$PIDFILE" || true; } > "$PIDFILE.tmp"
+  mv "$PIDFILE.tmp" "$PIDFILE"
+  echo "node $k removed (its number is not used again; scripts/cluster.sh add starts a new node)"
+}
+
 case "$COMMAND" in
   stop) stop_nodes; exit 0 ;;
   clean)
@@ -187,10 +340,17 @@ case "$COMMAND" in
       exit 1
     fi
     rm -rf "$DATA"; echo "removed $DATA"; exit 0 ;;
-  restart)
-    case "$TARGET" in ''|*[!0-9]*) echo "cluster.sh: restart takes a node number" >&2; exit 2 ;; esac
+  add) add_node; exit 0 ;;
+  restart|remove)
+    case "$TARGET" in ''|*[!0-9]*) echo "cluster.sh: $COMMAND takes a node number" >&2; exit 2 ;; esac
     if [ ! -f "$DATA/node-$TARGET.args" ]; then
       echo "cluster.sh: node $TARGET was never started from $DATA" >&2
+      exit 1
+    fi
+    [ "$COMMAND" = remove ] && { remove_node "$TARGET"; exit 0; }
+    if [ -f "$DATA/node-$TARGET.removed" ]; then
+      echo "cluster.sh: node $TARGET was removed from the cluster (its number is not" \
+        "used again); scripts/cluster.sh add starts a new node" >&2
       exit 1
     fi
     old=$(node_pid "$TARGET")
