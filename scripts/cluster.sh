@@ -34,7 +34,8 @@
 #       holds a data directory in it (its DIR/node-K/LOCK), whoever started it
 #
 # Data survives between runs: a second start reuses it (the cluster comes back
-# with its keys); `clean` starts over. Starting while a cluster from the same
+# with its keys, and with the nodes `add` added, less those `remove` removed);
+# `clean` starts over. Starting while a cluster from the same
 # DIR runs, while a node holds a data directory in DIR, or while a port is
 # taken, is refused with the reason.
 set -euo pipefail
@@ -287,6 +288,7 @@ add_node() {
     stop_pids "$LAUNCHED"
     exit 1
   fi
+  : > "$DATA/node-$k.added"
   echo "node $k added as a learner; waiting (up to $PROMOTE_WAIT s) to promote it"
   if ! promote_when_ready "$k"; then
     echo "  node $k keeps running as a learner (pid $LAUNCHED):" \
@@ -389,15 +391,35 @@ fi
 
 addr() { if [ "$OWN_IPS" = 1 ]; then echo "127.0.0.$1:$((BASE_PORT + $1))"; else echo "127.0.0.1:$((BASE_PORT + $1))"; fi; }
 
+# Whether node K was removed from the cluster (`remove K`), or added to it
+# (`add`): a start from data DIR already has skips the one and starts the
+# other again, with the arguments it was added with.
+removed() { [ -f "$DATA/node-$1.removed" ]; }
+added_nodes() {
+  local k
+  for k in $(known_nodes); do
+    if [ -f "$DATA/node-$k.added" ] && ! removed "$k"; then echo "$k"; fi
+  done
+}
+
 PEERS=""
 CLUSTER=""
 for k in $(seq "$NODES"); do
   a=$(addr "$k")
+  PEERS="$PEERS${PEERS:+,}$k=$a"
+  removed "$k" && continue
   if ! port_free "$a"; then
     echo "cluster.sh: $a is already in use; pick another --base-port" >&2
     exit 1
   fi
-  PEERS="$PEERS${PEERS:+,}$k=$a"
+  CLUSTER="$CLUSTER${CLUSTER:+,}$a"
+done
+for k in $(added_nodes); do
+  a=$(saved_addr "$k")
+  if ! port_free "$a"; then
+    echo "cluster.sh: $a, where node $k (added) listens, is already in use" >&2
+    exit 1
+  fi
   CLUSTER="$CLUSTER${CLUSTER:+,}$a"
 done
 
@@ -431,7 +453,10 @@ trap 'exit 131' QUIT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+STARTED=()
 for k in $(seq "$NODES"); do
+  removed "$k" && continue
+  STARTED+=("$k")
   a=$(addr "$k")
   # What `restart K` starts the node with again (one argument per line).
   printf '%s\n' --id "$k" --host "${a%:*}" --port "${a#*:}" --peers "$PEERS" \
@@ -441,11 +466,15 @@ for k in $(seq "$NODES"); do
   [ "$k" = 1 ] && hint=(is_leader)
   launch "$k" ${hint[@]+"${hint[@]}"}
 done
+for k in $(added_nodes); do
+  STARTED+=("$k")
+  launch "$k"
+done
 
 # Wait until every node listens and one leads.
-for k in $(seq "$NODES"); do
+for k in "${STARTED[@]}"; do
   pid=$(node_pid "$k")
-  wait_listening "$k" "$pid" "$(addr "$k")" || exit 1
+  wait_listening "$k" "$pid" "$(saved_addr "$k")" || exit 1
 done
 for _ in $(seq 100); do
   if "$BIN/poncho-shell" --cluster "$CLUSTER" --timeout 200ms leader >/dev/null 2>&1; then break; fi
@@ -453,15 +482,15 @@ for _ in $(seq 100); do
 done
 LEADER=$("$BIN/poncho-shell" --cluster "$CLUSTER" --timeout 5s leader 2>/dev/null || echo "none yet")
 # A node that lost its port to someone else's server exits only now.
-for k in $(seq "$NODES"); do
+for k in "${STARTED[@]}"; do
   pid=$(node_pid "$k")
-  wait_listening "$k" "$pid" "$(addr "$k")" || exit 1
+  wait_listening "$k" "$pid" "$(saved_addr "$k")" || exit 1
 done
 
 echo
-echo "poncho: $NODES nodes running (leader: $LEADER)"
+echo "poncho: ${#STARTED[@]} nodes running (leader: $LEADER)"
 running_nodes | sort -n | while read -r k pid; do
-  echo "  node $k  $(addr "$k")  pid $pid  data $DATA/node-$k  log $DATA/node-$k.log"
+  echo "  node $k  $(saved_addr "$k")  pid $pid  data $DATA/node-$k  log $DATA/node-$k.log"
 done
 echo
 echo "connect with:  $BIN/poncho-shell --cluster $CLUSTER"

@@ -87,7 +87,7 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// A base port P with P+1..=P+NODES+1 free on 127.0.0.1 (one to spare for
+/// A base port P with P+1..=P+NODES+2 free on 127.0.0.1 (two to spare for
 /// `add`), outside the ephemeral range the other tests' ports come from.
 fn free_base_port() -> u16 {
     // Distinct for each test of this process (they run at once) and each
@@ -101,7 +101,7 @@ fn free_base_port() -> u16 {
     for attempt in 0..200u64 {
         let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 97) % 10_000) as u16;
         let free =
-            (1..=NODES as u16 + 1).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok());
+            (1..=NODES as u16 + 2).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok());
         if free {
             return base;
         }
@@ -145,18 +145,33 @@ impl Drop for Nodes {
     }
 }
 
-/// Node K's PID from the script's banner, `  node K  ADDR  pid PID  ...`.
+/// Each node of the script's banner, `  node K  ADDR  pid PID  ...`: K and
+/// its PID.
+fn banner_nodes(banner: &str) -> Vec<(usize, u32)> {
+    banner
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["node", k, _addr, "pid", pid, ..] => Some((
+                    k.parse().expect("a node number"),
+                    pid.parse().expect("a PID"),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Node K's PID from the script's banner, for K in 1..=NODES.
 fn node_pids(banner: &str) -> Vec<u32> {
-    let mut pids = vec![0; NODES];
-    for line in banner.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["node", k, _addr, "pid", pid, ..] = words[..] {
-            let k: usize = k.parse().expect("a node number");
-            pids[k - 1] = pid.parse().expect("a PID");
-        }
-    }
-    assert!(
-        pids.iter().all(|&p| p > 0),
+    let nodes = banner_nodes(banner);
+    let pids: Vec<u32> = (1..=NODES)
+        .filter_map(|k| nodes.iter().find(|n| n.0 == k).map(|n| n.1))
+        .collect();
+    assert_eq!(
+        pids.len(),
+        NODES,
         "the banner names every node's PID:\n{banner}"
     );
     pids
@@ -567,6 +582,23 @@ fn add_starts_a_node_that_joins_and_is_promoted_and_remove_stops_it() {
     }
     assert!(!is_server(pid));
 
+    // The next node is 5, and a start from the data starts it again (with
+    // the arguments it was added with), not the removed node 4.
+    let add = run_script_within(&["add", "--data", data_arg], Duration::from_secs(90));
+    assert_eq!(add.status.code(), Some(0), "{}", text(&add));
+    let (k, pid) = added(&add);
+    nodes.add(pid);
+    assert_eq!(k, NODES + 2);
+    interrupt_script(&mut child, &out);
+    assert!(wait_gone(&[pid]), "node 5 still runs after Ctrl-C");
+    let (mut child, out, _) = setup.start_in_background(&mut nodes);
+    let banner = out.lock().expect("output").clone();
+    let started = banner_nodes(&banner);
+    started.iter().for_each(|&(_, pid)| nodes.add(pid));
+    let numbers: Vec<usize> = started.iter().map(|n| n.0).collect();
+    assert_eq!(numbers, [1, 2, 3, 5], "{banner}");
+    let roles = members(&cluster);
+    assert!(roles.contains(&("5".into(), "voter".into())), "{roles:?}");
     interrupt_script(&mut child, &out);
 }
 
