@@ -370,6 +370,9 @@ pub struct KeysReply {
 pub struct MemberStatus {
     pub id: NodeId,
     pub addr: String,
+    /// A learner: it receives the log and does not vote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learner: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,6 +157,26 @@ struct Args {
     /// this common name (etcd's flag).
     #[arg(long, value_name = "CN")]
     peer_cert_allowed_cn: Option<String>,
+    /// Join an existing cluster instead of founding one: with an empty data
+    /// directory and no --peers, the node starts as no member, waits to be
+    /// added (`member add ID ADDR --learner` on the cluster, for example at
+    /// this member, HOST:PORT), then catches up from the leader. Its first
+    /// proven peer tells it the cluster id. Ignored once it has data.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "peers")]
+    join: Option<SocketAddr>,
+    /// Disaster recovery (etcd's flag): restart this node as the only voter
+    /// of its cluster, keeping its data, when a majority of the members is
+    /// lost for good. Every other member is removed by a configuration entry
+    /// the node appends to its own log; grow the cluster again with `member
+    /// add`. Give it once, on one node; never while the other members run.
+    #[arg(long)]
+    force_new_cluster: bool,
+    /// Reach member ID at IP:PORT instead of the peer address the
+    /// configuration gives it (a proxy, a NAT, or a test harness's fault
+    /// injector): ID=IP:PORT, comma-separated. The configured address still
+    /// names the member (its TLS certificate is checked against it).
+    #[arg(long, value_name = "ID=IP:PORT,...", value_delimiter = ',')]
+    peer_route: Vec<String>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -268,6 +288,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--peer-route`'s `ID=IP:PORT` entries.
+fn parse_routes(specs: &[String]) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut routes = BTreeMap::new();
+    for spec in specs.iter().filter(|s| !s.is_empty()) {
+        let parsed = spec.split_once('=').and_then(|(id, addr)| {
+            Some((id.trim().parse::<NodeId>().ok()?, addr.trim().parse().ok()?))
+        });
+        let Some((id, addr)) = parsed else {
+            return Err(format!("--peer-route entry {spec:?} is not ID=IP:PORT"));
+        };
+        if routes.insert(id, addr).is_some() {
+            return Err(format!("--peer-route names node {id} twice"));
+        }
+    }
+    Ok(routes)
+}
+
 /// The node's configuration from the command line, or what is wrong with it.
 fn node_config(args: Args) -> Result<NodeConfig, String> {
     let own = SocketAddr::new(args.host, args.port);
@@ -294,6 +331,9 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("poncho-data/node-{}", args.id))),
         bootstrap_leader: args.is_leader.is_some(),
+        join: args.join,
+        force_new_cluster: args.force_new_cluster,
+        peer_routes: parse_routes(&args.peer_route)?,
         tick: Duration::from_millis(args.tick_ms),
         election_timeout_ticks: args.election_ticks,
         heartbeat_interval_ticks: args.heartbeat_ticks,

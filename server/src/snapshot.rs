@@ -4,8 +4,11 @@
 //!
 //! # Format
 //! A UTF-8 text file of `\n`-terminated lines:
-//! - line 1, the header: `{"poncho_snapshot":1,"index":N,"term":T,"members":[...]}`
-//!   (the last log index and term the snapshot covers, and the membership then);
+//! - line 1, the header: `{"poncho_snapshot":1,"index":N,"term":T,"members":[...],
+//!   "membership":{...}}` (the last log index and term the snapshot covers, the
+//!   member ids then, and the configuration then: members with addresses and
+//!   learners, as a `CONFIG` entry holds it; files written before membership
+//!   changes have only the ids);
 //! - the body: the lines the state machine wrote, opaque here (without `\n`);
 //! - the last line, the footer: `{"lines":L,"bytes":B,"crc32":C}`, where `L` is
 //!   the number of body lines (header and footer not counted), `B` the number
@@ -37,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use poncho_protocol::NodeId;
+use poncho_protocol::{Membership, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::datadir;
@@ -58,8 +61,9 @@ pub struct SnapshotMeta {
     pub index: u64,
     /// The term of the entry at `index`.
     pub term: u64,
-    /// The cluster membership as of `index`.
-    pub members: Vec<NodeId>,
+    /// The configuration as of `index`; `None` in a file written before
+    /// configurations were recorded (the node then keeps the one it has).
+    pub membership: Option<Membership>,
 }
 
 #[derive(Debug)]
@@ -116,7 +120,9 @@ struct HeaderOut<'a> {
     poncho_snapshot: u64,
     index: u64,
     term: u64,
-    members: &'a [NodeId],
+    members: Vec<NodeId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    membership: Option<&'a Membership>,
 }
 
 /// Unknown header fields are allowed, so a later version can add optional
@@ -126,7 +132,8 @@ struct HeaderIn {
     poncho_snapshot: u64,
     index: u64,
     term: u64,
-    members: Vec<NodeId>,
+    #[serde(default)]
+    membership: Option<Membership>,
 }
 
 /// The footer has a fixed shape; anything else in it is damage.
@@ -321,7 +328,11 @@ impl SnapshotWriter {
             poncho_snapshot: VERSION,
             index: meta.index,
             term: meta.term,
-            members: &meta.members,
+            members: meta
+                .membership
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.ids().into_iter().collect()),
+            membership: meta.membership.as_ref(),
         })?;
         let mut writer = SnapshotWriter {
             final_path: snap_path(dir, meta.index, meta.term),
@@ -777,7 +788,7 @@ fn verify(path: &Path) -> Result<(Verified, File), SnapshotError> {
         meta: SnapshotMeta {
             index: h.index,
             term: h.term,
-            members: h.members,
+            membership: h.membership,
         },
         body_start: seen.header.len() as u64 + 1,
         body_end,
@@ -930,7 +941,7 @@ mod tests {
         SnapshotMeta {
             index,
             term,
-            members: vec![1, 2, 3],
+            membership: Some(crate::raft::voters_of(&[1, 2, 3])),
         }
     }
 
@@ -993,7 +1004,11 @@ mod tests {
 
         // The format is the documented one.
         let text = fs::read_to_string(&empty).unwrap();
-        let header = r#"{"poncho_snapshot":1,"index":43,"term":7,"members":[1,2,3]}"#;
+        let header = concat!(
+            r#"{"poncho_snapshot":1,"index":43,"term":7,"members":[1,2,3],"membership":"#,
+            r#"{"members":[{"id":1,"addr":"127.0.0.1:10001"},{"id":2,"addr":"127.0.0.1:10002"},"#,
+            r#"{"id":3,"addr":"127.0.0.1:10003"}]}}"#
+        );
         let crc = crc32fast::hash(format!("{header}\n").as_bytes());
         let footer = format!(
             r#"{{"lines":0,"bytes":{},"crc32":{crc}}}"#,
@@ -1001,6 +1016,22 @@ mod tests {
         );
         assert_eq!(text, format!("{header}\n{footer}\n"));
         assert_eq!(file_size(&empty).unwrap(), text.len() as u64);
+    }
+
+    #[test]
+    fn a_file_from_before_configurations_were_recorded_reads_with_none() {
+        let dir = TempDir::new().unwrap();
+        let header = r#"{"poncho_snapshot":1,"index":5,"term":2,"members":[1,2,3]}"#;
+        let crc = crc32fast::hash(format!("{header}\n").as_bytes());
+        let footer = format!(
+            r#"{{"lines":0,"bytes":{},"crc32":{crc}}}"#,
+            header.len() + 1
+        );
+        let path = snap_path(dir.path(), 5, 2);
+        fs::write(&path, format!("{header}\n{footer}\n")).unwrap();
+        let (meta, lines) = read_all(&path);
+        assert_eq!((meta.index, meta.term, meta.membership), (5, 2, None));
+        assert!(lines.is_empty());
     }
 
     #[test]

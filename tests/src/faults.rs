@@ -92,20 +92,25 @@ impl FaultCluster {
             }
         }
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        // Node `id` reaches every peer j through proxy (id->j).
+        // Every node names every member by its own address (the founding
+        // configuration is the same on all), and reaches peer j through
+        // proxy (id->j): `--peer-route`.
+        let peers: Vec<String> = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(j, a)| format!("{j}={a}"))
+            .collect();
         let mut nodes: Vec<Node> = ids
             .iter()
             .zip(&addrs)
             .map(|(&id, &addr)| {
-                let peers = ids
+                let routes: Vec<String> = ids
                     .iter()
-                    .zip(&addrs)
-                    .map(|(&j, a)| match proxies.get(&(id, j)) {
-                        Some(p) => format!("{j}={}", p.addr()),
-                        None => format!("{j}={a}"),
-                    })
+                    .filter_map(|&j| proxies.get(&(id, j)).map(|p| format!("{j}={}", p.addr())))
                     .collect();
-                Node::new(id, addr, dir.path(), peers, &args)
+                let mut args = args.clone();
+                args.extend(["--peer-route".to_string(), routes.join(",")]);
+                Node::new(id, addr, dir.path(), peers.clone(), &args)
             })
             .collect();
         launch_all(&mut nodes);

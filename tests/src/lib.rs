@@ -118,7 +118,11 @@ pub fn spawn_server(spec: &ServerSpec<'_>, log_path: &Path, bootstrap_hint: bool
     cmd.args(["--id", &spec.id.to_string()])
         .args(["--host", &spec.addr.ip().to_string()])
         .args(["--port", &spec.addr.port().to_string()])
-        .args(["--peers", &spec.peers.join(",")])
+        .args(if spec.peers.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--peers".to_string(), spec.peers.join(",")]
+        })
         .arg("--data-dir")
         .arg(spec.data_dir)
         .args(spec.args)
@@ -138,8 +142,9 @@ fn peer_auth_args(spec: &ServerSpec<'_>) -> Vec<String> {
             || a == "--peer-client-cert-auth"
             || a.starts_with("--cluster-secret-file")
     });
+    let joins = spec.args.iter().any(|a| a == "--join");
     match spec.data_dir.parent() {
-        Some(dir) if spec.peers.len() > 1 && !settled => vec![
+        Some(dir) if (spec.peers.len() > 1 || joins) && !settled => vec![
             "--cluster-secret-file".to_string(),
             cluster_secret_file(dir).display().to_string(),
         ],
@@ -429,6 +434,27 @@ impl Cluster {
 
     fn node(&mut self, id: u64) -> &mut NodeProc {
         &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts a new node, id one past the last, on a free port, with node
+    /// 1's further flags and `--join` (naming node 1) instead of `--peers`:
+    /// it waits to be added (`MEMBER add`). Returns its id.
+    pub fn start_joining(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let port = free_ports(1)[0];
+        let addr = SocketAddr::from((self.addr(1).ip(), port));
+        let mut args: Vec<String> = self.nodes[0]
+            .args
+            .iter()
+            .filter(|a| !a.starts_with("--force-new-cluster"))
+            .cloned()
+            .collect();
+        args.extend(["--join".to_string(), self.addr(1).to_string()]);
+        let mut node = NodeProc::new(id, addr, self._dir.path(), Vec::new(), &args);
+        node.launch(false);
+        node.wait_listening();
+        self.nodes.push(node);
+        id
     }
 
     pub fn addr(&self, id: u64) -> SocketAddr {

@@ -21,7 +21,7 @@ use super::logins::PasswordChange;
 use super::Node;
 use crate::kv::auth::{AuthStore, Need};
 use crate::kv::{ApplyResult, Command};
-use crate::raft::{ProgressState, ProposeError, ReadState, Role};
+use crate::raft::{MemberRole, ProgressState, ProposeError, ReadState, Role};
 use crate::storage::Health;
 
 /// Most keys one KEYS reply lists.
@@ -219,6 +219,11 @@ impl Node {
     /// first checked against the connection's user (a write again when it
     /// is applied).
     fn handle_client_request(&mut self, key: usize, req_id: Option<u64>, request: ClientRequest) {
+        let probe = matches!(request, ClientRequest::Healthcheck | ClientRequest::Status);
+        if !probe && self.is_removed() {
+            let error = self.removed_error();
+            return self.reply_error_now(key, req_id, &error);
+        }
         let (user, since) = self
             .conns
             .get(key)
@@ -270,6 +275,8 @@ impl Node {
             query @ (ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_)) => {
                 self.start_read(key, req_id, ReadKind::Auth(query))
             }
+            ClientRequest::Member(request) => self.handle_member_request(key, req_id, request),
+            ClientRequest::TransferLeader(t) => self.handle_transfer(key, req_id, t.to),
             // `from_request` took every write; a request it sends back that
             // is not listed above is a read this match has not learnt yet.
             other => {
@@ -515,23 +522,28 @@ impl Node {
                 self.peers.addr(id).map(|a| a.to_string())
             }
         };
-        let mut members: Vec<MemberStatus> = self
-            .peers
-            .addrs()
-            .map(|(id, addr)| MemberStatus {
-                id,
-                addr: addr.to_string(),
+        let members: Vec<MemberStatus> = self
+            .raft
+            .membership()
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                id: m.id,
+                addr: m.addr.to_string(),
+                learner: m.learner,
             })
             .collect();
-        members.push(MemberStatus {
-            id: self.config.id,
-            addr: own.clone(),
-        });
-        members.sort_by_key(|m| m.id);
+        // A learner or a node not (or no longer) a member says so; a voter
+        // says what its Raft role is.
+        let role = match s.member_role {
+            _ if self.is_removed() => "removed".to_string(),
+            MemberRole::Voter => s.role.to_string(),
+            other => other.name().to_string(),
+        };
         StatusReply {
             id: s.id,
             addr: own.clone(),
-            role: s.role.to_string(),
+            role,
             term: s.term,
             leader_id: s.leader_id,
             leader_addr: s.leader_id.and_then(addr_of),

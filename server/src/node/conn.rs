@@ -56,6 +56,10 @@ pub enum ConnRole {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proving {
     pub peer: NodeId,
+    /// The hello named a cluster id this node takes if the peer proves
+    /// itself (this node joins and has none yet): kept in
+    /// `PeerTrust::claims` under the connection's key.
+    pub claims_cluster: bool,
     /// The address it comes from (handshakes per source are bounded).
     pub source: IpAddr,
     pub opener_nonce: Nonce,

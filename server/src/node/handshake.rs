@@ -16,6 +16,7 @@
 //! must not be able to flood the log), and a closed connection; the side
 //! refused logs the error it got.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,15 @@ const NO_PROOF: &str = "it proved nothing: it runs without a cluster secret (--i
 
 /// What this node proves itself with and checks others by.
 pub struct PeerTrust {
-    /// This node's cluster, recorded in its data directory.
+    /// This node's cluster, recorded in its data directory (empty while
+    /// `adopting`).
     pub cluster_id: String,
+    /// The node joins a cluster and knows no cluster id yet: it takes the
+    /// one its first proven peer names, and records it.
+    pub adopting: bool,
+    /// While adopting: the cluster id each handshake under way named, by
+    /// connection key (one per connection: bounded as connections are).
+    claims: HashMap<usize, String>,
     /// `None`: peers prove nothing in the handshake: the node runs
     /// `--insecure`, or its peer port's client certificates prove them (ids
     /// and the cluster id are still checked).
@@ -62,9 +70,15 @@ pub struct PeerTrust {
 }
 
 impl PeerTrust {
-    pub fn new(cluster_id: String, secret: Option<ClusterSecret>, peer_port: bool) -> PeerTrust {
+    pub fn new(
+        cluster_id: Option<String>,
+        secret: Option<ClusterSecret>,
+        peer_port: bool,
+    ) -> PeerTrust {
         PeerTrust {
-            cluster_id,
+            adopting: cluster_id.is_none(),
+            claims: HashMap::new(),
+            cluster_id: cluster_id.unwrap_or_default(),
             secret,
             peer_port,
             refusals: LogLimiter::new(),
@@ -125,6 +139,11 @@ impl Node {
             return;
         }
         let next = match (link, poncho_protocol::decode_request(line)) {
+            // A node that has no link to us (it joins, and does not know
+            // our address yet) answers on our connection to it.
+            (Link::Proven, Ok(Request::Peer { src_id, message })) => {
+                return self.handle_peer_message(key, Some(peer), src_id, message)
+            }
             // The whole handshake keeps the deadline the hello set.
             (Link::Hello { nonce, until }, Ok(Request::Handshake(Handshake::PeerChallenge(c)))) => {
                 self.check_challenge(peer, &addr, &c).map(|their| {
@@ -189,12 +208,24 @@ impl Node {
         theirs: &'a Nonce,
         side: Side,
     ) -> Transcript<'a> {
+        self.transcript_in(&self.trust.cluster_id, peer, ours, theirs, side)
+    }
+
+    /// The same, for the cluster `cluster_id` names.
+    fn transcript_in<'a>(
+        &'a self,
+        cluster_id: &'a str,
+        peer: NodeId,
+        ours: &'a Nonce,
+        theirs: &'a Nonce,
+        side: Side,
+    ) -> Transcript<'a> {
         let (opener, answerer, opener_nonce, answerer_nonce) = match side {
             Side::Opener => (self.config.id, peer, ours, theirs),
             Side::Answerer => (peer, self.config.id, theirs, ours),
         };
         Transcript {
-            cluster_id: &self.trust.cluster_id,
+            cluster_id,
             opener,
             answerer,
             opener_nonce,
@@ -276,13 +307,21 @@ impl Node {
             Err(refusal) => return self.refuse_handshake(key, refusal),
         };
         let our_nonce = fresh_nonce();
+        let claims_cluster = self.trust.adopting;
+        let cluster_id = if claims_cluster {
+            self.trust.claims.insert(key, hello.cluster_id.clone());
+            hello.cluster_id
+        } else {
+            self.trust.cluster_id.clone()
+        };
         let challenge = Handshake::PeerChallenge(PeerChallenge {
-            cluster_id: self.trust.cluster_id.clone(),
+            cluster_id,
             from: self.config.id,
             nonce: to_hex(&our_nonce),
         });
         let proving = Proving {
             peer: hello.from,
+            claims_cluster,
             source,
             opener_nonce,
             our_nonce,
@@ -327,19 +366,25 @@ impl Node {
                 format!("peers connect to node {id}'s peer port, not its client port"),
             );
         }
-        if hello.cluster_id != self.trust.cluster_id {
+        if hello.cluster_id != self.trust.cluster_id && !self.trust.adopting {
             let mut refusal =
                 cluster_mismatch(peer, &addr, &hello.cluster_id, &self.trust.cluster_id);
             refusal.peer = named;
             return Err(refusal);
         }
-        if hello.to != id || !self.peers.contains(peer) {
+        if self.raft.membership().was_removed(peer) {
+            let m = format!("node {peer} was removed from this cluster; it takes part no more");
+            return Err(refuse("removed", ErrorCode::Removed, m));
+        }
+        // A proven node that is not (yet) in this node's configuration may
+        // be a member this node has not heard of (its log lags): the core
+        // decides what it may do (see `Raft::step`).
+        if hello.to != id || peer == id || peer == 0 {
             let m = format!(
-                "a hello from node {peer} for node {}: this is node {id}, and its peers are \
-                 its cluster's members",
+                "a hello from node {peer} for node {}: this is node {id}",
                 hello.to
             );
-            return unauthenticated("not a member", m);
+            return unauthenticated("not for us", m);
         }
         if let Some(m) = self.peer_cert_problem(conn, peer) {
             return unauthenticated("certificate", m);
@@ -392,16 +437,34 @@ impl Node {
                 return self.refuse_handshake(key, refusal);
             }
         };
+        let claimed = if proving.claims_cluster {
+            self.trust.claims.remove(&key)
+        } else {
+            None
+        };
+        if let Some(claimed) = &claimed {
+            if !self.trust.adopting && *claimed != self.trust.cluster_id {
+                let m = "it named another cluster than the one this node has joined since";
+                return self.refuse_handshake(key, refuse("cluster", m));
+            }
+        }
         let (ours, theirs) = (&proving.our_nonce, &proving.opener_nonce);
-        let transcript = self.transcript(peer, ours, theirs, Side::Answerer);
+        let cluster = claimed.as_deref().unwrap_or(&self.trust.cluster_id);
+        let transcript = self.transcript_in(cluster, peer, ours, theirs, Side::Answerer);
         if let Some((kind, message)) =
             self.proof_problem(&transcript, Side::Opener, proof.as_deref())
         {
             return self.refuse_handshake(key, refuse(kind, message));
         }
         let accept = Handshake::PeerAccept(PeerAccept {
-            proof: self.transcript_proof(peer, ours, theirs, Side::Answerer),
+            proof: self.trust.secret.as_ref().map(|secret| {
+                self.transcript_in(cluster, peer, ours, theirs, Side::Answerer)
+                    .proof(secret, Side::Answerer)
+            }),
         });
+        if let Some(cluster) = claimed {
+            self.adopt_cluster_id(peer, cluster);
+        }
         debug!("connection {key} proven to be peer {peer}'s");
         self.make_room_for_peer_conn(peer);
         self.set_role(key, ConnRole::Peer(peer));
@@ -409,6 +472,26 @@ impl Node {
             conn.push_output(|out| encode_handshake(out, &accept));
         }
         self.conns.mark_dirty(key);
+    }
+
+    /// A joining node's first proven peer named its cluster: the cluster id
+    /// is this node's from now on, recorded in its data directory.
+    fn adopt_cluster_id(&mut self, peer: NodeId, cluster: String) {
+        if !self.trust.adopting {
+            return;
+        }
+        match crate::peer_auth::recorded_cluster_id(
+            &self.config.data_dir,
+            &cluster,
+            self.config.fsync,
+        ) {
+            Ok((id, _)) => {
+                info!("joined cluster {id}: node {peer} proved it is a member");
+                self.trust.cluster_id = id;
+                self.trust.adopting = false;
+            }
+            Err(e) => warn!("cannot record the cluster id {cluster}: {e}"),
+        }
     }
 
     /// Before another connection of `peer`'s is proven: if it has as many
@@ -453,6 +536,10 @@ impl Node {
         // The remote's words are theirs: shortened, on one line, and never
         // part of the rate limit's kind (a remote must not choose how many
         // lines it gets, nor forge one).
+        if error.code == ErrorCode::Removed {
+            // A member says this node was removed: it stops taking part.
+            self.members.told_removed = true;
+        }
         let log = format!("{what}: {} ({})", printable(&error.message), error.code);
         let kind = format!("{peer} refused us: {}", error.code);
         self.trust.refusals.warn(&kind, &log);

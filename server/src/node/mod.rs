@@ -39,6 +39,7 @@ mod fds;
 mod handshake;
 mod log_limiter;
 mod logins;
+mod membership;
 mod peers;
 mod ready;
 mod snapshots;
@@ -136,6 +137,14 @@ pub struct NodeConfig {
     pub tls: TlsSettings,
     /// `--peer-addr`: a port of its own for peers (else peers use `port`).
     pub peer_addr: Option<SocketAddr>,
+    /// `--join`: a brand-new data directory joins a cluster (at this
+    /// member) instead of founding one from `peers`.
+    pub join: Option<SocketAddr>,
+    /// `--force-new-cluster`: restart as the only voter, keeping the data.
+    pub force_new_cluster: bool,
+    /// `--peer-route`: members dialled at another address than their
+    /// configured one.
+    pub peer_routes: BTreeMap<NodeId, SocketAddr>,
     /// The members' peer ports, for those that have one (`--peers
     /// ID=CLIENT/PEER`); the others take peers on their client address.
     pub peer_ports: BTreeMap<NodeId, SocketAddr>,
@@ -226,6 +235,8 @@ pub struct Node {
     logins: Logins,
     /// The core's alerts (a peer asked what breaks Raft), logged limited.
     alerts: AlertLog,
+    /// Membership requests waiting, and what the peer links follow.
+    members: membership::MemberRequests,
     next_tick: Instant,
     /// Set while the disk is full: what waits to be made durable.
     unpersisted: Option<Unpersisted>,
@@ -241,6 +252,7 @@ impl Node {
     pub fn run(&mut self) -> Result<(), Fatal> {
         let mut events = Events::with_capacity(1024);
         self.drive_raft()?;
+        self.follow_membership();
         while !self.shutting_down {
             let now = Instant::now();
             let timeout = self.next_deadline().saturating_duration_since(now);
@@ -278,6 +290,7 @@ impl Node {
             self.on_timers();
             self.retry_unpersisted()?;
             self.drive_raft()?;
+            self.follow_membership();
             self.flush_dirty();
         }
         self.stop()
@@ -344,6 +357,7 @@ impl Node {
         }
         self.scan_connections(now);
         self.expire_requests(now);
+        self.expire_member_requests(now);
         self.finish_logins(now);
         self.snapshot_housekeeping();
         self.maybe_bootstrap();

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::Interest;
-use poncho_protocol::{encode_peer, ErrorReply, NodeId, RaftMessage};
+use poncho_protocol::{encode_peer, ErrorReply, Member, Membership, NodeId, RaftMessage};
 
 use super::conn::{ConnRole, Link};
-use super::{Node, NodeConfig};
+use super::Node;
 
 /// A slow peer's unsent messages beyond this are dropped (Raft resends).
 const PEER_OUTPUT_LIMIT: usize = 64 << 20;
@@ -24,6 +24,9 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// The other members, and our link to each.
 pub struct Peers {
     links: BTreeMap<NodeId, PeerLink>,
+    /// `--peer-route`: where to dial a member instead of its configured
+    /// peer address (a proxy, a NAT, a test harness's fault injector).
+    routes: BTreeMap<NodeId, SocketAddr>,
     /// The `is_leader` hint, not yet acted on.
     bootstrap_pending: bool,
 }
@@ -31,8 +34,11 @@ pub struct Peers {
 struct PeerLink {
     /// The member's address for clients (what redirects name).
     addr: SocketAddr,
-    /// Where we connect to it: its peer port, or `addr`.
+    /// Its peer port, or `addr`: what names it (TLS checks its certificate
+    /// against this address).
     peer_addr: SocketAddr,
+    /// Where we connect to reach it: `peer_addr`, or its `--peer-route`.
+    dial: SocketAddr,
     /// Slab key of the outbound connection, when there is one.
     conn: Option<usize>,
     next_attempt: Instant,
@@ -47,6 +53,19 @@ struct PeerLink {
 }
 
 impl PeerLink {
+    fn new(member: &Member, route: Option<SocketAddr>, now: Instant) -> PeerLink {
+        PeerLink {
+            addr: member.addr,
+            peer_addr: member.peer_addr(),
+            dial: route.unwrap_or(member.peer_addr()),
+            conn: None,
+            next_attempt: now,
+            backoff: RECONNECT_MIN,
+            reported_down: false,
+            connected_at: None,
+        }
+    }
+
     /// Waits out the backoff before the next attempt, and doubles it.
     fn back_off(&mut self, now: Instant) {
         self.next_attempt = now + self.backoff;
@@ -55,27 +74,58 @@ impl PeerLink {
 }
 
 impl Peers {
-    pub fn new(config: &NodeConfig, now: Instant) -> Peers {
-        let links = config
-            .peers
-            .iter()
-            .map(|(&id, &addr)| {
-                let link = PeerLink {
-                    addr,
-                    peer_addr: config.peer_ports.get(&id).copied().unwrap_or(addr),
-                    conn: None,
-                    next_attempt: now,
-                    backoff: RECONNECT_MIN,
-                    reported_down: false,
-                    connected_at: None,
-                };
-                (id, link)
-            })
-            .collect();
-        Peers {
-            links,
-            bootstrap_pending: config.bootstrap_leader,
+    /// Links to `membership`'s members but `own`, each reached at its
+    /// `routes` entry if it has one.
+    pub fn new(
+        membership: &Membership,
+        own: NodeId,
+        routes: BTreeMap<NodeId, SocketAddr>,
+        bootstrap: bool,
+        now: Instant,
+    ) -> Peers {
+        let mut peers = Peers {
+            links: BTreeMap::new(),
+            routes,
+            bootstrap_pending: bootstrap,
+        };
+        peers.sync(membership, own, now);
+        peers
+    }
+
+    /// Makes the links those to `membership`'s members but `own`: a new
+    /// member gets one, a member that left loses its own, a member whose
+    /// addresses changed is reached at the new ones. Returns the
+    /// connections to close (those of links gone or moved).
+    pub fn sync(&mut self, membership: &Membership, own: NodeId, now: Instant) -> Vec<usize> {
+        let mut closing = Vec::new();
+        self.links.retain(|id, link| {
+            let keep = membership.contains(*id) && *id != own;
+            if !keep {
+                closing.extend(link.conn);
+            }
+            keep
+        });
+        for member in membership.members.iter().filter(|m| m.id != own) {
+            match self.links.get_mut(&member.id) {
+                Some(link) if link.addr != member.addr || link.peer_addr != member.peer_addr() => {
+                    info!(
+                        "member {} moved to {} (peers: {})",
+                        member.id,
+                        member.addr,
+                        member.peer_addr()
+                    );
+                    closing.extend(link.conn.take());
+                    *link = PeerLink::new(member, self.routes.get(&member.id).copied(), now);
+                }
+                Some(_) => {}
+                None => {
+                    let route = self.routes.get(&member.id).copied();
+                    self.links
+                        .insert(member.id, PeerLink::new(member, route, now));
+                }
+            }
         }
+        closing
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
@@ -93,19 +143,6 @@ impl Peers {
     /// Where we connect to member `id`: its peer port, or its address.
     pub fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
         self.links.get(&id).map(|p| p.peer_addr)
-    }
-
-    /// Every peer with its address, by id.
-    pub fn addrs(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
-        self.links.iter().map(|(&id, p)| (id, p.addr))
-    }
-
-    /// Every member's id, this node's (`own`) included, in order.
-    pub fn members(&self, own: NodeId) -> Vec<NodeId> {
-        let mut members: Vec<NodeId> = self.links.keys().copied().collect();
-        members.push(own);
-        members.sort_unstable();
-        members
     }
 
     /// The next reconnect due, if a link is down.
@@ -163,15 +200,15 @@ impl Node {
     /// Opens the links that are down and due for another attempt.
     pub(super) fn connect_peers(&mut self, now: Instant) {
         self.peers.settle(now);
-        let due: Vec<(NodeId, SocketAddr)> = self
+        let due: Vec<(NodeId, SocketAddr, SocketAddr)> = self
             .peers
             .links
             .iter()
             .filter(|(_, p)| p.conn.is_none() && p.next_attempt <= now)
-            .map(|(&id, p)| (id, p.peer_addr))
+            .map(|(&id, p)| (id, p.dial, p.peer_addr))
             .collect();
-        for (id, addr) in due {
-            let stream = connect_from(self.config.host, addr)
+        for (id, dial, addr) in due {
+            let stream = connect_from(self.config.host, dial)
                 .map_err(|e| e.to_string())
                 .and_then(|stream| self.tls.to_peer(stream, addr));
             let result = stream.map(|stream| {
@@ -207,13 +244,26 @@ impl Node {
     }
 
     pub(super) fn send_to_peer(&mut self, to: NodeId, message: &RaftMessage) {
-        let Some(key) = self.peers.links.get(&to).and_then(|p| p.conn) else {
+        let key = match self.peers.links.get(&to) {
+            Some(link) => link.conn,
+            // Not in our configuration (we join, and know no members yet;
+            // or it is a member we have not heard of): answer on the proven
+            // connection it opened to us, if it has one.
+            None => self
+                .conns
+                .iter()
+                .find(|(_, c)| c.role == ConnRole::Peer(to))
+                .map(|(key, _)| key),
+        };
+        let Some(key) = key else {
             return; // not connected: Raft treats it as a lost message
         };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.role != ConnRole::Outbound(to, Link::Proven) {
+        let proven =
+            conn.role == ConnRole::Outbound(to, Link::Proven) || conn.role == ConnRole::Peer(to);
+        if !proven {
             return; // the handshake is not done: lost, as if not connected
         }
         if conn.output_bytes() > PEER_OUTPUT_LIMIT {

@@ -154,7 +154,11 @@ impl Node {
         for entry in &std::mem::take(&mut rd.committed_entries) {
             last = Some(entry.index);
             let result = self.kv.apply(entry);
-            self.answer_applied(entry, result);
+            if entry.kind == poncho_protocol::EntryKind::Config {
+                self.answer_change(entry);
+            } else {
+                self.answer_applied(entry, result);
+            }
         }
         if let Some(index) = last {
             self.raft.advance_applied(index);

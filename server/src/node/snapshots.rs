@@ -297,7 +297,7 @@ impl Node {
         let meta = SnapshotMeta {
             index: applied,
             term,
-            members: self.peers.members(self.config.id),
+            membership: Some((*self.raft.membership_at(applied)).clone()),
         };
         self.snapshots.start(&self.kv, meta);
         info!(
@@ -392,7 +392,12 @@ impl Node {
         kv: KvStore,
         transfer: Transfer,
     ) -> Result<(), Fatal> {
-        let membership = self.config.bootstrap_membership();
+        let membership = match &meta.membership {
+            Some(m) => m.clone(),
+            // A snapshot from a node that records no configuration: the
+            // one this node has stands.
+            None => self.raft.membership().clone(),
+        };
         let result = match self
             .raft
             .restore_snapshot(leader, meta.index, meta.term, membership)

@@ -10,12 +10,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::TcpListener;
 use mio::{Interest, Poll};
-use poncho_protocol::{Entry, NodeId};
+use poncho_protocol::{Entry, Member, Membership, NodeId};
 
 use super::admission::{self, Admission};
 use super::clients::Clients;
 use super::conn::Conns;
 use super::handshake::PeerTrust;
+use super::membership;
 use super::peers::Peers;
 use super::snapshots::{self, Snapshots};
 use super::tls::Tls;
@@ -25,7 +26,7 @@ use poncho_tls::TlsError;
 use crate::datadir::{self, DirLock, LockError};
 use crate::kv::KvStore;
 use crate::peer_auth::{initial_cluster_id, recorded_cluster_id, ClusterIdError};
-use crate::raft::{Config, HardState, Raft};
+use crate::raft::{bootstrap_entry, Config, HardState, Raft};
 use crate::storage::{Storage, StorageError, StorageOptions};
 
 /// Why a node could not start.
@@ -62,6 +63,11 @@ pub enum StartError {
     NoPeerAuth,
     /// The cluster id could not be read or recorded.
     ClusterId(ClusterIdError),
+    /// The configuration to start from could not be read or recorded.
+    Membership(String),
+    /// Writing a new cluster's first entry, or `--force-new-cluster`'s,
+    /// failed.
+    WriteLog(StorageError),
     /// A TLS flag's file could not be used.
     Tls(TlsError),
     /// Setting up the poll, the listener or the signals failed (`what`).
@@ -118,6 +124,8 @@ impl fmt::Display for StartError {
                  --insecure"
             ),
             StartError::ClusterId(e) => write!(f, "{e}"),
+            StartError::Membership(e) => write!(f, "{e}"),
+            StartError::WriteLog(e) => write!(f, "cannot write the log: {e}"),
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Socket { what, error } => write!(f, "{what}: {error}"),
         }
@@ -159,18 +167,23 @@ impl Node {
         )
         .map_err(StartError::Tls)?;
         let proven = config.cluster_secret.is_some() || tls.peer_mtls;
-        if !config.peers.is_empty() && !proven && !config.insecure {
+        let clustered = !config.peers.is_empty() || config.join.is_some();
+        if clustered && !proven && !config.insecure {
             return Err(StartError::NoPeerAuth);
         }
         for w in warnings {
             warn!("{w}");
         }
-        let recovered = recover(&config)?;
+        let mut recovered = recover(&config)?;
+        let base = starting_membership(&config, &mut recovered)?;
+        if config.force_new_cluster {
+            force_new_cluster(&config, &mut recovered, &base)?;
+        }
         let raft = Raft::with_snapshot(
             raft_config(&config),
             recovered.hard_state,
             recovered.snapshot,
-            config.bootstrap_membership(),
+            base,
             recovered.entries,
             seed(config.id),
         )
@@ -208,9 +221,16 @@ impl Node {
             ),
             tls,
             alerts: Default::default(),
+            members: Default::default(),
             next_tick: now + config.tick,
             conns: Conns::new(config.max_line_bytes),
-            peers: Peers::new(&config, now),
+            peers: Peers::new(
+                raft.membership(),
+                config.id,
+                config.peer_routes.clone(),
+                config.bootstrap_leader,
+                now,
+            ),
             clients: Clients::new(now),
             config,
             poll: bound.poll,
@@ -303,9 +323,102 @@ fn recover(config: &NodeConfig) -> Result<Recovered, StartError> {
     })
 }
 
+/// The configuration the log starts from (see `node/membership.rs`): the
+/// snapshot's, or the one recorded in the data directory, recorded first
+/// if this is its first start: none for a node that joins, none for a
+/// founding member either, which writes the first configuration (from
+/// `--peers`) as its log's first entry, and `--peers`' for a data
+/// directory from before configurations were logged.
+fn starting_membership(
+    config: &NodeConfig,
+    recovered: &mut Recovered,
+) -> Result<Membership, StartError> {
+    let dir = &config.data_dir;
+    let base = match membership::read_base(dir).map_err(StartError::Membership)? {
+        Some(base) => base,
+        None => {
+            let fresh = recovered.snapshot.0 == 0
+                && recovered.entries.is_empty()
+                && recovered.hard_state == HardState::default();
+            let base = if fresh && config.join.is_some() {
+                Membership::default()
+            } else if fresh {
+                let entry = bootstrap_entry(&config.bootstrap_membership());
+                write_log(recovered, HardState::default(), entry)?;
+                Membership::default()
+            } else {
+                config.bootstrap_membership()
+            };
+            membership::write_base(dir, &base, config.fsync).map_err(StartError::Membership)?;
+            base
+        }
+    };
+    let snapshot = recovered.snapshots.latest.as_ref();
+    Ok(snapshot
+        .and_then(|(meta, _)| meta.membership.clone())
+        .unwrap_or(base))
+}
+
+/// Makes `entry` (and `hard_state` first) durable in the recovered log.
+fn write_log(
+    recovered: &mut Recovered,
+    hard_state: HardState,
+    entry: Entry,
+) -> Result<(), StartError> {
+    let storage = &mut recovered.storage;
+    storage
+        .save_hard_state(hard_state)
+        .and_then(|()| storage.append(std::slice::from_ref(&entry)))
+        .and_then(|()| storage.sync())
+        .map_err(StartError::WriteLog)?;
+    recovered.hard_state = hard_state;
+    recovered.entries.push(entry);
+    Ok(())
+}
+
+/// `--force-new-cluster`: this node becomes its cluster's only voter.
+fn force_new_cluster(
+    config: &NodeConfig,
+    recovered: &mut Recovered,
+    base: &Membership,
+) -> Result<(), StartError> {
+    let latest = membership::latest_in(&recovered.entries, base).map_err(StartError::Membership)?;
+    let last = recovered
+        .entries
+        .last()
+        .map_or(recovered.snapshot, |e| (e.index, e.term));
+    let own = Member {
+        id: config.id,
+        addr: config.addr(),
+        peer_addr: config.peer_addr,
+        learner: false,
+    };
+    let Some((entry, hard_state, forced)) =
+        membership::forced_configuration(&latest, own, recovered.hard_state, last)
+    else {
+        info!("--force-new-cluster: this node is its cluster's only voter already");
+        return Ok(());
+    };
+    warn!(
+        "--force-new-cluster: node {} is now the only voter (entry {}, term {}); removed: {:?}. \
+         Grow the cluster again with `member add`",
+        config.id, entry.index, entry.term, forced.removed
+    );
+    write_log(recovered, hard_state, entry)
+}
+
 /// The cluster id recorded in the data directory, recorded first if this is
-/// a new one (derived from the token and the members).
-fn cluster_id(config: &NodeConfig) -> Result<String, StartError> {
+/// a new one (derived from the token and the members); `None` for a node
+/// that joins and has not met its cluster yet (its first proven peer tells
+/// it).
+fn cluster_id(config: &NodeConfig) -> Result<Option<String>, StartError> {
+    let recorded = config
+        .data_dir
+        .join(crate::peer_auth::CLUSTER_ID_FILE)
+        .exists();
+    if config.join.is_some() && !recorded {
+        return Ok(None);
+    }
     let members: BTreeSet<NodeId> = config.peers.keys().copied().chain([config.id]).collect();
     let initial = initial_cluster_id(&config.cluster_token, &members);
     let (id, new) = recorded_cluster_id(&config.data_dir, &initial, config.fsync)
@@ -318,7 +431,7 @@ fn cluster_id(config: &NodeConfig) -> Result<String, StartError> {
                  name a new cluster {initial}, and only name a new data directory's"
         );
     }
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// Makes the recovered log continue the snapshot through (`index`, `term`):
@@ -494,6 +607,9 @@ mod tests {
             cluster_token: crate::peer_auth::DEFAULT_CLUSTER_TOKEN.into(),
             tls: TlsSettings::default(),
             peer_addr: None,
+            join: None,
+            force_new_cluster: false,
+            peer_routes: BTreeMap::new(),
             peer_ports: BTreeMap::new(),
             peer_tls: TlsSettings::default(),
         }
@@ -536,7 +652,7 @@ mod tests {
         let meta = SnapshotMeta {
             index: 10,
             term: 2,
-            members: vec![1],
+            membership: None,
         };
         let mut writer = crate::snapshot::SnapshotWriter::create(dir.path(), &meta, false).unwrap();
         KvStore::default()

@@ -751,12 +751,13 @@ impl Raft {
         let next = latest.with_change(change).map_err(ChangeError::Invalid)?;
         let last_index = self.log.last_index();
         let max_lag = self.config.promote_max_lag_entries;
+        // A member the leader has not heard from in this term is not known
+        // to hold anything, whatever the log's length.
         let caught_up = |id: NodeId| {
             id == self.config.id
-                || leader
-                    .progress
-                    .get(&id)
-                    .is_some_and(|p| p.match_index.saturating_add(max_lag) >= last_index)
+                || leader.progress.get(&id).is_some_and(|p| {
+                    p.heard_at.is_some() && p.match_index.saturating_add(max_lag) >= last_index
+                })
         };
         if let MemberChange::Promote(id) = change {
             if !caught_up(*id) {
