@@ -7,7 +7,7 @@
 //! A run that fails (a violation or any panic) keeps its directory: node
 //! logs, data directories and `history.jsonl`, and prints where it is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::auth::{add_role, add_user, enable_auth, Login, StatusPoller};
 use crate::linearizability::{check, Op, Operation, Outcome};
@@ -64,12 +64,25 @@ pub struct FaultCluster {
     poller: StatusPoller,
     /// Whom the clients log in as, once auth is on.
     login: Option<Login>,
+    /// Nodes made ready to join (addresses, proxies, routes) and not yet
+    /// started: the membership nemesis adds them one by one.
+    spares: BTreeSet<u64>,
+    /// Nodes removed from the cluster and stopped for good.
+    retired: BTreeSet<u64>,
 }
 
 impl FaultCluster {
     pub fn start(n: usize, args: &[&str]) -> FaultCluster {
+        FaultCluster::start_with_spares(n, 0, args)
+    }
+
+    /// `n` founding members, and `spares` more nodes (ids after theirs)
+    /// that are not started: [`add_spare`](Self::add_spare) starts one with
+    /// `--join` and adds it. Every node has a proxy to every other one,
+    /// spares included.
+    pub fn start_with_spares(n: usize, spares: usize, args: &[&str]) -> FaultCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ids: Vec<u64> = (1..=n as u64).collect();
+        let ids: Vec<u64> = (1..=(n + spares) as u64).collect();
         let addrs: Vec<SocketAddr> = ids
             .iter()
             .map(|&id| {
@@ -98,6 +111,7 @@ impl FaultCluster {
         let peers: Vec<String> = ids
             .iter()
             .zip(&addrs)
+            .take(n)
             .map(|(j, a)| format!("{j}={a}"))
             .collect();
         let mut nodes: Vec<Node> = ids
@@ -110,10 +124,14 @@ impl FaultCluster {
                     .collect();
                 let mut args = args.clone();
                 args.extend(["--peer-route".to_string(), routes.join(",")]);
+                if id as usize > n {
+                    args.extend(["--join".to_string(), addrs[0].to_string()]);
+                    return Node::new(id, addr, dir.path(), Vec::new(), &args);
+                }
                 Node::new(id, addr, dir.path(), peers.clone(), &args)
             })
             .collect();
-        launch_all(&mut nodes);
+        launch_all(&mut nodes[..n]);
         FaultCluster {
             nodes,
             proxies,
@@ -122,6 +140,8 @@ impl FaultCluster {
             tls: None,
             poller: StatusPoller::default(),
             login: None,
+            spares: (n as u64 + 1..=(n + spares) as u64).collect(),
+            retired: BTreeSet::new(),
         }
     }
 
@@ -155,8 +175,12 @@ impl FaultCluster {
         }
     }
 
-    /// Starts a killed node again (its data directory is kept).
+    /// Starts a killed node again (its data directory is kept); never a
+    /// spare not yet added, nor a node removed and retired.
     pub fn restart(&mut self, id: u64) {
+        if self.spares.contains(&id) || self.retired.contains(&id) {
+            return;
+        }
         if self.node(id).pid().is_none() {
             self.node(id).restart(false);
         }
@@ -304,6 +328,76 @@ impl FaultCluster {
             sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    // --- membership ---
+
+    /// `MEMBER` `payload` at the leader: its reply, or why there is none.
+    pub fn member(&self, payload: Value) -> Result<Value, String> {
+        let leader = self.leader().ok_or("no leader")?.0;
+        let mut client = self
+            .client(leader, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        client
+            .request(&json!({"msg_type": "MEMBER", "payload": payload}))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The voters and learners the leader lists.
+    pub fn members(&self) -> Option<(Vec<u64>, Vec<u64>)> {
+        let list = self.member(json!({"op": "list"})).ok()?;
+        let members = list["payload"]["members"].as_array()?;
+        let ids = |learner: bool| {
+            members
+                .iter()
+                .filter(|m| m["learner"] == learner)
+                .filter_map(|m| m["id"].as_u64())
+                .collect()
+        };
+        Some((ids(false), ids(true)))
+    }
+
+    /// Starts the next spare with `--join`, adds it as a learner and
+    /// promotes it once it has caught up (retrying for up to `patience`).
+    /// Its id once it votes; `Err` says how far it got (it may have been
+    /// added as a learner: a later `members` tells).
+    pub fn add_spare(&mut self, patience: Duration) -> Result<u64, String> {
+        let id = *self.spares.iter().next().ok_or("no spare left")?;
+        self.spares.remove(&id);
+        self.node(id).launch(false);
+        self.node(id).wait_listening();
+        let addr = self.nodes[(id - 1) as usize].addr.to_string();
+        let deadline = Instant::now() + patience;
+        let mut added = false;
+        while Instant::now() < deadline {
+            let op = if added {
+                json!({"op": "promote", "id": id})
+            } else {
+                json!({"op": "add", "id": id, "addr": addr, "learner": true})
+            };
+            match self.member(op) {
+                Ok(r) if r["msg_type"] == "MEMBER" && added => return Ok(id),
+                Ok(r) if r["msg_type"] == "MEMBER" => added = true,
+                Ok(r) if r["payload"]["code"] == "MEMBERSHIP_REFUSED" && !added => {
+                    added = true; // an earlier attempt's reply was lost
+                }
+                _ => sleep(Duration::from_millis(100)),
+            }
+        }
+        Err(format!("node {id}: added {added}, not promoted in time"))
+    }
+
+    /// Removes member `id` and, once the removal is committed, stops it for
+    /// good. Whether it was removed.
+    pub fn remove_member(&mut self, id: u64) -> bool {
+        let removed = self
+            .member(json!({"op": "remove", "id": id}))
+            .is_ok_and(|r| r["msg_type"] == "MEMBER");
+        if removed {
+            self.node(id).kill();
+            self.retired.insert(id);
+        }
+        removed
     }
 
     /// The highest term any reachable node reports.
@@ -576,6 +670,11 @@ impl Worker {
                 }
                 Outcome::Failed
             }
+            // A node removed from the cluster: ask another.
+            ErrorCode::Removed => {
+                self.other_node();
+                Outcome::Failed
+            }
             ErrorCode::NoLeader | ErrorCode::Overloaded => {
                 self.other_node();
                 sleep(Duration::from_millis(20)); // an election is under way
@@ -664,6 +763,8 @@ pub struct Config {
     /// Each client pauses up to this long between operations: clients
     /// flat out would take CPU the servers' heartbeats need on 2 cores.
     pub think: Duration,
+    /// Nodes ready to be added (see [`FaultCluster::start_with_spares`]).
+    pub spares: usize,
 }
 
 impl Config {
@@ -676,6 +777,7 @@ impl Config {
             clients: 5,
             keys: 3,
             think: Duration::from_millis(4),
+            spares: 0,
         }
     }
 }
@@ -720,7 +822,7 @@ impl Run {
     pub fn start(name: &str, config: Config) -> Run {
         let mut args: Vec<&str> = SERVER_ARGS.to_vec();
         args.extend(config.server_args.iter().map(String::as_str));
-        let mut cluster = FaultCluster::start(config.nodes, &args);
+        let mut cluster = FaultCluster::start_with_spares(config.nodes, config.spares, &args);
         cluster.tls = config.tls.clone();
         let seed = std::env::var("FAULT_SEED")
             .ok()

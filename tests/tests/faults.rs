@@ -484,3 +484,75 @@ fn one_way_loss_and_latency() {
         min_ok: 300,
     });
 }
+
+/// Membership changes while nodes are killed and partitioned: each round
+/// either adds a node (a spare started with --join, added as a learner,
+/// promoted once caught up), removes a voter (the leader half the time), or
+/// replaces one (removes it, then adds a spare), with a random node killed
+/// or cut off meanwhile; the clients' history must stay linearizable.
+#[test]
+fn membership_changes_while_nodes_are_killed_and_partitioned() {
+    let _serial = serial();
+    let mut config = Config::nodes(3);
+    config.spares = 4;
+    let mut run = Run::start(
+        "membership_changes_while_nodes_are_killed_and_partitioned",
+        config,
+    );
+    let (mut added, mut removed) = (0, 0);
+    let began = Instant::now();
+    // At least 12 s, and on until enough changes went through (faults make
+    // many fail), for at most 40 s.
+    while began.elapsed() < Duration::from_secs(40)
+        && (added < 2 || removed < 1 || began.elapsed() < Duration::from_secs(12))
+    {
+        run.nemesis(Duration::from_secs(3), |c, rng| {
+            let Some((voters, _)) = c.members() else {
+                sleep(ms(200));
+                return;
+            };
+            // A fault on a voter that stays, held while the change is made.
+            let victim = *voters.choose(rng).expect("voters");
+            let partition = rng.gen_bool(0.5);
+            if partition {
+                c.isolate(victim);
+            } else {
+                c.kill(victim);
+            }
+            let leader = leader(c).map(|(l, _)| l);
+            let grow = voters.len() < 4 && rng.gen_bool(0.5);
+            if grow || voters.len() <= 3 {
+                match c.add_spare(Duration::from_secs(4)) {
+                    Ok(_) => added += 1,
+                    Err(e) => eprintln!("membership nemesis: {e}"),
+                }
+            } else {
+                let target = match leader {
+                    Some(l) if rng.gen_bool(0.5) && l != victim => l,
+                    _ => *voters
+                        .iter()
+                        .find(|&&v| v != victim)
+                        .expect("another voter"),
+                };
+                if c.remove_member(target) {
+                    removed += 1;
+                } else {
+                    eprintln!("membership nemesis: node {target} not removed");
+                }
+            }
+            sleep(rand_ms(rng, 200, 500));
+            c.heal();
+            sleep(rand_ms(rng, 300, 600));
+        });
+    }
+    eprintln!("membership nemesis: {added} nodes added, {removed} removed");
+    assert!(
+        added >= 2 && removed >= 1,
+        "too few changes: {added} added, {removed} removed"
+    );
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 1,
+        min_ok: 200,
+    });
+}
