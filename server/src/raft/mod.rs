@@ -41,6 +41,8 @@ mod snapshot;
 mod step;
 
 #[cfg(test)]
+mod membership_tests;
+#[cfg(test)]
 mod script;
 #[cfg(test)]
 mod sim;

@@ -5,7 +5,7 @@
 
 use poncho_protocol::{NodeId, RaftMessage, RequestVote, RequestVoteReply};
 
-use super::{BrokenRule, Outbound, Raft, RoleState};
+use super::{BrokenRule, MemberRole, Outbound, Raft, RoleState};
 
 impl Raft {
     /// Hands the core a message from peer `from`.
@@ -23,15 +23,22 @@ impl Raft {
     /// log lags (a new member, or one that was away while members were
     /// added) may not know its leader yet, and term checks keep a stale one
     /// out. Everything else comes only from members of this node's latest
-    /// configuration; and a voter ignores vote requests from anyone its
-    /// configuration does not count as a voter, so a removed node (or one
-    /// never added) cannot start elections or raise terms (thesis 4.2.3).
-    /// A learner or a joining node answers any candidate: its answer counts
+    /// configuration; and a member (voter or learner) ignores vote requests
+    /// from anyone its configuration does not count as a voter, so a
+    /// removed node (or one never added) cannot start elections or raise
+    /// terms (thesis 4.2.3): a learner whose term a removed node raised
+    /// would answer the leader in that term and depose it. A node that is
+    /// to join answers any candidate not known as removed: its
+    /// configuration may not be the cluster's yet, and its answer counts
     /// only where the candidate's configuration counts it.
     fn accepts(&self, from: NodeId, message: &RaftMessage) -> bool {
         match message {
             RaftMessage::AppendEntries(_) | RaftMessage::InstallSnapshot(_) => true,
-            RaftMessage::RequestVote(_) => !self.is_voter() || self.voters.contains(&from),
+            RaftMessage::RequestVote(_) => {
+                self.voters.contains(&from)
+                    || (self.member_role() == MemberRole::Joining
+                        && !self.membership().was_removed(from))
+            }
             RaftMessage::TimeoutNow(_)
             | RaftMessage::AppendEntriesReply(_)
             | RaftMessage::RequestVoteReply(_)
