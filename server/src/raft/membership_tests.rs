@@ -3,7 +3,10 @@
 //! cluster matters and on one core where one rule does. The random
 //! membership campaign is `tests::membership_seeds_*`.
 
-use poncho_protocol::{Membership, NodeId, RaftMessage, RequestVote};
+use poncho_protocol::{MemberChange, Membership, NodeId, RaftMessage, RequestVote};
+
+use super::sim::{member, NetConfig, Sim};
+use super::tests::sim_with;
 
 use super::*;
 
@@ -57,5 +60,99 @@ fn a_removed_node_raises_no_members_term_with_its_campaigns() {
         joining.term(),
         3,
         "a node that is to join answers any candidate"
+    );
+}
+
+// ------------------------------------------------------ in the simulator
+
+/// A cluster of `nodes` founders in the simulator, founded with the
+/// configuration entry (as a real one is), node 1 the first leader.
+fn cluster(nodes: usize, seed: u64, tweak: impl Fn(&mut Config) + 'static) -> Sim {
+    let mut sim = sim_with(nodes, seed, NetConfig::reliable(), move |c| {
+        c.bootstrap_leader = c.id == 1;
+        tweak(c);
+    });
+    sim.found_with_entry();
+    sim
+}
+
+/// Runs until `id` leads and has committed an entry of its term.
+fn until_leading(sim: &mut Sim, id: NodeId) {
+    sim.run_until(80, "the leader committing in its term", |s| {
+        s.raft(id).is_some_and(|r| {
+            r.role() == Role::Leader && r.log().term(r.log().committed()) == Some(r.term())
+        })
+    })
+    .unwrap();
+}
+
+/// Ongaro's 2015 counterexample to single-server changes without the
+/// commit-in-term rule, step by step (random seeds rarely line it up):
+/// leader 1 of {1,2,3,4} adds voter 5 (forced), which reaches only 5; the
+/// other side {2,3,4} elects a leader that at once removes 1 and commits
+/// that with {2,3} (4 never hears from it); then 1 wins with {1,4,5}, a
+/// quorum of {1,2,3,4,5} disjoint from {2,3}. The checker sees a leader
+/// elected by voters two changes from the committed configuration. With
+/// the rule, the new leader's removal is refused (TermNotCommitted) for as
+/// long as its no-op cannot commit (then NotLeader, once CheckQuorum
+/// deposes it), and the same steps are safe.
+fn change_before_term_commit(broken: bool) -> Result<(u64, u64), String> {
+    let mut sim = cluster(4, 3, move |c| {
+        c.broken_rule = broken.then_some(BrokenRule::ChangeBeforeTermCommit);
+    });
+    until_leading(&mut sim, 1);
+    sim.commit("before", 50)?;
+    let five = sim.add_node();
+    sim.partition(&[&[1, five], &[2, 3, 4]]);
+    // 4 votes but hears no leader, and cannot lead itself.
+    sim.filter = Some(Box::new(|from, to, m| match m {
+        RaftMessage::AppendEntries(_) => to != 4,
+        RaftMessage::RequestVote(_) => from != 4,
+        _ => true,
+    }));
+    sim.propose_change(1, &MemberChange::Add(member(five, false)), true)
+        .map_err(|e| e.to_string())?;
+    sim.run_until(80, "a leader among 2 and 3", |s| {
+        [2, 3]
+            .iter()
+            .any(|&i| s.raft(i).is_some_and(|r| r.role() == Role::Leader))
+    })?;
+    let leader = if sim.raft(2).is_some_and(|r| r.role() == Role::Leader) {
+        2
+    } else {
+        3
+    };
+    let mut removal = None;
+    for _ in 0..30 {
+        if removal.is_none() {
+            removal = sim
+                .propose_change(leader, &MemberChange::Remove(1), false)
+                .ok();
+        }
+        sim.run_ticks(1)?;
+    }
+    if let Some(index) = removal {
+        let committed = sim.raft(leader).map_or(0, |r| r.log().committed());
+        assert!(committed >= index, "the removal commits with {{2, 3}}");
+    }
+    sim.filter = None;
+    sim.heal();
+    sim.partition(&[&[1, five, 4], &[2, 3]]);
+    sim.run_ticks(100)?;
+    sim.heal();
+    sim.commit("after", 100)?;
+    let refused = sim.stats.changes_refused.get("TermNotCommitted").copied();
+    Ok((sim.stats.changes_accepted, refused.unwrap_or(0)))
+}
+
+#[test]
+fn sim_catches_a_change_before_the_terms_first_commit_in_ongaros_counterexample() {
+    let caught = change_before_term_commit(true).expect_err("the broken rule is caught");
+    assert!(caught.contains("configuration safety"), "{caught}");
+    let (accepted, refused) = change_before_term_commit(false).unwrap();
+    assert_eq!(accepted, 1, "only the addition of 5 is taken");
+    assert!(
+        refused > 0,
+        "the removal is refused while the no-op cannot commit"
     );
 }

@@ -14,11 +14,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use poncho_protocol::{Entry, InstallSnapshot, Membership, NodeId, RaftMessage};
+use poncho_protocol::{
+    Entry, EntryKind, InstallSnapshot, Member, MemberChange, Membership, NodeId, RaftMessage,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Config, HardState, ProposeError, Raft, Ready, Restored, Role};
+use super::{ChangeError, Config, HardState, ProposeError, Raft, Ready, Restored, Role};
 
 pub const TICK: u64 = 10;
 
@@ -149,6 +151,14 @@ struct Node {
     applied: Vec<(u64, Arc<str>)>,
     tick_phase: u64,
     boots: u64,
+    /// The configuration before its log's first entry, when it has no
+    /// snapshot: the founders' for a founder, empty for a node added later.
+    base: Membership,
+    /// Stopped for good (removed from the cluster, or never added): it is
+    /// never restarted.
+    retired: bool,
+    /// When the sim first saw this node's removal committed.
+    removed_at: Option<u64>,
 }
 
 struct Client {
@@ -171,6 +181,14 @@ pub struct Stats {
     pub reads_served: u64,
     pub elections_won: u64,
     pub crashes: u64,
+    /// Membership changes the core took (`propose_change` returned an
+    /// index; not all of them commit), and those it refused, by reason.
+    pub changes_accepted: u64,
+    pub changes_refused: BTreeMap<&'static str, u64>,
+    pub nodes_added: u64,
+    pub nodes_retired: u64,
+    /// Commit advances and elections checked against the configuration.
+    pub decisions_checked: u64,
 }
 
 pub struct Sim {
@@ -216,6 +234,65 @@ pub struct Sim {
     /// read every tick. With long message delays this is where replies to
     /// requests of older terms meet a node that leads again.
     pub leader_churn: bool,
+    /// `random_run` changes the membership: it adds learners (new ids),
+    /// promotes them, removes members (the leader too) and replaces them,
+    /// keeping 3 to `MAX_MEMBERS` members (see `churn_membership`).
+    pub membership_nemesis: bool,
+    /// A replacement under way: (old, new).
+    replacing: Option<(NodeId, NodeId)>,
+    /// The leader (and term) the nemesis last saw: a new one draws a
+    /// change at once, before its term's first commit.
+    nemesis_saw: Option<(NodeId, u64)>,
+}
+
+/// The most members (voters and learners) the membership nemesis grows a
+/// cluster to, and the fewest voters it shrinks one to.
+pub const MAX_MEMBERS: usize = 7;
+pub const MIN_VOTERS: usize = 3;
+/// The most nodes a run may create (founders and added ones, removed ones
+/// included): what bounds a run's memory.
+pub const MAX_NODES: usize = 24;
+/// How long a removed node keeps running once its removal is committed,
+/// before the sim stops it for good.
+pub const REMOVED_LINGER_TICKS: u64 = 40;
+
+impl Node {
+    fn new(tick_phase: u64, base: Membership) -> Node {
+        Node {
+            raft: None,
+            durable_hard_state: HardState::default(),
+            durable_log: Vec::new(),
+            durable_first: 1,
+            durable_snapshot: None,
+            snapshot_write: None,
+            receiving: None,
+            writes: VecDeque::new(),
+            applied: Vec::new(),
+            tick_phase,
+            boots: 0,
+            base,
+            retired: false,
+            removed_at: None,
+        }
+    }
+}
+
+/// How the sim addresses node `id` in a configuration (as `voters_of`).
+pub fn member(id: NodeId, learner: bool) -> Member {
+    Member {
+        id,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + id as u16)),
+        peer_addr: None,
+        learner,
+    }
+}
+
+/// A node's state before an input, to tell which decisions the input made.
+#[derive(Clone, Copy)]
+struct Before {
+    leader: bool,
+    term: u64,
+    commit: u64,
 }
 
 impl Sim {
@@ -235,20 +312,10 @@ impl Sim {
         config_for: impl Fn(NodeId, Vec<NodeId>) -> Config + 'static,
     ) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
+        let founders: Vec<NodeId> = (1..=count as NodeId).collect();
+        let base = super::voters_of(&founders);
         let nodes = (0..count)
-            .map(|_| Node {
-                raft: None,
-                durable_hard_state: HardState::default(),
-                durable_log: Vec::new(),
-                durable_first: 1,
-                durable_snapshot: None,
-                snapshot_write: None,
-                receiving: None,
-                writes: VecDeque::new(),
-                applied: Vec::new(),
-                tick_phase: rng.gen_range(0..TICK),
-                boots: 0,
-            })
+            .map(|_| Node::new(rng.gen_range(0..TICK), base.clone()))
             .collect();
         let mut sim = Sim {
             seed,
@@ -260,7 +327,7 @@ impl Sim {
             in_flight: BTreeMap::new(),
             message_seq: 0,
             cut: BTreeSet::new(),
-            checker: Checker::new(),
+            checker: Checker::new(base),
             clients: Vec::new(),
             reads: HashMap::new(),
             next_read_id: 1,
@@ -277,6 +344,9 @@ impl Sim {
             vote_answers: HashSet::new(),
             install_crash_percent: 0,
             leader_churn: false,
+            membership_nemesis: false,
+            replacing: None,
+            nemesis_saw: None,
         };
         for id in sim.ids() {
             sim.start(id);
@@ -321,7 +391,7 @@ impl Sim {
         let base = node
             .durable_snapshot
             .as_ref()
-            .map_or_else(|| super::voters_of(&members), |s| s.membership.clone());
+            .map_or_else(|| node.base.clone(), |s| s.membership.clone());
         node.applied = node
             .durable_snapshot
             .as_ref()
@@ -347,12 +417,98 @@ impl Sim {
     /// Crashes `id`: it loses its memory and every write not yet durable.
     /// Messages it already sent stay in the network.
     pub fn crash(&mut self, id: NodeId) {
+        self.power_off(id);
+        self.stats.crashes += 1;
+    }
+
+    fn power_off(&mut self, id: NodeId) {
         let node = self.node(id);
         node.raft = None;
         node.writes.clear();
         node.snapshot_write = None;
         node.receiving = None;
-        self.stats.crashes += 1;
+    }
+
+    /// Founds the cluster as a real one is founded: each founder's log
+    /// starts with the founders' configuration as its first entry
+    /// (`bootstrap_entry`, index 1, term 0) and has none before it, so a
+    /// node added later learns it from the log, as it learns every later
+    /// one. Call before the first step.
+    pub fn found_with_entry(&mut self) {
+        let entry = super::bootstrap_entry(self.checker.latest_config());
+        for id in self.ids() {
+            let node = self.node(id);
+            node.base = Membership::default();
+            node.durable_log = vec![entry.clone()];
+            node.durable_first = 1;
+            node.raft = None;
+            self.start(id);
+        }
+    }
+
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.nodes[(id - 1) as usize].retired
+    }
+
+    /// Starts a node that is to join: a new id, an empty disk, and no
+    /// configuration of its own (it learns the cluster's from the leader's
+    /// log or snapshot once added). Returns its id.
+    pub fn add_node(&mut self) -> NodeId {
+        let phase = self.rng.gen_range(0..TICK);
+        self.nodes.push(Node::new(phase, Membership::default()));
+        self.stats.nodes_added += 1;
+        let id = self.nodes.len() as NodeId;
+        self.start(id);
+        id
+    }
+
+    /// Stops `id` for good: it is never restarted.
+    pub fn retire(&mut self, id: NodeId) {
+        self.power_off(id);
+        let node = self.node(id);
+        if !node.retired {
+            node.retired = true;
+            self.stats.nodes_retired += 1;
+        }
+    }
+
+    /// Proposes `change` at `leader`, counting what the core answers.
+    pub fn propose_change(
+        &mut self,
+        leader: NodeId,
+        change: &MemberChange,
+        force: bool,
+    ) -> Result<u64, ChangeError> {
+        let result = match self.raft_mut(leader) {
+            Some(r) => r.propose_change(change, force),
+            None => Err(ChangeError::NotLeader { leader_id: None }),
+        };
+        match &result {
+            Ok(_) => self.stats.changes_accepted += 1,
+            Err(e) => {
+                *self
+                    .stats
+                    .changes_refused
+                    .entry(refusal_name(e))
+                    .or_default() += 1
+            }
+        }
+        result
+    }
+
+    /// The configuration at the highest index any leader has committed.
+    pub fn committed_membership(&self) -> Arc<Membership> {
+        Arc::clone(self.checker.latest_config())
+    }
+
+    /// The members of the committed configuration that still run or may
+    /// be restarted: the nodes that must converge after healing.
+    pub fn members(&self) -> Vec<NodeId> {
+        let m = self.committed_membership();
+        m.ids()
+            .into_iter()
+            .filter(|&id| !self.is_retired(id))
+            .collect()
     }
 
     /// Replaces the durable state of `id` and restarts it from there.
@@ -368,7 +524,7 @@ impl Sim {
     }
 
     pub fn restart(&mut self, id: NodeId) {
-        if !self.is_up(id) {
+        if !self.is_up(id) && !self.is_retired(id) {
             self.start(id);
         }
     }
@@ -576,11 +732,12 @@ impl Sim {
         }
         let now = self.now;
         for id in self.ids() {
-            let node = self.node(id);
-            if now % TICK == node.tick_phase {
-                if let Some(r) = node.raft.as_mut() {
+            if now % TICK == self.node(id).tick_phase {
+                let was = self.before(id);
+                if let Some(r) = self.raft_mut(id) {
                     r.tick();
                 }
+                self.check_decisions(id, was)?;
             }
         }
         self.run_clients();
@@ -588,6 +745,7 @@ impl Sim {
             self.process_ready(id)?;
         }
         self.check_vote_tallies()?;
+        self.check_config_agreement()?;
         let leaders: Vec<(NodeId, u64)> = self
             .ids()
             .into_iter()
@@ -606,9 +764,23 @@ impl Sim {
     /// of an older term than the one its receiver leads in is no answer in
     /// this term: it must leave the leader's view of the follower as it was.
     fn deliver(&mut self, from: NodeId, to: NodeId, msg: RaftMessage) -> Result<(), Violation> {
+        let was = self.before(to);
+        let removed = self.checker.latest_config().was_removed(from);
         let Some(raft) = self.raft_mut(to) else {
             return Ok(());
         };
+        // Thesis 4.2.3: a node whose removal is committed, or a non-voter
+        // asking for votes, must not raise the term of a member that knows
+        // it for what it is.
+        let outsider = {
+            let m = raft.membership();
+            (removed && m.was_removed(from))
+                || (matches!(msg, RaftMessage::RequestVote(_))
+                    && m.contains(to)
+                    && !m.is_voter(from))
+        };
+        let disrupts = outsider && msg.term() > raft.term();
+        let what = disrupts.then(|| format!("{msg:?}").chars().take(160).collect::<String>());
         let answers = match &msg {
             RaftMessage::AppendEntriesReply(m) => Some(m.request_term),
             RaftMessage::InstallSnapshotReply(m) => Some(m.request_term),
@@ -620,6 +792,13 @@ impl Sim {
         let progress = |r: &Raft| r.status().followers.into_iter().find(|f| f.id == from);
         let before = late.then(|| progress(raft));
         raft.step(from, msg);
+        if let Some(what) = what.filter(|_| raft.term() > term) {
+            let raised = raft.term();
+            return Err(self.violation(format!(
+                "node {from}, removed or not a voter in node {to}'s configuration, raised its \
+                 term from {term} to {raised} with {what}"
+            )));
+        }
         if let Some(before) = before {
             let after = progress(raft);
             if after != before {
@@ -627,6 +806,128 @@ impl Sim {
                     "a reply from node {from} to a request of term {} moved leader {to}'s progress \
                      for it in term {term}: {before:?} -> {after:?}",
                     answers.unwrap_or(0)
+                )));
+            }
+        }
+        self.check_decisions(to, was)
+    }
+
+    fn before(&self, id: NodeId) -> Option<Before> {
+        self.raft(id).map(|r| Before {
+            leader: r.role() == Role::Leader,
+            term: r.term(),
+            commit: r.log().committed(),
+        })
+    }
+
+    /// Checks what `id` decided in the input it just took (it was `was`
+    /// before): an election won, or a commit index advanced as leader. Each
+    /// is made by a quorum of the node's latest configuration, which must
+    /// be the current one or one change from it (`Checker::check_decision`);
+    /// a commit also needs the entry durable on a majority of those voters.
+    fn check_decisions(&mut self, id: NodeId, was: Option<Before>) -> Result<(), Violation> {
+        let (Some(was), Some(r)) = (was, self.raft(id)) else {
+            return Ok(());
+        };
+        let (term, commit) = (r.term(), r.log().committed());
+        let leads = r.role() == Role::Leader;
+        let led = was.leader && was.term == term;
+        let elected = leads && !led;
+        let committed = (leads || led) && commit > was.commit;
+        if !elected && !committed {
+            return Ok(());
+        }
+        let voters = r.membership().voters();
+        if elected {
+            self.stats.decisions_checked += 1;
+            if !voters.contains(&id) {
+                return Err(self.violation(format!(
+                    "node {id} won term {term} but is no voter of its configuration {voters:?}"
+                )));
+            }
+            self.checker
+                .check_decision("an election won", id, term, &voters)
+                .map_err(|e| self.violation(e))?;
+        }
+        if committed {
+            self.stats.decisions_checked += 1;
+            let what = format!("a commit through {commit}");
+            self.checker
+                .check_decision(&what, id, term, &voters)
+                .map_err(|e| self.violation(e))?;
+            self.check_commit_durable(id, commit, &voters)?;
+            let r = self.raft(id).expect("checked");
+            let from = self.checker.committed_index.max(r.log().snapshot_index()) + 1;
+            let newly: Vec<(u64, u64, Option<Arc<Membership>>)> = (from..=commit)
+                .map(|i| {
+                    let e = r.log().entry(i).expect("a leader holds what it commits");
+                    let config = (e.kind == EntryKind::Config).then(|| r.membership_at(i));
+                    (i, e.term, config)
+                })
+                .collect();
+            self.checker.record_commits(newly);
+        }
+        Ok(())
+    }
+
+    /// A commit needs the entry durable on a majority of the voters that
+    /// made it: memory may run ahead of disk on a follower, not that far.
+    fn check_commit_durable(
+        &self,
+        id: NodeId,
+        index: u64,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<(), Violation> {
+        let Some(e) = self.raft(id).and_then(|r| r.log().entry(index)) else {
+            return Ok(());
+        };
+        let copies = voters
+            .iter()
+            .filter(|&&n| self.holds_durably(n, e.index, e.term, &e.data))
+            .count();
+        if copies > voters.len() / 2 {
+            return Ok(());
+        }
+        let disks: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "node {}: disk {}..{} snapshot {:?} pending writes {}",
+                    i + 1,
+                    n.durable_first,
+                    n.durable_first + n.durable_log.len() as u64,
+                    n.durable_snapshot.as_ref().map(|s| s.index),
+                    n.writes.len()
+                )
+            })
+            .collect();
+        Err(self.violation(format!(
+            "entry {} (term {}) committed by node {id} with only {copies} durable copies among \
+             the voters {voters:?}\n{}\n{}",
+            e.index,
+            e.term,
+            disks.join("\n"),
+            self.describe()
+        )))
+    }
+
+    /// Every node agrees on the configuration of each committed index: a
+    /// node's configuration at its commit index is the cluster's there.
+    fn check_config_agreement(&self) -> Result<(), Violation> {
+        for id in self.ids() {
+            let Some(r) = self.raft(id) else { continue };
+            let index = r.log().committed().min(self.checker.committed_index);
+            if index == 0 {
+                continue; // no entry: a node that is to join knows none
+            }
+            let theirs = self.checker.config_at(index);
+            let ours = r.membership_at(index);
+            if *ours != **theirs {
+                return Err(self.violation(format!(
+                    "configuration agreement: node {id} has {ours:?} at committed index {index}, \
+                     the cluster {theirs:?}"
                 )));
             }
         }
@@ -940,8 +1241,12 @@ impl Sim {
             for out in write.after {
                 self.send(id, out.to, out.message)?;
             }
-            if let (Some((index, term)), Some(raft)) = (last, self.raft_mut(id)) {
-                raft.on_persisted(index, term);
+            if let Some((index, term)) = last {
+                let was = self.before(id);
+                if let Some(raft) = self.raft_mut(id) {
+                    raft.on_persisted(index, term);
+                }
+                self.check_decisions(id, was)?;
             }
         }
     }
@@ -958,43 +1263,11 @@ impl Sim {
                 "applied out of order"
             );
             node.applied.push((e.term, e.data.clone()));
-            let fresh = self
-                .checker
+            // First applied anywhere or not, it was checked when its
+            // leader committed it (`check_commit_durable`).
+            self.checker
                 .check_applied(&e)
                 .map_err(|err| self.violation(err))?;
-            if fresh {
-                let copies = self
-                    .ids()
-                    .iter()
-                    .filter(|&&n| self.holds_durably(n, e.index, e.term, &e.data))
-                    .count();
-                // Memory may run ahead of disk on a follower, but a commit
-                // needs a majority of durable copies.
-                if copies < self.nodes.len() / 2 + 1 {
-                    let disks: Vec<String> = self
-                        .nodes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, n)| {
-                            format!(
-                                "node {}: disk {}..{} snapshot {:?} pending writes {}",
-                                i + 1,
-                                n.durable_first,
-                                n.durable_first + n.durable_log.len() as u64,
-                                n.durable_snapshot.as_ref().map(|s| s.index),
-                                n.writes.len()
-                            )
-                        })
-                        .collect();
-                    return Err(self.violation(format!(
-                        "entry {} (term {}) committed with only {copies} durable copies\n{}\n{}",
-                        e.index,
-                        e.term,
-                        disks.join("\n"),
-                        self.describe()
-                    )));
-                }
-            }
             self.acknowledge(id, &e);
         }
         if let Some(r) = self.raft_mut(id) {
@@ -1321,8 +1594,6 @@ impl Sim {
     /// leader emerges and every client's command commits.
     pub fn random_run(&mut self, fault_ticks: u64) -> Result<(), Violation> {
         self.add_clients(5);
-        let n = self.nodes.len() as NodeId;
-        let quorum = self.nodes.len() / 2 + 1;
         for _ in 0..fault_ticks {
             self.start_commands();
             if self.rng.gen_bool(0.3) {
@@ -1331,52 +1602,10 @@ impl Sim {
             if self.leader_churn {
                 self.churn_leadership();
             }
-            let roll = self.rng.gen_range(0..100);
-            let node = self.rng.gen_range(1..=n);
-            if roll < self.churn_percent {
-                if self.is_up(node) {
-                    self.crash(node);
-                } else {
-                    self.restart(node);
-                }
+            if self.membership_nemesis {
+                self.churn_membership();
             }
-            match roll {
-                0..=1 => self.crash(node),
-                2..=5 => self.restart(node),
-                6 => {
-                    let mut ids = self.ids();
-                    let cut_at = self.rng.gen_range(1..ids.len());
-                    for k in (1..ids.len()).rev() {
-                        ids.swap(k, self.rng.gen_range(0..=k));
-                    }
-                    let (a, b) = ids.split_at(cut_at);
-                    self.partition(&[a, b]);
-                }
-                7 => {
-                    let other = self.rng.gen_range(1..=n);
-                    if other != node {
-                        self.cut_one_way(node, other);
-                    }
-                }
-                8..=9 => self.heal(),
-                10 => {
-                    if let Some(l) = self.leader() {
-                        self.crash(l);
-                    }
-                }
-                11 => {
-                    if let Some(l) = self.leader() {
-                        let _ = self.raft_mut(l).map(|r| r.transfer_leadership(node));
-                    }
-                }
-                _ => {}
-            }
-            // Keep enough nodes up often enough that progress is possible.
-            let down = self.ids().into_iter().filter(|&i| !self.is_up(i)).count();
-            if self.nodes.len() - down < quorum && self.rng.gen_bool(0.2) {
-                let id = self.rng.gen_range(1..=n);
-                self.restart(id);
-            }
+            self.random_fault();
             self.run_ticks(1)?;
         }
         self.heal();
@@ -1389,14 +1618,233 @@ impl Sim {
         self.run_until(200, "every client's command committing", |s| {
             s.all_commands_acknowledged()
         })?;
+        if self.membership_nemesis {
+            self.settle_membership()?;
+        }
         self.run_until(300, "every node holding the committed log", |s| {
             s.checker.all_hold_committed(s)
         })
     }
+
+    /// One tick's draw of crashes, restarts, partitions and transfers.
+    fn random_fault(&mut self) {
+        let n = self.nodes.len() as NodeId;
+        let roll = self.rng.gen_range(0..100);
+        let node = self.rng.gen_range(1..=n);
+        if roll < self.churn_percent {
+            if self.is_up(node) {
+                self.crash(node);
+            } else {
+                self.restart(node);
+            }
+        }
+        match roll {
+            0..=1 => self.crash(node),
+            2..=5 => self.restart(node),
+            6 => {
+                let mut ids = self.ids();
+                let cut_at = self.rng.gen_range(1..ids.len());
+                for k in (1..ids.len()).rev() {
+                    ids.swap(k, self.rng.gen_range(0..=k));
+                }
+                let (a, b) = ids.split_at(cut_at);
+                self.partition(&[a, b]);
+            }
+            7 => {
+                let other = self.rng.gen_range(1..=n);
+                if other != node {
+                    self.cut_one_way(node, other);
+                }
+            }
+            8..=9 => self.heal(),
+            10 => {
+                if let Some(l) = self.leader() {
+                    self.crash(l);
+                }
+            }
+            11 => {
+                if let Some(l) = self.leader() {
+                    let _ = self.raft_mut(l).map(|r| r.transfer_leadership(node));
+                }
+            }
+            _ => {}
+        }
+        // Keep enough nodes up often enough that progress is possible.
+        let alive: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|&i| !self.is_retired(i))
+            .collect();
+        let down = alive.iter().filter(|&&i| !self.is_up(i)).count();
+        if alive.len() - down < alive.len() / 2 + 1 && self.rng.gen_bool(0.2) {
+            let id = self.rng.gen_range(1..=n);
+            self.restart(id);
+        }
+    }
+
+    // ---------------------------------------------------- membership nemesis
+
+    /// `membership_nemesis`'s changes, drawn once a tick: sometimes one
+    /// random change at the leader, and at once after a new leader appears
+    /// (half the time), before its term's first commit; a quarter of the
+    /// time a second change right after the first, while it is in flight.
+    /// Changes the core refuses are counted (`Stats::changes_refused`).
+    fn churn_membership(&mut self) {
+        self.retire_removed();
+        let Some(leader) = self.leader() else { return };
+        let term = self.raft(leader).map_or(0, |r| r.term());
+        let new_leader = self.nemesis_saw != Some((leader, term));
+        self.nemesis_saw = Some((leader, term));
+        if !self.rng.gen_bool(if new_leader { 0.5 } else { 0.15 }) {
+            return;
+        }
+        self.random_change(leader);
+        if self.rng.gen_bool(0.25) {
+            self.random_change(leader);
+        }
+    }
+
+    /// Stops for good each node whose removal has been committed for
+    /// `REMOVED_LINGER_TICKS` (until then it runs, and must disrupt no one).
+    fn retire_removed(&mut self) {
+        let committed = self.committed_membership();
+        let now = self.now;
+        for id in self.ids() {
+            let node = self.node(id);
+            if node.retired || !committed.was_removed(id) {
+                continue;
+            }
+            match node.removed_at {
+                None => node.removed_at = Some(now),
+                Some(at) if now >= at + REMOVED_LINGER_TICKS * TICK => self.retire(id),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Proposes one random change at `leader`: the next step of a
+    /// replacement under way, add a learner (or, now and then, a voter),
+    /// promote a learner, remove a member (the leader too), update an
+    /// address, or start a replacement; forced one time in ten. Keeps
+    /// `MIN_VOTERS` voters and at most `MAX_MEMBERS` members.
+    fn random_change(&mut self, leader: NodeId) {
+        let Some(m) = self.raft(leader).map(|r| r.membership().clone()) else {
+            return;
+        };
+        let voters: Vec<NodeId> = m.voters().into_iter().collect();
+        let learners: Vec<NodeId> = m.learners().into_iter().collect();
+        let room = m.members.len() < MAX_MEMBERS;
+        let roll = self.rng.gen_range(0..100);
+        let change = match roll {
+            _ if roll < 40 && self.replacing.is_some() => self.replacement_step(&m),
+            0..=39 if room => self.joiner(&m).map(|id| {
+                let learner = self.rng.gen_bool(0.9);
+                MemberChange::Add(member(id, learner))
+            }),
+            40..=59 => self.pick(&learners).map(MemberChange::Promote),
+            60..=84 => {
+                let mut removable = learners.clone();
+                if voters.len() > MIN_VOTERS {
+                    removable.extend(&voters);
+                }
+                self.pick(&removable).map(MemberChange::Remove)
+            }
+            85..=89 => self.pick(&voters).map(|id| MemberChange::Update {
+                id,
+                addr: std::net::SocketAddr::from(([127, 0, 0, 2], 10_000 + id as u16)),
+                peer_addr: None,
+            }),
+            90..=99 if room && self.replacing.is_none() => {
+                let old = self.pick(&voters);
+                let new = self.joiner(&m);
+                self.replacing = old.zip(new);
+                self.replacement_step(&m)
+            }
+            _ => None,
+        };
+        if let Some(change) = change {
+            let force = self.rng.gen_bool(0.1);
+            let _ = self.propose_change(leader, &change, force);
+        }
+    }
+
+    fn pick(&mut self, ids: &[NodeId]) -> Option<NodeId> {
+        (!ids.is_empty()).then(|| ids[self.rng.gen_range(0..ids.len())])
+    }
+
+    /// A node to add under `m`: one started to join and not a member (an
+    /// earlier add was refused or lost), else a new one, within `MAX_NODES`.
+    fn joiner(&mut self, m: &Membership) -> Option<NodeId> {
+        let waiting = self.ids().into_iter().find(|&id| {
+            let node = &self.nodes[(id - 1) as usize];
+            node.base.members.is_empty() && !node.retired && !m.contains(id) && !m.was_removed(id)
+        });
+        waiting.or_else(|| (self.nodes.len() < MAX_NODES).then(|| self.add_node()))
+    }
+
+    /// The next step of the replacement under way, judged by `m`: add the
+    /// new node as a learner, promote it, remove the old one; none once
+    /// done (or once the new one was removed meanwhile), which ends it.
+    fn replacement_step(&mut self, m: &Membership) -> Option<MemberChange> {
+        let (old, new) = self.replacing?;
+        let step = if m.was_removed(new) || self.is_retired(new) {
+            None
+        } else if !m.contains(new) {
+            Some(MemberChange::Add(member(new, true)))
+        } else if m.is_learner(new) {
+            Some(MemberChange::Promote(new))
+        } else if m.contains(old) {
+            Some(MemberChange::Remove(old))
+        } else {
+            None
+        };
+        if step.is_none() {
+            self.replacing = None;
+        }
+        step
+    }
+
+    /// After healing, with the final configuration: its changes commit,
+    /// nodes never added stop, a new command commits, and every member
+    /// ends with the leader's configuration.
+    fn settle_membership(&mut self) -> Result<(), Violation> {
+        self.replacing = None;
+        self.run_until(200, "the latest configuration committing", |s| {
+            s.leader().and_then(|l| s.raft(l)).is_some_and(|r| {
+                r.role() == Role::Leader && r.membership_index() <= r.log().committed()
+            })
+        })?;
+        let final_config = self.committed_membership();
+        for id in self.ids() {
+            if !final_config.contains(id) && self.nodes[(id - 1) as usize].base.members.is_empty() {
+                self.retire(id); // started to join, never added
+            }
+        }
+        self.commit("after healing", 200)?;
+        self.run_until(300, "every member holding the final configuration", |s| {
+            let Some(want) = s.leader().and_then(|l| s.raft(l)).map(|r| r.membership()) else {
+                return false;
+            };
+            s.members()
+                .into_iter()
+                .all(|id| s.raft(id).is_some_and(|r| r.membership() == want))
+        })
+    }
 }
 
-/// Empties the durable log for a snapshot through `index` that it does not
-/// continue; returns the entries removed after the snapshot.
+/// A short name for each refusal, for `Stats::changes_refused`.
+fn refusal_name(e: &ChangeError) -> &'static str {
+    match e {
+        ChangeError::NotLeader { .. } => "NotLeader",
+        ChangeError::TransferInProgress => "TransferInProgress",
+        ChangeError::ChangeInProgress { .. } => "ChangeInProgress",
+        ChangeError::TermNotCommitted => "TermNotCommitted",
+        ChangeError::Invalid(_) => "Invalid",
+        ChangeError::LearnerBehind { .. } => "LearnerBehind",
+        ChangeError::Unsafe { .. } => "Unsafe",
+    }
+}
+
 fn discard_durable_log(node: &mut Node, index: u64) -> Vec<Entry> {
     let removed = node
         .durable_log
@@ -1454,17 +1902,92 @@ struct Checker {
     max_acknowledged: u64,
     /// The furthest state (applied index) any served read has returned.
     max_returned: u64,
+    /// The highest index any leader has committed.
+    committed_index: u64,
+    /// The committed configurations in index order: (index, term of its
+    /// entry, configuration); the first is the founders' at index 0.
+    configs: Vec<(u64, u64, Arc<Membership>)>,
+    /// The committed log's terms, as runs: (first index, term).
+    term_runs: Vec<(u64, u64)>,
 }
 
 impl Checker {
-    fn new() -> Checker {
+    fn new(founders: Membership) -> Checker {
         Checker {
             leaders: HashMap::new(),
             entries: HashMap::new(),
             committed: Vec::new(),
             max_acknowledged: 0,
             max_returned: 0,
+            committed_index: 0,
+            configs: vec![(0, 0, Arc::new(founders))],
+            term_runs: Vec::new(),
         }
+    }
+
+    /// A leader committed these entries past `committed_index`: (index,
+    /// term, configuration if a `CONFIG` entry), in order.
+    fn record_commits(&mut self, entries: Vec<(u64, u64, Option<Arc<Membership>>)>) {
+        for (index, term, config) in entries {
+            debug_assert_eq!(index, self.committed_index + 1);
+            self.committed_index = index;
+            if self.term_runs.last().is_none_or(|&(_, t)| t != term) {
+                self.term_runs.push((index, term));
+            }
+            if let Some(config) = config {
+                self.configs.push((index, term, config));
+            }
+        }
+    }
+
+    fn latest_config(&self) -> &Arc<Membership> {
+        &self.configs.last().expect("never empty").2
+    }
+
+    /// The committed configuration in effect at `index`.
+    fn config_at(&self, index: u64) -> &Arc<Membership> {
+        let after = self.configs.partition_point(|(i, _, _)| *i <= index);
+        &self.configs[after.saturating_sub(1)].2
+    }
+
+    /// The configuration current for a decision of `term`, and the index
+    /// it is judged at: the one in effect at the highest committed index
+    /// whose entry is of `term` or earlier. A leader of an older term, cut
+    /// off, may still commit with late acknowledgements of its term (Raft
+    /// allows it: each acknowledging node held the entry before it voted
+    /// in any later term) while later terms changed the configuration
+    /// twice; nothing of those later terms can be known to it.
+    fn current(&self, term: u64) -> (u64, &Arc<Membership>) {
+        let through = self
+            .term_runs
+            .iter()
+            .find(|&&(_, t)| t > term)
+            .map_or(self.committed_index, |&(first, _)| first - 1);
+        (through, self.config_at(through))
+    }
+
+    /// Configuration safety: a decision of `term` (an election won, a
+    /// commit) is made by the voters of the current configuration or of
+    /// one single-server change from it (the one change that may be in
+    /// flight); any other voter set may not overlap every quorum of the
+    /// current one.
+    fn check_decision(
+        &self,
+        what: &str,
+        id: NodeId,
+        term: u64,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<(), String> {
+        let (through, current) = self.current(term);
+        let theirs = current.voters();
+        if voters.symmetric_difference(&theirs).count() <= 1 {
+            return Ok(());
+        }
+        Err(format!(
+            "configuration safety: node {id} made a decision ({what}) in term {term} with the \
+             voters {voters:?}, more than one change from {theirs:?}, those of the configuration \
+             in effect at index {through} (the highest committed by term {term})"
+        ))
     }
 
     /// Election Safety: at most one leader per term.
@@ -1506,8 +2029,7 @@ impl Checker {
     }
 
     /// State Machine Safety: every node applies the same entry at an index.
-    /// Returns whether this is the first time the index is seen committed.
-    fn check_applied(&mut self, e: &Entry) -> Result<bool, String> {
+    fn check_applied(&mut self, e: &Entry) -> Result<(), String> {
         let slot = (e.index - 1) as usize;
         if self.committed.len() <= slot {
             self.committed.resize(slot + 1, None);
@@ -1515,9 +2037,9 @@ impl Checker {
         match &self.committed[slot] {
             None => {
                 self.committed[slot] = Some((e.term, e.data.clone()));
-                Ok(true)
+                Ok(())
             }
-            Some((t, d)) if *t == e.term && *d == e.data => Ok(false),
+            Some((t, d)) if *t == e.term && *d == e.data => Ok(()),
             Some((t, d)) => Err(format!(
                 "state machine safety: index {} applied as ({}, {:?}) here but ({t}, {d:?}) elsewhere",
                 e.index, e.term, e.data
@@ -1562,7 +2084,7 @@ impl Checker {
     /// lagging node may hold stale entries at committed indexes for a while;
     /// after healing, each must catch up.
     fn all_hold_committed(&self, sim: &Sim) -> bool {
-        sim.ids().into_iter().all(|id| {
+        sim.members().into_iter().all(|id| {
             self.committed.iter().enumerate().all(|(i, c)| match c {
                 Some((term, data)) => {
                     let held = sim.holds_durably(id, i as u64 + 1, *term, data);

@@ -33,7 +33,12 @@ fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
         .collect()
 }
 
-fn sim_with(nodes: usize, seed: u64, net: NetConfig, tweak: impl Fn(&mut Config) + 'static) -> Sim {
+pub(super) fn sim_with(
+    nodes: usize,
+    seed: u64,
+    net: NetConfig,
+    tweak: impl Fn(&mut Config) + 'static,
+) -> Sim {
     Sim::with_config(nodes, seed, net, move |id, members| {
         let _ = members;
         let mut c = Config::new(id);
@@ -535,6 +540,9 @@ pub(super) enum Campaign {
     /// with many messages held back for several elections and a read every
     /// tick: where replies to older terms meet a node that leads again.
     LateMessages,
+    /// Every fault of `Mixed` and the membership nemesis: learners added,
+    /// promoted, members removed (the leader too) and replaced.
+    Membership,
 }
 
 /// One random cluster: size, network, batch limits and features drawn from the seed.
@@ -587,6 +595,7 @@ pub(super) fn random_cluster_in(
         "{nodes} nodes, {net:?}, {max_entries} entries/message, {max_inflight} in flight, \
          pre_vote {pre_vote}, check_quorum {check_quorum}, snapshots {snapshots:?}"
     );
+    let membership = campaign == Campaign::Membership;
     let mut sim = sim_with(nodes, seed, net, move |c| {
         c.max_entries_per_message = max_entries;
         c.max_inflight_messages = max_inflight;
@@ -594,11 +603,25 @@ pub(super) fn random_cluster_in(
         c.check_quorum = check_quorum;
         c.broken_rule = broken;
         c.snapshot_stall_ticks = 30;
+        if membership {
+            // Learners fall this far behind under the faults, so some
+            // promotions are refused (LearnerBehind).
+            c.promote_max_lag_entries = 8;
+        }
     });
     sim.snapshots = snapshots;
     sim.install_crash_percent = 5;
     sim.leader_churn = late;
-    sim.random_run(if late { 400 } else { 150 })
+    if membership {
+        sim.found_with_entry();
+        sim.membership_nemesis = true;
+    }
+    let ticks = match campaign {
+        Campaign::Mixed => 150,
+        Campaign::LateMessages => 400,
+        Campaign::Membership => MEMBERSHIP_TICKS,
+    };
+    sim.random_run(ticks)
         .map_err(|e| format!("{e}\n  cluster: {described}"))?;
     Ok(std::mem::take(&mut sim.stats))
 }
@@ -810,4 +833,69 @@ fn sim_catches_progress_moved_by_older_terms() {
         LATE_MESSAGE_SEEDS,
     );
     assert!(caught.is_some(), "defect 2 went unnoticed");
+}
+
+// ------------------------------------------------------ membership changes
+
+/// Seeds and fault ticks of the membership campaign (`SIM_SEEDS` and
+/// `SIM_SEED` work as for `random_seeds`).
+const MEMBERSHIP_SEEDS: u64 = 300;
+const MEMBERSHIP_TICKS: u64 = 300;
+
+fn run_membership_seeds(part: u64, parts: u64) -> super::sim::Stats {
+    let mut total = super::sim::Stats::default();
+    let mut failures = Vec::new();
+    for seed in seeds_or(part, parts, MEMBERSHIP_SEEDS) {
+        match random_cluster_in(Campaign::Membership, seed, None) {
+            Ok(stats) => {
+                total.changes_accepted += stats.changes_accepted;
+                for (k, v) in stats.changes_refused {
+                    *total.changes_refused.entry(k).or_default() += v;
+                }
+                total.nodes_added += stats.nodes_added;
+                total.nodes_retired += stats.nodes_retired;
+                total.decisions_checked += stats.decisions_checked;
+                total.commands_acknowledged += stats.commands_acknowledged;
+                total.reads_served += stats.reads_served;
+            }
+            Err(e) => failures.push(format!(
+                "{e}\n  replay: SIM_SEED={seed} cargo test --release -p poncho-server membership_seeds"
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "membership seeds: {} changes taken, refused {:?}, {} nodes added, {} retired, {} decisions checked, {} commands, {} reads",
+        total.changes_accepted,
+        total.changes_refused,
+        total.nodes_added,
+        total.nodes_retired,
+        total.decisions_checked,
+        total.commands_acknowledged,
+        total.reads_served
+    );
+    total
+}
+
+#[test]
+fn membership_seeds_part_0() {
+    run_membership_seeds(0, 2);
+}
+#[test]
+fn membership_seeds_part_1() {
+    run_membership_seeds(1, 2);
+}
+
+/// Found by the membership campaign: a leader that lets a second change in
+/// while the first is uncommitted decides with voters two changes from the
+/// committed configuration (`Checker::check_decision`).
+#[test]
+fn sim_catches_two_membership_changes_in_flight() {
+    let caught = first_seed_in(
+        Campaign::Membership,
+        BrokenRule::TwoChangesInFlight,
+        MEMBERSHIP_SEEDS,
+    );
+    eprintln!("two changes in flight: {caught:?}");
+    assert!(caught.is_some(), "two changes in flight went unnoticed");
 }
