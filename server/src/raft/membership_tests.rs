@@ -156,3 +156,95 @@ fn sim_catches_a_change_before_the_terms_first_commit_in_ongaros_counterexample(
         "the removal is refused while the no-op cannot commit"
     );
 }
+
+/// Runs until the configuration at `leader` is committed there.
+fn until_committed(sim: &mut Sim, leader: NodeId) {
+    sim.run_until(80, "the configuration committing", |s| {
+        s.raft(leader)
+            .is_some_and(|r| r.membership_index() <= r.log().committed())
+    })
+    .unwrap();
+}
+
+/// Runs until the leader knows `id` holds its whole log, and `id` has
+/// applied what the leader has.
+fn until_caught_up(sim: &mut Sim, id: NodeId, leader: NodeId) {
+    sim.run_until(100, "the learner catching up", |s| {
+        let (Some(l), Some(r)) = (s.raft(leader), s.raft(id)) else {
+            return false;
+        };
+        let last = l.log().last_index();
+        let matched = l
+            .member_progress()
+            .iter()
+            .any(|p| p.id == id && p.match_index == last);
+        matched && r.log().applied() >= l.log().committed()
+    })
+    .unwrap();
+}
+
+/// Starts a new node and adds it to the cluster led by 1, as a learner.
+fn add_learner(sim: &mut Sim) -> NodeId {
+    let id = sim.add_node();
+    sim.propose_change(1, &MemberChange::Add(member(id, true)), false)
+        .unwrap();
+    until_committed(sim, 1);
+    id
+}
+
+fn role(sim: &Sim, id: NodeId) -> MemberRole {
+    sim.raft(id).expect("up").member_role()
+}
+
+/// Section 4.2.1's learner: it receives the whole log, never campaigns,
+/// and its vote does not count: a voter and a learner, of three voters,
+/// elect no one (the checker also asserts that no counted vote comes from
+/// a non-voter); a second voter back makes a majority.
+#[test]
+fn a_learner_receives_the_log_and_its_vote_never_counts() {
+    let mut sim = cluster(3, 1, |_| {});
+    until_leading(&mut sim, 1);
+    let four = add_learner(&mut sim);
+    sim.commit("for the learner", 50).unwrap();
+    until_caught_up(&mut sim, four, 1);
+    assert_eq!(role(&sim, four), MemberRole::Learner);
+    assert!(sim.applied(four).contains(&"for the learner".to_string()));
+    sim.crash(1);
+    sim.crash(2);
+    sim.run_ticks(150).unwrap();
+    assert_eq!(sim.leader(), None, "3 and the learner are no quorum");
+    assert_eq!(sim.raft(four).unwrap().role(), Role::Follower);
+    sim.restart(2);
+    let leader = sim.wait_for_leader(80).unwrap();
+    assert!([2, 3].contains(&leader), "a voter leads, not {leader}");
+}
+
+/// A learner is promoted only once within `promote_max_lag_entries` of
+/// the leader's log: far behind, the promotion is refused with how far,
+/// and once it has caught up the same promotion is taken.
+#[test]
+fn promoting_a_learner_far_behind_is_refused_then_taken_once_caught_up() {
+    let mut sim = cluster(3, 2, |c| c.promote_max_lag_entries = 5);
+    until_leading(&mut sim, 1);
+    let four = add_learner(&mut sim);
+    sim.isolate(four);
+    for i in 0..20 {
+        sim.commit(&format!("c{i}"), 50).unwrap();
+    }
+    let refused = sim.propose_change(1, &MemberChange::Promote(four), false);
+    let Err(ChangeError::LearnerBehind { id, max_lag, .. }) = refused else {
+        panic!("refused as behind: {refused:?}");
+    };
+    assert_eq!((id, max_lag), (four, 5));
+    assert!(refused.unwrap_err().to_string().contains("caught up"));
+    sim.heal();
+    until_caught_up(&mut sim, four, 1);
+    sim.propose_change(1, &MemberChange::Promote(four), false)
+        .unwrap();
+    until_committed(&mut sim, 1);
+    sim.run_until(50, "the voter knowing it", |s| {
+        s.raft(four)
+            .is_some_and(|r| r.member_role() == MemberRole::Voter)
+    })
+    .unwrap();
+}

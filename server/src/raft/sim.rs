@@ -1451,7 +1451,8 @@ impl Sim {
     }
 
     /// A (pre-)candidate counts only answers voters gave to the election it
-    /// is running: each one it counts must be among the answers sent.
+    /// is running: each one it counts must be among the answers sent, from
+    /// a voter of its configuration (a learner's vote never counts).
     fn check_vote_tallies(&self) -> Result<(), Violation> {
         for id in self.ids() {
             let Some(r) = self.raft(id) else { continue };
@@ -1461,6 +1462,12 @@ impl Sim {
                 _ => continue,
             };
             for (&voter, &granted) in r.votes_counted() {
+                if !r.membership().is_voter(voter) {
+                    return Err(self.violation(format!(
+                        "node {id}, campaigning for term {asked} (pre-vote {pre_vote}), counts \
+                         an answer from node {voter}, no voter of its configuration"
+                    )));
+                }
                 if voter != id
                     && !self
                         .vote_answers
