@@ -5,7 +5,7 @@
 
 use poncho_protocol::{MemberChange, Membership, NodeId, RaftMessage, RequestVote};
 
-use super::sim::{member, NetConfig, Sim};
+use super::sim::{member, NetConfig, Sim, TICK};
 use super::tests::sim_with;
 
 use super::*;
@@ -247,4 +247,36 @@ fn promoting_a_learner_far_behind_is_refused_then_taken_once_caught_up() {
             .is_some_and(|r| r.member_role() == MemberRole::Voter)
     })
     .unwrap();
+}
+
+/// Thesis 4.2.2: a leader removing itself leads until the removal
+/// commits (counting only the others), then hands over with TimeoutNow
+/// to a caught-up voter and steps down: the next leader is elected at
+/// once, not after an election timeout. The removed node runs on without
+/// disrupting anyone (the simulator's checks), and never leads again.
+#[test]
+fn removing_the_leader_hands_over_at_once_after_the_change_commits() {
+    let mut sim = cluster(3, 3, |_| {});
+    until_leading(&mut sim, 1);
+    sim.commit("before", 50).unwrap();
+    let index = sim
+        .propose_change(1, &MemberChange::Remove(1), false)
+        .unwrap();
+    sim.run_until(50, "the leader stepping down", |s| {
+        s.raft(1).is_some_and(|r| r.role() != Role::Leader)
+    })
+    .unwrap();
+    assert!(sim.raft(1).unwrap().log().committed() >= index);
+    let stepped_down = sim.now;
+    let next = sim.wait_for_leader(80).unwrap();
+    assert_ne!(next, 1);
+    let ticks = (sim.now - stepped_down) / TICK;
+    assert!(
+        ticks < 5,
+        "the handover took {ticks} ticks: an election timeout is 10"
+    );
+    sim.commit("after", 50).unwrap();
+    sim.run_ticks(100).unwrap();
+    assert_eq!(role(&sim, 1), MemberRole::Removed);
+    assert_eq!(sim.leader(), Some(next));
 }

@@ -39,8 +39,13 @@ impl Raft {
                     || (self.member_role() == MemberRole::Joining
                         && !self.membership().was_removed(from))
             }
-            RaftMessage::TimeoutNow(_)
-            | RaftMessage::AppendEntriesReply(_)
+            // A leader removing itself hands over once the removal commits
+            // (`step_down_if_removed`), when its heir's configuration no
+            // longer lists it: the leader this node follows is heard.
+            RaftMessage::TimeoutNow(_) => {
+                self.peers.contains(&from) || self.leader_id == Some(from)
+            }
+            RaftMessage::AppendEntriesReply(_)
             | RaftMessage::RequestVoteReply(_)
             | RaftMessage::InstallSnapshotReply(_) => self.peers.contains(&from),
         }
