@@ -5,7 +5,7 @@
 
 use poncho_protocol::{MemberChange, Membership, NodeId, RaftMessage, RequestVote};
 
-use super::sim::{member, NetConfig, Sim, TICK};
+use super::sim::{member, NetConfig, Sim, SnapshotPolicy, TICK};
 use super::tests::sim_with;
 
 use super::*;
@@ -73,6 +73,14 @@ fn cluster(nodes: usize, seed: u64, tweak: impl Fn(&mut Config) + 'static) -> Si
         tweak(c);
     });
     sim.found_with_entry();
+    sim
+}
+
+/// A cluster led by node 1, which has committed a command.
+fn led_by_1(nodes: usize, seed: u64, tweak: impl Fn(&mut Config) + 'static) -> Sim {
+    let mut sim = cluster(nodes, seed, tweak);
+    until_leading(&mut sim, 1);
+    sim.commit("before", 50).unwrap();
     sim
 }
 
@@ -256,9 +264,7 @@ fn promoting_a_learner_far_behind_is_refused_then_taken_once_caught_up() {
 /// disrupting anyone (the simulator's checks), and never leads again.
 #[test]
 fn removing_the_leader_hands_over_at_once_after_the_change_commits() {
-    let mut sim = cluster(3, 3, |_| {});
-    until_leading(&mut sim, 1);
-    sim.commit("before", 50).unwrap();
+    let mut sim = led_by_1(3, 3, |_| {});
     let index = sim
         .propose_change(1, &MemberChange::Remove(1), false)
         .unwrap();
@@ -279,4 +285,220 @@ fn removing_the_leader_hands_over_at_once_after_the_change_commits() {
     sim.run_ticks(100).unwrap();
     assert_eq!(role(&sim, 1), MemberRole::Removed);
     assert_eq!(sim.leader(), Some(next));
+}
+
+/// The strict reconfiguration check (etcd's): a change that would leave
+/// fewer healthy, caught-up voters than the new configuration's quorum is
+/// refused with the numbers, a removal as an addition; `force` takes it.
+#[test]
+fn the_strict_check_refuses_unsafe_changes_and_force_overrides_it() {
+    let mut sim = led_by_1(3, 4, |_| {});
+    sim.crash(3);
+    sim.run_ticks(20).unwrap();
+    // {1, 3} with 3 down: 1 healthy of the quorum of 2.
+    let removal = sim.propose_change(1, &MemberChange::Remove(2), false);
+    assert_eq!(
+        removal,
+        Err(ChangeError::Unsafe {
+            healthy: 1,
+            quorum: 2,
+            voters: 2
+        })
+    );
+    assert!(removal.unwrap_err().to_string().contains("force"));
+    // {1, 2, 3, 4} with 3 down and 4 empty: 2 healthy of 3.
+    let four = sim.add_node();
+    let addition = MemberChange::Add(member(four, false));
+    assert_eq!(
+        sim.propose_change(1, &addition, false),
+        Err(ChangeError::Unsafe {
+            healthy: 2,
+            quorum: 3,
+            voters: 4
+        })
+    );
+    sim.propose_change(1, &addition, true).unwrap();
+    until_committed(&mut sim, 1);
+    assert_eq!(role(&sim, four), MemberRole::Voter);
+    sim.commit("after", 50).unwrap();
+}
+
+/// One change in flight: the next is refused, naming the index of the
+/// one not committed yet, and taken once it has committed.
+#[test]
+fn one_change_in_flight_the_next_is_refused_until_it_commits() {
+    let mut sim = cluster(3, 5, |_| {});
+    until_leading(&mut sim, 1);
+    let (four, five) = (sim.add_node(), sim.add_node());
+    let first = sim
+        .propose_change(1, &MemberChange::Add(member(four, true)), false)
+        .unwrap();
+    let second = MemberChange::Add(member(five, true));
+    let refused = sim.propose_change(1, &second, false);
+    assert_eq!(refused, Err(ChangeError::ChangeInProgress { index: first }));
+    until_committed(&mut sim, 1);
+    sim.propose_change(1, &second, false).unwrap();
+    until_committed(&mut sim, 1);
+    let m = sim.raft(1).unwrap().membership().clone();
+    assert!(m.is_learner(four) && m.is_learner(five));
+}
+
+/// Ongaro's fix to single-server changes: a new leader proposes no change
+/// before an entry of its own term (its no-op) has committed.
+#[test]
+fn a_new_leader_refuses_changes_until_its_no_op_commits() {
+    let mut sim = led_by_1(3, 6, |_| {});
+    sim.crash(1);
+    sim.run_until(80, "a new leader", |s| s.leader().is_some())
+        .unwrap();
+    let leader = sim.leader().unwrap();
+    let four = sim.add_node();
+    let change = MemberChange::Add(member(four, true));
+    let refused = sim.propose_change(leader, &change, false);
+    assert_eq!(refused, Err(ChangeError::TermNotCommitted));
+    until_leading(&mut sim, leader);
+    sim.propose_change(leader, &change, false).unwrap();
+}
+
+/// A node whose removal it never heard of (cut off when it committed)
+/// campaigns in ever higher terms without PreVote; no member lets it
+/// raise its term (the simulator asserts it at every delivery), before
+/// or after the partition heals. The core never tells it: the leader
+/// replicates to members only, so it keeps its stale configuration (in
+/// which it still votes) until its driver learns of the removal.
+#[test]
+fn a_removed_node_that_missed_its_removal_disrupts_no_one() {
+    let mut sim = led_by_1(4, 7, |c| c.pre_vote = false);
+    sim.isolate(4);
+    sim.propose_change(1, &MemberChange::Remove(4), false)
+        .unwrap();
+    until_committed(&mut sim, 1);
+    let terms = |s: &Sim| [1, 2, 3].map(|i| s.raft(i).unwrap().term());
+    let before = terms(&sim);
+    sim.run_ticks(100).unwrap();
+    assert!(sim.raft(4).unwrap().term() > before[0] + 2, "4 campaigned");
+    sim.heal();
+    sim.run_ticks(100).unwrap();
+    assert_eq!(terms(&sim), before, "no member's term moved");
+    assert_eq!(sim.leader(), Some(1));
+    assert_eq!(
+        role(&sim, 4),
+        MemberRole::Voter,
+        "in its own stale configuration"
+    );
+    assert!(sim.raft(1).unwrap().membership().was_removed(4));
+}
+
+/// A leader's `CONFIG` entry that does not decode is refused whole: an
+/// `Alert::BadConfig` for the driver, no reply, and neither the log nor
+/// the configuration changes.
+#[test]
+fn a_config_entry_that_does_not_decode_is_refused_with_an_alert() {
+    let mut r = core(2, 1, voters_of(&[1, 2, 3]));
+    let bad = poncho_protocol::Entry {
+        index: 1,
+        term: 1,
+        kind: poncho_protocol::EntryKind::Config,
+        data: "not a configuration".into(),
+    };
+    let append = RaftMessage::AppendEntries(poncho_protocol::AppendEntries {
+        term: 1,
+        leader_id: 1,
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: vec![bad],
+        leader_commit: 1,
+        read_round: 0,
+    });
+    let membership = r.membership().clone();
+    r.step(1, append);
+    let ready = r.ready();
+    assert!(
+        matches!(
+            &ready.alerts[..],
+            [Alert::BadConfig {
+                leader: 1,
+                index: 1,
+                ..
+            }]
+        ),
+        "{:?}",
+        ready.alerts
+    );
+    assert!(ready.entries.is_empty() && ready.messages_after_persist.is_empty());
+    assert_eq!((r.log().last_index(), r.log().committed()), (0, 0));
+    assert_eq!(*r.membership(), membership);
+}
+
+/// Several changes (add 4, promote it, remove 2, add learner 5), then
+/// every node down at once: each recovers the final configuration, from
+/// its log or, with snapshots through past the last change, from its
+/// snapshot; the cluster then elects a leader and commits.
+fn restart_after_changes(snapshots: bool) {
+    let mut sim = cluster(3, 8, |_| {});
+    if snapshots {
+        sim.snapshots = Some(SnapshotPolicy {
+            every_entries: 4,
+            keep_tail: 0,
+            max_chunk_bytes: 512,
+        });
+    }
+    until_leading(&mut sim, 1);
+    let four = add_learner(&mut sim);
+    until_caught_up(&mut sim, four, 1);
+    let changes = [MemberChange::Promote(four), MemberChange::Remove(2)];
+    for change in &changes {
+        sim.propose_change(1, change, false).unwrap();
+        until_committed(&mut sim, 1);
+    }
+    let five = add_learner(&mut sim);
+    let last_change = sim.raft(1).unwrap().membership_index();
+    for i in 0..12 {
+        sim.commit(&format!("c{i}"), 50).unwrap();
+    }
+    let members = [1, 3, four, five];
+    let want = sim.raft(1).unwrap().membership().clone();
+    // Past the last change: what each node applied, or with snapshots,
+    // what its snapshot covers.
+    let past = move |r: &Raft| {
+        let through = if snapshots {
+            r.snapshot_index()
+        } else {
+            r.log().applied()
+        };
+        through > last_change
+    };
+    sim.run_until(100, "every member past the last change", |s| {
+        members.iter().all(|&i| s.raft(i).is_some_and(past))
+    })
+    .unwrap();
+    sim.run_ticks(5).unwrap();
+    sim.retire(2);
+    for &id in &members {
+        sim.crash(id);
+    }
+    for &id in &members {
+        sim.restart(id);
+        let r = sim.raft(id).unwrap();
+        assert_eq!(*r.membership(), want, "node {id}");
+        let from = if snapshots {
+            r.snapshot_index()
+        } else {
+            last_change
+        };
+        assert_eq!(r.membership_index(), from, "node {id}: where it came from");
+        assert!(!snapshots || r.snapshot_index() > last_change, "node {id}");
+    }
+    sim.wait_for_leader(80).unwrap();
+    sim.commit("after the restart", 80).unwrap();
+}
+
+#[test]
+fn restart_after_several_changes_recovers_the_configuration_from_the_log() {
+    restart_after_changes(false);
+}
+
+#[test]
+fn restart_after_several_changes_recovers_the_configuration_from_a_snapshot() {
+    restart_after_changes(true);
 }
