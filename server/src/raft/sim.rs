@@ -189,6 +189,11 @@ pub struct Stats {
     pub nodes_retired: u64,
     /// Commit advances and elections checked against the configuration.
     pub decisions_checked: u64,
+    /// Configurations committed, replacements completed (new node a voter,
+    /// old one removed), and removals of the leader taken.
+    pub configs_committed: u64,
+    pub replacements: u64,
+    pub leader_removals: u64,
 }
 
 pub struct Sim {
@@ -1771,7 +1776,10 @@ impl Sim {
         };
         if let Some(change) = change {
             let force = self.rng.gen_bool(0.1);
-            let _ = self.propose_change(leader, &change, force);
+            let taken = self.propose_change(leader, &change, force).is_ok();
+            if taken && change == MemberChange::Remove(leader) {
+                self.stats.leader_removals += 1;
+            }
         }
     }
 
@@ -1803,6 +1811,7 @@ impl Sim {
         } else if m.contains(old) {
             Some(MemberChange::Remove(old))
         } else {
+            self.stats.replacements += 1;
             None
         };
         if step.is_none() {
@@ -1828,6 +1837,9 @@ impl Sim {
             }
         }
         self.commit("after healing", 200)?;
+        // Past the founders' (index 0, and the first entry's).
+        self.stats.configs_committed =
+            self.checker.configs.iter().filter(|c| c.0 > 1).count() as u64;
         self.run_until(300, "every member holding the final configuration", |s| {
             let Some(want) = s.leader().and_then(|l| s.raft(l)).map(|r| r.membership()) else {
                 return false;

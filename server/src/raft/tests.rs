@@ -842,10 +842,11 @@ fn sim_catches_progress_moved_by_older_terms() {
 const MEMBERSHIP_SEEDS: u64 = 300;
 const MEMBERSHIP_TICKS: u64 = 300;
 
-fn run_membership_seeds(part: u64, parts: u64) -> super::sim::Stats {
+fn run_membership_seeds(part: u64, parts: u64) {
     let mut total = super::sim::Stats::default();
     let mut failures = Vec::new();
-    for seed in seeds_or(part, parts, MEMBERSHIP_SEEDS) {
+    let seeds = seeds_or(part, parts, MEMBERSHIP_SEEDS);
+    for &seed in &seeds {
         match random_cluster_in(Campaign::Membership, seed, None) {
             Ok(stats) => {
                 total.changes_accepted += stats.changes_accepted;
@@ -855,6 +856,9 @@ fn run_membership_seeds(part: u64, parts: u64) -> super::sim::Stats {
                 total.nodes_added += stats.nodes_added;
                 total.nodes_retired += stats.nodes_retired;
                 total.decisions_checked += stats.decisions_checked;
+                total.configs_committed += stats.configs_committed;
+                total.replacements += stats.replacements;
+                total.leader_removals += stats.leader_removals;
                 total.commands_acknowledged += stats.commands_acknowledged;
                 total.reads_served += stats.reads_served;
             }
@@ -865,8 +869,13 @@ fn run_membership_seeds(part: u64, parts: u64) -> super::sim::Stats {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!(
-        "membership seeds: {} changes taken, refused {:?}, {} nodes added, {} retired, {} decisions checked, {} commands, {} reads",
+        "membership seeds: {} changes taken ({} committed, {} replacements done, {} removals of \
+         the leader), refused {:?}, {} nodes added, {} retired, {} decisions checked, {} \
+         commands, {} reads",
         total.changes_accepted,
+        total.configs_committed,
+        total.replacements,
+        total.leader_removals,
         total.changes_refused,
         total.nodes_added,
         total.nodes_retired,
@@ -874,7 +883,17 @@ fn run_membership_seeds(part: u64, parts: u64) -> super::sim::Stats {
         total.commands_acknowledged,
         total.reads_served
     );
-    total
+    if seeds.len() > 20 {
+        // The nemesis did what it is for.
+        assert!(
+            total.configs_committed > seeds.len() as u64,
+            "changes committed"
+        );
+        assert!(total.replacements > 0 && total.leader_removals > 0);
+        for refusal in ["ChangeInProgress", "TermNotCommitted", "LearnerBehind"] {
+            assert!(total.changes_refused.contains_key(refusal), "{refusal}");
+        }
+    }
 }
 
 #[test]
