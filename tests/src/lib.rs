@@ -185,6 +185,16 @@ impl NodeProc {
         }
     }
 
+    /// Moves the node to `addr` from its next launch on (its own `--peers`
+    /// entry too, which must name where it listens).
+    pub fn move_to(&mut self, addr: SocketAddr) {
+        let own = format!("{}=", self.id);
+        for p in self.peers.iter_mut().filter(|p| p.starts_with(&own)) {
+            *p = format!("{own}{addr}");
+        }
+        self.addr = addr;
+    }
+
     /// Replaces the further flags the node is started with from now on.
     pub fn set_args(&mut self, args: &[String]) {
         self.args = args.to_vec();
@@ -434,6 +444,11 @@ impl Cluster {
 
     fn node(&mut self, id: u64) -> &mut NodeProc {
         &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// A free port on node `id`'s IP.
+    pub fn free_addr(&self, id: u64) -> SocketAddr {
+        SocketAddr::from((self.addr(id).ip(), free_ports(1)[0]))
     }
 
     /// Starts a new node, id one past the last, on a free port, with node

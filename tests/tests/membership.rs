@@ -380,3 +380,27 @@ fn membership_changes_and_transfers_need_root_and_a_list_needs_a_login() {
         .expect("reply");
     assert_eq!(moved["payload"]["leader_id"], other, "{moved}");
 }
+
+#[test]
+fn a_member_moved_with_update_is_reached_at_its_new_address() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(TIMEOUT);
+    let moved = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop(moved);
+    let new_addr = cluster.free_addr(moved);
+    let updated = change(
+        &mut cluster,
+        json!({"op": "update", "id": moved, "addr": new_addr.to_string()}),
+    );
+    let listed = updated["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["id"] == moved)
+        .map(|m| m["addr"].clone());
+    assert_eq!(listed, Some(json!(new_addr.to_string())), "{updated}");
+    cluster.nodes[(moved - 1) as usize].move_to(new_addr);
+    cluster.restart(moved);
+    set_at_leader(&mut cluster, "after", "move");
+    wait_value(&cluster, moved, "after", "move");
+}
