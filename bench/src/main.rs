@@ -20,6 +20,7 @@
 
 mod etcd;
 mod idle;
+mod report;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -40,6 +41,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use etcd::HttpResponses;
+use report::Report;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Target {
@@ -131,6 +133,18 @@ struct Args {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Every SECS seconds, print the interval's throughput, p50 and p99 (all
+    /// operations) and its phase, on stdout (with --json, one JSON object a
+    /// line, before the summary's). Replaces the progress line.
+    #[arg(long, value_name = "SECS")]
+    interval: Option<f64>,
+    /// Phases of the run: the first line of FILE names the current one
+    /// (read every 50 ms; while the file is missing or empty the phase stays
+    /// as it was). The summary then gives each phase's throughput and
+    /// latency; the phase `stop` ends the run. Write the file atomically
+    /// (write another, then `mv` it over).
+    #[arg(long, value_name = "FILE")]
+    phase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +208,7 @@ struct Conn {
     seq: u64,
 }
 
+#[derive(Clone)]
 struct Stats {
     histograms: Vec<Histogram<u64>>,
     errors: u64,
@@ -203,13 +218,15 @@ struct Stats {
 impl Stats {
     fn new() -> Stats {
         Stats {
-            histograms: OPS
-                .iter()
-                .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"))
-                .collect(),
+            histograms: OPS.iter().map(|_| Stats::empty_histogram()).collect(),
             errors: 0,
             error_sample: None,
         }
+    }
+
+    /// Latencies in microseconds, up to a minute.
+    fn empty_histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
     }
 
     fn total(&self) -> u64 {
@@ -479,10 +496,28 @@ struct Outcome {
     /// The --idle connections: how many, how many stalled, and how many the
     /// server had closed by the end.
     idle: (usize, usize, idle::IdleState),
+    /// With --phase-file: each phase, in order.
+    phases: Vec<report::PhaseResult>,
+}
+
+/// The --interval asked for, checked.
+fn interval_from(args: &Args) -> Result<Option<Duration>, String> {
+    let Some(secs) = args.interval else {
+        return Ok(None);
+    };
+    let min = report::MIN_INTERVAL.as_secs_f64();
+    if !secs.is_finite() || secs < min || secs > args.duration.max(min) {
+        return Err(format!(
+            "--interval {secs}: give seconds from {min} to the --duration ({})",
+            args.duration
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
 }
 
 fn run(args: &Args) -> Result<Outcome, String> {
     let mix = parse_mix(&args.mix)?;
+    let interval = interval_from(args)?;
     let tls = tls_from(args)?;
     let credentials = credentials_from(args, std::env::var("PONCHO_PASSWORD").ok())?;
     let leader = match args.target {
@@ -508,14 +543,22 @@ fn run(args: &Args) -> Result<Outcome, String> {
     }
     let limit = args.requests.unwrap_or(u64::MAX);
     let duration = Duration::from_secs_f64(args.duration);
-    let (stats, elapsed, cpu) =
-        drive(args, &mut poll, &mut conns, &mut generator, limit, duration)?;
+    let mut report = Report::new(interval, args.phase_file.clone(), args.json);
+    let (stats, elapsed, cpu) = drive(
+        args,
+        &mut poll,
+        &mut conns,
+        &mut generator,
+        (limit, duration),
+        &mut report,
+    )?;
     Ok(Outcome {
         stats,
         elapsed,
         cpu,
         server: leader,
         idle: (held.count(), held.stalled, held.state()),
+        phases: report.phases,
     })
 }
 
@@ -538,6 +581,9 @@ fn hold_idle(args: &Args, leader: SocketAddr) -> Result<idle::Idle, String> {
     Ok(held)
 }
 
+/// The longest a --preload may take.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// --preload: writes each key once, in order, unmeasured.
 fn preload(
     args: &Args,
@@ -552,8 +598,8 @@ fn preload(
         poll,
         conns,
         generator,
-        limit,
-        Duration::from_secs(600),
+        (limit, PRELOAD_TIMEOUT),
+        &mut Report::new(None, None, false),
     )?;
     if stats.total() < limit {
         return Err(format!(
@@ -782,19 +828,21 @@ impl Progress {
     }
 }
 
-/// Runs the closed loop until `limit` operations were issued or `duration`
-/// passed, and every reply is in (or 10 s more passed).
+/// Runs the closed loop until `limit` operations were issued, `duration`
+/// passed or `report`'s phase file said `stop`, and every reply is in (or
+/// 10 s more passed).
 fn drive(
     args: &Args,
     poll: &mut Poll,
     conns: &mut [Conn],
     generator: &mut Generator,
-    limit: u64,
-    duration: Duration,
+    (limit, duration): (u64, Duration),
+    report: &mut Report,
 ) -> Result<(Stats, Duration, f64), String> {
     let mut stats = Stats::new();
     let cpu_start = cpu_seconds();
     let started = Instant::now();
+    report.start(started, &stats);
     let mut budget = Budget {
         pipeline: args.pipeline,
         limit,
@@ -814,11 +862,14 @@ fn drive(
     }
     loop {
         let now = Instant::now();
+        if report.enabled() && report.tick(now, &stats) {
+            budget.deadline = budget.deadline.min(now);
+        }
         let done = budget.spent(now) && conns.iter().all(|c| c.inflight.is_empty());
         if done || now > budget.deadline + Duration::from_secs(10) {
             break;
         }
-        if !args.quiet {
+        if !args.quiet && args.interval.is_none() {
             progress.tick(now, &stats);
         }
         for c in conns.iter_mut() {
@@ -836,7 +887,8 @@ fn drive(
     }
     let elapsed = started.elapsed();
     let cpu = cpu_seconds() - cpu_start;
-    if !args.quiet {
+    report.finish(Instant::now(), &stats);
+    if !args.quiet && args.interval.is_none() {
         eprintln!();
     }
     Ok((stats, elapsed, cpu))
@@ -881,7 +933,24 @@ impl Stats {
 fn print_json(args: &Args, outcome: &Outcome) {
     let (stats, cpu, (idle, stalled, idle_end)) = (&outcome.stats, outcome.cpu, &outcome.idle);
     let (secs, total) = (outcome.elapsed.as_secs_f64(), stats.total());
-    let ops: serde_json::Map<String, serde_json::Value> = stats
+    let ops = by_op_json(stats, secs);
+    let phases: Vec<serde_json::Value> = outcome.phases.iter().map(|p| p.json()).collect();
+    let mut summary = json!({
+        "target": args.target.name(), "server": outcome.server.to_string(),
+        "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
+        "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
+        "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
+        "idle": idle, "stalled": stalled, "idle_open_at_end": idle_end.open,
+    });
+    if args.phase_file.is_some() {
+        summary["phases"] = phases.into();
+    }
+    println!("{summary}");
+}
+
+/// Each operation's count, rate and latencies over `secs`, for --json.
+fn by_op_json(stats: &Stats, secs: f64) -> serde_json::Map<String, serde_json::Value> {
+    stats
         .by_op()
         .iter()
         .map(|(o, h)| {
@@ -894,15 +963,7 @@ fn print_json(args: &Args, outcome: &Outcome) {
                 }),
             )
         })
-        .collect();
-    let summary = json!({
-        "target": args.target.name(), "server": outcome.server.to_string(),
-        "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
-        "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
-        "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
-        "idle": idle, "stalled": stalled, "idle_open_at_end": idle_end.open,
-    });
-    println!("{summary}");
+        .collect()
 }
 
 /// The summary as a table.
@@ -957,6 +1018,9 @@ fn print_text(args: &Args, outcome: &Outcome) {
              {} closed by the server",
             idle_end.open, idle_end.closed
         );
+    }
+    for phase in &outcome.phases {
+        println!("{}", phase.text());
     }
 }
 

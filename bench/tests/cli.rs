@@ -25,6 +25,8 @@ fn help_names_the_options() {
         "--preload",
         "--idle",
         "--stalled",
+        "--interval",
+        "--phase-file",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }
@@ -176,4 +178,76 @@ fn the_etcd_target_speaks_the_gateway_and_counts_failed_replies_as_errors() {
     assert!(seen
         .iter()
         .any(|r| r.starts_with(r#"/v3/kv/txn {"compare":[{"key":"#)));
+}
+
+#[test]
+fn intervals_and_phases_report_the_run_over_time_and_stop_ends_it() {
+    let (addr, _) = fake_gateway();
+    let dir = tempfile::tempdir().unwrap();
+    let phase_file = dir.path().join("phase");
+    let set_phase = |name: &str| {
+        let tmp = dir.path().join("phase.tmp");
+        std::fs::write(&tmp, format!("{name}\n")).unwrap();
+        std::fs::rename(&tmp, &phase_file).unwrap();
+    };
+    set_phase("warmup");
+    let bench = Command::new(env!("CARGO_BIN_EXE_poncho-bench"))
+        .args(["--target", "etcd", "--cluster", &addr.to_string()])
+        .args(["--clients", "2", "--duration", "60", "--interval", "0.2"])
+        .args(["--phase-file", phase_file.to_str().unwrap(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    set_phase("measured");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // An empty file (a shell's `>` before it writes) changes nothing.
+    std::fs::write(&phase_file, "").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    set_phase("stop");
+    let out = bench.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (summary, intervals) = lines.split_last().unwrap();
+    assert!(intervals.len() >= 6, "{intervals:?}");
+    let phase_of = |i: &serde_json::Value| i["phase"].as_str().unwrap().to_string();
+    assert_eq!(phase_of(&intervals[0]), "warmup");
+    assert_eq!(phase_of(intervals.last().unwrap()), "measured");
+    for i in intervals {
+        assert!(i["ops"].as_u64().unwrap() > 0, "{i}");
+        assert!(i["p99_ms"].as_f64().unwrap() >= i["p50_ms"].as_f64().unwrap());
+    }
+    let phases = summary["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["warmup", "measured"]);
+    let (warmup, measured) = (&phases[0], &phases[1]);
+    let secs = |p: &serde_json::Value| p["seconds"].as_f64().unwrap();
+    assert!((0.5..1.5).contains(&secs(warmup)), "{warmup}");
+    assert!((1.1..2.5).contains(&secs(measured)), "{measured}");
+    let ops = |p: &serde_json::Value| p["ops"].as_u64().unwrap();
+    assert_eq!(
+        ops(warmup) + ops(measured),
+        summary["ops"].as_u64().unwrap()
+    );
+    assert_eq!(measured["by_op"]["set"]["count"], measured["ops"]);
+}
+
+#[test]
+fn a_bad_interval_is_refused_with_the_range() {
+    let out = Command::new(env!("CARGO_BIN_EXE_poncho-bench"))
+        .args(["--interval", "0", "--cluster", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--interval 0: give seconds"));
 }
