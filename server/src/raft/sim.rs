@@ -3,10 +3,12 @@
 //! One seeded RNG drives everything: the network (delay, loss, duplication,
 //! reordering, symmetric and one-way partitions), the disks (writes complete
 //! after a random delay; a crash loses every write not yet complete), crashes
-//! and restarts, and clients that propose and read throughout. After every
-//! step the `Checker` asserts Raft's safety properties, so a failing seed
-//! names the first step at which something went wrong, and rerunning the seed
-//! replays it exactly.
+//! and restarts, membership changes (`membership_nemesis`: nodes added with
+//! new ids, promoted, removed, replaced), and clients that propose and read
+//! throughout. After every step the `Checker` asserts Raft's safety
+//! properties (across configurations: see `Checker::check_decision`), so a
+//! failing seed names the first step at which something went wrong, and
+//! rerunning the seed replays it exactly.
 //!
 //! Time is counted in units; a node ticks every `TICK` units, each node at its
 //! own phase so they do not move in lockstep.
