@@ -519,7 +519,6 @@ fn members(cluster: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-#[ignore = "needs the server's MEMBER (issue 13)"]
 fn add_starts_a_node_that_joins_and_is_promoted_and_remove_stops_it() {
     let setup = Setup::new();
     let (data_arg, base) = (setup.data_arg(), setup.base);

@@ -6,14 +6,12 @@
 //! Every shell run is bounded; the harness kills the servers on drop.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use poncho_tests::pty::wait_bounded;
-use poncho_tests::{cluster_secret_file, wait_listening, workspace_bin, Cluster};
+use poncho_tests::{workspace_bin, Cluster};
 
 const ELECTION: Duration = Duration::from_secs(10);
 /// The longest one shell run may take.
@@ -62,74 +60,6 @@ fn cluster_arg(cluster: &Cluster, ids: &[u64]) -> String {
     addrs.join(",")
 }
 
-/// A node started with an empty data directory and `--join`: it waits to
-/// be added. Killed on drop.
-struct Joiner {
-    id: u64,
-    addr: SocketAddr,
-    child: Option<Child>,
-    log: std::path::PathBuf,
-}
-
-impl Joiner {
-    fn start(cluster: &Cluster, id: u64) -> Joiner {
-        let addr = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("its address")
-        };
-        let dir = cluster.dir();
-        let log = dir.join(format!("node-{id}.log"));
-        let mut child = Some(spawn_joiner(
-            id,
-            addr,
-            dir,
-            &cluster.addr(1).to_string(),
-            &log,
-        ));
-        wait_listening(id, addr, &mut child, &log);
-        Joiner {
-            id,
-            addr,
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Joiner {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- node {} (joiner) ---\n{}", self.id, self.log());
-        }
-    }
-}
-
-fn spawn_joiner(id: u64, addr: SocketAddr, dir: &Path, join: &str, log: &Path) -> Child {
-    let log = File::create(log).expect("the joiner's log");
-    Command::new(workspace_bin("poncho-server"))
-        .args(["--id", &id.to_string()])
-        .args(["--host", &addr.ip().to_string()])
-        .args(["--port", &addr.port().to_string()])
-        .args(["--join", join])
-        .arg("--data-dir")
-        .arg(dir.join(format!("node-{id}")))
-        .arg("--cluster-secret-file")
-        .arg(cluster_secret_file(dir))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn the joiner")
-}
-
 /// Runs `member promote ID` until it succeeds (it is refused with
 /// LEARNER_NOT_READY until the learner has caught up); the last run.
 fn promote_when_ready(cluster: &str, id: u64) -> Output {
@@ -164,21 +94,22 @@ fn row(table: &str, id: u64) -> Option<Vec<String>> {
 }
 
 #[test]
-#[ignore = "needs the server's MEMBER (issue 13)"]
 fn a_learner_joins_is_promoted_leads_and_a_removed_id_is_not_reused() {
     let mut cluster = Cluster::start(3);
     cluster.wait_for_leader(ELECTION);
     let all = cluster_arg(&cluster, &[1, 2, 3]);
-    let four = Joiner::start(&cluster, 4);
+    let four = cluster.start_joining();
+    assert_eq!(four, 4);
+    let four_addr = cluster.addr(four);
 
     let run = shell(
         &all,
-        &format!("member add 4 {} --learner\nmember list\n", four.addr),
+        &format!("member add 4 {} --learner\nmember list\n", four_addr),
     );
     assert!(run.status.success(), "{run:?}");
     assert!(out(&run).starts_with("OK\nID "), "{run:?}");
     let learner = row(&out(&run), 4).unwrap_or_else(|| panic!("{run:?}"));
-    assert_eq!(learner[1], four.addr.to_string());
+    assert_eq!(learner[1], four_addr.to_string());
     assert_eq!(learner[3], "learner", "{run:?}");
     let leaders = rows(&out(&run))
         .iter()
@@ -189,7 +120,7 @@ fn a_learner_joins_is_promoted_leads_and_a_removed_id_is_not_reused() {
     let run = promote_when_ready(&all, 4);
     assert!(run.status.success(), "{run:?}");
     assert_eq!(out(&run), "OK\n", "{run:?}");
-    let with_four = format!("{all},{}", four.addr);
+    let with_four = format!("{all},{}", four_addr);
     let run = shell(&with_four, "member list\n");
     let voter = row(&out(&run), 4).unwrap_or_else(|| panic!("{run:?}"));
     assert_eq!(voter[3], "voter", "{run:?}");
@@ -198,7 +129,7 @@ fn a_learner_joins_is_promoted_leads_and_a_removed_id_is_not_reused() {
     // The leadership moves to the new voter.
     let run = shell(&with_four, "transfer-leader 4\nleader\n");
     assert!(run.status.success(), "{run:?}");
-    assert_eq!(out(&run), format!("OK\n{}\n", four.addr), "{run:?}");
+    assert_eq!(out(&run), format!("OK\n{}\n", four_addr), "{run:?}");
 
     // Remove node 2; its id is not given to its replacement.
     let run = shell(&with_four, "member remove 2\nmember list\n");
@@ -216,21 +147,24 @@ fn a_learner_joins_is_promoted_leads_and_a_removed_id_is_not_reused() {
 }
 
 #[test]
-#[ignore = "needs the server's MEMBER (issue 13)"]
 fn refused_changes_say_what_to_do_next_and_fail_the_script() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(ELECTION);
     let all = cluster_arg(&cluster, &[1, 2, 3]);
 
-    // A voter is not a learner; an unknown id is not a member.
-    let run = shell(&all, "member promote 1\nmember remove 9\nmember list\n");
+    // A voter is not a learner; an unknown id is not a member, nor a voter
+    // to hand leadership to.
+    let script = "member promote 1\nmember remove 9\nmember list\ntransfer-leader 9\n";
+    let run = shell(&all, script);
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     let stderr = err(&run);
     let errors: Vec<&str> = stderr.lines().collect();
     assert!(
-        errors.len() == 2
+        errors.len() == 3
             && errors[0].starts_with("line 1: MEMBERSHIP_REFUSED: ")
-            && errors[1].starts_with("line 2: MEMBERSHIP_REFUSED: "),
+            && errors[1].starts_with("line 2: MEMBERSHIP_REFUSED: ")
+            && errors[2].starts_with("line 4: MEMBERSHIP_REFUSED: ")
+            && errors[2].contains("`member list` shows who votes"),
         "{run:?}"
     );
     assert_eq!(rows(&out(&run)).len(), 3, "the list still ran: {run:?}");
@@ -260,7 +194,6 @@ fn refused_changes_say_what_to_do_next_and_fail_the_script() {
 }
 
 #[test]
-#[ignore = "needs the server's MEMBER (issue 13)"]
 fn the_leader_can_be_removed_and_the_others_go_on() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(ELECTION);

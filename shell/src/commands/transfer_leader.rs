@@ -44,8 +44,8 @@ impl Action for TransferLeader {
             )),
             Err(ClientError::Server(mut e)) if e.code == ErrorCode::MembershipRefused => {
                 e.message = format!(
-                    "{}; only a voter can lead: `member list` shows them, and \
-                     `member promote {to}` makes a learner that has caught up one",
+                    "{}; `member list` shows who votes (a learner votes once \
+                     `member promote ID` has made it a voter)",
                     e.message
                 );
                 Err(Failure::Call(ClientError::Server(e)))
