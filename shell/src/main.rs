@@ -12,6 +12,8 @@ mod assist;
 mod client;
 mod commands;
 mod exec;
+#[cfg(test)]
+mod fake_node;
 mod line;
 mod repl;
 mod secret;

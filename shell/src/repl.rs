@@ -320,37 +320,22 @@ fn run_command(client: &mut ClusterClient, output: Output, command: &Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
+    use crate::fake_node::fake_node;
     use std::net::TcpListener;
-
-    /// A node that answers one request with `reply` and returns the request.
-    fn fake_node(reply: String) -> (String, std::thread::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let handle = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut line = String::new();
-            BufReader::new(&stream).read_line(&mut line).unwrap();
-            (&stream)
-                .write_all(format!("{reply}\n").as_bytes())
-                .unwrap();
-            line
-        });
-        (addr, handle)
-    }
 
     #[test]
     fn key_completion_asks_the_leader_a_follower_names() {
         let keys = r#"{"msg_type":"KEYS","payload":{"keys":["user/1","user/two words"]}}"#;
-        let (leader, leader_node) = fake_node(keys.to_string());
+        let (leader, leader_node) = fake_node(vec![keys.to_string()]);
         let redirect = format!(
             r#"{{"msg_type":"ERROR","payload":{{"code":"NOT_LEADER","message":"m","leader_id":2,"leader_addr":"{leader}"}}}}"#
         );
-        let (follower, follower_node) = fake_node(redirect);
+        let (follower, follower_node) = fake_node(vec![redirect]);
         let got = keys_with_prefix(&follower, "user/", None, None);
         assert_eq!(got, ["user/1", "user/two words"]);
         for node in [follower_node, leader_node] {
-            let request: serde_json::Value = serde_json::from_str(&node.join().unwrap()).unwrap();
+            let request: serde_json::Value =
+                serde_json::from_str(&node.join().unwrap()[0]).unwrap();
             assert_eq!(request["msg_type"], "KEYS");
             assert_eq!(request["payload"]["prefix"], "user/");
         }
@@ -364,9 +349,9 @@ mod tests {
         let gone = listener.local_addr().unwrap().to_string();
         drop(listener);
         assert!(keys_with_prefix(&gone, "", None, None).is_empty());
-        let (addr, node) = fake_node(
+        let (addr, node) = fake_node(vec![
             r#"{"msg_type":"ERROR","payload":{"code":"NO_LEADER","message":"m"}}"#.to_string(),
-        );
+        ]);
         assert!(keys_with_prefix(&addr, "", None, None).is_empty());
         node.join().unwrap();
     }

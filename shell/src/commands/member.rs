@@ -482,6 +482,28 @@ mod tests {
     }
 
     #[test]
+    fn a_learner_not_ready_is_told_how_far_behind_the_leader_says_it_is() {
+        let not_ready = r#"{"msg_type":"ERROR","req_id":{req_id},"payload":{"code":"LEARNER_NOT_READY","message":"learner 4 is behind"}}"#;
+        let list = r#"{"msg_type":"MEMBER","req_id":{req_id},"payload":{"members":[{"id":1,"addr":"127.0.0.1:8001","learner":false,"leader":true,"match_index":100,"healthy":true},{"id":4,"addr":"127.0.0.1:8004","learner":true,"leader":false,"match_index":40,"healthy":true}],"last_index":100}}"#;
+        let (addr, node) = crate::fake_node::fake_node(vec![not_ready.into(), list.into()]);
+        let mut client = ClusterClient::new(vec![addr], std::time::Duration::from_secs(5), false);
+        let promote = Member(MemberRequest::Promote {
+            id: 4,
+            force: false,
+        });
+        let failure = promote.run(&mut client).unwrap_err();
+        assert_eq!(failure.exit_code(), 1);
+        assert_eq!(
+            failure.text(),
+            "LEARNER_NOT_READY: learner 4 is 60 entries behind the leader; wait until it \
+             catches up (`member list`) and retry `member promote 4` (learner 4 is behind)"
+        );
+        let seen = node.join().unwrap();
+        assert!(seen[0].contains(r#""op":"promote","id":4"#), "{}", seen[0]);
+        assert!(seen[1].contains(r#""op":"list""#), "{}", seen[1]);
+    }
+
+    #[test]
     fn changes_render_ok_for_scripts_and_what_happened_for_people() {
         let reply = MemberReply {
             index: Some(57),
