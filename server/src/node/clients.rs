@@ -537,8 +537,9 @@ impl Node {
         // says what its Raft role is.
         let role = match s.member_role {
             _ if self.is_removed() => "removed".to_string(),
-            MemberRole::Voter => s.role.to_string(),
-            other => other.name().to_string(),
+            MemberRole::Learner | MemberRole::Joining => s.member_role.name().to_string(),
+            // A voter, or one whose removal is not committed yet.
+            MemberRole::Voter | MemberRole::Removed => s.role.to_string(),
         };
         StatusReply {
             id: s.id,

@@ -372,7 +372,9 @@ impl Node {
             refusal.peer = named;
             return Err(refusal);
         }
-        if self.raft.membership().was_removed(peer) {
+        // Only a committed removal is told: one still in flight may be
+        // undone, and a node told it is removed stops for good.
+        if self.removed_by_committed(peer) {
             let m = format!("node {peer} was removed from this cluster; it takes part no more");
             return Err(refuse("removed", ErrorCode::Removed, m));
         }

@@ -158,10 +158,21 @@ struct PendingTransfer {
 }
 
 impl Node {
-    /// Whether this node was removed from its cluster (its own log says so,
-    /// or a member told it): it serves nothing but HEALTHCHECK and STATUS.
+    /// Whether this node was removed from its cluster (a committed entry of
+    /// its own log says so, or a member told it): it serves nothing but
+    /// HEALTHCHECK and STATUS. A removal not yet committed may still be
+    /// undone (a new leader without it truncates it away), so it does not
+    /// count: the node keeps its part until then, as a leader removing
+    /// itself keeps leading.
     pub(super) fn is_removed(&self) -> bool {
-        self.members.told_removed || self.raft.member_role() == MemberRole::Removed
+        self.members.told_removed || self.removed_by_committed(self.config.id)
+    }
+
+    /// Whether `id`'s removal is in the configuration at this node's
+    /// commit index (final: removed ids never come back).
+    pub(super) fn removed_by_committed(&self, id: NodeId) -> bool {
+        let committed = self.raft.membership_at(self.raft.log().committed());
+        MemberRole::of(id, &committed) == MemberRole::Removed
     }
 
     /// The error every other request gets on a removed node.
