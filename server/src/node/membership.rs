@@ -18,7 +18,7 @@
 //! were logged records the one `--peers` gives at its first start with this
 //! version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write as _};
 use std::path::Path;
 use std::time::Instant;
@@ -142,6 +142,11 @@ pub struct MemberRequests {
     transfers: Vec<PendingTransfer>,
     /// A member refused this node's connection saying it was removed.
     pub told_removed: bool,
+    /// The commit index `cut_off_removed` last looked at.
+    commit_seen: u64,
+    /// Removed nodes whose connections were closed once their removal
+    /// committed (they are refused from then on).
+    cut_off: BTreeSet<NodeId>,
     removal_logged: bool,
 }
 
@@ -223,6 +228,7 @@ impl Node {
             }
             self.members.followed = Some((index, latest));
         }
+        self.cut_off_removed();
         if self.is_removed() && !self.members.removal_logged {
             self.members.removal_logged = true;
             warn!(
@@ -232,6 +238,45 @@ impl Node {
             );
         }
         self.answer_transfers();
+    }
+
+    /// Once a removal commits, the removed node's connections to this one
+    /// close: it reconnects, is refused with REMOVED, and so learns it was
+    /// removed (the leader replicates only to members, so its log may never
+    /// say so).
+    fn cut_off_removed(&mut self) {
+        let committed = self.raft.log().committed();
+        if committed == self.members.commit_seen {
+            return;
+        }
+        self.members.commit_seen = committed;
+        let config = self.raft.membership_at(committed);
+        let fresh: Vec<NodeId> = config
+            .removed
+            .iter()
+            .copied()
+            .filter(|id| !self.members.cut_off.contains(id))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| match c.role {
+                ConnRole::Peer(id) | ConnRole::Outbound(id, _) => fresh.contains(&id),
+                _ => false,
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.close(key, "the member's removal committed");
+        }
+        self.members.cut_off.extend(fresh);
+        // Bounded as the configuration's removed ids are.
+        if self.members.cut_off.len() > 2 * poncho_protocol::MAX_REMOVED_IDS {
+            self.members.cut_off = config.removed.iter().copied().collect();
+        }
     }
 
     /// `MEMBER`: a list, or a change the core is asked to make.
