@@ -132,9 +132,9 @@ pub(super) fn latest_in(entries: &[Entry], base: &Membership) -> Result<Membersh
 /// made of its configuration so far.
 #[derive(Default)]
 pub struct MemberRequests {
-    /// The configuration (and the index it comes from) the peer links were
-    /// last made to follow.
-    followed: Option<(u64, Membership)>,
+    /// The `Raft::membership_version` the peer links were last made to
+    /// follow.
+    followed: Option<u64>,
     /// Changes proposed here, answered once the entry at their index
     /// commits (with the term they were proposed in) or their time is up.
     changes: BTreeMap<u64, PendingChange>,
@@ -196,15 +196,10 @@ impl Node {
     /// moved members' reopen at their new addresses); a removal of this
     /// node is logged once; transfers whose target now leads are answered.
     pub(super) fn follow_membership(&mut self) {
-        let index = self.raft.membership_index();
-        let latest = self.raft.membership();
-        let changed = self
-            .members
-            .followed
-            .as_ref()
-            .is_none_or(|(i, m)| *i != index || m != latest);
-        if changed {
-            let latest = latest.clone();
+        let version = self.raft.membership_version();
+        if self.members.followed != Some(version) {
+            let index = self.raft.membership_index();
+            let latest = self.raft.membership().clone();
             let closing = self.peers.sync(&latest, self.config.id, Instant::now());
             for key in closing {
                 self.close(key, "the member's address changed, or it was removed");
@@ -226,7 +221,7 @@ impl Node {
                     self.raft.member_role().name()
                 );
             }
-            self.members.followed = Some((index, latest));
+            self.members.followed = Some(version);
         }
         self.cut_off_removed();
         if self.is_removed() && !self.members.removal_logged {
@@ -413,6 +408,9 @@ impl Node {
     }
 
     fn answer_transfers(&mut self) {
+        if self.members.transfers.is_empty() {
+            return;
+        }
         let leader = self.raft.leader_id();
         let term = self.raft.term();
         let (done, waiting) = std::mem::take(&mut self.members.transfers)

@@ -152,12 +152,10 @@ pub enum ChangeError {
 impl std::fmt::Display for ChangeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChangeError::NotLeader {
-                leader_id: Some(id),
-            } => write!(f, "not the leader; node {id} is"),
-            ChangeError::NotLeader { leader_id: None } => {
-                f.write_str("not the leader; no leader is known")
+            ChangeError::NotLeader { leader_id } => super::ProposeError::NotLeader {
+                leader_id: *leader_id,
             }
+            .fmt(f),
             ChangeError::TransferInProgress => {
                 f.write_str("leadership is being transferred; retry shortly")
             }

@@ -551,6 +551,12 @@ impl Raft {
         self.log.configs().latest().1
     }
 
+    /// Changes whenever the latest configuration does (an entry appended or
+    /// truncated, a snapshot installed): a cheap way to notice one.
+    pub fn membership_version(&self) -> u64 {
+        self.log.configs().version()
+    }
+
     /// The index of the entry the latest configuration comes from (the
     /// snapshot's, or 0, for the one the log started from).
     pub fn membership_index(&self) -> u64 {
