@@ -6,7 +6,7 @@ use poncho_protocol::{
 };
 
 use super::candidate::Campaign;
-use super::{Alert, AppendOutcome, Raft};
+use super::{Alert, AppendOutcome, BrokenRule, Outbound, Raft};
 
 impl Raft {
     /// A follower's message of its own term (vote requests are answered
@@ -88,7 +88,12 @@ impl Raft {
                 read_round: m.read_round,
             },
         };
-        self.send(from, RaftMessage::AppendEntriesReply(reply));
+        let message = RaftMessage::AppendEntriesReply(reply);
+        if self.broken(|r| r == BrokenRule::AckBeforeDurable) {
+            self.outbox.push(Outbound { to: from, message });
+            return;
+        }
+        self.send(from, message);
     }
 
     fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {

@@ -186,6 +186,14 @@ impl RaftLog {
             || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
+    /// Whether a log ending at (`last_index`, `last_term`) is strictly more
+    /// up to date than ours: it holds something ours does not, perhaps a
+    /// configuration this node has not seen yet.
+    pub fn is_behind(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index > self.last_index())
+    }
+
     /// Entries from `from` on, at most `max_count` of them and, after the first,
     /// at most `max_bytes` in total. Empty if `from` is past the end.
     pub fn slice(&self, from: u64, max_count: usize, max_bytes: usize) -> Vec<Entry> {

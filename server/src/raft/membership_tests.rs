@@ -28,11 +28,20 @@ fn core(id: NodeId, term: u64, base: Membership) -> Raft {
 }
 
 fn vote_request(term: u64, candidate: NodeId) -> RaftMessage {
+    vote_request_with_log(term, candidate, 100, term)
+}
+
+fn vote_request_with_log(
+    term: u64,
+    candidate: NodeId,
+    last_log_index: u64,
+    last_log_term: u64,
+) -> RaftMessage {
     RaftMessage::RequestVote(RequestVote {
         term,
         candidate_id: candidate,
-        last_log_index: 100,
-        last_log_term: term,
+        last_log_index,
+        last_log_term,
         pre_vote: false,
         leader_transfer: false,
     })
@@ -42,8 +51,12 @@ fn vote_request(term: u64, candidate: NodeId) -> RaftMessage {
 /// its removal, campaigns with a higher term. No member that knows the
 /// configuration lets it raise its term: not a voter, and not a learner
 /// either (a learner in a higher term answers the leader with it, and the
-/// leader steps down: the disruption the rule exists to prevent). A node
-/// that is to join, knowing no configuration yet, still answers.
+/// leader steps down: the disruption the rule exists to prevent). Nor does
+/// a node never added, or a learner, unless its log is strictly more up to
+/// date than the member's: then it may hold the change that made it a
+/// voter, and ignoring it could leave no electable quorum (membership seed
+/// 4756). A node that is to join, knowing no configuration yet, still
+/// answers.
 #[test]
 fn a_removed_node_raises_no_members_term_with_its_campaigns() {
     let m = config_of(&[1, 2, 3], &[5], &[4]);
@@ -51,9 +64,19 @@ fn a_removed_node_raises_no_members_term_with_its_campaigns() {
         let mut r = core(id, 2, m.clone());
         r.step(4, vote_request(3, 4));
         assert_eq!(r.term(), 2, "node {id} ({:?})", r.member_role());
-        r.step(6, vote_request(3, 6)); // never a member
+        // Never a member, with a log no longer than this node's (empty).
+        r.step(6, vote_request_with_log(3, 6, 0, 0));
         assert_eq!(r.term(), 2, "node {id} ({:?})", r.member_role());
     }
+    let mut voter = core(1, 2, m.clone());
+    voter.step(5, vote_request_with_log(3, 5, 0, 0));
+    assert_eq!(voter.term(), 2, "a learner with no longer a log is ignored");
+    voter.step(5, vote_request_with_log(3, 5, 7, 2));
+    assert_eq!(
+        voter.term(),
+        3,
+        "a learner whose log is ahead may be a voter in a configuration this node lacks"
+    );
     let mut joining = core(6, 2, Membership::default());
     joining.step(1, vote_request(3, 1));
     assert_eq!(

@@ -122,6 +122,8 @@ pub(crate) enum BrokenRule {
     VotesFromOlderElections,
     /// Send a vote before the vote is durable.
     VoteBeforeDurable,
+    /// Acknowledge entries before they are durable.
+    AckBeforeDurable,
     /// Propose a membership change while another is uncommitted.
     TwoChangesInFlight,
     /// Propose a membership change before an entry of the leader's term

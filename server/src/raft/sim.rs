@@ -79,8 +79,17 @@ impl NetConfig {
 struct PendingWrite {
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
-    after: Vec<super::Outbound>,
+    after: Vec<Held>,
     due: u64,
+}
+
+/// A message the core handed out, with the term its sender's log held at the
+/// index an acknowledgement names, read when the core made the message: what
+/// the disk must hold when the message leaves, even if by then the log in
+/// memory has moved on (a later leader replaced the entry).
+struct Held {
+    out: super::Outbound,
+    acked_term: Option<u64>,
 }
 
 /// A snapshot: the applied prefix of the state machine through `index`,
@@ -668,9 +677,23 @@ impl Sim {
                         .iter()
                         .map(|f| (f.id, f.match_index, f.next_index))
                         .collect();
+                    let m = r.membership();
+                    let voters: Vec<_> = m
+                        .members
+                        .iter()
+                        .filter(|x| !x.learner)
+                        .map(|x| x.id)
+                        .collect();
+                    let learners: Vec<_> = m
+                        .members
+                        .iter()
+                        .filter(|x| x.learner)
+                        .map(|x| x.id)
+                        .collect();
                     out.push_str(&format!(
                         "  node {id}: {} term {} vote {:?} leader {:?} last {} (term {}) \
-                         commit {} persisted {} followers {followers:?}\n",
+                         commit {} persisted {} followers {followers:?} voters {voters:?} \
+                         learners {learners:?} (config of index {})\n",
                         s.role,
                         s.term,
                         s.vote,
@@ -679,6 +702,7 @@ impl Sim {
                         s.last_log_term,
                         s.commit_index,
                         s.persisted_index,
+                        r.membership_index(),
                     ));
                 }
             }
@@ -778,13 +802,15 @@ impl Sim {
         };
         // Thesis 4.2.3: a node whose removal is committed, or a non-voter
         // asking for votes, must not raise the term of a member that knows
-        // it for what it is.
+        // it for what it is: one whose log holds all the candidate's does
+        // (a longer one may hold the change that made it a voter).
         let outsider = {
             let m = raft.membership();
             (removed && m.was_removed(from))
-                || (matches!(msg, RaftMessage::RequestVote(_))
-                    && m.contains(to)
-                    && !m.is_voter(from))
+                || matches!(&msg, RaftMessage::RequestVote(v)
+                    if m.contains(to)
+                        && !m.is_voter(from)
+                        && !raft.log().is_behind(v.last_log_index, v.last_log_term))
         };
         let disrupts = outsider && msg.term() > raft.term();
         let what = disrupts.then(|| format!("{msg:?}").chars().take(160).collect::<String>());
@@ -948,7 +974,22 @@ impl Sim {
         if !raft.has_ready() {
             return Ok(());
         }
-        let rd: Ready = raft.ready();
+        let mut rd: Ready = raft.ready();
+        let hold = |out: super::Outbound| {
+            let acked_term = match &out.message {
+                RaftMessage::AppendEntriesReply(m) if m.success => raft.log().term(m.index),
+                _ => None,
+            };
+            Held { out, acked_term }
+        };
+        let now: Vec<Held> = std::mem::take(&mut rd.messages)
+            .into_iter()
+            .map(hold)
+            .collect();
+        let after: Vec<Held> = std::mem::take(&mut rd.messages_after_persist)
+            .into_iter()
+            .map(hold)
+            .collect();
         let prev_term_of_first = rd
             .entries
             .first()
@@ -970,8 +1011,8 @@ impl Sim {
                 .map_err(|e| self.violation(e))?;
         }
         let must_persist = rd.must_persist();
-        for out in rd.messages {
-            self.send(id, out.to, out.message)?;
+        for held in now {
+            self.send(id, held)?;
         }
         let due = self.now + self.rng.gen_range(0..=self.net.max_persist_delay);
         let node = self.node(id);
@@ -981,12 +1022,12 @@ impl Sim {
             node.writes.push_back(PendingWrite {
                 hard_state: rd.hard_state,
                 entries: rd.entries,
-                after: rd.messages_after_persist,
+                after,
                 due,
             });
         } else {
-            for out in rd.messages_after_persist {
-                self.send(id, out.to, out.message)?;
+            for held in after {
+                self.send(id, held)?;
             }
         }
         self.apply(id, rd.committed_entries)?;
@@ -1245,8 +1286,8 @@ impl Sim {
                     .map_err(|e| self.violation(e))?;
             }
             let last = write.entries.last().map(|e| (e.index, e.term));
-            for out in write.after {
-                self.send(id, out.to, out.message)?;
+            for held in write.after {
+                self.send(id, held)?;
             }
             if let Some((index, term)) = last {
                 let was = self.before(id);
@@ -1324,8 +1365,10 @@ impl Sim {
 
     /// A message leaves `from`: first check that its disk backs what the
     /// message promises, then hand it to the network.
-    fn send(&mut self, from: NodeId, to: NodeId, mut msg: RaftMessage) -> Result<(), Violation> {
-        self.check_durable_at_send(from, to, &msg)
+    fn send(&mut self, from: NodeId, held: Held) -> Result<(), Violation> {
+        let Held { out, acked_term } = held;
+        let (to, mut msg) = (out.to, out.message);
+        self.check_durable_at_send(from, to, &msg, acked_term)
             .map_err(|e| self.violation(e))?;
         if let RaftMessage::RequestVoteReply(m) = &msg {
             self.vote_answers
@@ -1387,6 +1430,7 @@ impl Sim {
         from: NodeId,
         to: NodeId,
         msg: &RaftMessage,
+        acked_term: Option<u64>,
     ) -> Result<(), String> {
         let node = &self.nodes[(from - 1) as usize];
         let disk = node.durable_hard_state;
@@ -1438,14 +1482,13 @@ impl Sim {
                     .checked_sub(node.durable_first)
                     .and_then(|p| node.durable_log.get(p as usize))
                     .map(|e| e.term);
-                let in_memory = node.raft.as_ref().and_then(|r| r.log().term(m.index));
                 let backed = m.index == 0
                     || in_snapshot
-                    || on_disk.is_some_and(|t| in_memory.is_none_or(|m| m == t));
+                    || on_disk.is_some_and(|t| acked_term.is_none_or(|a| a == t));
                 if !backed {
                     return Err(format!(
                         "node {from} acknowledged entries through {} to node {to} before they were durable \
-                         (disk {}..{}, term there {on_disk:?}, in memory {in_memory:?})",
+                         (disk {}..{}, term there {on_disk:?}, acknowledged {acked_term:?})",
                         m.index,
                         node.durable_first,
                         node.durable_first + node.durable_log.len() as u64

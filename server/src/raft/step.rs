@@ -27,17 +27,26 @@ impl Raft {
     /// from anyone its configuration does not count as a voter, so a
     /// removed node (or one never added) cannot start elections or raise
     /// terms (thesis 4.2.3): a learner whose term a removed node raised
-    /// would answer the leader in that term and depose it. A node that is
-    /// to join answers any candidate not known as removed: its
-    /// configuration may not be the cluster's yet, and its answer counts
-    /// only where the candidate's configuration counts it.
+    /// would answer the leader in that term and depose it. Two exceptions,
+    /// both for candidates not known as removed, because this node's
+    /// configuration may not be the cluster's: a node that is to join
+    /// answers any of them, and a member answers one whose log is strictly
+    /// more up to date than its own. That log may hold the change that made
+    /// the candidate a voter; ignoring it could leave no electable quorum
+    /// (membership seed 4756: a lagging member that never saw the candidate
+    /// added withheld the vote it needed, and the only longer log was the
+    /// leader's that removed itself in it). Either
+    /// answer counts only where the candidate's configuration counts it,
+    /// and a removed node's log cannot be more up to date than a quorum's
+    /// that committed its removal.
     fn accepts(&self, from: NodeId, message: &RaftMessage) -> bool {
         match message {
             RaftMessage::AppendEntries(_) | RaftMessage::InstallSnapshot(_) => true,
-            RaftMessage::RequestVote(_) => {
+            RaftMessage::RequestVote(m) => {
                 self.voters.contains(&from)
-                    || (self.member_role() == MemberRole::Joining
-                        && !self.membership().was_removed(from))
+                    || (!self.membership().was_removed(from)
+                        && (self.member_role() == MemberRole::Joining
+                            || self.log.is_behind(m.last_log_index, m.last_log_term)))
             }
             // A leader removing itself hands over once the removal commits
             // (`step_down_if_removed`), when its heir's configuration no

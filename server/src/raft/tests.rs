@@ -771,6 +771,48 @@ fn sim_catches_votes_sent_before_they_are_durable() {
     );
 }
 
+/// The same send-time check, for acknowledgements: it compares the disk with
+/// the entry the acknowledgement was made for, not with the log in memory
+/// when it leaves (seed 2356 of the membership campaign: a later leader had
+/// replaced the entry in memory by then, which is safe, and an earlier form
+/// of the check reported it).
+#[test]
+fn sim_catches_acknowledgements_sent_before_they_are_durable() {
+    let caught = first_seed_that_catches(BrokenRule::AckBeforeDurable, 300);
+    assert!(
+        caught.is_some(),
+        "an acknowledgement sent before its entries were durable went unnoticed"
+    );
+}
+
+/// Seed 2356 of the membership campaign, beyond the default seeds: a
+/// follower's acknowledgement of term-5 entries leaves once they are durable,
+/// after a term-6 leader has replaced them in memory. Safe (the ack promised
+/// only what the disk held), and every other check holds in this run; the
+/// earlier form of the send-time check called it a violation.
+#[test]
+fn an_acknowledgement_of_entries_replaced_since_is_backed_by_the_disk() {
+    if let Err(e) = random_cluster_in(Campaign::Membership, 2356, None) {
+        panic!("{e}");
+    }
+}
+
+/// Seed 4756 of the membership campaign, beyond the default seeds: in a
+/// cluster of voters {1, 2, 3, 4} (entry 25), leader 2 removes itself in
+/// entry 41, which no one else holds, and every node restarts. Node 2 holds
+/// the longest log but is no voter in it. Node 4 (log 40) needs three votes:
+/// its own, node 1's (log 35), and node 3's, whose log is the founding entry
+/// alone, where node 4 is no member. When members ignored every vote
+/// request from non-voters of their own configuration, node 3 ignored node
+/// 4, node 2 refused it (longer log), and no leader was ever elected. A
+/// member now answers a candidate whose log is strictly more up to date.
+#[test]
+fn a_voter_unknown_to_a_lagging_member_can_be_elected() {
+    if let Err(e) = random_cluster_in(Campaign::Membership, 4756, None) {
+        panic!("{e}");
+    }
+}
+
 /// The late-message campaign with every rule intact: the seeds in which
 /// the two tests below find defects 1 and 2 pass. CI runs it with the rest;
 /// `SIM_SEEDS` and `SIM_SEED` work as for `random_seeds`.
