@@ -48,7 +48,7 @@ impl LineBuffer {
     /// it). `None` if no complete line is buffered yet.
     pub fn next_line(&mut self) -> Option<Result<&[u8], LineTooLong>> {
         let pending = &self.buf[self.start + self.scanned..];
-        match pending.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', pending) {
             Some(at) => {
                 let line_start = self.start;
                 let line_end = self.start + self.scanned + at;
