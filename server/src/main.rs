@@ -65,6 +65,11 @@ struct Args {
     /// Entries kept in the log behind a snapshot.
     #[arg(long, default_value_t = 1_000)]
     snapshot_keep_tail: u64,
+    /// A follower that needs a snapshot gets one at most this many entries
+    /// older than the leader's state; an older one is rebuilt first (once
+    /// per transfer), so the follower replays less of the log after it.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_transfer_max_age: u64,
     /// Size of one write-ahead log segment file, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     segment_bytes: u64,
@@ -345,6 +350,7 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
         fsync: !args.unsafe_no_fsync,
         snapshot_entries: args.snapshot_entries.max(1),
         snapshot_keep_tail: args.snapshot_keep_tail,
+        snapshot_transfer_max_age: args.snapshot_transfer_max_age,
         segment_bytes: args.segment_bytes.max(4096),
         session_timeout_ms: args.session_timeout_ms,
         max_sessions: args.max_sessions,

@@ -404,3 +404,68 @@ fn a_member_moved_with_update_is_reached_at_its_new_address() {
     set_at_leader(&mut cluster, "after", "move");
     wait_value(&cluster, moved, "after", "move");
 }
+
+/// The index in the first line of `log` that contains `before`, right
+/// after `before` (for lines like "... snapshot through index 123 ...").
+fn index_after(log: &str, before: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|l| l.split(before).nth(1))
+        .find_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+}
+
+/// A node that needs a snapshot is not sent one older than
+/// `--snapshot-transfer-max-age` entries: the leader writes a fresh one
+/// first, so the learner installs a snapshot of about the leader's state
+/// now, not of the one 100 writes ago, and replays little after it.
+#[test]
+fn a_new_member_gets_a_fresh_snapshot_when_the_latest_is_too_old() {
+    let max_age = 20;
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-entries",
+            "100",
+            "--snapshot-keep-tail",
+            "0",
+            "--snapshot-transfer-max-age",
+            &max_age.to_string(),
+        ],
+    );
+    for i in 0..110 {
+        set_at_leader(&mut cluster, &format!("k{i}"), "v");
+    }
+    let leader = cluster.wait_for_leader(TIMEOUT);
+    wait_until("the leader's first snapshot", TIMEOUT, || {
+        cluster.log(leader).contains("written; log compacted")
+    });
+    let first = index_after(&cluster.log(leader), "snapshot through index ").expect("first");
+    // Not so many that the next snapshot is due (100 after the first).
+    for i in 110..170 {
+        set_at_leader(&mut cluster, &format!("k{i}"), "v");
+    }
+    let applied = cluster
+        .status(leader)
+        .and_then(|s| s["commit_index"].as_u64());
+    let applied = applied.expect("commit index");
+    assert!(
+        applied > first + 2 * max_age && applied < first + 100,
+        "applied {applied}, snapshot {first}"
+    );
+    let four = cluster.start_joining();
+    add_and_promote(&mut cluster, four);
+    wait_value(&cluster, four, "k169", "v");
+    let installed = index_after(&cluster.log(four), "installed snapshot through index ")
+        .expect("the learner installed a snapshot");
+    assert!(
+        installed + max_age >= applied,
+        "the learner installed the snapshot through {installed}, while the leader had applied \
+         {applied} (its earlier snapshot: through {first})"
+    );
+    assert!(cluster
+        .log(leader)
+        .contains("entries old: sending a fresh one once it is written"));
+}

@@ -111,6 +111,10 @@ pub struct NodeConfig {
     /// Entries kept in the log behind a snapshot, so followers slightly
     /// behind get entries rather than a whole snapshot.
     pub snapshot_keep_tail: u64,
+    /// A follower that needs a snapshot is sent one at most this many
+    /// entries older than the leader's state: an older one is rebuilt first,
+    /// so a new member replays less of the log after it.
+    pub snapshot_transfer_max_age: u64,
     /// WAL segment size: compaction deletes whole segments.
     pub segment_bytes: u64,
     /// Client sessions expire after this much idle log time, and at most

@@ -91,6 +91,13 @@ pub struct Snapshots {
     receiving: Option<(NodeId, SnapshotReceiver, Transfer)>,
     /// No new snapshot is started before this (one failed to be written).
     retry_at: Option<Instant>,
+    /// The snapshot being built was started for a transfer (its latest was
+    /// too old to send): transfers wait for it.
+    building_for_transfer: bool,
+    /// The index of the last snapshot built for a transfer: that one is
+    /// sent whatever its age, so a write rate faster than a build cannot
+    /// keep a transfer waiting for ever fresher ones.
+    built_for_transfer: Option<u64>,
 }
 
 /// What became of a chunk from the leader.
@@ -135,6 +142,8 @@ impl Snapshots {
             building: None,
             receiving: None,
             retry_at: None,
+            building_for_transfer: false,
+            built_for_transfer: None,
         };
         Ok((snapshots, kv, warnings))
     }
@@ -178,7 +187,11 @@ impl Snapshots {
         }
         let handle = self.building.take()?;
         let result = handle.join().unwrap_or(Err(Error::Panicked));
+        let for_transfer = std::mem::take(&mut self.building_for_transfer);
         Some(result.map(|(meta, path)| {
+            if for_transfer {
+                self.built_for_transfer = Some(meta.index);
+            }
             let out = meta.clone();
             self.set_latest(meta, path);
             out
@@ -283,15 +296,25 @@ impl Node {
             }
         }
         let applied = self.kv.last_applied();
+        if applied >= self.snapshots.latest_index() + self.config.snapshot_entries {
+            self.start_snapshot();
+        }
+    }
+
+    /// Starts writing a snapshot of the applied state in the background,
+    /// unless one is being written, the disk is full, or the last attempt
+    /// failed a moment ago. Returns whether it started.
+    fn start_snapshot(&mut self) -> bool {
+        let applied = self.kv.last_applied();
         if self.snapshots.is_building()
-            || applied < self.snapshots.latest_index() + self.config.snapshot_entries
+            || applied <= self.snapshots.latest_index()
             || self.unpersisted.is_some()
             || self.snapshots.retry_at.is_some_and(|t| Instant::now() < t)
         {
-            return;
+            return false;
         }
         let Some(term) = self.raft.log().term(applied) else {
-            return;
+            return false;
         };
         let started = Instant::now();
         let meta = SnapshotMeta {
@@ -305,6 +328,40 @@ impl Node {
             self.kv.len(),
             started.elapsed().as_micros()
         );
+        true
+    }
+
+    /// Whether a transfer about to start should wait for a fresher
+    /// snapshot: the latest is more than `snapshot_transfer_max_age`
+    /// entries behind the applied state (a follower would replay them all
+    /// after installing it), and one is being built for transfers or can be
+    /// started now. The core resends the start every few heartbeats, so the
+    /// transfer begins soon after the new snapshot is durable. A snapshot
+    /// built for a transfer is sent whatever its age by then, and if none
+    /// can be built (the disk is full, or writing one failed) the old one
+    /// is sent.
+    fn wait_for_fresh_snapshot(&mut self, to: NodeId) -> bool {
+        if self.snapshots.building_for_transfer {
+            return true;
+        }
+        let latest = self.snapshots.latest_index();
+        let age = self.kv.last_applied().saturating_sub(latest);
+        if self.snapshots.latest.is_none()
+            || age <= self.config.snapshot_transfer_max_age
+            || self.snapshots.built_for_transfer == Some(latest)
+            || self.snapshots.is_building()
+        {
+            return false;
+        }
+        if !self.start_snapshot() {
+            return false;
+        }
+        self.snapshots.building_for_transfer = true;
+        info!(
+            "node {to} needs a snapshot, and the latest (through index {latest}) is {age} \
+             entries old: sending a fresh one once it is written"
+        );
+        true
     }
 
     /// Leader: streams the latest snapshot to followers that need it, one
@@ -336,6 +393,9 @@ impl Node {
             .into_iter()
             .map(|a| (a.to, Some(a.index), a.next_offset));
         for (to, index, offset) in starts.chain(acks) {
+            if index.is_none() && self.wait_for_fresh_snapshot(to) {
+                continue;
+            }
             let latest = self.snapshots.latest_index();
             // An acknowledgement for an older snapshot starts the newest over.
             let offset = if index.is_some_and(|i| i != latest) {

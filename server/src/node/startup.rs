@@ -596,6 +596,7 @@ mod tests {
             fsync: false,
             snapshot_entries: 1_000,
             snapshot_keep_tail: 100,
+            snapshot_transfer_max_age: 100_000,
             segment_bytes: 1 << 20,
             session_timeout_ms: crate::kv::SESSION_TIMEOUT_MS,
             max_sessions: crate::kv::MAX_SESSIONS,
