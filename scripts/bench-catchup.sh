@@ -22,8 +22,10 @@
 # and --snapshot-keep-tail SNAPSHOT_KEEP_TAIL (default 500,000: the entries
 # written while a snapshot is streamed stay in the leader's log, so the
 # learner continues from its snapshot with entries, not with another
-# snapshot). The learner starts empty: the leader streams it its latest
-# snapshot (128 KiB a chunk, one per acknowledgement), then the log after it.
+# snapshot). The learner starts empty: the leader streams it a snapshot
+# (128 KiB a chunk, one per acknowledgement), then the log after it. Its
+# latest is some 460,000 entries old by then, past --snapshot-transfer-max-age
+# (default 100,000), so it writes a fresh one first.
 # The defaults (10,000 and 1,000) would snapshot the 1,000,000 keys every
 # 10,000 writes.
 #
