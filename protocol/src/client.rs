@@ -51,6 +51,10 @@ pub enum InvalidRequest {
     },
     /// A permission names neither or both of `key` and `prefix`.
     KeyOrPrefix,
+    /// A `RANGE` with both `prefix` and `range_end`.
+    PrefixAndRangeEnd,
+    /// A `RANGE` with both `keys_only` and `count_only`.
+    KeysOnlyAndCountOnly,
 }
 
 impl fmt::Display for InvalidRequest {
@@ -78,11 +82,17 @@ impl fmt::Display for InvalidRequest {
             InvalidRequest::KeyOrPrefix => {
                 f.write_str("a permission names either `key` or `prefix`, not both or neither")
             }
+            InvalidRequest::PrefixAndRangeEnd => {
+                f.write_str("a range is a `prefix` or ends at `range_end`, not both")
+            }
+            InvalidRequest::KeysOnlyAndCountOnly => {
+                f.write_str("`keys_only` and `count_only` exclude each other")
+            }
         }
     }
 }
 
-fn check_key(key: &str) -> Result<(), InvalidRequest> {
+pub(crate) fn check_key(key: &str) -> Result<(), InvalidRequest> {
     match key.len() {
         bytes if bytes > MAX_KEY_BYTES => Err(InvalidRequest::KeyTooLong { bytes }),
         _ => Ok(()),
@@ -131,6 +141,7 @@ impl ClientRequest {
             | ClientRequest::Status
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
+            | ClientRequest::Range(_)
             | ClientRequest::RegisterClient
             | ClientRequest::Authenticate(_)
             | ClientRequest::Auth(_)
@@ -252,6 +263,9 @@ impl From<CasWire> for CasRequest {
 pub struct KeysRequest {
     #[serde(default)]
     pub prefix: String,
+    /// Where this page starts: a previous reply's `next_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl RequestPayload for GetRequest {
@@ -327,6 +341,31 @@ impl<'de> Deserialize<'de> for HealthcheckReply {
 pub struct GetReply {
     pub key: String,
     pub value: Option<String>,
+    /// The key's revisions and version (see [`crate::kv`]), when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mod_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The cluster's revision this read saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+impl GetReply {
+    /// The reply for `key` without revisions (a key that is absent, as an
+    /// older node would answer).
+    pub fn plain(key: String, value: Option<String>) -> GetReply {
+        GetReply {
+            key,
+            value,
+            create_revision: None,
+            mod_revision: None,
+            version: None,
+            revision: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,6 +403,12 @@ pub struct RegisterClientReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysReply {
     pub keys: Vec<String>,
+    /// Keys after these were left out (at most 10,000 a reply): ask again
+    /// with `from: next_key`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -275,6 +275,7 @@ mod tests {
     use super::*;
     use crate::auth::*;
     use crate::client::*;
+    use crate::kv::*;
     use crate::membership::*;
     use crate::raft::{InstallSnapshot, RequestVote, TimeoutNow};
 
@@ -326,6 +327,14 @@ mod tests {
             }),
             ClientRequest::Keys(KeysRequest {
                 prefix: "a/".into(),
+                from: Some("a/b".into()),
+            }),
+            ClientRequest::Range(RangeRequest {
+                key: "a/".into(),
+                prefix: true,
+                limit: Some(2),
+                keys_only: true,
+                ..RangeRequest::default()
             }),
             ClientRequest::Authenticate(AuthenticateRequest {
                 user: "alice".into(),
@@ -419,6 +428,7 @@ mod tests {
                 ClientRequest::Delete(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Cas(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Keys(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Range(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Authenticate(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Auth(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::User(r) => serde_line(t, Some(3), None, Some(r)),

@@ -7,6 +7,7 @@
 //! - [`membership`]: the configuration the log carries, and `MEMBER` and
 //!   `TRANSFER_LEADER`.
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
+//! - [`kv`]: revisions, and `RANGE` reads.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
 //! - [`peer`]: the handshake that proves a connection between nodes.
 //! - [`envelope`]: whole lines, decoded and encoded.
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod envelope;
 pub mod framing;
+pub mod kv;
 pub mod membership;
 pub mod peer;
 pub mod raft;
@@ -28,6 +30,7 @@ pub use envelope::{
     DecodeError, ReplyEnvelope, ReplyError, Request,
 };
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
+pub use kv::*;
 pub use membership::*;
 pub use peer::{PeerAccept, PeerChallenge, PeerHello, PeerProof};
 pub use raft::{

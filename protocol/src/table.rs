@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::*;
 use crate::client::*;
 use crate::envelope::{parse_payload, parse_request, write_payload, PAYLOAD_KEY};
+use crate::kv::*;
 use crate::membership::*;
 use crate::peer::*;
 use crate::raft::*;
@@ -216,6 +217,9 @@ message_table! {
         Delete = "DELETE" (DeleteRequest) => DeleteReply,
         Cas = "CAS" (CasRequest) => CasReply,
         Keys = "KEYS" (KeysRequest) => KeysReply,
+        /// A key, a prefix or a range, with revisions and paging (see
+        /// [`crate::kv`]).
+        Range = "RANGE" (RangeRequest) => RangeReply,
         /// Opens a client session: the reply's `client_id` is what the client's
         /// writes carry from then on.
         RegisterClient = "REGISTER_CLIENT" => RegisterClientReply,

@@ -143,14 +143,20 @@ pub fn plain_words(words: &[String]) -> String {
 
 /// A numbered list, one item a line, for people; `(empty)` for none.
 pub fn numbered(items: &[String]) -> String {
-    if items.is_empty() {
+    let quoted: Vec<String> = items.iter().map(|k| quote_always(k)).collect();
+    numbered_lines(&quoted)
+}
+
+/// [`numbered`] for lines already quoted as they must be.
+pub fn numbered_lines(lines: &[String]) -> String {
+    if lines.is_empty() {
         return "(empty)".to_string();
     }
-    let width = items.len().to_string().len();
-    items
+    let width = lines.len().to_string().len();
+    lines
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("{:>width$}) {}", i + 1, quote_always(k)))
+        .map(|(i, line)| format!("{:>width$}) {line}", i + 1))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -91,6 +91,7 @@ fn keys_with_prefix(
         .with_credentials(credentials.cloned());
     let request = ClientRequest::Keys(KeysRequest {
         prefix: prefix.to_string(),
+        from: None,
     });
     client
         .request(&request, Route::Leader)

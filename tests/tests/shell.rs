@@ -171,9 +171,30 @@ keys nothing-here
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(lines.len(), 3, "{run}");
+    let get = &lines[0];
     assert_eq!(
-        lines[0],
-        json!({"ok": true, "command": "get", "line": 1, "key": "my key", "value": "single quoted"})
+        (
+            &get["ok"],
+            &get["command"],
+            &get["line"],
+            &get["key"],
+            &get["value"]
+        ),
+        (
+            &json!(true),
+            &json!("get"),
+            &json!(1),
+            &json!("my key"),
+            &json!("single quoted")
+        ),
+        "{run}"
+    );
+    // With the key's revisions: written once.
+    assert_eq!(get["version"], 1, "{run}");
+    assert_eq!(get["create_revision"], get["mod_revision"], "{run}");
+    assert!(
+        get["revision"].as_u64() >= get["mod_revision"].as_u64(),
+        "{run}"
     );
     assert_eq!(lines[1]["command"], "delete");
     assert_eq!(lines[1]["deleted"], true);
@@ -395,7 +416,7 @@ fn bad_commands_give_usage_and_a_nonzero_exit() {
     let args = ["--cluster", nowhere.as_str(), "--timeout", "300ms"];
     let run = run_shell(&args, "frobnicate 1 2\nset onlykey\nhelp get\nget \"open\n");
     assert_eq!(run.status.code(), Some(2), "{run}");
-    assert!(run.stdout.starts_with("usage: get KEY\n"), "{run}");
+    assert!(run.stdout.starts_with("usage: get KEY [--prefix]"), "{run}");
     let errors: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(
         errors,
@@ -601,4 +622,48 @@ fn a_write_retried_after_its_session_expired_is_reported_as_outcome_unknown() {
         reader.join().expect("reader");
     }
     assert_eq!(node.get("b").unwrap()["payload"]["value"], "2");
+}
+
+/// `get --prefix`, `--range`, `--limit`, `--keys-only` and `--count` read a
+/// prefix or a range through RANGE, in key order.
+#[test]
+fn get_reads_a_prefix_or_a_range_in_key_order() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let arg = cluster_arg(&cluster, &[1]);
+    let mut script = String::new();
+    for i in 0..25 {
+        script.push_str(&format!("set k{i:02} v{i}\n"));
+    }
+    script.push_str("set other x\n");
+    let run = run_shell(&["--cluster", &arg], &script);
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    let run = run_shell(
+        &["--cluster", &arg],
+        "get k --prefix --count\nget k --prefix --keys-only --limit 3\nget k05 --range k07\nget k2 --prefix\n",
+    );
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "25",
+            "k00 k01 k02",
+            "k05",
+            "v5",
+            "k06",
+            "v6",
+            "k20",
+            "v20",
+            "k21",
+            "v21",
+            "k22",
+            "v22",
+            "k23",
+            "v23",
+            "k24",
+            "v24"
+        ],
+        "{run}"
+    );
 }

@@ -411,6 +411,18 @@ impl AuthStore {
                 .any(|p| allows(p.access, false) && p.range.covers_prefix(prefix))
     }
 
+    /// Whether `user` may read every key: auth is off, or a role grants
+    /// reading all of them (root's does).
+    pub fn may_read_everything(&self, user: Option<&str>) -> bool {
+        !self.enabled || user.is_some_and(|u| self.may_read_prefix(u, ""))
+    }
+
+    /// Whether `user` may read `key`; always, while auth is off. A cheap
+    /// [`AuthStore::check`] for filtering, with no refusal to build.
+    pub fn may_read(&self, user: Option<&str>, key: &str) -> bool {
+        !self.enabled || user.is_some_and(|u| self.may(u, key, false))
+    }
+
     /// Whether `user` may do what `need` says; always, while auth is off.
     /// The refusal is the reply the client gets: UNAUTHENTICATED for a
     /// connection that has not logged in (or whose user is gone),

@@ -154,6 +154,7 @@ impl Op {
             | ClientRequest::Status
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
+            | ClientRequest::Range(_)
             | ClientRequest::Authenticate(_)
             | ClientRequest::Member(_)
             | ClientRequest::TransferLeader(_)) => return Err(read),
@@ -302,11 +303,11 @@ impl Data {
     pub(super) fn apply(&mut self, index: u64, op: Op) -> ApplyResult {
         match op {
             Op::Set { key, value } => {
-                self.put(&key, Arc::from(value));
+                self.put(&key, Arc::from(value), index);
                 ApplyResult::Set(SetReply { key, index })
             }
             Op::Delete { key } => {
-                let deleted = self.take(&key);
+                let deleted = self.take(&key, index);
                 ApplyResult::Delete(DeleteReply {
                     key,
                     deleted,
@@ -322,11 +323,11 @@ impl Data {
                 let current = if swapped {
                     match value {
                         Some(v) => {
-                            self.put(&key, Arc::from(v.as_str()));
+                            self.put(&key, Arc::from(v.as_str()), index);
                             Some(v)
                         }
                         None => {
-                            self.take(&key);
+                            self.take(&key, index);
                             None
                         }
                     }

@@ -16,7 +16,8 @@
 //!    many key and session lines follow (so a truncated snapshot is detected):
 //!    `{"format":2,"last_applied":9,"clock_ms":1700000000000,"session_timeout_ms":600000,`
 //!    `"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":1}`
-//! 2. One line per key, in key order: `{"k":"a","v":"1"}`
+//! 2. One line per key, in key order, with its revisions (format 4):
+//!    `{"k":"a","v":"1","c":5,"m":9,"ver":3}`
 //! 3. One line per session, in `client_id` order, with the cached reply in the
 //!    shape of its wire reply plus its `type` (a session that has not written
 //!    yet has `last_seq` 0 and its registration's reply):
@@ -31,7 +32,9 @@
 //!
 //! Format 3's store line adds `auth_enabled`, `roles` and `users` (the
 //! counts of lines 4 and 5). A format 2 snapshot (before users and roles)
-//! is still read: it has none.
+//! is still read: it has none. Format 4's adds `revision`; a format 2 or 3
+//! snapshot is read as if every key was written once at its index, which
+//! is then also the store's revision.
 //!
 //! The same entries always give byte-identical snapshot lines.
 
@@ -48,14 +51,17 @@ use smol_str::SmolStr;
 use super::auth::{AuthStore, Permission};
 use super::ops::ApplyResult;
 use super::session::Session;
-use super::store::{Data, KvStore};
+use super::store::{Data, KvStore, Stored};
 
 /// The version in a snapshot's store line. Raise it whenever the line format
 /// or the meaning of a field changes; [`KvStore::restore`] refuses any other.
 /// Format 2: sessions are keyed by the numeric id `REGISTER_CLIENT` gave
 /// (format 1 had client-chosen string ids, which this build cannot honour).
 /// Format 3: users, roles and whether auth is on; a session's user.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// Format 4: revisions: the store's, and each key's `create_revision`,
+/// `mod_revision` and `version` (`"c"`, `"m"`, `"ver"`). An older
+/// snapshot's keys read as written once at its index.
+pub const SNAPSHOT_FORMAT: u32 = 4;
 /// The oldest format [`KvStore::restore`] still reads.
 const OLDEST_READABLE_FORMAT: u32 = 2;
 
@@ -111,7 +117,10 @@ impl KvSnapshot {
         for (k, v) in self.data.iter() {
             let line = KeyLine {
                 k: Cow::Borrowed(&**k),
-                v: Cow::Borrowed(&**v),
+                v: Cow::Borrowed(&*v.value),
+                c: Some(v.create_revision),
+                m: Some(v.mod_revision),
+                ver: Some(v.version),
             };
             emit_line(&mut buffer, &line, &mut f)?;
         }
@@ -188,6 +197,7 @@ impl KvStore {
                 auth_enabled: self.auth.enabled,
                 roles: self.auth.role_count() as u64,
                 users: self.auth.user_count() as u64,
+                revision: self.data.revision,
             },
         }
     }
@@ -224,14 +234,28 @@ impl KvStore {
             usize::try_from(value)
                 .map_err(|_| format!("snapshot line 1: {name} {value} does not fit in memory"))
         };
-        Ok(KvStore {
+        let revision = if store.format < 4 {
+            // Before revisions: as if everything was written at the
+            // snapshot's index.
+            store.last_applied
+        } else if store.revision <= store.last_applied {
+            store.revision
+        } else {
+            return Err(format!(
+                "snapshot line 1: revision {} is past last_applied {}",
+                store.revision, store.last_applied
+            ));
+        };
+        let mut kv = KvStore {
             last_applied: store.last_applied,
             clock_ms: store.clock_ms,
             session_timeout_ms: store.session_timeout_ms,
             max_sessions: limit("max_sessions", store.max_sessions)?,
             max_session_bytes: limit("max_session_bytes", store.max_session_bytes)?,
             ..KvStore::new()
-        })
+        };
+        kv.data.revision = revision;
+        Ok(kv)
     }
 
     /// Reads the key lines the store line announces: sorted, unique.
@@ -248,8 +272,35 @@ impl KvStore {
         for _ in 0..store.keys {
             let line = lines.next_announced(store)?;
             let n = lines.number;
-            let KeyLine { k, v } = serde_json::from_str(&line)
+            let KeyLine { k, v, c, m, ver } = serde_json::from_str(&line)
                 .map_err(|e| format!("snapshot line {n}: not a key line: {e}"))?;
+            let stored = match (store.format, c, m, ver) {
+                // Before revisions: every key as if written at the
+                // snapshot's index, once.
+                (..=3, None, None, None) => Stored {
+                    value: Arc::from(v),
+                    create_revision: store.last_applied,
+                    mod_revision: store.last_applied,
+                    version: 1,
+                },
+                (4.., Some(c), Some(m), Some(ver))
+                    if c <= m && m <= store.revision && ver >= 1 && c >= 1 =>
+                {
+                    Stored {
+                        value: Arc::from(v),
+                        create_revision: c,
+                        mod_revision: m,
+                        version: ver,
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "snapshot line {n}: key {k:?} has revisions {c:?}/{m:?}/{ver:?}, which \
+                         a format {} snapshot at revision {} cannot hold",
+                        store.format, store.revision
+                    ))
+                }
+            };
             if previous.as_deref().is_some_and(|p| p >= &*k) {
                 return Err(format!(
                     "snapshot line {n}: key {k:?} is out of order (keys must be sorted and \
@@ -257,7 +308,7 @@ impl KvStore {
                 ));
             }
             let key = SmolStr::new(k);
-            self.data.insert_new(key.clone(), Arc::from(v));
+            self.data.insert_new(key.clone(), stored);
             previous = Some(key);
         }
         Ok(())
@@ -514,6 +565,9 @@ struct StoreLine {
     roles: u64,
     #[serde(default)]
     users: u64,
+    /// The store's revision (format 4).
+    #[serde(default)]
+    revision: u64,
 }
 
 impl StoreLine {
@@ -554,6 +608,14 @@ pub(super) struct KeyLine<'a> {
     pub(super) k: Cow<'a, str>,
     #[serde(borrow)]
     v: Cow<'a, str>,
+    /// The key's `create_revision`, `mod_revision` and `version` (format
+    /// 4; a format 3 line has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ver: Option<u64>,
 }
 
 /// One session: borrowed from the store when written, owned when read.

@@ -11,7 +11,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use imbl::OrdMap;
-use poncho_protocol::{Entry, EntryKind, ErrorReply};
+use poncho_protocol::{
+    Entry, EntryKind, ErrorReply, KeyValue, RangeReply, RangeRequest, MAX_RANGE_REPLY_BYTES,
+};
 use smol_str::SmolStr;
 
 use super::auth::{AuthStore, KeyRange, Readable};
@@ -144,32 +146,101 @@ impl KvStore {
         self.data.get(key)
     }
 
-    /// Sorted keys with this prefix, at most `limit` of them.
-    pub fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
-        self.data.keys(prefix, limit)
+    /// The revision of the last change to any key (see `poncho_protocol::kv`).
+    pub fn revision(&self) -> u64 {
+        self.data.revision
     }
 
-    /// Like [`KvStore::keys`], but only the keys `user` may read (all of
-    /// them while auth is off). It reads only the ranges the user's roles
-    /// grant, so its cost is that of what it may list.
-    pub fn readable_keys(&self, user: Option<&str>, prefix: &str, limit: usize) -> Vec<String> {
-        let ranges = match self.auth.readable(user, prefix) {
-            Readable::All => return self.keys(prefix, limit),
-            Readable::Ranges(ranges) => ranges,
+    /// `key` with its value and revisions, if it exists.
+    pub fn get_key_value(&self, key: &str) -> Option<KeyValue> {
+        self.data.get_stored(key).map(|s| s.key_value(key, true))
+    }
+
+    /// Sorted keys with this prefix, at most `limit` of them.
+    pub fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
+        self.data.keys(prefix, prefix, limit)
+    }
+
+    /// Like [`KvStore::keys`] from `from` on (a page of a longer listing),
+    /// but only the keys `user` may read (all of them while auth is off),
+    /// and the first key left out past `limit`, if any. It reads only the
+    /// ranges the user's roles grant, so its cost is that of what it may
+    /// list.
+    pub fn readable_keys(
+        &self,
+        user: Option<&str>,
+        prefix: &str,
+        from: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, Option<String>) {
+        let start = from.unwrap_or(prefix).max(prefix);
+        let mut keys = match self.auth.readable(user, prefix) {
+            Readable::All => self.data.keys(prefix, start, limit + 1),
+            Readable::Ranges(ranges) => {
+                // Disjoint and in key order: each range's keys follow the last's.
+                let mut keys = Vec::new();
+                for range in &ranges {
+                    if keys.len() > limit {
+                        break;
+                    }
+                    let want = limit + 1 - keys.len();
+                    match range {
+                        KeyRange::Key(k) if k.as_str() >= start && self.data.get(k).is_some() => {
+                            keys.push(k.clone())
+                        }
+                        KeyRange::Key(_) => {}
+                        KeyRange::Prefix(p) => keys.extend(self.data.keys(p, start, want)),
+                    }
+                }
+                keys
+            }
         };
-        // Disjoint and in key order: each range's keys follow the last's.
-        let mut keys = Vec::new();
-        for range in &ranges {
-            if keys.len() >= limit {
+        let next = (keys.len() > limit).then(|| keys.swap_remove(limit));
+        keys.truncate(limit);
+        (keys, next)
+    }
+
+    /// `RANGE`: the keys of the request's range `user` may read, a page of
+    /// them, and how many there are from where the page starts.
+    pub fn range(&self, user: Option<&str>, request: &RangeRequest) -> RangeReply {
+        let bounds = request.bounds();
+        let limit = request.page_limit();
+        let everything = self.auth.may_read_everything(user);
+        let mut reply = RangeReply {
+            kvs: Vec::new(),
+            count: 0,
+            more: false,
+            next_key: None,
+            revision: self.data.revision,
+        };
+        let mut bytes = 0;
+        for (key, stored) in self.data.from(bounds.start) {
+            if !bounds.admits(key) {
                 break;
             }
-            match range {
-                KeyRange::Key(k) if self.data.get(k).is_some() => keys.push(k.clone()),
-                KeyRange::Key(_) => {}
-                KeyRange::Prefix(p) => keys.extend(self.data.keys(p, limit - keys.len())),
+            if !everything && !self.auth.may_read(user, key) {
+                continue;
+            }
+            reply.count += 1;
+            if request.count_only || reply.next_key.is_some() {
+                continue;
+            }
+            let size = key.len()
+                + if request.keys_only {
+                    0
+                } else {
+                    stored.value.len()
+                };
+            let fits = reply.kvs.is_empty() || bytes + size <= MAX_RANGE_REPLY_BYTES;
+            if reply.kvs.len() < limit && fits {
+                bytes += size;
+                reply.kvs.push(stored.key_value(key, !request.keys_only));
+            } else {
+                reply.next_key = Some(key.to_string());
+                reply.more = true;
             }
         }
-        keys
+        reply
     }
 
     /// Users, roles and whether auth is on, as applied so far.
@@ -208,41 +279,79 @@ impl KvStore {
     }
 }
 
-/// The keys and their values, with their total size. Keys of up to 23 bytes
-/// live inline in the tree's nodes (`SmolStr`), so a lookup's comparisons do
-/// not each chase a pointer; values are shared (`Arc`), so the copies a write
-/// makes of nodes a snapshot still holds are reference-count increments.
+/// The keys and their values, with their total size and revisions (see
+/// `poncho_protocol::kv`). Keys of up to 23 bytes live inline in the tree's
+/// nodes (`SmolStr`), so a lookup's comparisons do not each chase a pointer;
+/// values are shared (`Arc`), so the copies a write makes of nodes a
+/// snapshot still holds are reference-count increments.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Data {
-    map: OrdMap<SmolStr, Arc<str>>,
+    map: OrdMap<SmolStr, Stored>,
     /// The sum of the lengths of every key and value in `map`.
     bytes: usize,
+    /// The revision of the last change to any key: the index of its entry.
+    pub(super) revision: u64,
+}
+
+/// A key's value and where it stands in its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) value: Arc<str>,
+    pub(super) create_revision: u64,
+    pub(super) mod_revision: u64,
+    /// Writes since it was created, 1 at first.
+    pub(super) version: u64,
+}
+
+impl Stored {
+    pub(super) fn key_value(&self, key: &str, with_value: bool) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: with_value.then(|| self.value.to_string()),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
+    }
 }
 
 impl Data {
-    /// Sets `key` to `value`, keeping `bytes`. An existing key keeps its
-    /// shared string.
-    pub(super) fn put(&mut self, key: &str, value: Arc<str>) {
+    /// Sets `key` to `value` at `revision`, keeping `bytes`. An existing
+    /// key keeps its shared key string and its creation.
+    pub(super) fn put(&mut self, key: &str, value: Arc<str>, revision: u64) {
+        self.revision = revision;
         match self.map.get_mut(key) {
             Some(slot) => {
-                self.bytes = self.bytes - slot.len() + value.len();
-                *slot = value;
+                self.bytes = self.bytes - slot.value.len() + value.len();
+                slot.value = value;
+                slot.mod_revision = revision;
+                slot.version += 1;
             }
-            None => self.insert_new(SmolStr::new(key), value),
+            None => self.insert_new(
+                SmolStr::new(key),
+                Stored {
+                    value,
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                },
+            ),
         }
     }
 
     /// Adds a key that is not in the map (a restore adds keys this way).
-    pub(super) fn insert_new(&mut self, key: SmolStr, value: Arc<str>) {
-        self.bytes += key.len() + value.len();
-        self.map.insert(key, value);
+    pub(super) fn insert_new(&mut self, key: SmolStr, stored: Stored) {
+        self.bytes += key.len() + stored.value.len();
+        self.map.insert(key, stored);
     }
 
-    /// Removes `key`, keeping `bytes`; whether it was there.
-    pub(super) fn take(&mut self, key: &str) -> bool {
+    /// Removes `key` at `revision`, keeping `bytes`; whether it was there
+    /// (only then does the revision move).
+    pub(super) fn take(&mut self, key: &str, revision: u64) -> bool {
         match self.map.remove(key) {
-            Some(value) => {
-                self.bytes -= key.len() + value.len();
+            Some(stored) => {
+                self.bytes -= key.len() + stored.value.len();
+                self.revision = revision;
                 true
             }
             None => false,
@@ -250,12 +359,21 @@ impl Data {
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&str> {
-        self.map.get(key).map(|v| &**v)
+        self.map.get(key).map(|v| &*v.value)
     }
 
-    fn keys(&self, prefix: &str, limit: usize) -> Vec<String> {
+    pub(super) fn get_stored(&self, key: &str) -> Option<&Stored> {
+        self.map.get(key)
+    }
+
+    /// The keys from `start` on, in key order.
+    pub(super) fn from(&self, start: &str) -> impl Iterator<Item = (&SmolStr, &Stored)> {
         self.map
-            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, str>((Bound::Included(start), Bound::Unbounded))
+    }
+
+    fn keys(&self, prefix: &str, start: &str, limit: usize) -> Vec<String> {
+        self.from(start.max(prefix))
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(prefix))
             .take(limit)
@@ -272,7 +390,7 @@ impl Data {
     }
 
     /// Every key and value, in key order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&SmolStr, &Arc<str>)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&SmolStr, &Stored)> {
         self.map.iter()
     }
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use poncho_protocol::{
     decode_request, encode_error, encode_reply, AuthReply, AuthRequest, ClientRequest, Entry,
     ErrorCode, ErrorReply, FollowerProgress, GetReply, Handshake, HealthcheckReply, KeysReply,
-    MemberStatus, Request, RoleReply, RoleRequest, StatusReply, UserReply, UserRequest,
+    KeysRequest, MemberStatus, RangeRequest, Request, RoleReply, RoleRequest, StatusReply,
+    UserReply, UserRequest,
 };
 
 use super::admission::Port;
@@ -49,7 +50,8 @@ struct PendingWrite {
 
 enum ReadKind {
     Get(String),
-    Keys(String),
+    Keys(KeysRequest),
+    Range(RangeRequest),
     /// AUTH status, USER get/list, ROLE get/list.
     Auth(ClientRequest),
 }
@@ -256,15 +258,18 @@ impl Node {
                     .reply_now(key, |out| encode_reply(out, req_id, &status));
             }
             ClientRequest::Get(get) if get.stale => {
-                let reply = GetReply {
-                    value: self.kv.get(&get.key).map(str::to_owned),
-                    key: get.key,
-                };
+                let reply = self.get_reply(get.key);
                 self.conns
                     .reply_now(key, |out| encode_reply(out, req_id, &reply));
             }
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
-            ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys.prefix)),
+            ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys)),
+            ClientRequest::Range(range) if range.stale => {
+                let reply = self.kv.range(user.as_deref(), &range);
+                self.conns
+                    .reply_now(key, |out| encode_reply(out, req_id, &reply));
+            }
+            ClientRequest::Range(range) => self.start_read(key, req_id, ReadKind::Range(range)),
             ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
             ClientRequest::User(UserRequest::Add { name, password }) => {
                 self.start_password_change(key, req_id, PasswordChange::Add { name }, password)
@@ -399,6 +404,22 @@ impl Node {
         }
     }
 
+    /// GET's reply for `key`: its value and revisions, and the revision the
+    /// read saw.
+    fn get_reply(&self, key: String) -> GetReply {
+        let mut reply = match self.kv.get_key_value(&key) {
+            Some(kv) => GetReply {
+                create_revision: Some(kv.create_revision),
+                mod_revision: Some(kv.mod_revision),
+                version: Some(kv.version),
+                ..GetReply::plain(key, kv.value)
+            },
+            None => GetReply::plain(key, None),
+        };
+        reply.revision = Some(self.kv.revision());
+        reply
+    }
+
     fn serve_read(&mut self, pending: PendingRead) {
         let req_id = pending.to.req_id;
         let user = pending.user.as_deref();
@@ -407,15 +428,27 @@ impl Node {
                 if let Err(denied) = self.kv.auth().check(user, Need::Read(&key)) {
                     return self.complete_error(pending.to, &denied);
                 }
-                let value = self.kv.get(&key).map(str::to_owned);
-                let reply = GetReply { key, value };
+                let reply = self.get_reply(key);
                 self.conns
                     .complete(pending.to, |out| encode_reply(out, req_id, &reply));
             }
-            ReadKind::Keys(prefix) => {
+            ReadKind::Keys(request) => {
+                let (keys, next_key) = self.kv.readable_keys(
+                    user,
+                    &request.prefix,
+                    request.from.as_deref(),
+                    MAX_KEYS_PER_REPLY,
+                );
                 let reply = KeysReply {
-                    keys: self.kv.readable_keys(user, &prefix, MAX_KEYS_PER_REPLY),
+                    keys,
+                    more: next_key.is_some(),
+                    next_key,
                 };
+                self.conns
+                    .complete(pending.to, |out| encode_reply(out, req_id, &reply));
+            }
+            ReadKind::Range(request) => {
+                let reply = self.kv.range(user, &request);
                 self.conns
                     .complete(pending.to, |out| encode_reply(out, req_id, &reply));
             }
@@ -586,9 +619,11 @@ impl Node {
 fn needs(request: &ClientRequest) -> Need<'_> {
     match request {
         ClientRequest::Healthcheck | ClientRequest::Authenticate(_) => Need::Nothing,
-        ClientRequest::Status | ClientRequest::RegisterClient | ClientRequest::Keys(_) => {
-            Need::LoggedIn
-        }
+        // Listings show what the user may read of them.
+        ClientRequest::Status
+        | ClientRequest::RegisterClient
+        | ClientRequest::Keys(_)
+        | ClientRequest::Range(_) => Need::LoggedIn,
         ClientRequest::Get(get) => Need::Read(&get.key),
         ClientRequest::Auth(AuthRequest::Status) => Need::LoggedIn,
         ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_) => Need::Root,

@@ -12,7 +12,7 @@ pub const SPEC: Spec = Spec {
     aliases: &[],
     args: "[PREFIX]",
     summary: "the keys starting with PREFIX (all keys without one), sorted",
-    details: "At most 10,000 keys are returned.",
+    details: "Every key is listed, page by page (10,000 keys a request).",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
     subs: &[],
@@ -32,14 +32,25 @@ fn parse(args: &Args<'_>) -> Result<Box<dyn Action>, UsageError> {
 
 impl Action for Keys {
     fn run(&self, client: &mut ClusterClient) -> Outcome {
-        let request = ClientRequest::Keys(KeysRequest {
-            prefix: self.prefix.clone(),
-        });
-        let r: KeysReply = payload(client.request(&request, Route::Leader)?)?;
+        // Page by page (a reply holds at most 10,000 keys), to the end.
+        let mut keys = Vec::new();
+        let mut from = None;
+        loop {
+            let request = ClientRequest::Keys(KeysRequest {
+                prefix: self.prefix.clone(),
+                from: from.take(),
+            });
+            let r: KeysReply = payload(client.request(&request, Route::Leader)?)?;
+            keys.extend(r.keys);
+            match r.next_key {
+                Some(next) if r.more => from = Some(next),
+                _ => break,
+            }
+        }
         Ok(Done::new(
-            plain_words(&r.keys),
-            numbered(&r.keys),
-            json!({"keys": r.keys}),
+            plain_words(&keys),
+            numbered(&keys),
+            json!({ "keys": keys }),
         ))
     }
 }

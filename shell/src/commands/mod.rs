@@ -417,7 +417,41 @@ mod tests {
                 value: "v w".into()
             }
         );
-        assert_eq!(parsed::<get::Get>("get k"), get::Get { key: "k".into() });
+        assert_eq!(parsed::<get::Get>("get k"), get::Get::Key("k".into()));
+        assert_eq!(
+            parsed::<get::Get>("get app/ --prefix --limit 5 --keys-only"),
+            get::Get::Range(get::Range {
+                key: "app/".into(),
+                prefix: true,
+                limit: Some(5),
+                keys_only: true,
+                ..get::Range::default()
+            })
+        );
+        assert_eq!(
+            parsed::<get::Get>("get a --range c --count"),
+            get::Get::Range(get::Range {
+                key: "a".into(),
+                end: Some("c".into()),
+                count: true,
+                ..get::Range::default()
+            })
+        );
+        // A quoted word that looks like a flag is a key.
+        assert_eq!(
+            parsed::<get::Get>("get \"--prefix\""),
+            get::Get::Key("--prefix".into())
+        );
+        for (line, says) in [
+            ("get a --prefix --range b", "exclude each other"),
+            ("get a --count --keys-only", "exclude each other"),
+            ("get a --limit 0", "not a limit"),
+            ("get a --limit", "needs a number"),
+            ("get a --sorted", "not a flag of get"),
+        ] {
+            let error = parse_line(line).expect_err(line).to_string();
+            assert!(error.contains(says), "{line}: {error}");
+        }
         assert_eq!(
             parsed::<delete::Delete>("del k"),
             delete::Delete { key: "k".into() }
@@ -825,7 +859,10 @@ mod tests {
         let e = |l: &str| parse_line(l).unwrap_err().to_string();
         assert_eq!(e("set k"), "usage: set KEY VALUE");
         assert_eq!(e("set k v extra"), "usage: set KEY VALUE");
-        assert_eq!(e("get"), "usage: get KEY");
+        assert_eq!(
+            e("get"),
+            "usage: get KEY [--prefix] [--range END] [--limit N] [--keys-only] [--count]"
+        );
         assert_eq!(e("cas k v"), "usage: cas KEY EXPECTED NEW");
         assert_eq!(e("keys a b"), "usage: keys [PREFIX]");
         assert_eq!(e("status now"), "usage: status");

@@ -282,13 +282,38 @@ fn listings_show_only_what_the_user_may_read() {
             role: "cfg".into(),
         },
     ));
-    let keys = |user: Option<&str>, p: &str, limit| f.store.readable_keys(user, p, limit);
+    let keys = |user: Option<&str>, p: &str, limit| f.store.readable_keys(user, p, None, limit).0;
     assert_eq!(keys(Some("alice"), "", 100), ["app/1", "app/2", "config"]);
     assert_eq!(keys(Some("alice"), "ap", 100), ["app/1", "app/2"]);
     assert_eq!(keys(Some("alice"), "app/2", 100), ["app/2"]);
     assert_eq!(keys(Some("alice"), "", 2), ["app/1", "app/2"]);
     assert_eq!(keys(Some("bob"), "", 100), Vec::<String>::new());
     assert_eq!(keys(None, "", 100), Vec::<String>::new());
+    // A page says where the next starts, from the keys the user may read.
+    let page = |from: Option<&str>, limit| f.store.readable_keys(Some("alice"), "", from, limit);
+    assert_eq!(
+        page(None, 2),
+        (vec!["app/1".into(), "app/2".into()], Some("config".into()))
+    );
+    assert_eq!(page(Some("config"), 2), (vec!["config".into()], None));
+    assert_eq!(
+        page(Some("app/10"), 1),
+        (vec!["app/2".into()], Some("config".into()))
+    );
+    // RANGE shows the same: only what the user may read, counted as such.
+    let range = |user| {
+        let r = f
+            .store
+            .range(user, &poncho_protocol::RangeRequest::prefix(""));
+        let keys: Vec<String> = r.kvs.into_iter().map(|k| k.key).collect();
+        (keys, r.count)
+    };
+    assert_eq!(
+        range(Some("alice")),
+        (vec!["app/1".into(), "app/2".into(), "config".into()], 3)
+    );
+    assert_eq!(range(Some("bob")), (Vec::new(), 0));
+    assert_eq!(range(Some("root")).1, 5);
     assert_eq!(keys(Some("root"), "", 100).len(), 5);
 }
 

@@ -17,6 +17,7 @@ use super::*;
 
 mod auth;
 mod command;
+mod revisions;
 mod session;
 mod snapshot;
 mod store;

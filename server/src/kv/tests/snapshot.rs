@@ -257,9 +257,9 @@ fn the_snapshot_line_format() {
     assert_eq!(
         snapshot_lines(&f.store),
         [
-            r#"{"format":3,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3,"auth_enabled":false,"roles":0,"users":0}"#,
-            r#"{"k":"a","v":"1"}"#,
-            "{\"k\":\"b\",\"v\":\"2\\n\\\"x\u{e9}\"}",
+            r#"{"format":4,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3,"auth_enabled":false,"roles":0,"users":0,"revision":4}"#,
+            r#"{"k":"a","v":"1","c":2,"m":2,"ver":1}"#,
+            "{\"k\":\"b\",\"v\":\"2\\n\\\"x\u{e9}\",\"c\":4,\"m\":4,\"ver\":1}",
             r#"{"client_id":1,"last_seq":4,"reply":{"type":"SET","key":"a","index":2},"last_used_index":2,"last_used_ts_ms":1700000000000}"#,
             r#"{"client_id":3,"last_seq":0,"reply":{"type":"REGISTER_CLIENT","client_id":3},"last_used_index":3,"last_used_ts_ms":1700000000001}"#,
             r#"{"client_id":5,"last_seq":1,"reply":{"type":"CAS","key":"z","swapped":false,"current":null,"index":6},"last_used_index":6,"last_used_ts_ms":1700000000005}"#,
@@ -412,13 +412,13 @@ fn restore_rejects_malformed_snapshots_naming_the_line() {
         ),
         (
             "another format",
-            with(0, &store_line.replace(r#""format":3"#, r#""format":4"#)),
-            "line 1: format 4",
+            with(0, &store_line.replace(r#""format":4"#, r#""format":5"#)),
+            "line 1: format 5",
         ),
         (
             "format 1, from before sessions were registered",
-            with(0, &store_line.replace(r#""format":3"#, r#""format":1"#)),
-            "line 1: format 1 is not supported (this build reads formats 2 to 3)",
+            with(0, &store_line.replace(r#""format":4"#, r#""format":1"#)),
+            "line 1: format 1 is not supported (this build reads formats 2 to 4)",
         ),
         (
             "missing store field",
@@ -427,8 +427,33 @@ fn restore_rejects_malformed_snapshots_naming_the_line() {
         ),
         (
             "keys out of order",
-            with(2, r#"{"k":"0","v":"2"}"#),
+            with(2, r#"{"k":"0","v":"2","c":4,"m":4,"ver":1}"#),
             "line 3: key \"0\" is out of order",
+        ),
+        (
+            "a key without revisions in format 4",
+            with(1, r#"{"k":"a","v":"1"}"#),
+            "line 2: key \"a\" has revisions None/None/None",
+        ),
+        (
+            "a key changed after the store's revision",
+            with(1, r#"{"k":"a","v":"1","c":2,"m":5,"ver":2}"#),
+            "line 2: key \"a\" has revisions",
+        ),
+        (
+            "a key changed before it was created",
+            with(1, r#"{"k":"a","v":"1","c":3,"m":2,"ver":2}"#),
+            "line 2: key \"a\" has revisions",
+        ),
+        (
+            "a key at version 0",
+            with(1, r#"{"k":"a","v":"1","c":2,"m":2,"ver":0}"#),
+            "line 2: key \"a\" has revisions",
+        ),
+        (
+            "a revision past last_applied",
+            with(0, &store_line.replace(r#""revision":4"#, r#""revision":7"#)),
+            "line 1: revision 7 is past last_applied",
         ),
         ("duplicate key", with(2, &good[1]), "line 3"),
         ("duplicate session", with(4, &good[3]), "line 5"),

@@ -261,7 +261,11 @@ fn approximate_bytes_follows_keys_values_and_sessions() {
     store.session_timeout_ms = 200_000;
     for entry in mixed_log(3_000) {
         store.apply(&entry);
-        let data: usize = store.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let data: usize = store
+            .data
+            .iter()
+            .map(|(k, v)| k.len() + v.value.len())
+            .sum();
         let sessions: usize = store.sessions.values().map(|s| s.bytes).sum();
         assert_eq!(store.approximate_bytes(), data + sessions);
     }

@@ -1,0 +1,129 @@
+//! Revisions and RANGE on real processes (issue 14): writes move the
+//! cluster's revision, GET and RANGE return each key's revisions, RANGE
+//! pages through a prefix, a follower's stale RANGE agrees once caught up,
+//! and bad requests get clear errors.
+
+use std::time::Duration;
+
+use poncho_tests::{Client, Cluster};
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn ask(client: &mut Client, msg_type: &str, payload: Value) -> Value {
+    client
+        .request(&json!({"msg_type": msg_type, "payload": payload}))
+        .expect("a reply")
+}
+
+#[test]
+fn writes_carry_revisions_and_range_pages_through_a_prefix() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(TIMEOUT);
+    let mut c = Client::connect(cluster.addr(leader)).expect("leader");
+    let first = ask(&mut c, "SET", json!({"key": "app/a", "value": "1"}));
+    let a1 = first["payload"]["index"].as_u64().expect("index");
+    let second = ask(&mut c, "SET", json!({"key": "app/a", "value": "2"}));
+    let a2 = second["payload"]["index"].as_u64().expect("index");
+    for i in 0..5 {
+        ask(
+            &mut c,
+            "SET",
+            json!({"key": format!("app/k{i}"), "value": "v"}),
+        );
+    }
+    // A delete of nothing changes nothing.
+    let none = ask(&mut c, "DELETE", json!({"key": "app/none"}));
+    assert_eq!(none["payload"]["deleted"], false);
+    let get = ask(&mut c, "GET", json!({"key": "app/a"}));
+    let g = &get["payload"];
+    assert_eq!(g["value"], "2");
+    assert_eq!(
+        (g["create_revision"].as_u64(), g["mod_revision"].as_u64()),
+        (Some(a1), Some(a2))
+    );
+    assert_eq!(g["version"], 2);
+    let revision = g["revision"].as_u64().expect("revision");
+    assert!(revision > a2, "{get}");
+
+    // Pages of two, to the end, every key once.
+    let mut keys = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut payload = json!({"key": "app/", "prefix": true, "limit": 2});
+        if let Some(f) = &from {
+            payload["from"] = json!(f);
+        }
+        let page = ask(&mut c, "RANGE", payload);
+        assert_eq!(page["msg_type"], "RANGE", "{page}");
+        let p = &page["payload"];
+        assert_eq!(p["revision"].as_u64(), Some(revision));
+        for kv in p["kvs"].as_array().expect("kvs") {
+            keys.push(kv["key"].as_str().expect("key").to_string());
+            assert!(kv["mod_revision"].as_u64().is_some() && kv["version"].as_u64().is_some());
+        }
+        match p["next_key"].as_str() {
+            Some(next) => {
+                assert_eq!(p["more"], true);
+                from = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        keys,
+        ["app/a", "app/k0", "app/k1", "app/k2", "app/k3", "app/k4"]
+    );
+    let count = ask(
+        &mut c,
+        "RANGE",
+        json!({"key": "app/", "prefix": true, "count_only": true}),
+    );
+    assert_eq!(count["payload"]["count"], 6);
+    assert_eq!(count["payload"]["kvs"], json!([]));
+
+    // A follower's stale read agrees once it has applied the writes.
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let mut f = Client::connect(cluster.addr(follower)).expect("follower");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let r = ask(
+            &mut f,
+            "RANGE",
+            json!({"key": "app/", "prefix": true, "stale": true, "keys_only": true}),
+        );
+        if r["payload"]["revision"].as_u64() == Some(revision) {
+            assert_eq!(r["payload"]["kvs"].as_array().map(Vec::len), Some(6));
+            assert!(r["payload"]["kvs"][0].get("value").is_none(), "{r}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_range_requests_get_clear_errors() {
+    let mut cluster = Cluster::start(1);
+    let leader = cluster.wait_for_leader(TIMEOUT);
+    let mut c = Client::connect(cluster.addr(leader)).expect("leader");
+    for (payload, says) in [
+        (
+            json!({"key": "a", "prefix": true, "range_end": "b"}),
+            "not both",
+        ),
+        (
+            json!({"key": "a", "keys_only": true, "count_only": true}),
+            "exclude each other",
+        ),
+        (json!({"key": "a", "limit": -1}), "expected u64"),
+        (json!({"key": "a", "sorted": true}), "sorted"),
+        (json!({"key": "k".repeat(2000)}), "the limit is 1024"),
+    ] {
+        let r = ask(&mut c, "RANGE", payload.clone());
+        assert_eq!(r["msg_type"], "ERROR", "{payload}: {r}");
+        assert_eq!(r["payload"]["code"], "BAD_REQUEST", "{payload}: {r}");
+        let message = r["payload"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{payload}: {message}");
+    }
+}
