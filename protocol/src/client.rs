@@ -508,6 +508,11 @@ pub enum ErrorCode {
     MembershipRefused,
     /// This node was removed from the cluster; it serves nothing.
     Removed,
+    /// The revision asked for is older than this node's history holds:
+    /// `compact_revision` is the oldest it still does.
+    Compacted,
+    /// The revision asked for is ahead of the current one.
+    FutureRevision,
 }
 
 impl ErrorCode {
@@ -531,6 +536,8 @@ impl ErrorCode {
                 | ErrorCode::UnsafeChange
                 | ErrorCode::MembershipRefused
                 | ErrorCode::Removed
+                | ErrorCode::Compacted
+                | ErrorCode::FutureRevision
         )
     }
 }
@@ -553,6 +560,9 @@ pub struct ErrorReply {
     pub leader_id: Option<NodeId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_addr: Option<String>,
+    /// With `COMPACTED`: the oldest revision still held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<u64>,
 }
 
 impl ErrorReply {
@@ -562,6 +572,15 @@ impl ErrorReply {
             message: message.into(),
             leader_id: None,
             leader_addr: None,
+            compact_revision: None,
+        }
+    }
+
+    /// `COMPACTED`, naming the oldest revision still held.
+    pub fn compacted(oldest: u64, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            compact_revision: Some(oldest),
+            ..ErrorReply::new(ErrorCode::Compacted, message)
         }
     }
 

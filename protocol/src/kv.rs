@@ -69,6 +69,10 @@ pub struct RangeRequest {
     pub count_only: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// Read the keys as they were at this revision (0 or absent: now),
+    /// while the node's history still holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<u64>,
 }
 
 impl RangeRequest {
@@ -175,7 +179,9 @@ pub struct RangeReply {
     pub more: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_key: Option<String>,
-    /// The cluster's revision this read saw.
+    /// The revision the keys are at: the request's `rev`, or the current
+    /// revision (page through a range with `rev` set to the first page's
+    /// to see it at one revision).
     pub revision: u64,
 }
 

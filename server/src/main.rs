@@ -70,6 +70,13 @@ struct Args {
     /// per transfer), so the follower replays less of the log after it.
     #[arg(long, default_value_t = 100_000)]
     snapshot_transfer_max_age: u64,
+    /// Changes to keys kept for reads at past revisions (RANGE `rev`).
+    #[arg(long, default_value_t = poncho_server::kv::HISTORY_EVENTS)]
+    history_events: usize,
+    /// Bytes of keys and values those changes may hold (128 more counted
+    /// for each change).
+    #[arg(long, default_value_t = poncho_server::kv::HISTORY_BYTES)]
+    history_bytes: usize,
     /// Size of one write-ahead log segment file, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     segment_bytes: u64,
@@ -351,6 +358,8 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
         snapshot_entries: args.snapshot_entries.max(1),
         snapshot_keep_tail: args.snapshot_keep_tail,
         snapshot_transfer_max_age: args.snapshot_transfer_max_age,
+        history_events: args.history_events,
+        history_bytes: args.history_bytes,
         segment_bytes: args.segment_bytes.max(4096),
         session_timeout_ms: args.session_timeout_ms,
         max_sessions: args.max_sessions,

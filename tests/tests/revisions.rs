@@ -127,3 +127,29 @@ fn bad_range_requests_get_clear_errors() {
         assert!(message.contains(says), "{payload}: {message}");
     }
 }
+
+#[test]
+fn a_range_at_a_past_revision_and_one_the_history_no_longer_holds() {
+    let mut cluster = Cluster::start_with(1, &["--history-events", "3"]);
+    let leader = cluster.wait_for_leader(TIMEOUT);
+    let mut c = Client::connect(cluster.addr(leader)).expect("leader");
+    let mut revisions = Vec::new();
+    for i in 1..=5 {
+        let r = ask(&mut c, "SET", json!({"key": "k", "value": i.to_string()}));
+        revisions.push(r["payload"]["index"].as_u64().expect("index"));
+    }
+    // The value as of the fourth write, the history holding the last three.
+    let at = |c: &mut Client, rev: u64| ask(c, "RANGE", json!({"key": "k", "rev": rev}));
+    let fourth = at(&mut c, revisions[3]);
+    assert_eq!(fourth["payload"]["kvs"][0]["value"], "4", "{fourth}");
+    assert_eq!(fourth["payload"]["revision"].as_u64(), Some(revisions[3]));
+    let gone = at(&mut c, revisions[0]);
+    assert_eq!(gone["payload"]["code"], "COMPACTED", "{gone}");
+    assert_eq!(
+        gone["payload"]["compact_revision"].as_u64(),
+        Some(revisions[1]),
+        "{gone}"
+    );
+    let ahead = at(&mut c, revisions[4] + 100);
+    assert_eq!(ahead["payload"]["code"], "FUTURE_REVISION", "{ahead}");
+}

@@ -25,6 +25,7 @@
 
 pub mod auth;
 mod command;
+mod history;
 mod ops;
 mod session;
 mod snapshot;
@@ -33,6 +34,7 @@ mod store;
 mod tests;
 
 pub use command::Command;
+pub use history::{HISTORY_BYTES, HISTORY_EVENTS};
 pub use ops::{ApplyResult, AuthOp, Op};
 pub use session::{MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
 pub use snapshot::{KvSnapshot, SNAPSHOT_FORMAT};

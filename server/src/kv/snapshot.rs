@@ -255,6 +255,8 @@ impl KvStore {
             ..KvStore::new()
         };
         kv.data.revision = revision;
+        // Nothing before the snapshot is known: the history starts here.
+        kv.data.history.start_at(revision);
         Ok(kv)
     }
 

@@ -7,17 +7,20 @@
 //! does is `Data::apply`, in `ops.rs`; [`Data`] here is the map and its
 //! primitives.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use imbl::OrdMap;
 use poncho_protocol::{
-    Entry, EntryKind, ErrorReply, KeyValue, RangeReply, RangeRequest, MAX_RANGE_REPLY_BYTES,
+    Entry, EntryKind, ErrorCode, ErrorReply, KeyValue, RangeReply, RangeRequest,
+    MAX_RANGE_REPLY_BYTES,
 };
 use smol_str::SmolStr;
 
 use super::auth::{AuthStore, KeyRange, Readable};
 use super::command::Command;
+use super::history::{Event, History};
 use super::ops::{ApplyResult, Op};
 use super::session::{Session, MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
 
@@ -200,9 +203,73 @@ impl KvStore {
         (keys, next)
     }
 
+    /// Keeps at most `events` changes and `bytes` in the history (this
+    /// node's flags; see `history.rs`).
+    pub fn set_history_limits(&mut self, events: usize, bytes: usize) {
+        self.data.history.set_limits(events, bytes);
+    }
+
+    /// The oldest revision a read may ask for, and how many changes the
+    /// history holds.
+    pub fn history_window(&self) -> (u64, usize) {
+        (self.data.history.compacted(), self.data.history.len())
+    }
+
     /// `RANGE`: the keys of the request's range `user` may read, a page of
-    /// them, and how many there are from where the page starts.
-    pub fn range(&self, user: Option<&str>, request: &RangeRequest) -> RangeReply {
+    /// them, and how many there are from where the page starts; at the
+    /// request's `rev` if it names a past revision the history still holds.
+    pub fn range(
+        &self,
+        user: Option<&str>,
+        request: &RangeRequest,
+    ) -> Result<RangeReply, ErrorReply> {
+        let current = self.data.revision;
+        let bounds = request.bounds();
+        let rev = match request.rev {
+            None | Some(0) => current,
+            Some(rev) if rev > current => {
+                return Err(ErrorReply::new(
+                    ErrorCode::FutureRevision,
+                    format!("revision {rev} is ahead of the current revision {current}"),
+                ))
+            }
+            Some(rev) => rev,
+        };
+        if rev == current {
+            let keys = self.data.from(bounds.start).map(|(k, s)| (k.as_str(), s));
+            return Ok(self.page(user, request, keys, current));
+        }
+        let compacted = self.data.history.compacted();
+        if rev < compacted {
+            return Err(ErrorReply::compacted(
+                compacted,
+                format!(
+                    "revision {rev} is no longer held: this node's history starts at revision \
+                     {compacted}"
+                ),
+            ));
+        }
+        // The state at `rev`: the current keys, with every change after it
+        // undone (newest first, so each key ends as it was before the
+        // oldest change after `rev`).
+        let mut undone: BTreeMap<&str, Option<&Stored>> = BTreeMap::new();
+        for e in self.data.history.newest_after(rev) {
+            if e.key.as_str() >= bounds.start && bounds.admits(&e.key) {
+                undone.insert(&e.key, e.before.as_ref());
+            }
+        }
+        let now = self.data.from(bounds.start).map(|(k, s)| (k.as_str(), s));
+        Ok(self.page(user, request, merge(now, undone), rev))
+    }
+
+    /// A page of `keys` (in key order, from the page's start) for `user`.
+    fn page<'a>(
+        &self,
+        user: Option<&str>,
+        request: &RangeRequest,
+        keys: impl Iterator<Item = (&'a str, &'a Stored)>,
+        revision: u64,
+    ) -> RangeReply {
         let bounds = request.bounds();
         let limit = request.page_limit();
         let everything = self.auth.may_read_everything(user);
@@ -211,10 +278,10 @@ impl KvStore {
             count: 0,
             more: false,
             next_key: None,
-            revision: self.data.revision,
+            revision,
         };
         let mut bytes = 0;
-        for (key, stored) in self.data.from(bounds.start) {
+        for (key, stored) in keys {
             if !bounds.admits(key) {
                 break;
             }
@@ -291,6 +358,8 @@ pub(super) struct Data {
     bytes: usize,
     /// The revision of the last change to any key: the index of its entry.
     pub(super) revision: u64,
+    /// The changes of a recent window (this node's cache, not state).
+    pub(super) history: History,
 }
 
 /// A key's value and where it stands in its history.
@@ -320,23 +389,33 @@ impl Data {
     /// key keeps its shared key string and its creation.
     pub(super) fn put(&mut self, key: &str, value: Arc<str>, revision: u64) {
         self.revision = revision;
-        match self.map.get_mut(key) {
+        let (key, before, after) = match self.map.get_mut(key) {
             Some(slot) => {
+                let before = slot.clone();
                 self.bytes = self.bytes - slot.value.len() + value.len();
                 slot.value = value;
                 slot.mod_revision = revision;
                 slot.version += 1;
+                (SmolStr::new(key), Some(before), slot.clone())
             }
-            None => self.insert_new(
-                SmolStr::new(key),
-                Stored {
+            None => {
+                let key = SmolStr::new(key);
+                let after = Stored {
                     value,
                     create_revision: revision,
                     mod_revision: revision,
                     version: 1,
-                },
-            ),
-        }
+                };
+                self.insert_new(key.clone(), after.clone());
+                (key, None, after)
+            }
+        };
+        self.history.record(Event {
+            revision,
+            key,
+            after: Some(after),
+            before,
+        });
     }
 
     /// Adds a key that is not in the map (a restore adds keys this way).
@@ -348,10 +427,16 @@ impl Data {
     /// Removes `key` at `revision`, keeping `bytes`; whether it was there
     /// (only then does the revision move).
     pub(super) fn take(&mut self, key: &str, revision: u64) -> bool {
-        match self.map.remove(key) {
-            Some(stored) => {
+        match self.map.remove_with_key(key) {
+            Some((key, stored)) => {
                 self.bytes -= key.len() + stored.value.len();
                 self.revision = revision;
+                self.history.record(Event {
+                    revision,
+                    key,
+                    after: None,
+                    before: Some(stored),
+                });
                 true
             }
             None => false,
@@ -393,4 +478,34 @@ impl Data {
     pub(super) fn iter(&self) -> impl Iterator<Item = (&SmolStr, &Stored)> {
         self.map.iter()
     }
+}
+
+/// The keys of `now` (in key order), with those in `undone` as it says
+/// instead (`None`: absent then), `undone`'s other keys added in order.
+fn merge<'a>(
+    now: impl Iterator<Item = (&'a str, &'a Stored)>,
+    undone: BTreeMap<&'a str, Option<&'a Stored>>,
+) -> impl Iterator<Item = (&'a str, &'a Stored)> {
+    let mut now = now.peekable();
+    let mut undone = undone.into_iter().peekable();
+    std::iter::from_fn(move || loop {
+        let next = match (now.peek(), undone.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => now.next(),
+            (None, Some(_)) => undone.next().and_then(|(k, s)| s.map(|s| (k, s))),
+            (Some(&(a, _)), Some(&(b, _))) => {
+                if a < b {
+                    now.next()
+                } else {
+                    if a == b {
+                        now.next();
+                    }
+                    undone.next().and_then(|(k, s)| s.map(|s| (k, s)))
+                }
+            }
+        };
+        if next.is_some() {
+            return next;
+        }
+    })
 }

@@ -265,9 +265,12 @@ impl Node {
             ClientRequest::Get(get) => self.start_read(key, req_id, ReadKind::Get(get.key)),
             ClientRequest::Keys(keys) => self.start_read(key, req_id, ReadKind::Keys(keys)),
             ClientRequest::Range(range) if range.stale => {
-                let reply = self.kv.range(user.as_deref(), &range);
-                self.conns
-                    .reply_now(key, |out| encode_reply(out, req_id, &reply));
+                match self.kv.range(user.as_deref(), &range) {
+                    Ok(reply) => self
+                        .conns
+                        .reply_now(key, |out| encode_reply(out, req_id, &reply)),
+                    Err(error) => self.reply_error_now(key, req_id, &error),
+                }
             }
             ClientRequest::Range(range) => self.start_read(key, req_id, ReadKind::Range(range)),
             ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
@@ -447,11 +450,12 @@ impl Node {
                 self.conns
                     .complete(pending.to, |out| encode_reply(out, req_id, &reply));
             }
-            ReadKind::Range(request) => {
-                let reply = self.kv.range(user, &request);
-                self.conns
-                    .complete(pending.to, |out| encode_reply(out, req_id, &reply));
-            }
+            ReadKind::Range(request) => match self.kv.range(user, &request) {
+                Ok(reply) => self
+                    .conns
+                    .complete(pending.to, |out| encode_reply(out, req_id, &reply)),
+                Err(error) => self.complete_error(pending.to, &error),
+            },
             ReadKind::Auth(query) => {
                 let auth = self.kv.auth();
                 let result = auth

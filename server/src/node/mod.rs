@@ -115,6 +115,10 @@ pub struct NodeConfig {
     /// entries older than the leader's state: an older one is rebuilt first,
     /// so a new member replays less of the log after it.
     pub snapshot_transfer_max_age: u64,
+    /// The changes the history keeps for reads at past revisions: at most
+    /// this many, and this many bytes (see `kv::history`).
+    pub history_events: usize,
+    pub history_bytes: usize,
     /// WAL segment size: compaction deletes whole segments.
     pub segment_bytes: u64,
     /// Client sessions expire after this much idle log time, and at most

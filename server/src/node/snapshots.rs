@@ -480,6 +480,8 @@ impl Node {
             error,
         })?;
         self.kv = kv;
+        self.kv
+            .set_history_limits(self.config.history_events, self.config.history_bytes);
         info!(
             "installed snapshot through index {} from node {leader} \
              ({} bytes in {} chunks, {} out of turn)",

@@ -491,9 +491,12 @@ fn seed(id: NodeId) -> u64 {
 
 /// The state machine: the snapshot's if there is one, else an empty one.
 fn state_machine(restored: Option<KvStore>, config: &NodeConfig) -> KvStore {
-    let Some(kv) = restored else {
-        return KvStore::with_session_limits(config.session_timeout_ms, config.max_sessions);
+    let Some(mut kv) = restored else {
+        let mut kv = KvStore::with_session_limits(config.session_timeout_ms, config.max_sessions);
+        kv.set_history_limits(config.history_events, config.history_bytes);
+        return kv;
     };
+    kv.set_history_limits(config.history_events, config.history_bytes);
     // A snapshot keeps the session limits it was taken with: they are part
     // of the state every node must agree on.
     let (timeout_ms, max_sessions) = kv.session_limits();
@@ -597,6 +600,8 @@ mod tests {
             snapshot_entries: 1_000,
             snapshot_keep_tail: 100,
             snapshot_transfer_max_age: 100_000,
+            history_events: crate::kv::HISTORY_EVENTS,
+            history_bytes: crate::kv::HISTORY_BYTES,
             segment_bytes: 1 << 20,
             session_timeout_ms: crate::kv::SESSION_TIMEOUT_MS,
             max_sessions: crate::kv::MAX_SESSIONS,

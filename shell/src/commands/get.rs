@@ -15,7 +15,7 @@ use crate::line::quote;
 pub const SPEC: Spec = Spec {
     name: "get",
     aliases: &[],
-    args: "KEY [--prefix] [--range END] [--limit N] [--keys-only] [--count]",
+    args: "KEY [--prefix] [--range END] [--limit N] [--rev R] [--keys-only] [--count]",
     summary: "the value of KEY, or (nil) if absent; or the keys of a prefix or range",
     details: "A linearizable read, served by the leader. With --prefix, every key that \
               starts with KEY (\"\" for all keys); with --range END, the keys from KEY up to \
@@ -23,7 +23,9 @@ pub const SPEC: Spec = Spec {
               then value, page by page to the end, or to --limit N keys. --keys-only \
               leaves the values out; --count prints only how many keys there are. With \
               `-w json` output each key carries its create_revision, mod_revision and \
-              version.",
+              version. --rev R reads the keys as they were at revision R, while the \
+              history holds it; a listing of several pages is read at the first page's \
+              revision.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
     subs: &[],
@@ -42,6 +44,7 @@ pub struct Range {
     pub prefix: bool,
     pub end: Option<String>,
     pub limit: Option<u64>,
+    pub rev: Option<u64>,
     pub keys_only: bool,
     pub count: bool,
 }
@@ -73,6 +76,13 @@ fn parse(args: &Args<'_>) -> Result<Box<dyn Action>, UsageError> {
                 match n.parse::<u64>() {
                     Ok(n) if n > 0 => range.limit = Some(n),
                     _ => return Err(args.wrong(format!("{n} is not a limit (a number from 1)"))),
+                }
+            }
+            "--rev" => {
+                let r = value("a revision")?;
+                match r.parse::<u64>() {
+                    Ok(r) if r > 0 => range.rev = Some(r),
+                    _ => return Err(args.wrong(format!("{r} is not a revision (a number from 1)"))),
                 }
             }
             "--keys-only" => range.keys_only = true,
@@ -130,6 +140,7 @@ fn get(client: &mut ClusterClient, key: &str) -> Outcome {
 fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
     let mut kvs: Vec<KeyValue> = Vec::new();
     let mut from = None;
+    let mut rev = range.rev;
     let mut first: Option<RangeReply> = None;
     let mut more;
     loop {
@@ -143,6 +154,7 @@ fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
             keys_only: range.keys_only,
             count_only: range.count,
             stale: false,
+            rev,
         });
         let mut r: RangeReply = payload(client.request(&request, Route::Leader)?)?;
         kvs.append(&mut r.kvs);
@@ -150,6 +162,8 @@ fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
         more = r.more;
         let next = r.next_key.take();
         if first.is_none() {
+            // Every later page at the first's revision: one consistent listing.
+            rev = Some(r.revision);
             first = Some(r);
         }
         match next {

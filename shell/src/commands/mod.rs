@@ -448,6 +448,7 @@ mod tests {
             ("get a --limit 0", "not a limit"),
             ("get a --limit", "needs a number"),
             ("get a --sorted", "not a flag of get"),
+            ("get a --prefix --rev x", "not a revision"),
         ] {
             let error = parse_line(line).expect_err(line).to_string();
             assert!(error.contains(says), "{line}: {error}");
@@ -861,7 +862,7 @@ mod tests {
         assert_eq!(e("set k v extra"), "usage: set KEY VALUE");
         assert_eq!(
             e("get"),
-            "usage: get KEY [--prefix] [--range END] [--limit N] [--keys-only] [--count]"
+            "usage: get KEY [--prefix] [--range END] [--limit N] [--rev R] [--keys-only] [--count]"
         );
         assert_eq!(e("cas k v"), "usage: cas KEY EXPECTED NEW");
         assert_eq!(e("keys a b"), "usage: keys [PREFIX]");

@@ -304,7 +304,8 @@ fn listings_show_only_what_the_user_may_read() {
     let range = |user| {
         let r = f
             .store
-            .range(user, &poncho_protocol::RangeRequest::prefix(""));
+            .range(user, &poncho_protocol::RangeRequest::prefix(""))
+            .expect("current");
         let keys: Vec<String> = r.kvs.into_iter().map(|k| k.key).collect();
         (keys, r.count)
     };

@@ -2,7 +2,7 @@
 //! revision, per key `create_revision`, `mod_revision` and `version`, and
 //! `RANGE` over keys, prefixes and ranges with paging.
 
-use poncho_protocol::{KeyValue, RangeRequest, MAX_RANGE_LIMIT};
+use poncho_protocol::{ErrorCode, ErrorReply, KeyValue, RangeRequest, MAX_RANGE_LIMIT};
 
 use super::*;
 
@@ -87,7 +87,7 @@ fn keys_of(kvs: &[KeyValue]) -> Vec<&str> {
 #[test]
 fn a_range_reads_one_key_a_prefix_or_from_key_to_range_end() {
     let store = store_with(&["a", "b", "b/1", "b/2", "c", "d"]);
-    let read = |r: RangeRequest| store.range(None, &r);
+    let read = |r: RangeRequest| store.range(None, &r).expect("current");
     let one = read(RangeRequest {
         key: "b".into(),
         ..RangeRequest::default()
@@ -133,7 +133,7 @@ fn pages_say_where_the_next_starts_and_together_hold_every_key_once() {
     let mut seen = Vec::new();
     let mut counts = Vec::new();
     loop {
-        let page = store.range(None, &request);
+        let page = store.range(None, &request).expect("current");
         assert!(page.kvs.len() <= 10);
         counts.push(page.count);
         seen.extend(page.kvs.iter().map(|k| k.key.clone()));
@@ -151,22 +151,26 @@ fn pages_say_where_the_next_starts_and_together_hold_every_key_once() {
 #[test]
 fn keys_only_count_only_and_the_limits() {
     let store = store_with(&["a", "b", "c"]);
-    let keys_only = store.range(
-        None,
-        &RangeRequest {
-            keys_only: true,
-            ..RangeRequest::prefix("")
-        },
-    );
+    let keys_only = store
+        .range(
+            None,
+            &RangeRequest {
+                keys_only: true,
+                ..RangeRequest::prefix("")
+            },
+        )
+        .expect("current");
     assert!(keys_only.kvs.iter().all(|k| k.value.is_none()));
     assert_eq!(keys_only.kvs.len(), 3);
-    let count = store.range(
-        None,
-        &RangeRequest {
-            count_only: true,
-            ..RangeRequest::prefix("")
-        },
-    );
+    let count = store
+        .range(
+            None,
+            &RangeRequest {
+                count_only: true,
+                ..RangeRequest::prefix("")
+            },
+        )
+        .expect("current");
     assert_eq!((count.kvs.len(), count.count, count.more), (0, 3, false));
     // More keys than one reply may hold: cut, and said.
     let many: Vec<String> = (0..MAX_RANGE_LIMIT + 5)
@@ -174,13 +178,15 @@ fn keys_only_count_only_and_the_limits() {
         .collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     let big = store_with(&refs);
-    let page = big.range(
-        None,
-        &RangeRequest {
-            limit: Some(u64::MAX),
-            ..RangeRequest::prefix("")
-        },
-    );
+    let page = big
+        .range(
+            None,
+            &RangeRequest {
+                limit: Some(u64::MAX),
+                ..RangeRequest::prefix("")
+            },
+        )
+        .expect("current");
     assert_eq!(page.kvs.len() as u64, MAX_RANGE_LIMIT);
     assert!(page.more);
     assert_eq!(
@@ -198,7 +204,10 @@ fn a_reply_stops_at_its_byte_limit_but_always_holds_one_key() {
     for i in 0..n {
         f.plain(set(&format!("k{i:03}"), &big));
     }
-    let page = f.store.range(None, &RangeRequest::prefix("k"));
+    let page = f
+        .store
+        .range(None, &RangeRequest::prefix("k"))
+        .expect("current");
     let bytes: usize = page
         .kvs
         .iter()
@@ -207,12 +216,131 @@ fn a_reply_stops_at_its_byte_limit_but_always_holds_one_key() {
     assert!(bytes <= poncho_protocol::MAX_RANGE_REPLY_BYTES, "{bytes}");
     assert!(page.more && page.kvs.len() < n);
     // Keys only: the values do not count.
-    let keys = f.store.range(
+    let keys = f
+        .store
+        .range(
+            None,
+            &RangeRequest {
+                keys_only: true,
+                ..RangeRequest::prefix("k")
+            },
+        )
+        .expect("current");
+    assert_eq!((keys.kvs.len(), keys.more), (n, false));
+}
+
+fn at(
+    store: &KvStore,
+    rev: u64,
+    request: RangeRequest,
+) -> Result<Vec<(String, String, u64)>, ErrorReply> {
+    let reply = store.range(
         None,
         &RangeRequest {
-            keys_only: true,
-            ..RangeRequest::prefix("k")
+            rev: Some(rev),
+            ..request
         },
+    )?;
+    assert_eq!(
+        reply.revision,
+        if rev == 0 { store.revision() } else { rev }
     );
-    assert_eq!((keys.kvs.len(), keys.more), (n, false));
+    Ok(reply
+        .kvs
+        .into_iter()
+        .map(|k| (k.key, k.value.unwrap_or_default(), k.version))
+        .collect())
+}
+
+fn kvs(items: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    items
+        .iter()
+        .map(|(k, v, n)| (k.to_string(), v.to_string(), *n))
+        .collect()
+}
+
+#[test]
+fn a_read_at_a_past_revision_sees_the_keys_as_they_were() {
+    let mut f = Feed::new();
+    f.plain(set("a", "1")); // 1
+    f.plain(set("b", "1")); // 2
+    f.plain(set("a", "2")); // 3
+    f.plain(delete("b")); // 4
+    f.plain(set("c", "1")); // 5
+    f.plain(set("b", "again")); // 6
+    let all = || RangeRequest::prefix("");
+    assert_eq!(
+        at(&f.store, 0, all()),
+        Ok(kvs(&[("a", "2", 2), ("b", "again", 1), ("c", "1", 1)]))
+    );
+    assert_eq!(at(&f.store, 1, all()), Ok(kvs(&[("a", "1", 1)])));
+    assert_eq!(
+        at(&f.store, 2, all()),
+        Ok(kvs(&[("a", "1", 1), ("b", "1", 1)]))
+    );
+    assert_eq!(
+        at(&f.store, 3, all()),
+        Ok(kvs(&[("a", "2", 2), ("b", "1", 1)]))
+    );
+    assert_eq!(at(&f.store, 4, all()), Ok(kvs(&[("a", "2", 2)])));
+    assert_eq!(
+        at(&f.store, 5, all()),
+        Ok(kvs(&[("a", "2", 2), ("c", "1", 1)]))
+    );
+    // One key, a range, paging and counting work at a past revision too.
+    let one = RangeRequest {
+        key: "b".into(),
+        ..RangeRequest::default()
+    };
+    assert_eq!(at(&f.store, 3, one.clone()), Ok(kvs(&[("b", "1", 1)])));
+    assert_eq!(at(&f.store, 4, one), Ok(Vec::new()));
+    let paged = f
+        .store
+        .range(
+            None,
+            &RangeRequest {
+                rev: Some(3),
+                limit: Some(1),
+                ..all()
+            },
+        )
+        .expect("held");
+    assert_eq!((paged.count, paged.next_key.as_deref()), (2, Some("b")));
+    // Ahead of now: refused.
+    let future = at(&f.store, 7, all()).expect_err("ahead");
+    assert_eq!(future.code, ErrorCode::FutureRevision);
+}
+
+#[test]
+fn a_revision_the_history_no_longer_holds_is_refused_with_the_oldest_it_does() {
+    let mut f = Feed::new();
+    f.store.set_history_limits(3, usize::MAX);
+    for i in 1..=6 {
+        f.plain(set("k", &i.to_string()));
+    }
+    // Changes at 4, 5 and 6 are held: reads from revision 3 on.
+    assert_eq!(f.store.history_window(), (3, 3));
+    assert_eq!(
+        at(&f.store, 3, RangeRequest::prefix("")),
+        Ok(kvs(&[("k", "3", 3)]))
+    );
+    let old = at(&f.store, 2, RangeRequest::prefix("")).expect_err("compacted");
+    assert_eq!(
+        (old.code, old.compact_revision),
+        (ErrorCode::Compacted, Some(3))
+    );
+    // By bytes: a change costs its strings and the overhead.
+    f.store
+        .set_history_limits(1000, 2 * super::super::history::EVENT_OVERHEAD_BYTES + 10);
+    assert_eq!(f.store.history_window().1, 2);
+    // A restored store holds no history: only its own revision reads.
+    let restored = round_trip(&f.store);
+    assert_eq!(restored.history_window(), (6, 0));
+    assert!(at(&restored, 6, RangeRequest::prefix("")).is_ok());
+    assert_eq!(
+        at(&restored, 5, RangeRequest::prefix(""))
+            .expect_err("before")
+            .code,
+        ErrorCode::Compacted
+    );
 }
