@@ -11,10 +11,13 @@
 //! window answers a read there with the same keys, since they come from the
 //! same committed log; one that no longer holds it says `COMPACTED`.
 //!
-//! A persistent vector (`imbl::Vector`), so that a snapshot's O(1) clone of
-//! the store stays O(1).
+//! A ring buffer: a snapshot leaves it out (`Data::without_history`), so
+//! the snapshot's clone of the store stays O(1) and the history needs no
+//! persistent structure (an `imbl::Vector` made each write 0.9 us dearer,
+//! `cargo bench --bench kv_snapshot`).
 
-use imbl::Vector;
+use std::collections::VecDeque;
+
 use smol_str::SmolStr;
 
 use super::store::Stored;
@@ -47,7 +50,7 @@ impl Event {
 
 #[derive(Debug, Clone)]
 pub(super) struct History {
-    events: Vector<Event>,
+    events: VecDeque<Event>,
     bytes: usize,
     /// Every change at or before this revision has been dropped (or was
     /// never seen: the revision of the snapshot the store started from).
@@ -59,7 +62,7 @@ pub(super) struct History {
 impl Default for History {
     fn default() -> History {
         History {
-            events: Vector::new(),
+            events: VecDeque::new(),
             bytes: 0,
             compacted: 0,
             max_events: HISTORY_EVENTS,
@@ -88,7 +91,7 @@ impl History {
 
     /// Forgets everything: the store now starts at `revision` (a snapshot's).
     pub(super) fn start_at(&mut self, revision: u64) {
-        self.events = Vector::new();
+        self.events = VecDeque::new();
         self.bytes = 0;
         self.compacted = revision;
     }

@@ -182,7 +182,7 @@ impl KvStore {
     /// and later writes to this store copy the nodes they change.
     pub fn snapshot(&self) -> KvSnapshot {
         KvSnapshot {
-            data: self.data.clone(),
+            data: self.data.without_history(),
             sessions: self.sessions.clone(),
             auth: self.auth.clone(),
             store: StoreLine {

@@ -478,6 +478,17 @@ impl Data {
     pub(super) fn iter(&self) -> impl Iterator<Item = (&SmolStr, &Stored)> {
         self.map.iter()
     }
+
+    /// A copy of the keys (O(1): the map is persistent) with an empty
+    /// history, for a snapshot, which holds no history.
+    pub(super) fn without_history(&self) -> Data {
+        Data {
+            map: self.map.clone(),
+            bytes: self.bytes,
+            revision: self.revision,
+            history: History::default(),
+        }
+    }
 }
 
 /// The keys of `now` (in key order), with those in `undone` as it says
