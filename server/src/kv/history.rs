@@ -35,16 +35,18 @@ pub const EVENT_OVERHEAD_BYTES: usize = 128;
 pub(super) struct Event {
     pub(super) revision: u64,
     pub(super) key: SmolStr,
-    /// The key after the change; `None` for a delete.
-    pub(super) after: Option<Stored>,
-    /// The key before it; `None` if it did not exist.
+    /// The key before it; `None` if it did not exist. What the change left
+    /// (a value, or nothing for a delete) is not held here: it is the
+    /// `before` of the key's next change, or the key as it is now. So each
+    /// value is held once, by the change that replaced it, and a put moves
+    /// the replaced value here without touching its reference count.
     pub(super) before: Option<Stored>,
 }
 
 impl Event {
     fn bytes(&self) -> usize {
-        let value = |s: &Option<Stored>| s.as_ref().map_or(0, |s| s.value.len());
-        EVENT_OVERHEAD_BYTES + self.key.len() + value(&self.after) + value(&self.before)
+        let before = self.before.as_ref().map_or(0, |s| s.value.len());
+        EVENT_OVERHEAD_BYTES + self.key.len() + before
     }
 }
 

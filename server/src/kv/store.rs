@@ -389,31 +389,32 @@ impl Data {
     /// key keeps its shared key string and its creation.
     pub(super) fn put(&mut self, key: &str, value: Arc<str>, revision: u64) {
         self.revision = revision;
-        let (key, before, after) = match self.map.get_mut(key) {
+        let (key, before) = match self.map.get_mut(key) {
             Some(slot) => {
-                let before = slot.clone();
                 self.bytes = self.bytes - slot.value.len() + value.len();
-                slot.value = value;
+                let before = Stored {
+                    value: std::mem::replace(&mut slot.value, value),
+                    ..*slot
+                };
                 slot.mod_revision = revision;
                 slot.version += 1;
-                (SmolStr::new(key), Some(before), slot.clone())
+                (SmolStr::new(key), Some(before))
             }
             None => {
                 let key = SmolStr::new(key);
-                let after = Stored {
+                let stored = Stored {
                     value,
                     create_revision: revision,
                     mod_revision: revision,
                     version: 1,
                 };
-                self.insert_new(key.clone(), after.clone());
-                (key, None, after)
+                self.insert_new(key.clone(), stored);
+                (key, None)
             }
         };
         self.history.record(Event {
             revision,
             key,
-            after: Some(after),
             before,
         });
     }
@@ -434,7 +435,6 @@ impl Data {
                 self.history.record(Event {
                     revision,
                     key,
-                    after: None,
                     before: Some(stored),
                 });
                 true
