@@ -98,15 +98,18 @@ fn mode(path: &Path) -> u32 {
 
 /// Whether `dir` holds a snapshot file.
 fn has_snapshot(dir: &Path) -> bool {
+    has_file(dir, |name| {
+        name.starts_with("snap-") && name.ends_with(".snap")
+    })
+}
+
+/// Whether `dir` holds a file whose name `wanted` accepts.
+fn has_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> bool {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("snap-") && name.ends_with(".snap")
-        })
+        .any(|e| wanted(&e.file_name().to_string_lossy()))
 }
 
 /// Fails unless `dir` and everything in it is its owner's alone.
@@ -146,7 +149,11 @@ fn a_data_directory_and_every_file_in_it_are_for_its_owner_only() {
     cluster.wait_for_leader(ELECTION);
     let deadline = Instant::now() + SNAPSHOT;
     let mut n = 0;
-    while !(1..=3).all(|id| has_snapshot(&cluster.data_dir(id))) {
+    // Every kind of file on every node: a snapshot, and a WAL segment (a
+    // node that has just installed a snapshot writes its next segment with
+    // the next entry it gets).
+    let every_kind = |dir: &Path| has_snapshot(dir) && has_file(dir, |n| n.starts_with("wal-"));
+    while !(1..=3).all(|id| every_kind(&cluster.data_dir(id))) {
         assert!(
             Instant::now() < deadline,
             "no snapshot on every node\n{}",
