@@ -305,7 +305,8 @@ impl RequestPayload for KeysRequest {
     }
 
     fn validate(&self) -> Result<(), InvalidRequest> {
-        check_key(&self.prefix)
+        check_key(&self.prefix)?;
+        self.from.as_deref().map_or(Ok(()), check_key)
     }
 }
 
@@ -351,21 +352,6 @@ pub struct GetReply {
     /// The cluster's revision this read saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
-}
-
-impl GetReply {
-    /// The reply for `key` without revisions (a key that is absent, as an
-    /// older node would answer).
-    pub fn plain(key: String, value: Option<String>) -> GetReply {
-        GetReply {
-            key,
-            value,
-            create_revision: None,
-            mod_revision: None,
-            version: None,
-            revision: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -236,5 +236,13 @@ mod tests {
             long.validate(),
             Err(InvalidRequest::KeyTooLong { .. })
         ));
+        let keys = crate::KeysRequest {
+            prefix: String::new(),
+            from: Some("x".repeat(crate::MAX_KEY_BYTES + 1)),
+        };
+        assert!(matches!(
+            keys.validate(),
+            Err(InvalidRequest::KeyTooLong { .. })
+        ));
     }
 }

@@ -125,6 +125,21 @@ pub fn payload<T: DeserializeOwned>(reply: Reply) -> Result<T, Failure> {
     })
 }
 
+/// Where the next page of a listing starts: the reply's `next_key`, which
+/// must lie past where this page started, or a node that kept answering
+/// the same page would keep the shell asking for ever.
+pub fn next_page(started_at: &str, next_key: String) -> Result<String, Failure> {
+    if next_key.as_str() > started_at {
+        Ok(next_key)
+    } else {
+        Err(Failure::Call(ClientError::Protocol(format!(
+            "the node's next page starts at {}, not past {}: stopped",
+            quote_always(&next_key),
+            quote_always(started_at)
+        ))))
+    }
+}
+
 /// The value as a script prints it: as it is, unless it holds a control
 /// character (a newline would break one line per command), then quoted.
 pub fn plain_value(v: &str) -> String {
@@ -201,6 +216,11 @@ mod tests {
 
     #[test]
     fn failures_have_exit_codes_and_one_line_texts() {
+        assert_eq!(next_page("a", "b".into()).ok().as_deref(), Some("b"));
+        for stuck in ["a", ""] {
+            let e = next_page("a", stuck.into()).expect_err(stuck);
+            assert!(e.message().contains("not past"), "{}", e.message());
+        }
         let u = Failure::Usage("usage: get KEY".into());
         assert_eq!(
             (u.exit_code(), u.code(), u.text()),

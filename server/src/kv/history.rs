@@ -130,6 +130,7 @@ impl History {
         self.compacted
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.events.len()
     }

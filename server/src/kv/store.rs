@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 use poncho_protocol::{
-    Entry, EntryKind, ErrorCode, ErrorReply, KeyValue, RangeReply, RangeRequest,
+    Entry, EntryKind, ErrorCode, ErrorReply, GetReply, KeyValue, RangeReply, RangeRequest,
     MAX_RANGE_REPLY_BYTES,
 };
 use smol_str::SmolStr;
@@ -154,9 +154,18 @@ impl KvStore {
         self.data.revision
     }
 
-    /// `key` with its value and revisions, if it exists.
-    pub fn get_key_value(&self, key: &str) -> Option<KeyValue> {
-        self.data.get_stored(key).map(|s| s.key_value(key, true))
+    /// GET's reply for `key`: its value and revisions if it exists, and the
+    /// revision the read saw.
+    pub fn get_reply(&self, key: String) -> GetReply {
+        let stored = self.data.get_stored(&key);
+        GetReply {
+            value: stored.map(|s| s.value.to_string()),
+            create_revision: stored.map(|s| s.create_revision),
+            mod_revision: stored.map(|s| s.mod_revision),
+            version: stored.map(|s| s.version),
+            revision: Some(self.data.revision),
+            key,
+        }
     }
 
     /// Sorted keys with this prefix, at most `limit` of them.
@@ -211,6 +220,7 @@ impl KvStore {
 
     /// The oldest revision a read may ask for, and how many changes the
     /// history holds.
+    #[cfg(test)]
     pub fn history_window(&self) -> (u64, usize) {
         (self.data.history.compacted(), self.data.history.len())
     }

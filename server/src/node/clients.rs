@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use poncho_protocol::{
     decode_request, encode_error, encode_reply, AuthReply, AuthRequest, ClientRequest, Entry,
-    ErrorCode, ErrorReply, FollowerProgress, GetReply, Handshake, HealthcheckReply, KeysReply,
-    KeysRequest, MemberStatus, RangeRequest, Request, RoleReply, RoleRequest, StatusReply,
-    UserReply, UserRequest,
+    ErrorCode, ErrorReply, FollowerProgress, Handshake, HealthcheckReply, KeysReply, KeysRequest,
+    MemberStatus, RangeRequest, Request, RoleReply, RoleRequest, StatusReply, UserReply,
+    UserRequest,
 };
 
 use super::admission::Port;
@@ -258,7 +258,7 @@ impl Node {
                     .reply_now(key, |out| encode_reply(out, req_id, &status));
             }
             ClientRequest::Get(get) if get.stale => {
-                let reply = self.get_reply(get.key);
+                let reply = self.kv.get_reply(get.key);
                 self.conns
                     .reply_now(key, |out| encode_reply(out, req_id, &reply));
             }
@@ -407,22 +407,6 @@ impl Node {
         }
     }
 
-    /// GET's reply for `key`: its value and revisions, and the revision the
-    /// read saw.
-    fn get_reply(&self, key: String) -> GetReply {
-        let mut reply = match self.kv.get_key_value(&key) {
-            Some(kv) => GetReply {
-                create_revision: Some(kv.create_revision),
-                mod_revision: Some(kv.mod_revision),
-                version: Some(kv.version),
-                ..GetReply::plain(key, kv.value)
-            },
-            None => GetReply::plain(key, None),
-        };
-        reply.revision = Some(self.kv.revision());
-        reply
-    }
-
     fn serve_read(&mut self, pending: PendingRead) {
         let req_id = pending.to.req_id;
         let user = pending.user.as_deref();
@@ -431,7 +415,7 @@ impl Node {
                 if let Err(denied) = self.kv.auth().check(user, Need::Read(&key)) {
                     return self.complete_error(pending.to, &denied);
                 }
-                let reply = self.get_reply(key);
+                let reply = self.kv.get_reply(key);
                 self.conns
                     .complete(pending.to, |out| encode_reply(out, req_id, &reply));
             }

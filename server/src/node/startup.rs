@@ -491,14 +491,13 @@ fn seed(id: NodeId) -> u64 {
 
 /// The state machine: the snapshot's if there is one, else an empty one.
 fn state_machine(restored: Option<KvStore>, config: &NodeConfig) -> KvStore {
-    let Some(mut kv) = restored else {
-        let mut kv = KvStore::with_session_limits(config.session_timeout_ms, config.max_sessions);
-        kv.set_history_limits(config.history_events, config.history_bytes);
-        return kv;
+    let mut kv = match restored {
+        Some(kv) => kv,
+        None => KvStore::with_session_limits(config.session_timeout_ms, config.max_sessions),
     };
     kv.set_history_limits(config.history_events, config.history_bytes);
     // A snapshot keeps the session limits it was taken with: they are part
-    // of the state every node must agree on.
+    // of the state every node must agree on (a new store has the flags').
     let (timeout_ms, max_sessions) = kv.session_limits();
     if (timeout_ms, max_sessions) != (config.session_timeout_ms, config.max_sessions) {
         warn!(

@@ -677,19 +677,10 @@ impl Sim {
                         .iter()
                         .map(|f| (f.id, f.match_index, f.next_index))
                         .collect();
-                    let m = r.membership();
-                    let voters: Vec<_> = m
-                        .members
-                        .iter()
-                        .filter(|x| !x.learner)
-                        .map(|x| x.id)
-                        .collect();
-                    let learners: Vec<_> = m
-                        .members
-                        .iter()
-                        .filter(|x| x.learner)
-                        .map(|x| x.id)
-                        .collect();
+                    let (learners, voters): (Vec<_>, Vec<_>) =
+                        r.membership().members.iter().partition(|x| x.learner);
+                    let ids = |ms: Vec<&Member>| ms.into_iter().map(|x| x.id).collect::<Vec<_>>();
+                    let (voters, learners) = (ids(voters), ids(learners));
                     out.push_str(&format!(
                         "  node {id}: {} term {} vote {:?} leader {:?} last {} (term {}) \
                          commit {} persisted {} followers {followers:?} voters {voters:?} \

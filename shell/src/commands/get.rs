@@ -8,7 +8,8 @@ use serde_json::json;
 use super::{Action, Args, FirstArg, Kind, Spec, UsageError};
 use crate::client::{ClusterClient, Route};
 use crate::exec::{
-    numbered, numbered_lines, payload, plain_value, plain_words, pretty_value, Done, Outcome,
+    next_page, numbered, numbered_lines, payload, plain_value, plain_words, pretty_value, Done,
+    Outcome,
 };
 use crate::line::quote;
 
@@ -144,7 +145,8 @@ fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
     let mut first: Option<RangeReply> = None;
     let mut more;
     loop {
-        let left = range.limit.map(|l| l - kvs.len() as u64);
+        let started_at = from.clone().unwrap_or_else(|| range.key.clone());
+        let left = range.limit.map(|l| l.saturating_sub(kvs.len() as u64));
         let request = ClientRequest::Range(RangeRequest {
             key: range.key.clone(),
             range_end: range.end.clone(),
@@ -167,9 +169,14 @@ fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
             first = Some(r);
         }
         match next {
-            Some(next) if more && !full && !range.count => from = Some(next),
+            Some(next) if more && !full && !range.count => {
+                from = Some(next_page(&started_at, next)?)
+            }
             _ => break,
         }
+    }
+    if let Some(limit) = range.limit {
+        kvs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     let first = first.expect("one page at least");
     if range.count {

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{Action, Args, FirstArg, Kind, Spec, UsageError};
 use crate::client::{ClusterClient, Route};
-use crate::exec::{numbered, payload, plain_words, Done, Outcome};
+use crate::exec::{next_page, numbered, payload, plain_words, Done, Outcome};
 
 pub const SPEC: Spec = Spec {
     name: "keys",
@@ -36,6 +36,7 @@ impl Action for Keys {
         let mut keys = Vec::new();
         let mut from = None;
         loop {
+            let started_at = from.clone().unwrap_or_else(|| self.prefix.clone());
             let request = ClientRequest::Keys(KeysRequest {
                 prefix: self.prefix.clone(),
                 from: from.take(),
@@ -43,7 +44,7 @@ impl Action for Keys {
             let r: KeysReply = payload(client.request(&request, Route::Leader)?)?;
             keys.extend(r.keys);
             match r.next_key {
-                Some(next) if r.more => from = Some(next),
+                Some(next) if r.more => from = Some(next_page(&started_at, next)?),
                 _ => break,
             }
         }

@@ -7,9 +7,9 @@ use poncho_protocol::{ErrorCode, ErrorReply, KeyValue, RangeRequest, MAX_RANGE_L
 use super::*;
 
 fn kv(store: &KvStore, key: &str) -> Option<(u64, u64, u64)> {
-    store
-        .get_key_value(key)
-        .map(|k| (k.create_revision, k.mod_revision, k.version))
+    let r = store.get_reply(key.to_string());
+    assert_eq!(r.revision, Some(store.revision()));
+    Some((r.create_revision?, r.mod_revision?, r.version?))
 }
 
 #[test]
