@@ -55,6 +55,20 @@ pub enum InvalidRequest {
     PrefixAndRangeEnd,
     /// A `RANGE` with both `keys_only` and `count_only`.
     KeysOnlyAndCountOnly,
+    /// A comparison's `value` is a number for `target: value`, or a
+    /// string for the others.
+    CompareType {
+        wants_text: bool,
+    },
+    /// A range read in a transaction names a revision or `stale`.
+    TxnRangeRevision,
+    /// More than `MAX_TXN_OPS` comparisons or operations in a branch.
+    TxnTooLarge {
+        what: &'static str,
+        len: usize,
+    },
+    /// A branch writes one key twice.
+    TxnKeyWrittenTwice,
 }
 
 impl fmt::Display for InvalidRequest {
@@ -88,6 +102,26 @@ impl fmt::Display for InvalidRequest {
             InvalidRequest::KeysOnlyAndCountOnly => {
                 f.write_str("`keys_only` and `count_only` exclude each other")
             }
+            InvalidRequest::CompareType { wants_text: true } => f.write_str(
+                "a comparison of `value` compares a string: give `value` as a JSON string",
+            ),
+            InvalidRequest::CompareType { wants_text: false } => f.write_str(
+                "a comparison of a version or revision compares a number: give `value` as a \
+                 JSON number",
+            ),
+            InvalidRequest::TxnRangeRevision => f.write_str(
+                "a range read in a transaction reads at the transaction's revision: it takes \
+                 no `rev` and no `stale`",
+            ),
+            InvalidRequest::TxnTooLarge { what, len } => write!(
+                f,
+                "the transaction's `{what}` holds {len} entries; it may hold at most {}",
+                crate::txn::MAX_TXN_OPS
+            ),
+            InvalidRequest::TxnKeyWrittenTwice => f.write_str(
+                "a branch of a transaction writes one key twice (a key may be put or deleted \
+                 once per branch, and not put inside a range the branch deletes)",
+            ),
         }
     }
 }
@@ -99,7 +133,7 @@ pub(crate) fn check_key(key: &str) -> Result<(), InvalidRequest> {
     }
 }
 
-fn check_value(value: Option<&str>) -> Result<(), InvalidRequest> {
+pub(crate) fn check_value(value: Option<&str>) -> Result<(), InvalidRequest> {
     match value.map(str::len) {
         Some(bytes) if bytes > MAX_VALUE_BYTES => Err(InvalidRequest::ValueTooLong { bytes }),
         _ => Ok(()),
@@ -119,7 +153,7 @@ pub struct SessionFields {
 }
 
 impl SessionFields {
-    fn check(&self) -> Result<(), InvalidRequest> {
+    pub(crate) fn check(&self) -> Result<(), InvalidRequest> {
         match (self.client_id, self.seq) {
             (Some(_), Some(0)) => Err(InvalidRequest::SeqZero),
             (Some(_), Some(_)) | (None, None) => Ok(()),
@@ -137,6 +171,7 @@ impl ClientRequest {
             ClientRequest::Set(r) => Some(&mut r.session),
             ClientRequest::Delete(r) => Some(&mut r.session),
             ClientRequest::Cas(r) => Some(&mut r.session),
+            ClientRequest::Txn(r) => Some(&mut r.session),
             ClientRequest::Healthcheck
             | ClientRequest::Status
             | ClientRequest::Get(_)

@@ -429,6 +429,7 @@ mod tests {
                 ClientRequest::Cas(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Keys(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Range(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Txn(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Authenticate(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Auth(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::User(r) => serde_line(t, Some(3), None, Some(r)),

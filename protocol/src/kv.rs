@@ -87,12 +87,7 @@ impl RangeRequest {
 
     /// The keys this request's range holds, from `from` on.
     pub fn bounds(&self) -> RangeBounds<'_> {
-        let end = match (&self.range_end, self.prefix) {
-            (Some(end), _) if end.is_empty() => RangeEnd::Unbounded,
-            (Some(end), _) => RangeEnd::Before(end),
-            (None, true) => RangeEnd::Prefix(&self.key),
-            (None, false) => RangeEnd::Key,
-        };
+        let end = RangeEnd::of(&self.key, self.range_end.as_deref(), self.prefix);
         let start = match &self.from {
             Some(from) if from.as_str() > self.key.as_str() => from,
             _ => &self.key,
@@ -133,6 +128,19 @@ pub enum RangeEnd<'a> {
     /// Keys before this one.
     Before(&'a str),
     Unbounded,
+}
+
+impl<'a> RangeEnd<'a> {
+    /// Where a range from `key` ends, given its `range_end` and `prefix`
+    /// (as `RANGE` names them).
+    pub fn of(key: &'a str, range_end: Option<&'a str>, prefix: bool) -> RangeEnd<'a> {
+        match (range_end, prefix) {
+            (Some(""), _) => RangeEnd::Unbounded,
+            (Some(end), _) => RangeEnd::Before(end),
+            (None, true) => RangeEnd::Prefix(key),
+            (None, false) => RangeEnd::Key,
+        }
+    }
 }
 
 impl RangeBounds<'_> {

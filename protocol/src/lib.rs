@@ -8,6 +8,7 @@
 //!   `TRANSFER_LEADER`.
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
 //! - [`kv`]: revisions, and `RANGE` reads.
+//! - [`txn`]: `TXN`, transactions.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
 //! - [`peer`]: the handshake that proves a connection between nodes.
 //! - [`envelope`]: whole lines, decoded and encoded.
@@ -22,6 +23,7 @@ pub mod membership;
 pub mod peer;
 pub mod raft;
 pub mod table;
+pub mod txn;
 
 pub use auth::*;
 pub use client::*;
@@ -38,3 +40,4 @@ pub use raft::{
     NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
 };
 pub use table::{ClientRequest, Handshake, MsgType};
+pub use txn::*;

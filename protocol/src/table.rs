@@ -17,6 +17,7 @@ use crate::kv::*;
 use crate::membership::*;
 use crate::peer::*;
 use crate::raft::*;
+use crate::txn::*;
 
 macro_rules! message_table {
     (
@@ -220,6 +221,9 @@ message_table! {
         /// A key, a prefix or a range, with revisions and paging (see
         /// [`crate::kv`]).
         Range = "RANGE" (RangeRequest) => RangeReply,
+        /// Comparisons, then one branch of operations, at one revision (see
+        /// [`crate::txn`]).
+        Txn = "TXN" (TxnRequest) => TxnReply,
         /// Opens a client session: the reply's `client_id` is what the client's
         /// writes carry from then on.
         RegisterClient = "REGISTER_CLIENT" => RegisterClientReply,

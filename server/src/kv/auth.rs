@@ -19,7 +19,8 @@ use std::fmt;
 
 pub use poncho_protocol::Access;
 use poncho_protocol::{
-    ErrorCode, ErrorReply, KeySpec, PermissionInfo, RoleInfo, UserInfo, MAX_NAME_BYTES,
+    ErrorCode, ErrorReply, KeySpec, PermissionInfo, RangeEnd, RoleInfo, Txn, TxnOp, UserInfo,
+    MAX_NAME_BYTES,
 };
 
 /// The role that may do anything (etcd's).
@@ -94,6 +95,20 @@ impl KeyRange {
     /// Whether every key with `prefix` is covered.
     fn covers_prefix(&self, prefix: &str) -> bool {
         matches!(self, KeyRange::Prefix(p) if prefix.starts_with(p.as_str()))
+    }
+
+    /// Whether every key of the range from `key` to `end` is covered. For
+    /// `[key, end)` that holds when both start with the prefix: every
+    /// string between two that share a prefix shares it too.
+    fn covers_range(&self, key: &str, end: RangeEnd<'_>) -> bool {
+        match end {
+            RangeEnd::Key => self.covers(key),
+            RangeEnd::Prefix(p) => self.covers_prefix(p),
+            RangeEnd::Before(end) => {
+                matches!(self, KeyRange::Prefix(p) if key.starts_with(p.as_str()) && end.starts_with(p.as_str()))
+            }
+            RangeEnd::Unbounded => self.covers_prefix(""),
+        }
     }
 }
 
@@ -402,6 +417,15 @@ impl AuthStore {
                 .any(|p| allows(p.access, write) && p.range.covers(key))
     }
 
+    /// Whether `user` may read (`write: false`) or write every key of the
+    /// range from `key` to `end`: one permission must cover all of it.
+    pub fn may_range(&self, user: &str, key: &str, end: RangeEnd<'_>, write: bool) -> bool {
+        self.is_root(user)
+            || self
+                .permissions_of(user)
+                .any(|p| allows(p.access, write) && p.range.covers_range(key, end))
+    }
+
     /// Whether `user` may read every key with `prefix` (a KEYS of that
     /// prefix can then be answered whole, without filtering key by key).
     pub fn may_read_prefix(&self, user: &str, prefix: &str) -> bool {
@@ -445,6 +469,10 @@ impl AuthStore {
             ));
         }
         let allowed = match need {
+            Need::Txn(txn) => {
+                return Need::of_txn(txn).try_for_each(|need| self.check(Some(user), need));
+            }
+            Need::Range { key, end, write } => self.may_range(user, key, end, write),
             Need::Nothing | Need::LoggedIn => true,
             Need::Read(key) => self.may(user, key, false),
             Need::Write(key) => self.may(user, key, true),
@@ -458,6 +486,16 @@ impl AuthStore {
             Need::Read(key) => format!("read key {key:?}"),
             Need::Write(key) => format!("write key {key:?}"),
             Need::ReadWrite(key) => format!("read and write key {key:?}"),
+            Need::Range { key, end, write } => format!(
+                "{} every key of {}",
+                if write { "write" } else { "read" },
+                match end {
+                    RangeEnd::Key => format!("key {key:?}"),
+                    RangeEnd::Prefix(p) => format!("prefix {p:?}"),
+                    RangeEnd::Before(end) => format!("range [{key:?}, {end:?})"),
+                    RangeEnd::Unbounded => format!("range [{key:?}, end)"),
+                }
+            ),
             _ => "manage users, roles or auth (only the root role may)".to_string(),
         };
         let roles: Vec<&str> = self.roles_of(user).collect();
@@ -580,8 +618,44 @@ pub enum Need<'a> {
     Read(&'a str),
     Write(&'a str),
     ReadWrite(&'a str),
+    /// Every key of a range (a transaction's range read, or its delete).
+    Range {
+        key: &'a str,
+        end: RangeEnd<'a>,
+        write: bool,
+    },
+    /// What each comparison and operation of a transaction needs.
+    Txn(&'a Txn),
     /// Changes to users, roles and auth itself.
     Root,
+}
+
+impl<'a> Need<'a> {
+    /// What each part of a transaction needs: reading each key it compares
+    /// and each range it reads, writing each key it puts and each range it
+    /// deletes, all of it (not filtered, as a `RANGE` is: a transaction
+    /// that acts on what it read must have read all of it).
+    fn of_txn(txn: &'a Txn) -> impl Iterator<Item = Need<'a>> + 'a {
+        let compares = txn.compare.iter().map(|c| Need::Read(&c.key));
+        let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
+            TxnOp::Put { key, .. } => Need::Write(key),
+            TxnOp::Delete {
+                key,
+                range_end,
+                prefix,
+            } => Need::Range {
+                key,
+                end: RangeEnd::of(key, range_end.as_deref(), *prefix),
+                write: true,
+            },
+            TxnOp::Range(r) => Need::Range {
+                key: &r.key,
+                end: RangeEnd::of(&r.key, r.range_end.as_deref(), r.prefix),
+                write: false,
+            },
+        });
+        compares.chain(ops)
+    }
 }
 
 /// The ranges that cover exactly what `prefixes` and `keys` cover, with no

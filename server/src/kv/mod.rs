@@ -13,6 +13,7 @@
 //!   ([`ApplyResult`]). A new write command is added here.
 //! - `store.rs`: the [`KvStore`]: `apply` routes a committed entry, and the
 //!   map's primitives.
+//! - `txn.rs`: what a transaction does to the map.
 //! - `session.rs`: exactly-once client sessions (registration, the cached
 //!   reply, deterministic expiry and eviction) and their limits.
 //! - `command.rs`: the log's envelope of a write ([`Command`]: the op, its
@@ -32,6 +33,7 @@ mod snapshot;
 mod store;
 #[cfg(test)]
 mod tests;
+mod txn;
 
 pub use command::Command;
 pub use history::{HISTORY_BYTES, HISTORY_EVENTS};

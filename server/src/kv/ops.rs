@@ -14,7 +14,7 @@ use std::sync::Arc;
 use poncho_protocol::{
     encode_error, encode_reply, Access, AuthReply, AuthRequest, CasReply, ClientRequest,
     DeleteReply, ErrorReply, KeySpec, RegisterClientReply, ReplyPayload, RoleReply, RoleRequest,
-    SessionFields, SetReply, UserReply, UserRequest,
+    SessionFields, SetReply, Txn, TxnReply, UserReply, UserRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,9 @@ pub enum Op {
         expected: Option<String>,
         value: Option<String>,
     },
+    /// Comparisons, then one branch of operations, at one revision (see
+    /// `poncho_protocol::txn`).
+    Txn(Txn),
     /// Opens a session whose id is this entry's index.
     RegisterClient,
     /// A change to users, roles or auth itself (root only, while auth is on).
@@ -141,6 +144,7 @@ impl Op {
                 },
                 r.session,
             ),
+            ClientRequest::Txn(r) => (Op::Txn(r.txn), r.session),
             // A registration goes through the log like a write: the session
             // exists once it is applied, on every node at the same index.
             ClientRequest::RegisterClient => (Op::RegisterClient, SessionFields::default()),
@@ -168,6 +172,7 @@ impl Op {
             Op::Set { key, .. } | Op::Delete { key } => Need::Write(key),
             // A CAS reads the key (and tells its value) as well as writing it.
             Op::Cas { key, .. } => Need::ReadWrite(key),
+            Op::Txn(txn) => Need::Txn(txn),
             Op::RegisterClient => Need::LoggedIn,
             Op::Auth { .. } => Need::Root,
         }
@@ -186,6 +191,12 @@ pub(super) struct OpWire {
     value: Option<String>,
     expected: Option<String>,
     auth: Option<AuthOp>,
+    #[serde(default)]
+    compare: Vec<poncho_protocol::Compare>,
+    #[serde(default)]
+    success: Vec<poncho_protocol::TxnOp>,
+    #[serde(default)]
+    failure: Vec<poncho_protocol::TxnOp>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +205,7 @@ enum OpKind {
     Set,
     Delete,
     Cas,
+    Txn,
     RegisterClient,
     Auth,
 }
@@ -208,6 +220,9 @@ impl TryFrom<OpWire> for Op {
             value,
             expected,
             auth,
+            compare,
+            success,
+            failure,
         } = w;
         let key = key.ok_or("missing field `key` in op");
         Ok(match kind {
@@ -221,6 +236,11 @@ impl TryFrom<OpWire> for Op {
                 expected,
                 value,
             },
+            OpKind::Txn => Op::Txn(Txn {
+                compare,
+                success,
+                failure,
+            }),
             OpKind::RegisterClient => Op::RegisterClient,
             OpKind::Auth => Op::Auth {
                 auth: auth.ok_or("missing field `auth` in an AUTH op")?,
@@ -240,6 +260,7 @@ pub enum ApplyResult {
     Set(SetReply),
     Delete(DeleteReply),
     Cas(CasReply),
+    Txn(TxnReply),
     #[serde(rename = "REGISTER_CLIENT")]
     Register(RegisterClientReply),
     Auth(AuthReply),
@@ -257,6 +278,7 @@ impl ApplyResult {
             ApplyResult::Set(_) => SetReply::MSG_TYPE,
             ApplyResult::Delete(_) => DeleteReply::MSG_TYPE,
             ApplyResult::Cas(_) => CasReply::MSG_TYPE,
+            ApplyResult::Txn(_) => TxnReply::MSG_TYPE,
             ApplyResult::Register(_) => RegisterClientReply::MSG_TYPE,
             ApplyResult::Auth(_) => AuthReply::MSG_TYPE,
             ApplyResult::User(_) => UserReply::MSG_TYPE,
@@ -273,6 +295,7 @@ impl ApplyResult {
             ApplyResult::Set(r) => r.key.len(),
             ApplyResult::Delete(r) => r.key.len(),
             ApplyResult::Cas(r) => r.key.len() + r.current.as_ref().map_or(0, String::len),
+            ApplyResult::Txn(r) => r.string_bytes(),
             // Not applied in sessions; an index only.
             ApplyResult::Register(_)
             | ApplyResult::Auth(_)
@@ -288,6 +311,7 @@ impl ApplyResult {
             ApplyResult::Set(r) => encode_reply(out, req_id, r),
             ApplyResult::Delete(r) => encode_reply(out, req_id, r),
             ApplyResult::Cas(r) => encode_reply(out, req_id, r),
+            ApplyResult::Txn(r) => encode_reply(out, req_id, r),
             ApplyResult::Register(r) => encode_reply(out, req_id, r),
             ApplyResult::Auth(r) => encode_reply(out, req_id, r),
             ApplyResult::User(r) => encode_reply(out, req_id, r),
@@ -341,6 +365,7 @@ impl Data {
                     index,
                 })
             }
+            Op::Txn(txn) => ApplyResult::Txn(self.apply_txn(index, txn)),
             Op::RegisterClient | Op::Auth { .. } => ApplyResult::Error(ErrorReply::bad_request(
                 "REGISTER_CLIENT and AUTH are not key/value operations",
             )),

@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 use poncho_protocol::{
-    Entry, EntryKind, ErrorCode, ErrorReply, GetReply, KeyValue, RangeReply, RangeRequest,
-    MAX_RANGE_REPLY_BYTES,
+    Entry, EntryKind, ErrorCode, ErrorReply, GetReply, KeyValue, RangeReply, RangeRequest, Txn,
+    TxnReply, MAX_RANGE_REPLY_BYTES,
 };
 use smol_str::SmolStr;
 
-use super::auth::{AuthStore, KeyRange, Readable};
+use super::auth::{AuthStore, KeyRange, Need, Readable};
 use super::command::Command;
 use super::history::{Event, History};
 use super::ops::{ApplyResult, Op};
@@ -280,44 +280,16 @@ impl KvStore {
         keys: impl Iterator<Item = (&'a str, &'a Stored)>,
         revision: u64,
     ) -> RangeReply {
-        let bounds = request.bounds();
-        let limit = request.page_limit();
         let everything = self.auth.may_read_everything(user);
-        let mut reply = RangeReply {
-            kvs: Vec::new(),
-            count: 0,
-            more: false,
-            next_key: None,
-            revision,
-        };
-        let mut bytes = 0;
-        for (key, stored) in keys {
-            if !bounds.admits(key) {
-                break;
-            }
-            if !everything && !self.auth.may_read(user, key) {
-                continue;
-            }
-            reply.count += 1;
-            if request.count_only || reply.next_key.is_some() {
-                continue;
-            }
-            let size = key.len()
-                + if request.keys_only {
-                    0
-                } else {
-                    stored.value.len()
-                };
-            let fits = reply.kvs.is_empty() || bytes + size <= MAX_RANGE_REPLY_BYTES;
-            if reply.kvs.len() < limit && fits {
-                bytes += size;
-                reply.kvs.push(stored.key_value(key, !request.keys_only));
-            } else {
-                reply.next_key = Some(key.to_string());
-                reply.more = true;
-            }
-        }
-        reply
+        let may_read = |key: &str| everything || self.auth.may_read(user, key);
+        page(request, keys, revision, may_read, MAX_RANGE_REPLY_BYTES)
+    }
+
+    /// A transaction that writes nothing, answered from the applied state
+    /// for `user` (who must be allowed all of it, as for one applied).
+    pub fn read_txn(&self, user: Option<&str>, txn: &Txn) -> Result<TxnReply, ErrorReply> {
+        self.auth.check(user, Need::Txn(txn))?;
+        Ok(self.data.read_txn(txn))
     }
 
     /// Users, roles and whether auth is on, as applied so far.
@@ -499,6 +471,55 @@ impl Data {
             history: History::default(),
         }
     }
+}
+
+/// A page of `keys` (in key order, from the page's start): those of the
+/// request's range that `may_read` lets through, up to its limit and, past
+/// its first key, up to `max_bytes` of keys and values.
+pub(super) fn page<'a>(
+    request: &RangeRequest,
+    keys: impl Iterator<Item = (&'a str, &'a Stored)>,
+    revision: u64,
+    may_read: impl Fn(&str) -> bool,
+    max_bytes: usize,
+) -> RangeReply {
+    let bounds = request.bounds();
+    let limit = request.page_limit();
+    let mut reply = RangeReply {
+        kvs: Vec::new(),
+        count: 0,
+        more: false,
+        next_key: None,
+        revision,
+    };
+    let mut bytes = 0;
+    for (key, stored) in keys {
+        if !bounds.admits(key) {
+            break;
+        }
+        if !may_read(key) {
+            continue;
+        }
+        reply.count += 1;
+        if request.count_only || reply.next_key.is_some() {
+            continue;
+        }
+        let size = key.len()
+            + if request.keys_only {
+                0
+            } else {
+                stored.value.len()
+            };
+        let fits = reply.kvs.is_empty() || bytes + size <= max_bytes;
+        if reply.kvs.len() < limit && fits {
+            bytes += size;
+            reply.kvs.push(stored.key_value(key, !request.keys_only));
+        } else {
+            reply.next_key = Some(key.to_string());
+            reply.more = true;
+        }
+    }
+    reply
 }
 
 /// The keys of `now` (in key order), with those in `undone` as it says

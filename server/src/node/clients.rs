@@ -12,7 +12,7 @@ use std::sync::Arc;
 use poncho_protocol::{
     decode_request, encode_error, encode_reply, AuthReply, AuthRequest, ClientRequest, Entry,
     ErrorCode, ErrorReply, FollowerProgress, Handshake, HealthcheckReply, KeysReply, KeysRequest,
-    MemberStatus, RangeRequest, Request, RoleReply, RoleRequest, StatusReply, UserReply,
+    MemberStatus, RangeRequest, Request, RoleReply, RoleRequest, StatusReply, Txn, UserReply,
     UserRequest,
 };
 
@@ -52,6 +52,8 @@ enum ReadKind {
     Get(String),
     Keys(KeysRequest),
     Range(RangeRequest),
+    /// A transaction that writes nothing.
+    Txn(Txn),
     /// AUTH status, USER get/list, ROLE get/list.
     Auth(ClientRequest),
 }
@@ -235,6 +237,16 @@ impl Node {
                 return self.reply_error_now(key, req_id, &stale);
             }
         }
+        // A transaction that writes nothing is a read: it needs no log entry.
+        let request = match request {
+            ClientRequest::Txn(t) if t.txn.is_read_only() => {
+                if let Err(denied) = self.kv.auth().check(user.as_deref(), Need::Txn(&t.txn)) {
+                    return self.reply_error_now(key, req_id, &denied);
+                }
+                return self.start_read(key, req_id, ReadKind::Txn(t.txn));
+            }
+            other => other,
+        };
         let read = match Command::from_request(request, now_ms()) {
             Ok(mut write) => {
                 if let Err(denied) = self.kv.auth().check(user.as_deref(), write.op.needs()) {
@@ -440,6 +452,12 @@ impl Node {
                     .complete(pending.to, |out| encode_reply(out, req_id, &reply)),
                 Err(error) => self.complete_error(pending.to, &error),
             },
+            ReadKind::Txn(txn) => match self.kv.read_txn(user, &txn) {
+                Ok(reply) => self
+                    .conns
+                    .complete(pending.to, |out| encode_reply(out, req_id, &reply)),
+                Err(error) => self.complete_error(pending.to, &error),
+            },
             ReadKind::Auth(query) => {
                 let auth = self.kv.auth();
                 let result = auth
@@ -623,6 +641,7 @@ fn needs(request: &ClientRequest) -> Need<'_> {
         ClientRequest::Set(r) => Need::Write(&r.key),
         ClientRequest::Delete(r) => Need::Write(&r.key),
         ClientRequest::Cas(r) => Need::ReadWrite(&r.key),
+        ClientRequest::Txn(r) => Need::Txn(&r.txn),
     }
 }
 

@@ -6,7 +6,7 @@ use super::*;
 use crate::kv::auth::ROOT;
 use poncho_protocol::{Access, KeySpec};
 
-fn as_user(f: &mut Feed, user: Option<&str>, op: Op) -> ApplyResult {
+pub(super) fn as_user(f: &mut Feed, user: Option<&str>, op: Op) -> ApplyResult {
     f.command(Command {
         op,
         client_id: None,
@@ -32,7 +32,7 @@ fn prefix(p: &str) -> KeySpec {
 }
 
 /// root (root), alice (app: readwrite app/), bob (none); auth enabled.
-fn cluster_with_users() -> Feed {
+pub(super) fn cluster_with_users() -> Feed {
     let mut f = Feed::new();
     for name in ["root", "alice", "bob"] {
         let password_hash = format!("$argon2id$hash-of-{name}");

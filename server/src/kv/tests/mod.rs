@@ -21,6 +21,7 @@ mod revisions;
 mod session;
 mod snapshot;
 mod store;
+mod txn;
 
 fn set(key: &str, value: &str) -> Op {
     Op::Set {
@@ -172,8 +173,28 @@ fn mixed_log(len: u64) -> Vec<Entry> {
             let r = next();
             let key = format!("k{}", r % 13);
             let ts_ms = index * 20_000 + (r % 7) * 1_000; // leaders' clocks jitter
-            let mut op = match r % 5 {
+            let mut op = match r % 6 {
                 0 => delete(&key),
+                5 => Op::Txn(poncho_protocol::Txn {
+                    compare: vec![poncho_protocol::Compare {
+                        key: key.clone(),
+                        target: poncho_protocol::CompareTarget::Version,
+                        op: poncho_protocol::CompareOp::Less,
+                        value: poncho_protocol::CompareValue::Number(3),
+                    }],
+                    success: vec![
+                        poncho_protocol::TxnOp::Put {
+                            key: key.clone(),
+                            value: format!("t{}", r % 3),
+                        },
+                        poncho_protocol::TxnOp::Range(poncho_protocol::RangeRequest::prefix("k1")),
+                    ],
+                    failure: vec![poncho_protocol::TxnOp::Delete {
+                        key: "k1".into(),
+                        range_end: None,
+                        prefix: true,
+                    }],
+                }),
                 1 => cas(&key, Some("v1"), None),
                 2 => cas(&key, None, Some(&format!("v{}", r % 3))),
                 _ => set(&key, &format!("v{}", r % 3)),
