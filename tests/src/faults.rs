@@ -23,11 +23,13 @@ use serde_json::{json, Value};
 use crate::auth::{add_role, add_user, enable_auth, Login, StatusPoller};
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
+use crate::txn_check::{self, Cond, Step, TxnOperation, TxnOutcome, TxnSpec};
 use crate::{launch_all, leader_of, wait_for_leader, Client, NodeProc};
 use poncho_client::{in_session, registered_id, Connection, Reply, Session, Tls};
 use poncho_protocol::{
-    encode_request, AuthenticateRequest, CasReply, CasRequest, ClientRequest, ErrorCode, GetReply,
-    GetRequest, Password, SessionFields, SetRequest,
+    encode_request, AuthenticateRequest, CasReply, CasRequest, ClientRequest, Compare, CompareOp,
+    CompareTarget, CompareValue, ErrorCode, GetReply, GetRequest, Password, RangeReply,
+    RangeRequest, SessionFields, SetRequest, Txn, TxnOp, TxnOpReply, TxnReply, TxnRequest,
 };
 use poncho_tls::rustls::ClientConfig;
 
@@ -434,10 +436,18 @@ impl Drop for FaultCluster {
 // ---------------------------------------------------------------------------
 
 type History = Arc<Mutex<Vec<Operation>>>;
+type TxnHistory = Arc<Mutex<Vec<TxnOperation>>>;
 
-fn lock(history: &History) -> std::sync::MutexGuard<'_, Vec<Operation>> {
+fn lock<T>(history: &Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
     history.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The transactions' key space: one object for the multi-key checker,
+/// apart from the registers' keys (`k0`, `k1`, ...), and within the `k`
+/// prefix the clients' role may use while auth is on.
+pub const TXN_PREFIX: &str = "kt/";
+/// Keys of [`TXN_PREFIX`] the transactions touch.
+const TXN_KEYS: usize = 3;
 
 /// One client: one operation at a time, each recorded with its outcome.
 /// It speaks through poncho-client's [`Connection`] and [`Session`], but
@@ -463,11 +473,21 @@ struct Worker {
     /// Sent as AUTHENTICATE first on every new connection, if set.
     login: Option<Login>,
     history: History,
+    /// The transactions' history, and the keys of [`TXN_PREFIX`] as this
+    /// client last read them (what its comparisons expect).
+    txn_history: TxnHistory,
+    txn_seen: BTreeMap<String, String>,
     epoch: Instant,
 }
 
 impl Worker {
-    fn new(id: u64, cluster: &FaultCluster, history: History, epoch: Instant, seed: u64) -> Worker {
+    fn new(
+        id: u64,
+        cluster: &FaultCluster,
+        (history, txn_history): (History, TxnHistory),
+        epoch: Instant,
+        seed: u64,
+    ) -> Worker {
         let addrs = cluster.addrs();
         let mut rng = StdRng::seed_from_u64(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         Worker {
@@ -483,7 +503,165 @@ impl Worker {
             next_req: 0,
             session: Session::default(),
             history,
+            txn_history,
+            txn_seen: BTreeMap::new(),
             epoch,
+        }
+    }
+
+    /// A random transaction on [`TXN_PREFIX`]: comparisons of one or two
+    /// keys against what this client last saw (so both branches run
+    /// often), puts of unique values, now and then a delete of a key or of
+    /// the whole prefix, and reads of the prefix; sometimes read-only
+    /// (answered outside the log), sometimes a plain `RANGE`.
+    fn random_txn(&mut self) -> (TxnSpec, bool) {
+        let key = |w: &mut Worker| format!("{TXN_PREFIX}{}", w.rng.gen_range(0..TXN_KEYS));
+        let read = Step::ReadPrefix(TXN_PREFIX.to_string());
+        let kind = self.rng.gen_range(0..10);
+        if kind == 0 {
+            let spec = TxnSpec {
+                success: vec![read],
+                ..TxnSpec::default()
+            };
+            return (spec, true);
+        }
+        let mut compare = Vec::new();
+        for _ in 0..self.rng.gen_range(1..=2) {
+            let k = key(self);
+            let cond = match self.txn_seen.get(&k) {
+                Some(v) => Cond::Equals(v.clone()),
+                None => Cond::Absent,
+            };
+            if !compare.iter().any(|(c, _)| *c == k) {
+                compare.push((k, cond));
+            }
+        }
+        if kind == 1 {
+            let spec = TxnSpec {
+                compare,
+                success: vec![read.clone()],
+                failure: vec![read],
+            };
+            return (spec, false);
+        }
+        let mut success = Vec::new();
+        let mut written = BTreeSet::new();
+        for _ in 0..self.rng.gen_range(1..=2) {
+            let k = key(self);
+            if written.insert(k.clone()) {
+                let v = self.unique_value();
+                success.push(Step::Put(k, v));
+            }
+        }
+        match self.rng.gen_range(0..12) {
+            0 => success = vec![Step::DeletePrefix(TXN_PREFIX.to_string())],
+            1 | 2 => {
+                let k = key(self);
+                if written.insert(k.clone()) {
+                    success.push(Step::Delete(k));
+                }
+            }
+            _ => {}
+        }
+        success.push(read.clone());
+        let failure = if self.rng.gen_bool(0.2) {
+            let k = key(self);
+            let v = self.unique_value();
+            vec![Step::Put(k, v), read]
+        } else {
+            vec![read]
+        };
+        let spec = TxnSpec {
+            compare,
+            success,
+            failure,
+        };
+        (spec, false)
+    }
+
+    /// Runs a transaction (or, `plain_range`, a `RANGE` of the prefix),
+    /// records it, and learns the prefix's keys from its last read.
+    fn invoke_txn(&mut self, spec: TxnSpec, plain_range: bool) -> TxnOutcome {
+        let request = if plain_range {
+            ClientRequest::Range(RangeRequest::prefix(TXN_PREFIX))
+        } else {
+            ClientRequest::Txn(TxnRequest {
+                txn: wire_txn(&spec),
+                session: SessionFields::default(),
+            })
+        };
+        let start_us = self.now_us();
+        let outcome = if spec.is_read_only() {
+            self.call_txn(&request)
+        } else if !self.ensure_session() {
+            TxnOutcome::Failed
+        } else {
+            match self.session.next_fields() {
+                Some(fields) => self.call_txn(&in_session(&request, fields)),
+                None => TxnOutcome::Failed,
+            }
+        };
+        let end_us = self.now_us();
+        if let TxnOutcome::Done { reads, .. } = &outcome {
+            if let Some(last) = reads.last() {
+                self.txn_seen = last.iter().cloned().collect();
+            }
+        }
+        lock(&self.txn_history).push(TxnOperation {
+            client: self.id,
+            txn: spec,
+            start_us,
+            end_us,
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
+    fn call_txn(&mut self, request: &ClientRequest) -> TxnOutcome {
+        let reply = match self.send(request) {
+            Ok(reply) => reply,
+            Err(Outcome::Unknown) => return TxnOutcome::Unknown,
+            Err(_) => return TxnOutcome::Failed,
+        };
+        if reply.envelope.msg_type == "ERROR" {
+            return match self.on_error(request, &reply) {
+                Outcome::Unknown => TxnOutcome::Unknown,
+                _ => TxnOutcome::Failed,
+            };
+        }
+        assert_eq!(
+            reply.envelope.msg_type,
+            request.msg_type().name(),
+            "reply to {request:?}: {}",
+            reply.line
+        );
+        let pairs = |r: RangeReply| -> Vec<(String, String)> {
+            assert!(!r.more, "a range of {TXN_KEYS} keys fits one reply");
+            r.kvs
+                .into_iter()
+                .map(|kv| (kv.key, kv.value.unwrap_or_default()))
+                .collect()
+        };
+        match request {
+            ClientRequest::Range(_) => TxnOutcome::Done {
+                succeeded: true,
+                reads: vec![pairs(payload::<RangeReply>(request, reply))],
+            },
+            _ => {
+                let r: TxnReply = payload(request, reply);
+                let reads = r
+                    .responses
+                    .into_iter()
+                    .filter_map(|op| match op {
+                        TxnOpReply::Range(range) => Some(pairs(range)),
+                        TxnOpReply::Put {} | TxnOpReply::Delete { .. } => None,
+                    })
+                    .collect();
+                TxnOutcome::Done {
+                    succeeded: r.succeeded,
+                    reads,
+                }
+            }
         }
     }
 
@@ -725,6 +903,23 @@ impl Worker {
         }
     }
 
+    /// A `RANGE` of [`TXN_PREFIX`] that succeeds, retried (each attempt
+    /// recorded) until `deadline`.
+    fn final_txn_read(&mut self, deadline: Instant) {
+        let read = TxnSpec {
+            success: vec![Step::ReadPrefix(TXN_PREFIX.to_string())],
+            ..TxnSpec::default()
+        };
+        while !matches!(self.invoke_txn(read.clone(), true), TxnOutcome::Done { .. }) {
+            assert!(
+                Instant::now() < deadline,
+                "client {}: no final read of {TXN_PREFIX}",
+                self.id
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A linearizable read that succeeds, retried (each attempt recorded)
     /// until `deadline`.
     fn final_read(&mut self, key: &str, deadline: Instant) {
@@ -736,6 +931,49 @@ impl Worker {
             );
             sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// The request for a transaction of the checker's model.
+fn wire_txn(spec: &TxnSpec) -> Txn {
+    let op = |step: &Step| match step {
+        Step::Put(k, v) => TxnOp::Put {
+            key: k.clone(),
+            value: v.clone(),
+        },
+        Step::Delete(k) => TxnOp::Delete {
+            key: k.clone(),
+            range_end: None,
+            prefix: false,
+        },
+        Step::DeletePrefix(p) => TxnOp::Delete {
+            key: p.clone(),
+            range_end: None,
+            prefix: true,
+        },
+        Step::ReadPrefix(p) => TxnOp::Range(RangeRequest::prefix(p)),
+    };
+    Txn {
+        compare: spec
+            .compare
+            .iter()
+            .map(|(key, cond)| match cond {
+                Cond::Absent => Compare {
+                    key: key.clone(),
+                    target: CompareTarget::Version,
+                    op: CompareOp::Equal,
+                    value: CompareValue::Number(0),
+                },
+                Cond::Equals(v) => Compare {
+                    key: key.clone(),
+                    target: CompareTarget::Value,
+                    op: CompareOp::Equal,
+                    value: CompareValue::Text(v.clone()),
+                },
+            })
+            .collect(),
+        success: spec.success.iter().map(op).collect(),
+        failure: spec.failure.iter().map(op).collect(),
     }
 }
 
@@ -811,6 +1049,7 @@ pub struct Run {
     keys: Vec<String>,
     clients: u64,
     history: History,
+    txn_history: TxnHistory,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     epoch: Instant,
@@ -837,6 +1076,7 @@ impl Run {
             keys: (0..config.keys).map(|k| format!("k{k}")).collect(),
             clients: config.clients as u64,
             history: Arc::new(Mutex::new(Vec::new())),
+            txn_history: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             epoch,
@@ -849,13 +1089,20 @@ impl Run {
         }
         run.start_term = run.cluster.max_term();
         for id in 1..=config.clients as u64 {
-            let mut w = Worker::new(id, &run.cluster, run.history.clone(), epoch, seed);
+            let histories = (run.history.clone(), run.txn_history.clone());
+            let mut w = Worker::new(id, &run.cluster, histories, epoch, seed);
             let (stop, keys, think) = (run.stop.clone(), run.keys.clone(), config.think);
             run.workers.push(thread::spawn(move || {
                 while !stop.load(SeqCst) {
-                    let key = keys[w.rng.gen_range(0..keys.len())].clone();
-                    let op = w.random_op(&key);
-                    w.invoke(&key, op);
+                    // A quarter of the operations are transactions.
+                    if w.rng.gen_range(0..4) == 0 {
+                        let (spec, plain_range) = w.random_txn();
+                        w.invoke_txn(spec, plain_range);
+                    } else {
+                        let key = keys[w.rng.gen_range(0..keys.len())].clone();
+                        let op = w.random_op(&key);
+                        w.invoke(&key, op);
+                    }
                     let pause = w.rng.gen_range(Duration::ZERO..=think);
                     sleep(pause);
                 }
@@ -896,23 +1143,35 @@ impl Run {
         let deadline = Instant::now() + Duration::from_secs(20);
         // Each client's final reads come after its last operation ended.
         for id in 1..=self.clients {
-            let mut w = Worker::new(
-                id,
-                &self.cluster,
-                self.history.clone(),
-                self.epoch,
-                self.seed,
-            );
+            let histories = (self.history.clone(), self.txn_history.clone());
+            let mut w = Worker::new(id, &self.cluster, histories, self.epoch, self.seed);
             for key in self.keys.clone() {
                 w.final_read(&key, deadline);
             }
+            w.final_txn_read(deadline);
         }
         let end_term = self.cluster.max_term();
         let history = lock(&self.history).clone();
+        let txns = lock(&self.txn_history).clone();
         let checked = Instant::now();
         if let Err(v) = check(&history) {
             panic!("{}: not linearizable: {v}", self.name);
         }
+        if let Err(v) = txn_check::check(&txns) {
+            panic!("{}: transactions not linearizable: {v}", self.name);
+        }
+        let txn_count = |f: fn(&TxnOperation) -> bool| txns.iter().filter(|o| f(o)).count();
+        let txn_ok = txn_count(|o| matches!(o.outcome, TxnOutcome::Done { .. }));
+        let txn_won = txn_count(|o| {
+            matches!(
+                o.outcome,
+                TxnOutcome::Done {
+                    succeeded: true,
+                    ..
+                }
+            ) && !o.txn.is_read_only()
+        });
+        let txn_unknown = txn_count(|o| matches!(o.outcome, TxnOutcome::Unknown));
         let count = |f: fn(&Operation) -> bool| history.iter().filter(|o| f(o)).count();
         let summary = Summary {
             ops: history.len(),
@@ -927,6 +1186,8 @@ impl Run {
         };
         eprintln!(
             "{}: {} ops: {} ok ({} writes/CAS applied), {} failed, {} unknown; \
+             {} transactions: {txn_ok} ok ({txn_won} took the success branch and wrote), \
+             {txn_unknown} unknown; \
              {} faults; terms {} -> {}; check {} ms; {:.1} s (heal, final reads, check {:.1} s)",
             self.name,
             summary.ops,
@@ -934,6 +1195,7 @@ impl Run {
             summary.ok_writes,
             summary.failed,
             summary.unknown,
+            txns.len(),
             summary.faults,
             summary.terms.0,
             summary.terms.1,
@@ -961,6 +1223,11 @@ impl Run {
             summary.ok,
             summary.ok_writes
         );
+        assert!(
+            txn_ok >= expect.min_ok / 10 && txn_won > 0,
+            "{}: only {txn_ok} transactions completed ({txn_won} wrote)",
+            self.name
+        );
         summary
     }
 
@@ -974,6 +1241,13 @@ impl Run {
         let path = self.cluster.path().join("history.jsonl");
         let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
         for op in lock(&self.history).iter() {
+            serde_json::to_writer(&mut out, op)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        let txn_path = self.cluster.path().join("history-txn.jsonl");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(txn_path)?);
+        for op in lock(&self.txn_history).iter() {
             serde_json::to_writer(&mut out, op)?;
             out.write_all(b"\n")?;
         }
@@ -999,7 +1273,7 @@ impl Drop for Run {
                     if failed { "FAILED" } else { "passed" },
                     self.seed,
                     match written {
-                        Ok(_) => "history.jsonl".to_string(),
+                        Ok(_) => "history.jsonl, history-txn.jsonl".to_string(),
                         Err(e) => format!("history not written: {e}"),
                     },
                     dir.display()

@@ -27,6 +27,7 @@ pub mod faults;
 pub mod linearizability;
 pub mod proxy;
 pub mod pty;
+pub mod txn_check;
 
 /// A binary of this workspace, built by `cargo test` next to the test binary
 /// (target/<profile>/deps/<test> -> target/<profile>/<name>).
