@@ -69,6 +69,8 @@ pub enum InvalidRequest {
     },
     /// A branch writes one key twice.
     TxnKeyWrittenTwice,
+    /// A `list` watch with a `start_revision`.
+    ListAndStartRevision,
 }
 
 impl fmt::Display for InvalidRequest {
@@ -117,6 +119,10 @@ impl fmt::Display for InvalidRequest {
                 f,
                 "the transaction's `{what}` holds {len} entries; it may hold at most {}",
                 crate::txn::MAX_TXN_OPS
+            ),
+            InvalidRequest::ListAndStartRevision => f.write_str(
+                "a `list` watch lists the keys at the current revision and watches from there: \
+                 it takes no `start_revision`",
             ),
             InvalidRequest::TxnKeyWrittenTwice => f.write_str(
                 "a branch of a transaction writes one key twice (a key may be put or deleted \
@@ -172,6 +178,7 @@ impl ClientRequest {
             ClientRequest::Delete(r) => Some(&mut r.session),
             ClientRequest::Cas(r) => Some(&mut r.session),
             ClientRequest::Txn(r) => Some(&mut r.session),
+            ClientRequest::Watch(_) => None,
             ClientRequest::Healthcheck
             | ClientRequest::Status
             | ClientRequest::Get(_)
@@ -534,6 +541,12 @@ pub enum ErrorCode {
     Compacted,
     /// The revision asked for is ahead of the current one.
     FutureRevision,
+    /// A watch canceled by the node: its client did not read its messages
+    /// fast enough (its connection's buffer of unsent messages filled).
+    /// Resume with a new watch from the revision the message names.
+    SlowWatcher,
+    /// Not created: the connection holds the most watches it may.
+    TooManyWatches,
 }
 
 impl ErrorCode {
@@ -559,6 +572,8 @@ impl ErrorCode {
                 | ErrorCode::Removed
                 | ErrorCode::Compacted
                 | ErrorCode::FutureRevision
+                | ErrorCode::SlowWatcher
+                | ErrorCode::TooManyWatches
         )
     }
 }

@@ -300,6 +300,33 @@ mod tests {
     /// One request of each type.
     fn sample_requests() -> Vec<ClientRequest> {
         vec![
+            ClientRequest::Txn(crate::TxnRequest {
+                txn: crate::Txn {
+                    compare: vec![crate::Compare {
+                        key: "k".into(),
+                        target: crate::CompareTarget::ModRevision,
+                        op: crate::CompareOp::Less,
+                        value: crate::CompareValue::Number(9),
+                    }],
+                    success: vec![crate::TxnOp::Put {
+                        key: "k".into(),
+                        value: "v".into(),
+                    }],
+                    failure: vec![crate::TxnOp::Range(crate::RangeRequest::prefix("k"))],
+                },
+                session: SessionFields {
+                    client_id: Some(2),
+                    seq: Some(3),
+                },
+            }),
+            ClientRequest::Watch(crate::WatchRequest::Create(crate::WatchCreate {
+                key: "k/".into(),
+                prefix: true,
+                start_revision: Some(4),
+                prev_kv: true,
+                ..crate::WatchCreate::default()
+            })),
+            ClientRequest::Watch(crate::WatchRequest::Cancel { watch_id: 2 }),
             ClientRequest::Healthcheck,
             ClientRequest::Status,
             ClientRequest::RegisterClient,
@@ -430,6 +457,7 @@ mod tests {
                 ClientRequest::Keys(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Range(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Txn(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Watch(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Authenticate(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Auth(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::User(r) => serde_line(t, Some(3), None, Some(r)),

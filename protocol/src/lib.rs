@@ -9,6 +9,7 @@
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
 //! - [`kv`]: revisions, and `RANGE` reads.
 //! - [`txn`]: `TXN`, transactions.
+//! - [`watch`]: `WATCH`, streams of changes.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
 //! - [`peer`]: the handshake that proves a connection between nodes.
 //! - [`envelope`]: whole lines, decoded and encoded.
@@ -24,6 +25,7 @@ pub mod peer;
 pub mod raft;
 pub mod table;
 pub mod txn;
+pub mod watch;
 
 pub use auth::*;
 pub use client::*;
@@ -41,3 +43,4 @@ pub use raft::{
 };
 pub use table::{ClientRequest, Handshake, MsgType};
 pub use txn::*;
+pub use watch::*;

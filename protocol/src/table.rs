@@ -18,6 +18,7 @@ use crate::membership::*;
 use crate::peer::*;
 use crate::raft::*;
 use crate::txn::*;
+use crate::watch::*;
 
 macro_rules! message_table {
     (
@@ -224,6 +225,9 @@ message_table! {
         /// Comparisons, then one branch of operations, at one revision (see
         /// [`crate::txn`]).
         Txn = "TXN" (TxnRequest) => TxnReply,
+        /// Creates or cancels a watch; a watch's news come as `WATCH`
+        /// messages without a `req_id` (see [`crate::watch`]).
+        Watch = "WATCH" (WatchRequest) => WatchReply,
         /// Opens a client session: the reply's `client_id` is what the client's
         /// writes carry from then on.
         RegisterClient = "REGISTER_CLIENT" => RegisterClientReply,

@@ -77,6 +77,18 @@ struct Args {
     /// for each change).
     #[arg(long, default_value_t = poncho_server::kv::HISTORY_BYTES)]
     history_bytes: usize,
+    /// Watches this node serves at once (each connection holds at most
+    /// 1,000).
+    #[arg(long, default_value_t = poncho_server::node::MAX_WATCHES)]
+    max_watches: usize,
+    /// A watch that is up to date is canceled (SLOW_WATCHER) when its
+    /// connection holds this many bytes its client has not read.
+    #[arg(long, default_value_t = poncho_server::node::WATCH_BUFFER_BYTES)]
+    watch_buffer_bytes: usize,
+    /// How often a watch with progress_notify that has sent nothing hears
+    /// the node's revision, in milliseconds.
+    #[arg(long, default_value_t = poncho_server::node::WATCH_PROGRESS_INTERVAL.as_millis() as u64)]
+    watch_progress_ms: u64,
     /// Size of one write-ahead log segment file, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     segment_bytes: u64,
@@ -360,6 +372,9 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
         snapshot_transfer_max_age: args.snapshot_transfer_max_age,
         history_events: args.history_events,
         history_bytes: args.history_bytes,
+        max_watches: args.max_watches,
+        watch_buffer_bytes: args.watch_buffer_bytes,
+        watch_progress: Duration::from_millis(args.watch_progress_ms.max(1)),
         segment_bytes: args.segment_bytes.max(4096),
         session_timeout_ms: args.session_timeout_ms,
         max_sessions: args.max_sessions,

@@ -153,3 +153,94 @@ fn a_range_at_a_past_revision_and_one_the_history_no_longer_holds() {
     let ahead = at(&mut c, revisions[4] + 100);
     assert_eq!(ahead["payload"]["code"], "FUTURE_REVISION", "{ahead}");
 }
+
+#[test]
+fn a_transaction_writes_at_one_revision_is_applied_once_and_a_read_only_one_needs_no_log() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(TIMEOUT);
+    let mut c = Client::connect(cluster.addr(leader)).expect("leader");
+    let reg = ask(&mut c, "REGISTER_CLIENT", Value::Null);
+    let client_id = reg["payload"]["client_id"].as_u64().expect("client_id");
+    let txn = json!({
+        "compare": [{"key": "lock", "target": "version", "op": "=", "value": 0}],
+        "success": [
+            {"type": "put", "key": "lock", "value": "me"},
+            {"type": "put", "key": "owner", "value": "me"},
+            {"type": "range", "key": "", "prefix": true}
+        ],
+        "failure": [{"type": "range", "key": "lock"}],
+        "client_id": client_id, "seq": 1
+    });
+    let first = ask(&mut c, "TXN", txn.clone());
+    assert_eq!(first["msg_type"], "TXN", "{first}");
+    let p = &first["payload"];
+    assert_eq!(p["succeeded"], true, "{first}");
+    let index = p["index"].as_u64().expect("index");
+    assert_eq!(p["revision"].as_u64(), Some(index));
+    let kvs = p["responses"][2]["kvs"].as_array().expect("kvs").clone();
+    assert_eq!(kvs.len(), 2, "{first}");
+    for kv in &kvs {
+        assert_eq!(kv["mod_revision"].as_u64(), Some(index), "{kv}");
+    }
+    // The retry is answered as the first attempt, and writes nothing.
+    let retry = ask(&mut c, "TXN", txn.clone());
+    assert_eq!(retry["payload"], first["payload"]);
+    let get = ask(&mut c, "GET", json!({"key": "lock"}));
+    assert_eq!(get["payload"]["version"], 1, "{get}");
+    // A new seq finds the lock taken: failure runs.
+    let mut again = txn;
+    again["seq"] = json!(2);
+    let second = ask(&mut c, "TXN", again);
+    assert_eq!(second["payload"]["succeeded"], false, "{second}");
+    assert_eq!(second["payload"]["responses"][0]["kvs"][0]["value"], "me");
+    // Read-only: answered without a log entry (index 0), at the revision.
+    let status = ask(&mut c, "STATUS", Value::Null);
+    let last = status["payload"]["last_log_index"].as_u64();
+    let read = ask(
+        &mut c,
+        "TXN",
+        json!({"compare": [{"key": "owner", "target": "value", "op": "=", "value": "me"}],
+               "success": [{"type": "range", "key": "lock", "count_only": true}]}),
+    );
+    assert_eq!(
+        (
+            read["payload"]["index"].as_u64(),
+            read["payload"]["succeeded"].as_bool()
+        ),
+        (Some(0), Some(true)),
+        "{read}"
+    );
+    assert_eq!(read["payload"]["responses"][0]["count"], 1);
+    let status = ask(&mut c, "STATUS", Value::Null);
+    assert_eq!(status["payload"]["last_log_index"].as_u64(), last);
+    // Bad ones are refused with the reason, and the connection stays open.
+    for (payload, why) in [
+        (
+            json!({"success": [{"type": "put", "key": "a", "value": "1"},
+                               {"type": "delete", "key": "a"}]}),
+            "writes one key twice",
+        ),
+        (
+            json!({"compare": [{"key": "a", "target": "mod_revision", "op": "=", "value": "1"}]}),
+            "compares a number",
+        ),
+        (
+            json!({"success": [{"type": "range", "key": "a", "rev": 2}]}),
+            "no `rev`",
+        ),
+    ] {
+        let r = ask(&mut c, "TXN", payload);
+        assert_eq!(r["payload"]["code"], "BAD_REQUEST", "{r}");
+        let message = r["payload"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{message}");
+    }
+    // A follower sends a transaction to the leader, like any write.
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut f = Client::connect(cluster.addr(follower)).expect("follower");
+    let r = ask(
+        &mut f,
+        "TXN",
+        json!({"success": [{"type": "range", "key": "a"}]}),
+    );
+    assert_eq!(r["payload"]["code"], "NOT_LEADER", "{r}");
+}

@@ -135,6 +135,11 @@ impl History {
         self.events.len()
     }
 
+    /// Every change held, oldest first.
+    pub(super) fn events(&self) -> &VecDeque<Event> {
+        &self.events
+    }
+
     /// The changes after `revision`, newest first.
     pub(super) fn newest_after(&self, revision: u64) -> impl Iterator<Item = &Event> {
         self.events

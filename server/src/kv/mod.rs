@@ -14,6 +14,8 @@
 //! - `store.rs`: the [`KvStore`]: `apply` routes a committed entry, and the
 //!   map's primitives.
 //! - `txn.rs`: what a transaction does to the map.
+//! - `watch.rs`: what watches read: the changes from a revision on, and a
+//!   range's keys at one revision.
 //! - `session.rs`: exactly-once client sessions (registration, the cached
 //!   reply, deterministic expiry and eviction) and their limits.
 //! - `command.rs`: the log's envelope of a write ([`Command`]: the op, its
@@ -34,6 +36,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod watch;
 
 pub use command::Command;
 pub use history::{HISTORY_BYTES, HISTORY_EVENTS};
@@ -41,3 +44,4 @@ pub use ops::{ApplyResult, AuthOp, Op};
 pub use session::{MAX_SESSIONS, MAX_SESSION_BYTES, SESSION_TIMEOUT_MS};
 pub use snapshot::{KvSnapshot, SNAPSHOT_FORMAT};
 pub use store::KvStore;
+pub use watch::{Change, KeysAt};

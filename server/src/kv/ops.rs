@@ -159,6 +159,7 @@ impl Op {
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
             | ClientRequest::Range(_)
+            | ClientRequest::Watch(_)
             | ClientRequest::Authenticate(_)
             | ClientRequest::Member(_)
             | ClientRequest::TransferLeader(_)) => return Err(read),

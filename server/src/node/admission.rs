@@ -529,6 +529,7 @@ impl Node {
             } else if let Some(idle) = idle.filter(|_| conn.role == ConnRole::Client) {
                 if conn.partial_since.is_none()
                     && conn.pending_replies() == 0
+                    && conn.watches == 0
                     && conn.output_bytes() == 0
                     && now.duration_since(conn.last_active) >= idle
                 {

@@ -285,6 +285,7 @@ impl Node {
                 }
             }
             ClientRequest::Range(range) => self.start_read(key, req_id, ReadKind::Range(range)),
+            ClientRequest::Watch(watch) => self.handle_watch(key, req_id, watch),
             ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
             ClientRequest::User(UserRequest::Add { name, password }) => {
                 self.start_password_change(key, req_id, PasswordChange::Add { name }, password)
@@ -629,7 +630,9 @@ fn needs(request: &ClientRequest) -> Need<'_> {
         ClientRequest::Status
         | ClientRequest::RegisterClient
         | ClientRequest::Keys(_)
-        | ClientRequest::Range(_) => Need::LoggedIn,
+        | ClientRequest::Range(_)
+        // A watch sends only the changes to keys its user may read.
+        | ClientRequest::Watch(_) => Need::LoggedIn,
         ClientRequest::Get(get) => Need::Read(&get.key),
         ClientRequest::Auth(AuthRequest::Status) => Need::LoggedIn,
         ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_) => Need::Root,

@@ -292,6 +292,10 @@ pub struct Conn {
     pub login_since: Option<u64>,
     /// Failed logins so far: each answer waits longer.
     pub failed_logins: u32,
+    /// The id the connection's last watch got (they count from 1), and how
+    /// many it has now (a watching connection is not idle).
+    pub next_watch_id: u64,
+    pub watches: usize,
     /// The login in progress's flag, set when the connection is dropped so
     /// the password worker skips a check nobody waits for.
     pub login_gone: Option<Arc<AtomicBool>>,
@@ -337,6 +341,8 @@ impl Conn {
             user_since: None,
             login_since: None,
             failed_logins: 0,
+            next_watch_id: 0,
+            watches: 0,
             login_gone: None,
         }
     }
@@ -393,6 +399,12 @@ impl Conn {
     /// Appends what `encode` writes, needing no slot (messages to a peer).
     pub fn push_output(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
         encode(&mut self.output);
+    }
+
+    /// Whether the reply in `slot` has gone to the output (it and every
+    /// reply before it are ready).
+    pub fn slot_sent(&self, slot: u64) -> bool {
+        slot < self.first_slot
     }
 
     pub fn output_bytes(&self) -> usize {

@@ -45,6 +45,7 @@ mod ready;
 mod snapshots;
 mod startup;
 mod tls;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -77,6 +78,7 @@ use crate::storage::{Storage, StorageError};
 
 pub use self::clients::MAX_KEYS_PER_REPLY;
 pub use self::startup::StartError;
+pub use self::watch::{MAX_WATCHES, WATCH_BUFFER_BYTES, WATCH_PROGRESS_INTERVAL};
 
 const LISTENER: Token = Token(0);
 const PEER_LISTENER: Token = Token(2);
@@ -119,6 +121,12 @@ pub struct NodeConfig {
     /// this many, and this many bytes (see `kv::history`).
     pub history_events: usize,
     pub history_bytes: usize,
+    /// Watches served at once, unsent output that cancels a synced watch,
+    /// and how often an idle watch that asked hears the revision (see
+    /// `watch.rs`).
+    pub max_watches: usize,
+    pub watch_buffer_bytes: usize,
+    pub watch_progress: Duration,
     /// WAL segment size: compaction deletes whole segments.
     pub segment_bytes: u64,
     /// Client sessions expire after this much idle log time, and at most
@@ -237,6 +245,7 @@ pub struct Node {
     raft: Raft,
     storage: Storage,
     kv: KvStore,
+    watches: watch::Watches,
     snapshots: Snapshots,
     trust: PeerTrust,
     tls: Tls,
@@ -299,6 +308,7 @@ impl Node {
             self.retry_unpersisted()?;
             self.drive_raft()?;
             self.follow_membership();
+            self.sync_watches();
             self.flush_dirty();
         }
         self.stop()
@@ -332,6 +342,9 @@ impl Node {
     }
 
     fn next_deadline(&self) -> Instant {
+        if self.watches.busy {
+            return Instant::now();
+        }
         let mut deadline = self.next_tick;
         if let Some(retry) = self.admission.accept_retry {
             deadline = deadline.min(retry);
@@ -396,6 +409,9 @@ impl Node {
             return;
         };
         self.admission.tally(conn.role, false);
+        if conn.watches > 0 {
+            self.watches.drop_conn(key);
+        }
         if let ConnRole::Outbound(peer, _) = conn.role {
             self.peers.link_closed(peer, key, why);
         } else if conn.stream.tls_error().is_some() {

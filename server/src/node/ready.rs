@@ -153,7 +153,9 @@ impl Node {
         let mut last = None;
         for entry in &std::mem::take(&mut rd.committed_entries) {
             last = Some(entry.index);
+            let revision_before = self.kv.revision();
             let result = self.kv.apply(entry);
+            self.publish_changes(revision_before);
             if entry.kind == poncho_protocol::EntryKind::Config {
                 self.answer_change(entry);
             } else {

@@ -482,6 +482,7 @@ impl Node {
         self.kv = kv;
         self.kv
             .set_history_limits(self.config.history_events, self.config.history_bytes);
+        self.watches_after_restore();
         info!(
             "installed snapshot through index {} from node {leader} \
              ({} bytes in {} chunks, {} out of turn)",

@@ -204,6 +204,11 @@ impl Node {
         print_banner(&config, local);
         let now = Instant::now();
         let mut config = config;
+        let watches = super::watch::Watches::new(
+            config.max_watches,
+            config.watch_buffer_bytes,
+            config.watch_progress,
+        );
         config.port = local.port();
         let logins =
             super::Logins::start(bound.poll.registry(), super::PASSWORDS).map_err(|error| {
@@ -241,6 +246,7 @@ impl Node {
             raft,
             storage: recovered.storage,
             kv,
+            watches,
             snapshots: recovered.snapshots,
             unpersisted: None,
             shutting_down: false,
@@ -601,6 +607,9 @@ mod tests {
             snapshot_transfer_max_age: 100_000,
             history_events: crate::kv::HISTORY_EVENTS,
             history_bytes: crate::kv::HISTORY_BYTES,
+            max_watches: crate::node::watch::MAX_WATCHES,
+            watch_buffer_bytes: crate::node::watch::WATCH_BUFFER_BYTES,
+            watch_progress: crate::node::watch::WATCH_PROGRESS_INTERVAL,
             segment_bytes: 1 << 20,
             session_timeout_ms: crate::kv::SESSION_TIMEOUT_MS,
             max_sessions: crate::kv::MAX_SESSIONS,
