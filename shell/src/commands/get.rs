@@ -11,7 +11,7 @@ use crate::exec::{
     next_page, numbered, numbered_lines, payload, plain_value, plain_words, pretty_value, Done,
     Outcome,
 };
-use crate::line::quote;
+use crate::line::{quote, Token};
 
 pub const SPEC: Spec = Spec {
     name: "get",
@@ -51,14 +51,24 @@ pub struct Range {
 }
 
 fn parse(args: &Args<'_>) -> Result<Box<dyn Action>, UsageError> {
+    match parse_words(args.tokens()) {
+        Ok(get) => Ok(Box::new(get)),
+        Err(Some(what)) => Err(args.wrong(what)),
+        Err(None) => Err(args.usage()),
+    }
+}
+
+/// The words after `get` (also a `get` of `txn`): `Err(None)` if they are
+/// not the arguments get takes, `Err(Some(what))` saying what is wrong.
+pub(super) fn parse_words(tokens: &[Token]) -> Result<Get, Option<String>> {
     let mut key = None;
     let mut range = Range::default();
     let mut flags = false;
-    let mut tokens = args.tokens().iter();
+    let mut tokens = tokens.iter();
     while let Some(t) = tokens.next() {
         if t.quoted || !t.text.starts_with("--") {
             if key.replace(t.text.clone()).is_some() {
-                return Err(args.usage());
+                return Err(None);
             }
             continue;
         }
@@ -67,7 +77,7 @@ fn parse(args: &Args<'_>) -> Result<Box<dyn Action>, UsageError> {
             tokens
                 .next()
                 .map(|t| t.text.clone())
-                .ok_or_else(|| args.wrong(format!("{} needs {what}", t.text)))
+                .ok_or_else(|| Some(format!("{} needs {what}", t.text)))
         };
         match t.text.as_str() {
             "--prefix" => range.prefix = true,
@@ -76,35 +86,35 @@ fn parse(args: &Args<'_>) -> Result<Box<dyn Action>, UsageError> {
                 let n = value("a number")?;
                 match n.parse::<u64>() {
                     Ok(n) if n > 0 => range.limit = Some(n),
-                    _ => return Err(args.wrong(format!("{n} is not a limit (a number from 1)"))),
+                    _ => return Err(Some(format!("{n} is not a limit (a number from 1)"))),
                 }
             }
             "--rev" => {
                 let r = value("a revision")?;
                 match r.parse::<u64>() {
                     Ok(r) if r > 0 => range.rev = Some(r),
-                    _ => return Err(args.wrong(format!("{r} is not a revision (a number from 1)"))),
+                    _ => return Err(Some(format!("{r} is not a revision (a number from 1)"))),
                 }
             }
             "--keys-only" => range.keys_only = true,
             "--count" => range.count = true,
-            other => return Err(args.wrong(format!("{other} is not a flag of get"))),
+            other => return Err(Some(format!("{other} is not a flag of get"))),
         }
     }
     let Some(key) = key else {
-        return Err(args.usage());
+        return Err(None);
     };
     if range.prefix && range.end.is_some() {
-        return Err(args.wrong("--prefix and --range exclude each other"));
+        return Err(Some("--prefix and --range exclude each other".into()));
     }
     if range.count && range.keys_only {
-        return Err(args.wrong("--count and --keys-only exclude each other"));
+        return Err(Some("--count and --keys-only exclude each other".into()));
     }
     if !flags {
-        return Ok(Box::new(Get::Key(key)));
+        return Ok(Get::Key(key));
     }
     range.key = key;
-    Ok(Box::new(Get::Range(range)))
+    Ok(Get::Range(range))
 }
 
 impl Action for Get {
@@ -186,23 +196,7 @@ fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
             json!({"count": first.count, "revision": first.revision}),
         ));
     }
-    let keys: Vec<String> = kvs.iter().map(|k| k.key.clone()).collect();
-    let (plain, pretty) = if range.keys_only {
-        (plain_words(&keys), numbered(&keys))
-    } else {
-        let lines: Vec<String> = kvs
-            .iter()
-            .map(|k| {
-                let v = k.value.as_deref().unwrap_or_default();
-                format!("{}\n{}", quote(&k.key), plain_value(v))
-            })
-            .collect();
-        let pretty: Vec<String> = kvs
-            .iter()
-            .map(|k| format!("{} = {}", quote(&k.key), pretty_value(&k.value)))
-            .collect();
-        (lines.join("\n"), numbered_lines(&pretty))
-    };
+    let (plain, pretty) = render_kvs(&kvs, range.keys_only);
     Ok(Done::new(
         plain,
         pretty,
@@ -213,4 +207,25 @@ fn read_range(client: &mut ClusterClient, range: &Range) -> Outcome {
             "revision": first.revision,
         }),
     ))
+}
+
+/// A listing, plain and pretty: for scripts each key then its value, a line
+/// each (with `keys_only` the keys on one line); for people numbered lines.
+pub(super) fn render_kvs(kvs: &[KeyValue], keys_only: bool) -> (String, String) {
+    if keys_only {
+        let keys: Vec<String> = kvs.iter().map(|k| k.key.clone()).collect();
+        return (plain_words(&keys), numbered(&keys));
+    }
+    let lines: Vec<String> = kvs
+        .iter()
+        .map(|k| {
+            let v = k.value.as_deref().unwrap_or_default();
+            format!("{}\n{}", quote(&k.key), plain_value(v))
+        })
+        .collect();
+    let pretty: Vec<String> = kvs
+        .iter()
+        .map(|k| format!("{} = {}", quote(&k.key), pretty_value(&k.value)))
+        .collect();
+    (lines.join("\n"), numbered_lines(&pretty))
 }
