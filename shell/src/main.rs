@@ -27,7 +27,7 @@ use clap::Parser;
 use serde_json::{Map, Value};
 
 use crate::client::{ClusterClient, Credentials, Tls, TlsFiles};
-use crate::commands::Command;
+use crate::commands::{Command, Lines, NextLine};
 use crate::exec::{Done, Failure};
 use crate::line::Token;
 
@@ -236,6 +236,19 @@ fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
             return 2;
         }
     };
+    let mut command = command;
+    let stdin = std::io::stdin();
+    let prompts = stdin.is_terminal();
+    let mut number = 0;
+    let mut lines = StdinLines {
+        stdin: &mut stdin.lock(),
+        number: &mut number,
+        prompts,
+    };
+    if let Err(f) = command.read_lines(&mut lines) {
+        print_failure(output, Mode::OneShot, Some(&command.name()), &f, "");
+        return f.exit_code();
+    }
     match command.run(client) {
         Ok(done) => {
             print_done(output, None, &command, done);
@@ -269,7 +282,9 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
         while matches!(bytes.last(), Some(b'\n' | b'\r')) {
             bytes.pop();
         }
-        let mode = Mode::Script(number);
+        // A command that reads the lines after it moves `number` on.
+        let start = number;
+        let mode = Mode::Script(start);
         let parsed = match std::str::from_utf8(&bytes) {
             Ok(line) => commands::parse_line(line).map_err(|e| e.to_string()),
             Err(_) => Err("the line is not valid UTF-8".to_string()),
@@ -277,16 +292,18 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
         let result = match parsed {
             Ok(None) => continue,
             Ok(Some(command)) if command.is_exit() => break,
-            Ok(Some(command)) => match command.run(client) {
-                Ok(done) => {
-                    print_done(output, Some(number), &command, done);
-                    Ok(())
+            Ok(Some(mut command)) => {
+                match read_and_run(client, &mut command, &mut stdin, &mut number) {
+                    Ok(done) => {
+                        print_done(output, Some(start), &command, done);
+                        Ok(())
+                    }
+                    Err(f) => {
+                        print_failure(output, mode, Some(&command.name()), &f, "");
+                        Err(f.exit_code())
+                    }
                 }
-                Err(f) => {
-                    print_failure(output, mode, Some(&command.name()), &f, "");
-                    Err(f.exit_code())
-                }
-            },
+            }
             Err(message) => {
                 let word = String::from_utf8_lossy(&bytes)
                     .split_whitespace()
@@ -306,6 +323,57 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
         }
     }
     status
+}
+
+/// Runs a command of a script, reading its body first if it takes one
+/// (`txn` with no arguments: the lines after it).
+fn read_and_run(
+    client: &mut ClusterClient,
+    command: &mut Command,
+    stdin: &mut std::io::StdinLock<'_>,
+    number: &mut usize,
+) -> Result<Done, Failure> {
+    command.read_lines(&mut StdinLines {
+        stdin,
+        number,
+        prompts: false,
+    })?;
+    command.run(client)
+}
+
+/// The lines after a command that reads them (`txn`), from stdin: in a
+/// script (counting the lines, for the numbers errors carry), or after a
+/// one-shot command (with each part's title on stderr if stdin is a
+/// terminal).
+struct StdinLines<'a, 'b> {
+    stdin: &'a mut std::io::StdinLock<'b>,
+    number: &'a mut usize,
+    prompts: bool,
+}
+
+impl Lines for StdinLines<'_, '_> {
+    fn section(&mut self, title: &str) {
+        if self.prompts {
+            eprintln!("{title}");
+        }
+    }
+
+    fn next_line(&mut self) -> Result<NextLine, Failure> {
+        let mut bytes = Vec::new();
+        match self.stdin.read_until(b'\n', &mut bytes) {
+            Ok(0) => return Ok(NextLine::End),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::Usage(format!("reading stdin: {e}"))),
+        }
+        *self.number += 1;
+        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+            bytes.pop();
+        }
+        Ok(match String::from_utf8(bytes) {
+            Ok(line) => NextLine::Line(line),
+            Err(_) => NextLine::Unreadable(format!("line {} is not valid UTF-8", self.number)),
+        })
+    }
 }
 
 /// An environment variable's value, unless unset or blank.

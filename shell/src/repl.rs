@@ -18,7 +18,7 @@ use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
 use crate::assist;
 use crate::client::{ClientError, ClusterClient, Credentials, Route, Tls};
-use crate::commands::{self, Command};
+use crate::commands::{self, Command, Lines, NextLine};
 use crate::exec::Failure;
 use crate::line::quote;
 use crate::{print_failure, print_json_done, Mode, Output};
@@ -283,10 +283,36 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
                 continue;
             }
         };
+        let mut command = command;
+        if let Err(f) = command.read_lines(&mut EditorLines(&mut editor)) {
+            print_failure(output, Mode::Interactive, Some(&command.name()), &f, "");
+            continue;
+        }
         interrupt.store(false, Ordering::SeqCst);
         run_command(&mut client, output, &command);
     }
     0
+}
+
+/// The lines after a command that reads them (`txn`), from the editor:
+/// each part's title, then a `> ` prompt a line. Ctrl-C or Ctrl-D cancels
+/// the command.
+struct EditorLines<'a>(&'a mut ShellEditor);
+
+impl Lines for EditorLines<'_> {
+    fn section(&mut self, title: &str) {
+        println!("{title}");
+    }
+
+    fn next_line(&mut self) -> Result<NextLine, Failure> {
+        match self.0.readline("> ") {
+            Ok(line) => Ok(NextLine::Line(line)),
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => {
+                Err(Failure::Usage("cancelled: nothing was sent".to_string()))
+            }
+            Err(e) => Err(Failure::Usage(format!("cannot read the line: {e}"))),
+        }
+    }
 }
 
 /// Runs one command and prints its result, with its timing if it asked the

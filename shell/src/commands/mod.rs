@@ -12,7 +12,7 @@ use std::any::Any;
 use std::fmt;
 
 use crate::client::ClusterClient;
-use crate::exec::Outcome;
+use crate::exec::{Failure, Outcome};
 use crate::line::{quote, tokenize, Token};
 
 mod append;
@@ -32,6 +32,7 @@ mod role;
 mod set;
 mod status;
 mod transfer_leader;
+mod txn;
 mod user;
 mod verbose;
 mod vote;
@@ -42,6 +43,7 @@ pub const COMMANDS: &[&Spec] = &[
     &get::SPEC,
     &delete::SPEC,
     &cas::SPEC,
+    &txn::SPEC,
     &keys::SPEC,
     &health::SPEC,
     &status::SPEC,
@@ -101,14 +103,19 @@ impl Sub {
 
 /// How many arguments `args` (as [`Spec::args`] spells them) needs, and
 /// how many it allows. Every word inside `[...]` is optional, so
-/// `[--peer-addr ADDR]` is two words that may be left out.
+/// `[--peer-addr ADDR]` is two words that may be left out; a word with
+/// `...` (`[COMPARE...]`) may be repeated, so any number is allowed.
 fn arity(args: &str) -> (usize, usize) {
     let (mut required, mut allowed, mut depth) = (0, 0, 0usize);
     for word in args.split_whitespace() {
         if depth == 0 && !word.starts_with('[') {
             required += 1;
         }
-        allowed += 1;
+        allowed = if word.contains("...") {
+            usize::MAX
+        } else {
+            allowed.saturating_add(1)
+        };
         depth += word.matches('[').count();
         depth = depth.saturating_sub(word.matches(']').count());
     }
@@ -249,6 +256,34 @@ pub fn no_args<T: Action + Default>(_: &Args<'_>) -> Result<Box<dyn Action>, Usa
 /// A parsed command, ready to run.
 pub trait Action: fmt::Debug + Any {
     fn run(&self, client: &mut ClusterClient) -> Outcome;
+
+    /// For a command that takes the lines after its own as its body (`txn`
+    /// with no arguments): reads them from `lines` before it runs. Others
+    /// read nothing.
+    fn read_lines(&mut self, _lines: &mut dyn Lines) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+/// Where a command that reads the lines after its own gets them: the REPL's
+/// line editor, the next lines of a script, or stdin after a one-shot
+/// command.
+pub trait Lines {
+    /// A part of the body begins (`compares:`): its title is shown on a
+    /// terminal, and not in a script.
+    fn section(&mut self, title: &str);
+    /// The next line. `Err` stops reading at once (Ctrl-C, stdin failed).
+    fn next_line(&mut self) -> Result<NextLine, Failure>;
+}
+
+/// What [`Lines::next_line`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextLine {
+    Line(String),
+    /// A line that is there but cannot be read (not UTF-8): why.
+    Unreadable(String),
+    /// The end of the input.
+    End,
 }
 
 /// A line the user typed, parsed: which command, and its action.
@@ -280,6 +315,12 @@ impl Command {
 
     pub fn run(&self, client: &mut ClusterClient) -> Outcome {
         self.action.run(client)
+    }
+
+    /// Reads the command's body from the lines after it, if it takes one
+    /// ([`Action::read_lines`]). Call it before [`Command::run`].
+    pub fn read_lines(&mut self, lines: &mut dyn Lines) -> Result<(), Failure> {
+        self.action.read_lines(lines)
     }
 }
 
@@ -816,6 +857,10 @@ mod tests {
     fn optional_groups_count_as_optional_words() {
         assert_eq!(arity("KEY VALUE"), (2, 2));
         assert_eq!(arity("[PREFIX]"), (0, 1));
+        assert_eq!(
+            arity("[COMPARE...] [then OP...] [else OP...]"),
+            (0, usize::MAX)
+        );
         assert_eq!(arity("NAME[:PASSWORD]"), (1, 1));
         assert_eq!(
             arity("ID ADDR [--peer-addr ADDR] [--learner] [--force]"),
