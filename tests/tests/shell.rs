@@ -667,3 +667,219 @@ fn get_reads_a_prefix_or_a_range_in_key_order() {
         "{run}"
     );
 }
+
+/// `txn`, in one line and with its body on the lines after it: the branch
+/// that ran, each operation's result, and nothing of a refused one applied.
+#[test]
+fn txn_runs_one_line_and_interactive_transactions() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(ELECTION);
+    let arg = cluster_arg(&cluster, &[1, 2, 3]);
+    let script = r#"set cfg x
+set old/1 a
+set old/2 b
+txn 'version(lock) = 0' 'value(cfg) = "x"' then 'set lock me' 'del old/ --prefix' 'get lock' else 'get lock'
+txn 'version(lock) = 0' then 'set lock you' else 'get lock' 'get old/ --prefix --count'
+txn
+version(lock) > 0
+# a comment in the body
+value(lock) = me
+
+set "my key" "two words"
+get lock --keys-only
+get nothing
+
+set never ran
+
+get lock
+txn then 'set a 1' 'set a 2'
+txn 'verion(lock) = 0' then 'set x y'
+txn
+value(lock) = nil
+
+set inside oops
+
+get lock
+
+get "my key"
+"#;
+    let run = run_shell(&["--cluster", &arg], script);
+    let expected = [
+        "OK",
+        "OK",
+        "OK",
+        // Line 4: the comparisons held.
+        "SUCCESS",
+        "OK",
+        "2",
+        "me",
+        // Line 5: version(lock) is 1 now.
+        "FAILURE",
+        "me",
+        "0",
+        // Line 6, interactive.
+        "SUCCESS",
+        "OK",
+        "lock",
+        "(nil)",
+        // Line 17, after the body.
+        "me",
+        // Line 27, after the body of the refused one.
+        "two words",
+    ];
+    assert_eq!(run.stdout, expected.join("\n") + "\n", "{run}");
+    let errors: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(errors.len(), 3, "{run}");
+    assert!(
+        errors[0].starts_with("line 18: BAD_REQUEST: ") && errors[0].contains("one key twice"),
+        "{run}"
+    );
+    let usage = "usage: txn [COMPARE...] [then OP...] [else OP...]";
+    assert_eq!(
+        errors[1],
+        format!(
+            "line 19: in \"verion(lock) = 0\": verion is not value, version, create or mod; {usage}"
+        ),
+        "{run}"
+    );
+    assert_eq!(
+        errors[2],
+        format!(
+            "line 20: in \"value(lock) = nil\": an unquoted nil is no value; \
+             compare version(lock) = 0 for an absent key; {usage}"
+        ),
+        "{run}"
+    );
+    assert_eq!(run.status.code(), Some(1), "the first failure: {run}");
+    assert_eq!(leader_get(&mut cluster, "lock"), "me");
+    assert_eq!(leader_get(&mut cluster, "my key"), "two words");
+    for never in ["old/1", "never", "a", "x", "inside"] {
+        assert_eq!(leader_get(&mut cluster, never), Value::Null, "{never}");
+    }
+
+    // --json: a read-only one is answered as a read (index 0); one that
+    // writes has the index it was applied at.
+    let run = run_shell(
+        &["--cluster", &arg, "--json"],
+        "txn 'value(lock) = \"me\"' then 'get lock'\ntxn\nmod(lock) > 0\n\ndel lock\n\n",
+    );
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{run}");
+    let read = &lines[0];
+    assert_eq!(
+        (
+            &read["command"],
+            &read["line"],
+            &read["succeeded"],
+            &read["index"]
+        ),
+        (&json!("txn"), &json!(1), &json!(true), &json!(0)),
+        "{run}"
+    );
+    assert_eq!(read["responses"][0]["type"], "range", "{run}");
+    assert_eq!(read["responses"][0]["kvs"][0]["value"], "me", "{run}");
+    let write = &lines[1];
+    assert_eq!(write["line"], 2, "{run}");
+    assert_eq!(write["succeeded"], true, "{run}");
+    assert_eq!(
+        write["responses"],
+        json!([{"type": "delete", "deleted": 1}]),
+        "{run}"
+    );
+    assert!(write["index"].as_u64().is_some_and(|i| i > 0), "{run}");
+    assert_eq!(write["revision"], write["index"], "{run}");
+    assert_eq!(leader_get(&mut cluster, "lock"), Value::Null);
+
+    // One-shot: the words as your shell split them; or the body on stdin.
+    let run = run_shell(
+        &[
+            "--cluster",
+            &arg,
+            "txn",
+            "version(lock) = 0",
+            "then",
+            "set lock 'one shot'",
+        ],
+        "",
+    );
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "SUCCESS\nOK\n"),
+        "{run}"
+    );
+    let run = run_shell(
+        &["--cluster", &arg, "txn"],
+        "value(lock) != \"one shot\"\n\nset lock other\n\nget lock\n",
+    );
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str(), run.stderr.as_str()),
+        (Some(0), "FAILURE\none shot\n", ""),
+        "{run}"
+    );
+}
+
+/// At the prompt, `txn` alone asks for its three parts by their titles,
+/// and Ctrl-C cancels it.
+#[test]
+fn the_interactive_shell_asks_for_a_txn_body() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(ELECTION);
+    let home = tempfile::tempdir().expect("temp home");
+    let addr = cluster.addr(1).to_string();
+    let prompt = format!("poncho {addr} (leader)> ");
+    let mut shell = shell_on_pty(&["--cluster", addr.as_str()], home.path());
+    shell.expect(&prompt);
+    // One line at a time, each sent once the next `> ` is up: the line
+    // editor drops keys typed ahead past the end of a line.
+    let line = |shell: &mut poncho_tests::pty::Pty, text: &str| {
+        shell.send(&format!("{text}\r"));
+        shell.expect("\n> ");
+    };
+    line(&mut shell, "txn");
+    assert!(
+        shell.screen().ends_with("compares:\n> "),
+        "{}",
+        shell.screen()
+    );
+    line(&mut shell, "version(k) = 0");
+    line(&mut shell, "");
+    assert!(
+        shell
+            .screen()
+            .ends_with("\nsuccess requests (get, set, del):\n> "),
+        "{}",
+        shell.screen()
+    );
+    line(&mut shell, "set k v");
+    line(&mut shell, "get k");
+    line(&mut shell, "");
+    assert!(
+        shell
+            .screen()
+            .ends_with("\nfailure requests (get, set, del):\n> "),
+        "{}",
+        shell.screen()
+    );
+    line(&mut shell, "get k");
+    shell.send("\r");
+    shell.expect("\nSUCCESS (revision ");
+    shell.expect("\n1) set k v: OK\n2) get k: \"v\"\n(");
+    shell.expect(&prompt);
+    // Ctrl-C in the body cancels the transaction, not the shell.
+    line(&mut shell, "txn");
+    line(&mut shell, "version(k) > 0");
+    line(&mut shell, "");
+    shell.send("set k never");
+    shell.expect("set k never");
+    shell.send("\x03");
+    shell.expect("cancelled: nothing was sent");
+    shell.expect(&prompt);
+    shell.send("exit\r");
+    assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+    assert_eq!(leader_get(&mut cluster, "k"), "v");
+}
