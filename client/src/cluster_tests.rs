@@ -54,6 +54,7 @@ fn set(session: SessionFields) -> ClientRequest {
     ClientRequest::Set(poncho_protocol::SetRequest {
         key: "k".into(),
         value: "v".into(),
+        lease: None,
         session,
     })
 }

@@ -47,12 +47,10 @@ impl Session {
 }
 
 /// `request` with `fields` as its session fields, if it is a write applied
-/// in a session ([`ClientRequest::session_mut`]); any other request as it is.
+/// in a session ([`ClientRequest::set_session`]); any other request as it is.
 pub fn in_session(request: &ClientRequest, fields: SessionFields) -> ClientRequest {
     let mut request = request.clone();
-    if let Some(session) = request.session_mut() {
-        *session = fields;
-    }
+    request.set_session(fields);
     request
 }
 

@@ -71,6 +71,10 @@ pub enum InvalidRequest {
     TxnKeyWrittenTwice,
     /// A `list` watch with a `start_revision`.
     ListAndStartRevision,
+    /// A lease's TTL out of bounds.
+    LeaseTtl {
+        ttl: u64,
+    },
 }
 
 impl fmt::Display for InvalidRequest {
@@ -119,6 +123,12 @@ impl fmt::Display for InvalidRequest {
                 f,
                 "the transaction's `{what}` holds {len} entries; it may hold at most {}",
                 crate::txn::MAX_TXN_OPS
+            ),
+            InvalidRequest::LeaseTtl { ttl } => write!(
+                f,
+                "a lease's ttl is {ttl} seconds; it must be at least {} and at most {}",
+                crate::lease::MIN_LEASE_TTL_SECS,
+                crate::lease::MAX_LEASE_TTL_SECS
             ),
             InvalidRequest::ListAndStartRevision => f.write_str(
                 "a `list` watch lists the keys at the current revision and watches from there: \
@@ -169,17 +179,24 @@ impl SessionFields {
 }
 
 impl ClientRequest {
-    /// A write's session fields, which a client fills in before sending it
-    /// (and again, the same, on a retry); `None` for a request that is not
-    /// applied in a session.
-    pub fn session_mut(&mut self) -> Option<&mut SessionFields> {
-        match self {
-            ClientRequest::Set(r) => Some(&mut r.session),
-            ClientRequest::Delete(r) => Some(&mut r.session),
-            ClientRequest::Cas(r) => Some(&mut r.session),
-            ClientRequest::Txn(r) => Some(&mut r.session),
-            ClientRequest::Watch(_) => None,
-            ClientRequest::Healthcheck
+    /// Fills in a write's session fields, which a client does before
+    /// sending it (and again, the same, on a retry); false (and nothing
+    /// changed) for a request that is not applied in a session.
+    pub fn set_session(&mut self, fields: SessionFields) -> bool {
+        let slot = match self {
+            ClientRequest::Set(r) => &mut r.session,
+            ClientRequest::Delete(r) => &mut r.session,
+            ClientRequest::Cas(r) => &mut r.session,
+            ClientRequest::Txn(r) => &mut r.session,
+            ClientRequest::Lease(r) => {
+                if r.session().is_none() {
+                    return false;
+                }
+                r.set_session(fields);
+                return true;
+            }
+            ClientRequest::Watch(_)
+            | ClientRequest::Healthcheck
             | ClientRequest::Status
             | ClientRequest::Get(_)
             | ClientRequest::Keys(_)
@@ -190,8 +207,10 @@ impl ClientRequest {
             | ClientRequest::User(_)
             | ClientRequest::Role(_)
             | ClientRequest::Member(_)
-            | ClientRequest::TransferLeader(_) => None,
-        }
+            | ClientRequest::TransferLeader(_) => return false,
+        };
+        *slot = fields;
+        true
     }
 }
 
@@ -213,6 +232,10 @@ pub struct GetRequest {
 pub struct SetRequest {
     pub key: String,
     pub value: String,
+    /// Attach the key to this lease (see [`crate::lease`]); without one, a
+    /// key that was attached to a lease is not any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
     #[serde(flatten)]
     pub session: SessionFields,
 }
@@ -221,6 +244,7 @@ pub struct SetRequest {
 struct SetWire {
     key: String,
     value: String,
+    lease: Option<u64>,
     client_id: Option<u64>,
     seq: Option<u64>,
 }
@@ -230,6 +254,7 @@ impl From<SetWire> for SetRequest {
         SetRequest {
             key: w.key,
             value: w.value,
+            lease: w.lease,
             session: SessionFields {
                 client_id: w.client_id,
                 seq: w.seq,
@@ -547,6 +572,11 @@ pub enum ErrorCode {
     SlowWatcher,
     /// Not created: the connection holds the most watches it may.
     TooManyWatches,
+    /// Not applied: no lease has that id (never granted, revoked, or
+    /// expired).
+    LeaseNotFound,
+    /// Not granted: the cluster holds `MAX_LEASES` leases.
+    TooManyLeases,
 }
 
 impl ErrorCode {
@@ -574,6 +604,8 @@ impl ErrorCode {
                 | ErrorCode::FutureRevision
                 | ErrorCode::SlowWatcher
                 | ErrorCode::TooManyWatches
+                | ErrorCode::LeaseNotFound
+                | ErrorCode::TooManyLeases
         )
     }
 }

@@ -311,6 +311,7 @@ mod tests {
                     success: vec![crate::TxnOp::Put {
                         key: "k".into(),
                         value: "v".into(),
+                        lease: Some(4),
                     }],
                     failure: vec![crate::TxnOp::Range(crate::RangeRequest::prefix("k"))],
                 },
@@ -327,6 +328,11 @@ mod tests {
                 ..crate::WatchCreate::default()
             })),
             ClientRequest::Watch(crate::WatchRequest::Cancel { watch_id: 2 }),
+            ClientRequest::Lease(crate::LeaseRequest::Grant {
+                ttl: 5,
+                client_id: Some(1),
+                seq: Some(2),
+            }),
             ClientRequest::Healthcheck,
             ClientRequest::Status,
             ClientRequest::RegisterClient,
@@ -337,6 +343,7 @@ mod tests {
             ClientRequest::Set(SetRequest {
                 key: "k".into(),
                 value: "v w".into(),
+                lease: None,
                 session: SessionFields {
                     client_id: Some(17),
                     seq: Some(4),
@@ -458,6 +465,7 @@ mod tests {
                 ClientRequest::Range(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Txn(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Watch(r) => serde_line(t, Some(3), None, Some(r)),
+                ClientRequest::Lease(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Authenticate(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::Auth(r) => serde_line(t, Some(3), None, Some(r)),
                 ClientRequest::User(r) => serde_line(t, Some(3), None, Some(r)),
@@ -513,6 +521,7 @@ mod tests {
             ClientRequest::Set(SetRequest {
                 key: "k".into(),
                 value: "v".into(),
+                lease: None,
                 session: SessionFields {
                     client_id: Some(7),
                     seq: Some(2),

@@ -9,6 +9,7 @@
 //! - [`client`]: client requests' and replies' payloads, limits, errors.
 //! - [`kv`]: revisions, and `RANGE` reads.
 //! - [`txn`]: `TXN`, transactions.
+//! - [`lease`]: `LEASE`, leases.
 //! - [`watch`]: `WATCH`, streams of changes.
 //! - [`raft`]: the Raft RPCs and the log entry they carry.
 //! - [`peer`]: the handshake that proves a connection between nodes.
@@ -20,6 +21,7 @@ pub mod client;
 pub mod envelope;
 pub mod framing;
 pub mod kv;
+pub mod lease;
 pub mod membership;
 pub mod peer;
 pub mod raft;
@@ -35,11 +37,13 @@ pub use envelope::{
 };
 pub use framing::{LineBuffer, LineTooLong, MAX_LINE_BYTES};
 pub use kv::*;
+pub use lease::*;
 pub use membership::*;
 pub use peer::{PeerAccept, PeerChallenge, PeerHello, PeerProof};
 pub use raft::{
     AppendEntries, AppendEntriesReply, Entry, EntryKind, InstallSnapshot, InstallSnapshotReply,
-    NodeId, RaftMessage, RequestVote, RequestVoteReply, TimeoutNow,
+    LeaseKeepalive, LeaseKeepaliveReply, NodeId, RaftMessage, RequestVote, RequestVoteReply,
+    TimeoutNow,
 };
 pub use table::{ClientRequest, Handshake, MsgType};
 pub use txn::*;

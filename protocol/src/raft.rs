@@ -227,6 +227,28 @@ pub struct TimeoutNow {
     pub leader_id: NodeId,
 }
 
+/// A client's lease keepalive that reached a follower, forwarded to the
+/// leader (issue 14). Not Raft's: the node handles it, the core never sees
+/// it. `token` matches the reply to the client waiting at the follower.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseKeepalive {
+    pub term: u64,
+    pub token: u64,
+    pub id: u64,
+}
+
+/// The leader's answer to a [`LeaseKeepalive`]: the lease's TTL if it was
+/// kept alive, `None` if no such lease exists; `leader: false` if the
+/// recipient does not lead (the follower then answers `NO_LEADER`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseKeepaliveReply {
+    pub term: u64,
+    pub token: u64,
+    pub id: u64,
+    pub ttl: Option<u64>,
+    pub leader: bool,
+}
+
 /// One chunk of a snapshot, streamed by the leader to a follower that needs
 /// entries the leader has already compacted away. Chunks are whole lines of
 /// the snapshot file, sent one at a time: the next is sent only when the
@@ -269,6 +291,8 @@ impl RaftMessage {
             RaftMessage::TimeoutNow(m) => m.term,
             RaftMessage::InstallSnapshot(m) => m.term,
             RaftMessage::InstallSnapshotReply(m) => m.term,
+            RaftMessage::LeaseKeepalive(m) => m.term,
+            RaftMessage::LeaseKeepaliveReply(m) => m.term,
         }
     }
 
@@ -306,7 +330,9 @@ impl RaftMessage {
             RaftMessage::RequestVoteReply(_)
             | RaftMessage::AppendEntriesReply(_)
             | RaftMessage::InstallSnapshotReply(_)
-            | RaftMessage::TimeoutNow(_) => return None,
+            | RaftMessage::TimeoutNow(_)
+            | RaftMessage::LeaseKeepalive(_)
+            | RaftMessage::LeaseKeepaliveReply(_) => return None,
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::auth::*;
 use crate::client::*;
 use crate::envelope::{parse_payload, parse_request, write_payload, PAYLOAD_KEY};
 use crate::kv::*;
+use crate::lease::*;
 use crate::membership::*;
 use crate::peer::*;
 use crate::raft::*;
@@ -228,6 +229,9 @@ message_table! {
         /// Creates or cancels a watch; a watch's news come as `WATCH`
         /// messages without a `req_id` (see [`crate::watch`]).
         Watch = "WATCH" (WatchRequest) => WatchReply,
+        /// Grants, keeps alive, revokes and lists leases (see
+        /// [`crate::lease`]).
+        Lease = "LEASE" (LeaseRequest) => LeaseReply,
         /// Opens a client session: the reply's `client_id` is what the client's
         /// writes carry from then on.
         RegisterClient = "REGISTER_CLIENT" => RegisterClientReply,
@@ -248,6 +252,10 @@ message_table! {
         TimeoutNow = "TIMEOUT_NOW" (TimeoutNow),
         InstallSnapshot = "INSTALL_SNAPSHOT" (InstallSnapshot),
         InstallSnapshotReply = "INSTALL_SNAPSHOT_REPLY" (InstallSnapshotReply),
+        /// A lease keepalive forwarded to the leader (the node's, not the
+        /// Raft core's).
+        LeaseKeepalive = "LEASE_KEEPALIVE" (LeaseKeepalive),
+        LeaseKeepaliveReply = "LEASE_KEEPALIVE_REPLY" (LeaseKeepaliveReply),
     }
     handshake {
         PeerHello = "PEER_HELLO" (PeerHello),

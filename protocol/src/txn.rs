@@ -109,8 +109,13 @@ impl Compare {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TxnOp {
-    /// Sets `key` to `value`.
-    Put { key: String, value: String },
+    /// Sets `key` to `value`, attached to `lease` if given.
+    Put {
+        key: String,
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
+    },
     /// Deletes `key`, or with `prefix` every key that starts with it, or
     /// with `range_end` the keys in `[key, range_end)` (`""`: no end).
     Delete {
@@ -138,7 +143,7 @@ impl TxnOp {
 
     fn validate(&self) -> Result<(), InvalidRequest> {
         match self {
-            TxnOp::Put { key, value } => {
+            TxnOp::Put { key, value, .. } => {
                 check_key(key)?;
                 check_value(Some(value))
             }

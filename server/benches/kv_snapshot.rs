@@ -53,7 +53,11 @@ fn set_data(key: String, value: String, session: Option<(u64, u64)>, ts_ms: u64)
     };
     Arc::from(
         Command {
-            op: Op::Set { key, value },
+            op: Op::Set {
+                key,
+                value,
+                lease: None,
+            },
             client_id,
             seq,
             user: None,

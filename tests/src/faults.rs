@@ -702,6 +702,7 @@ impl Worker {
             Op::Write(v) => ClientRequest::Set(SetRequest {
                 key: owned,
                 value: v.clone(),
+                lease: None,
                 session: SessionFields::default(),
             }),
             Op::Cas { expected, new } => ClientRequest::Cas(CasRequest {
@@ -940,6 +941,7 @@ fn wire_txn(spec: &TxnSpec) -> Txn {
         Step::Put(k, v) => TxnOp::Put {
             key: k.clone(),
             value: v.clone(),
+            lease: None,
         },
         Step::Delete(k) => TxnOp::Delete {
             key: k.clone(),

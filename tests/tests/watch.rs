@@ -187,7 +187,10 @@ fn a_watch_from_a_compacted_revision_is_refused_and_a_slow_watcher_is_canceled()
     assert!(oldest > 2, "{r}");
     let mut from_oldest = Client::connect(cluster.addr(leader)).expect("node");
     from_oldest.set_read_timeout(TIMEOUT);
-    let (_, _) = watch(&mut from_oldest, json!({"key": "k", "start_revision": oldest}));
+    let (_, _) = watch(
+        &mut from_oldest,
+        json!({"key": "k", "start_revision": oldest}),
+    );
     assert_eq!(events(&news(&mut from_oldest)).0, oldest);
 
     // A watcher that never reads, with 1 KiB values: canceled once 64 KiB

@@ -14,6 +14,7 @@
 //! - `store.rs`: the [`KvStore`]: `apply` routes a committed entry, and the
 //!   map's primitives.
 //! - `txn.rs`: what a transaction does to the map.
+//! - `lease.rs`: leases: granting, attaching keys, ending one.
 //! - `watch.rs`: what watches read: the changes from a revision on, and a
 //!   range's keys at one revision.
 //! - `session.rs`: exactly-once client sessions (registration, the cached
@@ -29,6 +30,7 @@
 pub mod auth;
 mod command;
 mod history;
+mod lease;
 mod ops;
 mod session;
 mod snapshot;

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use poncho_protocol::{
     encode_error, encode_reply, Access, AuthReply, AuthRequest, CasReply, ClientRequest,
-    DeleteReply, ErrorReply, KeySpec, RegisterClientReply, ReplyPayload, RoleReply, RoleRequest,
-    SessionFields, SetReply, Txn, TxnReply, UserReply, UserRequest,
+    DeleteReply, ErrorReply, KeySpec, LeaseReply, LeaseRequest, RegisterClientReply, ReplyPayload,
+    RoleReply, RoleRequest, SessionFields, SetReply, Txn, TxnReply, UserReply, UserRequest,
 };
 use serde::{Deserialize, Serialize};
 
 use super::auth::{AuthError, AuthStore, Need};
+use super::lease::lease_not_found;
 use super::store::Data;
 
 /// A write as the log holds it. Written as an internally tagged object
@@ -29,6 +30,8 @@ pub enum Op {
     Set {
         key: String,
         value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
     },
     Delete {
         key: String,
@@ -42,6 +45,19 @@ pub enum Op {
     /// Comparisons, then one branch of operations, at one revision (see
     /// `poncho_protocol::txn`).
     Txn(Txn),
+    /// A lease of `ttl` seconds, whose id is this entry's index.
+    LeaseGrant {
+        ttl: u64,
+    },
+    /// A client ends lease `id`, deleting its keys.
+    LeaseRevoke {
+        id: u64,
+    },
+    /// The leader found lease `id` not kept alive for its TTL: the same as
+    /// a revoke, proposed by the node, in no session and for no user.
+    LeaseExpire {
+        id: u64,
+    },
     /// Opens a session whose id is this entry's index.
     RegisterClient,
     /// A change to users, roles or auth itself (root only, while auth is on).
@@ -132,9 +148,18 @@ impl Op {
                 Op::Set {
                     key: r.key,
                     value: r.value,
+                    lease: r.lease,
                 },
                 r.session,
             ),
+            ClientRequest::Lease(LeaseRequest::Grant {
+                ttl,
+                client_id,
+                seq,
+            }) => (Op::LeaseGrant { ttl }, SessionFields { client_id, seq }),
+            ClientRequest::Lease(LeaseRequest::Revoke { id, client_id, seq }) => {
+                (Op::LeaseRevoke { id }, SessionFields { client_id, seq })
+            }
             ClientRequest::Delete(r) => (Op::Delete { key: r.key }, r.session),
             ClientRequest::Cas(r) => (
                 Op::Cas {
@@ -160,6 +185,7 @@ impl Op {
             | ClientRequest::Keys(_)
             | ClientRequest::Range(_)
             | ClientRequest::Watch(_)
+            | ClientRequest::Lease(_)
             | ClientRequest::Authenticate(_)
             | ClientRequest::Member(_)
             | ClientRequest::TransferLeader(_)) => return Err(read),
@@ -171,6 +197,10 @@ impl Op {
     pub fn needs(&self) -> Need<'_> {
         match self {
             Op::Set { key, .. } | Op::Delete { key } => Need::Write(key),
+            // A revoke also needs to write every key attached (checked
+            // when applied, `KvStore::check_op`).
+            Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } => Need::LoggedIn,
+            Op::LeaseExpire { .. } => Need::Nothing,
             // A CAS reads the key (and tells its value) as well as writing it.
             Op::Cas { key, .. } => Need::ReadWrite(key),
             Op::Txn(txn) => Need::Txn(txn),
@@ -198,6 +228,9 @@ pub(super) struct OpWire {
     success: Vec<poncho_protocol::TxnOp>,
     #[serde(default)]
     failure: Vec<poncho_protocol::TxnOp>,
+    lease: Option<u64>,
+    ttl: Option<u64>,
+    id: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +240,9 @@ enum OpKind {
     Delete,
     Cas,
     Txn,
+    LeaseGrant,
+    LeaseRevoke,
+    LeaseExpire,
     RegisterClient,
     Auth,
 }
@@ -224,13 +260,23 @@ impl TryFrom<OpWire> for Op {
             compare,
             success,
             failure,
+            lease,
+            ttl,
+            id,
         } = w;
+        let id = id.ok_or("missing field `id` in a lease op");
         let key = key.ok_or("missing field `key` in op");
         Ok(match kind {
             OpKind::Set => Op::Set {
                 key: key?,
                 value: value.ok_or("missing field `value` in a SET op")?,
+                lease,
             },
+            OpKind::LeaseGrant => Op::LeaseGrant {
+                ttl: ttl.ok_or("missing field `ttl` in a LEASE_GRANT op")?,
+            },
+            OpKind::LeaseRevoke => Op::LeaseRevoke { id: id? },
+            OpKind::LeaseExpire => Op::LeaseExpire { id: id? },
             OpKind::Delete => Op::Delete { key: key? },
             OpKind::Cas => Op::Cas {
                 key: key?,
@@ -262,6 +308,7 @@ pub enum ApplyResult {
     Delete(DeleteReply),
     Cas(CasReply),
     Txn(TxnReply),
+    Lease(LeaseReply),
     #[serde(rename = "REGISTER_CLIENT")]
     Register(RegisterClientReply),
     Auth(AuthReply),
@@ -280,6 +327,7 @@ impl ApplyResult {
             ApplyResult::Delete(_) => DeleteReply::MSG_TYPE,
             ApplyResult::Cas(_) => CasReply::MSG_TYPE,
             ApplyResult::Txn(_) => TxnReply::MSG_TYPE,
+            ApplyResult::Lease(_) => LeaseReply::MSG_TYPE,
             ApplyResult::Register(_) => RegisterClientReply::MSG_TYPE,
             ApplyResult::Auth(_) => AuthReply::MSG_TYPE,
             ApplyResult::User(_) => UserReply::MSG_TYPE,
@@ -297,6 +345,7 @@ impl ApplyResult {
             ApplyResult::Delete(r) => r.key.len(),
             ApplyResult::Cas(r) => r.key.len() + r.current.as_ref().map_or(0, String::len),
             ApplyResult::Txn(r) => r.string_bytes(),
+            ApplyResult::Lease(_) => 0,
             // Not applied in sessions; an index only.
             ApplyResult::Register(_)
             | ApplyResult::Auth(_)
@@ -313,6 +362,7 @@ impl ApplyResult {
             ApplyResult::Delete(r) => encode_reply(out, req_id, r),
             ApplyResult::Cas(r) => encode_reply(out, req_id, r),
             ApplyResult::Txn(r) => encode_reply(out, req_id, r),
+            ApplyResult::Lease(r) => encode_reply(out, req_id, r),
             ApplyResult::Register(r) => encode_reply(out, req_id, r),
             ApplyResult::Auth(r) => encode_reply(out, req_id, r),
             ApplyResult::User(r) => encode_reply(out, req_id, r),
@@ -327,10 +377,21 @@ impl Data {
     /// entry's. `KvStore::apply_command` takes registrations before this.
     pub(super) fn apply(&mut self, index: u64, op: Op) -> ApplyResult {
         match op {
-            Op::Set { key, value } => {
-                self.put(&key, Arc::from(value), index);
+            Op::Set { key, value, lease } => {
+                if let Some(id) = lease.filter(|id| !self.has_lease(*id)) {
+                    return ApplyResult::Error(lease_not_found(id));
+                }
+                self.put(&key, Arc::from(value), index, lease.unwrap_or(0));
                 ApplyResult::Set(SetReply { key, index })
             }
+            Op::LeaseGrant { ttl } => match self.grant(index, ttl) {
+                Ok(r) => ApplyResult::Lease(r),
+                Err(e) => ApplyResult::Error(e),
+            },
+            Op::LeaseRevoke { id } | Op::LeaseExpire { id } => match self.end_lease(index, id) {
+                Ok(r) => ApplyResult::Lease(r),
+                Err(e) => ApplyResult::Error(e),
+            },
             Op::Delete { key } => {
                 let deleted = self.take(&key, index);
                 ApplyResult::Delete(DeleteReply {
@@ -348,7 +409,10 @@ impl Data {
                 let current = if swapped {
                     match value {
                         Some(v) => {
-                            self.put(&key, Arc::from(v.as_str()), index);
+                            // A CAS keeps the key's lease, as a SET without
+                            // one would not: it names no lease to attach.
+                            let lease = self.get_stored(&key).map_or(0, |s| s.lease);
+                            self.put(&key, Arc::from(v.as_str()), index, lease);
                             Some(v)
                         }
                         None => {
@@ -366,7 +430,10 @@ impl Data {
                     index,
                 })
             }
-            Op::Txn(txn) => ApplyResult::Txn(self.apply_txn(index, txn)),
+            Op::Txn(txn) => match self.apply_txn(index, txn) {
+                Ok(r) => ApplyResult::Txn(r),
+                Err(e) => ApplyResult::Error(e),
+            },
             Op::RegisterClient | Op::Auth { .. } => ApplyResult::Error(ErrorReply::bad_request(
                 "REGISTER_CLIENT and AUTH are not key/value operations",
             )),

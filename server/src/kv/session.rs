@@ -156,6 +156,8 @@ impl KvStore {
         op: Op,
         user: Option<String>,
     ) -> ApplyResult {
+        // Asked before the session is borrowed; used only for a new seq.
+        let allowed = self.check_op(user.as_deref(), &op);
         let Some(session) = self.sessions.get_mut(&client_id) else {
             return ApplyResult::Error(self.not_open(client_id));
         };
@@ -186,7 +188,7 @@ impl KvStore {
         if !retry {
             // Refused before the session is touched, like the refusals
             // above: a denied write does not use the session.
-            if let Err(denied) = self.auth.check(user.as_deref(), op.needs()) {
+            if let Err(denied) = allowed {
                 return ApplyResult::Error(denied);
             }
         }

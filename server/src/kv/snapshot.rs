@@ -30,6 +30,10 @@
 //!    hash (never the password) and the index that set it:
 //!    `{"user":"alice","password_hash":"$argon2id$..","roles":["app"],"since":6}`
 //!
+//! 6. One line per lease, in id order (format 5), with its TTL in seconds:
+//!    `{"lease":12,"ttl":10}`. A key attached to one has `"l":12` on its line.
+//!
+//! Format 5's store line adds `leases` (the count of lines 6).
 //! Format 3's store line adds `auth_enabled`, `roles` and `users` (the
 //! counts of lines 4 and 5). A format 2 snapshot (before users and roles)
 //! is still read: it has none. Format 4's adds `revision`; a format 2 or 3
@@ -61,7 +65,8 @@ use super::store::{Data, KvStore, Stored};
 /// Format 4: revisions: the store's, and each key's `create_revision`,
 /// `mod_revision` and `version` (`"c"`, `"m"`, `"ver"`). An older
 /// snapshot's keys read as written once at its index.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+/// Format 5: leases, and the lease each key is attached to (`"l"`).
+pub const SNAPSHOT_FORMAT: u32 = 5;
 /// The oldest format [`KvStore::restore`] still reads.
 const OLDEST_READABLE_FORMAT: u32 = 2;
 
@@ -121,6 +126,7 @@ impl KvSnapshot {
                 c: Some(v.create_revision),
                 m: Some(v.mod_revision),
                 ver: Some(v.version),
+                l: (v.lease != 0).then_some(v.lease),
             };
             emit_line(&mut buffer, &line, &mut f)?;
         }
@@ -158,6 +164,9 @@ impl KvSnapshot {
                 since: user.since,
             };
             emit_line(&mut buffer, &line, &mut f)?;
+        }
+        for (id, ttl) in self.data.leases.iter().map(|(id, l)| (*id, l.ttl_secs)) {
+            emit_line(&mut buffer, &LeaseLine { lease: id, ttl }, &mut f)?;
         }
         Ok(())
     }
@@ -198,6 +207,7 @@ impl KvStore {
                 roles: self.auth.role_count() as u64,
                 users: self.auth.user_count() as u64,
                 revision: self.data.revision,
+                leases: self.data.leases.len() as u64,
             },
         }
     }
@@ -222,6 +232,7 @@ impl KvStore {
         kv.restore_keys(&mut lines, &store)?;
         let uses = kv.restore_sessions(&mut lines, &store)?;
         kv.auth = Arc::new(restore_auth(&mut lines, &store)?);
+        kv.restore_leases(&mut lines, &store)?;
         lines.expect_end(&store)?;
         check_use_order(uses)?;
         kv.check_session_limits()?;
@@ -274,8 +285,16 @@ impl KvStore {
         for _ in 0..store.keys {
             let line = lines.next_announced(store)?;
             let n = lines.number;
-            let KeyLine { k, v, c, m, ver } = serde_json::from_str(&line)
+            let KeyLine { k, v, c, m, ver, l } = serde_json::from_str(&line)
                 .map_err(|e| format!("snapshot line {n}: not a key line: {e}"))?;
+            if l.is_some() && store.format < 5 {
+                return Err(format!(
+                    "snapshot line {n}: key {k:?} has a lease, which a format {} snapshot \
+                     cannot hold",
+                    store.format
+                ));
+            }
+            let lease = l.unwrap_or(0);
             let stored = match (store.format, c, m, ver) {
                 // Before revisions: every key as if written at the
                 // snapshot's index, once.
@@ -284,6 +303,7 @@ impl KvStore {
                     create_revision: store.last_applied,
                     mod_revision: store.last_applied,
                     version: 1,
+                    lease,
                 },
                 (4.., Some(c), Some(m), Some(ver))
                     if c <= m && m <= store.revision && ver >= 1 && c >= 1 =>
@@ -293,6 +313,7 @@ impl KvStore {
                         create_revision: c,
                         mod_revision: m,
                         version: ver,
+                        lease,
                     }
                 }
                 _ => {
@@ -312,6 +333,57 @@ impl KvStore {
             let key = SmolStr::new(k);
             self.data.insert_new(key.clone(), stored);
             previous = Some(key);
+        }
+        Ok(())
+    }
+
+    /// Reads the lease lines the store line announces (sorted by id, each
+    /// a grant's index), then attaches every key that names one: a key
+    /// naming a lease the snapshot does not hold is refused.
+    fn restore_leases<I, E>(
+        &mut self,
+        lines: &mut NumberedLines<I>,
+        store: &StoreLine,
+    ) -> Result<(), String>
+    where
+        I: Iterator<Item = Result<String, E>>,
+        E: fmt::Display,
+    {
+        let mut previous = 0;
+        for _ in 0..store.leases {
+            let line = lines.next_announced(store)?;
+            let n = lines.number;
+            let LeaseLine { lease, ttl } = serde_json::from_str(&line)
+                .map_err(|e| format!("snapshot line {n}: not a lease line: {e}"))?;
+            if lease <= previous || lease > store.last_applied {
+                return Err(format!(
+                    "snapshot line {n}: lease {lease} is out of order or past last_applied {}",
+                    store.last_applied
+                ));
+            }
+            previous = lease;
+            self.data.leases.insert(
+                lease,
+                super::store::Lease {
+                    ttl_secs: ttl,
+                    keys: imbl::OrdSet::new(),
+                },
+            );
+        }
+        let attached: Vec<(SmolStr, u64)> = self
+            .data
+            .iter()
+            .filter(|(_, s)| s.lease != 0)
+            .map(|(k, s)| (k.clone(), s.lease))
+            .collect();
+        for (key, lease) in attached {
+            if !self.data.has_lease(lease) {
+                return Err(format!(
+                    "snapshot: key {key:?} is attached to lease {lease}, which the snapshot \
+                     does not hold"
+                ));
+            }
+            self.data.attach(lease, &key);
         }
         Ok(())
     }
@@ -570,14 +642,24 @@ struct StoreLine {
     /// The store's revision (format 4).
     #[serde(default)]
     revision: u64,
+    /// How many lease lines follow the users (format 5).
+    #[serde(default)]
+    leases: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseLine {
+    lease: u64,
+    ttl: u64,
 }
 
 impl StoreLine {
     /// The lines it says follow, for errors.
     fn announced(&self) -> String {
         format!(
-            "{} keys, {} sessions, {} roles and {} users",
-            self.keys, self.sessions, self.roles, self.users
+            "{} keys, {} sessions, {} roles, {} users and {} leases",
+            self.keys, self.sessions, self.roles, self.users, self.leases
         )
     }
 }
@@ -618,6 +700,9 @@ pub(super) struct KeyLine<'a> {
     m: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ver: Option<u64>,
+    /// The lease the key is attached to (format 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l: Option<u64>,
 }
 
 /// One session: borrowed from the store when written, owned when read.

@@ -120,7 +120,7 @@ impl KvStore {
         match (command.client_id, command.seq, command.op) {
             (None, None, Op::RegisterClient) => self.register(index, user),
             (None, None, op) => {
-                if let Err(denied) = self.auth.check(user.as_deref(), op.needs()) {
+                if let Err(denied) = self.check_op(user.as_deref(), &op) {
                     return ApplyResult::Error(denied);
                 }
                 match op {
@@ -143,6 +143,18 @@ impl KvStore {
                 "client_id and seq go together; the command was not applied",
             )),
         }
+    }
+
+    /// Whether `user` may have `op` applied: what `Op::needs` says, and for
+    /// a revoke, writing every key attached to the lease.
+    pub(super) fn check_op(&self, user: Option<&str>, op: &Op) -> Result<(), ErrorReply> {
+        self.auth.check(user, op.needs())?;
+        if let (Op::LeaseRevoke { id }, true) = (op, self.auth.enabled) {
+            for key in self.lease_key_set(*id).into_iter().flatten() {
+                self.auth.check(user, Need::Write(key))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -342,6 +354,15 @@ pub(super) struct Data {
     pub(super) revision: u64,
     /// The changes of a recent window (this node's cache, not state).
     pub(super) history: History,
+    /// The leases, by id (see `lease.rs`).
+    pub(super) leases: OrdMap<u64, Lease>,
+}
+
+/// A lease: its TTL and the keys attached to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Lease {
+    pub(super) ttl_secs: u64,
+    pub(super) keys: imbl::OrdSet<SmolStr>,
 }
 
 /// A key's value and where it stands in its history.
@@ -352,6 +373,8 @@ pub(super) struct Stored {
     pub(super) mod_revision: u64,
     /// Writes since it was created, 1 at first.
     pub(super) version: u64,
+    /// The lease it is attached to; 0 for none.
+    pub(super) lease: u64,
 }
 
 impl Stored {
@@ -367,9 +390,10 @@ impl Stored {
 }
 
 impl Data {
-    /// Sets `key` to `value` at `revision`, keeping `bytes`. An existing
-    /// key keeps its shared key string and its creation.
-    pub(super) fn put(&mut self, key: &str, value: Arc<str>, revision: u64) {
+    /// Sets `key` to `value` at `revision`, attached to `lease` (0: none;
+    /// it must exist), keeping `bytes`. An existing key keeps its shared
+    /// key string and its creation.
+    pub(super) fn put(&mut self, key: &str, value: Arc<str>, revision: u64, lease: u64) {
         self.revision = revision;
         let (key, before) = match self.map.get_mut(key) {
             Some(slot) => {
@@ -380,7 +404,13 @@ impl Data {
                 };
                 slot.mod_revision = revision;
                 slot.version += 1;
-                (SmolStr::new(key), Some(before))
+                slot.lease = lease;
+                let key = SmolStr::new(key);
+                if before.lease != lease {
+                    self.detach(before.lease, &key);
+                    self.attach(lease, &key);
+                }
+                (key, Some(before))
             }
             None => {
                 let key = SmolStr::new(key);
@@ -389,8 +419,10 @@ impl Data {
                     create_revision: revision,
                     mod_revision: revision,
                     version: 1,
+                    lease,
                 };
                 self.insert_new(key.clone(), stored);
+                self.attach(lease, &key);
                 (key, None)
             }
         };
@@ -414,6 +446,7 @@ impl Data {
             Some((key, stored)) => {
                 self.bytes -= key.len() + stored.value.len();
                 self.revision = revision;
+                self.detach(stored.lease, &key);
                 self.history.record(Event {
                     revision,
                     key,
@@ -469,6 +502,23 @@ impl Data {
             bytes: self.bytes,
             revision: self.revision,
             history: History::default(),
+            leases: self.leases.clone(),
+        }
+    }
+
+    pub(super) fn attach(&mut self, lease: u64, key: &SmolStr) {
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.insert(key.clone());
+            }
+        }
+    }
+
+    fn detach(&mut self, lease: u64, key: &str) {
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.remove(key);
+            }
         }
     }
 }

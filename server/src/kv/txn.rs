@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use poncho_protocol::{
-    Compare, CompareTarget, CompareValue, RangeRequest, Txn, TxnOp, TxnOpReply, TxnReply,
-    MAX_RANGE_REPLY_BYTES,
+    Compare, CompareTarget, CompareValue, ErrorReply, RangeRequest, Txn, TxnOp, TxnOpReply,
+    TxnReply, MAX_RANGE_REPLY_BYTES,
 };
 use smol_str::SmolStr;
 
+use super::lease::lease_not_found;
 use super::store::{page, Data, Stored};
 
 impl Data {
@@ -65,16 +66,28 @@ impl Data {
         TxnOpReply::Range(reply)
     }
 
-    pub(super) fn apply_txn(&mut self, index: u64, txn: Txn) -> TxnReply {
+    /// Runs the transaction; an error (and nothing done) if the branch that
+    /// runs puts a key with a lease that does not exist.
+    pub(super) fn apply_txn(&mut self, index: u64, txn: Txn) -> Result<TxnReply, ErrorReply> {
         let succeeded = self.compares_hold(&txn);
         let branch = if succeeded { txn.success } else { txn.failure };
+        for op in &branch {
+            if let TxnOp::Put {
+                lease: Some(id), ..
+            } = op
+            {
+                if !self.has_lease(*id) {
+                    return Err(lease_not_found(*id));
+                }
+            }
+        }
         // The range reads of one reply share one budget of bytes.
         let mut budget = MAX_RANGE_REPLY_BYTES;
         let responses = branch
             .into_iter()
             .map(|op| match op {
-                TxnOp::Put { key, value } => {
-                    self.put(&key, Arc::from(value), index);
+                TxnOp::Put { key, value, lease } => {
+                    self.put(&key, Arc::from(value), index, lease.unwrap_or(0));
                     TxnOpReply::Put {}
                 }
                 TxnOp::Delete {
@@ -98,12 +111,12 @@ impl Data {
                 TxnOp::Range(range) => self.range_op(&range, &mut budget),
             })
             .collect();
-        TxnReply {
+        Ok(TxnReply {
             succeeded,
             responses,
             revision: self.revision,
             index,
-        }
+        })
     }
 }
 

@@ -286,6 +286,7 @@ impl Node {
             }
             ClientRequest::Range(range) => self.start_read(key, req_id, ReadKind::Range(range)),
             ClientRequest::Watch(watch) => self.handle_watch(key, req_id, watch),
+            ClientRequest::Lease(lease) => self.handle_lease(key, req_id, lease),
             ClientRequest::Authenticate(login) => self.start_login(key, req_id, login),
             ClientRequest::User(UserRequest::Add { name, password }) => {
                 self.start_password_change(key, req_id, PasswordChange::Add { name }, password)
@@ -632,7 +633,9 @@ fn needs(request: &ClientRequest) -> Need<'_> {
         | ClientRequest::Keys(_)
         | ClientRequest::Range(_)
         // A watch sends only the changes to keys its user may read.
-        | ClientRequest::Watch(_) => Need::LoggedIn,
+        | ClientRequest::Watch(_)
+        // Grants and revokes are checked as writes (`Op::needs`).
+        | ClientRequest::Lease(_) => Need::LoggedIn,
         ClientRequest::Get(get) => Need::Read(&get.key),
         ClientRequest::Auth(AuthRequest::Status) => Need::LoggedIn,
         ClientRequest::Auth(_) | ClientRequest::User(_) | ClientRequest::Role(_) => Need::Root,

@@ -37,6 +37,7 @@ mod clients;
 mod conn;
 mod fds;
 mod handshake;
+mod leases;
 mod log_limiter;
 mod logins;
 mod membership;
@@ -246,6 +247,8 @@ pub struct Node {
     storage: Storage,
     kv: KvStore,
     watches: watch::Watches,
+    /// When each lease expires, by this node's clock (the leader's counts).
+    leases: leases::LeaseClock,
     snapshots: Snapshots,
     trust: PeerTrust,
     tls: Tls,
@@ -378,6 +381,7 @@ impl Node {
         }
         self.scan_connections(now);
         self.expire_requests(now);
+        self.lease_timers(now);
         self.expire_member_requests(now);
         self.finish_logins(now);
         self.snapshot_housekeeping();

@@ -287,7 +287,13 @@ impl Node {
         message: RaftMessage,
     ) {
         match proven {
-            Some(id) if src_id.is_none_or(|s| s == id) => self.raft.step(id, message),
+            Some(id) if src_id.is_none_or(|s| s == id) => match message {
+                // The node's own messages between peers, not Raft's.
+                RaftMessage::LeaseKeepalive(_) | RaftMessage::LeaseKeepaliveReply(_) => {
+                    self.handle_lease_peer_message(id, message)
+                }
+                message => self.raft.step(id, message),
+            },
             Some(id) => debug!(
                 "dropped a {} claiming to be from node {src_id:?} on node {id}'s connection",
                 message.msg_type()

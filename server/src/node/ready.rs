@@ -156,6 +156,7 @@ impl Node {
             let revision_before = self.kv.revision();
             let result = self.kv.apply(entry);
             self.publish_changes(revision_before);
+            self.lease_applied(&result);
             if entry.kind == poncho_protocol::EntryKind::Config {
                 self.answer_change(entry);
             } else {

@@ -247,6 +247,7 @@ impl Node {
             storage: recovered.storage,
             kv,
             watches,
+            leases: Default::default(),
             snapshots: recovered.snapshots,
             unpersisted: None,
             shutting_down: false,

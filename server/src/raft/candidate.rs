@@ -150,7 +150,9 @@ impl Raft {
             RaftMessage::TimeoutNow(_) => self.campaign(Campaign::Transfer),
             RaftMessage::AppendEntriesReply(_)
             | RaftMessage::InstallSnapshotReply(_)
-            | RaftMessage::RequestVote(_) => {}
+            | RaftMessage::RequestVote(_)
+            | RaftMessage::LeaseKeepalive(_)
+            | RaftMessage::LeaseKeepaliveReply(_) => {}
         }
     }
 

@@ -21,7 +21,9 @@ impl Raft {
             RaftMessage::RequestVoteReply(_)
             | RaftMessage::AppendEntriesReply(_)
             | RaftMessage::InstallSnapshotReply(_)
-            | RaftMessage::RequestVote(_) => {}
+            | RaftMessage::RequestVote(_)
+            | RaftMessage::LeaseKeepalive(_)
+            | RaftMessage::LeaseKeepaliveReply(_) => {}
         }
     }
 

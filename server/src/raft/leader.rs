@@ -221,7 +221,9 @@ impl Raft {
             }
             RaftMessage::RequestVoteReply(_)
             | RaftMessage::TimeoutNow(_)
-            | RaftMessage::RequestVote(_) => {}
+            | RaftMessage::RequestVote(_)
+            | RaftMessage::LeaseKeepalive(_)
+            | RaftMessage::LeaseKeepaliveReply(_) => {}
         }
     }
 

@@ -460,6 +460,10 @@ fn fmt_message(from: NodeId, m: &RaftMessage) -> String {
         RaftMessage::TimeoutNow(t) => {
             format!("TimeoutNow term={}{}", t.term, by(t.leader_id, "leader"))
         }
+        RaftMessage::LeaseKeepalive(k) => format!("LeaseKeepalive term={} id={}", k.term, k.id),
+        RaftMessage::LeaseKeepaliveReply(k) => {
+            format!("LeaseKeepaliveReply term={} id={}", k.term, k.id)
+        }
         RaftMessage::InstallSnapshot(s) => format!(
             "Snapshot term={}{} snap={}/{} offset={} bytes={}{}",
             s.term,

@@ -57,6 +57,9 @@ impl Raft {
             RaftMessage::AppendEntriesReply(_)
             | RaftMessage::RequestVoteReply(_)
             | RaftMessage::InstallSnapshotReply(_) => self.peers.contains(&from),
+            // The node's, not the core's: the node never steps them, and
+            // one that came here anyway is dropped.
+            RaftMessage::LeaseKeepalive(_) | RaftMessage::LeaseKeepaliveReply(_) => false,
         }
     }
 

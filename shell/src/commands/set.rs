@@ -39,6 +39,7 @@ impl Action for Set {
             ClientRequest::Set(SetRequest {
                 key: self.key.clone(),
                 value: self.value.clone(),
+                lease: None,
                 session,
             })
         })?)?;

@@ -198,6 +198,7 @@ pub fn parse_op(word: &str) -> Result<TxnOp, String> {
             [key, value] => Ok(TxnOp::Put {
                 key: key.text.clone(),
                 value: value.text.clone(),
+                lease: None,
             }),
             _ => Err(usage(SET_USAGE)),
         },
@@ -453,7 +454,7 @@ fn describe(op: &TxnOp) -> String {
         }
     };
     match op {
-        TxnOp::Put { key, value } => format!("set {} {}", quote(key), quote(value)),
+        TxnOp::Put { key, value, .. } => format!("set {} {}", quote(key), quote(value)),
         TxnOp::Delete {
             key,
             range_end,
@@ -513,6 +514,7 @@ mod tests {
         TxnOp::Put {
             key: key.into(),
             value: value.into(),
+            lease: None,
         }
     }
 

@@ -60,6 +60,7 @@ fn from_request_builds_commands_for_writes_only() {
             ClientRequest::Set(SetRequest {
                 key: "k".into(),
                 value: "v".into(),
+                lease: None,
                 session: session.clone(),
             }),
             9

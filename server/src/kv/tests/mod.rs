@@ -17,6 +17,7 @@ use super::*;
 
 mod auth;
 mod command;
+mod lease;
 mod revisions;
 mod session;
 mod snapshot;
@@ -27,6 +28,7 @@ fn set(key: &str, value: &str) -> Op {
     Op::Set {
         key: key.into(),
         value: value.into(),
+        lease: None,
     }
 }
 
@@ -186,6 +188,7 @@ fn mixed_log(len: u64) -> Vec<Entry> {
                         poncho_protocol::TxnOp::Put {
                             key: key.clone(),
                             value: format!("t{}", r % 3),
+                            lease: None,
                         },
                         poncho_protocol::TxnOp::Range(poncho_protocol::RangeRequest::prefix("k1")),
                     ],

@@ -257,7 +257,7 @@ fn the_snapshot_line_format() {
     assert_eq!(
         snapshot_lines(&f.store),
         [
-            r#"{"format":4,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3,"auth_enabled":false,"roles":0,"users":0,"revision":4}"#,
+            r#"{"format":5,"last_applied":6,"clock_ms":1700000000005,"session_timeout_ms":600000,"max_sessions":100000,"max_session_bytes":134217728,"keys":2,"sessions":3,"auth_enabled":false,"roles":0,"users":0,"revision":4,"leases":0}"#,
             r#"{"k":"a","v":"1","c":2,"m":2,"ver":1}"#,
             "{\"k\":\"b\",\"v\":\"2\\n\\\"x\u{e9}\",\"c\":4,\"m\":4,\"ver\":1}",
             r#"{"client_id":1,"last_seq":4,"reply":{"type":"SET","key":"a","index":2},"last_used_index":2,"last_used_ts_ms":1700000000000}"#,
@@ -412,13 +412,13 @@ fn restore_rejects_malformed_snapshots_naming_the_line() {
         ),
         (
             "another format",
-            with(0, &store_line.replace(r#""format":4"#, r#""format":5"#)),
-            "line 1: format 5",
+            with(0, &store_line.replace(r#""format":5"#, r#""format":6"#)),
+            "line 1: format 6",
         ),
         (
             "format 1, from before sessions were registered",
-            with(0, &store_line.replace(r#""format":4"#, r#""format":1"#)),
-            "line 1: format 1 is not supported (this build reads formats 2 to 4)",
+            with(0, &store_line.replace(r#""format":5"#, r#""format":1"#)),
+            "line 1: format 1 is not supported (this build reads formats 2 to 5)",
         ),
         (
             "missing store field",

@@ -32,6 +32,7 @@ fn put(key: &str, value: &str) -> TxnOp {
     TxnOp::Put {
         key: key.into(),
         value: value.into(),
+        lease: None,
     }
 }
 
