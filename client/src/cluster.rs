@@ -107,6 +107,47 @@ struct Attempts {
     refused: Refused,
 }
 
+/// How a client opens a connection: over TLS or not, logged in or not
+/// (`AUTHENTICATE` first), with Ctrl-C and `--verbose` as the client has
+/// them. [`ClusterClient`] and [`crate::Watcher`] open theirs this way.
+#[derive(Clone, Copy)]
+pub(crate) struct Opener<'a> {
+    pub tls: Option<&'a Tls>,
+    pub credentials: Option<&'a Credentials>,
+    pub interrupt: Option<&'a AtomicBool>,
+    pub verbose: bool,
+}
+
+impl Opener<'_> {
+    fn note(&self, text: impl AsRef<str>) {
+        if self.verbose {
+            eprintln!("-- {}", text.as_ref());
+        }
+    }
+
+    /// A new connection to `addr` by `deadline`, logged in first if there
+    /// are credentials.
+    pub fn open(&self, addr: &str, deadline: Instant) -> Result<Connection, OpenError> {
+        match self.tls {
+            Some(_) => self.note(format!("connecting to {addr} (TLS)")),
+            None => self.note(format!("connecting to {addr}")),
+        }
+        let mut conn = Connection::connect(addr, deadline, self.tls).map_err(OpenError::Conn)?;
+        let Some(credentials) = self.credentials else {
+            return Ok(conn);
+        };
+        self.note(format!("logging in as {:?}", credentials.user()));
+        authenticate(
+            &mut conn,
+            credentials,
+            deadline,
+            self.interrupt,
+            self.verbose,
+        )?;
+        Ok(conn)
+    }
+}
+
 impl ClusterClient {
     pub fn new(addrs: Vec<String>, timeout: Duration, verbose: bool) -> ClusterClient {
         ClusterClient {
@@ -177,6 +218,12 @@ impl ClusterClient {
     /// Ctrl-C sets this flag; a request in progress then gives up.
     pub fn set_interrupt(&mut self, flag: Arc<AtomicBool>) {
         self.interrupt = Some(flag);
+    }
+
+    /// The flag [`ClusterClient::set_interrupt`] gave, if any (for a
+    /// [`crate::Watcher`] made from this client).
+    pub fn interrupt(&self) -> Option<Arc<AtomicBool>> {
+        self.interrupt.clone()
     }
 
     /// The session's id, once the first write opened one.
@@ -292,19 +339,14 @@ impl ClusterClient {
         if let Some(e) = &self.refused_login {
             return Err(OpenError::Refused(e.clone()));
         }
-        match &self.tls {
-            Some(_) => self.note(format!("connecting to {addr} (TLS)")),
-            None => self.note(format!("connecting to {addr}")),
-        }
-        let mut conn =
-            Connection::connect(addr, deadline, self.tls.as_ref()).map_err(OpenError::Conn)?;
-        let Some(credentials) = &self.credentials else {
-            return Ok(conn);
+        let how = Opener {
+            tls: self.tls.as_ref(),
+            credentials: self.credentials.as_ref(),
+            interrupt: self.interrupt.as_deref(),
+            verbose: self.verbose,
         };
-        self.note(format!("logging in as {:?}", credentials.user()));
-        let interrupt = self.interrupt.as_deref();
-        match authenticate(&mut conn, credentials, deadline, interrupt, self.verbose) {
-            Ok(_) => Ok(conn),
+        match how.open(addr, deadline) {
+            Ok(conn) => Ok(conn),
             Err(OpenError::Refused(e @ ClientError::Login(_))) => {
                 self.refused_login = Some(e.clone());
                 Err(OpenError::Refused(e))
