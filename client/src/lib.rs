@@ -14,6 +14,10 @@
 //! - [`membership`]: `MEMBER` and `TRANSFER_LEADER` as typed calls; a change
 //!   whose outcome is unknown is reported so, never sent again.
 //! - [`status`]: STATUS of one node on a connection of its own.
+//! - [`watch`]: [`Watcher`], one watch of a key, prefix or range on a
+//!   connection of its own, read event by event, that resumes on another
+//!   node (from the revision after the last it delivered) when its node is
+//!   lost or cancels it as too slow: no gap, no duplicate.
 //! - [`auth`]: [`Credentials`], `AUTHENTICATE` as the first line of every
 //!   connection, and passwords kept out of `--verbose` output.
 //!
@@ -29,6 +33,7 @@ pub mod membership;
 pub mod session;
 pub mod status;
 pub mod tls;
+pub mod watch;
 
 pub use auth::{authenticate, redact, Credentials, OpenError};
 pub use cluster::ClusterClient;
@@ -39,3 +44,4 @@ pub use poncho_tls::{MaybeTls, TlsError, TlsFiles};
 pub use session::{in_session, register, registered_id, Session};
 pub use status::{status_as, status_of, status_with};
 pub use tls::Tls;
+pub use watch::{WatchEvent, Watcher};
