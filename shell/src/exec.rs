@@ -23,6 +23,10 @@ pub struct Done {
     /// after `pretty` at the prompt, on stderr for scripts, `hint` in
     /// `--json`.
     pub hint: Option<String>,
+    /// The command printed its results as they came (`watch`): `plain`
+    /// is not printed after them; `pretty` and `--json`'s object are the
+    /// summary that ends them.
+    pub streamed: bool,
 }
 
 impl Done {
@@ -35,6 +39,16 @@ impl Done {
             plain: plain.into(),
             pretty: pretty.into(),
             hint: None,
+            streamed: false,
+        }
+    }
+
+    /// A command that printed its results as they came: only `pretty` (at
+    /// the prompt) or `json` (with `--json`) is left to print.
+    pub fn streamed(pretty: impl Into<String>, json: Value) -> Done {
+        Done {
+            streamed: true,
+            ..Done::new("", pretty, json)
         }
     }
 
@@ -115,6 +129,39 @@ impl From<ClientError> for Failure {
 }
 
 pub type Outcome = Result<Done, Failure>;
+
+/// How this run of the shell shows results: set once at start-up, read
+/// by a command that prints as it goes (`watch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Presentation {
+    /// `--json`: one JSON object per line.
+    pub json: bool,
+    pub run: RunMode,
+}
+
+/// Where the commands come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunMode {
+    /// One command on the command line.
+    #[default]
+    OneShot,
+    /// Commands from stdin, a file or a pipe.
+    Script,
+    /// The REPL on a terminal.
+    Interactive,
+}
+
+static PRESENTATION: std::sync::OnceLock<Presentation> = std::sync::OnceLock::new();
+
+/// Sets how results are shown (once; later calls change nothing).
+pub fn set_presentation(p: Presentation) {
+    let _ = PRESENTATION.set(p);
+}
+
+/// How results are shown (one-shot plain text, if never set).
+pub fn presentation() -> Presentation {
+    PRESENTATION.get().copied().unwrap_or_default()
+}
 
 pub fn payload<T: DeserializeOwned>(reply: Reply) -> Result<T, Failure> {
     serde_json::from_value(reply.envelope.payload).map_err(|e| {

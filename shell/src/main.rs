@@ -84,7 +84,7 @@ struct Args {
     command: Vec<String>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => s.split_at(i),
@@ -209,6 +209,8 @@ pub fn print_failure(
 fn print_done(output: Output, line: Option<usize>, command: &Command, done: Done) {
     match output {
         Output::Json => print_json_done(line, &command.name(), done),
+        // Its results are out already.
+        Output::Text if done.streamed => {}
         Output::Text => {
             out(&done.plain);
             if let Some(hint) = &done.hint {
@@ -456,12 +458,21 @@ fn main() -> ExitCode {
     let mut client = ClusterClient::new(addrs, args.timeout, args.verbose)
         .with_tls(tls)
         .with_credentials(credentials);
-    let code = if !args.command.is_empty() {
-        run_one(&mut client, &args.command, output)
+    let run = if !args.command.is_empty() {
+        exec::RunMode::OneShot
     } else if std::io::stdin().is_terminal() {
-        repl::run(client, output)
+        exec::RunMode::Interactive
     } else {
-        run_script(&mut client, output, args.stop_on_error)
+        exec::RunMode::Script
+    };
+    exec::set_presentation(exec::Presentation {
+        json: output == Output::Json,
+        run,
+    });
+    let code = match run {
+        exec::RunMode::OneShot => run_one(&mut client, &args.command, output),
+        exec::RunMode::Interactive => repl::run(client, output),
+        exec::RunMode::Script => run_script(&mut client, output, args.stop_on_error),
     };
     ExitCode::from(code)
 }
