@@ -2,5 +2,6 @@
 //! it as `crate::client`.
 
 pub use poncho_client::{
-    status_as, ClientError, ClusterClient, Credentials, Reply, Route, Tls, TlsFiles,
+    status_as, ClientError, ClusterClient, Credentials, Reply, Route, Tls, TlsFiles, WatchEvent,
+    Watcher,
 };

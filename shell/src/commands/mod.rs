@@ -36,6 +36,7 @@ mod txn;
 mod user;
 mod verbose;
 mod vote;
+mod watch;
 
 /// Every command, in the order `help` lists them.
 pub const COMMANDS: &[&Spec] = &[
@@ -44,6 +45,7 @@ pub const COMMANDS: &[&Spec] = &[
     &delete::SPEC,
     &cas::SPEC,
     &txn::SPEC,
+    &watch::SPEC,
     &keys::SPEC,
     &health::SPEC,
     &status::SPEC,
