@@ -883,3 +883,304 @@ fn the_interactive_shell_asks_for_a_txn_body() {
     assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
     assert_eq!(leader_get(&mut cluster, "k"), "v");
 }
+
+// ------------------------------------------------------------------ watch
+
+/// A shell running in the background, its stdout and stderr read line by
+/// line as they come.
+struct Streaming {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    out: Vec<String>,
+    err: Vec<String>,
+}
+
+impl Streaming {
+    fn spawn(args: &[&str]) -> Streaming {
+        let mut child = spawn_piped(args);
+        let lines = |r: Box<dyn Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = lines(Box::new(child.stderr.take().expect("stderr")));
+        Streaming {
+            child,
+            stdout,
+            stderr,
+            out: Vec::new(),
+            err: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        self.out.extend(self.stdout.try_iter());
+        self.err.extend(self.stderr.try_iter());
+    }
+
+    /// Waits (within [`RUN`]) until stderr has a line containing `text`.
+    fn wait_stderr(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + RUN;
+        loop {
+            self.drain();
+            if let Some(line) = self.err.iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no {text:?} on stderr:\n{self}");
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (within [`RUN`]) until stdout has `n` lines.
+    fn wait_stdout(&mut self, n: usize) {
+        let deadline = Instant::now() + RUN;
+        while self.out.len() < n {
+            self.drain();
+            assert!(
+                Instant::now() < deadline,
+                "not {n} lines on stdout:\n{self}"
+            );
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the shell to exit, and for the rest of its output.
+    fn finish(&mut self) -> ExitStatus {
+        let status = wait_bounded(&mut self.child, RUN);
+        // The readers end at EOF, now that the shell is gone.
+        self.out.extend(self.stdout.iter());
+        self.err.extend(self.stderr.iter());
+        status
+    }
+}
+
+impl std::fmt::Display for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--- stdout\n{}\n--- stderr\n{}",
+            self.out.join("\n"),
+            self.err.join("\n")
+        )
+    }
+}
+
+fn set_at(client: &mut Client, key: &str, value: &str) -> u64 {
+    let reply = client.set(key, value).expect("SET");
+    reply["payload"]["index"].as_u64().expect("index")
+}
+
+#[test]
+fn watch_prints_each_change_of_a_prefix_as_it_happens() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(ELECTION);
+    let all = cluster_arg(&cluster, &[1, 2, 3]);
+    // --verbose says when the watch is created: the writes come after.
+    let mut watch = Streaming::spawn(&[
+        "--cluster",
+        &all,
+        "--verbose",
+        "watch",
+        "app/",
+        "--prefix",
+        "--count",
+        "3",
+        "--timeout",
+        "15s",
+    ]);
+    watch.wait_stderr("-- watch 1 created on ");
+    let mut c = cluster.client(leader);
+    let first = set_at(&mut c, "app/a", "1");
+    set_at(&mut c, "other", "not watched");
+    set_at(&mut c, "app/b", "two words");
+    let reply = c
+        .request(&json!({"msg_type": "DELETE", "payload": {"key": "app/a"}}))
+        .expect("DELETE");
+    assert_eq!(reply["msg_type"], "DELETE", "{reply}");
+    set_at(&mut c, "app/c", "after the count");
+    let status = watch.finish();
+    assert_eq!(
+        watch.out,
+        ["PUT app/a 1", "PUT app/b \"two words\"", "DELETE app/a"],
+        "{watch}"
+    );
+    assert_eq!(status.code(), Some(0), "{watch}");
+
+    // A script, from a past revision, with --prev and --json: an object
+    // per change, then the command's own.
+    let script = format!("watch app/ --prefix --rev {first} --prev --count 3\nget app/b\n");
+    let run = run_shell(&["--cluster", &all, "--json"], &script);
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{run}");
+    let kinds: Vec<(&Value, &Value, &Value)> = lines[..3]
+        .iter()
+        .map(|l| (&l["type"], &l["key"], &l["value"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!("put"), &json!("app/a"), &json!("1")),
+            (&json!("put"), &json!("app/b"), &json!("two words")),
+            (&json!("delete"), &json!("app/a"), &Value::Null),
+        ],
+        "{run}"
+    );
+    assert_eq!(lines[0]["revision"], first, "{run}");
+    assert!(lines[0]["revision"].as_u64() < lines[1]["revision"].as_u64());
+    assert!(lines[1]["revision"].as_u64() < lines[2]["revision"].as_u64());
+    assert_eq!(lines[0]["prev_kv"], Value::Null, "{run}");
+    assert_eq!(lines[2]["prev_kv"]["value"], "1", "{run}");
+    assert_eq!(
+        (
+            &lines[3]["ok"],
+            &lines[3]["command"],
+            &lines[3]["events"],
+            &lines[3]["line"]
+        ),
+        (&json!(true), &json!("watch"), &json!(3), &json!(1)),
+        "{run}"
+    );
+    assert_eq!(lines[3]["revision"], lines[2]["revision"], "{run}");
+    assert_eq!(lines[4]["value"], "two words", "{run}");
+
+    // --list: the keys as they are, then the changes after; --timeout ends
+    // it when nothing more comes.
+    let run = run_shell(
+        &[
+            "--cluster",
+            &all,
+            "watch",
+            "app/",
+            "--prefix",
+            "--list",
+            "--timeout",
+            "500ms",
+        ],
+        "",
+    );
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert_eq!(
+        run.stdout, "LIST app/b \"two words\"\nLIST app/c \"after the count\"\n",
+        "{run}"
+    );
+
+    // A script's watch must end on its own.
+    let run = run_shell(&["--cluster", &all], "watch app/ --prefix\nget app/b\n");
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert!(
+        run.stderr
+            .starts_with("line 1: in a script, watch needs --count N or --timeout D"),
+        "{run}"
+    );
+    assert_eq!(run.stdout, "two words\n", "{run}");
+}
+
+#[test]
+fn watch_goes_on_on_another_node_when_its_node_is_killed() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(ELECTION);
+    // The watch starts on a follower (first in --cluster): killing it
+    // leaves the leader to take the writes.
+    let watched = (1..=3).find(|&id| id != leader).expect("a follower");
+    let others: Vec<u64> = (1..=3).filter(|&id| id != watched).collect();
+    let cluster_list = cluster_arg(&cluster, &[watched, others[0], others[1]]);
+    let mut watch = Streaming::spawn(&[
+        "--cluster",
+        &cluster_list,
+        "--verbose",
+        "watch",
+        "app/",
+        "--prefix",
+        "--count",
+        "6",
+    ]);
+    let watched_addr = cluster.addr(watched).to_string();
+    watch.wait_stderr(&format!("-- watch 1 created on {watched_addr}"));
+    let mut c = cluster.client(leader);
+    let mut revisions = Vec::new();
+    for i in 1..=2 {
+        revisions.push(set_at(&mut c, &format!("app/{i}"), &i.to_string()));
+    }
+    watch.wait_stdout(2);
+    // The third may or may not have reached the watcher when its node dies;
+    // the rest are written while it finds another.
+    revisions.push(set_at(&mut c, "app/3", "3"));
+    cluster.kill(watched); // SIGKILL, to its process's PID
+    for i in 4..=6 {
+        revisions.push(set_at(&mut c, &format!("app/{i}"), &i.to_string()));
+    }
+    let status = watch.finish();
+    let expected: Vec<String> = (1..=6).map(|i| format!("PUT app/{i} {i}")).collect();
+    assert_eq!(
+        watch.out, expected,
+        "no gap, no duplicate, in order\n{watch}"
+    );
+    assert_eq!(status.code(), Some(0), "{watch}");
+    let lost = watch
+        .err
+        .iter()
+        .any(|l| l.starts_with(&format!("-- lost the watch on {watched_addr}")));
+    assert!(lost, "{watch}");
+    let resumed = watch
+        .err
+        .iter()
+        .find(|l| {
+            l.starts_with("-- watch ") && l.contains(" created on ") && !l.contains(&watched_addr)
+        })
+        .unwrap_or_else(|| panic!("not resumed elsewhere\n{watch}"))
+        .clone();
+    // It resumed right after the last revision it had printed.
+    let from: u64 = resumed
+        .rsplit("from revision ")
+        .next()
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{resumed}"));
+    assert!(
+        from == revisions[1] + 1 || from == revisions[2] + 1,
+        "resumed from {from}; writes at {revisions:?}\n{watch}"
+    );
+}
+
+/// At the prompt, `watch` prints each change with its revision until
+/// Ctrl-C, which ends the watch and not the shell.
+#[test]
+fn the_interactive_shell_watches_until_ctrl_c() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(ELECTION);
+    let home = tempfile::tempdir().expect("temp home");
+    let addr = cluster.addr(1).to_string();
+    let prompt = format!("poncho {addr} (leader)> ");
+    let mut shell = shell_on_pty(&["--cluster", addr.as_str(), "--verbose"], home.path());
+    shell.expect(&prompt);
+    shell.send("watch k --prev\r");
+    shell.expect("-- watch 1 created on ");
+    let mut c = cluster.client(1);
+    let first = set_at(&mut c, "k", "v 1");
+    shell.expect(&format!("\n{first}: PUT k = \"v 1\"  (was absent)"));
+    let second = set_at(&mut c, "k", "2");
+    shell.expect(&format!("\n{second}: PUT k = \"2\"  (was \"v 1\")"));
+    shell.send("\x03");
+    shell.expect(&format!(
+        "(2 changes, up to revision {second}; ended by Ctrl-C)"
+    ));
+    shell.expect(&prompt);
+    shell.send("get k\r");
+    shell.expect("\"2\"");
+    shell.expect(&prompt);
+    shell.send("exit\r");
+    assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+}
