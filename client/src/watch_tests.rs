@@ -300,7 +300,9 @@ fn compacted_is_tried_on_every_node_then_returned() {
     // Final: the same again, nothing sent.
     assert_eq!(w.next(soon()), Err(e));
     let mut resumed = node_a.join().unwrap();
-    assert!(create_of(&resumed.remove(0)[0]).get("start_revision").is_none());
+    assert!(create_of(&resumed.remove(0)[0])
+        .get("start_revision")
+        .is_none());
     resumed.extend(node_b.join().unwrap());
     assert_eq!(resumed.len(), 2);
     for conn in resumed {
