@@ -136,8 +136,9 @@ pub struct WatchReply {
     /// Ended: in reply to `cancel`, or the node ended it (see `error`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub canceled: bool,
-    /// The revision of the events; for a progress notification or a reply,
-    /// the revision up to which everything was sent.
+    /// The revision of the events; for a progress notification, a reply or
+    /// a cancellation, the revision up to which everything was sent (resume
+    /// from the one after it).
     pub revision: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,

@@ -210,13 +210,17 @@ fn a_watch_from_a_compacted_revision_is_refused_and_a_slow_watcher_is_canceled()
     // Now read: events, then the cancellation, then nothing more.
     slow.set_read_timeout(TIMEOUT);
     let mut seen = 0;
+    let mut last_seen = 0;
     let cancel = loop {
         let m = news(&mut slow);
         if m["canceled"] == true {
             break m;
         }
         seen += 1;
+        last_seen = m["revision"].as_u64().expect("revision");
     };
+    // The cancellation names the last revision sent: resume after it.
+    assert_eq!(cancel["revision"].as_u64(), Some(last_seen), "{cancel}");
     assert!(
         seen < writes,
         "canceled before all {writes} changes were sent"

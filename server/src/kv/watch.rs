@@ -93,6 +93,17 @@ impl KvStore {
         Ok(out)
     }
 
+    /// Whether the history holds the changes from revision `from` on;
+    /// `Err` with its compacted revision if not.
+    pub fn history_holds(&self, from: u64) -> Result<(), u64> {
+        let compacted = self.data.history.compacted();
+        if from <= compacted {
+            Err(compacted)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The keys as they are now, held (O(1): the map is persistent) for a
     /// `list` watch to page through while the store moves on.
     pub fn keys_now(&self) -> KeysAt {

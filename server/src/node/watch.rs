@@ -226,7 +226,7 @@ impl Node {
             Some(rev) => rev,
         };
         if next_rev <= current {
-            if let Err(compacted) = self.kv.changes_from(next_rev, 0) {
+            if let Err(compacted) = self.kv.history_holds(next_rev) {
                 let error = ErrorReply::compacted(
                     compacted + 1,
                     format!(
@@ -355,8 +355,9 @@ impl Node {
 
     /// Ends the watches listed, sending each its reason (if its connection
     /// is still there to take it).
+    /// The cancellation's `revision` is the last the watch was sent
+    /// everything up to: resume from the one after it.
     fn cancel_watches(&mut self, canceled: Vec<(usize, Option<ErrorReply>)>) {
-        let revision = self.kv.revision();
         for (i, error) in canceled {
             let Some(w) = self.remove_watch(i) else {
                 continue;
@@ -365,7 +366,7 @@ impl Node {
             let news = WatchReply {
                 watch_id: Some(w.id),
                 canceled: true,
-                revision,
+                revision: w.next_rev.saturating_sub(1),
                 error: Some(error),
                 ..WatchReply::default()
             };
