@@ -24,6 +24,7 @@ use crate::auth::{add_role, add_user, enable_auth, Login, StatusPoller};
 use crate::linearizability::{check, Op, Operation, Outcome};
 use crate::proxy::Proxy;
 use crate::txn_check::{self, Cond, Step, TxnOperation, TxnOutcome, TxnSpec};
+use crate::watchers::{self, Watchers};
 use crate::{launch_all, leader_of, wait_for_leader, Client, NodeProc};
 use poncho_client::{in_session, registered_id, Connection, Reply, Session, Tls};
 use poncho_protocol::{
@@ -1052,6 +1053,8 @@ pub struct Run {
     clients: u64,
     history: History,
     txn_history: TxnHistory,
+    /// One watcher per node following the workload's keys (prefix `k`).
+    watchers: Option<Watchers>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     epoch: Instant,
@@ -1079,6 +1082,7 @@ impl Run {
             clients: config.clients as u64,
             history: Arc::new(Mutex::new(Vec::new())),
             txn_history: Arc::new(Mutex::new(Vec::new())),
+            watchers: None,
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             epoch,
@@ -1090,6 +1094,12 @@ impl Run {
             run.cluster.set_up_auth(leader);
         }
         run.start_term = run.cluster.max_term();
+        run.watchers = Some(Watchers::start(
+            run.cluster.addrs(),
+            "k",
+            run.cluster.tls.clone().map(Tls::from_config),
+            run.cluster.login.clone(),
+        ));
         for id in 1..=config.clients as u64 {
             let histories = (run.history.clone(), run.txn_history.clone());
             let mut w = Worker::new(id, &run.cluster, histories, epoch, seed);
@@ -1162,6 +1172,7 @@ impl Run {
         if let Err(v) = txn_check::check(&txns) {
             panic!("{}: transactions not linearizable: {v}", self.name);
         }
+        let (watched, resumes) = self.check_watchers();
         let txn_count = |f: fn(&TxnOperation) -> bool| txns.iter().filter(|o| f(o)).count();
         let txn_ok = txn_count(|o| matches!(o.outcome, TxnOutcome::Done { .. }));
         let txn_won = txn_count(|o| {
@@ -1189,7 +1200,7 @@ impl Run {
         eprintln!(
             "{}: {} ops: {} ok ({} writes/CAS applied), {} failed, {} unknown; \
              {} transactions: {txn_ok} ok ({txn_won} took the success branch and wrote), \
-             {txn_unknown} unknown; \
+             {txn_unknown} unknown; watchers saw {watched} revisions, resumed {resumes} times; \
              {} faults; terms {} -> {}; check {} ms; {:.1} s (heal, final reads, check {:.1} s)",
             self.name,
             summary.ops,
@@ -1231,6 +1242,53 @@ impl Run {
             self.name
         );
         summary
+    }
+
+    /// Stops the watchers once they have caught up with the last write and
+    /// checks what they saw against each other and the final state (see
+    /// `watchers.rs`): the revisions seen, and how often they resumed.
+    fn check_watchers(&mut self) -> (usize, u64) {
+        let Some(watchers) = self.watchers.take() else {
+            return (0, 0);
+        };
+        let leader = self.cluster.wait_for_leader(Duration::from_secs(10));
+        let mut client = Worker::new(
+            0,
+            &self.cluster,
+            (self.history.clone(), self.txn_history.clone()),
+            self.epoch,
+            self.seed,
+        );
+        client.target = (leader - 1) as usize;
+        // A linearizable read of the prefix after the last write (the final
+        // reads are done): its revision and keys are where watchers end.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let request = ClientRequest::Range(RangeRequest::prefix("k"));
+        let reply = loop {
+            match client.send(&request) {
+                Ok(r) if r.envelope.msg_type == "RANGE" => {
+                    break payload::<RangeReply>(&request, r)
+                }
+                Ok(r) => {
+                    client.on_error(&request, &r);
+                }
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "{}: no final RANGE", self.name);
+            sleep(Duration::from_millis(50));
+        };
+        assert!(!reply.more, "the workload's keys fit one page");
+        let state: BTreeMap<String, String> = reply
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value.unwrap_or_default()))
+            .collect();
+        let records = watchers.finish(reply.revision, Duration::from_secs(20));
+        let resumes = records.iter().map(|r| r.resumes).sum();
+        match watchers::check(&records, reply.revision, &state) {
+            Ok(seen) => (seen, resumes),
+            Err(e) => panic!("{}: watchers: {e}", self.name),
+        }
     }
 
     /// Whether a node logged `needle` (e.g. "installed snapshot through index").

@@ -28,6 +28,7 @@ pub mod linearizability;
 pub mod proxy;
 pub mod pty;
 pub mod txn_check;
+pub mod watchers;
 
 /// A binary of this workspace, built by `cargo test` next to the test binary
 /// (target/<profile>/deps/<test> -> target/<profile>/<name>).
