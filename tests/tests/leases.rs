@@ -195,3 +195,102 @@ fn a_lease_kept_alive_through_a_follower_and_a_leader_kill_never_expires() {
     let r = ask_any(&cluster, &survivors, "GET", json!({"key": "lock"}));
     assert_eq!(r["payload"]["value"], Value::Null, "{r}");
 }
+
+#[test]
+fn revisions_leases_and_the_history_survive_kill_9_of_every_node() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-entries", "40"]);
+    cluster.wait_for_leader(TIMEOUT);
+    let all = [1, 2, 3];
+    let id = grant(&cluster, &all, 4);
+    let r = ask_any(
+        &cluster,
+        &all,
+        "SET",
+        json!({"key": "svc/a", "value": "up", "lease": id}),
+    );
+    assert_eq!(r["msg_type"], "SET", "{r}");
+    // Enough writes for every node to snapshot, then some after it.
+    for i in 0..60 {
+        let r = ask_any(
+            &cluster,
+            &all,
+            "SET",
+            json!({"key": "n", "value": format!("{i}")}),
+        );
+        assert_eq!(r["msg_type"], "SET", "{r}");
+    }
+    let before = ask_any(&cluster, &all, "GET", json!({"key": "n"}));
+    let b = &before["payload"];
+    for id in all {
+        cluster.kill(id);
+    }
+    for id in all {
+        cluster.restart(id);
+    }
+    cluster.wait_for_leader(TIMEOUT);
+    let restarted = Instant::now();
+    let after = ask_any(&cluster, &all, "GET", json!({"key": "n"}));
+    let a = &after["payload"];
+    for field in [
+        "value",
+        "create_revision",
+        "mod_revision",
+        "version",
+        "revision",
+    ] {
+        assert_eq!(a[field], b[field], "{field}: {before} then {after}");
+    }
+    // The lease and its key are still there, with their TTL.
+    let ttl = ask_any(
+        &cluster,
+        &all,
+        "LEASE",
+        json!({"op": "ttl", "id": id, "keys": true}),
+    );
+    assert_eq!(ttl["payload"]["granted_ttl"], 4, "{ttl}");
+    assert_eq!(ttl["payload"]["keys"], json!(["svc/a"]), "{ttl}");
+    // The history holds what the log replayed after each node's snapshot:
+    // a watch from the last write's revision is served on every node.
+    let last = b["mod_revision"].as_u64().expect("mod_revision");
+    for node in all {
+        let mut c = Client::connect(cluster.addr(node)).expect("node");
+        c.set_read_timeout(TIMEOUT);
+        let r = ask(
+            &mut c,
+            "WATCH",
+            json!({"op": "create", "key": "n", "start_revision": last}),
+        );
+        assert_eq!(r["payload"]["created"], true, "node {node}: {r}");
+        let m = c.read_reply().expect("the replayed change");
+        assert_eq!(
+            m["payload"]["revision"].as_u64(),
+            Some(last),
+            "node {node}: {m}"
+        );
+        // And from revision 1, before every snapshot: COMPACTED, naming
+        // where its history starts.
+        let r = ask(
+            &mut c,
+            "WATCH",
+            json!({"op": "create", "key": "n", "start_revision": 1}),
+        );
+        assert_eq!(r["payload"]["code"], "COMPACTED", "node {node}: {r}");
+        assert!(r["payload"]["compact_revision"].as_u64() > Some(1), "{r}");
+    }
+    // Not kept alive, it expires: no earlier than its TTL after the new
+    // leader took over.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = ask_any(&cluster, &all, "GET", json!({"key": "svc/a"}));
+        if r["payload"]["value"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        restarted.elapsed() >= Duration::from_secs(3),
+        "expired {:?} after the restart, before its TTL of 4 s could have run",
+        restarted.elapsed()
+    );
+}
