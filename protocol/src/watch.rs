@@ -153,10 +153,52 @@ pub struct WatchReply {
     pub error: Option<ErrorReply>,
 }
 
+/// Appends a watch's changes at `revision` as a `WATCH` message, with its
+/// `events` already encoded as a JSON array (`events_json`): the line
+/// [`crate::encode_reply`] writes for the same [`WatchReply`], for a node
+/// that sends one revision's changes to many watches and encodes them once.
+pub fn encode_events(out: &mut Vec<u8>, watch_id: u64, revision: u64, events_json: &[u8]) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"msg_type":"WATCH","payload":{{"watch_id":{watch_id},"revision":{revision},"events":"#
+    );
+    out.extend_from_slice(events_json);
+    out.extend_from_slice(b"}}\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{decode_request, ClientRequest, Request};
+
+    #[test]
+    fn events_encoded_once_make_the_line_serde_would() {
+        let events = vec![Event {
+            kind: EventType::Delete,
+            kv: KeyValue {
+                key: "a \"q\"".into(),
+                value: None,
+                create_revision: 0,
+                mod_revision: 9,
+                version: 0,
+            },
+            prev_kv: None,
+        }];
+        let reply = WatchReply {
+            watch_id: Some(3),
+            revision: 9,
+            events: events.clone(),
+            ..WatchReply::default()
+        };
+        let mut want = Vec::new();
+        crate::encode_reply(&mut want, None, &reply);
+        let mut got = Vec::new();
+        let json = serde_json::to_vec(&events).expect("json");
+        encode_events(&mut got, 3, 9, &json);
+        assert_eq!(String::from_utf8(got), String::from_utf8(want));
+    }
 
     fn parse(payload: &str) -> Result<WatchRequest, String> {
         let line = format!(r#"{{"msg_type":"WATCH","payload":{payload}}}"#);

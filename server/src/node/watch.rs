@@ -20,12 +20,13 @@
 //! window is canceled with `COMPACTED`: after a snapshot is installed, the
 //! history starts over at its revision.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poncho_protocol::{
-    encode_reply, ErrorCode, ErrorReply, Event, RangeRequest, WatchCreate, WatchReply,
-    WatchRequest, MAX_RANGE_LIMIT, MAX_WATCHES_PER_CONNECTION,
+    encode_events, encode_reply, ErrorCode, ErrorReply, Event, RangeRequest, WatchCreate,
+    WatchReply, WatchRequest, MAX_RANGE_LIMIT, MAX_WATCHES_PER_CONNECTION,
 };
 use slab::Slab;
 
@@ -302,6 +303,9 @@ impl Node {
         let auth = self.kv.auth();
         let buffer_bytes = self.watches.buffer_bytes;
         let mut canceled = Vec::new();
+        // Watches of one range see the same changes: each distinct set
+        // (and prev_kv) is encoded once.
+        let mut encoded: HashMap<(Vec<u32>, bool), Vec<u8>> = HashMap::new();
         for (i, w) in self.watches.list.iter_mut() {
             // Synced before this revision, and not starting after it.
             if w.listing.is_some() || w.next_rev <= revision_before || w.next_rev > revision {
@@ -325,13 +329,14 @@ impl Node {
             }
             let bounds = w.range.bounds();
             let everything = auth.may_read_everything(w.user.as_deref());
-            let events: Vec<Event> = changes
+            let picked: Vec<u32> = changes
                 .iter()
-                .filter(|c| c.key >= bounds.start && bounds.admits(c.key))
-                .filter(|c| everything || auth.may_read(w.user.as_deref(), c.key))
-                .map(|c| c.event(w.prev_kv))
+                .enumerate()
+                .filter(|(_, c)| c.key >= bounds.start && bounds.admits(c.key))
+                .filter(|(_, c)| everything || auth.may_read(w.user.as_deref(), c.key))
+                .map(|(n, _)| n as u32)
                 .collect();
-            if events.is_empty() {
+            if picked.is_empty() {
                 w.next_rev = revision + 1;
                 continue;
             }
@@ -340,13 +345,19 @@ impl Node {
                 continue;
             }
             w.next_rev = revision + 1;
-            let news = WatchReply {
-                watch_id: Some(w.id),
-                revision,
-                events,
-                ..WatchReply::default()
-            };
-            conn.push_output(|out| encode_news(out, &news));
+            let prev_kv = w.prev_kv;
+            let json = encoded
+                .entry((picked, prev_kv))
+                .or_insert_with_key(|(picked, _)| {
+                    let events: Vec<Event> = picked
+                        .iter()
+                        .map(|&n| changes[n as usize].event(prev_kv))
+                        .collect();
+                    // Strings and integers only: this cannot fail.
+                    serde_json::to_vec(&events).unwrap_or_default()
+                });
+            let id = w.id;
+            conn.push_output(|out| encode_events(out, id, revision, json));
             w.last_sent = now;
             self.conns.mark_dirty(w.conn);
         }
