@@ -30,6 +30,7 @@ use poncho_protocol::{
 };
 use slab::Slab;
 
+use super::conn::{Conn, Conns};
 use super::Node;
 use crate::kv::KeysAt;
 
@@ -276,11 +277,7 @@ impl Node {
 
     fn remove_watch(&mut self, i: usize) -> Option<Watch> {
         let w = self.watches.list.try_remove(i)?;
-        if let Some(conn) = self
-            .conns
-            .get_mut(w.conn)
-            .filter(|c| c.generation == w.generation)
-        {
+        if let Some(conn) = conn_of(&mut self.conns, &w) {
             conn.watches -= 1;
         }
         Some(w)
@@ -314,11 +311,7 @@ impl Node {
                 }
                 continue;
             }
-            let Some(conn) = self
-                .conns
-                .get_mut(w.conn)
-                .filter(|c| c.generation == w.generation)
-            else {
+            let Some(conn) = conn_of(&mut self.conns, w) else {
                 canceled.push((i, None));
                 continue;
             };
@@ -381,11 +374,7 @@ impl Node {
                 error: Some(error),
                 ..WatchReply::default()
             };
-            if let Some(conn) = self
-                .conns
-                .get_mut(w.conn)
-                .filter(|c| c.generation == w.generation)
-            {
+            if let Some(conn) = conn_of(&mut self.conns, &w) {
                 conn.push_output(|out| encode_news(out, &news));
                 self.conns.mark_dirty(w.conn);
             }
@@ -418,11 +407,7 @@ impl Node {
             let Some(w) = self.watches.list.get_mut(i) else {
                 continue;
             };
-            let Some(conn) = self
-                .conns
-                .get_mut(w.conn)
-                .filter(|c| c.generation == w.generation)
-            else {
+            let Some(conn) = conn_of(&mut self.conns, w) else {
                 canceled.push((i, None));
                 continue;
             };
@@ -566,6 +551,14 @@ impl Node {
         self.cancel_watches(canceled);
         self.watches.behind = true;
     }
+}
+
+/// The connection `w` belongs to, if it is still open (and not a later one
+/// in its slot).
+fn conn_of<'a>(conns: &'a mut Conns, w: &Watch) -> Option<&'a mut Conn> {
+    conns
+        .get_mut(w.conn)
+        .filter(|c| c.generation == w.generation)
 }
 
 fn slow_watcher(w: &Watch, buffer_bytes: usize) -> ErrorReply {
