@@ -435,6 +435,14 @@ impl ClusterClient {
         Ok(())
     }
 
+    /// Sleeps `d`, waking early with [`ClientError::Interrupted`] for
+    /// Ctrl-C (the flag [`ClusterClient::set_interrupt`] gave), as a wait
+    /// between requests should (`lease keepalive`'s renewals).
+    pub fn sleep(&self, d: Duration) -> Result<(), ClientError> {
+        let now = Instant::now();
+        self.pause(d, now + d)
+    }
+
     /// Pauses for the current backoff, which then grows.
     fn back_off(&self, a: &mut Attempts) -> Result<(), ClientError> {
         self.pause(a.backoff, a.deadline)?;
