@@ -3,12 +3,15 @@
 //! fields for `--json`) or a [`Failure`]; and the helpers the commands in
 //! `commands/` share to read replies and render values.
 
+use std::sync::Mutex;
+
 use poncho_protocol::{ErrorCode, RaftMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::client::{ClientError, ClusterClient, Reply};
 use crate::line::{quote, quote_always};
+use crate::{Mode, Output};
 
 /// A command that worked.
 #[derive(Debug, Default)]
@@ -247,6 +250,49 @@ pub fn probe(client: &mut ClusterClient, message: &RaftMessage) -> Outcome {
             "payload": reply.envelope.payload,
         }),
     ))
+}
+
+/// Where the command running now prints its results, for one that shows
+/// some before it ends (`lease keepalive`'s renewals). `None` until the
+/// shell says (in unit tests).
+static RUNNING: Mutex<Option<(Output, Mode)>> = Mutex::new(None);
+
+/// Says how the command about to run prints (main and the REPL, before
+/// each command).
+pub fn set_running(output: Output, mode: Mode) {
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some((output, mode));
+}
+
+/// How the command running now prints, if the shell said.
+pub fn running() -> Option<(Output, Mode)> {
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prints a result a command gives before its last one, as that last one
+/// will be: `pretty` at the prompt, `plain` in scripts and one-shot, one
+/// JSON object with `--json` (its hint, if any, alike).
+pub fn show_partial(command: &str, done: Done) {
+    match running() {
+        Some((Output::Json, mode)) => {
+            let line = match mode {
+                Mode::Script(n) => Some(n),
+                _ => None,
+            };
+            crate::print_json_done(line, command, done);
+        }
+        Some((Output::Text, Mode::Interactive)) => {
+            crate::out(&done.pretty);
+            if let Some(hint) = done.hint {
+                crate::out(&format!("(hint) {hint}"));
+            }
+        }
+        _ => {
+            crate::out(&done.plain);
+            if let Some(hint) = done.hint {
+                eprintln!("hint: {hint}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

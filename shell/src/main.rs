@@ -239,6 +239,7 @@ fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
         }
     };
     let mut command = command;
+    exec::set_running(output, Mode::OneShot);
     let stdin = std::io::stdin();
     let prompts = stdin.is_terminal();
     let mut number = 0;
@@ -287,6 +288,7 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
         // A command that reads the lines after it moves `number` on.
         let start = number;
         let mode = Mode::Script(start);
+        exec::set_running(output, mode);
         let parsed = match std::str::from_utf8(&bytes) {
             Ok(line) => commands::parse_line(line).map_err(|e| e.to_string()),
             Err(_) => Err("the line is not valid UTF-8".to_string()),

@@ -253,6 +253,7 @@ pub fn run(mut client: ClusterClient, output: Output) -> u8 {
         }
     };
     let mut history = History::load(&mut editor);
+    crate::exec::set_running(output, Mode::Interactive);
     greet(&mut client);
     loop {
         let prompt = prompt(&mut client);

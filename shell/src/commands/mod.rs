@@ -26,6 +26,7 @@ mod health;
 mod help;
 mod keys;
 mod leader;
+mod lease;
 mod login;
 mod member;
 mod role;
@@ -46,6 +47,7 @@ pub const COMMANDS: &[&Spec] = &[
     &cas::SPEC,
     &txn::SPEC,
     &watch::SPEC,
+    &lease::SPEC,
     &keys::SPEC,
     &health::SPEC,
     &status::SPEC,
