@@ -224,11 +224,12 @@ mod tests {
 
     #[test]
     fn hints_show_the_arguments_left_to_type() {
-        assert_eq!(hint("set").as_deref(), Some(" KEY VALUE"));
-        assert_eq!(hint("set ").as_deref(), Some("KEY VALUE"));
-        assert_eq!(hint("set foo").as_deref(), Some(" VALUE"));
-        assert_eq!(hint("set foo ").as_deref(), Some("VALUE"));
-        assert_eq!(hint("set foo bar"), None);
+        assert_eq!(hint("set").as_deref(), Some(" KEY VALUE [--lease ID]"));
+        assert_eq!(hint("set ").as_deref(), Some("KEY VALUE [--lease ID]"));
+        assert_eq!(hint("set foo").as_deref(), Some(" VALUE [--lease ID]"));
+        assert_eq!(hint("set foo ").as_deref(), Some("VALUE [--lease ID]"));
+        assert_eq!(hint("set foo bar").as_deref(), Some(" [--lease ID]"));
+        assert_eq!(hint("set foo bar --lease 7"), None);
         assert_eq!(hint("cas k ").as_deref(), Some("EXPECTED NEW"));
         assert_eq!(hint("keys").as_deref(), Some(" [PREFIX]"));
         assert_eq!(hint("se"), None);

@@ -459,7 +459,8 @@ mod tests {
             parsed::<set::Set>("SET k \"v w\""),
             set::Set {
                 key: "k".into(),
-                value: "v w".into()
+                value: "v w".into(),
+                lease: None
             }
         );
         assert_eq!(parsed::<get::Get>("get k"), get::Get::Key("k".into()));
@@ -907,8 +908,8 @@ mod tests {
     #[test]
     fn wrong_arguments_give_a_one_line_usage() {
         let e = |l: &str| parse_line(l).unwrap_err().to_string();
-        assert_eq!(e("set k"), "usage: set KEY VALUE");
-        assert_eq!(e("set k v extra"), "usage: set KEY VALUE");
+        assert_eq!(e("set k"), "usage: set KEY VALUE [--lease ID]");
+        assert_eq!(e("set k v extra"), "usage: set KEY VALUE [--lease ID]");
         assert_eq!(
             e("get"),
             "usage: get KEY [--prefix] [--range END] [--limit N] [--rev R] [--keys-only] [--count]"

@@ -21,6 +21,7 @@ use poncho_protocol::{
 use serde_json::json;
 
 use super::get::{self, Get};
+use super::set;
 use super::{Action, Args, FirstArg, Kind, Lines, NextLine, Spec, UsageError};
 use crate::client::{ClientError, ClusterClient, Route};
 use crate::exec::{payload, plain_value, pretty_value, Done, Failure, Outcome};
@@ -38,7 +39,7 @@ pub const SPEC: Spec = Spec {
               A missing key has version, create and mod 0 (version(k) = 0: k is absent),\n\
               and no value: a value comparison of it fails. Quote a key with spaces:\n\
               'version(\"my key\") > 0'.\n\
-              An OP is set KEY VALUE, del KEY [--prefix | --range END] or\n\
+              An OP is set KEY VALUE [--lease ID], del KEY [--prefix | --range END] or\n\
               get KEY [--prefix | --range END] [--limit N] [--keys-only] [--count].\n\
               A branch writes each key at most once; at most 128 compares and 128 OPs each.\n\
               With no arguments, txn reads the lines after it: the compares one a line,\n\
@@ -173,11 +174,11 @@ pub fn parse_compare(word: &str) -> Result<Compare, String> {
     })
 }
 
-const SET_USAGE: &str = "set KEY VALUE";
+const SET_USAGE: &str = "set KEY VALUE [--lease ID]";
 const DEL_USAGE: &str = "del KEY [--prefix | --range END]";
 const GET_USAGE: &str = "get KEY [--prefix | --range END] [--limit N] [--keys-only] [--count]";
 
-/// `set KEY VALUE`, `del KEY [--prefix | --range END]` or `get KEY
+/// `set KEY VALUE [--lease ID]`, `del KEY [--prefix | --range END]` or `get KEY
 /// [--prefix | --range END] [--limit N] [--keys-only] [--count]`.
 pub fn parse_op(word: &str) -> Result<TxnOp, String> {
     let shown = quote(word);
@@ -194,13 +195,14 @@ pub fn parse_op(word: &str) -> Result<TxnOp, String> {
         format!("in {shown}: usage: {usage}{hint}")
     };
     match name.text.to_ascii_lowercase().as_str() {
-        "set" | "put" => match rest {
-            [key, value] => Ok(TxnOp::Put {
-                key: key.text.clone(),
-                value: value.text.clone(),
-                lease: None,
+        "set" | "put" => match set::parse_words(rest) {
+            Ok(s) => Ok(TxnOp::Put {
+                key: s.key,
+                value: s.value,
+                lease: s.lease,
             }),
-            _ => Err(usage(SET_USAGE)),
+            Err(Some(what)) => Err(format!("in {shown}: {what}")),
+            Err(None) => Err(usage(SET_USAGE)),
         },
         "del" | "delete" => parse_delete(rest).map_err(|what| match what {
             Some(what) => format!("in {shown}: {what}"),
@@ -454,7 +456,13 @@ fn describe(op: &TxnOp) -> String {
         }
     };
     match op {
-        TxnOp::Put { key, value, .. } => format!("set {} {}", quote(key), quote(value)),
+        TxnOp::Put { key, value, lease } => {
+            let mut s = format!("set {} {}", quote(key), quote(value));
+            if let Some(id) = lease {
+                s.push_str(&format!(" --lease {id}"));
+            }
+            s
+        }
         TxnOp::Delete {
             key,
             range_end,
@@ -640,6 +648,23 @@ mod tests {
             ("set lock me", put("lock", "me")),
             (r#"SET "my key" 'a "b"'"#, put("my key", "a \"b\"")),
             ("put k nil", put("k", "nil")),
+            (
+                "set svc/a up --lease 7",
+                TxnOp::Put {
+                    key: "svc/a".into(),
+                    value: "up".into(),
+                    lease: Some(7),
+                },
+            ),
+            (
+                r#"set --lease=3 k "--lease""#,
+                TxnOp::Put {
+                    key: "k".into(),
+                    value: "--lease".into(),
+                    lease: Some(3),
+                },
+            ),
+            (r#"set "--k" '--v'"#, put("--k", "--v")),
             ("del old", del("old", None, false)),
             ("delete old --prefix", del("old", None, true)),
             ("del a --range c", del("a", Some("c"), false)),
@@ -683,7 +708,10 @@ mod tests {
             ("", "is not an operation"),
             ("cas k a b", "cas is not an operation: set, del or get"),
             ("set k", "usage: set KEY VALUE"),
-            ("set k v w", "usage: set KEY VALUE"),
+            ("set k v w", "usage: set KEY VALUE [--lease ID]"),
+            ("set k v --lease", "--lease needs a lease id"),
+            ("set k v --lease 0", "0 is not a lease id (a number from 1)"),
+            ("set k --x", "--x is not a flag of set"),
             ("del", "usage: del KEY [--prefix | --range END]"),
             ("del a b", "usage: del KEY"),
             ("del a --prefix --range b", "exclude each other"),
@@ -762,8 +790,9 @@ mod tests {
         // Unquoted, the words of one comparison are comparisons each.
         assert!(error("txn version(k) = 0 then 'set k v'")
             .starts_with("version(k) is not a comparison"));
-        assert!(error("txn 'version(k) = 0' then set k v")
-            .starts_with("in set: usage: set KEY VALUE (quote each operation as one word"));
+        assert!(error("txn 'version(k) = 0' then set k v").starts_with(
+            "in set: usage: set KEY VALUE [--lease ID] (quote each operation as one word"
+        ));
     }
 
     /// Lines as a script gives them, with the titles it was told.
@@ -858,7 +887,7 @@ mod tests {
         assert_eq!(
             e,
             Failure::Usage(
-                "in \"set k\": usage: set KEY VALUE; \
+                "in \"set k\": usage: set KEY VALUE [--lease ID]; \
                  usage: txn [COMPARE...] [then OP...] [else OP...]"
                     .into()
             )
