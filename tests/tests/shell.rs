@@ -422,7 +422,7 @@ fn bad_commands_give_usage_and_a_nonzero_exit() {
         errors,
         [
             "line 1: unknown command frobnicate: type help for the list",
-            "line 2: usage: set KEY VALUE",
+            "line 2: usage: set KEY VALUE [--lease ID]",
             "line 4: unterminated \" quote",
         ],
         "{run}"
@@ -433,7 +433,10 @@ fn bad_commands_give_usage_and_a_nonzero_exit() {
     let run = run_shell(&stop, "help\nset onlykey\nhelp\n");
     assert_eq!(run.status.code(), Some(2), "{run}");
     assert_eq!(run.stdout.matches("Commands:").count(), 1, "{run}");
-    assert_eq!(run.stderr, "line 2: usage: set KEY VALUE\n", "{run}");
+    assert_eq!(
+        run.stderr, "line 2: usage: set KEY VALUE [--lease ID]\n",
+        "{run}"
+    );
 
     let mut json = args.to_vec();
     json.push("--json");
@@ -453,7 +456,7 @@ fn bad_commands_give_usage_and_a_nonzero_exit() {
     let run = run_shell(&one, "");
     assert_eq!(
         (run.status.code(), run.stderr.as_str()),
-        (Some(2), "usage: set KEY VALUE\n"),
+        (Some(2), "usage: set KEY VALUE [--lease ID]\n"),
         "{run}"
     );
     let mut one = args.to_vec();
@@ -1020,6 +1023,129 @@ fn watch_prints_each_change_of_a_prefix_as_it_happens() {
     let script = format!("watch app/ --prefix --rev {first} --prev --count 3\nget app/b\n");
     let run = run_shell(&["--cluster", &all, "--json"], &script);
     assert_eq!(run.status.code(), Some(0), "{run}");
+
+// ------------------------------------------------------------------ leases
+
+/// Grants a lease with a one-shot `lease grant TTL` (a script cannot carry
+/// the id it prints to a later line); its id, which is all it prints.
+fn grant_lease(arg: &str, ttl: u64) -> u64 {
+    let run = run_shell(&["--cluster", arg, "lease", "grant", &ttl.to_string()], "");
+    assert_eq!(
+        (run.status.code(), run.stderr.as_str()),
+        (Some(0), ""),
+        "{run}"
+    );
+    let id: u64 = run
+        .stdout
+        .trim_end_matches('\n')
+        .parse()
+        .unwrap_or_else(|_| panic!("grant prints just the id: {run}"));
+    assert_eq!(run.stdout, format!("{id}\n"), "{run}");
+    id
+}
+
+/// `lease` in a script: a key attached with `set --lease`, the lease's TTL
+/// and keys, a keepalive, the list, a revoke that deletes the key; then the
+/// errors for a lease that is gone, a TTL out of bounds and a keepalive
+/// that would never end.
+#[test]
+fn leases_in_a_script_attach_keys_renew_list_and_revoke() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(ELECTION);
+    let arg = cluster_arg(&cluster, &[1, 2, 3]);
+    let id = grant_lease(&arg, 5);
+    let script = format!(
+        "set svc/a up --lease {id}
+set svc/b \"--lease\"
+lease ttl {id} --keys
+lease keepalive {id} --once
+lease list
+lease revoke {id}
+get svc/a
+get svc/b
+lease ttl {id}
+lease keepalive {id} --once
+lease grant 1
+lease keepalive {id}
+set svc/c x --lease {id}
+lease revoke {id}
+"
+    );
+    let run = run_shell(&["--cluster", &arg], &script);
+    let out: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(out.len(), 8, "{run}");
+    assert_eq!(out[..2], ["OK", "OK"], "{run}");
+    // Seconds left (of 5, just granted), the TTL granted, the key.
+    let ttl: Vec<&str> = out[2].split(' ').collect();
+    assert_eq!(ttl[1..], ["5", "svc/a"], "{run}");
+    let left: u64 = ttl[0].parse().expect("seconds left");
+    assert!((1..=5).contains(&left), "{run}");
+    assert_eq!(out[3], "5", "keepalive: the full TTL again: {run}");
+    assert_eq!(out[4], id.to_string(), "the only lease: {run}");
+    assert_eq!(out[5], "1", "revoke deleted svc/a: {run}");
+    assert_eq!(out[6..], ["(nil)", "--lease"], "{run}");
+    let errors: Vec<&str> = run.stderr.lines().collect();
+    let gone = format!("LEASE_NOT_FOUND: lease {id} does not exist");
+    assert_eq!(errors.len(), 6, "{run}");
+    assert!(errors[0].starts_with(&format!("line 9: {gone}")), "{run}");
+    assert!(errors[1].starts_with(&format!("line 10: {gone}")), "{run}");
+    assert!(
+        errors[2].starts_with("line 11: BAD_REQUEST: ")
+            && errors[2].contains("ttl is 1 seconds; it must be at least 2"),
+        "{run}"
+    );
+    assert_eq!(
+        errors[3],
+        "line 12: in a script, lease keepalive needs --once or --count N \
+         (without, it runs until Ctrl-C)",
+        "{run}"
+    );
+    assert!(errors[4].starts_with(&format!("line 13: {gone}")), "{run}");
+    assert!(errors[5].starts_with(&format!("line 14: {gone}")), "{run}");
+    assert_eq!(run.status.code(), Some(1), "the first failure: {run}");
+    assert_eq!(leader_get(&mut cluster, "svc/a"), Value::Null);
+    assert_eq!(leader_get(&mut cluster, "svc/b"), "--lease");
+    assert_eq!(leader_get(&mut cluster, "svc/c"), Value::Null);
+
+    // A transaction's set attaches its key too; revoking deletes it.
+    let id = grant_lease(&arg, 60);
+    let run = run_shell(
+        &["--cluster", &arg],
+        &format!(
+            "txn 'version(job) = 0' then 'set job me --lease {id}' 'set plain x'\n\
+             lease ttl {id} --keys\nlease revoke {id}\nget job\nget plain\n"
+        ),
+    );
+    let out: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert_eq!(out[..3], ["SUCCESS", "OK", "OK"], "{run}");
+    assert!(out[3].ends_with(" 60 job"), "only job is attached: {run}");
+    assert_eq!(out[4..], ["1", "(nil)", "x"], "{run}");
+}
+
+/// `lease keepalive --count N` keeps a lease alive past its TTL; `--json`
+/// gives each renewal as an object, as it comes; one-shot at a follower
+/// works (keepalive is forwarded, ttl and list go to the leader).
+#[test]
+fn lease_keepalive_keeps_a_lease_alive_and_works_at_a_follower() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(ELECTION);
+    let arg = cluster_arg(&cluster, &[1, 2, 3]);
+    let id = grant_lease(&arg, 2);
+    let run = run_shell(
+        &["--cluster", &arg],
+        &format!("set svc/k up --lease {id}\n"),
+    );
+    assert_eq!(run.stdout, "OK\n", "{run}");
+    // 6 renewals, 2/3 s apart: 3.3 s, past the TTL and its expiry's
+    // slack (a lease not kept alive would be gone by then).
+    let started = Instant::now();
+    let run = run_shell(
+        &["--cluster", &arg, "--json"],
+        &format!("lease keepalive {id} --count 6\nget svc/k\n"),
+    );
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert!(started.elapsed() >= Duration::from_millis(3300), "{run}");
     let lines: Vec<Value> = run
         .stdout
         .lines()
@@ -1183,4 +1309,130 @@ fn the_interactive_shell_watches_until_ctrl_c() {
     shell.expect(&prompt);
     shell.send("exit\r");
     assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+
+    assert_eq!(lines.len(), 7, "{run}");
+    for renewal in &lines[..6] {
+        assert_eq!(
+            renewal,
+            &json!({"ok": true, "command": "lease keepalive", "line": 1, "id": id, "ttl": 2}),
+            "{run}"
+        );
+    }
+    assert_eq!(lines[6]["value"], "up", "kept alive: {run}");
+    assert_eq!(leader_get(&mut cluster, "svc/k"), "up");
+
+    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let at_follower = cluster.addr(follower).to_string();
+    let one = |words: &[&str]| {
+        let mut all = vec!["--cluster", at_follower.as_str()];
+        all.extend_from_slice(words);
+        run_shell(&all, "")
+    };
+    let id_arg = id.to_string();
+    let run = one(&["lease", "keepalive", &id_arg, "--once"]);
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "2\n"),
+        "{run}"
+    );
+    let run = one(&["lease", "list"]);
+    assert_eq!(run.stdout, format!("{id}\n"), "{run}");
+    let run = one(&["--json", "lease", "ttl", &id_arg, "--keys"]);
+    let ttl: Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    assert_eq!(
+        (
+            &ttl["command"],
+            &ttl["id"],
+            &ttl["granted_ttl"],
+            &ttl["keys"]
+        ),
+        (
+            &json!("lease ttl"),
+            &json!(id),
+            &json!(2),
+            &json!(["svc/k"])
+        ),
+        "{run}"
+    );
+    // Left alone now, it expires, and so does its key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_get(&mut cluster, "svc/k") != Value::Null {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        sleep(Duration::from_millis(100));
+    }
+    let run = one(&["lease", "keepalive", &id_arg, "--once"]);
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: LEASE_NOT_FOUND: lease {id} does not exist"
+        )),
+        "{run}"
+    );
+    let run = one(&["lease", "grant", "0"]);
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(run.stderr.starts_with("error: BAD_REQUEST: "), "{run}");
+}
+
+/// At the prompt, `lease keepalive` renews until Ctrl-C, and stops with
+/// an error when the lease is revoked under it; one-shot, Ctrl-C ends it
+/// as it ends any program.
+#[test]
+fn lease_keepalive_runs_until_ctrl_c_or_the_lease_is_gone() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(ELECTION);
+    let addr = cluster.addr(1).to_string();
+    let id = grant_lease(&addr, 3);
+    let home = tempfile::tempdir().expect("temp home");
+    let prompt = format!("poncho {addr} (leader)> ");
+    let mut shell = shell_on_pty(&["--cluster", addr.as_str()], home.path());
+    shell.expect(&prompt);
+    shell.send(&format!("lease keepalive {id}\r"));
+    let renewed = format!("lease {id} keepalived with TTL(3)\n");
+    // One at once, the next a second later.
+    shell.expect(&renewed);
+    shell.expect(&renewed);
+    shell.interrupt();
+    shell.expect(&format!("keepalive of lease {id} stopped (Ctrl-C) after "));
+    shell.expect(&prompt);
+    // The shell goes on; the lease was kept alive.
+    shell.send(&format!("lease ttl {id}\r"));
+    shell.expect(&format!("lease {id} granted with TTL(3s), remaining("));
+    shell.expect(&prompt);
+
+    // Revoked by someone else while it is kept alive: a clear error.
+    shell.send(&format!("lease keepalive {id}\r"));
+    shell.expect(&renewed);
+    let mut c = cluster.client(1);
+    let r = c
+        .request(&json!({"msg_type": "LEASE", "req_id": 1,
+                         "payload": {"op": "revoke", "id": id}}))
+        .expect("revoke");
+    assert_eq!(r["payload"]["deleted"], 0, "{r}");
+    shell.expect(&format!(
+        "(error) LEASE_NOT_FOUND: lease {id} does not exist"
+    ));
+    shell.expect("; keepalive stopped after ");
+    shell.expect(&prompt);
+    shell.send("exit\r");
+    assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+    drop(shell);
+
+    // One-shot on a terminal: it runs until Ctrl-C (SIGINT) ends it.
+    let id = grant_lease(&addr, 3);
+    let mut one = shell_on_pty(
+        &[
+            "--cluster",
+            addr.as_str(),
+            "lease",
+            "keepalive",
+            &id.to_string(),
+        ],
+        home.path(),
+    );
+    one.expect("3\n");
+    one.expect("3\n");
+    one.interrupt();
+    let status = one.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{}", one.screen());
 }
