@@ -37,7 +37,8 @@ pub const SPEC: Spec = Spec {
               keys, with --keys), list the IDs.\n\
               keepalive renews the lease at once, then every TTL/3 seconds, printing each\n\
               renewal, until Ctrl-C or the lease is gone (an error, LEASE_NOT_FOUND);\n\
-              --once sends one, --count N sends N. In a script, give --once or --count N.",
+              --once sends one, --count N sends N. In a script, give --once or --count N;\n\
+              one-shot (poncho-shell lease keepalive ID) it runs until Ctrl-C ends it.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Free,
     subs: &[

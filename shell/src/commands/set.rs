@@ -16,7 +16,8 @@ pub const SPEC: Spec = Spec {
     details: "Quote a value with spaces: set greeting \"hello world\".\n\
               With --lease ID the key is attached to that lease (see help lease): it is\n\
               deleted when the lease ends. Without, a key that was attached is not any more.\n\
-              A key or value that starts with -- is quoted: set k \"--lease\".\n\
+              A key or value that starts with -- is quoted: set k \"--lease\"; after a bare --\n\
+              every word is one (for one-shot use: poncho-shell set k -- --lease).\n\
               Prints OK once a majority of the cluster has the write.",
     kind: Kind::Cluster,
     first_arg: FirstArg::Key,
