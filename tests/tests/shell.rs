@@ -1023,129 +1023,6 @@ fn watch_prints_each_change_of_a_prefix_as_it_happens() {
     let script = format!("watch app/ --prefix --rev {first} --prev --count 3\nget app/b\n");
     let run = run_shell(&["--cluster", &all, "--json"], &script);
     assert_eq!(run.status.code(), Some(0), "{run}");
-
-// ------------------------------------------------------------------ leases
-
-/// Grants a lease with a one-shot `lease grant TTL` (a script cannot carry
-/// the id it prints to a later line); its id, which is all it prints.
-fn grant_lease(arg: &str, ttl: u64) -> u64 {
-    let run = run_shell(&["--cluster", arg, "lease", "grant", &ttl.to_string()], "");
-    assert_eq!(
-        (run.status.code(), run.stderr.as_str()),
-        (Some(0), ""),
-        "{run}"
-    );
-    let id: u64 = run
-        .stdout
-        .trim_end_matches('\n')
-        .parse()
-        .unwrap_or_else(|_| panic!("grant prints just the id: {run}"));
-    assert_eq!(run.stdout, format!("{id}\n"), "{run}");
-    id
-}
-
-/// `lease` in a script: a key attached with `set --lease`, the lease's TTL
-/// and keys, a keepalive, the list, a revoke that deletes the key; then the
-/// errors for a lease that is gone, a TTL out of bounds and a keepalive
-/// that would never end.
-#[test]
-fn leases_in_a_script_attach_keys_renew_list_and_revoke() {
-    let mut cluster = Cluster::start(3);
-    cluster.wait_for_leader(ELECTION);
-    let arg = cluster_arg(&cluster, &[1, 2, 3]);
-    let id = grant_lease(&arg, 5);
-    let script = format!(
-        "set svc/a up --lease {id}
-set svc/b \"--lease\"
-lease ttl {id} --keys
-lease keepalive {id} --once
-lease list
-lease revoke {id}
-get svc/a
-get svc/b
-lease ttl {id}
-lease keepalive {id} --once
-lease grant 1
-lease keepalive {id}
-set svc/c x --lease {id}
-lease revoke {id}
-"
-    );
-    let run = run_shell(&["--cluster", &arg], &script);
-    let out: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(out.len(), 8, "{run}");
-    assert_eq!(out[..2], ["OK", "OK"], "{run}");
-    // Seconds left (of 5, just granted), the TTL granted, the key.
-    let ttl: Vec<&str> = out[2].split(' ').collect();
-    assert_eq!(ttl[1..], ["5", "svc/a"], "{run}");
-    let left: u64 = ttl[0].parse().expect("seconds left");
-    assert!((1..=5).contains(&left), "{run}");
-    assert_eq!(out[3], "5", "keepalive: the full TTL again: {run}");
-    assert_eq!(out[4], id.to_string(), "the only lease: {run}");
-    assert_eq!(out[5], "1", "revoke deleted svc/a: {run}");
-    assert_eq!(out[6..], ["(nil)", "--lease"], "{run}");
-    let errors: Vec<&str> = run.stderr.lines().collect();
-    let gone = format!("LEASE_NOT_FOUND: lease {id} does not exist");
-    assert_eq!(errors.len(), 6, "{run}");
-    assert!(errors[0].starts_with(&format!("line 9: {gone}")), "{run}");
-    assert!(errors[1].starts_with(&format!("line 10: {gone}")), "{run}");
-    assert!(
-        errors[2].starts_with("line 11: BAD_REQUEST: ")
-            && errors[2].contains("ttl is 1 seconds; it must be at least 2"),
-        "{run}"
-    );
-    assert_eq!(
-        errors[3],
-        "line 12: in a script, lease keepalive needs --once or --count N \
-         (without, it runs until Ctrl-C)",
-        "{run}"
-    );
-    assert!(errors[4].starts_with(&format!("line 13: {gone}")), "{run}");
-    assert!(errors[5].starts_with(&format!("line 14: {gone}")), "{run}");
-    assert_eq!(run.status.code(), Some(1), "the first failure: {run}");
-    assert_eq!(leader_get(&mut cluster, "svc/a"), Value::Null);
-    assert_eq!(leader_get(&mut cluster, "svc/b"), "--lease");
-    assert_eq!(leader_get(&mut cluster, "svc/c"), Value::Null);
-
-    // A transaction's set attaches its key too; revoking deletes it.
-    let id = grant_lease(&arg, 60);
-    let run = run_shell(
-        &["--cluster", &arg],
-        &format!(
-            "txn 'version(job) = 0' then 'set job me --lease {id}' 'set plain x'\n\
-             lease ttl {id} --keys\nlease revoke {id}\nget job\nget plain\n"
-        ),
-    );
-    let out: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(run.status.code(), Some(0), "{run}");
-    assert_eq!(out[..3], ["SUCCESS", "OK", "OK"], "{run}");
-    assert!(out[3].ends_with(" 60 job"), "only job is attached: {run}");
-    assert_eq!(out[4..], ["1", "(nil)", "x"], "{run}");
-}
-
-/// `lease keepalive --count N` keeps a lease alive past its TTL; `--json`
-/// gives each renewal as an object, as it comes; one-shot at a follower
-/// works (keepalive is forwarded, ttl and list go to the leader).
-#[test]
-fn lease_keepalive_keeps_a_lease_alive_and_works_at_a_follower() {
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(ELECTION);
-    let arg = cluster_arg(&cluster, &[1, 2, 3]);
-    let id = grant_lease(&arg, 2);
-    let run = run_shell(
-        &["--cluster", &arg],
-        &format!("set svc/k up --lease {id}\n"),
-    );
-    assert_eq!(run.stdout, "OK\n", "{run}");
-    // 6 renewals, 2/3 s apart: 3.3 s, past the TTL and its expiry's
-    // slack (a lease not kept alive would be gone by then).
-    let started = Instant::now();
-    let run = run_shell(
-        &["--cluster", &arg, "--json"],
-        &format!("lease keepalive {id} --count 6\nget svc/k\n"),
-    );
-    assert_eq!(run.status.code(), Some(0), "{run}");
-    assert!(started.elapsed() >= Duration::from_millis(3300), "{run}");
     let lines: Vec<Value> = run
         .stdout
         .lines()
@@ -1309,7 +1186,135 @@ fn the_interactive_shell_watches_until_ctrl_c() {
     shell.expect(&prompt);
     shell.send("exit\r");
     assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
+}
 
+// ------------------------------------------------------------------ leases
+
+/// Grants a lease with a one-shot `lease grant TTL` (a script cannot carry
+/// the id it prints to a later line); its id, which is all it prints.
+fn grant_lease(arg: &str, ttl: u64) -> u64 {
+    let run = run_shell(&["--cluster", arg, "lease", "grant", &ttl.to_string()], "");
+    assert_eq!(
+        (run.status.code(), run.stderr.as_str()),
+        (Some(0), ""),
+        "{run}"
+    );
+    let id: u64 = run
+        .stdout
+        .trim_end_matches('\n')
+        .parse()
+        .unwrap_or_else(|_| panic!("grant prints just the id: {run}"));
+    assert_eq!(run.stdout, format!("{id}\n"), "{run}");
+    id
+}
+
+/// `lease` in a script: a key attached with `set --lease`, the lease's TTL
+/// and keys, a keepalive, the list, a revoke that deletes the key; then the
+/// errors for a lease that is gone, a TTL out of bounds and a keepalive
+/// that would never end.
+#[test]
+fn leases_in_a_script_attach_keys_renew_list_and_revoke() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(ELECTION);
+    let arg = cluster_arg(&cluster, &[1, 2, 3]);
+    let id = grant_lease(&arg, 5);
+    let script = format!(
+        "set svc/a up --lease {id}
+set svc/b \"--lease\"
+lease ttl {id} --keys
+lease keepalive {id} --once
+lease list
+lease revoke {id}
+get svc/a
+get svc/b
+lease ttl {id}
+lease keepalive {id} --once
+lease grant 1
+lease keepalive {id}
+set svc/c x --lease {id}
+lease revoke {id}
+"
+    );
+    let run = run_shell(&["--cluster", &arg], &script);
+    let out: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(out.len(), 8, "{run}");
+    assert_eq!(out[..2], ["OK", "OK"], "{run}");
+    // Seconds left (of 5, just granted), the TTL granted, the key.
+    let ttl: Vec<&str> = out[2].split(' ').collect();
+    assert_eq!(ttl[1..], ["5", "svc/a"], "{run}");
+    let left: u64 = ttl[0].parse().expect("seconds left");
+    assert!((1..=5).contains(&left), "{run}");
+    assert_eq!(out[3], "5", "keepalive: the full TTL again: {run}");
+    assert_eq!(out[4], id.to_string(), "the only lease: {run}");
+    assert_eq!(out[5], "1", "revoke deleted svc/a: {run}");
+    assert_eq!(out[6..], ["(nil)", "--lease"], "{run}");
+    let errors: Vec<&str> = run.stderr.lines().collect();
+    let gone = format!("LEASE_NOT_FOUND: lease {id} does not exist");
+    assert_eq!(errors.len(), 6, "{run}");
+    assert!(errors[0].starts_with(&format!("line 9: {gone}")), "{run}");
+    assert!(errors[1].starts_with(&format!("line 10: {gone}")), "{run}");
+    assert!(
+        errors[2].starts_with("line 11: BAD_REQUEST: ")
+            && errors[2].contains("ttl is 1 seconds; it must be at least 2"),
+        "{run}"
+    );
+    assert_eq!(
+        errors[3],
+        "line 12: in a script, lease keepalive needs --once or --count N \
+         (without, it runs until Ctrl-C)",
+        "{run}"
+    );
+    assert!(errors[4].starts_with(&format!("line 13: {gone}")), "{run}");
+    assert!(errors[5].starts_with(&format!("line 14: {gone}")), "{run}");
+    assert_eq!(run.status.code(), Some(1), "the first failure: {run}");
+    assert_eq!(leader_get(&mut cluster, "svc/a"), Value::Null);
+    assert_eq!(leader_get(&mut cluster, "svc/b"), "--lease");
+    assert_eq!(leader_get(&mut cluster, "svc/c"), Value::Null);
+
+    // A transaction's set attaches its key too; revoking deletes it.
+    let id = grant_lease(&arg, 60);
+    let run = run_shell(
+        &["--cluster", &arg],
+        &format!(
+            "txn 'version(job) = 0' then 'set job me --lease {id}' 'set plain x'\n\
+             lease ttl {id} --keys\nlease revoke {id}\nget job\nget plain\n"
+        ),
+    );
+    let out: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert_eq!(out[..3], ["SUCCESS", "OK", "OK"], "{run}");
+    assert!(out[3].ends_with(" 60 job"), "only job is attached: {run}");
+    assert_eq!(out[4..], ["1", "(nil)", "x"], "{run}");
+}
+
+/// `lease keepalive --count N` keeps a lease alive past its TTL; `--json`
+/// gives each renewal as an object, as it comes; one-shot at a follower
+/// works (keepalive is forwarded, ttl and list go to the leader).
+#[test]
+fn lease_keepalive_keeps_a_lease_alive_and_works_at_a_follower() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(ELECTION);
+    let arg = cluster_arg(&cluster, &[1, 2, 3]);
+    let id = grant_lease(&arg, 2);
+    let run = run_shell(
+        &["--cluster", &arg],
+        &format!("set svc/k up --lease {id}\n"),
+    );
+    assert_eq!(run.stdout, "OK\n", "{run}");
+    // 6 renewals, 2/3 s apart: 3.3 s, past the TTL and its expiry's
+    // slack (a lease not kept alive would be gone by then).
+    let started = Instant::now();
+    let run = run_shell(
+        &["--cluster", &arg, "--json"],
+        &format!("lease keepalive {id} --count 6\nget svc/k\n"),
+    );
+    assert_eq!(run.status.code(), Some(0), "{run}");
+    assert!(started.elapsed() >= Duration::from_millis(3300), "{run}");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
     assert_eq!(lines.len(), 7, "{run}");
     for renewal in &lines[..6] {
         assert_eq!(
