@@ -84,23 +84,7 @@ impl Node {
     /// On the timer: a new leader's full TTLs, the expiries due, and
     /// forwarded keepalives that got no answer.
     pub(super) fn lease_timers(&mut self, now: Instant) {
-        let leader = self.raft.role() == Role::Leader;
-        if leader && !self.leases.was_leader {
-            let leases: Vec<(u64, u64)> = self.kv.leases().collect();
-            self.leases.deadlines.clear();
-            self.leases.queue.clear();
-            self.leases.expiring.clear();
-            for (id, ttl) in &leases {
-                self.leases.renew(*id, *ttl, now);
-            }
-            if !leases.is_empty() {
-                info!(
-                    "leading: every lease ({}) has its full TTL again from now",
-                    leases.len()
-                );
-            }
-        }
-        self.leases.was_leader = leader;
+        let leader = self.take_over_leases(now);
         if leader {
             self.propose_expiries(now);
         }
@@ -120,6 +104,29 @@ impl Node {
                 self.complete_error(to, &error);
             }
         }
+    }
+
+    /// Whether this node leads; if it has only just become leader, every
+    /// lease gets its full TTL from `now` first.
+    fn take_over_leases(&mut self, now: Instant) -> bool {
+        let leader = self.raft.role() == Role::Leader;
+        if leader && !self.leases.was_leader {
+            let leases: Vec<(u64, u64)> = self.kv.leases().collect();
+            self.leases.deadlines.clear();
+            self.leases.queue.clear();
+            self.leases.expiring.clear();
+            for (id, ttl) in &leases {
+                self.leases.renew(*id, *ttl, now);
+            }
+            if !leases.is_empty() {
+                info!(
+                    "leading: every lease ({}) has its full TTL again from now",
+                    leases.len()
+                );
+            }
+        }
+        self.leases.was_leader = leader;
+        leader
     }
 
     fn propose_expiries(&mut self, now: Instant) {
@@ -157,7 +164,9 @@ impl Node {
     /// `LEASE` keepalive, ttl and list (grants and revokes are writes).
     pub(super) fn handle_lease(&mut self, key: usize, req_id: Option<u64>, request: LeaseRequest) {
         let now = Instant::now();
-        let leader = self.raft.role() == Role::Leader;
+        // A leader answers from its deadlines: taken over first if it only
+        // just won (the timer may not have run yet).
+        let leader = self.take_over_leases(now);
         match request {
             LeaseRequest::Keepalive { id } if leader => {
                 let reply = self.keep_alive(id, now);
@@ -194,9 +203,11 @@ impl Node {
                 self.send_to_peer(leader_id, &message);
             }
             LeaseRequest::Ttl { id, keys } if leader => {
-                let (Some(granted), Some(left)) =
-                    (self.kv.lease_ttl(id), self.leases.remaining_secs(id, now))
-                else {
+                let (Some(granted), Some(left), false) = (
+                    self.kv.lease_ttl(id),
+                    self.leases.remaining_secs(id, now),
+                    self.leases.expiring.contains_key(&id),
+                ) else {
                     return self.reply_error_now(key, req_id, &lease_gone(id));
                 };
                 let (listed, more) = if keys {
@@ -252,7 +263,7 @@ impl Node {
     pub(super) fn handle_lease_peer_message(&mut self, from: NodeId, message: RaftMessage) {
         match message {
             RaftMessage::LeaseKeepalive(m) => {
-                let leader = self.raft.role() == Role::Leader;
+                let leader = self.take_over_leases(Instant::now());
                 let ttl = if leader {
                     self.keep_alive(m.id, Instant::now())
                 } else {
