@@ -6,6 +6,10 @@
 //! with poncho. Small replies carry a `Content-Length`; replies past Go's
 //! 2 KiB response buffer come `Transfer-Encoding: chunked` (a range over a
 //! value of more than about 1.4 KB, for instance); both are decoded here.
+//! The streaming endpoints answer chunked too: `/v3/lease/keepalive` with
+//! one request in its body ends its stream after the one result, so it is
+//! framed like any reply; `/v3/watch` never ends, and its chunks are decoded
+//! as they come ([`ChunkedStream`]).
 //!
 //! Hand-written, HTTP and base64 alike, to keep the generator free of an
 //! async runtime and of new dependencies: it only ever talks to a server it
@@ -267,6 +271,164 @@ pub fn check_reply(reply: &Response<'_>) -> Result<(), String> {
     }
 }
 
+/// What a streaming endpoint's reply holds (`/v3/lease/keepalive`, and
+/// each message of `/v3/watch`): `{"result": {...}}` or `{"error": {...}}`.
+#[derive(Deserialize)]
+struct KeepAliveReply {
+    #[serde(default)]
+    result: Option<KeepAliveResult>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct KeepAliveResult {
+    #[serde(default)]
+    header: Option<IgnoredAny>,
+    /// The gateway writes int64 fields as strings, and leaves zero out.
+    #[serde(default, rename = "TTL")]
+    ttl: Option<Value>,
+}
+
+/// `Ok(())` for a `/v3/lease/keepalive` reply that renewed its lease: one
+/// `result` with a header and a positive TTL (etcd answers a lease it does
+/// not hold with TTL 0, which the gateway leaves out).
+pub fn check_keepalive(reply: &Response<'_>) -> Result<(), String> {
+    let describe = |why: &str| {
+        let text = String::from_utf8_lossy(reply.body);
+        let cut: String = text.chars().take(300).collect();
+        format!("HTTP {}{why}: {cut}", reply.status)
+    };
+    if reply.status != 200 {
+        return Err(describe(""));
+    }
+    match serde_json::from_slice::<KeepAliveReply>(reply.body) {
+        Ok(KeepAliveReply {
+            result:
+                Some(KeepAliveResult {
+                    header: Some(_),
+                    ttl,
+                }),
+            error: None,
+        }) => match ttl
+            .as_ref()
+            .and_then(id_of)
+            .and_then(|t| t.parse::<i64>().ok())
+        {
+            Some(t) if t > 0 => Ok(()),
+            _ => Err(describe(" (lease not found: no TTL)")),
+        },
+        _ => Err(describe("")),
+    }
+}
+
+/// The lease id a successful `/v3/lease/grant` reply gives (`"ID"`).
+pub fn granted_lease(reply: &Response<'_>) -> Result<u64, String> {
+    check_reply(reply)?;
+    serde_json::from_slice::<Value>(reply.body)
+        .ok()
+        .and_then(|v| id_of(&v["ID"]))
+        .and_then(|id| id.parse::<u64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "a lease grant reply without an ID: {}",
+                String::from_utf8_lossy(reply.body)
+            )
+        })
+}
+
+/// Decodes standard base64 (padding optional) into `out`; a trailing
+/// partial group of 2 or 3 characters gives its 1 or 2 bytes.
+pub fn base64_decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let value = |c: u8| -> Result<u32, String> {
+        BASE64
+            .iter()
+            .position(|&b| b == c)
+            .map(|p| p as u32)
+            .ok_or_else(|| format!("not base64: {:?}", c as char))
+    };
+    let input = match input.iter().position(|&c| c == b'=') {
+        Some(end) => &input[..end],
+        None => input,
+    };
+    for group in input.chunks(4) {
+        if group.len() == 1 {
+            return Err("a base64 group of one character".into());
+        }
+        let mut n = 0u32;
+        for (i, &c) in group.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..group.len()]);
+    }
+    Ok(())
+}
+
+/// A streaming reply (`/v3/watch`): the response head, then its chunks
+/// decoded as they come in. The gateway writes one JSON message per line.
+#[derive(Default)]
+pub struct ChunkedStream {
+    buf: Vec<u8>,
+    head_done: bool,
+}
+
+impl ChunkedStream {
+    /// Appends bytes read from the connection and hands the body bytes
+    /// decoded so far to `body`, in order. An error status, a reply that is
+    /// not chunked, or the stream's end (its last chunk) is an error.
+    pub fn extend(&mut self, bytes: &[u8], mut body: impl FnMut(&[u8])) -> Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        let mut at = 0;
+        let outcome = loop {
+            let pending = &self.buf[at..];
+            if !self.head_done {
+                let Some(head_len) = find(pending, b"\r\n\r\n") else {
+                    break Ok(());
+                };
+                let head = match std::str::from_utf8(&pending[..head_len]) {
+                    Ok(h) => h,
+                    Err(_) => break Err("a reply header that is not UTF-8".to_string()),
+                };
+                let head = match parse_head(head) {
+                    Ok(h) => h,
+                    Err(e) => break Err(e),
+                };
+                if head.status != 200 || !head.chunked {
+                    let rest = String::from_utf8_lossy(&pending[head_len + 4..]);
+                    let cut: String = rest.chars().take(300).collect();
+                    break Err(format!("HTTP {} (not a stream): {cut}", head.status));
+                }
+                self.head_done = true;
+                at += head_len + 4;
+                continue;
+            }
+            let Some(line_len) = find(pending, b"\r\n") else {
+                break Ok(());
+            };
+            let line = std::str::from_utf8(&pending[..line_len]).unwrap_or("?");
+            let hex = line.split(';').next().unwrap_or_default().trim();
+            let Ok(size) = usize::from_str_radix(hex, 16) else {
+                break Err(format!("bad chunk size line {line:?}"));
+            };
+            if size == 0 {
+                break Err("the stream ended".to_string());
+            }
+            let data = line_len + 2;
+            if pending.len() < data + size + 2 {
+                break Ok(());
+            }
+            if &pending[data + size..data + size + 2] != b"\r\n" {
+                break Err("a chunk not followed by CRLF".into());
+            }
+            body(&pending[data..data + size]);
+            at += data + size + 2;
+        };
+        self.buf.drain(..at);
+        outcome
+    }
+}
+
 /// One blocking request on a connection of its own, for discovery.
 pub fn post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
@@ -471,6 +633,86 @@ HTTP/1.1 204 No Content\r\n\r\n";
         for b in &bad {
             assert!(check_reply(b).is_err());
         }
+    }
+
+    #[test]
+    fn base64_decodes_what_it_encodes() {
+        for plain in ["", "f", "fo", "foo", "foob", "1712345678901234567:vvvv"] {
+            let mut out = Vec::new();
+            base64_decode(b64(plain).as_bytes(), &mut out).unwrap();
+            assert_eq!(out, plain.as_bytes());
+            // Unpadded, and cut at a group boundary.
+            let mut out = Vec::new();
+            base64_decode(b64(plain).trim_end_matches('=').as_bytes(), &mut out).unwrap();
+            assert_eq!(out, plain.as_bytes());
+        }
+        let mut out = Vec::new();
+        base64_decode(&b64("1712345678901234567:vvvv").as_bytes()[..8], &mut out).unwrap();
+        assert_eq!(out, b"171234");
+        assert!(base64_decode(b"a*==", &mut Vec::new()).is_err());
+        assert!(base64_decode(b"abcde", &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_chunked_stream_split_anywhere_gives_its_body_in_order() {
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+1c\r\n{\"result\":{\"created\":true}}\n\r\n3;x=y\r\n{\"r\r\n18\r\nesult\":{\"events\":[{}]}}\n\r\n";
+        let want = "{\"result\":{\"created\":true}}\n{\"result\":{\"events\":[{}]}}\n";
+        for split in [1, 2, 5, 13, stream.len()] {
+            let mut s = ChunkedStream::default();
+            let mut got = Vec::new();
+            for piece in stream.chunks(split) {
+                s.extend(piece, |b| got.extend_from_slice(b)).unwrap();
+            }
+            assert_eq!(String::from_utf8(got).unwrap(), want, "split every {split}");
+        }
+        let mut s = ChunkedStream::default();
+        assert!(s
+            .extend(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                |_| ()
+            )
+            .is_err());
+        let mut s = ChunkedStream::default();
+        let e = s
+            .extend(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 15\r\n\r\n{\"error\":\"bad\"}",
+                |_| (),
+            )
+            .unwrap_err();
+        assert!(e.contains("400") && e.contains("bad"), "{e}");
+    }
+
+    #[test]
+    fn keepalive_and_grant_replies() {
+        let reply = |status, body: &'static [u8]| Response { status, body };
+        assert!(check_keepalive(&reply(
+            200,
+            br#"{"result":{"header":{"revision":"5"},"ID":"7587","TTL":"60"}}"#
+        ))
+        .is_ok());
+        for bad in [
+            reply(
+                200,
+                br#"{"result":{"header":{"revision":"5"},"ID":"7587"}}"#,
+            ),
+            reply(200, br#"{"result":{"header":{},"ID":"7587","TTL":"-1"}}"#),
+            reply(
+                200,
+                br#"{"error":{"grpc_code":5,"message":"lease not found"}}"#,
+            ),
+            reply(500, br#"{"result":{"header":{},"TTL":"60"}}"#),
+        ] {
+            assert!(check_keepalive(&bad).is_err());
+        }
+        assert_eq!(
+            granted_lease(&reply(
+                200,
+                br#"{"header":{"revision":"5"},"ID":"7587790972011111","TTL":"60"}"#
+            )),
+            Ok(7_587_790_972_011_111)
+        );
+        assert!(granted_lease(&reply(200, br#"{"header":{}}"#)).is_err());
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Idle {
 }
 
 /// Raises the soft open-file limit to `needed`, within the hard limit.
-fn raise_open_file_limit(needed: u64) -> Result<(), String> {
+pub fn raise_open_file_limit(needed: u64) -> Result<(), String> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -99,7 +99,7 @@ fn raise_open_file_limit(needed: u64) -> Result<(), String> {
     }
     if limit.rlim_cur < needed {
         return Err(format!(
-            "--idle needs {needed} open files; the hard limit is {} (ulimit -Hn)",
+            "{needed} open files needed; the hard limit is {} (ulimit -Hn)",
             limit.rlim_max
         ));
     }

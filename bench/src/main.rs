@@ -21,6 +21,7 @@
 mod etcd;
 mod idle;
 mod report;
+mod watch;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -60,6 +61,14 @@ impl Target {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KeepaliveNodes {
+    /// Every connection goes to the leader.
+    Leader,
+    /// Connections round-robin over all --cluster nodes (the leader first).
+    All,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "poncho-bench",
@@ -86,9 +95,12 @@ struct Args {
     /// Stop after this many operations instead.
     #[arg(long)]
     requests: Option<u64>,
-    /// Operation mix as OP:WEIGHT,... with OP in set, get, cas.
-    #[arg(long, default_value = "set:1")]
-    mix: String,
+    /// Operation mix as OP:WEIGHT,... with OP in set, get, cas, txn
+    /// (2 compares and 2 puts on two distinct keys: run with --preload) and
+    /// keepalive (needs --leases). Default set:1, or keepalive:1 with
+    /// --leases.
+    #[arg(long)]
+    mix: Option<String>,
     /// Keys are drawn uniformly from this many.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
@@ -127,6 +139,40 @@ struct Args {
     /// with the password in $PONCHO_PASSWORD.
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// Before the run, grant this many leases (not measured) for the
+    /// `keepalive` op to renew, at random.
+    #[arg(long, default_value_t = 0)]
+    leases: usize,
+    /// The TTL of the --leases, in seconds.
+    #[arg(long, default_value_t = 60)]
+    lease_ttl: u64,
+    /// Where keepalives go: every client connection to the leader, or the
+    /// connections spread over all --cluster nodes (then the mix may only
+    /// hold keepalive; the leases are granted at the leader).
+    #[arg(long, value_enum, default_value_t = KeepaliveNodes::Leader)]
+    keepalive_nodes: KeepaliveNodes,
+    /// Watch fan-out: this many watches of --watch-prefix, created before
+    /// the run, while the --clients write; values then start with their
+    /// send time, and the summary gives events delivered per second and
+    /// put-to-event latency.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+    /// The connections (poncho) or HTTP watch streams (etcd) that carry
+    /// the --watchers, each N/S watches, spread over the --watch-nodes.
+    /// Default: one watch per connection, up to 1,000 connections; at most
+    /// 1,000 watches per connection.
+    #[arg(long, value_name = "S")]
+    watch_streams: Option<usize>,
+    /// Nodes the watch streams go to, round-robin (default: every
+    /// --cluster address; watches are served by any node).
+    #[arg(long, value_delimiter = ',')]
+    watch_nodes: Vec<SocketAddr>,
+    /// The prefix watched (the bench's keys are key:NNNNNNNN).
+    #[arg(long, default_value = "key:")]
+    watch_prefix: String,
+    /// Threads reading the watch streams (each its own mio poll).
+    #[arg(long, default_value_t = 1)]
+    watch_threads: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -152,9 +198,16 @@ enum Op {
     Set,
     Get,
     Cas,
+    Txn,
+    Keepalive,
+    /// A lease grant, before the run (not in --mix).
+    Grant,
 }
 
-const OPS: [Op; 3] = [Op::Set, Op::Get, Op::Cas];
+const OPS: [Op; 6] = [Op::Set, Op::Get, Op::Cas, Op::Txn, Op::Keepalive, Op::Grant];
+
+/// The operations --mix may name.
+const MIX_OPS: [Op; 5] = [Op::Set, Op::Get, Op::Cas, Op::Txn, Op::Keepalive];
 
 impl Op {
     fn name(self) -> &'static str {
@@ -162,15 +215,49 @@ impl Op {
             Op::Set => "set",
             Op::Get => "get",
             Op::Cas => "cas",
+            Op::Txn => "txn",
+            Op::Keepalive => "keepalive",
+            Op::Grant => "grant",
         }
     }
+}
+
+/// The --mix asked for: as given, or set:1 (keepalive:1 with --leases).
+fn mix_spec(args: &Args) -> &str {
+    match (&args.mix, args.leases) {
+        (Some(mix), _) => mix,
+        (None, 0) => "set:1",
+        (None, _) => "keepalive:1",
+    }
+}
+
+/// Checks that the mix, --leases, --keys and --keepalive-nodes fit.
+fn check_mix(args: &Args, mix: &[(Op, u32)]) -> Result<(), String> {
+    let has = |op: Op| mix.iter().any(|&(o, w)| o == op && w > 0);
+    if has(Op::Keepalive) && args.leases == 0 {
+        return Err("--mix keepalive needs --leases".into());
+    }
+    if has(Op::Txn) && args.keys < 2 {
+        return Err("--mix txn needs --keys 2 or more (two distinct keys)".into());
+    }
+    if args.keepalive_nodes == KeepaliveNodes::All
+        && mix.iter().any(|&(o, w)| o != Op::Keepalive && w > 0)
+    {
+        return Err(
+            "--keepalive-nodes all sends to followers: the --mix may only hold keepalive".into(),
+        );
+    }
+    if args.leases > 0 && args.lease_ttl < 2 {
+        return Err("--lease-ttl: at least 2 seconds".into());
+    }
+    Ok(())
 }
 
 fn parse_mix(spec: &str) -> Result<Vec<(Op, u32)>, String> {
     let mut mix = Vec::new();
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (name, weight) = part.split_once(':').unwrap_or((part, "1"));
-        let op = OPS
+        let op = MIX_OPS
             .iter()
             .copied()
             .find(|o| o.name() == name)
@@ -206,6 +293,9 @@ struct Conn {
     /// seq; `None` while a new one is being registered.
     session: Option<u64>,
     seq: u64,
+    /// Whether this connection goes to the leader (preloads and grants go
+    /// only on those).
+    at_leader: bool,
 }
 
 #[derive(Clone)]
@@ -291,6 +381,31 @@ fn register(
     })?;
     let stream = conn.into_inner().map_err(|e| failed(e.to_string()))?;
     Ok((stream, client_id))
+}
+
+/// A new (blocking) connection to `node`, over TLS if `tls` says so and
+/// logged in first with `credentials` if there are any, with no session.
+fn open_unregistered(
+    std: StdTcpStream,
+    node: SocketAddr,
+    tls: Option<&Tls>,
+    credentials: Option<&Credentials>,
+) -> Result<MaybeTls<StdTcpStream>, String> {
+    if tls.is_none() && credentials.is_none() {
+        return Ok(MaybeTls::Plain(std));
+    }
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let mut conn = Connection::on_stream(std, &node.to_string(), deadline, tls)
+        .map_err(|e| format!("connect {node}: {e}"))?;
+    if let Some(credentials) = credentials {
+        poncho_client::authenticate(&mut conn, credentials, deadline, None, false).map_err(
+            |e| match e {
+                OpenError::Conn(e) => format!("logging in at {node}: {e}"),
+                OpenError::Refused(e) => e.message(),
+            },
+        )?;
+    }
+    conn.into_inner().map_err(|e| e.to_string())
 }
 
 /// The TLS --cacert, --cert and --key ask for (`None`: plaintext); a key
@@ -387,7 +502,16 @@ struct Generator {
     /// While preloading: the next key to write, in order, instead of a
     /// random operation on a random key.
     sequential: Option<u64>,
+    /// While granting the --leases: every request is a grant.
+    granting: bool,
+    /// The leases granted, which keepalives pick from.
+    leases: Vec<u64>,
+    lease_ttl: u64,
+    /// With --watchers: every written value starts with its send time.
+    stamp: bool,
+    value_size: usize,
     key_base64: String,
+    key2_base64: String,
     body: String,
 }
 
@@ -407,12 +531,44 @@ impl Generator {
             value_base64,
             stale: args.stale,
             sequential: None,
+            granting: false,
+            leases: Vec::new(),
+            lease_ttl: args.lease_ttl,
+            stamp: args.watchers > 0,
+            value_size: args.value_size,
             key_base64: String::new(),
+            key2_base64: String::new(),
             body: String::new(),
         }
     }
 
+    /// Before a write: with --watchers, the value becomes the time now, a
+    /// colon and padding (base64-encoded too for etcd).
+    fn restamp(&mut self) {
+        if !self.stamp {
+            return;
+        }
+        watch::stamped_value(watch::now_nanos(), self.value_size, &mut self.value);
+        if self.target == Target::Etcd {
+            self.value_base64.clear();
+            etcd::base64(self.value.as_bytes(), &mut self.value_base64);
+        }
+    }
+
+    /// A second key for a transaction, other than `first`.
+    fn other_key(&mut self, first: u64) -> u64 {
+        let k = self.rng.gen_range(0..self.keys - 1);
+        if k >= first {
+            k + 1
+        } else {
+            k
+        }
+    }
+
     fn pick(&mut self) -> (Op, u64) {
+        if self.granting {
+            return (Op::Grant, 0);
+        }
         if let Some(next) = self.sequential.as_mut() {
             *next += 1;
             return (Op::Set, *next - 1);
@@ -426,17 +582,42 @@ impl Generator {
             }
             pick -= w;
         }
+        if op == Op::Keepalive {
+            let lease = self.leases[self.rng.gen_range(0..self.leases.len())];
+            return (op, lease);
+        }
         (op, self.rng.gen_range(0..self.keys))
     }
 
     /// Appends the next request to `out`; a poncho write carries the
     /// session `client_id` and the next `seq`.
     fn next(&mut self, out: &mut Vec<u8>, client_id: u64, seq: &mut u64) -> Op {
-        let (op, key) = self.pick();
-        let key = format!("key:{key:08}");
+        let (op, n) = self.pick();
+        let key = format!("key:{n:08}");
+        if matches!(op, Op::Set | Op::Txn) {
+            self.restamp();
+        }
+        let key2 = match op {
+            Op::Txn => format!("key:{:08}", self.other_key(n)),
+            _ => String::new(),
+        };
         match self.target {
             Target::Poncho => {
                 let line = match op {
+                    Op::Txn => {
+                        *seq += 1;
+                        let compare = |k: &str| json!({"key": k, "target": "mod_revision", "op": ">", "value": 0});
+                        let put = |k: &str| json!({"type": "put", "key": k, "value": self.value});
+                        let puts = json!([put(&key), put(&key2)]);
+                        json!({"msg_type": "TXN", "payload": {"compare": [compare(&key), compare(&key2)], "success": puts, "failure": puts, "client_id": client_id, "seq": *seq}})
+                    }
+                    Op::Keepalive => {
+                        json!({"msg_type": "LEASE", "payload": {"op": "keepalive", "id": n}})
+                    }
+                    Op::Grant => {
+                        *seq += 1;
+                        json!({"msg_type": "LEASE", "payload": {"op": "grant", "ttl": self.lease_ttl, "client_id": client_id, "seq": *seq}})
+                    }
                     Op::Set => {
                         *seq += 1;
                         json!({"msg_type": "SET", "payload": {"key": key, "value": self.value, "client_id": client_id, "seq": *seq}})
@@ -478,6 +659,34 @@ impl Generator {
                         );
                         "/v3/kv/txn"
                     }
+                    Op::Txn => {
+                        self.key2_base64.clear();
+                        etcd::base64(key2.as_bytes(), &mut self.key2_base64);
+                        let k2 = &self.key2_base64;
+                        let compare = |k: &str| {
+                            format!(
+                                r#"{{"key":"{k}","target":"MOD","result":"GREATER","mod_revision":"0"}}"#
+                            )
+                        };
+                        let puts = format!(
+                            r#"[{{"request_put":{{"key":"{k}","value":"{v}"}}}},{{"request_put":{{"key":"{k2}","value":"{v}"}}}}]"#
+                        );
+                        let _ = write!(
+                            self.body,
+                            r#"{{"compare":[{},{}],"success":{puts},"failure":{puts}}}"#,
+                            compare(k),
+                            compare(k2)
+                        );
+                        "/v3/kv/txn"
+                    }
+                    Op::Keepalive => {
+                        let _ = write!(self.body, r#"{{"ID":"{n}"}}"#);
+                        "/v3/lease/keepalive"
+                    }
+                    Op::Grant => {
+                        let _ = write!(self.body, r#"{{"TTL":"{}"}}"#, self.lease_ttl);
+                        "/v3/lease/grant"
+                    }
                 };
                 etcd::write_post(out, &self.host, path, &self.body);
             }
@@ -498,6 +707,17 @@ struct Outcome {
     idle: (usize, usize, idle::IdleState),
     /// With --phase-file: each phase, in order.
     phases: Vec<report::PhaseResult>,
+    /// With --watchers: what they saw, and how they were spread.
+    watch: Option<WatchOutcome>,
+    /// With --leases: how many were granted.
+    leases: usize,
+}
+
+struct WatchOutcome {
+    stats: watch::WatchStats,
+    watchers: usize,
+    streams: usize,
+    nodes: usize,
 }
 
 /// The --interval asked for, checked.
@@ -516,7 +736,9 @@ fn interval_from(args: &Args) -> Result<Option<Duration>, String> {
 }
 
 fn run(args: &Args) -> Result<Outcome, String> {
-    let mix = parse_mix(&args.mix)?;
+    let mix = parse_mix(mix_spec(args))?;
+    check_mix(args, &mix)?;
+    let per_stream = watch::spread(args.watchers, args.watch_streams)?;
     let interval = interval_from(args)?;
     let tls = tls_from(args)?;
     let credentials = credentials_from(args, std::env::var("PONCHO_PASSWORD").ok())?;
@@ -526,12 +748,20 @@ fn run(args: &Args) -> Result<Outcome, String> {
     };
     let mut generator = Generator::new(args, leader, mix);
     let held = hold_idle(args, leader)?;
+    if !per_stream.is_empty() {
+        idle::raise_open_file_limit((args.clients + per_stream.len()) as u64 + 256)?;
+    }
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(args.clients);
+    // The leader first, then the other nodes.
+    let mut nodes = vec![leader];
+    if args.keepalive_nodes == KeepaliveNodes::All {
+        nodes.extend(args.cluster.iter().filter(|&&a| a != leader));
+    }
     for i in 0..args.clients {
         conns.push(Conn::open(
             args.target,
-            leader,
+            (nodes[i % nodes.len()], i % nodes.len() == 0),
             tls.as_ref(),
             credentials.as_ref(),
             &poll,
@@ -540,6 +770,40 @@ fn run(args: &Args) -> Result<Outcome, String> {
     }
     if args.preload {
         preload(args, &mut poll, &mut conns, &mut generator)?;
+    }
+    if args.leases > 0 {
+        grant_leases(args, &mut poll, &mut conns, &mut generator)?;
+    }
+    let watchers = if per_stream.is_empty() {
+        None
+    } else {
+        let plan = watch::Plan {
+            target: args.target,
+            nodes: if args.watch_nodes.is_empty() {
+                args.cluster.clone()
+            } else {
+                args.watch_nodes.clone()
+            },
+            per_stream,
+            prefix: args.watch_prefix.clone(),
+            threads: args.watch_threads,
+        };
+        let opening = Instant::now();
+        let w = watch::start(&plan, tls.as_ref(), credentials.as_ref())?;
+        if !args.quiet {
+            eprintln!(
+                "{} watches of {:?} created on {} streams over {} nodes in {:.1} s",
+                w.watchers,
+                args.watch_prefix,
+                w.streams,
+                w.nodes,
+                opening.elapsed().as_secs_f64()
+            );
+        }
+        Some(w)
+    };
+    if let Some(w) = &watchers {
+        w.measure();
     }
     let limit = args.requests.unwrap_or(u64::MAX);
     let duration = Duration::from_secs_f64(args.duration);
@@ -552,6 +816,15 @@ fn run(args: &Args) -> Result<Outcome, String> {
         (limit, duration),
         &mut report,
     )?;
+    let watch = watchers.map(|w| {
+        let (watchers, streams, nodes) = (w.watchers, w.streams, w.nodes);
+        WatchOutcome {
+            stats: w.stop(),
+            watchers,
+            streams,
+            nodes,
+        }
+    });
     Ok(Outcome {
         stats,
         elapsed,
@@ -559,7 +832,46 @@ fn run(args: &Args) -> Result<Outcome, String> {
         server: leader,
         idle: (held.count(), held.stalled, held.state()),
         phases: report.phases,
+        watch,
+        leases: generator.leases.len(),
     })
+}
+
+/// --leases: grants them at the leader, unmeasured, for the keepalives.
+fn grant_leases(
+    args: &Args,
+    poll: &mut Poll,
+    conns: &mut [Conn],
+    generator: &mut Generator,
+) -> Result<(), String> {
+    generator.granting = true;
+    let limit = args.leases as u64;
+    let (stats, elapsed, _) = drive(
+        args,
+        poll,
+        conns,
+        generator,
+        (limit, PRELOAD_TIMEOUT),
+        &mut Report::new(None, None, false),
+    )?;
+    generator.granting = false;
+    if generator.leases.len() < args.leases {
+        return Err(format!(
+            "granting {limit} leases: {} granted, {} errors; first error: {}",
+            generator.leases.len(),
+            stats.errors,
+            stats.error_sample.as_deref().unwrap_or("none")
+        ));
+    }
+    if !args.quiet {
+        eprintln!(
+            "granted {} leases (TTL {} s) in {:.1} s",
+            args.leases,
+            args.lease_ttl,
+            elapsed.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Opens the --idle connections (the first --stalled of them stopped
@@ -620,19 +932,23 @@ impl Conn {
     /// Connects to `leader` (a poncho connection in a session of its own,
     /// over TLS if `tls` is given, logged in with `credentials` if given)
     /// and registers the stream with `poll` under `token`.
+    ///
+    /// A poncho connection to a follower (`at_leader` false, with
+    /// --keepalive-nodes all) opens no session: it sends only keepalives.
     fn open(
         target: Target,
-        leader: SocketAddr,
+        (node, at_leader): (SocketAddr, bool),
         tls: Option<&Tls>,
         credentials: Option<&Credentials>,
         poll: &Poll,
         token: Token,
     ) -> Result<Conn, String> {
-        let std = StdTcpStream::connect(leader).map_err(|e| format!("connect {leader}: {e}"))?;
+        let std = StdTcpStream::connect(node).map_err(|e| format!("connect {node}: {e}"))?;
         let (std, session) = match target {
-            Target::Poncho => {
-                register(std, leader, tls, credentials).map(|(s, id)| (s, Some(id)))?
+            Target::Poncho if at_leader => {
+                register(std, node, tls, credentials).map(|(s, id)| (s, Some(id)))?
             }
+            Target::Poncho => (open_unregistered(std, node, tls, credentials)?, Some(0)),
             Target::Etcd => (MaybeTls::Plain(std), None),
         };
         let sock = std.get_ref();
@@ -657,6 +973,7 @@ impl Conn {
             inflight: VecDeque::new(),
             session,
             seq: 0,
+            at_leader,
         })
     }
 
@@ -709,9 +1026,15 @@ impl Conn {
     }
 
     /// Matches every complete buffered reply with its request and records
-    /// it at `now`.
-    fn take_replies(&mut self, stats: &mut Stats, now: Instant) -> Result<(), String> {
+    /// it at `now`; the ids of granted leases go to `granted`.
+    fn take_replies(
+        &mut self,
+        stats: &mut Stats,
+        now: Instant,
+        granted: &mut Vec<u64>,
+    ) -> Result<(), String> {
         loop {
+            let op = self.inflight.front().and_then(|f| f.1);
             let outcome = match &mut self.input {
                 Input::Lines(lines) => match lines.next_line() {
                     None => return Ok(()),
@@ -722,12 +1045,30 @@ impl Conn {
                         if self.took_session(&reply)? {
                             continue;
                         }
-                        self.judge(&reply, now)
+                        let outcome = self.judge(&reply, now);
+                        match (outcome, op) {
+                            (Ok(()), Some(Op::Grant)) => match reply.payload["id"].as_u64() {
+                                Some(id) => {
+                                    granted.push(id);
+                                    Ok(())
+                                }
+                                None => {
+                                    Err(format!("a grant reply without an id: {}", reply.payload))
+                                }
+                            },
+                            (outcome, _) => outcome,
+                        }
                     }
                 },
                 Input::Http(responses) => match responses.next_response()? {
                     None => return Ok(()),
-                    Some(response) => etcd::check_reply(&response),
+                    Some(response) => match op {
+                        Some(Op::Keepalive) => etcd::check_keepalive(&response),
+                        Some(Op::Grant) => {
+                            etcd::granted_lease(&response).map(|id| granted.push(id))
+                        }
+                        _ => etcd::check_reply(&response),
+                    },
                 },
             };
             // (A REGISTER_CLIENT's reply was taken above.)
@@ -789,6 +1130,10 @@ impl Budget {
     fn fill(&mut self, c: &mut Conn, generator: &mut Generator, now: Instant) {
         // A poncho connection waits for its new session (etcd has none).
         if c.session.is_none() && generator.target == Target::Poncho {
+            return;
+        }
+        // Preloads and grants go to the leader only.
+        if (generator.granting || generator.sequential.is_some()) && !c.at_leader {
             return;
         }
         while c.inflight.len() < self.pipeline && self.issued < self.limit && now < self.deadline {
@@ -881,7 +1226,7 @@ fn drive(
             let c = &mut conns[event.token().0];
             c.read_available(&mut chunk, event.is_read_closed())?;
             let now = Instant::now();
-            c.take_replies(&mut stats, now)?;
+            c.take_replies(&mut stats, now, &mut generator.leases)?;
             budget.fill(c, generator, now);
         }
     }
@@ -911,6 +1256,13 @@ fn main() -> ExitCode {
     if let Some(sample) = &outcome.stats.error_sample {
         eprintln!("poncho-bench: first error: {sample}");
     }
+    if let Some(sample) = outcome
+        .watch
+        .as_ref()
+        .and_then(|w| w.stats.error_sample.as_ref())
+    {
+        eprintln!("poncho-bench: first watch error: {sample}");
+    }
     ExitCode::SUCCESS
 }
 
@@ -938,14 +1290,45 @@ fn print_json(args: &Args, outcome: &Outcome) {
     let mut summary = json!({
         "target": args.target.name(), "server": outcome.server.to_string(),
         "clients": args.clients, "pipeline": args.pipeline, "keys": args.keys, "value_size": args.value_size,
-        "mix": args.mix, "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
+        "mix": mix_spec(args), "stale": args.stale, "seconds": secs, "ops": total, "ops_per_sec": total as f64 / secs,
         "errors": stats.errors, "by_op": ops, "bench_cpu_percent": 100.0 * cpu / secs,
         "idle": idle, "stalled": stalled, "idle_open_at_end": idle_end.open,
     });
     if args.phase_file.is_some() {
         summary["phases"] = phases.into();
     }
+    if args.leases > 0 {
+        summary["leases"] = outcome.leases.into();
+        summary["lease_ttl"] = args.lease_ttl.into();
+        summary["keepalive_nodes"] = format!("{:?}", args.keepalive_nodes).to_lowercase().into();
+    }
+    if let Some(w) = &outcome.watch {
+        summary["watch"] = watch_json(w, stats, secs);
+    }
     println!("{summary}");
+}
+
+/// The events a watch run should deliver: every key written during the
+/// run (a set writes one, a transaction two), to every watch.
+fn expected_events(w: &WatchOutcome, stats: &Stats) -> u64 {
+    let writes =
+        stats.histograms[Op::Set as usize].len() + 2 * stats.histograms[Op::Txn as usize].len();
+    writes * w.watchers as u64
+}
+
+/// --watchers, for --json.
+fn watch_json(w: &WatchOutcome, stats: &Stats, secs: f64) -> serde_json::Value {
+    let (s, h) = (&w.stats, &w.stats.latency);
+    let expected = expected_events(w, stats);
+    json!({
+        "watchers": w.watchers, "streams": w.streams, "nodes": w.nodes,
+        "events": s.events, "events_per_sec": s.events as f64 / secs,
+        "expected_events": expected,
+        "delivered_fraction": if expected > 0 { s.events as f64 / expected as f64 } else { 0.0 },
+        "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99),
+        "p999_ms": ms(h, 0.999), "max_ms": h.max() as f64 / 1000.0,
+        "errors": s.errors, "streams_lost": s.streams_lost,
+    })
 }
 
 /// Each operation's count, rate and latencies over `secs`, for --json.
@@ -981,7 +1364,7 @@ fn print_text(args: &Args, outcome: &Outcome) {
         args.pipeline,
         args.keys,
         args.value_size,
-        args.mix,
+        mix_spec(args),
         if args.stale { " (stale reads)" } else { "" },
         secs
     );
@@ -991,12 +1374,12 @@ fn print_text(args: &Args, outcome: &Outcome) {
         stats.errors
     );
     println!(
-        "  {:<4} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "  {:<9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "op", "count", "ops/s", "p50 ms", "p90", "p99", "p99.9", "max"
     );
     for (o, h) in &stats.by_op() {
         println!(
-            "  {:<4} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            "  {:<9} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             o.name(),
             h.len(),
             h.len() as f64 / secs,
@@ -1019,9 +1402,51 @@ fn print_text(args: &Args, outcome: &Outcome) {
             idle_end.open, idle_end.closed
         );
     }
+    if args.leases > 0 {
+        println!(
+            "  leases: {} granted before the run (TTL {} s), keepalives sent to {}",
+            outcome.leases,
+            args.lease_ttl,
+            match args.keepalive_nodes {
+                KeepaliveNodes::Leader => "the leader",
+                KeepaliveNodes::All => "every node",
+            }
+        );
+    }
+    if let Some(w) = &outcome.watch {
+        println!("{}", watch_text(w, stats, secs));
+    }
     for phase in &outcome.phases {
         println!("{}", phase.text());
     }
+}
+
+/// --watchers, for the summary table.
+fn watch_text(w: &WatchOutcome, stats: &Stats, secs: f64) -> String {
+    let (s, h) = (&w.stats, &w.stats.latency);
+    let expected = expected_events(w, stats);
+    let fraction = if expected > 0 {
+        format!("{:.1}%", 100.0 * s.events as f64 / expected as f64)
+    } else {
+        "-".into()
+    };
+    format!(
+        "  watch: {} watchers on {} streams over {} nodes: {} events, {:.0} events/s \
+         ({fraction} of writes x watchers), {} errors, {} streams lost\n  \
+         put-to-event ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        w.watchers,
+        w.streams,
+        w.nodes,
+        s.events,
+        s.events as f64 / secs,
+        s.errors,
+        s.streams_lost,
+        ms(h, 0.5),
+        ms(h, 0.9),
+        ms(h, 0.99),
+        ms(h, 0.999),
+        h.max() as f64 / 1000.0
+    )
 }
 
 #[cfg(test)]
@@ -1029,6 +1454,162 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
+
+    fn parse(extra: &[&str]) -> Args {
+        Args::try_parse_from(["poncho-bench"].iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn the_mix_takes_txn_and_keepalive_and_checks_what_they_need() {
+        assert_eq!(
+            parse_mix("txn:2,keepalive:1,set"),
+            Ok(vec![(Op::Txn, 2), (Op::Keepalive, 1), (Op::Set, 1)])
+        );
+        assert!(parse_mix("grant:1").is_err());
+        assert_eq!(mix_spec(&parse(&[])), "set:1");
+        assert_eq!(mix_spec(&parse(&["--leases", "10"])), "keepalive:1");
+        assert_eq!(
+            mix_spec(&parse(&["--leases", "10", "--mix", "get:1"])),
+            "get:1"
+        );
+        let check = |extra: &[&str]| {
+            let args = parse(extra);
+            check_mix(&args, &parse_mix(mix_spec(&args)).unwrap())
+        };
+        assert!(check(&["--leases", "10"]).is_ok());
+        assert!(check(&["--mix", "keepalive:1"]).is_err());
+        assert!(check(&["--mix", "txn:1", "--keys", "1"]).is_err());
+        assert!(check(&["--leases", "10", "--keepalive-nodes", "all"]).is_ok());
+        assert!(check(&[
+            "--leases",
+            "1",
+            "--keepalive-nodes",
+            "all",
+            "--mix",
+            "keepalive:1,set:1"
+        ])
+        .is_err());
+        assert!(check(&["--leases", "1", "--lease-ttl", "1"]).is_err());
+    }
+
+    /// The requests a generator for `extra` writes, one per line (etcd: the
+    /// bodies).
+    fn requests(extra: &[&str], ops: usize, leases: &[u64]) -> Vec<String> {
+        let args = parse(extra);
+        let mix = parse_mix(mix_spec(&args)).unwrap();
+        let mut g = Generator::new(&args, "127.0.0.1:1".parse().unwrap(), mix);
+        g.leases = leases.to_vec();
+        let mut seq = 0;
+        (0..ops)
+            .map(|_| {
+                let mut out = Vec::new();
+                g.next(&mut out, 7, &mut seq);
+                let text = String::from_utf8(out).unwrap();
+                match args.target {
+                    Target::Poncho => text,
+                    Target::Etcd => {
+                        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+                        format!("{} {body}", head.lines().next().unwrap())
+                    }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_txn_compares_and_puts_two_distinct_keys_in_both_branches() {
+        for line in requests(&["--mix", "txn:1", "--keys", "2"], 20, &[]) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["msg_type"], "TXN");
+            let p = &v["payload"];
+            assert_eq!(p["client_id"], 7);
+            let (a, b) = (&p["compare"][0], &p["compare"][1]);
+            assert_ne!(a["key"], b["key"]);
+            for c in [a, b] {
+                assert_eq!(
+                    (&c["target"], &c["op"], &c["value"]),
+                    (&json!("mod_revision"), &json!(">"), &json!(0))
+                );
+            }
+            assert_eq!(p["success"], p["failure"]);
+            assert_eq!(p["success"][0]["key"], a["key"]);
+            assert_eq!(p["success"][1]["key"], b["key"]);
+            assert_eq!(p["success"][0]["type"], "put");
+        }
+        for request in requests(
+            &["--target", "etcd", "--mix", "txn:1", "--keys", "2"],
+            20,
+            &[],
+        ) {
+            let (line, body) = request
+                .split_once(' ')
+                .map(|(m, rest)| (m.to_string(), rest))
+                .unwrap();
+            assert_eq!(line, "POST");
+            let (path, body) = body.split_once(' ').unwrap();
+            assert_eq!(path, "/v3/kv/txn");
+            let body = body.split_once(' ').unwrap().1;
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            let (a, b) = (&v["compare"][0], &v["compare"][1]);
+            assert_ne!(a["key"], b["key"]);
+            assert_eq!(
+                (&a["target"], &a["result"], &a["mod_revision"]),
+                (&json!("MOD"), &json!("GREATER"), &json!("0"))
+            );
+            assert_eq!(v["success"], v["failure"]);
+            assert_eq!(v["success"][1]["request_put"]["key"], b["key"]);
+        }
+    }
+
+    #[test]
+    fn keepalives_pick_granted_leases_and_grants_carry_the_ttl() {
+        let leases = [11, 22, 33];
+        for line in requests(&["--leases", "3"], 10, &leases) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(
+                (&v["msg_type"], &v["payload"]["op"]),
+                (&json!("LEASE"), &json!("keepalive"))
+            );
+            assert!(
+                leases.contains(&v["payload"]["id"].as_u64().unwrap()),
+                "{line}"
+            );
+        }
+        let etcd = requests(&["--target", "etcd", "--leases", "3"], 3, &leases);
+        assert!(
+            etcd.iter()
+                .all(|r| r.starts_with("POST /v3/lease/keepalive HTTP/1.1 {\"ID\":\"")),
+            "{etcd:?}"
+        );
+        let args = parse(&["--leases", "1", "--lease-ttl", "30"]);
+        let mut g = Generator::new(
+            &args,
+            "127.0.0.1:1".parse().unwrap(),
+            vec![(Op::Keepalive, 1)],
+        );
+        g.granting = true;
+        let (mut out, mut seq) = (Vec::new(), 0);
+        assert_eq!(g.next(&mut out, 7, &mut seq), Op::Grant);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["payload"],
+            json!({"op": "grant", "ttl": 30, "client_id": 7, "seq": 1})
+        );
+    }
+
+    #[test]
+    fn with_watchers_written_values_carry_their_send_time() {
+        let before = watch::now_nanos();
+        for line in requests(&["--watchers", "1", "--value-size", "40"], 3, &[]) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let value = v["payload"]["value"].as_str().unwrap();
+            assert_eq!(value.len(), 40);
+            let stamp = watch::stamp_of(value.as_bytes()).unwrap();
+            assert!(stamp >= before && stamp <= watch::now_nanos());
+        }
+        let plain = requests(&["--value-size", "4"], 1, &[]);
+        assert!(plain[0].contains(r#""value":"vvvv""#), "{}", plain[0]);
+    }
 
     #[test]
     fn user_needs_the_password_from_the_environment_and_the_poncho_target() {
