@@ -2,9 +2,15 @@
 # Issue 6's comparison: poncho and etcd 3.4 side by side on this machine,
 # driven by the same load generator with the same workload. Each system runs
 # as 3 nodes on loopback with fsync on (both defaults), data on the same
-# disk; the workloads are writes (--mix set:1) and linearizable reads
-# (--mix get:1, after every key is written once). Prints a table with the
-# ratio poncho/etcd; asserts nothing.
+# disk; the workloads are writes (set: --mix set:1) and linearizable reads
+# (get: --mix get:1, after every key is written once), and issue 14's
+# transactions (txn: --mix txn:1, 2 compares and 2 puts, after the keys
+# are written), watch fan-out (watch: WATCHERS watches of the keys' prefix,
+# one per connection, spread over the 3 nodes, while the CLIENTS write) and
+# lease keepalives (lease: LEASES leases granted first, then the CLIENTS
+# renew random ones at the leader). WORKLOADS picks which run (default all:
+# "set get txn watch lease"). Prints a table with the ratio poncho/etcd;
+# asserts nothing.
 #
 # etcd is driven through its HTTP/JSON gRPC gateway (poncho-bench --target
 # etcd), which costs etcd transcoding work that its native gRPC clients do
@@ -14,6 +20,7 @@
 #
 #   scripts/compare-etcd.sh
 #   DURATION=30 CLIENTS=64 KEYS=10000 VALUE_SIZE=100 PIPELINE=1 CHECK_PERF=l scripts/compare-etcd.sh
+#   WORKLOADS="txn watch lease" WATCHERS=1000 WATCH_STREAMS=1000 LEASES=10000 LEASE_TTL=60 CHECK_PERF=none scripts/compare-etcd.sh
 #
 # Run it on an otherwise idle machine: the "others CPU" column shows what
 # other processes took meanwhile, and a warning follows the table if that
@@ -31,7 +38,21 @@ KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 PIPELINE=${PIPELINE:-1}
 CHECK_PERF=${CHECK_PERF:-l}
+WORKLOADS=${WORKLOADS:-set get txn watch lease}
+WATCHERS=${WATCHERS:-1000}
+WATCH_STREAMS=${WATCH_STREAMS:-}
+LEASES=${LEASES:-10000}
+LEASE_TTL=${LEASE_TTL:-60}
 BIN=$PWD/target/release
+for w in $WORKLOADS; do
+  case $w in
+    set | get | txn | watch | lease) ;;
+    *) echo "WORKLOADS: unknown workload $w (give some of: set get txn watch lease)" >&2; exit 1 ;;
+  esac
+done
+[ -n "${WORKLOADS// /}" ] || { echo "WORKLOADS is empty" >&2; exit 1; }
+# Whether WORKLOADS holds $1.
+wants() { [[ " $WORKLOADS " == *" $1 "* ]]; }
 
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
   echo "installing etcd-server and etcd-client with apt-get..."
@@ -109,20 +130,38 @@ PY
   python3 - "$DIR/$name.json" "$name" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"  {sys.argv[2]}: {r['ops_per_sec']:,.0f} ops/s, {r['errors']} errors, {r['seconds']:.1f} s")
+w = r.get("watch")
+watch = f", {w['events_per_sec']:,.0f} watch events/s, {w['errors']} watch errors" if w else ""
+print(f"  {sys.argv[2]}: {r['ops_per_sec']:,.0f} ops/s, {r['errors']} errors{watch}, {r['seconds']:.1f} s")
 PY
 }
 
 WORKLOAD=(--clients "$CLIENTS" --pipeline "$PIPELINE" --duration "$DURATION" --keys "$KEYS" --value-size "$VALUE_SIZE")
 
-# Both workloads against one cluster: writes, then every key written once
-# (not measured), then linearizable reads.
+# The WORKLOADS against one cluster, in this order: writes; every key
+# written once (not measured); linearizable reads; transactions; watch
+# fan-out; lease keepalives.
 run_workloads() {
   local system=$1
   shift
-  measure "$system-writes" "$@" "${WORKLOAD[@]}" --mix set:1
-  bench "$@" "${WORKLOAD[@]}" --mix set:1 --preload --requests 0 --quiet >/dev/null
-  measure "$system-reads" "$@" "${WORKLOAD[@]}" --mix get:1
+  if wants set; then
+    measure "$system-writes" "$@" "${WORKLOAD[@]}" --mix set:1
+  fi
+  if wants get || wants txn; then
+    bench "$@" "${WORKLOAD[@]}" --mix set:1 --preload --requests 0 --quiet >/dev/null
+  fi
+  if wants get; then
+    measure "$system-reads" "$@" "${WORKLOAD[@]}" --mix get:1
+  fi
+  if wants txn; then
+    measure "$system-txn" "$@" "${WORKLOAD[@]}" --mix txn:1
+  fi
+  if wants watch; then
+    measure "$system-watch" "$@" "${WORKLOAD[@]}" --mix set:1 --watchers "$WATCHERS" ${WATCH_STREAMS:+--watch-streams "$WATCH_STREAMS"}
+  fi
+  if wants lease; then
+    measure "$system-lease" "$@" "${WORKLOAD[@]}" --leases "$LEASES" --lease-ttl "$LEASE_TTL" --mix keepalive:1
+  fi
 }
 
 # ---- poncho ----
@@ -190,9 +229,9 @@ if [ "$CHECK_PERF" != none ]; then
   esac
   ulimit -n 65536 2>/dev/null || true
   echo "etcdctl check perf --load=$CHECK_PERF (native gRPC: $perf_clients clients, 1 KiB values, 60 s, at most $perf_limit writes/s)..."
-  etcd_leader=$(python3 - "$DIR/etcd-writes.json" <<'PY'
-import json, sys
-print(json.load(open(sys.argv[1]))["server"])
+  etcd_leader=$(python3 - "$DIR" <<'PY'
+import glob, json, os, sys
+print(json.load(open(sorted(glob.glob(os.path.join(sys.argv[1], "etcd-*.json")))[0]))["server"])
 PY
 )
   etcdctl --endpoints="$etcd_leader" check perf --load="$CHECK_PERF" >"$DIR/check-perf.txt" 2>&1 &
@@ -233,32 +272,51 @@ echo "poncho: $("$BIN/poncho-server" --version) (git $(git rev-parse --short HEA
 echo "etcd:   $(etcd --version | sed -n 's/^etcd Version: //p') ($(etcd --version | sed -n 's/^Go Version: //p')), etcdctl $(etcdctl version | sed -n 's/^etcdctl version: //p')"
 echo "each: 3 nodes on 127.0.0.1, fsync on, $CLIENTS clients, pipeline $PIPELINE, $VALUE_SIZE-byte values, keys from $KEYS, ${DURATION} s per run;"
 echo "      poncho-bench drives both (etcd through its HTTP/JSON gateway, at the leader)"
+wants watch && echo "      watch: $WATCHERS watches of the prefix key: on ${WATCH_STREAMS:-$(( WATCHERS < 1000 ? WATCHERS : 1000 ))} connections over the 3 nodes, while the $CLIENTS clients write"
+wants lease && echo "      lease: $LEASES leases (TTL $LEASE_TTL s) granted first; the $CLIENTS clients renew random ones at the leader"
 echo
-python3 - "$DIR" "$CHECK_PERF" "$slow_syncs" "$slow_applies" <<'PY'
+python3 - "$DIR" "$CHECK_PERF" "$slow_syncs" "$slow_applies" "$WORKLOADS" <<'PY'
 import json, os, sys
-d, check_perf = sys.argv[1], sys.argv[2]
+d, check_perf, workloads = sys.argv[1], sys.argv[2], sys.argv[5].split()
 def load(name):
     return json.load(open(os.path.join(d, name + ".json")))
 def ms(x):
     return f"{x:.2f} ms"
-rows = [("writes (set)", "writes", "set"), ("linearizable reads (get)", "reads", "get")]
+rows = [("set", "writes (set)", "writes", "set"), ("get", "linearizable reads (get)", "reads", "get"),
+        ("txn", "transactions (txn)", "txn", "txn"), ("watch", "watch events delivered", "watch", None),
+        ("lease", "lease keepalives", "lease", "keepalive")]
+rows = [r[1:] for r in rows if r[0] in workloads]
+def figures(r, op):
+    """Throughput, latencies and operations served of a run: for watch
+    fan-out, delivered events and put-to-event latency."""
+    if op is None:
+        w = r["watch"]
+        return w["events_per_sec"], w, w["events"], w["errors"] + r["errors"]
+    return r["ops_per_sec"], r["by_op"].get(op, {"p50_ms": 0, "p99_ms": 0, "p999_ms": 0}), r["ops"], r["errors"]
 print(f"{'workload':<26} {'system':<7} {'throughput':>12} {'p50':>9} {'p99':>9} {'p99.9':>9} {'errors':>7} {'bench CPU':>10} {'servers CPU':>12} {'server CPU/op':>14} {'others CPU':>11}")
 for label, kind, op in rows:
     runs = {s: load(f"{s}-{kind}") for s in ("poncho", "etcd")}
     for system, r in runs.items():
-        h = r["by_op"].get(op, {"p50_ms": 0, "p99_ms": 0, "p999_ms": 0})
+        rate, h, ops, errors = figures(r, op)
         servers = 100 * r["server_cpu_seconds"] / r["seconds"]
-        per_op = 1e6 * r["server_cpu_seconds"] / max(r["ops"], 1)
-        print(f"{label if system == 'poncho' else '':<26} {system:<7} {r['ops_per_sec']:>10,.0f}/s {ms(h['p50_ms']):>9} {ms(h['p99_ms']):>9} {ms(h['p999_ms']):>9} {r['errors']:>7} {r['bench_cpu_percent']:>9.0f}% {servers:>11.0f}% {per_op:>11.0f} us {r['other_cpu_percent']:>10.0f}%")
-    p, e = runs["poncho"], runs["etcd"]
-    ratio = p["ops_per_sec"] / e["ops_per_sec"] if e["ops_per_sec"] else float("inf")
-    p99p, p99e = p["by_op"][op]["p99_ms"], e["by_op"][op]["p99_ms"]
+        per_op = 1e6 * r["server_cpu_seconds"] / max(ops, 1)
+        print(f"{label if system == 'poncho' else '':<26} {system:<7} {rate:>10,.0f}/s {ms(h['p50_ms']):>9} {ms(h['p99_ms']):>9} {ms(h['p999_ms']):>9} {errors:>7} {r['bench_cpu_percent']:>9.0f}% {servers:>11.0f}% {per_op:>11.0f} us {r['other_cpu_percent']:>10.0f}%")
+        if op is None:
+            w = r["watch"]
+            print(f"{'':<26} {'':<7} writes {r['ops_per_sec']:,.0f}/s; of writes x watchers {100 * w['delivered_during_run']:.1f}% delivered during the run, {100 * w['delivered_fraction']:.1f}% after {w['drain_seconds']:.1f} s more; {w['streams_lost']} streams lost, put-to-event max {ms(w['max_ms'])}")
+    (pr, ph, _, _), (er, eh, _, _) = figures(runs["poncho"], op), figures(runs["etcd"], op)
+    ratio = pr / er if er else float("inf")
+    p99p, p99e = ph["p99_ms"], eh["p99_ms"]
     print(f"{'':<26} {'ratio':<7} {ratio:>11.2f}x {'':>9} {p99e / p99p if p99p else 0:>8.2f}x  (throughput poncho/etcd; p99 etcd/poncho)")
 print()
 print("servers CPU: user+system time of the 3 nodes together over the run, in % of one core;")
-print("server CPU/op: that time divided by the operations served. bench CPU: the load generator's;")
+print("server CPU/op: that time divided by the operations served (watch: by the events delivered). bench CPU: the load generator's;")
 print("others CPU: what other processes used meanwhile (kernel threads included; anything well above 0 disturbed the run).")
-others = max(load(f"{s}-{k}")["other_cpu_percent"] for s in ("poncho", "etcd") for k in ("writes", "reads"))
+if any(op is None for _, _, op in rows):
+    print("watch: events delivered per second of the run, each event to each watch counting once; p50-p99.9 are put-to-event")
+    print("latency (from when the writer built the put to when the watcher read the event), the late events read after the")
+    print("writers were done (up to poncho-bench's --watch-drain, 5 s) included: a watcher falling behind shows here.")
+others = max(load(f"{s}-{k}")["other_cpu_percent"] for s in ("poncho", "etcd") for _, k, _ in rows)
 if others > 25:
     print(f"WARNING: other processes used up to {others:.0f}% of a core during a run: these figures are disturbed.")
 print(f"etcd logged {sys.argv[3]} 'slow fdatasync' and {sys.argv[4]} 'apply request took too long' warnings.")

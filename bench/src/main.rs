@@ -170,6 +170,12 @@ struct Args {
     /// The prefix watched (the bench's keys are key:NNNNNNNN).
     #[arg(long, default_value = "key:")]
     watch_prefix: String,
+    /// After the writers are done, how long the watchers may go on reading
+    /// the events still on their way (timed, and counted apart from the
+    /// rate); it ends early once every write reached every watch, or after
+    /// a second without events.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    watch_drain: f64,
     /// Threads reading the watch streams (each its own mio poll).
     #[arg(long, default_value_t = 1)]
     watch_threads: usize,
@@ -818,8 +824,10 @@ fn run(args: &Args) -> Result<Outcome, String> {
     )?;
     let watch = watchers.map(|w| {
         let (watchers, streams, nodes) = (w.watchers, w.streams, w.nodes);
+        let expected = writes_of(&stats) * watchers as u64;
+        let drain = Duration::from_secs_f64(args.watch_drain.max(0.0));
         WatchOutcome {
-            stats: w.stop(),
+            stats: w.drain(expected, drain),
             watchers,
             streams,
             nodes,
@@ -1311,9 +1319,12 @@ fn print_json(args: &Args, outcome: &Outcome) {
 /// The events a watch run should deliver: every key written during the
 /// run (a set writes one, a transaction two), to every watch.
 fn expected_events(w: &WatchOutcome, stats: &Stats) -> u64 {
-    let writes =
-        stats.histograms[Op::Set as usize].len() + 2 * stats.histograms[Op::Txn as usize].len();
-    writes * w.watchers as u64
+    writes_of(stats) * w.watchers as u64
+}
+
+/// The keys written successfully: a set writes one, a transaction two.
+fn writes_of(stats: &Stats) -> u64 {
+    stats.histograms[Op::Set as usize].len() + 2 * stats.histograms[Op::Txn as usize].len()
 }
 
 /// --watchers, for --json.
@@ -1324,7 +1335,9 @@ fn watch_json(w: &WatchOutcome, stats: &Stats, secs: f64) -> serde_json::Value {
         "watchers": w.watchers, "streams": w.streams, "nodes": w.nodes,
         "events": s.events, "events_per_sec": s.events as f64 / secs,
         "expected_events": expected,
-        "delivered_fraction": if expected > 0 { s.events as f64 / expected as f64 } else { 0.0 },
+        "drained_events": s.drained, "drain_seconds": s.drain_seconds,
+        "delivered_during_run": if expected > 0 { s.events as f64 / expected as f64 } else { 0.0 },
+        "delivered_fraction": if expected > 0 { (s.events + s.drained) as f64 / expected as f64 } else { 0.0 },
         "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99),
         "p999_ms": ms(h, 0.999), "max_ms": h.max() as f64 / 1000.0,
         "errors": s.errors, "streams_lost": s.streams_lost,
@@ -1425,20 +1438,27 @@ fn print_text(args: &Args, outcome: &Outcome) {
 fn watch_text(w: &WatchOutcome, stats: &Stats, secs: f64) -> String {
     let (s, h) = (&w.stats, &w.stats.latency);
     let expected = expected_events(w, stats);
-    let fraction = if expected > 0 {
-        format!("{:.1}%", 100.0 * s.events as f64 / expected as f64)
-    } else {
-        "-".into()
+    let percent = |n: u64| {
+        if expected > 0 {
+            format!("{:.1}%", 100.0 * n as f64 / expected as f64)
+        } else {
+            "-".into()
+        }
     };
     format!(
-        "  watch: {} watchers on {} streams over {} nodes: {} events, {:.0} events/s \
-         ({fraction} of writes x watchers), {} errors, {} streams lost\n  \
+        "  watch: {} watchers on {} streams over {} nodes: {} events during the run, {:.0} \
+         events/s ({} of writes x watchers); {} more in {:.1} s after it ({} in all); \
+         {} errors, {} streams lost\n  \
          put-to-event ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         w.watchers,
         w.streams,
         w.nodes,
         s.events,
         s.events as f64 / secs,
+        percent(s.events),
+        s.drained,
+        s.drain_seconds,
+        percent(s.events + s.drained),
         s.errors,
         s.streams_lost,
         ms(h, 0.5),

@@ -18,7 +18,12 @@
 //! Unix epoch, then `:`) at the start of each value; a watch's event is
 //! timed from that to when its message is read (put-to-event latency, the
 //! same clock on one machine). Watches are all created before the writers
-//! start; only events read during the writers' run are counted.
+//! start. Events read while the writers run give the rate (events per
+//! second of the run); once they are done, the watchers go on reading for
+//! up to `--watch-drain` seconds (until every write reached every watch, or
+//! nothing came for a second), so the latency percentiles include the
+//! events that came late, and the delivered fraction says how many came at
+//! all.
 //!
 //! One or a few threads (`--watch-threads`), one mio poll each, read every
 //! watch connection; the memory is the connections' buffers.
@@ -26,7 +31,7 @@
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -118,11 +123,15 @@ pub fn stamp_of(value: &[u8]) -> Option<u64> {
 /// How the watch threads are told what to do.
 const WARMING: u8 = 0;
 const MEASURING: u8 = 1;
-const STOPPING: u8 = 2;
+/// The writers are done: events still count (and are timed), apart.
+const DRAINING: u8 = 2;
+const STOPPING: u8 = 3;
 
 struct Shared {
     state: AtomicU8,
     created: AtomicUsize,
+    /// Events counted so far, run and drain.
+    events: AtomicU64,
     /// Watches whose creation failed, and the first reason.
     failed: AtomicUsize,
     first_error: Mutex<Option<String>>,
@@ -137,7 +146,11 @@ impl Shared {
 
 /// What the watchers saw during the writers' run.
 pub struct WatchStats {
+    /// Events read while the writers ran.
     pub events: u64,
+    /// Events read after the writers were done (`drain`).
+    pub drained: u64,
+    pub drain_seconds: f64,
     /// Put-to-event latency of the events that carried a stamp, in us.
     pub latency: Histogram<u64>,
     /// Watches the server ended (poncho `SLOW_WATCHER`, etcd `canceled`)
@@ -152,6 +165,8 @@ impl WatchStats {
     fn new() -> WatchStats {
         WatchStats {
             events: 0,
+            drained: 0,
+            drain_seconds: 0.0,
             latency: Stats::empty_histogram(),
             errors: 0,
             streams_lost: 0,
@@ -161,6 +176,7 @@ impl WatchStats {
 
     fn merge(&mut self, other: WatchStats) {
         self.events += other.events;
+        self.drained += other.drained;
         let _ = self.latency.add(&other.latency);
         self.errors += other.errors;
         self.streams_lost += other.streams_lost;
@@ -220,6 +236,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         state: AtomicU8::new(WARMING),
         created: AtomicUsize::new(0),
+        events: AtomicU64::new(0),
         failed: AtomicUsize::new(0),
         first_error: Mutex::new(None),
     });
@@ -282,6 +299,30 @@ impl Watchers {
     /// From now on, events count.
     pub fn measure(&self) {
         self.shared.state.store(MEASURING, Ordering::Release);
+    }
+
+    /// The writers are done: waits until `expected` events were read in
+    /// all, or none came for a second, or `limit` passed, counting (and
+    /// timing) the late ones apart; then stops.
+    pub fn drain(self, expected: u64, limit: Duration) -> WatchStats {
+        let started = Instant::now();
+        self.shared.state.store(DRAINING, Ordering::Release);
+        let (mut last, mut last_change) = (self.shared.events.load(Ordering::Acquire), started);
+        while started.elapsed() < limit {
+            let now_events = self.shared.events.load(Ordering::Acquire);
+            if now_events >= expected {
+                break;
+            }
+            if now_events != last {
+                (last, last_change) = (now_events, Instant::now());
+            } else if last_change.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut stats = self.stop();
+        stats.drain_seconds = started.elapsed().as_secs_f64();
+        stats
     }
 
     /// Stops the threads and sums what they saw.
@@ -391,7 +432,7 @@ fn serve(target: Target, mut conns: Vec<WatchConn>, shared: &Shared) -> WatchSta
                 break;
             }
         }
-        let measuring = shared.state.load(Ordering::Acquire) == MEASURING;
+        let phase = shared.state.load(Ordering::Acquire);
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             if c.lost {
@@ -399,7 +440,7 @@ fn serve(target: Target, mut conns: Vec<WatchConn>, shared: &Shared) -> WatchSta
             }
             let outcome = c
                 .read_available(&mut chunk, event.is_read_closed())
-                .and_then(|()| c.take_messages(target, measuring, shared, &mut stats));
+                .and_then(|()| c.take_messages(target, phase, shared, &mut stats));
             if let Err(e) = outcome {
                 c.lose(e, shared, &mut stats, &poll);
             }
@@ -607,7 +648,7 @@ impl WatchConn {
     fn take_messages(
         &mut self,
         target: Target,
-        measuring: bool,
+        phase: u8,
         shared: &Shared,
         stats: &mut WatchStats,
     ) -> Result<(), String> {
@@ -637,11 +678,17 @@ impl WatchConn {
                 stats.error(e);
                 continue;
             }
-            if !measuring || m.stamps.is_empty() {
+            if m.stamps.is_empty() || !(phase == MEASURING || phase == DRAINING) {
                 continue;
             }
             let now = now_nanos();
-            stats.events += m.stamps.len() as u64;
+            let n = m.stamps.len() as u64;
+            if phase == MEASURING {
+                stats.events += n;
+            } else {
+                stats.drained += n;
+            }
+            shared.events.fetch_add(n, Ordering::AcqRel);
             for sent in m.stamps.into_iter().flatten() {
                 let micros = (now.saturating_sub(sent) / 1_000).max(1);
                 let _ = stats.latency.record(micros);
