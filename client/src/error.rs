@@ -29,6 +29,13 @@ pub enum ClientError {
     Login(String),
     /// Ctrl-C while waiting.
     Interrupted,
+    /// A lease-held recipe's lease is gone, or will be (it expired, was
+    /// revoked, or no keepalive was answered for its TTL), or the key it
+    /// held was: the lock or leadership is lost (see [`crate::recipes`]).
+    LeaseLost(String),
+    /// A wait (for a lock, a leadership) did not end by its deadline; what
+    /// it had queued was taken back.
+    Deadline(String),
 }
 
 impl ClientError {
@@ -43,6 +50,8 @@ impl ClientError {
             ClientError::Tls(_) => "TLS".into(),
             ClientError::Login(_) => "UNAUTHENTICATED".into(),
             ClientError::Interrupted => "INTERRUPTED".into(),
+            ClientError::LeaseLost(_) => "LEASE_LOST".into(),
+            ClientError::Deadline(_) => "TIMEOUT".into(),
         }
     }
 
@@ -54,7 +63,9 @@ impl ClientError {
             | ClientError::OutcomeUnknown(m)
             | ClientError::Protocol(m)
             | ClientError::Tls(m)
-            | ClientError::Login(m) => m.clone(),
+            | ClientError::Login(m)
+            | ClientError::LeaseLost(m)
+            | ClientError::Deadline(m) => m.clone(),
             ClientError::Interrupted => "cancelled (Ctrl-C)".into(),
         }
     }

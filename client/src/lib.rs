@@ -18,6 +18,9 @@
 //!   connection of its own, read event by event, that resumes on another
 //!   node (from the revision after the last it delivered) when its node is
 //!   lost or cancels it as too slow: no gap, no duplicate.
+//! - [`recipes`]: etcd's `concurrency` recipes: [`LeaseSession`], a lease
+//!   kept alive from a thread; [`lock`], a distributed lock with a fencing
+//!   revision; [`Election`], [`leader`] and [`observe`], leader election.
 //! - [`auth`]: [`Credentials`], `AUTHENTICATE` as the first line of every
 //!   connection, and passwords kept out of `--verbose` output.
 //!
@@ -30,6 +33,7 @@ pub mod conn;
 pub mod error;
 pub mod leader;
 pub mod membership;
+pub mod recipes;
 pub mod session;
 pub mod status;
 pub mod tls;
@@ -41,6 +45,9 @@ pub use conn::{ConnError, Connection, Reply, HANDSHAKE_TIMEOUT, MAX_REPLY_BYTES}
 pub use error::ClientError;
 pub use leader::{find_leader, find_leader_as, find_leader_with, retry_for, Retry, Route, Targets};
 pub use poncho_tls::{MaybeTls, TlsError, TlsFiles};
+pub use recipes::{
+    key_of, leader, lock, observe, Election, Leader, LeaseSession, Lock, Observer, DEFAULT_TTL,
+};
 pub use session::{in_session, register, registered_id, Session};
 pub use status::{status_as, status_of, status_with};
 pub use tls::Tls;
