@@ -30,6 +30,10 @@ pub struct Done {
     /// is not printed after them; `pretty` and `--json`'s object are the
     /// summary that ends them.
     pub streamed: bool,
+    /// The exit status it asks for though it worked (`lock NAME COMMAND`:
+    /// COMMAND's): a one-shot run exits with it, and a script counts a
+    /// non-zero one as the line's failure.
+    pub status: u8,
 }
 
 impl Done {
@@ -43,6 +47,7 @@ impl Done {
             pretty: pretty.into(),
             hint: None,
             streamed: false,
+            status: 0,
         }
     }
 
@@ -68,6 +73,11 @@ impl Done {
     /// for people.
     pub fn names(names: &[String], json: Value) -> Done {
         Done::new(plain_words(names), numbered(names), json)
+    }
+
+    pub fn with_status(mut self, status: u8) -> Done {
+        self.status = status;
+        self
     }
 
     pub fn with_hint(mut self, hint: Option<String>) -> Done {

@@ -240,22 +240,29 @@ fn run_one(client: &mut ClusterClient, words: &[String], output: Output) -> u8 {
     };
     let mut command = command;
     exec::set_running(output, Mode::OneShot);
-    let stdin = std::io::stdin();
-    let prompts = stdin.is_terminal();
-    let mut number = 0;
-    let mut lines = StdinLines {
-        stdin: &mut stdin.lock(),
-        number: &mut number,
-        prompts,
+    let read = {
+        let stdin = std::io::stdin();
+        let prompts = stdin.is_terminal();
+        let mut number = 0;
+        // Let go of stdin before the command runs (`lock` reads it to its
+        // end on a thread of its own).
+        let mut locked = stdin.lock();
+        let mut lines = StdinLines {
+            stdin: &mut locked,
+            number: &mut number,
+            prompts,
+        };
+        command.read_lines(&mut lines)
     };
-    if let Err(f) = command.read_lines(&mut lines) {
+    if let Err(f) = read {
         print_failure(output, Mode::OneShot, Some(&command.name()), &f, "");
         return f.exit_code();
     }
     match command.run(client) {
         Ok(done) => {
+            let status = done.status;
             print_done(output, None, &command, done);
-            0
+            status
         }
         Err(f) => {
             print_failure(output, Mode::OneShot, Some(&command.name()), &f, "");
@@ -299,8 +306,13 @@ fn run_script(client: &mut ClusterClient, output: Output, stop_on_error: bool) -
             Ok(Some(mut command)) => {
                 match read_and_run(client, &mut command, &mut stdin, &mut number) {
                     Ok(done) => {
+                        let status = done.status;
                         print_done(output, Some(start), &command, done);
-                        Ok(())
+                        if status == 0 {
+                            Ok(())
+                        } else {
+                            Err(status)
+                        }
                     }
                     Err(f) => {
                         print_failure(output, mode, Some(&command.name()), &f, "");
