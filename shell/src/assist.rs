@@ -192,7 +192,7 @@ mod tests {
         );
         assert_eq!(complete("role g", &[]).1, ["get ", "grant-permission "]);
         assert_eq!(complete("auth ", &[]).1, ["enable ", "disable ", "status "]);
-        assert_eq!(complete("lo", &[]), (0, vec!["login ".to_string()]));
+        assert_eq!(complete("log", &[]), (0, vec!["login ".to_string()]));
         assert!(complete("user add ", &[]).1.is_empty());
         // Membership: subcommands, and the flags of the one typed.
         assert_eq!(

@@ -2,6 +2,6 @@
 //! it as `crate::client`.
 
 pub use poncho_client::{
-    status_as, ClientError, ClusterClient, Credentials, Reply, Route, Tls, TlsFiles, WatchEvent,
-    Watcher,
+    recipes, status_as, ClientError, ClusterClient, Credentials, Election, Leader, LeaseSession,
+    Reply, Route, Tls, TlsFiles, WatchEvent, Watcher,
 };

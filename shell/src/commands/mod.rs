@@ -20,6 +20,7 @@ mod auth;
 mod cas;
 mod connect;
 mod delete;
+mod elect;
 mod exit;
 mod get;
 mod health;
@@ -27,6 +28,7 @@ mod help;
 mod keys;
 mod leader;
 mod lease;
+mod lock;
 mod login;
 mod member;
 mod role;
@@ -48,6 +50,8 @@ pub const COMMANDS: &[&Spec] = &[
     &txn::SPEC,
     &watch::SPEC,
     &lease::SPEC,
+    &lock::SPEC,
+    &elect::SPEC,
     &keys::SPEC,
     &health::SPEC,
     &status::SPEC,
