@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use poncho_tests::pty::wait_bounded;
+use poncho_tests::pty::{wait_bounded, Pty};
 use poncho_tests::{workspace_bin, Cluster};
 
 const ELECTION: Duration = Duration::from_secs(10);
@@ -265,4 +265,38 @@ fn a_script_may_not_hold_a_lock_without_an_end() {
     // `lock a --for` and `lock a 'exit 3'` each printed their key.
     assert_eq!(out.len(), 2, "{out:?}");
     assert!(out.iter().all(|l| l.starts_with("a/")), "{out:?}");
+}
+
+#[test]
+fn at_the_prompt_a_lock_is_held_until_ctrl_c_then_released() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(ELECTION);
+    let home = tempfile::tempdir().expect("temp home");
+    let addr = cluster.addr(1).to_string();
+    let prompt = format!("poncho {addr} (leader)> ");
+    let mut cmd = Command::new(workspace_bin("poncho-shell"));
+    cmd.args(["--cluster", addr.as_str()])
+        .env_remove("PONCHO_CLUSTER")
+        .env_remove("PONCHO_HISTFILE")
+        .env("HOME", home.path())
+        .env("TERM", "xterm");
+    let mut shell = Pty::spawn(cmd);
+    shell.expect(&prompt);
+    shell.send("lock --ttl 4 jobs\r");
+    shell.expect("acquired lock \"jobs\": key jobs/");
+    shell.expect("holding it until Ctrl-C");
+    shell.send("\x03");
+    shell.expect("(released lock \"jobs\" after ");
+    shell.expect("Ctrl-C)");
+    shell.expect(&prompt);
+    // Released: the prefix is empty, and a new lock is had at once.
+    shell.send("get jobs/ --prefix --count\r");
+    shell.expect("\n0");
+    shell.expect(&prompt);
+    shell.send("elect web one --for 300ms\r");
+    shell.expect("elected in \"web\" with \"one\"");
+    shell.expect("(resigned from \"web\" after ");
+    shell.expect(&prompt);
+    shell.send("exit\r");
+    assert_eq!(shell.wait().code(), Some(0), "{}", shell.screen());
 }
