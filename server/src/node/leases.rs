@@ -167,6 +167,17 @@ impl Node {
         // A leader answers from its deadlines: taken over first if it only
         // just won (the timer may not have run yet).
         let leader = self.take_over_leases(now);
+        if leader && !self.leases_current() {
+            if matches!(request, LeaseRequest::Grant { .. } | LeaseRequest::Revoke { .. }) {
+                return;
+            }
+            let error = ErrorReply::new(
+                ErrorCode::NoLeader,
+                "this node has just become leader and has not applied everything committed \
+                 yet, so it cannot tell which leases exist; retry in a moment",
+            );
+            return self.reply_error_now(key, req_id, &error);
+        }
         match request {
             LeaseRequest::Keepalive { id } if leader => {
                 let reply = self.keep_alive(id, now);
@@ -248,6 +259,17 @@ impl Node {
         }
     }
 
+    /// Whether this leader's applied state holds every lease a client was
+    /// told of: it has committed an entry of its own term (so everything an
+    /// earlier leader committed is committed here too) and applied all it
+    /// committed. Until then a grant it has not applied yet would look
+    /// like a lease that does not exist.
+    fn leases_current(&self) -> bool {
+        let log = self.raft.log();
+        log.term(log.committed()) == Some(self.raft.term())
+            && self.kv.last_applied() >= log.committed()
+    }
+
     /// The leader renews lease `id`: its TTL, or `None` if it does not
     /// exist (or its expiry is already proposed).
     fn keep_alive(&mut self, id: u64, now: Instant) -> Option<u64> {
@@ -263,7 +285,9 @@ impl Node {
     pub(super) fn handle_lease_peer_message(&mut self, from: NodeId, message: RaftMessage) {
         match message {
             RaftMessage::LeaseKeepalive(m) => {
-                let leader = self.take_over_leases(Instant::now());
+                // A leader not yet current answers as no leader: the
+                // follower's client retries.
+                let leader = self.take_over_leases(Instant::now()) && self.leases_current();
                 let ttl = if leader {
                     self.keep_alive(m.id, Instant::now())
                 } else {
