@@ -36,11 +36,20 @@ pub struct Segment {
     pub listed_at: u64,
     pub state: BTreeMap<String, String>,
     pub revisions: Vec<(u64, Vec<Change>)>,
+    /// The latest progress reply's revision.
+    pub progress: u64,
 }
 
 impl Segment {
     fn last(&self) -> u64 {
         self.revisions.last().map_or(self.listed_at, |(r, _)| *r)
+    }
+
+    /// The revision up to which it has everything: its last change's, or
+    /// the node's word that nothing of the prefix changed since (a
+    /// progress reply: the revisions that change other keys send nothing).
+    fn covered(&self) -> u64 {
+        self.last().max(self.progress)
     }
 }
 
@@ -154,7 +163,8 @@ impl Watcher {
                 lock(&self.record).segments.last().map(Segment::last)
             };
             let goal = target.load(SeqCst);
-            if goal > 0 && last.is_some_and(|l| l >= goal) {
+            let covered = lock(&self.record).segments.last().map(Segment::covered);
+            if goal > 0 && !self.relist && covered.is_some_and(|c| c >= goal) {
                 return;
             }
             self.follow(last, stop, target);
@@ -230,9 +240,22 @@ impl Watcher {
             if goal == 0 && Instant::now() >= leave_at {
                 return;
             }
-            {
+            if goal > 0 {
                 let r = lock(&self.record);
-                if goal > 0 && r.segments.last().is_some_and(|s| s.last() >= goal) {
+                if r.segments.last().is_some_and(|s| s.covered() >= goal) {
+                    return;
+                }
+                drop(r);
+                // Has everything up to the goal been sent? (Its last
+                // revisions may have changed keys outside the prefix.)
+                let request = ClientRequest::Watch(WatchRequest::Progress);
+                self.next_req += 1;
+                let mut line = Vec::new();
+                encode_request(&mut line, Some(self.next_req), &request);
+                if conn
+                    .send(&line, Instant::now() + Duration::from_secs(1))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -248,9 +271,17 @@ impl Watcher {
                 }
                 Err(_) => return,
             };
+            let progress_reply = reply.envelope.req_id.is_some();
             let Ok(news) = serde_json::from_value::<WatchReply>(reply.envelope.payload) else {
                 return;
             };
+            if progress_reply {
+                // Everything up to its revision was sent before the reply.
+                if let Some(s) = lock(&self.record).segments.last_mut() {
+                    s.progress = s.progress.max(news.revision);
+                }
+                continue;
+            }
             if news.canceled {
                 return; // SLOW_WATCHER or COMPACTED: resume elsewhere
             }
@@ -384,10 +415,10 @@ pub fn check(
                 };
             }
         }
-        if last_segment.last() < final_revision {
+        if last_segment.covered() < final_revision {
             return Err(format!(
                 "watcher {i} got only to revision {} of {final_revision}",
-                last_segment.last()
+                last_segment.covered()
             ));
         }
         if &state != final_state {

@@ -556,3 +556,128 @@ fn membership_changes_while_nodes_are_killed_and_partitioned() {
         min_ok: 200,
     });
 }
+
+/// Locks under the nemesis (issue 14): four clients take turns on one
+/// `lock` (the client library's recipe: a lease, a key under the lock's
+/// prefix, a watch on the key before it) while leaders are killed and
+/// partitioned off. Each holder writes a shared key twice, at the start and
+/// at the end of its turn, in transactions fenced by its lock key's
+/// create_revision (the fencing token). In revision order, every turn's
+/// writes must come together: no other holder's write between a holder's
+/// two, and turns in the order of their tokens.
+#[test]
+fn lock_holders_never_overlap_under_leader_kills_and_partitions() {
+    use poncho_client::recipes::{lock, LeaseSession};
+    use poncho_client::ClusterClient;
+    use poncho_protocol::{
+        ClientRequest, Compare, CompareOp, CompareTarget, CompareValue, Txn, TxnOp, TxnReply,
+        TxnRequest,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let _serial = serial();
+    let name = "lock_holders_never_overlap";
+    let mut run = Run::start(name, Config::nodes(3));
+    let addrs: Vec<String> = run.cluster.addrs().iter().map(|a| a.to_string()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // (token, revision of a fenced write that succeeded, client)
+    let writes = Arc::new(Mutex::new(Vec::<(u64, u64, u64)>::new()));
+    let turns = Arc::new(Mutex::new(0u64));
+    let contenders: Vec<_> = (1..=4u64)
+        .map(|id| {
+            let (addrs, stop, writes, turns) =
+                (addrs.clone(), stop.clone(), writes.clone(), turns.clone());
+            std::thread::spawn(move || {
+                let mut client = ClusterClient::new(addrs, Duration::from_secs(3), false);
+                let fenced = |client: &mut ClusterClient, key: &str, token: u64, what: &str| {
+                    let txn = Txn {
+                        compare: vec![Compare {
+                            key: key.to_string(),
+                            target: CompareTarget::CreateRevision,
+                            op: CompareOp::Equal,
+                            value: CompareValue::Number(token),
+                        }],
+                        success: vec![TxnOp::Put {
+                            key: "resource".into(),
+                            value: format!("c{id}:{token}:{what}"),
+                            lease: None,
+                        }],
+                        failure: vec![],
+                    };
+                    let reply = client.write(|session| {
+                        ClientRequest::Txn(TxnRequest {
+                            txn: txn.clone(),
+                            session,
+                        })
+                    });
+                    if let Ok(reply) = reply {
+                        if let Ok(r) = serde_json::from_value::<TxnReply>(reply.envelope.payload) {
+                            if r.succeeded {
+                                let mut w = writes.lock().unwrap_or_else(|e| e.into_inner());
+                                w.push((token, r.revision, id));
+                            }
+                        }
+                    }
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(session) = LeaseSession::grant(&mut client, Duration::from_secs(3))
+                    else {
+                        sleep(ms(100));
+                        continue;
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    if let Ok(held) = lock(&mut client, &session, "jobs", Some(deadline)) {
+                        let (key, token) = (held.key().to_string(), held.revision());
+                        fenced(&mut client, &key, token, "start");
+                        sleep(ms(50));
+                        fenced(&mut client, &key, token, "end");
+                        *turns.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        let _ = held.unlock(&mut client);
+                    }
+                    let _ = session.close();
+                }
+            })
+        })
+        .collect();
+    run.nemesis(NEMESIS, kill_or_partition_leader);
+    stop.store(true, Ordering::SeqCst);
+    for c in contenders {
+        c.join().expect("a contender");
+    }
+    run.finish(Expect {
+        min_faults: 4,
+        min_elections: 3,
+        min_ok: 100,
+    });
+    let mut writes = writes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    writes.sort_by_key(|&(_, revision, _)| revision);
+    let turns = *turns.lock().unwrap_or_else(|e| e.into_inner());
+    let holders: std::collections::BTreeSet<u64> = writes.iter().map(|w| w.2).collect();
+    eprintln!(
+        "{name}: {turns} turns, {} fenced writes by {} clients",
+        writes.len(),
+        holders.len()
+    );
+    assert!(
+        turns >= 5 && holders.len() >= 2,
+        "too few turns to tell: {writes:?}"
+    );
+    // Turns in revision order: a token, once left, never comes back, and
+    // tokens only grow.
+    let mut done = std::collections::BTreeSet::new();
+    for pair in writes.windows(2) {
+        let ((a, ra, ca), (b, rb, cb)) = (pair[0], pair[1]);
+        if a != b {
+            assert!(
+                b > a && done.insert(a),
+                "holder c{cb} (token {b}) wrote at revision {rb} between or before the writes \
+                 of holder c{ca} (token {a}, revision {ra}): {writes:?}"
+            );
+            assert!(
+                !done.contains(&b),
+                "token {b} wrote again after its turn: {writes:?}"
+            );
+        }
+    }
+}

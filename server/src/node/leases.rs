@@ -168,7 +168,10 @@ impl Node {
         // just won (the timer may not have run yet).
         let leader = self.take_over_leases(now);
         if leader && !self.leases_current() {
-            if matches!(request, LeaseRequest::Grant { .. } | LeaseRequest::Revoke { .. }) {
+            if matches!(
+                request,
+                LeaseRequest::Grant { .. } | LeaseRequest::Revoke { .. }
+            ) {
                 return;
             }
             let error = ErrorReply::new(
