@@ -35,12 +35,13 @@ pub const EVENT_OVERHEAD_BYTES: usize = 128;
 pub(super) struct Event {
     pub(super) revision: u64,
     pub(super) key: SmolStr,
-    /// The key before it; `None` if it did not exist. What the change left
-    /// (a value, or nothing for a delete) is not held here: it is the
-    /// `before` of the key's next change, or the key as it is now. So each
-    /// value is held once, by the change that replaced it, and a put moves
-    /// the replaced value here without touching its reference count.
+    /// The key before it; `None` if it did not exist. A put moves the
+    /// replaced value here without touching its reference count.
     pub(super) before: Option<Stored>,
+    /// The key after it; `None` for a delete. Its value is shared with the
+    /// map (and later with the next change's `before`), so it costs a
+    /// reference count, not a copy, and is not counted in the bytes again.
+    pub(super) after: Option<Stored>,
 }
 
 impl Event {

@@ -395,6 +395,9 @@ impl Data {
     /// key string and its creation.
     pub(super) fn put(&mut self, key: &str, value: Arc<str>, revision: u64, lease: u64) {
         self.revision = revision;
+        // The value the history says this change wrote: shared with the
+        // map (a reference count), so a watch reads it without a search.
+        let written = value.clone();
         let (key, before) = match self.map.get_mut(key) {
             Some(slot) => {
                 self.bytes = self.bytes - slot.value.len() + value.len();
@@ -426,10 +429,18 @@ impl Data {
                 (key, None)
             }
         };
+        let after = Stored {
+            value: written,
+            create_revision: before.as_ref().map_or(revision, |b| b.create_revision),
+            mod_revision: revision,
+            version: before.as_ref().map_or(1, |b| b.version + 1),
+            lease,
+        };
         self.history.record(Event {
             revision,
             key,
             before,
+            after: Some(after),
         });
     }
 
@@ -451,6 +462,7 @@ impl Data {
                     revision,
                     key,
                     before: Some(stored),
+                    after: None,
                 });
                 true
             }

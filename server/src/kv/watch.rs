@@ -51,9 +51,8 @@ impl KvStore {
     /// history's compacted revision if it no longer holds `from` (every
     /// change after the compacted revision is held).
     ///
-    /// A change's after-state is the key's next change's before-state, or
-    /// the key as it is now: finding it walks the changes after `from`, so
-    /// the cost is that of the history from `from` on.
+    /// Each change holds the key before and after it, so the cost is that
+    /// of the changes returned (and a binary search for `from`).
     pub fn changes_from(&self, from: u64, max_events: usize) -> Result<Vec<Change<'_>>, u64> {
         let history = &self.data.history;
         let compacted = history.compacted();
@@ -69,28 +68,15 @@ impl KvStore {
                 end += 1;
             }
         }
-        // Newest first: a key's after-state is the before-state of the next
-        // change to it seen so far, or its current state.
-        let mut next_before: std::collections::HashMap<&str, Option<&Stored>> =
-            std::collections::HashMap::new();
-        let mut out = Vec::with_capacity(end - start);
-        for (i, e) in events.iter().enumerate().skip(start).rev() {
-            let after = match next_before.get(e.key.as_str()) {
-                Some(before) => *before,
-                None => self.data.get_stored(&e.key),
-            };
-            next_before.insert(e.key.as_str(), e.before.as_ref());
-            if i < end {
-                out.push(Change {
-                    revision: e.revision,
-                    key: &e.key,
-                    before: e.before.as_ref(),
-                    after,
-                });
-            }
-        }
-        out.reverse();
-        Ok(out)
+        Ok(events
+            .range(start..end)
+            .map(|e| Change {
+                revision: e.revision,
+                key: &e.key,
+                before: e.before.as_ref(),
+                after: e.after.as_ref(),
+            })
+            .collect())
     }
 
     /// Whether the history holds the changes from revision `from` on;

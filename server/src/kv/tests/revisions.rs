@@ -344,3 +344,61 @@ fn a_revision_the_history_no_longer_holds_is_refused_with_the_oldest_it_does() {
         ErrorCode::Compacted
     );
 }
+
+#[test]
+fn the_history_gives_each_change_with_the_key_before_and_after_it() {
+    use poncho_protocol::EventType;
+    let mut f = Feed::new();
+    f.plain(set("a", "1")); // 1
+    f.plain(set("a", "2")); // 2
+    f.plain(delete("a")); // 3
+    f.plain(set("a", "3")); // 4
+    f.plain(set("b", "x")); // 5
+    let changes = f.store.changes_from(1, 100).expect("held");
+    // (revision, kind, value, version, create_revision, previous value)
+    type Seen = (u64, EventType, Option<String>, u64, u64, Option<String>);
+    let seen: Vec<Seen> = changes
+        .iter()
+        .map(|c| {
+            let e = c.event(true);
+            (
+                c.revision,
+                e.kind,
+                e.kv.value.clone(),
+                e.kv.version,
+                e.kv.create_revision,
+                e.prev_kv.and_then(|p| p.value),
+            )
+        })
+        .collect();
+    use EventType::{Delete, Put};
+    assert_eq!(
+        seen,
+        vec![
+            (1, Put, Some("1".into()), 1, 1, None),
+            (2, Put, Some("2".into()), 2, 1, Some("1".into())),
+            (3, Delete, None, 0, 0, Some("2".into())),
+            (4, Put, Some("3".into()), 1, 4, None),
+            (5, Put, Some("x".into()), 1, 5, None),
+        ]
+    );
+    // A chunk in the middle is the same changes, whole revisions only.
+    let middle = f.store.changes_from(2, 2).expect("held");
+    assert_eq!(
+        middle.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    // The put's after-state is what a read at its revision shows.
+    let at2 = f
+        .store
+        .range(
+            None,
+            &RangeRequest {
+                rev: Some(2),
+                ..RangeRequest::prefix("a")
+            },
+        )
+        .expect("held");
+    assert_eq!(at2.kvs[0].version, 2);
+    assert_eq!(at2.kvs[0].value.as_deref(), Some("2"));
+}
