@@ -1,5 +1,5 @@
 //! The history of changes to keys (issue 14): every put and delete with the
-//! key's state before it, in revision order, for a bounded window.
+//! key's state before and after it, in revision order, for a bounded window.
 //! Reads at a past revision undo it from the current state; watches (next)
 //! replay it.
 //!
