@@ -1,7 +1,7 @@
 //! The history of changes to keys (issue 14): every put and delete with the
 //! key's state before and after it, in revision order, for a bounded window.
-//! Reads at a past revision undo it from the current state; watches (next)
-//! replay it.
+//! Reads at a past revision undo it from the current state; watches behind
+//! the present replay it (`watch.rs`, `node/watch.rs`).
 //!
 //! It is this node's cache of what its applied log did, not part of the
 //! replicated state: its bounds are this node's flags, it starts over at the
