@@ -58,6 +58,14 @@ fn spawn_piped(args: &[&str]) -> Child {
 }
 
 /// Runs the shell with `stdin` as its input (a pipe: scripted mode).
+/// Each line of `--json` output, parsed.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 fn run_shell(args: &[&str], stdin: &str) -> Run {
     let mut child = spawn_piped(args);
     let mut input = child.stdin.take().expect("stdin");
@@ -165,11 +173,7 @@ keys nothing-here
         "get \"my key\"\ndelete a/1\nkeys a/\n",
     );
     assert_eq!(run.status.code(), Some(0), "{run}");
-    let lines: Vec<Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 3, "{run}");
     let get = &lines[0];
     assert_eq!(
@@ -767,11 +771,7 @@ get "my key"
         "txn 'value(lock) = \"me\"' then 'get lock'\ntxn\nmod(lock) > 0\n\ndel lock\n\n",
     );
     assert_eq!(run.status.code(), Some(0), "{run}");
-    let lines: Vec<Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 2, "{run}");
     let read = &lines[0];
     assert_eq!(
@@ -1023,11 +1023,7 @@ fn watch_prints_each_change_of_a_prefix_as_it_happens() {
     let script = format!("watch app/ --prefix --rev {first} --prev --count 3\nget app/b\n");
     let run = run_shell(&["--cluster", &all, "--json"], &script);
     assert_eq!(run.status.code(), Some(0), "{run}");
-    let lines: Vec<Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 5, "{run}");
     let kinds: Vec<(&Value, &Value, &Value)> = lines[..3]
         .iter()
@@ -1310,11 +1306,7 @@ fn lease_keepalive_keeps_a_lease_alive_and_works_at_a_follower() {
     );
     assert_eq!(run.status.code(), Some(0), "{run}");
     assert!(started.elapsed() >= Duration::from_millis(3300), "{run}");
-    let lines: Vec<Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 7, "{run}");
     for renewal in &lines[..6] {
         assert_eq!(
