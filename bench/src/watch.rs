@@ -454,8 +454,6 @@ fn serve(target: Target, mut conns: Vec<WatchConn>, shared: &Shared) -> WatchSta
 struct PonchoMessage<'a> {
     #[serde(borrow)]
     msg_type: Cow<'a, str>,
-    #[serde(default)]
-    req_id: Option<u64>,
     #[serde(default, borrow)]
     payload: Option<PonchoPayload<'a>>,
 }
@@ -520,15 +518,15 @@ struct Message {
     stamps: Vec<Option<u64>>,
 }
 
+/// The start of a message, for an error.
+fn excerpt(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).chars().take(300).collect()
+}
+
 fn poncho_message(line: &[u8]) -> Result<Message, String> {
     let m: PonchoMessage =
         serde_json::from_slice(line).map_err(|e| format!("bad watch message: {e}"))?;
-    let text = || {
-        String::from_utf8_lossy(line)
-            .chars()
-            .take(300)
-            .collect::<String>()
-    };
+    let text = || excerpt(line);
     let Some(p) = m.payload else {
         return Err(format!("a message without a payload: {}", text()));
     };
@@ -547,7 +545,6 @@ fn poncho_message(line: &[u8]) -> Result<Message, String> {
             ..Message::default()
         });
     }
-    let _ = m.req_id;
     Ok(Message {
         created: p.created,
         error: None,
@@ -562,12 +559,7 @@ fn poncho_message(line: &[u8]) -> Result<Message, String> {
 fn etcd_message(line: &[u8]) -> Result<Message, String> {
     let m: EtcdMessage =
         serde_json::from_slice(line).map_err(|e| format!("bad watch message: {e}"))?;
-    let text = || {
-        String::from_utf8_lossy(line)
-            .chars()
-            .take(300)
-            .collect::<String>()
-    };
+    let text = || excerpt(line);
     let Some(r) = m.result.filter(|_| m.error.is_none()) else {
         return Ok(Message {
             error: Some(text()),
