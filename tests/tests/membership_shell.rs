@@ -77,14 +77,34 @@ fn promote_when_ready(cluster: &str, id: u64) -> Output {
     }
 }
 
-/// The rows of `member list`'s table, split into cells.
+/// The rows of `member list`'s table, split into cells. A cell may hold a
+/// parenthesised note (MATCH `0 (2 behind)`): it stays with its cell.
 fn rows(table: &str) -> Vec<Vec<String>> {
     table
         .lines()
         .skip_while(|l| !l.starts_with("ID "))
         .skip(1)
         .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .map(|l| {
+            let mut cells: Vec<String> = Vec::new();
+            let mut open = false;
+            for word in l.split_whitespace() {
+                match cells.last_mut() {
+                    Some(cell) if open || word.starts_with('(') => {
+                        cell.push(' ');
+                        cell.push_str(word);
+                    }
+                    _ => cells.push(word.to_string()),
+                }
+                if word.starts_with('(') {
+                    open = true;
+                }
+                if word.ends_with(')') {
+                    open = false;
+                }
+            }
+            cells
+        })
         .collect()
 }
 
